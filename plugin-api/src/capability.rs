@@ -1,0 +1,137 @@
+//! What a plugin can take: the host forwards only what matches.
+
+use crate::event::NotifierKind;
+use crate::object::{Family, ObjectKind};
+use abi_stable::std_types::{RString, RVec};
+use abi_stable::StableAbi;
+
+/// Which ports (network devices) a plugin owns. A port is owned when `all` is set, or its name
+/// matches one of `names` (shell globs: `eth*`, `swp[0-9]`), or its driver (`IFLA_INFO_KIND`:
+/// `veth`, `vxlan`, ...) is one of `drivers`. The `ports` key of the plugin's `[[plugins]]` table
+/// in the host config overrides this.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
+pub struct PortScope {
+    pub all: bool,
+    pub names: RVec<RString>,
+    pub drivers: RVec<RString>,
+}
+
+/// A maximum number of entries of one kind (like a hardware table size). The host refuses
+/// additions past it with a `failed` outcome without calling the plugin.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limit {
+    pub kind: ObjectKind,
+    pub max_entries: u64,
+}
+
+/// Optional features.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Features {
+    /// Widest ECMP group supported (legs per route); 0 means no limit. Wider routes are answered
+    /// `unsupported` by the host.
+    pub max_ecmp_width: u32,
+    /// Whether the plugin takes nexthop objects. Without it the host does not forward
+    /// `nexthop` objects and routes arrive with their legs expanded.
+    pub nexthop_objects: bool,
+}
+
+/// Everything a plugin declares about what it takes.
+///
+/// ```
+/// use ekho_plugin_api::prelude::*;
+/// let caps = Capabilities::new()
+///     .kinds([ObjectKind::Route, ObjectKind::Neighbour])
+///     .families([Family::INET])
+///     .port_names(["swp*"])
+///     .limit(ObjectKind::Route, 16_384)
+///     .max_ecmp_width(64);
+/// assert!(caps.takes_kind(ObjectKind::Route));
+/// assert!(!caps.takes_family(Family::INET6));
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
+pub struct Capabilities {
+    /// Object kinds taken. Empty: none.
+    pub kinds: RVec<ObjectKind>,
+    /// Address families taken for family-bearing objects (routes, addresses, neighbours, rules,
+    /// netconf, nexthops). Empty: all families.
+    pub families: RVec<Family>,
+    /// Notifier kinds taken on the `ebpf` stream. Empty: none.
+    pub notifiers: RVec<NotifierKind>,
+    pub ports: PortScope,
+    pub limits: RVec<Limit>,
+    pub features: Features,
+}
+
+impl Capabilities {
+    /// Nothing taken, all ports, no limits: start here and add.
+    pub fn new() -> Capabilities {
+        Capabilities {
+            ports: PortScope { all: true, ..Default::default() },
+            ..Default::default()
+        }
+    }
+    /// Every object kind, every family, every notifier, every port, nexthop objects.
+    pub fn everything() -> Capabilities {
+        Capabilities::new()
+            .kinds(ObjectKind::ALL)
+            .notifiers(NotifierKind::ALL)
+            .nexthop_objects(true)
+    }
+    pub fn kinds(mut self, k: impl IntoIterator<Item = ObjectKind>) -> Self {
+        self.kinds.extend(k);
+        self
+    }
+    pub fn families(mut self, f: impl IntoIterator<Item = Family>) -> Self {
+        self.families.extend(f);
+        self
+    }
+    pub fn notifiers(mut self, n: impl IntoIterator<Item = NotifierKind>) -> Self {
+        self.notifiers.extend(n);
+        self
+    }
+    /// Owns ports whose names match these globs (instead of all ports).
+    pub fn port_names<S: Into<String>>(mut self, globs: impl IntoIterator<Item = S>) -> Self {
+        self.ports.all = false;
+        self.ports.names.extend(globs.into_iter().map(|s| RString::from(s.into())));
+        self
+    }
+    /// Owns ports of these drivers (instead of all ports).
+    pub fn port_drivers<S: Into<String>>(mut self, drivers: impl IntoIterator<Item = S>) -> Self {
+        self.ports.all = false;
+        self.ports.drivers.extend(drivers.into_iter().map(|s| RString::from(s.into())));
+        self
+    }
+    pub fn limit(mut self, kind: ObjectKind, max_entries: u64) -> Self {
+        self.limits.push(Limit { kind, max_entries });
+        self
+    }
+    pub fn max_ecmp_width(mut self, w: u32) -> Self {
+        self.features.max_ecmp_width = w;
+        self
+    }
+    pub fn nexthop_objects(mut self, yes: bool) -> Self {
+        self.features.nexthop_objects = yes;
+        self
+    }
+
+    /// Whether objects of this kind are taken.
+    pub fn takes_kind(&self, k: ObjectKind) -> bool {
+        self.kinds.contains(&k) && (k != ObjectKind::Nexthop || self.features.nexthop_objects)
+    }
+    /// Whether objects of this family are taken (family-less objects always pass).
+    pub fn takes_family(&self, f: Family) -> bool {
+        f == Family::UNSPEC || f == Family::BRIDGE || self.families.is_empty() || self.families.contains(&f)
+    }
+    /// Whether notifier events of this kind are taken.
+    pub fn takes_notifier(&self, n: NotifierKind) -> bool {
+        self.notifiers.contains(&n)
+    }
+    /// The declared limit for a kind, if any.
+    pub fn limit_for(&self, k: ObjectKind) -> Option<u64> {
+        self.limits.iter().find(|l| l.kind == k).map(|l| l.max_entries)
+    }
+}

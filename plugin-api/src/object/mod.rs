@@ -1,0 +1,335 @@
+//! The object model: everything the mirror carries, as `#[repr(C)]` [`StableAbi`] types.
+//!
+//! Each kind has a stable identity key ([`Object::key`]) — what the kernel itself uses to tell two
+//! objects of that kind apart — so an update can be matched to the object it replaces.
+//! Field names follow iproute2 (`dst`, `gateway`, `dev`, `table`, `protocol`, `scope`, `metric`,
+//! `lladdr`, `state`, ...), and with the default `json` feature every object renders to the same
+//! JSON shape `ip -j` prints.
+
+pub mod address;
+pub mod bridge;
+pub mod link;
+pub mod neighbour;
+pub mod net;
+pub mod netconf;
+pub mod nexthop;
+pub mod route;
+pub mod rule;
+
+pub use address::Address;
+pub use bridge::{BridgeVlan, FdbEntry, MdbEntry};
+pub use link::Link;
+pub use neighbour::Neighbour;
+pub use net::{Family, IpAddress, IpPrefix, LinkAddr, Protocol, RouteType, Scope};
+pub use netconf::Netconf;
+pub use nexthop::{GroupMember, Nexthop};
+pub use route::{Encap, NextHop, Route, RouteMetric};
+pub use rule::Rule;
+
+use abi_stable::std_types::{ROption, RString};
+use abi_stable::StableAbi;
+
+/// The kinds of object, in dependency order: an object may refer only to kinds listed before it
+/// (routes refer to links and nexthops, nexthop groups to nexthops, ...).
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum ObjectKind {
+    Link,
+    Netconf,
+    Address,
+    Vlan,
+    Nexthop,
+    Neighbour,
+    Fdb,
+    Mdb,
+    Route,
+    Rule,
+}
+
+impl ObjectKind {
+    /// Every kind, in dependency order.
+    pub const ALL: [ObjectKind; 10] = [
+        ObjectKind::Link,
+        ObjectKind::Netconf,
+        ObjectKind::Address,
+        ObjectKind::Vlan,
+        ObjectKind::Nexthop,
+        ObjectKind::Neighbour,
+        ObjectKind::Fdb,
+        ObjectKind::Mdb,
+        ObjectKind::Route,
+        ObjectKind::Rule,
+    ];
+
+    /// Singular name used in change records and config (`route`, `fdb`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Link => "link",
+            ObjectKind::Netconf => "netconf",
+            ObjectKind::Address => "address",
+            ObjectKind::Vlan => "vlan",
+            ObjectKind::Nexthop => "nexthop",
+            ObjectKind::Neighbour => "neighbour",
+            ObjectKind::Fdb => "fdb",
+            ObjectKind::Mdb => "mdb",
+            ObjectKind::Route => "route",
+            ObjectKind::Rule => "rule",
+        }
+    }
+
+    /// Plural name used as the key of `ekho dump --json` (`links`, `routes`, `fdb`, ...).
+    pub fn plural(self) -> &'static str {
+        match self {
+            ObjectKind::Link => "links",
+            ObjectKind::Netconf => "netconf",
+            ObjectKind::Address => "addresses",
+            ObjectKind::Vlan => "vlans",
+            ObjectKind::Nexthop => "nexthops",
+            ObjectKind::Neighbour => "neighbours",
+            ObjectKind::Fdb => "fdb",
+            ObjectKind::Mdb => "mdb",
+            ObjectKind::Route => "routes",
+            ObjectKind::Rule => "rules",
+        }
+    }
+
+    /// Parses a singular or plural name.
+    pub fn from_name(s: &str) -> Option<ObjectKind> {
+        ObjectKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s || k.plural() == s || (s == "neighbor" && *k == ObjectKind::Neighbour))
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One object of any kind.
+#[repr(u8)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+pub enum Object {
+    Link(Link),
+    Netconf(Netconf),
+    Address(Address),
+    Vlan(BridgeVlan),
+    Nexthop(Nexthop),
+    Neighbour(Neighbour),
+    Fdb(FdbEntry),
+    Mdb(MdbEntry),
+    Route(Route),
+    Rule(Rule),
+}
+
+/// The identity of an object: two objects with equal keys are versions of the same object.
+#[repr(u8)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum ObjectKey {
+    Link { ifindex: u32 },
+    Netconf { family: Family, ifindex: i32 },
+    Address { family: Family, ifindex: u32, local: IpAddress, prefixlen: u8 },
+    Vlan { ifindex: u32, vid: u16 },
+    Nexthop { id: u32 },
+    Neighbour { family: Family, ifindex: u32, dst: IpAddress, proxy: bool },
+    Fdb { owner: u32, mac: LinkAddr, vlan: u16, vni: ROption<u32>, dst: ROption<IpAddress> },
+    Mdb { bridge: u32, port: u32, group: ROption<IpAddress>, mac_group: LinkAddr, vid: u16, source: ROption<IpAddress> },
+    Route { family: Family, table: u32, dst: IpPrefix, src: IpPrefix, tos: u8, metric: u32 },
+    Rule { family: Family, priority: u32, selector: RString },
+}
+
+impl ObjectKey {
+    /// The kind of object this key identifies.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            ObjectKey::Link { .. } => ObjectKind::Link,
+            ObjectKey::Netconf { .. } => ObjectKind::Netconf,
+            ObjectKey::Address { .. } => ObjectKind::Address,
+            ObjectKey::Vlan { .. } => ObjectKind::Vlan,
+            ObjectKey::Nexthop { .. } => ObjectKind::Nexthop,
+            ObjectKey::Neighbour { .. } => ObjectKind::Neighbour,
+            ObjectKey::Fdb { .. } => ObjectKind::Fdb,
+            ObjectKey::Mdb { .. } => ObjectKind::Mdb,
+            ObjectKey::Route { .. } => ObjectKind::Route,
+            ObjectKey::Rule { .. } => ObjectKind::Rule,
+        }
+    }
+}
+
+impl Object {
+    /// The kind of this object.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Link(_) => ObjectKind::Link,
+            Object::Netconf(_) => ObjectKind::Netconf,
+            Object::Address(_) => ObjectKind::Address,
+            Object::Vlan(_) => ObjectKind::Vlan,
+            Object::Nexthop(_) => ObjectKind::Nexthop,
+            Object::Neighbour(_) => ObjectKind::Neighbour,
+            Object::Fdb(_) => ObjectKind::Fdb,
+            Object::Mdb(_) => ObjectKind::Mdb,
+            Object::Route(_) => ObjectKind::Route,
+            Object::Rule(_) => ObjectKind::Rule,
+        }
+    }
+
+    /// The identity of this object.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Link(l) => ObjectKey::Link { ifindex: l.ifindex },
+            Object::Netconf(n) => ObjectKey::Netconf { family: n.family, ifindex: n.ifindex },
+            Object::Address(a) => ObjectKey::Address {
+                family: a.family,
+                ifindex: a.ifindex,
+                local: a.local,
+                prefixlen: a.prefixlen,
+            },
+            Object::Vlan(v) => ObjectKey::Vlan { ifindex: v.ifindex, vid: v.vid },
+            Object::Nexthop(n) => ObjectKey::Nexthop { id: n.id },
+            Object::Neighbour(n) => ObjectKey::Neighbour {
+                family: n.family,
+                ifindex: n.ifindex,
+                dst: n.dst,
+                proxy: n.proxy,
+            },
+            Object::Fdb(f) => ObjectKey::Fdb {
+                owner: if f.master != 0 { f.master } else { f.ifindex },
+                mac: f.mac.clone(),
+                vlan: f.vlan,
+                vni: f.vni,
+                dst: f.dst,
+            },
+            Object::Mdb(m) => ObjectKey::Mdb {
+                bridge: m.bridge,
+                port: m.port,
+                group: m.group,
+                mac_group: m.mac_group.clone(),
+                vid: m.vid,
+                source: m.source,
+            },
+            Object::Route(r) => ObjectKey::Route {
+                family: r.family,
+                table: r.table,
+                dst: r.dst,
+                src: r.src,
+                tos: r.tos,
+                metric: r.metric,
+            },
+            Object::Rule(r) => ObjectKey::Rule {
+                family: r.family,
+                priority: r.priority,
+                selector: r.selector().into(),
+            },
+        }
+    }
+
+    /// The address family of this object, where it has one (links and FDB/VLAN/MDB entries are
+    /// [`Family::BRIDGE`] or [`Family::UNSPEC`]).
+    pub fn family(&self) -> Family {
+        match self {
+            Object::Link(_) => Family::UNSPEC,
+            Object::Netconf(n) => n.family,
+            Object::Address(a) => a.family,
+            Object::Vlan(_) | Object::Fdb(_) | Object::Mdb(_) => Family::BRIDGE,
+            Object::Nexthop(n) => n.family,
+            Object::Neighbour(n) => n.family,
+            Object::Route(r) => r.family,
+            Object::Rule(r) => r.family,
+        }
+    }
+
+    /// The device ifindexes this object is attached to (the ports it concerns). Empty for objects
+    /// tied to no device (nexthop groups, blackhole routes, rules, global netconf).
+    pub fn ifindexes(&self) -> Vec<u32> {
+        let v = match self {
+            Object::Link(l) => vec![l.ifindex],
+            Object::Netconf(n) => {
+                if n.ifindex > 0 {
+                    vec![n.ifindex as u32]
+                } else {
+                    vec![]
+                }
+            }
+            Object::Address(a) => vec![a.ifindex],
+            Object::Vlan(v) => vec![v.ifindex],
+            Object::Nexthop(n) => vec![n.ifindex],
+            Object::Neighbour(n) => vec![n.ifindex],
+            Object::Fdb(f) => vec![f.ifindex],
+            Object::Mdb(m) => vec![m.port],
+            Object::Route(r) => r.nexthops.iter().map(|n| n.ifindex).collect(),
+            Object::Rule(_) => vec![],
+        };
+        v.into_iter().filter(|&i| i != 0).collect()
+    }
+
+    /// iproute2-shaped JSON of the object (as `ip -j` / `bridge -j` print one entry).
+    #[cfg(feature = "json")]
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Object::Link(x) => x.to_json(),
+            Object::Netconf(x) => x.to_json(),
+            Object::Address(x) => x.to_json(),
+            Object::Vlan(x) => x.to_json(),
+            Object::Nexthop(x) => x.to_json(),
+            Object::Neighbour(x) => x.to_json(),
+            Object::Fdb(x) => x.to_json(),
+            Object::Mdb(x) => x.to_json(),
+            Object::Route(x) => x.to_json(),
+            Object::Rule(x) => x.to_json(),
+        }
+    }
+}
+
+macro_rules! from_kind {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Object {
+            fn from(x: $t) -> Object { Object::$v(x) }
+        }
+    )*};
+}
+from_kind!(Link => Link, Netconf => Netconf, Address => Address, BridgeVlan => Vlan,
+    Nexthop => Nexthop, Neighbour => Neighbour, FdbEntry => Fdb, MdbEntry => Mdb,
+    Route => Route, Rule => Rule);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_roundtrip_names() {
+        for k in ObjectKind::ALL {
+            assert_eq!(ObjectKind::from_name(k.name()), Some(k));
+            assert_eq!(ObjectKind::from_name(k.plural()), Some(k));
+        }
+        assert_eq!(ObjectKind::from_name("neighbor"), Some(ObjectKind::Neighbour));
+    }
+
+    #[test]
+    fn route_key_ignores_legs_but_not_metric() {
+        let dst: IpPrefix = "10.0.0.0/24".parse().unwrap();
+        let a = Route::unicast(dst, vec![NextHop::via("10.1.0.1".parse().unwrap(), 3)]);
+        let mut b = a.clone();
+        b.nexthops = vec![NextHop::via("10.2.0.1".parse().unwrap(), 4)].into();
+        assert_eq!(Object::Route(a.clone()).key(), Object::Route(b).key());
+        let mut c = a.clone();
+        c.metric = 100;
+        assert_ne!(Object::Route(a).key(), Object::Route(c).key());
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn route_json_uses_iproute2_names() {
+        let dst: IpPrefix = "10.0.0.0/24".parse().unwrap();
+        let mut nh = NextHop::via("10.1.0.1".parse().unwrap(), 3);
+        nh.dev = "veth0".into();
+        let r = Route::unicast(dst, vec![nh]);
+        let j = r.to_json();
+        assert_eq!(j["dst"], "10.0.0.0/24");
+        assert_eq!(j["gateway"], "10.1.0.1");
+        assert_eq!(j["dev"], "veth0");
+        assert_eq!(j["table"], "main");
+        assert_eq!(j["protocol"], "static");
+        assert_eq!(j["scope"], "global");
+    }
+}

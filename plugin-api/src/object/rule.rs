@@ -1,0 +1,142 @@
+//! Policy routing rules (`RTM_NEWRULE`).
+
+use super::net::{table_name, Family, IpPrefix, Protocol};
+use abi_stable::std_types::{ROption, RString};
+use abi_stable::StableAbi;
+
+/// `FIB_RULE_INVERT`.
+pub const FIB_RULE_INVERT: u32 = 0x2;
+/// `FIB_RULE_IIF_DETACHED`.
+pub const FIB_RULE_IIF_DETACHED: u32 = 0x8;
+/// `FIB_RULE_OIF_DETACHED`.
+pub const FIB_RULE_OIF_DETACHED: u32 = 0x10;
+
+/// A policy routing rule. Identity: (`family`, `priority`, and every selector and action) —
+/// the kernel tells rules apart by all of their attributes; see [`Rule::selector`].
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+pub struct Rule {
+    pub family: Family,
+    pub priority: u32,
+    pub src: ROption<IpPrefix>,
+    pub dst: ROption<IpPrefix>,
+    pub iif: RString,
+    pub oif: RString,
+    pub fwmark: u32,
+    pub fwmask: u32,
+    pub tos: u8,
+    pub table: u32,
+    /// `FR_ACT_*`: 1 to_tbl, 2 goto, 3 nop, 6 blackhole, 7 unreachable, 8 prohibit.
+    pub action: u8,
+    pub goto_target: u32,
+    pub suppress_prefixlen: ROption<u32>,
+    pub ip_proto: u8,
+    pub protocol: Protocol,
+    /// `FIB_RULE_*` flags (invert, iif/oif detached).
+    pub flags: u32,
+    pub l3mdev: bool,
+}
+
+impl Rule {
+    /// Canonical text of everything that makes the rule distinct (all but the detached flags).
+    pub fn selector(&self) -> String {
+        format!(
+            "src={:?} dst={:?} iif={} oif={} fwmark={:#x}/{:#x} tos={} table={} action={} goto={} sp={:?} ipproto={} inv={} l3mdev={}",
+            self.src.into_option(),
+            self.dst.into_option(),
+            self.iif,
+            self.oif,
+            self.fwmark,
+            self.fwmask,
+            self.tos,
+            self.table,
+            self.action,
+            self.goto_target,
+            self.suppress_prefixlen.into_option(),
+            self.ip_proto,
+            self.flags & FIB_RULE_INVERT != 0,
+            self.l3mdev
+        )
+    }
+
+    #[cfg(feature = "json")]
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("priority".into(), self.priority.into());
+        if self.flags & FIB_RULE_INVERT != 0 {
+            m.insert("not".into(), serde_json::Value::Null);
+        }
+        match self.src.into_option() {
+            Some(p) => {
+                m.insert("src".into(), p.addr.to_string().into());
+                if p.len != p.addr.max_len() {
+                    m.insert("srclen".into(), p.len.into());
+                }
+            }
+            None => {
+                m.insert("src".into(), "all".into());
+            }
+        }
+        if let Some(p) = self.dst.into_option() {
+            m.insert("dst".into(), p.addr.to_string().into());
+            if p.len != p.addr.max_len() {
+                m.insert("dstlen".into(), p.len.into());
+            }
+        }
+        if self.tos != 0 {
+            m.insert("tos".into(), format!("0x{:x}", self.tos).into());
+        }
+        if self.fwmark != 0 || self.fwmask != 0 {
+            m.insert("fwmark".into(), format!("0x{:x}", self.fwmark).into());
+            if self.fwmask != 0xffff_ffff {
+                m.insert("fwmask".into(), format!("0x{:x}", self.fwmask).into());
+            }
+        }
+        if !self.iif.is_empty() {
+            m.insert("iif".into(), self.iif.as_str().into());
+            if self.flags & FIB_RULE_IIF_DETACHED != 0 {
+                m.insert("iif_detached".into(), true.into());
+            }
+        }
+        if !self.oif.is_empty() {
+            m.insert("oif".into(), self.oif.as_str().into());
+            if self.flags & FIB_RULE_OIF_DETACHED != 0 {
+                m.insert("oif_detached".into(), true.into());
+            }
+        }
+        if self.l3mdev {
+            m.insert("l3mdev".into(), true.into());
+        }
+        match self.action {
+            1 => {
+                m.insert("table".into(), table_name(self.table).into());
+            }
+            2 => {
+                m.insert("goto".into(), self.goto_target.into());
+            }
+            3 => {
+                m.insert("action".into(), "nop".into());
+            }
+            6 => {
+                m.insert("action".into(), "blackhole".into());
+            }
+            7 => {
+                m.insert("action".into(), "unreachable".into());
+            }
+            8 => {
+                m.insert("action".into(), "prohibit".into());
+            }
+            _ => {}
+        }
+        if let Some(s) = self.suppress_prefixlen.into_option() {
+            m.insert("suppress_prefixlen".into(), s.into());
+        }
+        if self.ip_proto != 0 {
+            m.insert("ipproto".into(), self.ip_proto.into());
+        }
+        if self.protocol != Protocol::UNSPEC {
+            m.insert("protocol".into(), self.protocol.name().into());
+        }
+        m.into()
+    }
+}

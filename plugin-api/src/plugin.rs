@@ -1,0 +1,255 @@
+//! The plugin interface: the Rust trait a vendor implements, the stable-ABI root module the host
+//! loads, and the adapter between them that stops panics at the boundary.
+
+use crate::capability::Capabilities;
+use crate::change::Change;
+use crate::event::NotifierEvent;
+use crate::host::HostHandle;
+use crate::outcome::Outcome;
+use abi_stable::library::RootModule;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Name and version of a plugin.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+pub struct PluginInfo {
+    pub name: RString,
+    pub version: RString,
+    pub description: RString,
+}
+
+/// One named counter in [`Stats`], e.g. kind `route`, name `offloaded`; or kind `port:eth0`,
+/// name `forwarded`.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+pub struct Counter {
+    pub kind: RString,
+    pub name: RString,
+    pub value: u64,
+}
+
+/// A plugin's statistics: counters (shown by `ekho status`) and free text.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    pub counters: RVec<Counter>,
+    pub text: RString,
+}
+
+impl Stats {
+    /// Adds a counter.
+    pub fn counter(mut self, kind: &str, name: &str, value: u64) -> Self {
+        self.counters.push(Counter { kind: kind.into(), name: name.into(), value });
+        self
+    }
+}
+
+/// What a plugin gets when it is created.
+pub struct CreateContext {
+    /// The plugin's `[plugins.config]` table from the host config, as TOML text (empty when none).
+    /// Parse it with the `toml` crate into your own config struct.
+    pub config: String,
+    /// Services of the host (requests, logging).
+    pub host: HostHandle,
+}
+
+/// The trait a vendor implements. Call order: [`Plugin::create`], then [`Plugin::begin_sync`],
+/// [`Plugin::apply`] with the whole current state as additions, [`Plugin::end_sync`], then
+/// `apply` with increments for as long as the host runs, [`Plugin::shutdown`] at the end.
+/// Calls come from one thread dedicated to the plugin, never concurrently.
+///
+/// A panic in any method is caught at the boundary and reported to the host, which marks the
+/// plugin failed and stops calling it; the host and the other plugins carry on.
+pub trait Plugin: Send + 'static {
+    /// Builds the plugin from its configuration. `Err` is shown to the operator.
+    fn create(ctx: CreateContext) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// What the plugin takes (asked once, after creation).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Applies a batch of changes in order; returns one outcome per change, in the same order.
+    /// Within a batch, what an object depends on comes first (links before their addresses,
+    /// neighbours and routes; nexthop objects before routes that use them), removals in reverse.
+    fn apply(&mut self, changes: &[Change]) -> Vec<Outcome>;
+
+    /// Kernel notifier events on the `ebpf` stream (only the kinds declared in capabilities).
+    fn notify(&mut self, _events: &[NotifierEvent]) {}
+
+    /// A full replay of the host's state begins. A plugin that keeps hardware state across host
+    /// restarts marks everything it holds here ...
+    fn begin_sync(&mut self) {}
+
+    /// ... and removes here what the replay did not renew (mark and sweep): nothing stale stays,
+    /// nothing live is flushed.
+    fn end_sync(&mut self) {}
+
+    /// Counters for `ekho status`.
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+
+    /// The host is stopping or unloading the plugin: release what you hold.
+    fn shutdown(&mut self) {}
+}
+
+/// The plugin object as the host sees it through the ABI. Every method returns `Err` with the
+/// panic message if the plugin panicked.
+#[sabi_trait]
+pub trait FfiPlugin: Send {
+    fn capabilities(&self) -> RResult<Capabilities, RString>;
+    fn apply(&mut self, changes: RSlice<'_, Change>) -> RResult<RVec<Outcome>, RString>;
+    fn notify(&mut self, events: RSlice<'_, NotifierEvent>) -> RResult<(), RString>;
+    fn begin_sync(&mut self) -> RResult<(), RString>;
+    fn end_sync(&mut self) -> RResult<(), RString>;
+    fn stats(&self) -> RResult<Stats, RString>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&mut self) -> RResult<(), RString>;
+}
+
+/// A boxed plugin behind the ABI.
+pub type PluginBox = FfiPlugin_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports (built by [`declare_plugin!`](crate::declare_plugin)).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// Name and version, without creating the plugin.
+    pub info: extern "C" fn() -> PluginInfo,
+    /// Creates the plugin from its config (TOML text).
+    #[sabi(last_prefix_field)]
+    pub create: extern "C" fn(config: RStr<'_>, host: HostHandle) -> RResult<PluginBox, RString>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "ekho_plugin";
+    const NAME: &'static str = "ekho_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> RString {
+    let msg = if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    };
+    format!("plugin panicked: {msg}").into()
+}
+
+fn guard<R>(f: impl FnOnce() -> R) -> RResult<R, RString> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => RResult::ROk(r),
+        Err(p) => RResult::RErr(panic_message(p)),
+    }
+}
+
+/// Adapts a [`Plugin`] to [`FfiPlugin`]. Used by [`declare_plugin!`](crate::declare_plugin).
+#[doc(hidden)]
+pub struct Adapter<P: Plugin>(pub P);
+
+impl<P: Plugin> FfiPlugin for Adapter<P> {
+    fn capabilities(&self) -> RResult<Capabilities, RString> {
+        guard(|| self.0.capabilities())
+    }
+    fn apply(&mut self, changes: RSlice<'_, Change>) -> RResult<RVec<Outcome>, RString> {
+        let n = changes.len();
+        match guard(|| self.0.apply(changes.as_slice())) {
+            RResult::ROk(v) if v.len() == n => RResult::ROk(v.into()),
+            RResult::ROk(v) => RResult::RErr(
+                format!("plugin returned {} outcomes for {} changes", v.len(), n).into(),
+            ),
+            RResult::RErr(e) => RResult::RErr(e),
+        }
+    }
+    fn notify(&mut self, events: RSlice<'_, NotifierEvent>) -> RResult<(), RString> {
+        guard(|| self.0.notify(events.as_slice()))
+    }
+    fn begin_sync(&mut self) -> RResult<(), RString> {
+        guard(|| self.0.begin_sync())
+    }
+    fn end_sync(&mut self) -> RResult<(), RString> {
+        guard(|| self.0.end_sync())
+    }
+    fn stats(&self) -> RResult<Stats, RString> {
+        guard(|| self.0.stats())
+    }
+    fn shutdown(&mut self) -> RResult<(), RString> {
+        guard(|| self.0.shutdown())
+    }
+}
+
+#[doc(hidden)]
+pub extern "C" fn create_plugin<P: Plugin>(
+    config: RStr<'_>,
+    host: HostHandle,
+) -> RResult<PluginBox, RString> {
+    let config = config.as_str().to_string();
+    match catch_unwind(AssertUnwindSafe(move || P::create(CreateContext { config, host }))) {
+        Ok(Ok(p)) => RResult::ROk(FfiPlugin_TO::from_value(
+            Adapter(p),
+            abi_stable::sabi_trait::TD_Opaque,
+        )),
+        Ok(Err(e)) => RResult::RErr(e.into()),
+        Err(p) => RResult::RErr(panic_message(p)),
+    }
+}
+
+/// Builds the root module for plugin type `P`. Used by [`declare_plugin!`](crate::declare_plugin).
+#[doc(hidden)]
+pub fn root_module<P: Plugin>(info: extern "C" fn() -> PluginInfo) -> PluginModRef {
+    PluginMod { info, create: create_plugin::<P> }.leak_into_prefix()
+}
+
+/// Wraps a plugin already created in-process (tests, embedding) in the ABI box.
+pub fn boxed<P: Plugin>(p: P) -> PluginBox {
+    FfiPlugin_TO::from_value(Adapter(p), abi_stable::sabi_trait::TD_Opaque)
+}
+
+/// Declares a type implementing [`Plugin`] as this library's ekho plugin: exports the
+/// API-version symbol and the stable-ABI root module. Name and version default to the crate's
+/// `CARGO_PKG_NAME` / `CARGO_PKG_VERSION`.
+///
+/// ```ignore
+/// ekho_plugin_api::declare_plugin!(MyPlugin);
+/// ekho_plugin_api::declare_plugin!(MyPlugin, name = "acme-asic", description = "Acme ASIC");
+/// ```
+#[macro_export]
+macro_rules! declare_plugin {
+    ($ty:ty) => {
+        $crate::declare_plugin!($ty, name = env!("CARGO_PKG_NAME"), description = env!("CARGO_PKG_DESCRIPTION"));
+    };
+    ($ty:ty, name = $name:expr) => {
+        $crate::declare_plugin!($ty, name = $name, description = env!("CARGO_PKG_DESCRIPTION"));
+    };
+    ($ty:ty, name = $name:expr, description = $desc:expr) => {
+        /// The `ekho-plugin-api` version this plugin was built against (read by the host with
+        /// `dlsym` before anything else).
+        #[unsafe(no_mangle)]
+        pub static EKHO_PLUGIN_API_VERSION: $crate::version::VersionTag =
+            $crate::version::VersionTag::CURRENT;
+
+        extern "C" fn __ekho_plugin_info() -> $crate::plugin::PluginInfo {
+            $crate::plugin::PluginInfo {
+                name: $name.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                description: $desc.into(),
+            }
+        }
+
+        #[$crate::abi_stable::export_root_module]
+        pub fn __ekho_plugin_root_module() -> $crate::plugin::PluginModRef {
+            $crate::plugin::root_module::<$ty>(__ekho_plugin_info)
+        }
+    };
+}
