@@ -1,1 +1,205 @@
-fn main() {}
+//! `ekho`: mirror the kernel's networking state and dispatch it to offload plugins.
+
+mod config;
+mod control;
+mod daemon;
+mod dispatch;
+mod loader;
+mod render;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::Config;
+use ekho_plugin_api::prelude::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ekho", version, about = "Mirror the kernel's networking state and dispatch it to offload plugins")]
+struct Cli {
+    /// Config file [default: /etc/ekho/ekho.toml if it exists, else a built-in default: plugins
+    /// next to the executable, the recorder plugin writing to stdout, the caller's netns]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format (logs go to stderr; filter with RUST_LOG, default info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon
+    Run,
+    /// Show the daemon's state: mirror, eBPF hooks, plugins
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List loaded plugins, their API versions and capabilities
+    Plugins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's mirror, iproute2-like (KIND: links, addresses, routes, nexthops,
+    /// neighbours, fdb, vlans, mdb, rules, netconf)
+    Dump {
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream changes as the mirror applies them, like `ip monitor`
+    Monitor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin .so without the daemon: print its ABI, versions and capabilities, or exactly
+    /// why the host would refuse it (non-zero exit then)
+    CheckPlugin {
+        file: PathBuf,
+        /// A TOML file holding the plugin's config table, to check `create` with it
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ekho: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::CheckPlugin { file, plugin_config, json } => check_plugin(&file, plugin_config.as_deref(), json),
+        cmd => {
+            let config = Config::load(cli.config.as_deref())?;
+            let socket = config.control_socket();
+            match cmd {
+                Cmd::Run => {
+                    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                    rt.block_on(daemon::run(config))?;
+                }
+                Cmd::Status { json } => {
+                    let v = control::request(&socket, &json!({"cmd": "status"}))?;
+                    print_or(json, &v, render::status);
+                }
+                Cmd::Plugins { json } => {
+                    let v = control::request(&socket, &json!({"cmd": "plugins"}))?;
+                    print_or(json, &v, render::plugins);
+                }
+                Cmd::Dump { kind, json } => {
+                    if let Some(k) = &kind {
+                        if ObjectKind::from_name(k).is_none() {
+                            let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
+                            anyhow::bail!("unknown kind {k:?}; one of: {}", known.join(", "));
+                        }
+                    }
+                    let v = control::request(&socket, &json!({"cmd": "dump", "kind": kind}))?;
+                    print_or(json, &v, render::dump);
+                }
+                Cmd::Monitor { json } => {
+                    control::stream(&socket, &json!({"cmd": "monitor"}), |v| {
+                        if json {
+                            println!("{v}");
+                        } else {
+                            println!("{}", render::change(&v));
+                        }
+                    })?;
+                }
+                Cmd::CheckPlugin { .. } => unreachable!(),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_or(json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap());
+    } else {
+        print!("{}", human(v));
+    }
+}
+
+fn check_plugin(file: &std::path::Path, cfg: Option<&std::path::Path>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config_text = match cfg {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => String::new(),
+    };
+    let fail = |stage: &str, e: String| -> anyhow::Result<ExitCode> {
+        if as_json {
+            println!("{}", json!({"file": file.display().to_string(), "accepted": false, "stage": stage, "reason": e}));
+        } else {
+            println!("{}: REFUSED at {stage}\n  {e}", file.display());
+        }
+        Ok(ExitCode::from(2))
+    };
+    let api = ekho_plugin_api::version::API_VERSION;
+    let range = ekho_plugin_api::version::accepted_range(api).unwrap_or_default();
+    let lib = match loader::open(file) {
+        Ok(l) => l,
+        Err(e) => {
+            let stage = match &e {
+                loader::LoadError::Layout { .. } => "layout check",
+                loader::LoadError::IncompatibleApi { .. } => "API version",
+                _ => "pre-flight",
+            };
+            return fail(stage, e.to_string());
+        }
+    };
+    let plugin = match lib.create(&config_text, ekho_plugin_api::DetachedHost::handle()) {
+        Ok(p) => p,
+        Err(e) => return fail("create", e.to_string()),
+    };
+    let caps = match plugin.capabilities().into_result() {
+        Ok(c) => c,
+        Err(e) => return fail("capabilities", e.to_string()),
+    };
+    let mut plugin = plugin;
+    let _ = plugin.shutdown();
+    let v = json!({
+        "file": file.display().to_string(),
+        "accepted": true,
+        "name": lib.info.name.as_str(),
+        "version": lib.info.version.as_str(),
+        "description": lib.info.description.as_str(),
+        "api_version": lib.api_version,
+        "host_api_version": api,
+        "host_accepts": range,
+        "abi": "abi_stable layout check passed",
+        "capabilities": daemon::capabilities_json(&caps, None),
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+    } else {
+        print!("{}", render::check(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,270 @@
-//! Skeleton.
+//! `recorder`: an ekho plugin that writes every change and event it receives as one JSON line, and
+//! keeps its current view as one JSON document. For operators (what does the host send?), for
+//! tests, and as a model of restart reconciliation (mark and sweep).
+//!
+//! Config (`[plugins.config]`):
+//! - `events_path`: file to append JSON lines to (default: stdout).
+//! - `view_path`: if set, rewritten (atomically) after each batch with the current view, keyed by
+//!   kind like `ekho dump --json`.
+//! - `state_path`: if set, the recorder's "hardware" state persists there across host restarts:
+//!   at end-sync it removes (op `sweep`) what the replay did not renew, and keeps the rest without
+//!   rewriting it.
+//! - `kinds`, `families`, `ports`: narrow the capabilities (default: everything).
+//! - `delay_ms`: sleep this long in each `apply` (to simulate a slow backend).
+//! - `panic_after`: panic in `apply` once this many changes have been received (fault injection,
+//!   to test hosts).
+//!
+//! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
+//! "begin_sync"|"end_sync"|"sweep","kind":"route"|...,"object":{...}}` with iproute2 field names
+//! inside `object` (and `old` for updates).
+
+use ekho_plugin_api::prelude::*;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    events_path: Option<PathBuf>,
+    view_path: Option<PathBuf>,
+    state_path: Option<PathBuf>,
+    kinds: Option<Vec<String>>,
+    families: Option<Vec<String>>,
+    notifiers: Option<Vec<String>>,
+    ports: Option<Vec<String>>,
+    delay_ms: Option<u64>,
+    panic_after: Option<u64>,
+}
+
+struct Recorder {
+    cfg: Config,
+    caps: Capabilities,
+    out: Box<dyn Write + Send>,
+    seq: u64,
+    received: u64,
+    /// Current view: identity (debug form of the key) -> (kind, object JSON).
+    view: BTreeMap<String, (ObjectKind, Value)>,
+    /// Keys not yet renewed by the replay in progress.
+    unmarked: Option<HashSet<String>>,
+    kept: u64,
+    swept: u64,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+fn key_string(o: &Object) -> String {
+    format!("{:?}", o.key())
+}
+
+impl Recorder {
+    fn line(&mut self, stream: &str, op: &str, kind: &str, object: Option<Value>, old: Option<Value>) {
+        self.seq += 1;
+        let mut v = json!({"seq": self.seq, "stream": stream, "op": op, "kind": kind});
+        if let Some(o) = object {
+            v["object"] = o;
+        }
+        if let Some(o) = old {
+            v["old"] = o;
+        }
+        let _ = writeln!(self.out, "{v}");
+    }
+
+    fn write_view(&self) -> std::io::Result<()> {
+        if let Some(p) = &self.cfg.view_path {
+            let mut doc = Map::new();
+            for k in ObjectKind::ALL {
+                if self.caps.takes_kind(k) {
+                    doc.insert(k.plural().into(), Value::Array(vec![]));
+                }
+            }
+            for (kind, o) in self.view.values() {
+                if let Some(Value::Array(a)) = doc.get_mut(kind.plural()) {
+                    a.push(o.clone());
+                }
+            }
+            write_atomic(p, &serde_json::to_vec_pretty(&Value::Object(doc))?)?;
+        }
+        if let Some(p) = &self.cfg.state_path {
+            let state: Map<String, Value> = self
+                .view
+                .iter()
+                .map(|(k, (kind, o))| (k.clone(), json!({"kind": kind.name(), "object": o})))
+                .collect();
+            write_atomic(p, &serde_json::to_vec(&Value::Object(state))?)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_atomic(p: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, p)
+}
+
+fn parse_list<T>(v: &Option<Vec<String>>, what: &str, f: impl Fn(&str) -> Option<T>) -> Result<Option<Vec<T>>, String> {
+    match v {
+        None => Ok(None),
+        Some(list) => list
+            .iter()
+            .map(|s| f(s).ok_or_else(|| format!("unknown {what} {s:?} in recorder config")))
+            .collect::<Result<Vec<T>, String>>()
+            .map(Some),
+    }
+}
+
+impl Plugin for Recorder {
+    fn create(ctx: CreateContext) -> Result<Self, String> {
+        let cfg: Config = toml::from_str(&ctx.config).map_err(|e| format!("recorder config: {e}"))?;
+        let mut caps = Capabilities::new();
+        caps = match parse_list(&cfg.kinds, "kind", ObjectKind::from_name)? {
+            Some(k) => caps.kinds(k),
+            None => caps.kinds(ObjectKind::ALL),
+        };
+        if let Some(f) = parse_list(&cfg.families, "family", |s| match s {
+            "inet" | "ipv4" => Some(Family::INET),
+            "inet6" | "ipv6" => Some(Family::INET6),
+            "bridge" => Some(Family::BRIDGE),
+            _ => None,
+        })? {
+            caps = caps.families(f);
+        }
+        caps = match parse_list(&cfg.notifiers, "notifier", NotifierKind::from_name)? {
+            Some(n) => caps.notifiers(n),
+            None => caps.notifiers(NotifierKind::ALL),
+        };
+        if let Some(p) = &cfg.ports {
+            caps = caps.port_names(p.clone());
+        }
+        caps = caps.nexthop_objects(true);
+        let out: Box<dyn Write + Send> = match &cfg.events_path {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("cannot open events_path {}: {e}", p.display()))?,
+            ),
+            None => Box::new(std::io::stdout()),
+        };
+        let mut view = BTreeMap::new();
+        if let Some(p) = &cfg.state_path {
+            if let Ok(bytes) = std::fs::read(p) {
+                let state: Map<String, Value> = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("state_path {} is not a recorder state file: {e}", p.display()))?;
+                for (k, v) in state {
+                    let kind = v["kind"].as_str().and_then(ObjectKind::from_name);
+                    if let Some(kind) = kind {
+                        view.insert(k, (kind, v["object"].clone()));
+                    }
+                }
+            }
+        }
+        Ok(Recorder {
+            cfg,
+            caps,
+            out,
+            seq: 0,
+            received: 0,
+            view,
+            unmarked: None,
+            kept: 0,
+            swept: 0,
+            counts: BTreeMap::new(),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {
+        if let Some(ms) = self.cfg.delay_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            self.received += 1;
+            if let Some(n) = self.cfg.panic_after {
+                if self.received >= n {
+                    panic!("recorder: panic_after = {n} reached (fault injection)");
+                }
+            }
+            let o = c.object();
+            let kind = o.kind();
+            let key = key_string(o);
+            let json = o.to_json();
+            let old = match c {
+                Change::Update { old, .. } => Some(old.to_json()),
+                _ => None,
+            };
+            self.line("netlink", c.op(), kind.name(), Some(json.clone()), old);
+            *self.counts.entry(kind.plural()).or_default() += 1;
+            match c {
+                Change::Remove(_) => {
+                    self.view.remove(&key);
+                }
+                _ => {
+                    if let Some(unmarked) = &mut self.unmarked {
+                        if unmarked.remove(&key) && self.view.get(&key).is_some_and(|(_, v)| *v == json) {
+                            self.kept += 1;
+                        }
+                    }
+                    self.view.insert(key, (kind, json));
+                }
+            }
+            out.push(Outcome::Offloaded);
+        }
+        let _ = self.out.flush();
+        if let Err(e) = self.write_view() {
+            let _ = writeln!(std::io::stderr(), "recorder: cannot write view: {e}");
+        }
+        out
+    }
+
+    fn notify(&mut self, events: &[NotifierEvent]) {
+        for e in events {
+            self.line("ebpf", "event", e.kind.name(), Some(e.to_json()), None);
+        }
+        let _ = self.out.flush();
+    }
+
+    fn begin_sync(&mut self) {
+        self.unmarked = Some(self.view.keys().cloned().collect());
+        self.line("netlink", "begin_sync", "", None, None);
+    }
+
+    fn end_sync(&mut self) {
+        if let Some(stale) = self.unmarked.take() {
+            for k in stale {
+                if let Some((kind, o)) = self.view.remove(&k) {
+                    self.swept += 1;
+                    self.line("netlink", "sweep", kind.name(), Some(o), None);
+                }
+            }
+        }
+        self.line("netlink", "end_sync", "", None, None);
+        let _ = self.out.flush();
+        let _ = self.write_view();
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = Stats::default()
+            .counter("all", "received", self.received)
+            .counter("all", "kept_after_restart", self.kept)
+            .counter("all", "swept_after_restart", self.swept);
+        for (k, n) in &self.counts {
+            s = s.counter(k, "changes", *n);
+        }
+        s
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.out.flush();
+        let _ = self.write_view();
+    }
+}
+
+ekho_plugin_api::declare_plugin!(Recorder, name = "recorder");

@@ -1,0 +1,416 @@
+//! `ekho run`: the daemon. Wires kernel sources -> mirror -> per-plugin dispatch -> status.
+
+use crate::config::{Config, PluginConfig};
+use crate::dispatch::{PluginHandle, PluginState, PluginStatus};
+use crate::loader;
+use anyhow::Context;
+use ekho_ebpf::{EbpfConfig, EbpfSource, HookState};
+use ekho_mirror::source::SourceConfig;
+use ekho_mirror::Mirror;
+use ekho_plugin_api::host::{HostServices, HostServices_TO};
+use ekho_plugin_api::prelude::*;
+use ekho_plugin_api::version::API_VERSION;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default receive buffer of the netlink event socket.
+pub const DEFAULT_RCVBUF: usize = 64 << 20;
+
+/// A plugin as the daemon keeps it.
+pub enum PluginEntry {
+    Running { handle: PluginHandle, listener: ekho_mirror::ListenerId },
+    Refused(PluginStatus),
+}
+
+/// State of the eBPF source.
+pub enum EbpfEntry {
+    Disabled,
+    Unavailable(String),
+    Running(EbpfSource),
+}
+
+/// The running daemon, shared by the control server.
+pub struct Daemon {
+    pub config: Config,
+    pub mirror: Mirror,
+    pub plugins: Mutex<Vec<PluginEntry>>,
+    pub ebpf: Mutex<EbpfEntry>,
+    pub started: Instant,
+}
+
+/// The host services a plugin gets: requests go to the daemon, logs to tracing.
+#[derive(Clone)]
+struct PluginHost {
+    name: Arc<str>,
+    requests: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
+}
+
+impl HostServices for PluginHost {
+    fn request(&self, req: Request) -> abi_stable::std_types::RResult<(), RString> {
+        match self.requests.send((self.name.clone(), req)) {
+            Ok(()) => abi_stable::std_types::RResult::ROk(()),
+            Err(_) => abi_stable::std_types::RResult::RErr("the host is shutting down".into()),
+        }
+    }
+    fn log(&self, level: LogLevel, message: abi_stable::std_types::RStr<'_>) {
+        let plugin = &*self.name;
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}
+
+impl Daemon {
+    /// Loads one plugin and attaches it to the mirror (replay, then increments). A refusal is
+    /// returned as a status with state `failed` and the reason.
+    fn load_plugin(
+        &self,
+        pc: &PluginConfig,
+        requests: &tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
+    ) -> PluginEntry {
+        let dir = self.config.plugin_dir();
+        let mut status = PluginStatus { name: pc.name.clone(), ..Default::default() };
+        let result = (|| -> Result<(PluginHandle, ekho_mirror::ListenerId), loader::LoadError> {
+            let path = loader::find(&pc.name, pc.path.as_deref(), &dir)?;
+            status.path = path.display().to_string();
+            let lib = loader::open(&path)?;
+            status.api_version = lib.api_version.clone();
+            status.version = lib.info.version.to_string();
+            loader::check_version(&lib.info, pc.version.as_deref())?;
+            let host = HostServices_TO::from_ptr(
+                abi_stable::std_types::RArc::new(PluginHost {
+                    name: pc.name.as_str().into(),
+                    requests: requests.clone(),
+                }),
+                abi_stable::sabi_trait::TD_Opaque,
+            );
+            let plugin = lib.create(&pc.config_text(), host)?;
+            let caps = plugin.capabilities().into_result().map_err(|e| {
+                loader::LoadError::Capabilities { name: pc.name.clone(), reason: e.to_string() }
+            })?;
+            let handle = PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone());
+            let q = handle.queue.clone();
+            let q2 = handle.queue.clone();
+            let listener = self.mirror.attach(
+                move |snapshot| q.push_replay(snapshot),
+                Box::new(move |changes| q2.push_changes(changes)),
+            );
+            Ok((handle, listener))
+        })();
+        match result {
+            Ok((handle, listener)) => {
+                tracing::info!(
+                    plugin = %pc.name,
+                    version = %status.version,
+                    api = %status.api_version,
+                    path = %status.path,
+                    "plugin loaded"
+                );
+                PluginEntry::Running { handle, listener }
+            }
+            Err(e) => {
+                if let loader::LoadError::Layout { full, .. } = &e {
+                    tracing::debug!(plugin = %pc.name, "abi_stable report:\n{full}");
+                }
+                tracing::error!(plugin = %pc.name, "plugin skipped: {e}");
+                status.state = Some(PluginState::Failed);
+                status.reason = Some(e.to_string());
+                PluginEntry::Refused(status)
+            }
+        }
+    }
+
+    /// Hands notifier events to every running plugin that takes them.
+    pub fn notify(&self, events: &[NotifierEvent]) {
+        for p in self.plugins.lock().unwrap().iter() {
+            if let PluginEntry::Running { handle, .. } = p {
+                handle.queue.push_events(events);
+            }
+        }
+    }
+
+    /// `ekho status --json`.
+    pub fn status(&self) -> Value {
+        let ms = self.mirror.stats();
+        let plugins: Vec<Value> = self
+            .plugins
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                PluginEntry::Running { handle, .. } => serde_json::to_value(handle.snapshot()).unwrap(),
+                PluginEntry::Refused(s) => serde_json::to_value(s).unwrap(),
+            })
+            .collect();
+        json!({
+            "ekho": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "api_version": API_VERSION,
+                "pid": std::process::id(),
+                "uptime_s": self.started.elapsed().as_secs(),
+                "config": self.config.source.to_string(),
+                "netns": self.config.host.netns.clone().unwrap_or_else(|| "(caller's)".into()),
+                "plugin_dir": self.config.plugin_dir().display().to_string(),
+            },
+            "mirror": {
+                "synced": ms.synced,
+                "objects": ms.objects,
+                "messages": ms.messages,
+                "overruns": ms.overruns,
+                "resyncs": ms.resyncs,
+                "last_resync_ms": ms.last_resync_ms,
+            },
+            "ebpf": self.ebpf_status(),
+            "plugins": plugins,
+        })
+    }
+
+    fn ebpf_status(&self) -> Value {
+        match &*self.ebpf.lock().unwrap() {
+            EbpfEntry::Disabled => json!({"state": "disabled", "reason": "disabled in config ([host] ebpf = false)"}),
+            EbpfEntry::Unavailable(r) => json!({"state": "unavailable", "reason": r}),
+            EbpfEntry::Running(src) => {
+                let st = src.stats();
+                let hooks: Vec<Value> = src
+                    .hooks
+                    .iter()
+                    .map(|h| match &h.state {
+                        HookState::Live => json!({"name": h.name, "state": "live"}),
+                        HookState::FallenBack { to, reason } => {
+                            json!({"name": h.name, "state": "fallen_back", "to": to, "reason": reason})
+                        }
+                        HookState::Unavailable { reason } => {
+                            json!({"name": h.name, "state": "unavailable", "reason": reason})
+                        }
+                    })
+                    .collect();
+                json!({"state": "running", "events": st.events, "lost": st.lost, "hooks": hooks})
+            }
+        }
+    }
+
+    /// `ekho plugins --json`.
+    pub fn plugins(&self) -> Value {
+        let v: Vec<Value> = self
+            .plugins
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                PluginEntry::Running { handle, .. } => {
+                    let s = handle.snapshot();
+                    let pc = self.config.plugins.iter().find(|c| c.name == s.name);
+                    json!({
+                        "name": s.name,
+                        "version": s.version,
+                        "api_version": s.api_version,
+                        "path": s.path,
+                        "state": s.state,
+                        "capabilities": capabilities_json(&handle.caps, pc.and_then(|c| c.ports.as_deref())),
+                    })
+                }
+                PluginEntry::Refused(s) => json!({
+                    "name": s.name,
+                    "version": s.version,
+                    "api_version": s.api_version,
+                    "path": s.path,
+                    "state": s.state,
+                    "reason": s.reason,
+                }),
+            })
+            .collect();
+        json!({"host_api_version": API_VERSION, "plugins": v})
+    }
+
+    /// `ekho dump --json`: one object keyed by kind.
+    pub fn dump(&self, kind: Option<ObjectKind>) -> Value {
+        let mut m = serde_json::Map::new();
+        for k in ObjectKind::ALL {
+            if kind.is_none_or(|x| x == k) {
+                m.insert(k.plural().into(), Value::Array(vec![]));
+            }
+        }
+        for o in self.mirror.dump(kind) {
+            if let Some(Value::Array(a)) = m.get_mut(o.kind().plural()) {
+                a.push(o.to_json());
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// Stops every plugin (shutdown called on each).
+    pub fn stop_plugins(&self) {
+        let mut plugins = self.plugins.lock().unwrap();
+        for p in plugins.iter_mut() {
+            if let PluginEntry::Running { handle, listener } = p {
+                self.mirror.detach(*listener);
+                handle.stop(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The capabilities as `ekho plugins` shows them.
+pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) -> Value {
+    let limits: serde_json::Map<String, Value> =
+        c.limits.iter().map(|l| (l.kind.name().to_string(), l.max_entries.into())).collect();
+    let ports = match ports_override {
+        Some(g) => json!({"all": false, "names": g, "drivers": [], "from": "config"}),
+        None => json!({
+            "all": c.ports.all,
+            "names": c.ports.names.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "drivers": c.ports.drivers.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "from": "plugin",
+        }),
+    };
+    json!({
+        "kinds": c.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        "families": if c.families.is_empty() { vec!["all".to_string()] } else { c.families.iter().map(|f| f.name()).collect() },
+        "notifiers": c.notifiers.iter().map(|n| n.name()).collect::<Vec<_>>(),
+        "ports": ports,
+        "limits": limits,
+        "features": {
+            "max_ecmp_width": c.features.max_ecmp_width,
+            "nexthop_objects": c.features.nexthop_objects,
+        },
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let socket = config.control_socket();
+    crate::control::ensure_not_running(&socket)?;
+    let netns = config.netns_path();
+    if let Some(p) = &netns {
+        if !p.exists() {
+            anyhow::bail!(
+                "[host] netns = {:?}: {} does not exist (create it with `ip netns add NAME`, or remove the key to mirror the caller's namespace)",
+                config.host.netns.clone().unwrap_or_default(),
+                p.display()
+            );
+        }
+    }
+    tracing::info!(config = %config.source, netns = ?netns, plugin_dir = %config.plugin_dir().display(), "ekho starting");
+
+    let mirror = Mirror::new();
+    let src_cfg = SourceConfig {
+        netns: netns.clone(),
+        rcvbuf: config.host.netlink_rcvbuf.unwrap_or(DEFAULT_RCVBUF),
+    };
+    let m2 = mirror.clone();
+    let source = tokio::spawn(async move {
+        if let Err(e) = ekho_mirror::source::run(m2, src_cfg).await {
+            tracing::error!("netlink source stopped: {e}");
+        }
+    });
+    let t0 = Instant::now();
+    while !mirror.stats().synced {
+        if source.is_finished() {
+            anyhow::bail!("the netlink source failed before the initial dump completed (see the error above)");
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("initial netlink dump did not complete within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(objects = ?mirror.stats().objects, "mirror synced in {:?}", t0.elapsed());
+
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        mirror: mirror.clone(),
+        plugins: Mutex::new(Vec::new()),
+        ebpf: Mutex::new(EbpfEntry::Disabled),
+        started: Instant::now(),
+    });
+
+    // eBPF source.
+    if config.host.ebpf.unwrap_or(true) {
+        let d = Arc::downgrade(&daemon);
+        let events: ekho_ebpf::EventSink = Arc::new(move |ev: Vec<NotifierEvent>| {
+            if let Some(d) = d.upgrade() {
+                d.notify(&ev);
+            }
+        });
+        let m3 = mirror.clone();
+        let loss: ekho_ebpf::LossSink = Arc::new(move |kinds: &[ObjectKind]| {
+            tracing::warn!(?kinds, "eBPF ring buffer lost events; re-dumping the affected kinds");
+            crate::daemon::resync(&m3, kinds);
+        });
+        let entry = match EbpfSource::start(EbpfConfig { netns: netns.clone() }, events, loss) {
+            Ok(src) => {
+                for h in &src.hooks {
+                    match &h.state {
+                        HookState::Live => tracing::info!(hook = %h.name, "eBPF hook live"),
+                        HookState::FallenBack { to, reason } => {
+                            tracing::info!(hook = %h.name, to = %to, "eBPF hook fell back: {reason}")
+                        }
+                        HookState::Unavailable { reason } => {
+                            tracing::info!(hook = %h.name, "eBPF hook unavailable: {reason}")
+                        }
+                    }
+                }
+                EbpfEntry::Running(src)
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                EbpfEntry::Unavailable(e.to_string())
+            }
+        };
+        *daemon.ebpf.lock().unwrap() = entry;
+    }
+
+    // Plugins.
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<str>, Request)>();
+    for pc in &config.plugins {
+        let entry = daemon.load_plugin(pc, &req_tx);
+        daemon.plugins.lock().unwrap().push(entry);
+    }
+    let m4 = mirror.clone();
+    tokio::spawn(async move {
+        while let Some((plugin, req)) = req_rx.recv().await {
+            match req {
+                Request::ResolveNeighbour { ifindex, addr } => {
+                    if let Err(e) = crate::daemon::resolve_neighbour(&m4, ifindex, addr) {
+                        tracing::warn!(%plugin, %addr, ifindex, "cannot resolve next hop: {e}");
+                    }
+                }
+            }
+        }
+    });
+
+    // Control socket.
+    let listener = crate::control::bind(&socket).context("control socket")?;
+    let d = daemon.clone();
+    tokio::spawn(async move { crate::control::serve(listener, d).await });
+    tracing::info!(socket = %socket.display(), "ekho running");
+
+    // Until SIGTERM/SIGINT.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    let d = daemon.clone();
+    tokio::task::spawn_blocking(move || d.stop_plugins()).await?;
+    *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("ekho stopped");
+    Ok(())
+}
+
+/// Asks the mirror to re-dump `kinds` (after eBPF ring-buffer loss).
+pub fn resync(mirror: &Mirror, kinds: &[ObjectKind]) {
+    let _ = (mirror, kinds);
+    tracing::warn!(?kinds, "targeted re-dump not available in this build of the mirror");
+}
+
+/// Asks the kernel, through the mirror's netns, to resolve a next hop.
+pub fn resolve_neighbour(mirror: &Mirror, ifindex: u32, addr: IpAddress) -> Result<(), String> {
+    let _ = (mirror, ifindex, addr);
+    Err("next-hop resolution not available in this build of the mirror".into())
+}

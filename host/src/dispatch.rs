@@ -1,0 +1,745 @@
+//! Per-plugin dispatch: a capability filter, a coalescing queue, and one worker thread per plugin.
+//!
+//! The mirror calls every plugin's listener under its lock; the listener filters (kinds, families,
+//! ports) and enqueues without blocking. The queue holds at most one pending entry per object key:
+//! the version the plugin was given last (`base`) and the latest version (`target`), so add then
+//! remove cancels, many updates collapse into the last one, and memory stays bounded by the size
+//! of the mirror however slow the plugin is. The worker drains the queue in dependency order and
+//! records one outcome per change.
+
+use ekho_plugin_api::plugin::PluginBox;
+use ekho_plugin_api::prelude::*;
+use ekho_plugin_api::ObjectKey;
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Changes handed to a plugin per `apply` call, at most.
+pub const BATCH: usize = 1024;
+/// Notifier events kept per plugin while it is busy; older ones are dropped and counted.
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// The state of a plugin, as `ekho status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Receiving the replay of the mirror (between begin-sync and end-sync).
+    Syncing,
+    /// Replay done; receiving increments.
+    InSync,
+    /// Refused at load, or failed (panicked / broke the contract); no longer called.
+    Failed,
+}
+
+/// A failure kept for `ekho status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureRecord {
+    pub kind: String,
+    pub op: String,
+    pub object: serde_json::Value,
+    pub reason: String,
+}
+
+/// Everything `ekho status` shows about one plugin.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub path: String,
+    pub state: Option<PluginState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Objects currently held for the plugin (given to it and not removed).
+    pub objects: u64,
+    /// Changes applied (each got an outcome from the plugin).
+    pub applied: u64,
+    pub offloaded: u64,
+    pub unsupported: u64,
+    pub trapped: u64,
+    pub failed: u64,
+    /// Additions the host refused on the plugin's behalf (declared limits, ECMP width).
+    pub refused: u64,
+    pub queue_depth: u64,
+    pub events: u64,
+    pub events_dropped: u64,
+    pub syncs: u64,
+    pub last_sync_ms: u64,
+    /// Objects held, per kind, by outcome.
+    pub outcomes: HashMap<String, HashMap<String, u64>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stats_text: String,
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub recent_failures: VecDeque<FailureRecord>,
+}
+
+/// Which ports a plugin owns, and the link table needed to decide it.
+pub struct PortFilter {
+    all: bool,
+    names: Vec<glob::Pattern>,
+    drivers: Vec<String>,
+    /// ifindex -> (name, kind) of every link the mirror has.
+    links: HashMap<u32, (String, String)>,
+}
+
+impl PortFilter {
+    /// From the plugin's declared scope, or the config's `ports` globs when given.
+    pub fn new(scope: &PortScope, override_globs: Option<&[String]>) -> PortFilter {
+        match override_globs {
+            Some(g) => PortFilter {
+                all: false,
+                names: g.iter().filter_map(|s| glob::Pattern::new(s).ok()).collect(),
+                drivers: vec![],
+                links: HashMap::new(),
+            },
+            None => PortFilter {
+                all: scope.all,
+                names: scope.names.iter().filter_map(|s| glob::Pattern::new(s).ok()).collect(),
+                drivers: scope.drivers.iter().map(|s| s.to_string()).collect(),
+                links: HashMap::new(),
+            },
+        }
+    }
+
+    fn observe(&mut self, c: &Change) {
+        match c {
+            Change::Add(Object::Link(l)) | Change::Update { new: Object::Link(l), .. } => {
+                self.links.insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
+            }
+            Change::Remove(Object::Link(l)) => {
+                self.links.remove(&l.ifindex);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the port `ifindex` is owned.
+    pub fn owns(&self, ifindex: u32) -> bool {
+        if self.all {
+            return true;
+        }
+        match self.links.get(&ifindex) {
+            Some((name, kind)) => {
+                self.names.iter().any(|p| p.matches(name)) || self.drivers.iter().any(|d| d == kind)
+            }
+            None => false,
+        }
+    }
+
+    /// Links pass when owned; other objects when tied to no port or to at least one owned port.
+    fn passes(&self, o: &Object) -> bool {
+        if self.all {
+            return true;
+        }
+        if let Object::Link(l) = o {
+            return self.owns(l.ifindex);
+        }
+        let ifs = o.ifindexes();
+        ifs.is_empty() || ifs.iter().any(|&i| self.owns(i))
+    }
+}
+
+struct Pending {
+    base: Option<Object>,
+    target: Option<Object>,
+}
+
+struct QueueState {
+    caps: Capabilities,
+    ports: PortFilter,
+    pending: IndexMap<ObjectKey, Pending>,
+    events: VecDeque<NotifierEvent>,
+    events_dropped: u64,
+    sync_requested: bool,
+    closed: bool,
+    shutdown: bool,
+}
+
+impl QueueState {
+    fn takes(&self, o: &Object) -> bool {
+        self.caps.takes_kind(o.kind()) && self.caps.takes_family(o.family()) && self.ports.passes(o)
+    }
+
+    fn push_change(&mut self, c: &Change) {
+        self.ports.observe(c);
+        let (old, new) = match c {
+            Change::Add(o) => (None, Some(o)),
+            Change::Update { old, new } => (Some(old), Some(new)),
+            Change::Remove(o) => (Some(o), None),
+        };
+        let base = old.filter(|o| self.takes(o)).cloned();
+        let target = new.filter(|o| self.takes(o)).cloned();
+        if base.is_none() && target.is_none() {
+            return;
+        }
+        let key = c.key();
+        match self.pending.entry(key) {
+            indexmap::map::Entry::Occupied(mut e) => e.get_mut().target = target,
+            indexmap::map::Entry::Vacant(e) => {
+                e.insert(Pending { base, target });
+            }
+        }
+    }
+}
+
+/// The queue between the mirror (producer, under its lock) and a plugin's worker.
+pub struct Queue {
+    st: Mutex<QueueState>,
+    cv: Condvar,
+}
+
+impl Queue {
+    /// A queue filtering with `caps` (ports overridden by `ports_override` when given).
+    pub fn new(caps: Capabilities, ports_override: Option<&[String]>) -> Arc<Queue> {
+        let ports = PortFilter::new(&caps.ports, ports_override);
+        Arc::new(Queue {
+            st: Mutex::new(QueueState {
+                caps,
+                ports,
+                pending: IndexMap::new(),
+                events: VecDeque::new(),
+                events_dropped: 0,
+                sync_requested: false,
+                closed: false,
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Enqueues a full replay: the snapshot as additions, bracketed by begin/end sync.
+    pub fn push_replay(&self, snapshot: Vec<Object>) {
+        let mut st = self.st.lock().unwrap();
+        if st.closed {
+            return;
+        }
+        for o in snapshot {
+            st.push_change(&Change::Add(o));
+        }
+        st.sync_requested = true;
+        self.cv.notify_one();
+    }
+
+    /// Enqueues changes (filtered, coalesced). Never blocks on the plugin.
+    pub fn push_changes(&self, changes: &[Change]) {
+        let mut st = self.st.lock().unwrap();
+        if st.closed {
+            return;
+        }
+        for c in changes {
+            st.push_change(c);
+        }
+        if !st.pending.is_empty() {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Enqueues notifier events the plugin takes (kind and port).
+    pub fn push_events(&self, events: &[NotifierEvent]) {
+        let mut st = self.st.lock().unwrap();
+        if st.closed {
+            return;
+        }
+        let mut any = false;
+        for e in events {
+            if !st.caps.takes_notifier(e.kind) || (e.ifindex != 0 && !st.ports.owns(e.ifindex)) {
+                continue;
+            }
+            if st.events.len() >= EVENT_QUEUE {
+                st.events.pop_front();
+                st.events_dropped += 1;
+            }
+            st.events.push_back(e.clone());
+            any = true;
+        }
+        if any {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Pending entries (objects) plus pending events.
+    pub fn depth(&self) -> u64 {
+        let st = self.st.lock().unwrap();
+        (st.pending.len() + st.events.len()) as u64
+    }
+
+    /// Asks the worker to shut the plugin down and stop.
+    pub fn shutdown(&self) {
+        let mut st = self.st.lock().unwrap();
+        st.shutdown = true;
+        st.closed = true;
+        self.cv.notify_all();
+    }
+
+    fn close(&self) {
+        let mut st = self.st.lock().unwrap();
+        st.closed = true;
+        st.pending.clear();
+        st.events.clear();
+    }
+}
+
+/// Order within a batch: leaf removals (reverse dependency order), then additions and updates
+/// (dependency order), then removals of objects others depend on (links, VLANs, nexthops).
+fn order_key(c: &Change) -> (u8, u8) {
+    let rank = |o: &Object| -> u8 {
+        match o {
+            Object::Link(_) => 0,
+            Object::Netconf(_) => 1,
+            Object::Vlan(_) => 2,
+            Object::Address(_) => 3,
+            Object::Nexthop(n) if !n.is_group() => 4,
+            Object::Nexthop(_) => 5,
+            Object::Neighbour(_) => 6,
+            Object::Fdb(_) => 7,
+            Object::Mdb(_) => 8,
+            Object::Route(_) => 9,
+            Object::Rule(_) => 10,
+        }
+    };
+    match c {
+        Change::Remove(o) => {
+            let base = matches!(o, Object::Link(_) | Object::Vlan(_) | Object::Nexthop(_));
+            (if base { 2 } else { 0 }, 255 - rank(o))
+        }
+        Change::Add(o) | Change::Update { new: o, .. } => (1, rank(o)),
+    }
+}
+
+/// Why the host answers for the plugin without calling it.
+fn host_refusal(caps: &Capabilities, held: &[u64; 10], o: &Object) -> Option<Outcome> {
+    if let Object::Route(r) = o {
+        let w = caps.features.max_ecmp_width;
+        if w != 0 && r.nexthops.len() > w as usize {
+            return Some(Outcome::Unsupported);
+        }
+    }
+    if let Some(max) = caps.limit_for(o.kind()) {
+        if held[o.kind() as usize] >= max {
+            return Some(Outcome::failed(format!(
+                "limit reached: the plugin declares at most {max} {} entries",
+                o.kind()
+            )));
+        }
+    }
+    None
+}
+
+fn outcome_code(o: &Outcome) -> u8 {
+    match o {
+        Outcome::Offloaded => 0,
+        Outcome::Unsupported => 1,
+        Outcome::Trapped => 2,
+        Outcome::Failed(_) => 3,
+    }
+}
+
+const OUTCOME_NAMES: [&str; 4] = ["offloaded", "unsupported", "trapped", "failed"];
+
+/// The worker's private state: what the plugin holds, and with which outcome.
+struct Worker {
+    plugin: PluginBox,
+    queue: Arc<Queue>,
+    status: Arc<Mutex<PluginStatus>>,
+    caps: Capabilities,
+    /// Objects given to the plugin and not removed, with their last outcome code.
+    held: HashMap<ObjectKey, (ObjectKind, u8)>,
+    held_per_kind: [u64; 10],
+    per_outcome: [[u64; 4]; 10],
+    last_stats: Instant,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let (batch, events, replay, shutdown) = {
+                let mut st = self.queue.st.lock().unwrap();
+                while !st.shutdown && st.pending.is_empty() && st.events.is_empty() && !st.sync_requested {
+                    let (g, _) = self.queue.cv.wait_timeout(st, Duration::from_secs(1)).unwrap();
+                    st = g;
+                    if self.last_stats.elapsed() >= Duration::from_secs(1) {
+                        drop(st);
+                        self.refresh_stats();
+                        st = self.queue.st.lock().unwrap();
+                    }
+                }
+                (
+                    std::mem::take(&mut st.pending),
+                    std::mem::take(&mut st.events),
+                    std::mem::take(&mut st.sync_requested),
+                    st.shutdown,
+                )
+            };
+            if shutdown {
+                if let Err(e) = self.plugin.shutdown().into_result() {
+                    tracing::warn!(plugin = %self.name(), "shutdown: {e}");
+                }
+                return;
+            }
+            if let Err(reason) = self.step(batch, events, replay) {
+                self.fail(reason);
+                // Wait for shutdown without calling the plugin again.
+                let mut st = self.queue.st.lock().unwrap();
+                while !st.shutdown {
+                    st = self.queue.cv.wait(st).unwrap();
+                }
+                return;
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        self.status.lock().unwrap().name.clone()
+    }
+
+    fn fail(&mut self, reason: String) {
+        tracing::error!(plugin = %self.name(), "plugin failed, no longer called: {reason}");
+        self.queue.close();
+        let mut s = self.status.lock().unwrap();
+        s.state = Some(PluginState::Failed);
+        s.reason = Some(reason);
+    }
+
+    fn step(
+        &mut self,
+        batch: IndexMap<ObjectKey, Pending>,
+        events: VecDeque<NotifierEvent>,
+        replay: bool,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        if replay {
+            self.status.lock().unwrap().state = Some(PluginState::Syncing);
+            self.plugin.begin_sync().into_result().map_err(|e| e.to_string())?;
+        }
+        if !events.is_empty() {
+            let v: Vec<NotifierEvent> = events.into_iter().collect();
+            self.plugin.notify(v.as_slice().into()).into_result().map_err(|e| e.to_string())?;
+            self.status.lock().unwrap().events += v.len() as u64;
+        }
+
+        // Turn pending entries into changes, answering refusals ourselves.
+        let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
+        let mut refused = 0u64;
+        for (key, p) in batch {
+            let delivered = self.held.contains_key(&key);
+            match (p.base, p.target) {
+                (base, None) => {
+                    if let (true, Some(old)) = (delivered, base) {
+                        changes.push(Change::Remove(old));
+                    }
+                }
+                (base, Some(t)) => {
+                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &t) {
+                        if delivered {
+                            if let Some(b) = base {
+                                changes.push(Change::Remove(b));
+                            }
+                        }
+                        refused += 1;
+                        self.record_failure(&t, "add", &refusal);
+                        continue;
+                    }
+                    match (delivered, base) {
+                        (true, Some(b)) if b == t => {}
+                        (true, Some(b)) => changes.push(Change::Update { old: b, new: t }),
+                        _ => {
+                            // Count it now so the limit check sees additions of this batch.
+                            self.held_per_kind[t.kind() as usize] += 1;
+                            changes.push(Change::Add(t));
+                        }
+                    }
+                }
+            }
+        }
+        // held_per_kind was bumped for additions to enforce limits within the batch; undo, the
+        // outcomes below recount.
+        for c in &changes {
+            if let Change::Add(o) = c {
+                self.held_per_kind[o.kind() as usize] -= 1;
+            }
+        }
+        changes.sort_by_key(order_key);
+
+        for chunk in changes.chunks(BATCH) {
+            let outcomes = self
+                .plugin
+                .apply(chunk.into())
+                .into_result()
+                .map_err(|e| e.to_string())?;
+            self.record(chunk, &outcomes);
+        }
+        {
+            let mut s = self.status.lock().unwrap();
+            s.refused += refused;
+        }
+        if replay {
+            self.plugin.end_sync().into_result().map_err(|e| e.to_string())?;
+            let mut s = self.status.lock().unwrap();
+            s.state = Some(PluginState::InSync);
+            s.syncs += 1;
+            s.last_sync_ms = started.elapsed().as_millis() as u64;
+        }
+        self.refresh_stats();
+        Ok(())
+    }
+
+    fn record(&mut self, chunk: &[Change], outcomes: &[Outcome]) {
+        for (c, o) in chunk.iter().zip(outcomes) {
+            let kind = c.kind();
+            let k = kind as usize;
+            let code = outcome_code(o);
+            match c {
+                Change::Remove(obj) => {
+                    if let Some((_, prev)) = self.held.remove(&obj.key()) {
+                        self.held_per_kind[k] -= 1;
+                        self.per_outcome[k][prev as usize] -= 1;
+                    }
+                }
+                Change::Add(obj) | Change::Update { new: obj, .. } => {
+                    let key = obj.key();
+                    if let Some((_, prev)) = self.held.insert(key, (kind, code)) {
+                        self.per_outcome[k][prev as usize] -= 1;
+                    } else {
+                        self.held_per_kind[k] += 1;
+                    }
+                    self.per_outcome[k][code as usize] += 1;
+                }
+            }
+            if let Outcome::Failed(_) = o {
+                self.record_failure(c.object(), c.op(), o);
+            }
+        }
+        let mut s = self.status.lock().unwrap();
+        for (c, o) in chunk.iter().zip(outcomes) {
+            let _ = c;
+            s.applied += 1;
+            match o {
+                Outcome::Offloaded => s.offloaded += 1,
+                Outcome::Unsupported => s.unsupported += 1,
+                Outcome::Trapped => s.trapped += 1,
+                Outcome::Failed(_) => s.failed += 1,
+            }
+        }
+        s.objects = self.held.len() as u64;
+        s.outcomes = ObjectKind::ALL
+            .iter()
+            .filter(|k| self.held_per_kind[**k as usize] > 0)
+            .map(|k| {
+                let m = OUTCOME_NAMES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.per_outcome[*k as usize][*i] > 0)
+                    .map(|(i, n)| (n.to_string(), self.per_outcome[*k as usize][i]))
+                    .collect();
+                (k.plural().to_string(), m)
+            })
+            .collect();
+    }
+
+    fn record_failure(&self, o: &Object, op: &str, outcome: &Outcome) {
+        let reason = match outcome {
+            Outcome::Failed(r) => r.to_string(),
+            other => other.name().to_string(),
+        };
+        let mut s = self.status.lock().unwrap();
+        if s.recent_failures.len() >= 16 {
+            s.recent_failures.pop_front();
+        }
+        s.recent_failures.push_back(FailureRecord {
+            kind: o.kind().name().into(),
+            op: op.into(),
+            object: o.to_json(),
+            reason,
+        });
+    }
+
+    fn refresh_stats(&mut self) {
+        self.last_stats = Instant::now();
+        match self.plugin.stats().into_result() {
+            Ok(st) => {
+                let mut s = self.status.lock().unwrap();
+                s.counters = st
+                    .counters
+                    .iter()
+                    .map(|c| serde_json::json!({"kind": c.kind.as_str(), "name": c.name.as_str(), "value": c.value}))
+                    .collect();
+                s.stats_text = st.text.to_string();
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+        let depth = self.queue.depth();
+        let dropped = self.queue.st.lock().unwrap().events_dropped;
+        let mut s = self.status.lock().unwrap();
+        s.queue_depth = depth;
+        s.events_dropped = dropped;
+    }
+}
+
+/// A plugin attached to the dispatcher.
+pub struct PluginHandle {
+    pub status: Arc<Mutex<PluginStatus>>,
+    pub queue: Arc<Queue>,
+    pub caps: Capabilities,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PluginHandle {
+    /// Starts the worker thread for `plugin`. The caller then feeds the queue (replay first).
+    pub fn start(
+        plugin: PluginBox,
+        caps: Capabilities,
+        ports_override: Option<&[String]>,
+        status: PluginStatus,
+    ) -> PluginHandle {
+        let queue = Queue::new(caps.clone(), ports_override);
+        let mut status = status;
+        status.state = Some(PluginState::Syncing);
+        let status = Arc::new(Mutex::new(status));
+        let worker = Worker {
+            plugin,
+            queue: queue.clone(),
+            status: status.clone(),
+            caps: caps.clone(),
+            held: HashMap::new(),
+            held_per_kind: [0; 10],
+            per_outcome: [[0; 4]; 10],
+            last_stats: Instant::now(),
+        };
+        let name = status.lock().unwrap().name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .spawn(move || worker.run())
+            .expect("spawn plugin worker thread");
+        PluginHandle { status, queue, caps, thread: Some(thread) }
+    }
+
+    /// A snapshot of the status, with the live queue depth.
+    pub fn snapshot(&self) -> PluginStatus {
+        let mut s = self.status.lock().unwrap().clone();
+        s.queue_depth = self.queue.depth();
+        s
+    }
+
+    /// Shuts the plugin down and joins its worker (waits at most `timeout`).
+    pub fn stop(&mut self, timeout: Duration) {
+        self.queue.shutdown();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + timeout;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("plugin worker did not stop within {timeout:?}; leaving it");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ekho_plugin_api::object::{Link, NextHop, Route};
+
+    fn link(ifindex: u32, name: &str) -> Object {
+        Object::Link(Link { ifindex, ifname: name.into(), ..Default::default() })
+    }
+    fn route(dst: &str, ifindex: u32, gw: &str) -> Object {
+        Object::Route(Route::unicast(dst.parse().unwrap(), vec![NextHop::via(gw.parse().unwrap(), ifindex)]))
+    }
+
+    #[test]
+    fn coalescing_add_remove_cancels_and_updates_collapse() {
+        let q = Queue::new(Capabilities::everything(), None);
+        let a = route("10.0.0.0/24", 1, "10.1.0.1");
+        q.push_changes(&[Change::Add(a.clone()), Change::Remove(a.clone())]);
+        let st = q.st.lock().unwrap();
+        let p = st.pending.values().next().unwrap();
+        assert!(p.base.is_none() && p.target.is_none());
+        drop(st);
+
+        let q = Queue::new(Capabilities::everything(), None);
+        let b = route("10.0.0.0/24", 1, "10.1.0.2");
+        let c = route("10.0.0.0/24", 1, "10.1.0.3");
+        q.push_changes(&[
+            Change::Update { old: a.clone(), new: b.clone() },
+            Change::Update { old: b.clone(), new: c.clone() },
+        ]);
+        let st = q.st.lock().unwrap();
+        assert_eq!(st.pending.len(), 1);
+        let p = st.pending.values().next().unwrap();
+        assert_eq!(p.base.as_ref(), Some(&a));
+        assert_eq!(p.target.as_ref(), Some(&c));
+    }
+
+    #[test]
+    fn ports_filter_links_and_routes() {
+        let caps = Capabilities::everything().port_names(["swp*"]);
+        let q = Queue::new(caps, None);
+        q.push_changes(&[Change::Add(link(1, "swp1")), Change::Add(link(2, "eth0"))]);
+        q.push_changes(&[
+            Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
+            Change::Add(route("10.0.1.0/24", 2, "10.2.0.1")),
+        ]);
+        let st = q.st.lock().unwrap();
+        let kinds: Vec<String> = st.pending.values().map(|p| p.target.as_ref().unwrap().to_json().to_string()).collect();
+        assert_eq!(st.pending.len(), 2, "{kinds:?}");
+        assert!(kinds[0].contains("swp1"));
+        assert!(kinds[1].contains("10.0.0.0/24"));
+    }
+
+    #[test]
+    fn override_globs_replace_declared_scope() {
+        let caps = Capabilities::everything().port_names(["swp*"]);
+        let q = Queue::new(caps, Some(&["eth*".to_string()]));
+        q.push_changes(&[Change::Add(link(1, "swp1")), Change::Add(link(2, "eth0"))]);
+        assert_eq!(q.st.lock().unwrap().pending.len(), 1);
+    }
+
+    #[test]
+    fn route_moving_off_owned_port_becomes_removal() {
+        let caps = Capabilities::everything().port_names(["swp*"]);
+        let q = Queue::new(caps, None);
+        q.push_changes(&[Change::Add(link(1, "swp1")), Change::Add(link(2, "eth0"))]);
+        q.st.lock().unwrap().pending.clear();
+        let a = route("10.0.0.0/24", 1, "10.1.0.1");
+        let b = route("10.0.0.0/24", 2, "10.2.0.1");
+        q.push_changes(&[Change::Update { old: a.clone(), new: b }]);
+        let st = q.st.lock().unwrap();
+        let p = st.pending.values().next().unwrap();
+        assert_eq!(p.base.as_ref(), Some(&a));
+        assert!(p.target.is_none());
+    }
+
+    #[test]
+    fn families_and_kinds_filter() {
+        let caps = Capabilities::new().kinds([ObjectKind::Route]).families([Family::INET6]);
+        let q = Queue::new(caps, None);
+        q.push_changes(&[
+            Change::Add(link(1, "a")),
+            Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
+            Change::Add(route("2001:db8::/64", 1, "fe80::1")),
+        ]);
+        let st = q.st.lock().unwrap();
+        assert_eq!(st.pending.len(), 1);
+        assert!(st.pending.values().next().unwrap().target.as_ref().unwrap().to_json()["dst"] == "2001:db8::/64");
+    }
+
+    #[test]
+    fn batch_order_respects_dependencies() {
+        let mut v = vec![
+            Change::Remove(link(5, "old")),
+            Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
+            Change::Remove(route("10.9.0.0/24", 5, "10.9.0.1")),
+            Change::Add(link(1, "new")),
+        ];
+        v.sort_by_key(order_key);
+        let ops: Vec<String> = v.iter().map(|c| format!("{} {}", c.op(), c.kind())).collect();
+        assert_eq!(ops, ["remove route", "add link", "add route", "remove link"]);
+    }
+}

@@ -1,0 +1,228 @@
+//! Human-readable output of the CLI (the JSON forms are the daemon's responses as they are).
+
+use serde_json::Value;
+use std::fmt::Write;
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(","),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k} {}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// One object, iproute2-like: the first field bare, then `name value` pairs.
+pub fn object(v: &Value) -> String {
+    let Some(m) = v.as_object() else { return v.to_string() };
+    let mut out = String::new();
+    for (i, (k, val)) in m.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match val {
+            Value::Array(a) if a.is_empty() => {
+                out.push_str(k);
+                out.push_str(" []");
+            }
+            Value::Null => out.push_str(k),
+            Value::Bool(true) => out.push_str(k),
+            _ if i == 0 => out.push_str(&scalar(val)),
+            Value::Array(a) if a.iter().all(Value::is_object) => {
+                let _ = write!(out, "{k}");
+                for e in a {
+                    let _ = write!(out, " [{}]", object(e));
+                }
+            }
+            _ => {
+                let _ = write!(out, "{k} {}", scalar(val));
+            }
+        }
+    }
+    out
+}
+
+/// `ekho dump`.
+pub fn dump(v: &Value) -> String {
+    let mut out = String::new();
+    if let Some(m) = v.as_object() {
+        for (kind, list) in m {
+            let list = list.as_array().cloned().unwrap_or_default();
+            let _ = writeln!(out, "# {kind} ({})", list.len());
+            for o in &list {
+                let _ = writeln!(out, "{}", object(o));
+            }
+        }
+    }
+    out
+}
+
+/// `ekho monitor` (human).
+pub fn change(v: &Value) -> String {
+    format!(
+        "[{}] {} {}",
+        v["op"].as_str().unwrap_or("?"),
+        v["kind"].as_str().unwrap_or("?"),
+        object(&v["object"])
+    )
+}
+
+/// `ekho status`.
+pub fn status(v: &Value) -> String {
+    let mut out = String::new();
+    let e = &v["ekho"];
+    let _ = writeln!(
+        out,
+        "ekho {} (api {}) pid {} up {}s  config: {}  netns: {}",
+        scalar(&e["version"]),
+        scalar(&e["api_version"]),
+        e["pid"],
+        e["uptime_s"],
+        scalar(&e["config"]),
+        scalar(&e["netns"])
+    );
+    let m = &v["mirror"];
+    let _ = writeln!(
+        out,
+        "mirror: synced={} messages={} overruns={} resyncs={} last_resync={}ms",
+        m["synced"], m["messages"], m["overruns"], m["resyncs"], m["last_resync_ms"]
+    );
+    if let Some(o) = m["objects"].as_object() {
+        let parts: Vec<String> = o.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "  objects: {}", parts.join(" "));
+    }
+    let b = &v["ebpf"];
+    let _ = write!(out, "ebpf: {}", scalar(&b["state"]));
+    if let Some(r) = b["reason"].as_str() {
+        let _ = write!(out, " ({r})");
+    }
+    if b["state"] == "running" {
+        let _ = write!(out, " events={} lost={}", b["events"], b["lost"]);
+    }
+    out.push('\n');
+    for h in b["hooks"].as_array().into_iter().flatten() {
+        let _ = write!(out, "  {:<40} {}", scalar(&h["name"]), scalar(&h["state"]));
+        if let Some(t) = h["to"].as_str() {
+            let _ = write!(out, " -> {t}");
+        }
+        if let Some(r) = h["reason"].as_str() {
+            let _ = write!(out, " ({r})");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "plugins:");
+    let _ = writeln!(
+        out,
+        "  {:<16} {:<9} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}",
+        "NAME", "VERSION", "STATE", "OBJECTS", "APPLIED", "OFFLOADED", "TRAPPED", "FAILED", "REFUSED", "QUEUE"
+    );
+    for p in v["plugins"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<9} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}",
+            scalar(&p["name"]),
+            scalar(&p["version"]),
+            scalar(&p["state"]),
+            p["objects"],
+            p["applied"],
+            p["offloaded"],
+            p["trapped"],
+            p["failed"],
+            p["refused"],
+            p["queue_depth"]
+        );
+        if let Some(r) = p["reason"].as_str() {
+            let _ = writeln!(out, "    reason: {r}");
+        }
+        for c in p["counters"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "    {} {} = {}", scalar(&c["kind"]), scalar(&c["name"]), c["value"]);
+        }
+        for f in p["recent_failures"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    failed {} {} {}: {}",
+                scalar(&f["op"]),
+                scalar(&f["kind"]),
+                object(&f["object"]),
+                scalar(&f["reason"])
+            );
+        }
+    }
+    out
+}
+
+fn caps(out: &mut String, c: &Value) {
+    let _ = writeln!(out, "    kinds:     {}", scalar(&c["kinds"]));
+    let _ = writeln!(out, "    families:  {}", scalar(&c["families"]));
+    let _ = writeln!(out, "    notifiers: {}", scalar(&c["notifiers"]));
+    let p = &c["ports"];
+    let ports = if p["all"] == true {
+        "all".to_string()
+    } else {
+        format!("names [{}] drivers [{}]", scalar(&p["names"]), scalar(&p["drivers"]))
+    };
+    let _ = writeln!(out, "    ports:     {ports} (from {})", scalar(&p["from"]));
+    let _ = writeln!(out, "    limits:    {}", scalar(&c["limits"]));
+    let _ = writeln!(out, "    features:  {}", scalar(&c["features"]));
+}
+
+/// `ekho plugins`.
+pub fn plugins(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "host API {}", scalar(&v["host_api_version"]));
+    for p in v["plugins"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{} {} (built against ekho-plugin-api {}) {}  [{}]",
+            scalar(&p["name"]),
+            scalar(&p["version"]),
+            scalar(&p["api_version"]),
+            scalar(&p["path"]),
+            scalar(&p["state"])
+        );
+        if let Some(r) = p["reason"].as_str() {
+            let _ = writeln!(out, "    refused: {r}");
+        }
+        if p["capabilities"].is_object() {
+            caps(&mut out, &p["capabilities"]);
+        }
+    }
+    out
+}
+
+/// `ekho check-plugin`.
+pub fn check(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ACCEPTED", scalar(&v["file"]));
+    let _ = writeln!(out, "  plugin:      {} {}", scalar(&v["name"]), scalar(&v["version"]));
+    if v["description"].as_str().is_some_and(|s| !s.is_empty()) {
+        let _ = writeln!(out, "  description: {}", scalar(&v["description"]));
+    }
+    let _ = writeln!(
+        out,
+        "  built against ekho-plugin-api {}; this host is {} and accepts {}",
+        scalar(&v["api_version"]),
+        scalar(&v["host_api_version"]),
+        scalar(&v["host_accepts"])
+    );
+    let _ = writeln!(out, "  abi:         {}", scalar(&v["abi"]));
+    let _ = writeln!(out, "  capabilities:");
+    caps(&mut out, &v["capabilities"]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_reads_like_iproute2() {
+        let v = serde_json::json!({"dst": "10.0.0.0/24", "gateway": "10.1.0.1", "dev": "veth0", "flags": []});
+        assert_eq!(object(&v), "10.0.0.0/24 gateway 10.1.0.1 dev veth0 flags []");
+    }
+}
