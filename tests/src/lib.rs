@@ -1,1 +1,325 @@
-//! End-to-end test support.
+//! Support for ekho's end-to-end tests: private network namespaces, the built binaries and
+//! plugins, a daemon under test, and the recorder's output.
+//!
+//! Every test creates its own uniquely named namespace (deleted on drop, also on panic), never
+//! touches the machine's own namespace, and can run in parallel with the others.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name with a prefix: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Runs a command, panicking with its stderr when it fails; returns stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A private network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("ekho-e2e");
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `/run/netns/NAME`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS...`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// `ip -n NAME -batch -` with these lines.
+    pub fn ip_batch(&self, lines: &str) {
+        use std::io::Write;
+        let mut c = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `ip -j -n NAME ARGS...` parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        let s = self.ip(&a);
+        if s.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&s).unwrap()
+        }
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Netns::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the `ekho` binary and the plugin libraries once per test process (debug profile), and
+/// returns the directory holding them.
+pub fn build() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["build", "-p", "ekho", "-p", "ekho-recorder", "-p", "ekho-null", "-p", "hello-vendor"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build of ekho and its plugins failed");
+        target.join("debug")
+    })
+}
+
+/// The built `ekho` binary.
+pub fn ekho_bin() -> PathBuf {
+    build().join("ekho")
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("ekho-test"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon under test; SIGTERM on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `ekho run` with the given config text (write `{socket}` where the control socket
+    /// path goes) and waits until every plugin left `syncing`.
+    pub fn start(dir: &Path, config: &str) -> Daemon {
+        let socket = dir.join("ekho.sock");
+        let cfg_path = dir.join("ekho.toml");
+        std::fs::write(&cfg_path, config.replace("{socket}", &socket.display().to_string())).unwrap();
+        let log = dir.join("ekho.log");
+        let child = Command::new(ekho_bin())
+            .args(["--config", cfg_path.to_str().unwrap(), "run"])
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(dir.join("ekho.stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child: Some(child), config: cfg_path, socket, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ekho exited ({st}) before it was ready:\n{}", self.log_text());
+            }
+            if let Ok(s) = self.try_cli_json(&["status", "--json"]) {
+                let syncing = s["plugins"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["state"] == "syncing");
+                if !syncing {
+                    return;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "ekho not ready in 60 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs an `ekho` CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(ekho_bin())
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command with `--json` output and parses it.
+    pub fn try_cli_json(&self, args: &[&str]) -> Result<Value, String> {
+        let out = self.cli(args);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        self.try_cli_json(args).unwrap_or_else(|e| panic!("ekho {}: {e}\n{}", args.join(" "), self.log_text()))
+    }
+
+    /// `ekho status --json`.
+    pub fn status(&self) -> Value {
+        self.cli_json(&["status", "--json"])
+    }
+
+    /// The status entry of plugin `name`.
+    pub fn plugin(&self, name: &str) -> Value {
+        self.status()["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin {name} in status"))
+    }
+
+    /// Waits until every running plugin's queue is empty and the mirror is quiet.
+    pub fn settle(&self) {
+        let t0 = Instant::now();
+        let mut quiet_since: Option<(Instant, u64)> = None;
+        loop {
+            let s = self.status();
+            let msgs = s["mirror"]["messages"].as_u64().unwrap_or(0);
+            let busy = s["plugins"].as_array().unwrap().iter().any(|p| {
+                p["state"] != "failed" && (p["queue_depth"].as_u64().unwrap_or(0) > 0 || p["state"] == "syncing")
+            });
+            match quiet_since {
+                Some((t, m)) if m == msgs && !busy => {
+                    if t.elapsed() > Duration::from_millis(300) {
+                        return;
+                    }
+                }
+                _ => quiet_since = if busy { None } else { Some((Instant::now(), msgs)) },
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "daemon did not settle:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the recorder's JSON lines.
+pub fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad recorder line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t0.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The set of `dst` of the routes of one table in a dump-shaped JSON list.
+pub fn route_dsts(routes: &Value, table: &str) -> std::collections::BTreeSet<String> {
+    routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["table"].as_str().unwrap_or("main") == table)
+        .map(|r| r["dst"].as_str().unwrap().to_string())
+        .collect()
+}
