@@ -28,7 +28,10 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ekho/ekho.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source} (pass an existing file with --config, or omit --config to use the built-in default)")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
@@ -101,7 +104,10 @@ pub struct PluginConfig {
 impl PluginConfig {
     /// The plugin's own table as TOML text (empty when absent).
     pub fn config_text(&self) -> String {
-        self.config.as_ref().map(|t| toml::to_string(t).unwrap_or_default()).unwrap_or_default()
+        self.config
+            .as_ref()
+            .map(|t| toml::to_string(t).unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -124,8 +130,10 @@ impl Config {
 
     /// Reads and validates a file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut c = Config::parse(&text, path)?;
         c.source = ConfigSource::File(path.to_path_buf());
         Ok(c)
@@ -171,7 +179,10 @@ impl Config {
             }
             for g in p.ports.iter().flatten() {
                 if let Err(e) = glob::Pattern::new(g) {
-                    return Err(at(format!("plugin {:?}: port glob {g:?} is invalid: {e}", p.name)));
+                    return Err(at(format!(
+                        "plugin {:?}: port glob {g:?} is invalid: {e}",
+                        p.name
+                    )));
                 }
             }
         }
@@ -266,7 +277,9 @@ nested = { a = 1 }
 
     #[test]
     fn unknown_key_names_file_line_and_column() {
-        let e = parse("[host]\nnetns = \"a\"\nplugin_dri = \"/x\"\n").unwrap_err().to_string();
+        let e = parse("[host]\nnetns = \"a\"\nplugin_dri = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/ekho/test.toml"), "{e}");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("column 1"), "{e}");
@@ -282,7 +295,9 @@ nested = { a = 1 }
 
     #[test]
     fn bad_semver_and_duplicates() {
-        let e = parse("[[plugins]]\nname = \"a\"\nversion = \"one\"\n").unwrap_err().to_string();
+        let e = parse("[[plugins]]\nname = \"a\"\nversion = \"one\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("semver"), "{e}");
         let e = parse("[[plugins]]\nname = \"a\"\n[[plugins]]\nname = \"a\"\n")
             .unwrap_err()
@@ -295,5 +310,18 @@ nested = { a = 1 }
         let c = Config::built_in();
         assert_eq!(c.plugins[0].name, "recorder");
         assert!(c.netns_path().is_none());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ekho.toml");
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.host.netns.as_deref(), Some("r1"));
+        assert_eq!(c.plugins.len(), 2);
     }
 }

@@ -40,7 +40,9 @@ pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// Serves clients forever.
 pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let d = daemon.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, d).await {
@@ -53,7 +55,9 @@ pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
 async fn handle(stream: tokio::net::UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
     let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
     let cmd = req["cmd"].as_str().unwrap_or("");
     let resp = match cmd {
@@ -81,7 +85,10 @@ async fn handle(stream: tokio::net::UnixStream, daemon: Arc<Daemon>) -> anyhow::
     Ok(())
 }
 
-async fn monitor(mut w: tokio::net::unix::OwnedWriteHalf, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+async fn monitor(
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    daemon: Arc<Daemon>,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let id = daemon.mirror.attach(
         |_| {},

@@ -19,7 +19,10 @@ pub const DEFAULT_RCVBUF: usize = 64 << 20;
 
 /// A plugin as the daemon keeps it.
 pub enum PluginEntry {
-    Running { handle: PluginHandle, listener: ekho_mirror::ListenerId },
+    Running {
+        handle: PluginHandle,
+        listener: ekho_mirror::ListenerId,
+    },
     Refused(PluginStatus),
 }
 
@@ -74,7 +77,10 @@ impl Daemon {
         requests: &tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
     ) -> PluginEntry {
         let dir = self.config.plugin_dir();
-        let mut status = PluginStatus { name: pc.name.clone(), ..Default::default() };
+        let mut status = PluginStatus {
+            name: pc.name.clone(),
+            ..Default::default()
+        };
         let result = (|| -> Result<(PluginHandle, ekho_mirror::ListenerId), loader::LoadError> {
             let path = loader::find(&pc.name, pc.path.as_deref(), &dir)?;
             status.path = path.display().to_string();
@@ -91,7 +97,10 @@ impl Daemon {
             );
             let plugin = lib.create(&pc.config_text(), host)?;
             let caps = plugin.capabilities().into_result().map_err(|e| {
-                loader::LoadError::Capabilities { name: pc.name.clone(), reason: e.to_string() }
+                loader::LoadError::Capabilities {
+                    name: pc.name.clone(),
+                    reason: e.to_string(),
+                }
             })?;
             let handle = PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone());
             let q = handle.queue.clone();
@@ -143,7 +152,9 @@ impl Daemon {
             .unwrap()
             .iter()
             .map(|p| match p {
-                PluginEntry::Running { handle, .. } => serde_json::to_value(handle.snapshot()).unwrap(),
+                PluginEntry::Running { handle, .. } => {
+                    serde_json::to_value(handle.snapshot()).unwrap()
+                }
                 PluginEntry::Refused(s) => serde_json::to_value(s).unwrap(),
             })
             .collect();
@@ -172,7 +183,9 @@ impl Daemon {
 
     fn ebpf_status(&self) -> Value {
         match &*self.ebpf.lock().unwrap() {
-            EbpfEntry::Disabled => json!({"state": "disabled", "reason": "disabled in config ([host] ebpf = false)"}),
+            EbpfEntry::Disabled => {
+                json!({"state": "disabled", "reason": "disabled in config ([host] ebpf = false)"})
+            }
             EbpfEntry::Unavailable(r) => json!({"state": "unavailable", "reason": r}),
             EbpfEntry::Running(src) => {
                 let st = src.stats();
@@ -257,8 +270,11 @@ impl Daemon {
 
 /// The capabilities as `ekho plugins` shows them.
 pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) -> Value {
-    let limits: serde_json::Map<String, Value> =
-        c.limits.iter().map(|l| (l.kind.name().to_string(), l.max_entries.into())).collect();
+    let limits: serde_json::Map<String, Value> = c
+        .limits
+        .iter()
+        .map(|l| (l.kind.name().to_string(), l.max_entries.into()))
+        .collect();
     let ports = match ports_override {
         Some(g) => json!({"all": false, "names": g, "drivers": [], "from": "config"}),
         None => json!({
@@ -311,7 +327,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while !mirror.stats().synced {
         if source.is_finished() {
-            anyhow::bail!("the netlink source failed before the initial dump completed (see the error above)");
+            anyhow::bail!(
+                "the netlink source failed before the initial dump completed (see the error above)"
+            );
         }
         if t0.elapsed() > Duration::from_secs(60) {
             anyhow::bail!("initial netlink dump did not complete within 60 s");
@@ -338,10 +356,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
         let m3 = mirror.clone();
         let loss: ekho_ebpf::LossSink = Arc::new(move |kinds: &[ObjectKind]| {
-            tracing::warn!(?kinds, "eBPF ring buffer lost events; re-dumping the affected kinds");
+            tracing::warn!(
+                ?kinds,
+                "eBPF ring buffer lost events; re-dumping the affected kinds"
+            );
             crate::daemon::resync(&m3, kinds);
         });
-        let entry = match EbpfSource::start(EbpfConfig { netns: netns.clone() }, events, loss) {
+        let entry = match EbpfSource::start(
+            EbpfConfig {
+                netns: netns.clone(),
+            },
+            events,
+            loss,
+        ) {
             Ok(src) => {
                 for h in &src.hooks {
                     match &h.state {
@@ -406,7 +433,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Asks the mirror to re-dump `kinds` (after eBPF ring-buffer loss).
 pub fn resync(mirror: &Mirror, kinds: &[ObjectKind]) {
     let _ = (mirror, kinds);
-    tracing::warn!(?kinds, "targeted re-dump not available in this build of the mirror");
+    tracing::warn!(
+        ?kinds,
+        "targeted re-dump not available in this build of the mirror"
+    );
 }
 
 /// Asks the kernel, through the mirror's netns, to resolve a next hop.

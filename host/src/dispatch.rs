@@ -92,13 +92,20 @@ impl PortFilter {
         match override_globs {
             Some(g) => PortFilter {
                 all: false,
-                names: g.iter().filter_map(|s| glob::Pattern::new(s).ok()).collect(),
+                names: g
+                    .iter()
+                    .filter_map(|s| glob::Pattern::new(s).ok())
+                    .collect(),
                 drivers: vec![],
                 links: HashMap::new(),
             },
             None => PortFilter {
                 all: scope.all,
-                names: scope.names.iter().filter_map(|s| glob::Pattern::new(s).ok()).collect(),
+                names: scope
+                    .names
+                    .iter()
+                    .filter_map(|s| glob::Pattern::new(s).ok())
+                    .collect(),
                 drivers: scope.drivers.iter().map(|s| s.to_string()).collect(),
                 links: HashMap::new(),
             },
@@ -107,8 +114,13 @@ impl PortFilter {
 
     fn observe(&mut self, c: &Change) {
         match c {
-            Change::Add(Object::Link(l)) | Change::Update { new: Object::Link(l), .. } => {
-                self.links.insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
+            Change::Add(Object::Link(l))
+            | Change::Update {
+                new: Object::Link(l),
+                ..
+            } => {
+                self.links
+                    .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
             }
             Change::Remove(Object::Link(l)) => {
                 self.links.remove(&l.ifindex);
@@ -358,8 +370,16 @@ impl Worker {
         loop {
             let (batch, events, replay, shutdown) = {
                 let mut st = self.queue.st.lock().unwrap();
-                while !st.shutdown && st.pending.is_empty() && st.events.is_empty() && !st.sync_requested {
-                    let (g, _) = self.queue.cv.wait_timeout(st, Duration::from_secs(1)).unwrap();
+                while !st.shutdown
+                    && st.pending.is_empty()
+                    && st.events.is_empty()
+                    && !st.sync_requested
+                {
+                    let (g, _) = self
+                        .queue
+                        .cv
+                        .wait_timeout(st, Duration::from_secs(1))
+                        .unwrap();
                     st = g;
                     if self.last_stats.elapsed() >= Duration::from_secs(1) {
                         drop(st);
@@ -413,11 +433,17 @@ impl Worker {
         let started = Instant::now();
         if replay {
             self.status.lock().unwrap().state = Some(PluginState::Syncing);
-            self.plugin.begin_sync().into_result().map_err(|e| e.to_string())?;
+            self.plugin
+                .begin_sync()
+                .into_result()
+                .map_err(|e| e.to_string())?;
         }
         if !events.is_empty() {
             let v: Vec<NotifierEvent> = events.into_iter().collect();
-            self.plugin.notify(v.as_slice().into()).into_result().map_err(|e| e.to_string())?;
+            self.plugin
+                .notify(v.as_slice().into())
+                .into_result()
+                .map_err(|e| e.to_string())?;
             self.status.lock().unwrap().events += v.len() as u64;
         }
 
@@ -477,7 +503,10 @@ impl Worker {
             s.refused += refused;
         }
         if replay {
-            self.plugin.end_sync().into_result().map_err(|e| e.to_string())?;
+            self.plugin
+                .end_sync()
+                .into_result()
+                .map_err(|e| e.to_string())?;
             let mut s = self.status.lock().unwrap();
             s.state = Some(PluginState::InSync);
             s.syncs += 1;
@@ -614,7 +643,12 @@ impl PluginHandle {
             .name(format!("plugin-{name}"))
             .spawn(move || worker.run())
             .expect("spawn plugin worker thread");
-        PluginHandle { status, queue, caps, thread: Some(thread) }
+        PluginHandle {
+            status,
+            queue,
+            caps,
+            thread: Some(thread),
+        }
     }
 
     /// A snapshot of the status, with the live queue depth.
@@ -647,10 +681,17 @@ mod tests {
     use ekho_plugin_api::object::{Link, NextHop, Route};
 
     fn link(ifindex: u32, name: &str) -> Object {
-        Object::Link(Link { ifindex, ifname: name.into(), ..Default::default() })
+        Object::Link(Link {
+            ifindex,
+            ifname: name.into(),
+            ..Default::default()
+        })
     }
     fn route(dst: &str, ifindex: u32, gw: &str) -> Object {
-        Object::Route(Route::unicast(dst.parse().unwrap(), vec![NextHop::via(gw.parse().unwrap(), ifindex)]))
+        Object::Route(Route::unicast(
+            dst.parse().unwrap(),
+            vec![NextHop::via(gw.parse().unwrap(), ifindex)],
+        ))
     }
 
     #[test]
@@ -667,8 +708,14 @@ mod tests {
         let b = route("10.0.0.0/24", 1, "10.1.0.2");
         let c = route("10.0.0.0/24", 1, "10.1.0.3");
         q.push_changes(&[
-            Change::Update { old: a.clone(), new: b.clone() },
-            Change::Update { old: b.clone(), new: c.clone() },
+            Change::Update {
+                old: a.clone(),
+                new: b.clone(),
+            },
+            Change::Update {
+                old: b.clone(),
+                new: c.clone(),
+            },
         ]);
         let st = q.st.lock().unwrap();
         assert_eq!(st.pending.len(), 1);
@@ -687,7 +734,11 @@ mod tests {
             Change::Add(route("10.0.1.0/24", 2, "10.2.0.1")),
         ]);
         let st = q.st.lock().unwrap();
-        let kinds: Vec<String> = st.pending.values().map(|p| p.target.as_ref().unwrap().to_json().to_string()).collect();
+        let kinds: Vec<String> = st
+            .pending
+            .values()
+            .map(|p| p.target.as_ref().unwrap().to_json().to_string())
+            .collect();
         assert_eq!(st.pending.len(), 2, "{kinds:?}");
         assert!(kinds[0].contains("swp1"));
         assert!(kinds[1].contains("10.0.0.0/24"));
@@ -709,7 +760,10 @@ mod tests {
         q.st.lock().unwrap().pending.clear();
         let a = route("10.0.0.0/24", 1, "10.1.0.1");
         let b = route("10.0.0.0/24", 2, "10.2.0.1");
-        q.push_changes(&[Change::Update { old: a.clone(), new: b }]);
+        q.push_changes(&[Change::Update {
+            old: a.clone(),
+            new: b,
+        }]);
         let st = q.st.lock().unwrap();
         let p = st.pending.values().next().unwrap();
         assert_eq!(p.base.as_ref(), Some(&a));
@@ -718,7 +772,9 @@ mod tests {
 
     #[test]
     fn families_and_kinds_filter() {
-        let caps = Capabilities::new().kinds([ObjectKind::Route]).families([Family::INET6]);
+        let caps = Capabilities::new()
+            .kinds([ObjectKind::Route])
+            .families([Family::INET6]);
         let q = Queue::new(caps, None);
         q.push_changes(&[
             Change::Add(link(1, "a")),
@@ -727,19 +783,35 @@ mod tests {
         ]);
         let st = q.st.lock().unwrap();
         assert_eq!(st.pending.len(), 1);
-        assert!(st.pending.values().next().unwrap().target.as_ref().unwrap().to_json()["dst"] == "2001:db8::/64");
+        assert!(
+            st.pending
+                .values()
+                .next()
+                .unwrap()
+                .target
+                .as_ref()
+                .unwrap()
+                .to_json()["dst"]
+                == "2001:db8::/64"
+        );
     }
 
     #[test]
     fn batch_order_respects_dependencies() {
-        let mut v = vec![
+        let mut v = [
             Change::Remove(link(5, "old")),
             Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
             Change::Remove(route("10.9.0.0/24", 5, "10.9.0.1")),
             Change::Add(link(1, "new")),
         ];
         v.sort_by_key(order_key);
-        let ops: Vec<String> = v.iter().map(|c| format!("{} {}", c.op(), c.kind())).collect();
-        assert_eq!(ops, ["remove route", "add link", "add route", "remove link"]);
+        let ops: Vec<String> = v
+            .iter()
+            .map(|c| format!("{} {}", c.op(), c.kind()))
+            .collect();
+        assert_eq!(
+            ops,
+            ["remove route", "add link", "add route", "remove link"]
+        );
     }
 }

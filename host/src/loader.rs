@@ -15,9 +15,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("plugin {name:?} not found in {dir}: tried {tried}; build it (cargo build --workspace) or set `path` in its [[plugins]] table")]
-    NotFound { name: String, dir: PathBuf, tried: String },
+    NotFound {
+        name: String,
+        dir: PathBuf,
+        tried: String,
+    },
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not an ELF file; a plugin is a shared object (crate-type = [\"cdylib\"])")]
     NotElf { path: PathBuf },
     #[error("{path}: ELF but not a shared object (e_type {e_type}); build the plugin as crate-type = [\"cdylib\"]")]
@@ -27,11 +34,23 @@ pub enum LoadError {
     #[error("{path}: not an ekho plugin: it does not export the symbol {VERSION_SYMBOL} (declare the plugin with ekho_plugin_api::declare_plugin!)")]
     NoVersionSymbol { path: PathBuf },
     #[error("{file} was built against ekho-plugin-api {plugin}; this host accepts {accepted} (host API {API_VERSION}): rebuild the plugin against a matching ekho-plugin-api")]
-    IncompatibleApi { file: String, plugin: String, accepted: String },
+    IncompatibleApi {
+        file: String,
+        plugin: String,
+        accepted: String,
+    },
     #[error("{path}: ABI layout check failed: {summary} (run with RUST_LOG=debug for abi_stable's full report)")]
-    Layout { path: PathBuf, summary: String, full: String },
+    Layout {
+        path: PathBuf,
+        summary: String,
+        full: String,
+    },
     #[error("plugin {name:?} is version {version}, but the config requires {req}")]
-    Version { name: String, version: String, req: String },
+    Version {
+        name: String,
+        version: String,
+        req: String,
+    },
     #[error("plugin {name:?} refused its configuration: {reason}")]
     Create { name: String, reason: String },
     #[error("plugin {name:?} failed to report capabilities: {reason}")]
@@ -50,10 +69,12 @@ impl Library {
     /// Creates the plugin with its config (TOML text).
     pub fn create(&self, config: &str, host: HostHandle) -> Result<PluginBox, LoadError> {
         let create = self.module.create();
-        create(config.into(), host).into_result().map_err(|e| LoadError::Create {
-            name: self.info.name.to_string(),
-            reason: e.to_string(),
-        })
+        create(config.into(), host)
+            .into_result()
+            .map_err(|e| LoadError::Create {
+                name: self.info.name.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -74,7 +95,11 @@ pub fn candidate_files(name: &str) -> Vec<String> {
 /// in `dir`, else any `.so` in `dir` whose declared name is `name`.
 pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<PathBuf, LoadError> {
     if let Some(p) = path {
-        let p = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        };
         return Ok(p);
     }
     let cands = candidate_files(name);
@@ -108,10 +133,15 @@ pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<PathBuf, Load
 
 fn elf_check(path: &Path) -> Result<(), LoadError> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let mut f = std::fs::File::open(path).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
     let mut h = [0u8; 18];
-    let n = f.read(&mut h).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let n = f.read(&mut h).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
     if n < 18 || &h[..4] != b"\x7fELF" {
         return Err(LoadError::NotElf { path: path.into() });
     }
@@ -121,7 +151,10 @@ fn elf_check(path: &Path) -> Result<(), LoadError> {
         u16::from_le_bytes([h[16], h[17]])
     };
     if e_type != 3 {
-        return Err(LoadError::NotSharedObject { path: path.into(), e_type });
+        return Err(LoadError::NotSharedObject {
+            path: path.into(),
+            e_type,
+        });
     }
     Ok(())
 }
@@ -146,10 +179,15 @@ pub fn preflight(path: &Path) -> Result<String, LoadError> {
         }
     };
     // SAFETY: the tag is 32 bytes with at least one trailing NUL.
-    let v = unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned();
+    let v = unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned();
     if !is_compatible(API_VERSION, &v) {
         return Err(LoadError::IncompatibleApi {
-            file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             plugin: v,
             accepted: accepted_range(API_VERSION).unwrap_or_else(|| API_VERSION.into()),
         });
@@ -164,16 +202,27 @@ pub fn open(path: &Path) -> Result<Library, LoadError> {
         .and_then(|h| h.init_root_module::<PluginModRef>())
         .map_err(|e| {
             let full = e.to_string();
-            LoadError::Layout { path: path.into(), summary: summarize_layout_error(&full), full }
+            LoadError::Layout {
+                path: path.into(),
+                summary: summarize_layout_error(&full),
+                full,
+            }
         })?;
     let info = (module.info())();
-    Ok(Library { api_version, info, module })
+    Ok(Library {
+        api_version,
+        info,
+        module,
+    })
 }
 
 /// Checks the plugin's own version against a requirement.
 pub fn check_version(info: &PluginInfo, req: Option<&str>) -> Result<(), LoadError> {
     let Some(req) = req else { return Ok(()) };
-    let ok = match (semver::VersionReq::parse(req), semver::Version::parse(info.version.as_str())) {
+    let ok = match (
+        semver::VersionReq::parse(req),
+        semver::Version::parse(info.version.as_str()),
+    ) {
         (Ok(r), Ok(v)) => r.matches(&v),
         _ => false,
     };
@@ -254,7 +303,9 @@ mod tests {
         // /proc/self/exe is this test binary: ELF, PIE (ET_DYN) or EXEC; either way refused.
         let e = open(Path::new("/proc/self/exe")).err().unwrap().to_string();
         assert!(
-            e.contains("not a shared object") || e.contains("does not export") || e.contains("dlopen"),
+            e.contains("not a shared object")
+                || e.contains("does not export")
+                || e.contains("dlopen"),
             "{e}"
         );
     }
@@ -263,6 +314,9 @@ mod tests {
     fn layout_summary_keeps_the_differences() {
         let full = "blah\n  Error:incompatible type size\n Expected: 72\n Found: 80\nmore\nError:too many fields\nExpected: 3\nFound: 4\n";
         let s = summarize_layout_error(full);
-        assert_eq!(s, "incompatible type size Expected: 72 Found: 80; too many fields Expected: 3 Found: 4");
+        assert_eq!(
+            s,
+            "incompatible type size Expected: 72 Found: 80; too many fields Expected: 3 Found: 4"
+        );
     }
 }

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ekho", version, about = "Mirror the kernel's networking state and dispatch it to offload plugins")]
+#[command(
+    name = "ekho",
+    version,
+    about = "Mirror the kernel's networking state and dispatch it to offload plugins"
+)]
 struct Cli {
     /// Config file [default: /etc/ekho/ekho.toml if it exists, else a built-in default: plugins
     /// next to the executable, the recorder plugin writing to stdout, the caller's netns]
@@ -76,7 +80,9 @@ enum Cmd {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -97,13 +103,19 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::CheckPlugin { file, plugin_config, json } => check_plugin(&file, plugin_config.as_deref(), json),
+        Cmd::CheckPlugin {
+            file,
+            plugin_config,
+            json,
+        } => check_plugin(&file, plugin_config.as_deref(), json),
         cmd => {
             let config = Config::load(cli.config.as_deref())?;
             let socket = config.control_socket();
             match cmd {
                 Cmd::Run => {
-                    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .enable_all()
+                        .build()?;
                     rt.block_on(daemon::run(config))?;
                 }
                 Cmd::Status { json } => {
@@ -117,7 +129,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Cmd::Dump { kind, json } => {
                     if let Some(k) = &kind {
                         if ObjectKind::from_name(k).is_none() {
-                            let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
+                            let known: Vec<&str> =
+                                ObjectKind::ALL.iter().map(|k| k.plural()).collect();
                             anyhow::bail!("unknown kind {k:?}; one of: {}", known.join(", "));
                         }
                     }
@@ -148,14 +161,23 @@ fn print_or(json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> 
     }
 }
 
-fn check_plugin(file: &std::path::Path, cfg: Option<&std::path::Path>, as_json: bool) -> anyhow::Result<ExitCode> {
+fn check_plugin(
+    file: &std::path::Path,
+    cfg: Option<&std::path::Path>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let config_text = match cfg {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => String::new(),
     };
     let fail = |stage: &str, e: String| -> anyhow::Result<ExitCode> {
         if as_json {
-            println!("{}", json!({"file": file.display().to_string(), "accepted": false, "stage": stage, "reason": e}));
+            println!(
+                "{}",
+                json!({"file": file.display().to_string(), "accepted": false, "stage": stage, "reason": e})
+            );
         } else {
             println!("{}: REFUSED at {stage}\n  {e}", file.display());
         }

@@ -19,7 +19,9 @@ fn scalar(v: &Value) -> String {
 
 /// One object, iproute2-like: the first field bare, then `name value` pairs.
 pub fn object(v: &Value) -> String {
-    let Some(m) = v.as_object() else { return v.to_string() };
+    let Some(m) = v.as_object() else {
+        return v.to_string();
+    };
     let mut out = String::new();
     for (i, (k, val)) in m.iter().enumerate() {
         if i > 0 {
@@ -119,7 +121,16 @@ pub fn status(v: &Value) -> String {
     let _ = writeln!(
         out,
         "  {:<16} {:<9} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}",
-        "NAME", "VERSION", "STATE", "OBJECTS", "APPLIED", "OFFLOADED", "TRAPPED", "FAILED", "REFUSED", "QUEUE"
+        "NAME",
+        "VERSION",
+        "STATE",
+        "OBJECTS",
+        "APPLIED",
+        "OFFLOADED",
+        "TRAPPED",
+        "FAILED",
+        "REFUSED",
+        "QUEUE"
     );
     for p in v["plugins"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -140,7 +151,13 @@ pub fn status(v: &Value) -> String {
             let _ = writeln!(out, "    reason: {r}");
         }
         for c in p["counters"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "    {} {} = {}", scalar(&c["kind"]), scalar(&c["name"]), c["value"]);
+            let _ = writeln!(
+                out,
+                "    {} {} = {}",
+                scalar(&c["kind"]),
+                scalar(&c["name"]),
+                c["value"]
+            );
         }
         for f in p["recent_failures"].as_array().into_iter().flatten() {
             let _ = writeln!(
@@ -164,7 +181,11 @@ fn caps(out: &mut String, c: &Value) {
     let ports = if p["all"] == true {
         "all".to_string()
     } else {
-        format!("names [{}] drivers [{}]", scalar(&p["names"]), scalar(&p["drivers"]))
+        format!(
+            "names [{}] drivers [{}]",
+            scalar(&p["names"]),
+            scalar(&p["drivers"])
+        )
     };
     let _ = writeln!(out, "    ports:     {ports} (from {})", scalar(&p["from"]));
     let _ = writeln!(out, "    limits:    {}", scalar(&c["limits"]));
@@ -199,7 +220,12 @@ pub fn plugins(v: &Value) -> String {
 pub fn check(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: ACCEPTED", scalar(&v["file"]));
-    let _ = writeln!(out, "  plugin:      {} {}", scalar(&v["name"]), scalar(&v["version"]));
+    let _ = writeln!(
+        out,
+        "  plugin:      {} {}",
+        scalar(&v["name"]),
+        scalar(&v["version"])
+    );
     if v["description"].as_str().is_some_and(|s| !s.is_empty()) {
         let _ = writeln!(out, "  description: {}", scalar(&v["description"]));
     }
@@ -223,6 +249,9 @@ mod tests {
     #[test]
     fn object_reads_like_iproute2() {
         let v = serde_json::json!({"dst": "10.0.0.0/24", "gateway": "10.1.0.1", "dev": "veth0", "flags": []});
-        assert_eq!(object(&v), "10.0.0.0/24 gateway 10.1.0.1 dev veth0 flags []");
+        assert_eq!(
+            object(&v),
+            "10.0.0.0/24 gateway 10.1.0.1 dev veth0 flags []"
+        );
     }
 }

@@ -70,7 +70,10 @@ impl Capabilities {
     /// Nothing taken, all ports, no limits: start here and add.
     pub fn new() -> Capabilities {
         Capabilities {
-            ports: PortScope { all: true, ..Default::default() },
+            ports: PortScope {
+                all: true,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -96,13 +99,17 @@ impl Capabilities {
     /// Owns ports whose names match these globs (instead of all ports).
     pub fn port_names<S: Into<String>>(mut self, globs: impl IntoIterator<Item = S>) -> Self {
         self.ports.all = false;
-        self.ports.names.extend(globs.into_iter().map(|s| RString::from(s.into())));
+        self.ports
+            .names
+            .extend(globs.into_iter().map(|s| RString::from(s.into())));
         self
     }
     /// Owns ports of these drivers (instead of all ports).
     pub fn port_drivers<S: Into<String>>(mut self, drivers: impl IntoIterator<Item = S>) -> Self {
         self.ports.all = false;
-        self.ports.drivers.extend(drivers.into_iter().map(|s| RString::from(s.into())));
+        self.ports
+            .drivers
+            .extend(drivers.into_iter().map(|s| RString::from(s.into())));
         self
     }
     pub fn limit(mut self, kind: ObjectKind, max_entries: u64) -> Self {
@@ -124,7 +131,10 @@ impl Capabilities {
     }
     /// Whether objects of this family are taken (family-less objects always pass).
     pub fn takes_family(&self, f: Family) -> bool {
-        f == Family::UNSPEC || f == Family::BRIDGE || self.families.is_empty() || self.families.contains(&f)
+        f == Family::UNSPEC
+            || f == Family::BRIDGE
+            || self.families.is_empty()
+            || self.families.contains(&f)
     }
     /// Whether notifier events of this kind are taken.
     pub fn takes_notifier(&self, n: NotifierKind) -> bool {
@@ -132,6 +142,9 @@ impl Capabilities {
     }
     /// The declared limit for a kind, if any.
     pub fn limit_for(&self, k: ObjectKind) -> Option<u64> {
-        self.limits.iter().find(|l| l.kind == k).map(|l| l.max_entries)
+        self.limits
+            .iter()
+            .find(|l| l.kind == k)
+            .map(|l| l.max_entries)
     }
 }

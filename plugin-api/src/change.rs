@@ -4,6 +4,8 @@ use crate::object::{Object, ObjectKey, ObjectKind};
 use abi_stable::StableAbi;
 
 /// One change to one object.
+// Kept unboxed: this is an ABI type handed across the plugin boundary in slices.
+#[allow(clippy::large_enum_variant)]
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
 pub enum Change {

@@ -136,7 +136,10 @@ impl NotifierEvent {
             m.insert("addr".into(), a.to_string().into());
         }
         if self.table != 0 {
-            m.insert("table".into(), crate::object::net::table_name(self.table).into());
+            m.insert(
+                "table".into(),
+                crate::object::net::table_name(self.table).into(),
+            );
         }
         if self.route_type != RouteType::UNSPEC {
             m.insert("type".into(), self.route_type.name().into());
@@ -148,7 +151,10 @@ impl NotifierEvent {
             m.insert("vlan".into(), self.vlan.into());
         }
         if self.kind == NotifierKind::Neighbour || self.kind == NotifierKind::Netevent {
-            m.insert("state".into(), crate::object::neighbour::nud_state_names(self.state).into());
+            m.insert(
+                "state".into(),
+                crate::object::neighbour::nud_state_names(self.state).into(),
+            );
             if self.old_state != 0 {
                 m.insert(
                     "old_state".into(),

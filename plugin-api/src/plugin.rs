@@ -44,7 +44,11 @@ pub struct Stats {
 impl Stats {
     /// Adds a counter.
     pub fn counter(mut self, kind: &str, name: &str, value: u64) -> Self {
-        self.counters.push(Counter { kind: kind.into(), name: name.into(), value });
+        self.counters.push(Counter {
+            kind: kind.into(),
+            name: name.into(),
+            value,
+        });
         self
     }
 }
@@ -195,7 +199,9 @@ pub extern "C" fn create_plugin<P: Plugin>(
     host: HostHandle,
 ) -> RResult<PluginBox, RString> {
     let config = config.as_str().to_string();
-    match catch_unwind(AssertUnwindSafe(move || P::create(CreateContext { config, host }))) {
+    match catch_unwind(AssertUnwindSafe(move || {
+        P::create(CreateContext { config, host })
+    })) {
         Ok(Ok(p)) => RResult::ROk(FfiPlugin_TO::from_value(
             Adapter(p),
             abi_stable::sabi_trait::TD_Opaque,
@@ -208,7 +214,11 @@ pub extern "C" fn create_plugin<P: Plugin>(
 /// Builds the root module for plugin type `P`. Used by [`declare_plugin!`](crate::declare_plugin).
 #[doc(hidden)]
 pub fn root_module<P: Plugin>(info: extern "C" fn() -> PluginInfo) -> PluginModRef {
-    PluginMod { info, create: create_plugin::<P> }.leak_into_prefix()
+    PluginMod {
+        info,
+        create: create_plugin::<P>,
+    }
+    .leak_into_prefix()
 }
 
 /// Wraps a plugin already created in-process (tests, embedding) in the ABI box.
@@ -227,10 +237,18 @@ pub fn boxed<P: Plugin>(p: P) -> PluginBox {
 #[macro_export]
 macro_rules! declare_plugin {
     ($ty:ty) => {
-        $crate::declare_plugin!($ty, name = env!("CARGO_PKG_NAME"), description = env!("CARGO_PKG_DESCRIPTION"));
+        $crate::declare_plugin!(
+            $ty,
+            name = env!("CARGO_PKG_NAME"),
+            description = env!("CARGO_PKG_DESCRIPTION")
+        );
     };
     ($ty:ty, name = $name:expr) => {
-        $crate::declare_plugin!($ty, name = $name, description = env!("CARGO_PKG_DESCRIPTION"));
+        $crate::declare_plugin!(
+            $ty,
+            name = $name,
+            description = env!("CARGO_PKG_DESCRIPTION")
+        );
     };
     ($ty:ty, name = $name:expr, description = $desc:expr) => {
         /// The `ekho-plugin-api` version this plugin was built against (read by the host with

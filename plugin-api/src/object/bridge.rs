@@ -1,6 +1,6 @@
 //! Bridge objects: FDB entries (`AF_BRIDGE` neighbours), port VLANs, MDB entries.
 
-use super::neighbour::{nud, ntf};
+use super::neighbour::{ntf, nud};
 use super::net::{IpAddress, LinkAddr};
 use abi_stable::std_types::{ROption, RString};
 use abi_stable::StableAbi;
@@ -129,7 +129,10 @@ impl MdbEntry {
         if let Some(s) = self.source.as_ref().into_option() {
             m.insert("src".into(), s.to_string().into());
         }
-        m.insert("state".into(), if self.permanent { "permanent" } else { "temp" }.into());
+        m.insert(
+            "state".into(),
+            if self.permanent { "permanent" } else { "temp" }.into(),
+        );
         if self.vid != 0 {
             m.insert("vid".into(), self.vid.into());
         }

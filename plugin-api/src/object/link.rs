@@ -109,7 +109,14 @@ impl Link {
             m.insert("master".into(), self.master_name.as_str().into());
         }
         m.insert("operstate".into(), self.operstate_name().into());
-        m.insert("group".into(), if self.group == 0 { "default".into() } else { self.group.to_string().into() });
+        m.insert(
+            "group".into(),
+            if self.group == 0 {
+                "default".into()
+            } else {
+                self.group.to_string().into()
+            },
+        );
         m.insert("txqlen".into(), self.txqlen.into());
         m.insert("link_type".into(), link_type_name(self.link_type).into());
         if !self.address.is_empty() {

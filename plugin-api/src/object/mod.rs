@@ -95,9 +95,9 @@ impl ObjectKind {
 
     /// Parses a singular or plural name.
     pub fn from_name(s: &str) -> Option<ObjectKind> {
-        ObjectKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s || k.plural() == s || (s == "neighbor" && *k == ObjectKind::Neighbour))
+        ObjectKind::ALL.into_iter().find(|k| {
+            k.name() == s || k.plural() == s || (s == "neighbor" && *k == ObjectKind::Neighbour)
+        })
     }
 }
 
@@ -127,16 +127,60 @@ pub enum Object {
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub enum ObjectKey {
-    Link { ifindex: u32 },
-    Netconf { family: Family, ifindex: i32 },
-    Address { family: Family, ifindex: u32, local: IpAddress, prefixlen: u8 },
-    Vlan { ifindex: u32, vid: u16 },
-    Nexthop { id: u32 },
-    Neighbour { family: Family, ifindex: u32, dst: IpAddress, proxy: bool },
-    Fdb { owner: u32, mac: LinkAddr, vlan: u16, vni: ROption<u32>, dst: ROption<IpAddress> },
-    Mdb { bridge: u32, port: u32, group: ROption<IpAddress>, mac_group: LinkAddr, vid: u16, source: ROption<IpAddress> },
-    Route { family: Family, table: u32, dst: IpPrefix, src: IpPrefix, tos: u8, metric: u32 },
-    Rule { family: Family, priority: u32, selector: RString },
+    Link {
+        ifindex: u32,
+    },
+    Netconf {
+        family: Family,
+        ifindex: i32,
+    },
+    Address {
+        family: Family,
+        ifindex: u32,
+        local: IpAddress,
+        prefixlen: u8,
+    },
+    Vlan {
+        ifindex: u32,
+        vid: u16,
+    },
+    Nexthop {
+        id: u32,
+    },
+    Neighbour {
+        family: Family,
+        ifindex: u32,
+        dst: IpAddress,
+        proxy: bool,
+    },
+    Fdb {
+        owner: u32,
+        mac: LinkAddr,
+        vlan: u16,
+        vni: ROption<u32>,
+        dst: ROption<IpAddress>,
+    },
+    Mdb {
+        bridge: u32,
+        port: u32,
+        group: ROption<IpAddress>,
+        mac_group: LinkAddr,
+        vid: u16,
+        source: ROption<IpAddress>,
+    },
+    Route {
+        family: Family,
+        table: u32,
+        dst: IpPrefix,
+        src: IpPrefix,
+        tos: u8,
+        metric: u32,
+    },
+    Rule {
+        family: Family,
+        priority: u32,
+        selector: RString,
+    },
 }
 
 impl ObjectKey {
@@ -178,14 +222,20 @@ impl Object {
     pub fn key(&self) -> ObjectKey {
         match self {
             Object::Link(l) => ObjectKey::Link { ifindex: l.ifindex },
-            Object::Netconf(n) => ObjectKey::Netconf { family: n.family, ifindex: n.ifindex },
+            Object::Netconf(n) => ObjectKey::Netconf {
+                family: n.family,
+                ifindex: n.ifindex,
+            },
             Object::Address(a) => ObjectKey::Address {
                 family: a.family,
                 ifindex: a.ifindex,
                 local: a.local,
                 prefixlen: a.prefixlen,
             },
-            Object::Vlan(v) => ObjectKey::Vlan { ifindex: v.ifindex, vid: v.vid },
+            Object::Vlan(v) => ObjectKey::Vlan {
+                ifindex: v.ifindex,
+                vid: v.vid,
+            },
             Object::Nexthop(n) => ObjectKey::Nexthop { id: n.id },
             Object::Neighbour(n) => ObjectKey::Neighbour {
                 family: n.family,
@@ -302,7 +352,10 @@ mod tests {
             assert_eq!(ObjectKind::from_name(k.name()), Some(k));
             assert_eq!(ObjectKind::from_name(k.plural()), Some(k));
         }
-        assert_eq!(ObjectKind::from_name("neighbor"), Some(ObjectKind::Neighbour));
+        assert_eq!(
+            ObjectKind::from_name("neighbor"),
+            Some(ObjectKind::Neighbour)
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub fn nud_state_names(state: u16) -> Vec<&'static str> {
         (nud::NOARP, "NOARP"),
         (nud::PERMANENT, "PERMANENT"),
     ];
-    let v: Vec<&str> = N.iter().filter(|(b, _)| state & b != 0).map(|(_, n)| *n).collect();
+    let v: Vec<&str> = N
+        .iter()
+        .filter(|(b, _)| state & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if v.is_empty() {
         vec!["NONE"]
     } else {

@@ -172,7 +172,9 @@ impl std::str::FromStr for IpPrefix {
         };
         let addr: IpAddress = a.parse().map_err(|e| format!("bad address {a:?}: {e}"))?;
         let len = match l {
-            Some(l) => l.parse::<u8>().map_err(|e| format!("bad prefix length {l:?}: {e}"))?,
+            Some(l) => l
+                .parse::<u8>()
+                .map_err(|e| format!("bad prefix length {l:?}: {e}"))?,
             None => addr.max_len(),
         };
         if len > addr.max_len() {
@@ -351,7 +353,10 @@ mod tests {
         let h: IpPrefix = "2001:db8::1".parse().unwrap();
         assert_eq!(h.len, 128);
         assert_eq!(h.to_route_string(), "2001:db8::1");
-        assert_eq!(IpPrefix::default_route(Family::INET).to_route_string(), "default");
+        assert_eq!(
+            IpPrefix::default_route(Family::INET).to_route_string(),
+            "default"
+        );
         assert!("10.0.0.0/33".parse::<IpPrefix>().is_err());
     }
 
@@ -361,7 +366,11 @@ mod tests {
         assert!(p.contains(&"10.0.255.1".parse().unwrap()));
         assert!(!p.contains(&"10.2.0.1".parse().unwrap()));
         assert_eq!(
-            "10.1.2.3".parse::<IpAddress>().unwrap().masked(20).to_string(),
+            "10.1.2.3"
+                .parse::<IpAddress>()
+                .unwrap()
+                .masked(20)
+                .to_string(),
             "10.1.0.0"
         );
     }

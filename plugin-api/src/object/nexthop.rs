@@ -63,7 +63,15 @@ impl Nexthop {
                 })
                 .collect();
             m.insert("group".into(), g.into());
-            m.insert("type".into(), if self.group_type == 1 { "resilient" } else { "mpath" }.into());
+            m.insert(
+                "type".into(),
+                if self.group_type == 1 {
+                    "resilient"
+                } else {
+                    "mpath"
+                }
+                .into(),
+            );
         } else {
             if let Some(g) = self.gateway.as_ref().into_option() {
                 m.insert("gateway".into(), g.to_string().into());
