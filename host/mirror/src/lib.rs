@@ -3,15 +3,30 @@
 //! [`Mirror`] owns the state and turns kernel input into the exact list of object [`Change`]s,
 //! handed to listeners (the host's per-plugin dispatch) under the mirror's lock, so that a listener
 //! attached with [`Mirror::attach`] sees the snapshot and then every later change, with no gap and
-//! no duplicate. [`source`] feeds it from rtnetlink (dump + notifications) in a chosen netns.
+//! no duplicate. [`source`] feeds it from rtnetlink (subscribe, dump, notifications, inference of
+//! the changes the kernel does not announce, resync after overruns) in a chosen netns.
 //!
-//! THIS FILE IS A SKELETON of the API the host depends on; internals are to be replaced.
+//! Within one batch of changes, adds and updates come first in dependency order (links, netconf,
+//! addresses, nexthops, groups, neighbours, FDB, MDB, routes, rules), then removals in reverse
+//! order. Device names (`dev`, `master_name`, ...) are filled from the link table when an object
+//! is emitted or dumped.
+//!
+//! Routes: the kernel may hold several entries under one plugin-api route key (IPv4
+//! `append`/`prepend` alternatives, IPv6 same-metric routes through different devices). The
+//! mirror keeps all of them, in kernel order; listeners see the first (the one in effect) as
+//! *the* route of that key, [`Mirror::dump`] returns all of them (as `ip route show` does).
 
 use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+pub mod convert;
+pub mod diff;
+pub mod routes;
 pub mod source;
+pub mod state;
+
+use state::{Snapshot, State};
 
 /// A listener of mirror changes. Called with the mirror's lock held: must not block (enqueue and
 /// return).
@@ -36,80 +51,212 @@ pub struct MirrorStats {
     pub last_resync_ms: u64,
     /// Whether the initial dump has completed.
     pub synced: bool,
+    /// Changes emitted to listeners.
+    pub changes: u64,
+    /// Distinct shared route attribute sets (next hops etc.) held.
+    pub route_attr_sets: usize,
 }
 
 #[derive(Default)]
 struct Inner {
-    objects: BTreeMap<ObjectKey, Object>,
+    state: State,
     listeners: Vec<(ListenerId, Listener)>,
     next_id: u64,
     stats: MirrorStats,
+}
+
+impl Inner {
+    fn emit(&mut self) {
+        let changes = self.state.flush();
+        if changes.is_empty() {
+            return;
+        }
+        self.stats.changes += changes.len() as u64;
+        for (_, l) in self.listeners.iter_mut() {
+            l(&changes);
+        }
+    }
+}
+
+/// Requests from mirror users to the running source.
+#[derive(Default)]
+pub(crate) struct Control {
+    /// Kinds to re-dump.
+    pub resync: Mutex<BTreeSet<ObjectKind>>,
+    /// Wakes the source thread (an eventfd), when a source runs.
+    pub waker: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// Socket in the mirrored netns for requests (neighbour resolution).
+    pub req: Mutex<Option<source::ReqSocket>>,
+}
+
+impl Control {
+    pub(crate) fn wake(&self) {
+        if let Some(fd) = self.waker.lock().unwrap().as_ref() {
+            use std::os::fd::AsRawFd;
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
+            unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        }
+    }
 }
 
 /// The mirror. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct Mirror {
     inner: Arc<Mutex<Inner>>,
+    ctl: Arc<Control>,
 }
 
 impl Mirror {
+    /// An empty mirror; feed it with [`source::run`].
     pub fn new() -> Mirror {
         Mirror::default()
     }
 
     /// Atomically: calls `init` with the current state (every object, in dependency order: see
-    /// [`ObjectKind`]), then registers `listener` for every later change.
+    /// [`ObjectKind`]; for routes, the entry in effect per key), then registers `listener` for
+    /// every later change.
     pub fn attach(&self, init: impl FnOnce(Vec<Object>), listener: Listener) -> ListenerId {
         let mut g = self.inner.lock().unwrap();
-        let mut objs: Vec<Object> = g.objects.values().cloned().collect();
-        objs.sort_by_key(|o| o.kind());
+        let objs = g.state.all(None, false);
         init(objs);
         g.next_id += 1;
         let id = ListenerId(g.next_id);
         g.listeners.push((id, listener));
+        g.state.tracking = true;
         id
     }
 
     /// Removes a listener.
     pub fn detach(&self, id: ListenerId) {
-        self.inner.lock().unwrap().listeners.retain(|(i, _)| *i != id);
+        let mut g = self.inner.lock().unwrap();
+        g.listeners.retain(|(i, _)| *i != id);
+        if g.listeners.is_empty() {
+            g.state.tracking = false;
+            let _ = g.state.flush();
+        }
     }
 
-    /// The current objects of one kind (or all), with device names filled in.
+    /// The current objects of one kind (or all), with device names filled in, in dependency
+    /// order. Routes: every entry the kernel holds (alternatives under one key included).
     pub fn dump(&self, kind: Option<ObjectKind>) -> Vec<Object> {
-        let g = self.inner.lock().unwrap();
-        g.objects.values().filter(|o| kind.is_none_or(|k| o.kind() == k)).cloned().collect()
+        self.inner.lock().unwrap().state.all(kind, true)
+    }
+
+    /// One object by key (routes: the entry in effect), named.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        self.inner.lock().unwrap().state.get(key)
     }
 
     /// Counters.
     pub fn stats(&self) -> MirrorStats {
-        self.inner.lock().unwrap().stats.clone()
+        let g = self.inner.lock().unwrap();
+        let mut s = g.stats.clone();
+        s.objects = g.state.counts();
+        s.route_attr_sets = g.state.routes.interned();
+        s
     }
 
-    /// Inserts or replaces an object, notifying listeners of the resulting change (if any).
+    /// Asks the running source to re-dump `kinds` and reconcile (e.g. after eBPF ring-buffer
+    /// loss). Returns at once; the resync runs in the source.
+    pub fn request_resync(&self, kinds: &[ObjectKind]) {
+        self.ctl
+            .resync
+            .lock()
+            .unwrap()
+            .extend(kinds.iter().copied());
+        self.ctl.wake();
+    }
+
+    /// Asks the kernel of the mirrored netns to resolve `addr` on device `ifindex` (an
+    /// `RTM_NEWNEIGH` with `NTF_USE`, creating an entry and sending a probe as traffic would).
+    /// The outcome arrives later as a neighbour change. Fails when no source runs.
+    pub fn resolve_neighbour(
+        &self,
+        ifindex: u32,
+        addr: ekho_plugin_api::object::IpAddress,
+    ) -> Result<(), String> {
+        let g = self.ctl.req.lock().unwrap();
+        match g.as_ref() {
+            Some(s) => s.resolve_neighbour(ifindex, addr),
+            None => Err("no netlink source is running".into()),
+        }
+    }
+
+    /// Inserts or replaces an object (not routes' alternatives), notifying listeners.
     pub fn upsert(&self, obj: Object) {
         let mut g = self.inner.lock().unwrap();
-        let key = obj.key();
-        let change = match g.objects.insert(key, obj.clone()) {
-            None => Some(Change::Add(obj)),
-            Some(old) if old != obj => Some(Change::Update { old, new: obj }),
-            Some(_) => None,
+        let ev = match obj {
+            Object::Link(l) => convert::Event::NewLink(l),
+            Object::Address(a) => convert::Event::NewAddress(a),
+            Object::Route(r) => convert::Event::NewRoute(r, 0x100),
+            Object::Neighbour(n) => convert::Event::NewNeighbour(n),
+            Object::Fdb(f) => convert::Event::NewFdb(f),
+            Object::Nexthop(n) => convert::Event::NewNexthop(n),
+            Object::Rule(r) => convert::Event::NewRule(r),
+            Object::Netconf(n) => convert::Event::NewNetconf(n),
+            Object::Mdb(m) => convert::Event::NewMdb(vec![m]),
+            Object::Vlan(_) => convert::Event::Ignored,
         };
-        if let Some(c) = change {
-            for (_, l) in g.listeners.iter_mut() {
-                l(std::slice::from_ref(&c));
-            }
-        }
+        g.state.apply(ev);
+        g.emit();
     }
 
     /// Removes an object by key, notifying listeners.
     pub fn remove(&self, key: &ObjectKey) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(old) = g.objects.remove(key) {
-            let c = Change::Remove(old);
-            for (_, l) in g.listeners.iter_mut() {
-                l(std::slice::from_ref(&c));
-            }
+        let Some(o) = g.state.get(key) else { return };
+        let ev = match o {
+            Object::Link(l) => convert::Event::DelLink(l),
+            Object::Address(a) => convert::Event::DelAddress(a),
+            Object::Route(r) => convert::Event::DelRoute(r),
+            Object::Neighbour(n) => convert::Event::DelNeighbour(n),
+            Object::Fdb(f) => convert::Event::DelFdb(f),
+            Object::Nexthop(n) => convert::Event::DelNexthop(n.id),
+            Object::Rule(r) => convert::Event::DelRule(r),
+            Object::Netconf(n) => convert::Event::DelNetconf(n.family, n.ifindex),
+            Object::Mdb(m) => convert::Event::DelMdb(vec![m]),
+            Object::Vlan(_) => convert::Event::Ignored,
+        };
+        g.state.apply(ev);
+        g.emit();
+    }
+
+    /// Applies a batch of decoded kernel events and emits the net changes. Returns whether
+    /// proxy neighbours should be re-dumped (silent changes possible).
+    pub(crate) fn apply_events(&self, evs: Vec<convert::Event>, messages: u64) -> bool {
+        let mut g = self.inner.lock().unwrap();
+        g.stats.messages += messages;
+        for e in evs {
+            g.state.apply(e);
         }
+        g.emit();
+        std::mem::take(&mut g.state.want_proxy_dump)
+    }
+
+    /// Reconciles a dump into the state, emitting only differences.
+    pub(crate) fn reconcile(&self, snap: Snapshot, messages: u64, ms: u64, counted: bool) {
+        let mut g = self.inner.lock().unwrap();
+        g.stats.messages += messages;
+        g.state.reconcile(snap);
+        g.emit();
+        if counted {
+            g.stats.resyncs += 1;
+            g.stats.last_resync_ms = ms;
+        }
+    }
+
+    pub(crate) fn set_synced(&self, ms: u64) {
+        let mut g = self.inner.lock().unwrap();
+        g.stats.synced = true;
+        g.stats.last_resync_ms = ms;
+    }
+
+    pub(crate) fn count_overrun(&self) {
+        self.inner.lock().unwrap().stats.overruns += 1;
+    }
+
+    pub(crate) fn control(&self) -> &Arc<Control> {
+        &self.ctl
     }
 }

@@ -1,7 +1,40 @@
-//! The rtnetlink source: subscribe, dump, listen, repair overruns. (Skeleton.)
+//! The rtnetlink source: subscribe, dump, listen, repair overruns.
+//!
+//! Everything runs on one dedicated OS thread, which enters the configured network namespace
+//! (`setns`) before opening its sockets, so the rest of the process keeps its own netns and no
+//! tokio worker ever changes namespace. The thread:
+//! 1. opens the event socket, sizes its receive buffer (`SO_RCVBUFFORCE`, falling back to
+//!    `SO_RCVBUF`) and joins every group first, so no change between dump and listen is missed;
+//! 2. dumps every kind on a second socket and reconciles the dump into the mirror;
+//! 3. applies notifications as they come, one `recv` batch at a time;
+//! 4. on `ENOBUFS` (messages lost) counts an overrun and re-dumps every kind, keeping the event
+//!    socket: the dump is reconciled by mark and sweep (only real differences are emitted), then
+//!    the events queued meanwhile are applied in order;
+//! 5. re-dumps proxy neighbours (never notified by the kernel) periodically and right after the
+//!    link/address events that flush them, and any kinds asked for with
+//!    [`Mirror::request_resync`](crate::Mirror::request_resync).
 
+use crate::convert::{self, rtm, Event};
+use crate::state::Snapshot;
 use crate::Mirror;
+use ekho_plugin_api::object::IpAddress;
+use ekho_plugin_api::ObjectKind;
+use netlink_packet_core::{
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourHeader, NeighbourMessage,
+    NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Where and how to listen.
 #[derive(Clone, Debug, Default)]
@@ -10,22 +43,585 @@ pub struct SourceConfig {
     /// `/proc/PID/ns/net`).
     pub netns: Option<PathBuf>,
     /// Receive buffer of the event socket, bytes (forced with SO_RCVBUFFORCE when allowed).
+    /// 0 selects [`DEFAULT_RCVBUF`].
     pub rcvbuf: usize,
+}
+
+/// Event socket receive buffer used when [`SourceConfig::rcvbuf`] is 0: 64 MiB.
+pub const DEFAULT_RCVBUF: usize = 64 << 20;
+
+/// Further knobs of the source (defaults suit the daemon).
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Period of the proxy-neighbour re-dump (the kernel never notifies proxy entries); `None`
+    /// disables the periodic poll (re-dumps after link/address events still happen).
+    pub proxy_poll: Option<Duration>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            proxy_poll: Some(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Errors of the source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot enter network namespace {path}: {source}")]
-    Netns { path: PathBuf, source: std::io::Error },
+    Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("netlink: {0}")]
     Netlink(String),
+}
+
+fn nl_err(what: &str, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Netlink(format!("{what}: {e}"))
 }
 
 /// Runs the source until the process ends: subscribes, dumps every kind into `mirror`, then
 /// applies notifications. Returns only on a fatal error.
 pub async fn run(mirror: Mirror, cfg: SourceConfig) -> Result<(), SourceError> {
-    let _ = (mirror, cfg);
-    std::future::pending::<()>().await;
+    run_with(mirror, cfg, SourceOptions::default()).await
+}
+
+struct StopOnDrop(Arc<AtomicBool>, Mirror);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        self.1.control().wake();
+    }
+}
+
+/// [`run`] with explicit [`SourceOptions`]. Dropping the future stops the source thread.
+pub async fn run_with(
+    mirror: Mirror,
+    cfg: SourceConfig,
+    opts: SourceOptions,
+) -> Result<(), SourceError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _guard = StopOnDrop(stop.clone(), mirror.clone());
+    let m = mirror.clone();
+    std::thread::Builder::new()
+        .name("ekho-mirror-src".into())
+        .spawn(move || {
+            let r = thread_main(&m, &cfg, &opts, &stop);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "mirror source stopped");
+            }
+            *m.control().req.lock().unwrap() = None;
+            let _ = tx.send(r);
+        })
+        .map_err(|e| nl_err("spawn source thread", e))?;
+    rx.await
+        .unwrap_or_else(|_| Err(SourceError::Netlink("source thread died".into())))
+}
+
+/// Enters the network namespace at `path` on the calling thread.
+pub fn enter_netns(path: &std::path::Path) -> Result<(), SourceError> {
+    let f = std::fs::File::open(path).map_err(|e| SourceError::Netns {
+        path: path.into(),
+        source: e,
+    })?;
+    // SAFETY: setns on a valid fd; affects only the calling thread.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(SourceError::Netns {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
     Ok(())
+}
+
+/// The rtnetlink groups the event socket joins.
+pub const GROUPS: &[u32] = &[
+    1,  // RTNLGRP_LINK
+    3,  // RTNLGRP_NEIGH
+    5,  // RTNLGRP_IPV4_IFADDR
+    7,  // RTNLGRP_IPV4_ROUTE
+    8,  // RTNLGRP_IPV4_RULE
+    9,  // RTNLGRP_IPV6_IFADDR
+    11, // RTNLGRP_IPV6_ROUTE
+    19, // RTNLGRP_IPV6_RULE
+    24, // RTNLGRP_IPV4_NETCONF
+    25, // RTNLGRP_IPV6_NETCONF
+    26, // RTNLGRP_MDB
+    32, // RTNLGRP_NEXTHOP
+    33, // RTNLGRP_BRVLAN
+];
+
+fn set_rcvbuf(s: &Socket, size: usize) {
+    let v = size.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt with a valid int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r != 0 {
+        tracing::warn!(
+            "SO_RCVBUFFORCE refused ({}), using SO_RCVBUF",
+            std::io::Error::last_os_error()
+        );
+        let _ = s.set_rx_buf_sz(v);
+    }
+}
+
+/// Receives one datagram whatever its size (grows `buf`). `Ok(None)` when nothing is queued
+/// (non-blocking socket).
+fn recv_dgram(fd: i32, buf: &mut Vec<u8>, block: bool) -> std::io::Result<Option<usize>> {
+    let dontwait = if block { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // SAFETY: peeking into a valid buffer of the given length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_TRUNC | dontwait,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => Ok(None),
+                std::io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            buf.resize(n.next_power_of_two(), 0);
+        }
+        // SAFETY: receiving into a valid buffer at least as large as the datagram.
+        let m = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                dontwait,
+            )
+        };
+        if m < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => Ok(None),
+                std::io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
+            };
+        }
+        return Ok(Some(m as usize));
+    }
+}
+
+fn new_socket() -> Result<Socket, SourceError> {
+    let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| nl_err("socket", e))?;
+    s.bind_auto().map_err(|e| nl_err("bind", e))?;
+    s.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| nl_err("connect", e))?;
+    Ok(s)
+}
+
+/// A request socket in the mirrored netns (dumps and one-off requests).
+pub struct ReqSocket {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl ReqSocket {
+    /// Opens a request socket in the current thread's netns.
+    pub fn new() -> Result<ReqSocket, SourceError> {
+        let sock = new_socket()?;
+        let _ = sock.set_ext_ack(true);
+        Ok(ReqSocket {
+            sock,
+            seq: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    fn send(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<u32, SourceError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut h = NetlinkHeader::default();
+        h.length = 16 + payload.len() as u32;
+        h.message_type = msg_type;
+        h.flags = flags;
+        h.sequence_number = self.seq;
+        let mut b = vec![0u8; 16];
+        h.emit(&mut b);
+        b.extend_from_slice(payload);
+        self.sock.send(&b, 0).map_err(|e| nl_err("send", e))?;
+        Ok(self.seq)
+    }
+
+    /// Dumps `msg_type` with the given family header, calling `f` for every decoded message.
+    /// Retries when the kernel flags the dump as interrupted (`NLM_F_DUMP_INTR`). Returns the
+    /// message count.
+    pub fn dump(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        f: &mut dyn FnMut(Event),
+    ) -> Result<u64, SourceError> {
+        for _attempt in 0..5 {
+            let mut events = Vec::new();
+            let mut intr = false;
+            let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
+            let mut count = 0u64;
+            'recv: loop {
+                let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
+                    .map_err(|e| nl_err("dump recv", e))?
+                    .unwrap_or(0);
+                for (h, payload) in convert::split(&self.buf[..n]) {
+                    if h.sequence_number != seq {
+                        continue;
+                    }
+                    if h.flags & 0x10 != 0 {
+                        intr = true; // NLM_F_DUMP_INTR
+                    }
+                    match h.message_type {
+                        NLMSG_DONE => break 'recv,
+                        NLMSG_ERROR => {
+                            let code = payload
+                                .get(..4)
+                                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                                .unwrap_or(0);
+                            if code != 0 {
+                                return Err(nl_err(
+                                    &format!("dump of type {msg_type}"),
+                                    std::io::Error::from_raw_os_error(-code),
+                                ));
+                            }
+                            break 'recv;
+                        }
+                        _ => {
+                            count += 1;
+                            match convert::decode(&h, payload) {
+                                Ok(e) => events.push(e),
+                                Err(e) => tracing::warn!("undecodable dump message: {e}"),
+                            }
+                        }
+                    }
+                }
+            }
+            if !intr {
+                for e in events {
+                    f(e);
+                }
+                return Ok(count);
+            }
+            tracing::debug!(msg_type, "dump interrupted, retrying");
+        }
+        Err(SourceError::Netlink(format!(
+            "dump of type {msg_type} kept being interrupted"
+        )))
+    }
+
+    /// Sends a request and waits for its acknowledgement.
+    pub fn request(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<(), String> {
+        let seq = self
+            .send(msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, payload)
+            .map_err(|e| e.to_string())?;
+        loop {
+            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            for (h, payload) in convert::split(&self.buf[..n]) {
+                if h.sequence_number == seq && h.message_type == NLMSG_ERROR {
+                    let code = payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                        .unwrap_or(0);
+                    return if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::from_raw_os_error(-code).to_string())
+                    };
+                }
+            }
+        }
+    }
+
+    /// Sends `RTM_NEWNEIGH` with `NTF_USE` (creating the entry if needed) for `addr` on `ifindex`.
+    pub fn resolve_neighbour(&self, ifindex: u32, addr: IpAddress) -> Result<(), String> {
+        let (family, dst) = match addr {
+            IpAddress::V4(b) => (AddressFamily::Inet, NeighbourAddress::Inet(b.into())),
+            IpAddress::V6(b) => (AddressFamily::Inet6, NeighbourAddress::Inet6(b.into())),
+        };
+        let mut m = NeighbourMessage::default();
+        m.header = NeighbourHeader {
+            family,
+            ifindex,
+            state: NeighbourState::None,
+            flags: NeighbourFlags::Use,
+            ..Default::default()
+        };
+        m.attributes.push(NeighbourAttribute::Destination(dst));
+        let mut nl = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)),
+        );
+        nl.finalize();
+        let mut b = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut b);
+        // A fresh socket per call keeps this usable concurrently with nothing else.
+        let mut s = ReqSocket {
+            sock: self.clone_in_netns()?,
+            seq: 0,
+            buf: vec![0; 8192],
+        };
+        s.request(28, NLM_F_CREATE, &b[16..])
+    }
+
+    fn clone_in_netns(&self) -> Result<Socket, String> {
+        // SAFETY: dup of a valid fd; the new fd refers to the same socket (same netns).
+        let fd = unsafe { libc::dup(self.sock.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        // SAFETY: fd is a fresh, owned netlink socket descriptor.
+        Ok(unsafe { Socket::from_raw_fd(fd) })
+    }
+}
+
+/// The family-header of a dump request of a kind (`(msg_type, header bytes)` list).
+pub fn dump_requests(kind: ObjectKind) -> Vec<(u16, Vec<u8>)> {
+    const INET: u8 = 2;
+    const INET6: u8 = 10;
+    const BRIDGE: u8 = 7;
+    let hdr = |family: u8, len: usize| {
+        let mut v = vec![0u8; len];
+        v[0] = family;
+        v
+    };
+    match kind {
+        ObjectKind::Link => vec![(18, hdr(0, 16))],
+        ObjectKind::Netconf => vec![
+            (rtm::GETNETCONF, hdr(INET, 4)),
+            (rtm::GETNETCONF, hdr(INET6, 4)),
+        ],
+        ObjectKind::Address => vec![(22, hdr(INET, 8)), (22, hdr(INET6, 8))],
+        ObjectKind::Vlan => vec![],
+        ObjectKind::Nexthop => vec![(rtm::GETNEXTHOP, hdr(0, 8))],
+        ObjectKind::Neighbour => {
+            let mut v = vec![(30, hdr(INET, 12)), (30, hdr(INET6, 12))];
+            v.extend(proxy_requests());
+            v
+        }
+        ObjectKind::Fdb => vec![(30, hdr(BRIDGE, 12))],
+        ObjectKind::Mdb => vec![(rtm::GETMDB, hdr(BRIDGE, 8))],
+        ObjectKind::Route => vec![(26, hdr(INET, 12)), (26, hdr(INET6, 12))],
+        ObjectKind::Rule => vec![(34, hdr(INET, 12)), (34, hdr(INET6, 12))],
+    }
+}
+
+fn proxy_requests() -> Vec<(u16, Vec<u8>)> {
+    [2u8, 10u8]
+        .into_iter()
+        .map(|f| {
+            let mut v = vec![0u8; 12];
+            v[0] = f;
+            v[10] = 0x08; // ndm_flags = NTF_PROXY
+            (30, v)
+        })
+        .collect()
+}
+
+/// Dumps `kinds` into a snapshot.
+pub fn snapshot(
+    req: &mut ReqSocket,
+    kinds: &BTreeSet<ObjectKind>,
+) -> Result<(Snapshot, u64), SourceError> {
+    let mut snap = Snapshot {
+        kinds: kinds.clone(),
+        ..Default::default()
+    };
+    let mut n = 0;
+    for k in kinds {
+        for (t, h) in dump_requests(*k) {
+            match req.dump(t, &h, &mut |e| snap.add(e)) {
+                Ok(c) => n += c,
+                // Kinds the kernel does not support here (e.g. MDB without bridge module).
+                Err(e)
+                    if *k == ObjectKind::Mdb
+                        || *k == ObjectKind::Netconf
+                        || *k == ObjectKind::Nexthop =>
+                {
+                    tracing::debug!("dump of {k} failed: {e}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((snap, n))
+}
+
+fn proxy_snapshot(req: &mut ReqSocket) -> Result<(Snapshot, u64), SourceError> {
+    let mut snap = Snapshot {
+        kinds: [ObjectKind::Neighbour].into(),
+        proxies_only: true,
+        ..Default::default()
+    };
+    let mut n = 0;
+    for (t, h) in proxy_requests() {
+        n += req.dump(t, &h, &mut |e| snap.add(e))?;
+    }
+    Ok((snap, n))
+}
+
+fn thread_main(
+    m: &Mirror,
+    cfg: &SourceConfig,
+    opts: &SourceOptions,
+    stop: &AtomicBool,
+) -> Result<(), SourceError> {
+    if let Some(p) = &cfg.netns {
+        enter_netns(p)?;
+    }
+    // 1. Subscribe first.
+    let ev = new_socket()?;
+    set_rcvbuf(
+        &ev,
+        if cfg.rcvbuf == 0 {
+            DEFAULT_RCVBUF
+        } else {
+            cfg.rcvbuf
+        },
+    );
+    for g in GROUPS {
+        if let Err(e) = ev.add_membership(*g) {
+            tracing::warn!(group = g, "cannot join rtnetlink group: {e}");
+        }
+    }
+    tracing::info!(
+        rcvbuf = ev.get_rx_buf_sz().unwrap_or(0),
+        "mirror event socket ready"
+    );
+    // SAFETY: creating an eventfd; checked below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(nl_err("eventfd", std::io::Error::last_os_error()));
+    }
+    // SAFETY: efd is a fresh descriptor we own.
+    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    let efd_raw = efd.as_raw_fd();
+    // SAFETY: dup of a valid descriptor.
+    let wfd = unsafe { OwnedFd::from_raw_fd(libc::dup(efd_raw)) };
+    *m.control().waker.lock().unwrap() = Some(wfd);
+    *m.control().req.lock().unwrap() = Some(ReqSocket::new()?);
+
+    // 2. Dump everything.
+    let mut req = ReqSocket::new()?;
+    let all: BTreeSet<ObjectKind> = ObjectKind::ALL.into_iter().collect();
+    let t0 = Instant::now();
+    let (snap, n) = snapshot(&mut req, &all)?;
+    m.reconcile(snap, n, 0, false);
+    m.set_synced(t0.elapsed().as_millis() as u64);
+    tracing::info!(
+        ms = t0.elapsed().as_millis() as u64,
+        messages = n,
+        "mirror synced"
+    );
+
+    // 3. Listen.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let timeout = next_proxy
+            .map(|t| {
+                t.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(60_000) as i32
+            })
+            .unwrap_or(60_000);
+        let mut fds = [
+            libc::pollfd {
+                fd: ev.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: efd_raw,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polling two valid descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if fds[1].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: reading 8 bytes from our eventfd into a u64.
+            unsafe { libc::read(efd_raw, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        }
+        let mut overrun = false;
+        let mut proxy = false;
+        // Drain the event socket, applying one batch per `recv` burst.
+        let mut evs = Vec::new();
+        let mut count = 0u64;
+        loop {
+            match recv_dgram(ev.as_raw_fd(), &mut buf, false) {
+                Ok(Some(n)) => {
+                    for (h, payload) in convert::split(&buf[..n]) {
+                        count += 1;
+                        match convert::decode(&h, payload) {
+                            Ok(Event::Ignored) => {}
+                            Ok(e) => evs.push(e),
+                            Err(e) => tracing::warn!("undecodable notification: {e}"),
+                        }
+                    }
+                    if evs.len() >= 1024 {
+                        proxy |=
+                            m.apply_events(std::mem::take(&mut evs), std::mem::take(&mut count));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!(
+                        "netlink event socket overrun (ENOBUFS): messages lost, resyncing"
+                    );
+                    m.count_overrun();
+                    overrun = true;
+                }
+                Err(e) => return Err(nl_err("event recv", e)),
+            }
+        }
+        proxy |= m.apply_events(evs, count);
+        let mut kinds: BTreeSet<ObjectKind> =
+            std::mem::take(&mut *m.control().resync.lock().unwrap());
+        if overrun {
+            kinds.extend(ObjectKind::ALL);
+        }
+        if !kinds.is_empty() {
+            let t = Instant::now();
+            let (snap, n) = snapshot(&mut req, &kinds)?;
+            m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
+            tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                ?kinds,
+                "mirror resynced"
+            );
+            continue;
+        }
+        let due = next_proxy.is_some_and(|t| Instant::now() >= t);
+        if proxy || due {
+            let (snap, n) = proxy_snapshot(&mut req)?;
+            m.reconcile(snap, n, 0, false);
+            if due {
+                next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
+            }
+        }
+    }
 }

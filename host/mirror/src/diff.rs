@@ -1,0 +1,391 @@
+//! Comparison of mirrored objects with the kernel's state as iproute2 prints it.
+//!
+//! [`kernel_state`] runs `ip -j`/`bridge -j` in a namespace and [`mirror_state`] renders objects
+//! with their `to_json`; both are brought to one canonical form by [`normalize`] (formatting
+//! only: iproute2's omitted defaults filled in, flag lists sorted, volatile counters such as
+//! remaining lifetimes replaced by a marker, fields the object model does not carry dropped) and
+//! compared as multisets by [`compare`]. Reused by the host's end-to-end `ekho dump --json` test.
+
+use ekho_plugin_api::{Object, ObjectKind};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Kinds compared against iproute2 (VLANs: not available on this kernel).
+pub const COMPARED: &[ObjectKind] = &[
+    ObjectKind::Link,
+    ObjectKind::Netconf,
+    ObjectKind::Address,
+    ObjectKind::Nexthop,
+    ObjectKind::Neighbour,
+    ObjectKind::Fdb,
+    ObjectKind::Mdb,
+    ObjectKind::Route,
+    ObjectKind::Rule,
+];
+
+fn run(netns: Option<&str>, tool: &str, args: &[&str]) -> Result<Value, String> {
+    let mut c = Command::new(tool);
+    if let Some(n) = netns {
+        c.args(["-n", n]);
+    }
+    c.args(args);
+    let out = c.output().map_err(|e| format!("{tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let s = String::from_utf8_lossy(&out.stdout);
+    if s.trim().is_empty() {
+        return Ok(Value::Array(vec![]));
+    }
+    serde_json::from_str(&s).map_err(|e| format!("{tool} {args:?}: bad json: {e}"))
+}
+
+fn arr(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => vec![],
+    }
+}
+
+/// The kernel's state of `kind` in `netns` (`None`: the caller's), raw iproute2 JSON entries.
+pub fn kernel_kind(netns: Option<&str>, kind: ObjectKind) -> Result<Vec<Value>, String> {
+    Ok(match kind {
+        ObjectKind::Link => arr(run(netns, "ip", &["-d", "-j", "link", "show"])?),
+        ObjectKind::Netconf => {
+            let mut v = arr(run(netns, "ip", &["-4", "-j", "netconf", "show"])?);
+            v.extend(arr(run(netns, "ip", &["-6", "-j", "netconf", "show"])?));
+            v
+        }
+        ObjectKind::Address => {
+            let mut out = Vec::new();
+            for l in arr(run(netns, "ip", &["-j", "addr", "show"])?) {
+                for mut a in l.get("addr_info").cloned().map(arr).unwrap_or_default() {
+                    a["ifindex"] = l["ifindex"].clone();
+                    a["dev"] = l["ifname"].clone();
+                    out.push(a);
+                }
+            }
+            out
+        }
+        ObjectKind::Vlan => vec![],
+        ObjectKind::Nexthop => arr(run(netns, "ip", &["-d", "-j", "nexthop", "show"])?),
+        ObjectKind::Neighbour => {
+            let mut v = arr(run(netns, "ip", &["-j", "neigh", "show", "nud", "all"])?);
+            v.extend(arr(run(
+                netns,
+                "ip",
+                &["-4", "-j", "neigh", "show", "proxy"],
+            )?));
+            v.extend(arr(run(
+                netns,
+                "ip",
+                &["-6", "-j", "neigh", "show", "proxy"],
+            )?));
+            v
+        }
+        ObjectKind::Fdb => arr(run(netns, "bridge", &["-j", "fdb", "show"])?),
+        ObjectKind::Mdb => {
+            let mut out = Vec::new();
+            for b in arr(run(netns, "bridge", &["-j", "mdb", "show"])?) {
+                out.extend(b.get("mdb").cloned().map(arr).unwrap_or_default());
+            }
+            out
+        }
+        ObjectKind::Route => {
+            let mut v = arr(run(
+                netns,
+                "ip",
+                &["-4", "-d", "-j", "route", "show", "table", "all"],
+            )?);
+            v.extend(arr(run(
+                netns,
+                "ip",
+                &["-6", "-d", "-j", "route", "show", "table", "all"],
+            )?));
+            v
+        }
+        ObjectKind::Rule => {
+            let mut v = arr(run(netns, "ip", &["-4", "-d", "-j", "rule", "show"])?);
+            v.extend(arr(run(netns, "ip", &["-6", "-d", "-j", "rule", "show"])?));
+            v
+        }
+    })
+}
+
+/// The kernel's state of every [`COMPARED`] kind, normalized.
+pub fn kernel_state(netns: Option<&str>) -> Result<BTreeMap<ObjectKind, Vec<Value>>, String> {
+    let mut m = BTreeMap::new();
+    for k in COMPARED {
+        let v = kernel_kind(netns, *k)?
+            .into_iter()
+            .filter_map(|x| normalize(*k, x))
+            .collect();
+        m.insert(*k, v);
+    }
+    Ok(m)
+}
+
+/// Mirror objects rendered and normalized, per kind (`objs` as [`crate::Mirror::dump`] gives).
+pub fn mirror_state(objs: &[Object]) -> BTreeMap<ObjectKind, Vec<Value>> {
+    let names: BTreeMap<u32, String> = objs
+        .iter()
+        .filter_map(|o| match o {
+            Object::Link(l) => Some((l.ifindex, l.ifname.to_string())),
+            _ => None,
+        })
+        .collect();
+    let mut m: BTreeMap<ObjectKind, Vec<Value>> = COMPARED.iter().map(|k| (*k, vec![])).collect();
+    for o in objs {
+        let Some(v) = m.get_mut(&o.kind()) else {
+            continue;
+        };
+        let mut j = o.to_json();
+        if let Object::Link(l) = o {
+            // iproute2 names a lower device in the same netns, and gives the index otherwise.
+            if l.link != 0 && l.link_netnsid < 0 {
+                if let Some(obj) = j.as_object_mut() {
+                    obj.remove("link_index");
+                    obj.insert(
+                        "link".into(),
+                        names
+                            .get(&l.link)
+                            .cloned()
+                            .unwrap_or_else(|| format!("if{}", l.link))
+                            .into(),
+                    );
+                }
+            }
+        }
+        if let Some(x) = normalize(o.kind(), j) {
+            v.push(x);
+        }
+    }
+    m
+}
+
+fn keep(o: &mut Map<String, Value>, keys: &[&str]) {
+    o.retain(|k, _| keys.contains(&k.as_str()));
+}
+
+fn default(o: &mut Map<String, Value>, k: &str, v: Value) {
+    if !o.contains_key(k) {
+        o.insert(k.into(), v);
+    }
+}
+
+fn sort_arr(o: &mut Map<String, Value>, k: &str) {
+    if let Some(Value::Array(a)) = o.get_mut(k) {
+        a.sort_by_key(|x| x.to_string());
+    }
+}
+
+fn onoff(o: &mut Map<String, Value>, k: &str) {
+    if let Some(Value::Bool(b)) = o.get(k) {
+        let s = if *b { "on" } else { "off" };
+        o.insert(k.into(), s.into());
+    }
+}
+
+/// Canonical form of one entry of `kind` (from either side); `None` drops the entry (rows that
+/// are not objects, like a device's own address-list rows in `bridge fdb show`).
+pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
+    let Value::Object(mut o) = v else {
+        return Some(v);
+    };
+    match kind {
+        ObjectKind::Link => {
+            keep(
+                &mut o,
+                &[
+                    "ifindex",
+                    "ifname",
+                    "flags",
+                    "mtu",
+                    "qdisc",
+                    "master",
+                    "operstate",
+                    "group",
+                    "txqlen",
+                    "link_type",
+                    "address",
+                    "broadcast",
+                    "link",
+                    "link_index",
+                    "link_netnsid",
+                    "ifalias",
+                    "linkinfo",
+                ],
+            );
+            if let Some(Value::Object(li)) = o.get_mut("linkinfo") {
+                keep(li, &["info_kind", "info_slave_kind"]);
+                if li.is_empty() {
+                    o.remove("linkinfo");
+                }
+            }
+            // iproute2 derives M-DOWN from the lower device's state: not a flag of this link.
+            if let Some(Value::Array(f)) = o.get_mut("flags") {
+                f.retain(|x| x != "M-DOWN");
+            }
+            sort_arr(&mut o, "flags");
+        }
+        ObjectKind::Netconf => {
+            o.remove("ifindex");
+            for k in [
+                "forwarding",
+                "mc_forwarding",
+                "proxy_neigh",
+                "ignore_routes_with_linkdown",
+                "input",
+            ] {
+                onoff(&mut o, k);
+            }
+        }
+        ObjectKind::Address => {
+            for k in ["valid_life_time", "preferred_life_time"] {
+                if o.get(k)
+                    .and_then(|x| x.as_u64())
+                    .is_some_and(|x| x != u32::MAX as u64)
+                {
+                    o.insert(k.into(), "finite".into());
+                }
+            }
+        }
+        ObjectKind::Nexthop => {
+            if o.contains_key("group") {
+                o.remove("scope");
+                if let Some(Value::Array(g)) = o.get_mut("group") {
+                    for m in g.iter_mut() {
+                        if let Some(mo) = m.as_object_mut() {
+                            if mo.get("weight").and_then(|w| w.as_u64()) == Some(1) {
+                                mo.remove("weight");
+                            }
+                        }
+                    }
+                }
+                default(&mut o, "type", "mpath".into());
+            }
+            sort_arr(&mut o, "flags");
+        }
+        ObjectKind::Neighbour => {
+            let dst: Option<ekho_plugin_api::object::IpAddress> = o
+                .get("dst")
+                .and_then(|d| d.as_str())
+                .and_then(|d| d.parse().ok());
+            let noarp = o
+                .get("state")
+                .and_then(|s| s.as_array())
+                .is_some_and(|s| s.len() == 1 && s[0] == "NOARP");
+            if dst.is_some_and(|d| {
+                crate::convert::neighbour_is_multicast_map(&d, if noarp { 0x40 } else { 0 })
+            }) {
+                return None;
+            }
+            keep(
+                &mut o,
+                &[
+                    "dst",
+                    "dev",
+                    "lladdr",
+                    "router",
+                    "extern_learn",
+                    "proxy",
+                    "state",
+                ],
+            );
+            sort_arr(&mut o, "state");
+        }
+        ObjectKind::Fdb => {
+            let self_only = o
+                .get("flags")
+                .and_then(|f| f.as_array())
+                .is_some_and(|f| f.len() == 1 && f[0] == "self");
+            if self_only
+                && o.get("state").and_then(|s| s.as_str()) == Some("permanent")
+                && !o.contains_key("master")
+                && !o.contains_key("dst")
+                && !o.contains_key("vni")
+            {
+                return None;
+            }
+            keep(
+                &mut o,
+                &[
+                    "mac", "ifname", "vlan", "dst", "vni", "flags", "master", "state",
+                ],
+            );
+            sort_arr(&mut o, "flags");
+        }
+        ObjectKind::Mdb => {
+            keep(
+                &mut o,
+                &["index", "dev", "port", "grp", "src", "state", "vid"],
+            );
+        }
+        ObjectKind::Route => {
+            o.remove("expires");
+            o.remove("cache");
+            default(&mut o, "type", "unicast".into());
+            default(&mut o, "table", "main".into());
+            default(&mut o, "protocol", "boot".into());
+            default(&mut o, "scope", "global".into());
+            default(&mut o, "metric", 0.into());
+            sort_arr(&mut o, "flags");
+            if let Some(Value::Array(legs)) = o.get_mut("nexthops") {
+                for l in legs.iter_mut() {
+                    if let Some(lo) = l.as_object_mut() {
+                        sort_arr(lo, "flags");
+                    }
+                }
+            }
+        }
+        ObjectKind::Rule => {
+            o.remove("protocol");
+        }
+        ObjectKind::Vlan => {}
+    }
+    Some(sorted(Value::Object(o)))
+}
+
+/// The value with object keys in sorted order, recursively (serde_json may keep insertion order).
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let mut kv: Vec<(String, Value)> = o.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            kv.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(kv.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        x => x,
+    }
+}
+
+/// Differences between two normalized states, as readable lines (empty when equal).
+pub fn compare(
+    kernel: &BTreeMap<ObjectKind, Vec<Value>>,
+    mirror: &BTreeMap<ObjectKind, Vec<Value>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, kv) in kernel {
+        let empty = Vec::new();
+        let mv = mirror.get(k).unwrap_or(&empty);
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for v in kv {
+            *counts.entry(v.to_string()).or_default() += 1;
+        }
+        for v in mv {
+            *counts.entry(v.to_string()).or_default() -= 1;
+        }
+        for (s, c) in counts {
+            if c > 0 {
+                out.push(format!("{}: only in kernel: {s}", k.plural()));
+            } else if c < 0 {
+                out.push(format!("{}: only in mirror: {s}", k.plural()));
+            }
+        }
+    }
+    out
+}

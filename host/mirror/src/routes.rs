@@ -1,0 +1,382 @@
+//! Compact route storage.
+//!
+//! A route is stored as a small fixed-size key (table, destination, tos, metric; plus source for
+//! IPv6) mapped to the list of its aliases (the kernel may hold several entries under one key:
+//! IPv4 `append`/`prepend` alternatives, IPv6 same-metric routes through different devices).
+//! Everything else (type, protocol, scope, flags, prefsrc, legs, metrics) lives in an interned,
+//! shared [`Attrs`] — as the kernel shares `fib_info` between routes with the same next hops, so
+//! a million routes through a handful of gateways cost one key and one pointer each.
+
+use ekho_plugin_api::abi_stable::std_types::{ROption, RVec};
+use ekho_plugin_api::object::*;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// Everything of a route but its key.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Attrs {
+    pub kind: RouteType,
+    pub protocol: Protocol,
+    pub scope: Scope,
+    pub flags: u32,
+    pub prefsrc: Option<IpAddress>,
+    pub nhid: Option<u32>,
+    pub nexthops: Vec<NextHop>,
+    pub metrics: Vec<RouteMetric>,
+    pub pref: Option<u8>,
+    pub expires: Option<u32>,
+}
+
+impl Attrs {
+    /// The attributes of a route (device names dropped: they are filled at emission).
+    pub fn of(r: &Route) -> Attrs {
+        Attrs {
+            kind: r.kind,
+            protocol: r.protocol,
+            scope: r.scope,
+            flags: r.flags,
+            prefsrc: r.prefsrc.into_option(),
+            nhid: r.nhid.into_option(),
+            nexthops: r
+                .nexthops
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    n.dev = Default::default();
+                    n
+                })
+                .collect(),
+            metrics: r.metrics.to_vec(),
+            pref: r.pref.into_option(),
+            expires: r.expires.into_option(),
+        }
+    }
+
+    /// Whether any leg goes out through `ifindex`.
+    pub fn uses_dev(&self, ifindex: u32) -> bool {
+        self.nexthops.iter().any(|n| n.ifindex == ifindex)
+    }
+
+    /// Whether the legs (gateway, device) of both are the same, flags aside.
+    pub fn same_legs(&self, o: &Attrs) -> bool {
+        self.nexthops.len() == o.nexthops.len()
+            && self
+                .nexthops
+                .iter()
+                .zip(o.nexthops.iter())
+                .all(|(a, b)| a.gateway == b.gateway && a.ifindex == b.ifindex)
+    }
+}
+
+/// Key of an IPv4 route.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct K4 {
+    pub table: u32,
+    pub dst: [u8; 4],
+    pub len: u8,
+    pub tos: u8,
+    pub metric: u32,
+}
+
+/// Key of an IPv6 route.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct K6 {
+    pub table: u32,
+    pub dst: [u8; 16],
+    pub len: u8,
+    pub src: [u8; 16],
+    pub srclen: u8,
+    pub tos: u8,
+    pub metric: u32,
+}
+
+/// Key of a route of either family.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum RKey {
+    V4(K4),
+    V6(K6),
+}
+
+impl RKey {
+    /// The key of a route.
+    pub fn of(r: &Route) -> RKey {
+        match (r.dst.addr, r.src.addr) {
+            (IpAddress::V4(d), _) => RKey::V4(K4 {
+                table: r.table,
+                dst: d,
+                len: r.dst.len,
+                tos: r.tos,
+                metric: r.metric,
+            }),
+            (IpAddress::V6(d), s) => RKey::V6(K6 {
+                table: r.table,
+                dst: d,
+                len: r.dst.len,
+                src: match s {
+                    IpAddress::V6(s) => s,
+                    _ => [0; 16],
+                },
+                srclen: r.src.len,
+                tos: r.tos,
+                metric: r.metric,
+            }),
+        }
+    }
+
+    /// From the plugin-api key.
+    pub fn from_object_key(k: &ObjectKey) -> Option<RKey> {
+        match k {
+            ObjectKey::Route {
+                table,
+                dst,
+                src,
+                tos,
+                metric,
+                ..
+            } => {
+                let mut r = Route::unicast(*dst, vec![]);
+                r.table = *table;
+                r.src = *src;
+                r.tos = *tos;
+                r.metric = *metric;
+                Some(RKey::of(&r))
+            }
+            _ => None,
+        }
+    }
+
+    /// The route with this key and these attributes.
+    pub fn route(&self, a: &Attrs) -> Route {
+        let (family, table, dst, src, tos, metric) = match self {
+            RKey::V4(k) => (
+                Family::INET,
+                k.table,
+                IpPrefix::new(IpAddress::V4(k.dst), k.len),
+                IpPrefix::new(IpAddress::V4([0; 4]), 0),
+                k.tos,
+                k.metric,
+            ),
+            RKey::V6(k) => (
+                Family::INET6,
+                k.table,
+                IpPrefix::new(IpAddress::V6(k.dst), k.len),
+                IpPrefix::new(IpAddress::V6(k.src), k.srclen),
+                k.tos,
+                k.metric,
+            ),
+        };
+        Route {
+            family,
+            table,
+            dst,
+            src,
+            tos,
+            metric,
+            kind: a.kind,
+            protocol: a.protocol,
+            scope: a.scope,
+            flags: a.flags,
+            prefsrc: a.prefsrc.into(),
+            nhid: a.nhid.into(),
+            nexthops: RVec::from(a.nexthops.clone()),
+            metrics: RVec::from(a.metrics.clone()),
+            pref: a.pref.into(),
+            expires: a.expires.into(),
+        }
+    }
+
+    /// The plugin-api key.
+    pub fn object_key(&self) -> ObjectKey {
+        let r = self.route(&Attrs {
+            kind: RouteType::UNICAST,
+            protocol: Protocol::UNSPEC,
+            scope: Scope::UNIVERSE,
+            flags: 0,
+            prefsrc: None,
+            nhid: None,
+            nexthops: vec![],
+            metrics: vec![],
+            pref: None,
+            expires: None,
+        });
+        ObjectKey::Route {
+            family: r.family,
+            table: r.table,
+            dst: r.dst,
+            src: r.src,
+            tos: r.tos,
+            metric: r.metric,
+        }
+    }
+}
+
+/// The aliases under one key, first = the one in effect. Never empty in a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Aliases {
+    One(Arc<Attrs>),
+    Many(Box<Vec<Arc<Attrs>>>),
+}
+
+impl Aliases {
+    /// The aliases as a slice.
+    pub fn as_slice(&self) -> &[Arc<Attrs>] {
+        match self {
+            Aliases::One(a) => std::slice::from_ref(a),
+            Aliases::Many(v) => v,
+        }
+    }
+    fn from_vec(mut v: Vec<Arc<Attrs>>) -> Option<Aliases> {
+        match v.len() {
+            0 => None,
+            1 => Some(Aliases::One(v.pop().unwrap())),
+            _ => Some(Aliases::Many(Box::new(v))),
+        }
+    }
+}
+
+/// Both route tables and the attribute interner.
+#[derive(Default)]
+pub struct Routes {
+    pub v4: BTreeMap<K4, Aliases>,
+    pub v6: BTreeMap<K6, Aliases>,
+    interner: HashSet<Arc<Attrs>>,
+}
+
+impl Routes {
+    /// Number of route entries (aliases included).
+    pub fn len(&self) -> usize {
+        self.v4
+            .values()
+            .chain(self.v6.values())
+            .map(|a| a.as_slice().len())
+            .sum()
+    }
+    /// Whether there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+    /// Number of distinct attribute sets held.
+    pub fn interned(&self) -> usize {
+        self.interner.len()
+    }
+
+    /// Shares `a` with an equal attribute set already held.
+    pub fn intern(&mut self, a: Attrs) -> Arc<Attrs> {
+        if let Some(x) = self.interner.get(&a) {
+            return x.clone();
+        }
+        let x = Arc::new(a);
+        self.interner.insert(x.clone());
+        x
+    }
+
+    fn release(&mut self, a: Arc<Attrs>) {
+        // One reference in the interner, one here: last user gone.
+        if Arc::strong_count(&a) == 2 {
+            self.interner.remove(&a);
+        }
+    }
+
+    /// The aliases under `k` (empty when none).
+    pub fn get(&self, k: &RKey) -> &[Arc<Attrs>] {
+        match k {
+            RKey::V4(k) => self.v4.get(k).map(|a| a.as_slice()).unwrap_or(&[]),
+            RKey::V6(k) => self.v6.get(k).map(|a| a.as_slice()).unwrap_or(&[]),
+        }
+    }
+
+    /// Replaces the aliases under `k` (attribute sets must come from this table's interner).
+    pub fn set(&mut self, k: RKey, v: Vec<Arc<Attrs>>) {
+        let old = match (k, Aliases::from_vec(v)) {
+            (RKey::V4(k), Some(a)) => self.v4.insert(k, a),
+            (RKey::V4(k), None) => self.v4.remove(&k),
+            (RKey::V6(k), Some(a)) => self.v6.insert(k, a),
+            (RKey::V6(k), None) => self.v6.remove(&k),
+        };
+        if let Some(old) = old {
+            let olds: Vec<Arc<Attrs>> = match old {
+                Aliases::One(a) => vec![a],
+                Aliases::Many(v) => *v,
+            };
+            for a in olds {
+                self.release(a);
+            }
+        }
+    }
+
+    /// Every key (both families), in order.
+    pub fn keys(&self) -> Vec<RKey> {
+        self.v4
+            .keys()
+            .map(|k| RKey::V4(*k))
+            .chain(self.v6.keys().map(|k| RKey::V6(*k)))
+            .collect()
+    }
+
+    /// Keys of routes having an alias that matches `f`.
+    pub fn keys_where(&self, mut f: impl FnMut(&RKey, &Attrs) -> bool) -> Vec<RKey> {
+        let mut out = Vec::new();
+        for (k, a) in &self.v4 {
+            let k = RKey::V4(*k);
+            if a.as_slice().iter().any(|x| f(&k, x)) {
+                out.push(k);
+            }
+        }
+        for (k, a) in &self.v6 {
+            let k = RKey::V6(*k);
+            if a.as_slice().iter().any(|x| f(&k, x)) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// Re-interns attribute sets from another table into this one.
+    pub fn adopt(&mut self, v: &[Arc<Attrs>]) -> Vec<Arc<Attrs>> {
+        v.iter().map(|a| self.intern((**a).clone())).collect()
+    }
+}
+
+/// Removes a leg's device name; used by comparisons.
+pub fn strip_names(mut r: Route) -> Route {
+    for n in r.nexthops.iter_mut() {
+        n.dev = Default::default();
+    }
+    r
+}
+
+/// `ROption` helper.
+pub fn ropt<T>(o: Option<T>) -> ROption<T> {
+    o.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_roundtrip_and_sharing() {
+        let mut t = Routes::default();
+        let mut keys = Vec::new();
+        for i in 0..100u8 {
+            let r = Route::unicast(
+                IpPrefix::new(IpAddress::V4([10, 0, i, 0]), 24),
+                vec![NextHop::via("10.1.0.1".parse().unwrap(), 3)],
+            );
+            let k = RKey::of(&r);
+            assert_eq!(k.object_key(), Object::Route(r.clone()).key());
+            assert_eq!(RKey::from_object_key(&k.object_key()), Some(k));
+            let a = t.intern(Attrs::of(&r));
+            t.set(k, vec![a]);
+            assert_eq!(k.route(&t.get(&k)[0]), r);
+            keys.push(k);
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.interned(), 1);
+        for k in keys {
+            t.set(k, vec![]);
+        }
+        assert_eq!(t.interned(), 0);
+        assert!(t.is_empty());
+    }
+}

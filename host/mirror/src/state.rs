@@ -1,0 +1,935 @@
+//! The mirror's state and how kernel events change it, including the changes the kernel makes
+//! without telling (shared/docs/netlink-gaps.md), and the per-batch change computation.
+
+use crate::convert::{fdb_is_dev_addr_list, Event};
+use crate::routes::{Attrs, RKey, Routes};
+use ekho_plugin_api::abi_stable::std_types::{ROption, RString};
+use ekho_plugin_api::object::link::{IFF_LOWER_UP, IFF_UP};
+use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
+use ekho_plugin_api::object::rule::{FIB_RULE_IIF_DETACHED, FIB_RULE_OIF_DETACHED};
+use ekho_plugin_api::object::*;
+use ekho_plugin_api::Change;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+
+/// A complete dump of some kinds, reconciled into the state by [`State::reconcile`].
+#[derive(Default)]
+pub struct Snapshot {
+    /// Kinds the snapshot covers (others are left alone).
+    pub kinds: BTreeSet<ObjectKind>,
+    /// Whether only proxy neighbours were dumped (for `Neighbour`).
+    pub proxies_only: bool,
+    pub links: BTreeMap<u32, Link>,
+    pub objs: BTreeMap<ObjectKey, Object>,
+    pub routes: Routes,
+}
+
+impl Snapshot {
+    /// Adds a dumped message to the snapshot.
+    pub fn add(&mut self, ev: Event) {
+        match ev {
+            Event::NewLink(l) => {
+                self.links.insert(l.ifindex, l);
+            }
+            Event::NewRoute(r, _) => {
+                let k = RKey::of(&r);
+                let a = self.routes.intern(Attrs::of(&r));
+                let mut v = self.routes.get(&k).to_vec();
+                v.push(a);
+                self.routes.set(k, v);
+            }
+            Event::NewAddress(a) => self.put(a.into()),
+            Event::NewNeighbour(n) => self.put(n.into()),
+            Event::NewFdb(f) if !fdb_is_dev_addr_list(&f) => self.put(f.into()),
+            Event::NewNexthop(n) => self.put(n.into()),
+            Event::NewRule(r) => self.put(r.into()),
+            Event::NewNetconf(n) => {
+                let k = Object::Netconf(n.clone()).key();
+                match self.objs.get_mut(&k) {
+                    Some(Object::Netconf(o)) => o.merge(&n),
+                    _ => {
+                        self.objs.insert(k, n.into());
+                    }
+                }
+            }
+            Event::NewMdb(v) => {
+                for m in v {
+                    self.put(m.into())
+                }
+            }
+            _ => {}
+        }
+    }
+    fn put(&mut self, o: Object) {
+        self.objs.insert(o.key(), o);
+    }
+}
+
+/// The mirrored state.
+#[derive(Default)]
+pub struct State {
+    pub links: BTreeMap<u32, Link>,
+    /// Objects of every kind but links and routes.
+    pub objs: BTreeMap<ObjectKey, Object>,
+    pub routes: Routes,
+    /// Whether changes are being tracked (some listener is attached).
+    pub tracking: bool,
+    /// Keys touched in the current batch, with their (named) state before the batch.
+    touched: BTreeMap<ObjectKey, Option<Object>>,
+    /// Set when proxy neighbours may have changed silently (link down/delete, last address).
+    pub want_proxy_dump: bool,
+}
+
+fn kind_range(kind: ObjectKind) -> (ObjectKind, ObjectKind) {
+    (kind, kind)
+}
+
+impl State {
+    // ---------------------------------------------------------------- names and materialization
+
+    /// Fills device names of `o` from the link table.
+    pub fn name(&self, o: &mut Object) {
+        let n = |i: u32| -> RString {
+            self.links
+                .get(&i)
+                .map(|l| l.ifname.clone())
+                .unwrap_or_default()
+        };
+        match o {
+            Object::Link(l) => {
+                l.master_name = if l.master != 0 {
+                    n(l.master)
+                } else {
+                    RString::new()
+                }
+            }
+            Object::Netconf(c) => {
+                c.dev = if c.ifindex > 0 {
+                    n(c.ifindex as u32)
+                } else {
+                    RString::new()
+                }
+            }
+            Object::Address(a) => a.dev = n(a.ifindex),
+            Object::Vlan(v) => v.dev = n(v.ifindex),
+            Object::Nexthop(x) => {
+                x.dev = if x.ifindex != 0 {
+                    n(x.ifindex)
+                } else {
+                    RString::new()
+                }
+            }
+            Object::Neighbour(x) => x.dev = n(x.ifindex),
+            Object::Fdb(f) => {
+                f.dev = n(f.ifindex);
+                f.master_name = if f.master != 0 {
+                    n(f.master)
+                } else {
+                    RString::new()
+                };
+            }
+            Object::Mdb(m) => {
+                m.bridge_name = n(m.bridge);
+                m.port_name = n(m.port);
+            }
+            Object::Route(r) => {
+                for h in r.nexthops.iter_mut() {
+                    h.dev = if h.ifindex != 0 {
+                        n(h.ifindex)
+                    } else {
+                        RString::new()
+                    };
+                }
+            }
+            Object::Rule(_) => {}
+        }
+    }
+
+    /// The current (named) object under `k`; for routes, the alias in effect.
+    pub fn get(&self, k: &ObjectKey) -> Option<Object> {
+        let mut o = match k {
+            ObjectKey::Link { ifindex } => Object::Link(self.links.get(ifindex)?.clone()),
+            ObjectKey::Route { .. } => {
+                let rk = RKey::from_object_key(k)?;
+                Object::Route(rk.route(self.routes.get(&rk).first()?))
+            }
+            _ => self.objs.get(k)?.clone(),
+        };
+        self.name(&mut o);
+        Some(o)
+    }
+
+    /// Every object (routes: every alias), named, in dependency order.
+    pub fn all(&self, kind: Option<ObjectKind>, all_aliases: bool) -> Vec<Object> {
+        let want = |k: ObjectKind| kind.is_none_or(|x| x == k);
+        let mut out = Vec::new();
+        if want(ObjectKind::Link) {
+            out.extend(self.links.values().cloned().map(Object::Link));
+        }
+        let mut rest: Vec<Object> = self
+            .objs
+            .values()
+            .filter(|o| want(o.kind()))
+            .cloned()
+            .collect();
+        out.append(&mut rest);
+        if want(ObjectKind::Route) {
+            for k in self.routes.keys() {
+                let al = self.routes.get(&k);
+                let n = if all_aliases { al.len() } else { 1 };
+                for a in &al[..n] {
+                    out.push(Object::Route(k.route(a)));
+                }
+            }
+        }
+        for o in out.iter_mut() {
+            self.name(o);
+        }
+        sort_dependency(&mut out);
+        out
+    }
+
+    /// Objects per kind (routes: keys, aliases included as separate entries).
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for k in ObjectKind::ALL {
+            m.insert(k.plural(), 0);
+        }
+        *m.get_mut("links").unwrap() = self.links.len();
+        *m.get_mut("routes").unwrap() = self.routes.len();
+        for o in self.objs.values() {
+            *m.get_mut(o.kind().plural()).unwrap() += 1;
+        }
+        m
+    }
+
+    // ---------------------------------------------------------------- batch tracking
+
+    fn touch(&mut self, k: &ObjectKey) {
+        if self.tracking && !self.touched.contains_key(k) {
+            let old = self.get(k);
+            self.touched.insert(k.clone(), old);
+        }
+    }
+
+    fn touch_route(&mut self, k: &RKey) {
+        if self.tracking {
+            self.touch(&k.object_key());
+        }
+    }
+
+    /// Ends a batch: the net change of every touched object, dependencies first (adds and
+    /// updates in kind order, then removals in reverse kind order).
+    pub fn flush(&mut self) -> Vec<Change> {
+        let touched = std::mem::take(&mut self.touched);
+        let mut up = Vec::new();
+        let mut rm = Vec::new();
+        for (k, old) in touched {
+            let new = self.get(&k);
+            match (old, new) {
+                (None, Some(n)) => up.push(Change::Add(n)),
+                (Some(o), Some(n)) if o != n => up.push(Change::Update { old: o, new: n }),
+                (Some(o), None) => rm.push(Change::Remove(o)),
+                _ => {}
+            }
+        }
+        up.sort_by_key(|c| dep_rank(c.object()));
+        rm.sort_by_key(|c| std::cmp::Reverse(dep_rank(c.object())));
+        up.extend(rm);
+        up
+    }
+
+    // ---------------------------------------------------------------- generic objects
+
+    fn put(&mut self, o: Object) {
+        let k = o.key();
+        self.touch(&k);
+        self.objs.insert(k, o);
+    }
+
+    fn del(&mut self, k: &ObjectKey) {
+        if self.objs.contains_key(k) {
+            self.touch(k);
+            self.objs.remove(k);
+        }
+    }
+
+    fn del_where(&mut self, kind: ObjectKind, f: impl Fn(&Object) -> bool) {
+        let (lo, _) = kind_range(kind);
+        let keys: Vec<ObjectKey> = self
+            .objs
+            .iter()
+            .filter(|(k, o)| k.kind() == lo && f(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.del(&k);
+        }
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Applies one kernel event.
+    #[allow(clippy::collapsible_match)]
+    pub fn apply(&mut self, ev: Event) {
+        match ev {
+            Event::NewLink(l) => self.new_link(l),
+            Event::DelLink(l) => self.del_link(l.ifindex),
+            Event::NewAddress(a) => self.put(a.into()),
+            Event::DelAddress(a) => self.del_address(a),
+            Event::NewRoute(r, flags) => self.new_route(r, flags),
+            Event::DelRoute(r) => self.del_route(r),
+            Event::NewNeighbour(n) => self.put(n.into()),
+            Event::DelNeighbour(n) => self.del(&Object::Neighbour(n).key()),
+            Event::NewFdb(f) => {
+                if !fdb_is_dev_addr_list(&f) {
+                    self.put(f.into())
+                }
+            }
+            Event::DelFdb(f) => self.del(&Object::Fdb(f).key()),
+            Event::NewNexthop(n) => self.new_nexthop(n),
+            Event::DelNexthop(id) => self.del_nexthops(&[id]),
+            Event::NewRule(r) => self.put(r.into()),
+            Event::DelRule(r) => self.del(&Object::Rule(r).key()),
+            Event::NewNetconf(n) => {
+                let k = Object::Netconf(n.clone()).key();
+                let merged = match self.objs.get(&k) {
+                    Some(Object::Netconf(o)) => {
+                        let mut o = o.clone();
+                        o.merge(&n);
+                        o
+                    }
+                    _ => n,
+                };
+                self.put(merged.into());
+            }
+            Event::DelNetconf(family, ifindex) => self.del(&ObjectKey::Netconf { family, ifindex }),
+            Event::NewMdb(v) => {
+                for m in v {
+                    self.put(m.into())
+                }
+            }
+            Event::DelMdb(v) => {
+                for m in v {
+                    self.del(&Object::Mdb(m).key())
+                }
+            }
+            Event::Ignored => {}
+        }
+    }
+
+    fn new_link(&mut self, l: Link) {
+        let k = ObjectKey::Link { ifindex: l.ifindex };
+        self.touch(&k);
+        let old = self.links.insert(l.ifindex, l.clone());
+        let (was_up, had_carrier, old_name) = match &old {
+            Some(o) => (
+                o.flags & IFF_UP != 0,
+                o.flags & IFF_LOWER_UP != 0,
+                Some(o.ifname.clone()),
+            ),
+            None => (true, true, None),
+        };
+        let up = l.flags & IFF_UP != 0;
+        let carrier = l.flags & IFF_LOWER_UP != 0;
+        if old_name.as_ref() != Some(&l.ifname) {
+            if let Some(on) = &old_name {
+                self.rules_detach(on, true);
+            }
+            self.rules_detach(&l.ifname, false);
+            // Names are part of other objects' emitted form.
+            self.touch_users(l.ifindex);
+        }
+        if old.is_some() && was_up && !up {
+            self.link_down(l.ifindex, false);
+        }
+        if old.is_some() && (had_carrier && !carrier) {
+            self.drop_nexthops_on(l.ifindex);
+        }
+        if old.is_some() && (was_up != up || had_carrier != carrier) {
+            self.leg_flags(l.ifindex);
+        }
+    }
+
+    fn touch_users(&mut self, ifindex: u32) {
+        if !self.tracking {
+            return;
+        }
+        let keys: Vec<ObjectKey> = self
+            .objs
+            .iter()
+            .filter(|(_, o)| {
+                o.ifindexes().contains(&ifindex)
+                    || matches!(o, Object::Fdb(f) if f.master == ifindex)
+                    || matches!(o, Object::Mdb(m) if m.bridge == ifindex)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.touch(&k);
+        }
+        let lk: Vec<u32> = self
+            .links
+            .values()
+            .filter(|x| x.master == ifindex)
+            .map(|x| x.ifindex)
+            .collect();
+        for i in lk {
+            self.touch(&ObjectKey::Link { ifindex: i });
+        }
+        for k in self.routes.keys_where(|_, a| a.uses_dev(ifindex)) {
+            self.touch_route(&k);
+        }
+    }
+
+    fn rules_detach(&mut self, name: &RString, detached: bool) {
+        let upd: Vec<Rule> = self
+            .objs
+            .values()
+            .filter_map(|o| match o {
+                Object::Rule(r) if r.iif == *name || r.oif == *name => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        for mut r in upd {
+            for (n, bit) in [
+                (r.iif.clone(), FIB_RULE_IIF_DETACHED),
+                (r.oif.clone(), FIB_RULE_OIF_DETACHED),
+            ] {
+                if n == *name {
+                    if detached {
+                        r.flags |= bit
+                    } else {
+                        r.flags &= !bit
+                    }
+                }
+            }
+            self.put(r.into());
+        }
+    }
+
+    /// A device lost its IPv4 addresses or went admin down (`deleted`: or disappeared).
+    fn link_down(&mut self, ifindex: u32, deleted: bool) {
+        self.want_proxy_dump = true;
+        self.drop_nexthops_on(ifindex);
+        self.v4_dev_down(ifindex, deleted, !deleted);
+        if deleted {
+            // IPv6 announces these, but not with skip_notify_on_dev_down=1: drop them anyway.
+            let keys = self
+                .routes
+                .keys_where(|k, a| matches!(k, RKey::V6(_)) && a.uses_dev(ifindex));
+            for k in keys {
+                let v: Vec<Arc<Attrs>> = self
+                    .routes
+                    .get(&k)
+                    .iter()
+                    .filter_map(|a| {
+                        if !a.uses_dev(ifindex) {
+                            return Some(a.clone());
+                        }
+                        let mut n = (**a).clone();
+                        n.nexthops.retain(|h| h.ifindex != ifindex);
+                        if n.nexthops.is_empty() {
+                            None
+                        } else {
+                            Some(Arc::new(n))
+                        }
+                    })
+                    .collect();
+                let v = self.routes.adopt(&v);
+                self.touch_route(&k);
+                self.routes.set(k, v);
+            }
+        }
+    }
+
+    /// IPv4 routes through `ifindex` after it went down or was deleted: single-device routes are
+    /// flushed (all tables; `local` routes stay on admin down), multipath legs die (deleted:
+    /// the whole route goes).
+    fn v4_dev_down(&mut self, ifindex: u32, deleted: bool, keep_local: bool) {
+        let keys = self
+            .routes
+            .keys_where(|k, a| matches!(k, RKey::V4(_)) && a.uses_dev(ifindex));
+        for k in keys {
+            let mut v = Vec::new();
+            for a in self.routes.get(&k) {
+                if !a.uses_dev(ifindex) || (keep_local && a.kind == RouteType::LOCAL) {
+                    v.push((**a).clone());
+                    continue;
+                }
+                if deleted {
+                    continue;
+                }
+                let mut n = (**a).clone();
+                for h in n.nexthops.iter_mut() {
+                    if h.ifindex == ifindex {
+                        h.flags |= RTNH_F_DEAD | RTNH_F_LINKDOWN;
+                    }
+                }
+                if n.nexthops.iter().all(|h| h.flags & RTNH_F_DEAD != 0) || n.nexthops.len() == 1 {
+                    continue;
+                }
+                v.push(n);
+            }
+            let v: Vec<Arc<Attrs>> = v.into_iter().map(|a| self.routes.intern(a)).collect();
+            self.touch_route(&k);
+            self.routes.set(k, v);
+        }
+    }
+
+    /// Recomputes the carrier/admin-driven leg flags of routes through `ifindex`.
+    fn leg_flags(&mut self, ifindex: u32) {
+        let Some(l) = self.links.get(&ifindex) else {
+            return;
+        };
+        let up = l.flags & IFF_UP != 0;
+        let carrier = l.flags & IFF_LOWER_UP != 0;
+        let keys = self.routes.keys_where(|_, a| a.uses_dev(ifindex));
+        for k in keys {
+            let v: Vec<Attrs> = self
+                .routes
+                .get(&k)
+                .iter()
+                .map(|a| {
+                    let mut n = (**a).clone();
+                    if n.kind == RouteType::LOCAL {
+                        // local routes never show carrier state
+                    } else if n.nexthops.len() == 1 && n.nexthops[0].ifindex == ifindex {
+                        if carrier {
+                            n.flags &= !RTNH_F_LINKDOWN;
+                        } else {
+                            n.flags |= RTNH_F_LINKDOWN;
+                        }
+                    } else if n.nexthops.len() > 1 {
+                        for h in n.nexthops.iter_mut().filter(|h| h.ifindex == ifindex) {
+                            if up {
+                                h.flags &= !RTNH_F_DEAD;
+                            } else {
+                                h.flags |= RTNH_F_DEAD;
+                            }
+                            if carrier {
+                                h.flags &= !RTNH_F_LINKDOWN;
+                            } else {
+                                h.flags |= RTNH_F_LINKDOWN;
+                            }
+                        }
+                        if matches!(k, RKey::V4(_)) {
+                            if n.nexthops.iter().all(|h| h.flags & RTNH_F_LINKDOWN != 0) {
+                                n.flags |= RTNH_F_LINKDOWN;
+                            } else {
+                                n.flags &= !RTNH_F_LINKDOWN;
+                            }
+                        }
+                    }
+                    n
+                })
+                .collect();
+            let v: Vec<Arc<Attrs>> = v.into_iter().map(|a| self.routes.intern(a)).collect();
+            if v.as_slice() != self.routes.get(&k) {
+                self.touch_route(&k);
+                self.routes.set(k, v);
+            }
+        }
+    }
+
+    fn del_link(&mut self, ifindex: u32) {
+        let Some(l) = self.links.get(&ifindex).cloned() else {
+            return;
+        };
+        self.link_down(ifindex, true);
+        for kind in [
+            ObjectKind::Address,
+            ObjectKind::Neighbour,
+            ObjectKind::Fdb,
+            ObjectKind::Mdb,
+            ObjectKind::Vlan,
+        ] {
+            self.del_where(kind, |o| {
+                o.ifindexes().contains(&ifindex)
+                    || matches!(o, Object::Fdb(f) if f.master == ifindex)
+                    || matches!(o, Object::Mdb(m) if m.bridge == ifindex)
+            });
+        }
+        self.del_where(
+            ObjectKind::Netconf,
+            |o| matches!(o, Object::Netconf(n) if n.ifindex == ifindex as i32),
+        );
+        self.rules_detach(&l.ifname, true);
+        self.touch(&ObjectKey::Link { ifindex });
+        self.links.remove(&ifindex);
+    }
+
+    fn del_address(&mut self, a: Address) {
+        let fam = a.family;
+        let ifindex = a.ifindex;
+        let local = a.local;
+        self.del(&Object::Address(a).key());
+        if fam == Family::INET {
+            let left = self
+                .objs
+                .values()
+                .any(|o| matches!(o, Object::Address(x) if x.family == Family::INET && x.ifindex == ifindex));
+            if !left {
+                self.want_proxy_dump = true;
+                self.v4_dev_down(ifindex, false, false);
+            }
+        } else if fam == Family::INET6 {
+            // The kernel drops a matching prefsrc from IPv6 routes silently.
+            let keys = self
+                .routes
+                .keys_where(|k, x| matches!(k, RKey::V6(_)) && x.prefsrc == Some(local));
+            for k in keys {
+                let v: Vec<Attrs> = self
+                    .routes
+                    .get(&k)
+                    .iter()
+                    .map(|x| {
+                        let mut n = (**x).clone();
+                        if n.prefsrc == Some(local) {
+                            n.prefsrc = None;
+                        }
+                        n
+                    })
+                    .collect();
+                let v: Vec<Arc<Attrs>> = v.into_iter().map(|a| self.routes.intern(a)).collect();
+                self.touch_route(&k);
+                self.routes.set(k, v);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- routes
+
+    fn new_route(&mut self, r: Route, flags: u16) {
+        let k = RKey::of(&r);
+        let a = self.routes.intern(Attrs::of(&r));
+        let mut v = self.routes.get(&k).to_vec();
+        let v4 = matches!(k, RKey::V4(_));
+        if v.iter().any(|x| Arc::ptr_eq(x, &a)) && flags & NLM_F_REPLACE == 0 {
+            return; // the kernel never holds two identical entries
+        }
+        if flags & NLM_F_REPLACE != 0 || v.is_empty() {
+            if v.is_empty() {
+                v.push(a);
+            } else if !v4 {
+                // IPv6: the route sharing a leg, else the first.
+                let i = v.iter().position(|x| shares_leg(x, &a)).unwrap_or(0);
+                v[i] = a;
+            } else {
+                v[0] = a;
+            }
+        } else if v4 {
+            if flags & NLM_F_APPEND != 0 {
+                v.push(a);
+            } else if flags & NLM_F_CREATE != 0 && flags & NLM_F_EXCL == 0 {
+                v.insert(0, a);
+            } else {
+                v[0] = a;
+            }
+        } else {
+            // IPv6 add/append: the message holds every leg of the (merged) route.
+            match v.iter().position(|x| shares_leg(x, &a) || same_nhid(x, &a)) {
+                Some(i) => v[i] = a,
+                None => v.push(a),
+            }
+        }
+        self.touch_route(&k);
+        self.routes.set(k, v);
+    }
+
+    fn del_route(&mut self, r: Route) {
+        let k = RKey::of(&r);
+        let d = Attrs::of(&r);
+        let mut v = self.routes.get(&k).to_vec();
+        if v.is_empty() {
+            return;
+        }
+        if matches!(k, RKey::V4(_)) {
+            let i = v
+                .iter()
+                .position(|x| **x == d)
+                .or_else(|| v.iter().position(|x| x.kind == d.kind && x.same_legs(&d)))
+                .or_else(|| v.iter().position(|x| x.kind == d.kind))
+                .unwrap_or(0);
+            v.remove(i);
+        } else {
+            let i = v
+                .iter()
+                .position(|x| d.nhid.is_some() && x.nhid == d.nhid)
+                .or_else(|| v.iter().position(|x| shares_leg(x, &d)))
+                .or_else(|| v.iter().position(|x| x.kind == d.kind));
+            let Some(i) = i else { return };
+            let mut n = (*v[i]).clone();
+            if d.nhid.is_some() || d.nexthops.is_empty() {
+                v.remove(i);
+            } else {
+                n.nexthops.retain(|h| {
+                    !d.nexthops
+                        .iter()
+                        .any(|g| g.gateway == h.gateway && g.ifindex == h.ifindex)
+                });
+                if n.nexthops.is_empty() {
+                    v.remove(i);
+                } else {
+                    v[i] = self.routes.intern(n);
+                }
+            }
+        }
+        self.touch_route(&k);
+        self.routes.set(k, v);
+    }
+
+    // ---------------------------------------------------------------- nexthops
+
+    fn nexthop(&self, id: u32) -> Option<&Nexthop> {
+        match self.objs.get(&ObjectKey::Nexthop { id }) {
+            Some(Object::Nexthop(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn new_nexthop(&mut self, n: Nexthop) {
+        let id = n.id;
+        self.put(n.into());
+        self.reexpand(&[id]);
+    }
+
+    /// Re-expands the legs of routes using nexthop `ids` (directly or through a group), when
+    /// those routes carry expanded legs (nexthop_compat_mode=1).
+    fn reexpand(&mut self, ids: &[u32]) {
+        let groups: BTreeSet<u32> = self
+            .objs
+            .values()
+            .filter_map(|o| match o {
+                Object::Nexthop(g) if g.group.iter().any(|m| ids.contains(&m.id)) => Some(g.id),
+                _ => None,
+            })
+            .chain(ids.iter().copied())
+            .collect();
+        let keys = self
+            .routes
+            .keys_where(|_, a| a.nhid.is_some_and(|i| groups.contains(&i)));
+        for k in keys {
+            let v: Vec<Attrs> = self
+                .routes
+                .get(&k)
+                .iter()
+                .map(|a| {
+                    let mut n = (**a).clone();
+                    if let Some(id) = n.nhid.filter(|i| groups.contains(i)) {
+                        if !n.nexthops.is_empty() {
+                            if let Some((legs, fl)) = self.expand(id) {
+                                n.nexthops = legs;
+                                if n.nexthops.len() == 1 {
+                                    n.flags = (n.flags & !0xff) | fl;
+                                }
+                            }
+                        }
+                    }
+                    n
+                })
+                .collect();
+            let v: Vec<Arc<Attrs>> = v.into_iter().map(|a| self.routes.intern(a)).collect();
+            if v.as_slice() != self.routes.get(&k) {
+                self.touch_route(&k);
+                self.routes.set(k, v);
+            }
+        }
+    }
+
+    /// The legs a route using nexthop `id` shows, and the route flags for a single leg.
+    fn expand(&self, id: u32) -> Option<(Vec<NextHop>, u32)> {
+        let n = self.nexthop(id)?;
+        let leg = |n: &Nexthop, weight: u16| NextHop {
+            gateway: n.gateway,
+            ifindex: n.ifindex,
+            dev: RString::new(),
+            weight,
+            flags: n.flags & 0xff,
+            encap: n.encap.clone(),
+        };
+        if n.is_group() {
+            let legs: Vec<NextHop> = n
+                .group
+                .iter()
+                .filter_map(|m| self.nexthop(m.id).map(|x| leg(x, m.weight)))
+                .collect();
+            Some((legs, 0))
+        } else {
+            let mut l = leg(n, 1);
+            let fl = l.flags;
+            l.flags = 0;
+            Some((vec![l], fl))
+        }
+    }
+
+    /// Removes nexthops `ids`, shrinking groups (dropping emptied ones) and removing the routes
+    /// that used a removed nexthop.
+    fn del_nexthops(&mut self, ids: &[u32]) {
+        let mut gone: BTreeSet<u32> = ids.iter().copied().collect();
+        for id in ids {
+            self.del(&ObjectKey::Nexthop { id: *id });
+        }
+        let mut shrunk = Vec::new();
+        loop {
+            let groups: Vec<Nexthop> = self
+                .objs
+                .values()
+                .filter_map(|o| match o {
+                    Object::Nexthop(g) if g.group.iter().any(|m| gone.contains(&m.id)) => {
+                        Some(g.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if groups.is_empty() {
+                break;
+            }
+            for mut g in groups {
+                g.group = g
+                    .group
+                    .iter()
+                    .filter(|m| !gone.contains(&m.id))
+                    .copied()
+                    .collect();
+                if g.group.is_empty() {
+                    gone.insert(g.id);
+                    self.del(&ObjectKey::Nexthop { id: g.id });
+                } else {
+                    shrunk.push(g.id);
+                    self.put(g.into());
+                }
+            }
+        }
+        let keys = self
+            .routes
+            .keys_where(|_, a| a.nhid.is_some_and(|i| gone.contains(&i)));
+        for k in keys {
+            let v: Vec<Arc<Attrs>> = self
+                .routes
+                .get(&k)
+                .iter()
+                .filter(|a| !a.nhid.is_some_and(|i| gone.contains(&i)))
+                .cloned()
+                .collect();
+            self.touch_route(&k);
+            self.routes.set(k, v);
+        }
+        self.reexpand(&shrunk);
+    }
+
+    fn drop_nexthops_on(&mut self, ifindex: u32) {
+        let ids: Vec<u32> = self
+            .objs
+            .values()
+            .filter_map(|o| match o {
+                Object::Nexthop(n) if n.ifindex == ifindex && !n.is_group() => Some(n.id),
+                _ => None,
+            })
+            .collect();
+        if !ids.is_empty() {
+            self.del_nexthops(&ids);
+        }
+    }
+
+    // ---------------------------------------------------------------- reconcile (resync)
+
+    /// Makes the state equal to `snap` for the kinds it covers (mark and sweep), touching only
+    /// what differs.
+    pub fn reconcile(&mut self, snap: Snapshot) {
+        let Snapshot {
+            kinds,
+            proxies_only,
+            links,
+            objs,
+            routes,
+        } = snap;
+        if kinds.contains(&ObjectKind::Link) {
+            let keys: BTreeSet<u32> = self.links.keys().chain(links.keys()).copied().collect();
+            for i in keys {
+                let new = links.get(&i);
+                if self.links.get(&i) != new {
+                    self.touch(&ObjectKey::Link { ifindex: i });
+                    match new {
+                        Some(l) => self.links.insert(i, l.clone()),
+                        None => self.links.remove(&i),
+                    };
+                }
+            }
+        }
+        let covered = |k: &ObjectKey, o: &Object| -> bool {
+            kinds.contains(&k.kind())
+                && (!proxies_only || matches!(o, Object::Neighbour(n) if n.proxy))
+                && !matches!(o, Object::Netconf(_) if !kinds.contains(&ObjectKind::Netconf))
+        };
+        let stale: Vec<ObjectKey> = self
+            .objs
+            .iter()
+            .filter(|(k, o)| covered(k, o) && !objs.contains_key(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.del(&k);
+        }
+        for (k, o) in objs {
+            if self.objs.get(&k) != Some(&o) {
+                self.touch(&k);
+                self.objs.insert(k, o);
+            }
+        }
+        if kinds.contains(&ObjectKind::Route) {
+            if self.routes.is_empty() && !self.tracking {
+                self.routes = routes;
+            } else {
+                let mut keys: BTreeSet<RKey> = self.routes.keys().into_iter().collect();
+                keys.extend(routes.keys());
+                for k in keys {
+                    let new = routes.get(&k);
+                    let cur = self.routes.get(&k);
+                    let same = new.len() == cur.len()
+                        && new.iter().zip(cur.iter()).all(|(a, b)| **a == **b);
+                    if !same {
+                        let v = self.routes.adopt(new);
+                        self.touch_route(&k);
+                        self.routes.set(k, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn shares_leg(a: &Attrs, b: &Attrs) -> bool {
+    a.nexthops.iter().any(|h| {
+        b.nexthops
+            .iter()
+            .any(|g| g.gateway == h.gateway && g.ifindex == h.ifindex)
+    }) && (a.nexthops.iter().any(|h| h.gateway.is_some()) || a.nexthops.len() == b.nexthops.len())
+}
+
+fn same_nhid(a: &Attrs, b: &Attrs) -> bool {
+    a.nhid.is_some() && a.nhid == b.nhid
+}
+
+/// Rank of an object in dependency order: kind order, with nexthop groups after single
+/// nexthops.
+pub fn dep_rank(o: &Object) -> (ObjectKind, u8) {
+    match o {
+        Object::Nexthop(n) if n.is_group() => (ObjectKind::Nexthop, 1),
+        _ => (o.kind(), 0),
+    }
+}
+
+/// Sorts objects into dependency order (stable).
+pub fn sort_dependency(v: &mut [Object]) {
+    v.sort_by_key(dep_rank);
+}
+
+/// Unused-warning guard for the `ROption` import on some cfgs.
+#[allow(dead_code)]
+fn _r(_: ROption<u8>) {}
