@@ -360,7 +360,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ?kinds,
                 "eBPF ring buffer lost events; re-dumping the affected kinds"
             );
-            crate::daemon::resync(&m3, kinds);
+            m3.request_resync(kinds);
         });
         let entry = match EbpfSource::start(
             EbpfConfig {
@@ -370,17 +370,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loss,
         ) {
             Ok(src) => {
+                let (mut live, mut fell, mut none) = (0, 0, 0);
                 for h in &src.hooks {
                     match &h.state {
-                        HookState::Live => tracing::info!(hook = %h.name, "eBPF hook live"),
+                        HookState::Live => live += 1,
                         HookState::FallenBack { to, reason } => {
-                            tracing::info!(hook = %h.name, to = %to, "eBPF hook fell back: {reason}")
+                            fell += 1;
+                            tracing::debug!(hook = %h.name, to = %to, "eBPF hook fell back: {reason}")
                         }
                         HookState::Unavailable { reason } => {
-                            tracing::info!(hook = %h.name, "eBPF hook unavailable: {reason}")
+                            none += 1;
+                            tracing::debug!(hook = %h.name, "eBPF hook unavailable: {reason}")
                         }
                     }
                 }
+                tracing::info!(
+                    "eBPF: {live} hooks live, {fell} fallen back, {none} unavailable (`ekho status` lists them)"
+                );
                 EbpfEntry::Running(src)
             }
             Err(e) => {
@@ -402,8 +408,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         while let Some((plugin, req)) = req_rx.recv().await {
             match req {
                 Request::ResolveNeighbour { ifindex, addr } => {
-                    if let Err(e) = crate::daemon::resolve_neighbour(&m4, ifindex, addr) {
-                        tracing::warn!(%plugin, %addr, ifindex, "cannot resolve next hop: {e}");
+                    let m = m4.clone();
+                    let r = tokio::task::spawn_blocking(move || m.resolve_neighbour(ifindex, addr))
+                        .await;
+                    match r {
+                        Ok(Ok(())) => {
+                            tracing::debug!(%plugin, %addr, ifindex, "next-hop resolution requested")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%plugin, %addr, ifindex, "cannot resolve next hop: {e}")
+                        }
+                        Err(e) => tracing::warn!(%plugin, "resolve task: {e}"),
                     }
                 }
             }
@@ -428,19 +443,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("ekho stopped");
     Ok(())
-}
-
-/// Asks the mirror to re-dump `kinds` (after eBPF ring-buffer loss).
-pub fn resync(mirror: &Mirror, kinds: &[ObjectKind]) {
-    let _ = (mirror, kinds);
-    tracing::warn!(
-        ?kinds,
-        "targeted re-dump not available in this build of the mirror"
-    );
-}
-
-/// Asks the kernel, through the mirror's netns, to resolve a next hop.
-pub fn resolve_neighbour(mirror: &Mirror, ifindex: u32, addr: IpAddress) -> Result<(), String> {
-    let _ = (mirror, ifindex, addr);
-    Err("next-hop resolution not available in this build of the mirror".into())
 }

@@ -139,13 +139,13 @@ pub fn status(v: &Value) -> String {
             scalar(&p["name"]),
             scalar(&p["version"]),
             scalar(&p["state"]),
-            p["objects"],
-            p["applied"],
-            p["offloaded"],
-            p["trapped"],
-            p["failed"],
-            p["refused"],
-            p["queue_depth"]
+            scalar(&p["objects"]),
+            scalar(&p["applied"]),
+            scalar(&p["offloaded"]),
+            scalar(&p["trapped"]),
+            scalar(&p["failed"]),
+            scalar(&p["refused"]),
+            scalar(&p["queue_depth"])
         );
         if let Some(r) = p["reason"].as_str() {
             let _ = writeln!(out, "    reason: {r}");

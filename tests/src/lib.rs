@@ -15,12 +15,19 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name with a prefix: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Runs a command, panicking with its stderr when it fails; returns stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {}: {}",
@@ -67,7 +74,11 @@ impl Netns {
             .unwrap();
         c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip -batch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `ip -j -n NAME ARGS...` parsed.
@@ -91,13 +102,18 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds the `ekho` binary and the plugin libraries once per test process (debug profile), and
@@ -110,10 +126,23 @@ pub fn build() -> &'static Path {
             .unwrap_or_else(|| workspace().join("target"));
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["build", "-p", "ekho", "-p", "ekho-recorder", "-p", "ekho-null", "-p", "hello-vendor"])
+            .args([
+                "build",
+                "-p",
+                "ekho",
+                "-p",
+                "ekho-recorder",
+                "-p",
+                "ekho-null",
+                "-p",
+                "hello-vendor",
+            ])
             .status()
             .expect("running cargo build");
-        assert!(status.success(), "cargo build of ekho and its plugins failed");
+        assert!(
+            status.success(),
+            "cargo build of ekho and its plugins failed"
+        );
         target.join("debug")
     })
 }
@@ -163,7 +192,11 @@ impl Daemon {
     pub fn start(dir: &Path, config: &str) -> Daemon {
         let socket = dir.join("ekho.sock");
         let cfg_path = dir.join("ekho.toml");
-        std::fs::write(&cfg_path, config.replace("{socket}", &socket.display().to_string())).unwrap();
+        std::fs::write(
+            &cfg_path,
+            config.replace("{socket}", &socket.display().to_string()),
+        )
+        .unwrap();
         let log = dir.join("ekho.log");
         let child = Command::new(ekho_bin())
             .args(["--config", cfg_path.to_str().unwrap(), "run"])
@@ -172,7 +205,12 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child: Some(child), config: cfg_path, socket, log };
+        let mut d = Daemon {
+            child: Some(child),
+            config: cfg_path,
+            socket,
+            log,
+        };
         d.wait_ready();
         d
     }
@@ -181,7 +219,10 @@ impl Daemon {
         let t0 = Instant::now();
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("ekho exited ({st}) before it was ready:\n{}", self.log_text());
+                panic!(
+                    "ekho exited ({st}) before it was ready:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok(s) = self.try_cli_json(&["status", "--json"]) {
                 let syncing = s["plugins"]
@@ -193,7 +234,11 @@ impl Daemon {
                     return;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "ekho not ready in 60 s:\n{}", self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "ekho not ready in 60 s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -222,7 +267,8 @@ impl Daemon {
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
-        self.try_cli_json(args).unwrap_or_else(|e| panic!("ekho {}: {e}\n{}", args.join(" "), self.log_text()))
+        self.try_cli_json(args)
+            .unwrap_or_else(|e| panic!("ekho {}: {e}\n{}", args.join(" "), self.log_text()))
     }
 
     /// `ekho status --json`.
@@ -249,7 +295,8 @@ impl Daemon {
             let s = self.status();
             let msgs = s["mirror"]["messages"].as_u64().unwrap_or(0);
             let busy = s["plugins"].as_array().unwrap().iter().any(|p| {
-                p["state"] != "failed" && (p["queue_depth"].as_u64().unwrap_or(0) > 0 || p["state"] == "syncing")
+                p["state"] != "failed"
+                    && (p["queue_depth"].as_u64().unwrap_or(0) > 0 || p["state"] == "syncing")
             });
             match quiet_since {
                 Some((t, m)) if m == msgs && !busy => {
@@ -257,16 +304,28 @@ impl Daemon {
                         return;
                     }
                 }
-                _ => quiet_since = if busy { None } else { Some((Instant::now(), msgs)) },
+                _ => {
+                    quiet_since = if busy {
+                        None
+                    } else {
+                        Some((Instant::now(), msgs))
+                    }
+                }
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "daemon did not settle:\n{}", self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "daemon did not settle:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Sends SIGTERM and waits for exit; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }

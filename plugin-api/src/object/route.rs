@@ -185,7 +185,10 @@ impl Route {
             }
         }
         let mut m = Map::new();
-        m.insert("type".into(), self.kind.name().into());
+        // iproute2 names the type only when it is not unicast.
+        if self.kind != RouteType::UNICAST {
+            m.insert("type".into(), self.kind.name().into());
+        }
         m.insert("dst".into(), self.dst.to_route_string().into());
         if self.src.len != 0 {
             m.insert("from".into(), self.src.to_route_string().into());
