@@ -1,0 +1,16 @@
+#!/bin/sh
+# Rebuilds the committed BPF object of the xdp-router plugin:
+#   plugins/xdp-router/bpf/build.sh
+# Needs clang (14+) and the libbpf headers: apt-get install -y clang llvm libbpf-dev
+# `cargo build` does not run this; it embeds the committed xdp_router.bpf.o.
+set -eu
+cd "$(dirname "$0")"
+CLANG=${CLANG:-$(command -v clang || command -v clang-14)}
+ARCH_INC=/usr/include/$(uname -m)-linux-gnu
+"$CLANG" -target bpf -O2 -g -Wall -Werror \
+    -I"$ARCH_INC" \
+    -c xdp_router.bpf.c -o xdp_router.bpf.o.tmp
+mv xdp_router.bpf.o.tmp xdp_router.bpf.o
+# Keep CLANG_VERSION (the major version the committed object was built with) in step.
+"$CLANG" --version | head -1 | sed -n "s/.*clang version \([0-9]*\).*/\1/p" > CLANG_VERSION
+echo "built $(pwd)/xdp_router.bpf.o ($("$CLANG" --version | head -1))"
