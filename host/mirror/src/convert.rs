@@ -363,6 +363,8 @@ pub fn neighbour(msg: &NeighbourMessage, del: bool) -> Event {
         match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some((*v).into()),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => dst = Some((*v).into()),
+            // AF_BRIDGE messages (VXLAN remotes): netlink-packet-route leaves NDA_DST raw.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => dst = bytes_ip(b),
             NeighbourAttribute::LinkLayerAddress(b) => lladdr = LinkAddr::new(b),
             NeighbourAttribute::Controller(m) => master = *m,
             NeighbourAttribute::Vlan(v) => vlan = *v,
@@ -663,7 +665,8 @@ pub fn decode(header: &NetlinkHeader, payload: &[u8]) -> Result<Event, String> {
         rtm::DELNETCONF => netconf(payload)
             .map(|n| Event::DelNetconf(n.family, n.ifindex))
             .unwrap_or(Event::Ignored),
-        rtm::NEWMDB => Event::NewMdb(mdb(payload)),
+        // MDB dump replies carry RTM_GETMDB.
+        rtm::NEWMDB | rtm::GETMDB => Event::NewMdb(mdb(payload)),
         rtm::DELMDB => Event::DelMdb(mdb(payload)),
         16..=34 => {
             let m = M::deserialize(header, payload).map_err(|e| format!("type {t}: {e}"))?;

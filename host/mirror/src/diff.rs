@@ -296,6 +296,17 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                     "state",
                 ],
             );
+            // NUD timer transitions are not notified (netlink-gaps.md section 7): entries being
+            // resolved (INCOMPLETE, never notified) are skipped and REACHABLE/STALE/DELAY
+            // compare as one class of usable dynamic entries.
+            if let Some(Value::Array(st)) = o.get("state").cloned() {
+                if st.len() == 1 && st[0] == "INCOMPLETE" {
+                    return None;
+                }
+                if st.len() == 1 && ["REACHABLE", "STALE", "DELAY"].iter().any(|x| st[0] == *x) {
+                    o.insert("state".into(), serde_json::json!(["REACHABLE|STALE|DELAY"]));
+                }
+            }
             sort_arr(&mut o, "state");
         }
         ObjectKind::Fdb => {
@@ -326,6 +337,8 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
             );
         }
         ObjectKind::Route => {
+            // `ip -d` renders the nexthop object inside the route: that is the nexthop's state.
+            o.remove("nh_info");
             o.remove("expires");
             o.remove("cache");
             default(&mut o, "type", "unicast".into());
@@ -333,6 +346,36 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
             default(&mut o, "protocol", "boot".into());
             default(&mut o, "scope", "global".into());
             default(&mut o, "metric", 0.into());
+            // A one-leg multipath (a nexthop group left with one member) prints as `nexthops`
+            // with one entry: same route as a single path.
+            if let Some(Value::Array(legs)) = o.get("nexthops").cloned() {
+                if legs.len() == 1 {
+                    o.remove("nexthops");
+                    if let Value::Object(l) = &legs[0] {
+                        for (k, v) in l {
+                            match k.as_str() {
+                                "weight" => {}
+                                "flags" => {
+                                    let mut f = o
+                                        .get("flags")
+                                        .and_then(|x| x.as_array())
+                                        .cloned()
+                                        .unwrap_or_default();
+                                    for x in v.as_array().cloned().unwrap_or_default() {
+                                        if !f.contains(&x) {
+                                            f.push(x);
+                                        }
+                                    }
+                                    o.insert("flags".into(), f.into());
+                                }
+                                _ => {
+                                    o.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             sort_arr(&mut o, "flags");
             if let Some(Value::Array(legs)) = o.get_mut("nexthops") {
                 for l in legs.iter_mut() {
@@ -344,6 +387,11 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
         }
         ObjectKind::Rule => {
             o.remove("protocol");
+            for k in ["iif_detached", "oif_detached"] {
+                if o.contains_key(k) {
+                    o.insert(k.into(), true.into());
+                }
+            }
         }
         ObjectKind::Vlan => {}
     }

@@ -288,6 +288,20 @@ impl State {
             Event::DelNeighbour(n) => self.del(&Object::Neighbour(n).key()),
             Event::NewFdb(f) => {
                 if !fdb_is_dev_addr_list(&f) {
+                    // A VXLAN unicast MAC has one remote: a NEWNEIGH naming another remote is a
+                    // replace (multicast/zero MACs may hold several, added with append).
+                    let m = f.mac.as_slice();
+                    if f.dst.is_some()
+                        && f.master == 0
+                        && m.len() == 6
+                        && m[0] & 1 == 0
+                        && m.iter().any(|b| *b != 0)
+                    {
+                        let (ifindex, mac, vlan) = (f.ifindex, f.mac.clone(), f.vlan);
+                        self.del_where(ObjectKind::Fdb, |o| {
+                            matches!(o, Object::Fdb(x) if x.master == 0 && x.ifindex == ifindex && x.mac == mac && x.vlan == vlan)
+                        });
+                    }
                     self.put(f.into())
                 }
             }
@@ -337,6 +351,18 @@ impl State {
         };
         let up = l.flags & IFF_UP != 0;
         let carrier = l.flags & IFF_LOWER_UP != 0;
+        // A veth peer is announced before its partner is registered, with IFLA_LINK 0, and never
+        // again: complete the pair from the second one.
+        if old.is_none() && l.kind.as_str() == "veth" && l.link != 0 && l.link_netnsid < 0 {
+            if let Some(p) = self.links.get(&l.link).cloned() {
+                if p.kind.as_str() == "veth" && p.link == 0 {
+                    let mut p = p;
+                    p.link = l.ifindex;
+                    self.touch(&ObjectKey::Link { ifindex: p.ifindex });
+                    self.links.insert(p.ifindex, p);
+                }
+            }
+        }
         if old_name.as_ref() != Some(&l.ifname) {
             if let Some(on) = &old_name {
                 self.rules_detach(on, true);
@@ -632,9 +658,37 @@ impl State {
                 v[0] = a;
             }
         } else {
-            // IPv6 add/append: the message holds every leg of the (merged) route.
+            // IPv6 add/append: the message holds every leg of the (merged) route, the new ones
+            // first; the kernel keeps the existing legs first.
             match v.iter().position(|x| shares_leg(x, &a) || same_nhid(x, &a)) {
-                Some(i) => v[i] = a,
+                Some(i) => {
+                    let mut n = (*a).clone();
+                    if a.nhid.is_none() && v[i].nexthops.len() > 1
+                        || (v[i].nexthops.len() == 1 && a.nexthops.len() > 1)
+                    {
+                        let old = &v[i].nexthops;
+                        let mut legs: Vec<NextHop> = old
+                            .iter()
+                            .filter_map(|h| {
+                                a.nexthops
+                                    .iter()
+                                    .find(|g| g.gateway == h.gateway && g.ifindex == h.ifindex)
+                                    .cloned()
+                            })
+                            .collect();
+                        legs.extend(
+                            a.nexthops
+                                .iter()
+                                .filter(|g| {
+                                    !old.iter()
+                                        .any(|h| g.gateway == h.gateway && g.ifindex == h.ifindex)
+                                })
+                                .cloned(),
+                        );
+                        n.nexthops = legs;
+                    }
+                    v[i] = self.routes.intern(n);
+                }
                 None => v.push(a),
             }
         }

@@ -1,0 +1,281 @@
+//! Differential test of every case of shared/docs/netlink-gaps.md: after each step, once quiet,
+//! the mirror must equal `ip -j`/`bridge -j` output of the namespace.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn run_steps(tag: &str, setup: &[&str], steps: &[&str]) {
+    let Some(ns) = Netns::new(tag) else { return };
+    for s in setup {
+        apply(&ns, s);
+    }
+    let r = start(&ns, 0);
+    let d = converge(&ns, &r.mirror, Duration::from_secs(3));
+    assert!(
+        d.is_empty(),
+        "[{tag}] after initial sync:\n{}",
+        d.join("\n")
+    );
+    for s in steps {
+        apply(&ns, s);
+        let d = converge(&ns, &r.mirror, Duration::from_secs(3));
+        assert!(d.is_empty(), "[{tag}] after `{s}`:\n{}", d.join("\n"));
+    }
+    eprintln!(
+        "[{tag}] {} steps, no divergence; stats {:?}",
+        steps.len(),
+        r.mirror.stats()
+    );
+}
+
+/// `ip ...`, `bridge ...` or `sysctl ...` (inside the namespace).
+fn apply(ns: &Netns, s: &str) {
+    if let Some(b) = s.strip_prefix("bridge ") {
+        b.split(';').for_each(|x| {
+            ns.bridge(x.trim())
+                .unwrap_or_else(|e| panic!("bridge {x}: {e}"))
+        });
+    } else if let Some(x) = s.strip_prefix("sysctl ") {
+        ns.sh(&format!("sysctl -qw {x}"));
+    } else {
+        ns.ip(s);
+    }
+}
+
+const TOPO: &[&str] = &[
+    "link add va type veth peer name vb",
+    "link add vc type veth peer name vd",
+    "link set va up",
+    "link set vb up",
+    "link set vc up",
+    "link set vd up",
+    "addr add 10.1.0.1/24 dev va",
+    "addr add 10.2.0.1/24 dev vc",
+    "addr add 2001:db8:1::1/64 dev va",
+    "addr add 2001:db8:2::1/64 dev vc",
+];
+
+#[test]
+fn ipv4_routes_on_link_down_and_delete() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "route add 10.10.0.0/24 via 10.1.0.2",
+        "route add 10.11.0.0/24 dev va table 100",
+        "route add 10.12.0.0/24 nexthop via 10.1.0.2 nexthop via 10.2.0.2",
+        "route add 10.13.0.0/24 via 10.2.0.2 table 100",
+    ]);
+    run_steps(
+        "v4down",
+        &setup,
+        &[
+            "link set va down",
+            "link set va up",
+            "route add 10.10.0.0/24 via 10.1.0.2",
+            "link set vb down",
+            "link set vb up",
+            "link del vc",
+        ],
+    );
+}
+
+#[test]
+fn last_ipv4_address_and_prefsrc() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "addr add 10.1.1.1/24 dev va",
+        "route add 10.20.0.0/24 via 10.1.0.2 src 10.1.1.1",
+        "route add 10.21.0.0/24 via 10.1.0.2 table 50",
+    ]);
+    run_steps(
+        "lastaddr",
+        &setup,
+        &[
+            "addr del 10.1.1.1/24 dev va",
+            "addr del 10.1.0.1/24 dev va",
+            "addr add 10.1.0.1/24 dev va",
+            "-6 route add 2001:db8:9::/64 via 2001:db8:1::2 src 2001:db8:1::1",
+            "addr del 2001:db8:1::1/64 dev va",
+        ],
+    );
+}
+
+#[test]
+fn nexthops_groups_and_devices() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "nexthop add id 1 via 10.1.0.2 dev va",
+        "nexthop add id 2 via 10.2.0.2 dev vc",
+        "nexthop add id 3 group 1/2",
+        "nexthop add id 4 via 2001:db8:1::2 dev va",
+        "nexthop add id 5 via 2001:db8:2::2 dev vc",
+        "nexthop add id 6 group 4,3/5",
+        "route add 10.30.0.0/24 nhid 3",
+        "route add 10.31.0.0/24 nhid 1",
+        "-6 route add 2001:db8:30::/64 nhid 6",
+        "-6 route add 2001:db8:31::/64 nhid 5",
+    ]);
+    run_steps(
+        "nexthop",
+        &setup,
+        &[
+            "nexthop del id 1",
+            "nexthop replace id 2 via 10.2.0.3 dev vc",
+            "nexthop add id 1 via 10.1.0.2 dev va",
+            "nexthop replace id 3 group 1/2",
+            "route add 10.32.0.0/24 nhid 3 table 9",
+            "link set va down",
+            "link set va up",
+            "addr add 2001:db8:1::1/64 dev va",
+            "nexthop add id 1 via 10.1.0.2 dev va",
+            "nexthop add id 4 via 2001:db8:1::2 dev va",
+            "link set vd down",
+            "link set vd up",
+            "link del vc",
+            "nexthop flush",
+        ],
+    );
+}
+
+#[test]
+fn ipv6_multipath_partial_and_append() {
+    let mut setup = TOPO.to_vec();
+    setup.push("-6 route add 2001:db8:40::/64 via 2001:db8:1::2");
+    run_steps(
+        "v6mp",
+        &setup,
+        &[
+            "-6 route append 2001:db8:40::/64 via 2001:db8:2::2",
+            "-6 route append 2001:db8:40::/64 via 2001:db8:1::3",
+            "-6 route prepend 2001:db8:40::/64 via 2001:db8:2::3",
+            "-6 route add 2001:db8:40::/64 via 2001:db8:2::4 metric 7",
+            "-6 route del 2001:db8:40::/64 via 2001:db8:1::3",
+            "-6 route replace 2001:db8:41::/64 nexthop via 2001:db8:1::2 nexthop via 2001:db8:2::2",
+            "link set vd down",
+            "link set vd up",
+            "link set vc down",
+            "link set vc up",
+            "addr add 2001:db8:2::1/64 dev vc",
+            "-6 route replace 2001:db8:41::/64 via 2001:db8:1::5",
+            "-6 route add 2001:db8:42::/64 nexthop via 2001:db8:1::2 nexthop via 2001:db8:2::2",
+            "link del vc",
+            "-6 route del 2001:db8:40::/64",
+        ],
+    );
+}
+
+#[test]
+fn ipv4_replace_append_prepend() {
+    run_steps(
+        "v4alias",
+        TOPO,
+        &[
+            "route add 10.50.0.0/24 via 10.1.0.2",
+            "route append 10.50.0.0/24 via 10.2.0.2",
+            "route prepend 10.50.0.0/24 via 10.1.0.3",
+            "route replace 10.50.0.0/24 via 10.1.0.4",
+            "route change 10.50.0.0/24 via 10.1.0.5",
+            "route del 10.50.0.0/24",
+            "route append 10.50.0.0/24 dev vc table 100",
+            "route add 10.51.0.0/24 via 10.1.0.2 metric 5",
+            "route replace 10.51.0.0/24 via 10.1.0.9 metric 6",
+            "route flush table 100",
+            "route del 10.50.0.0/24 via 10.2.0.2",
+        ],
+    );
+}
+
+#[test]
+fn proxy_neighbours_and_neighbours() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "neigh add proxy 10.1.0.50 dev va",
+        "neigh add 10.1.0.2 lladdr 02:00:00:00:00:02 dev va",
+    ]);
+    run_steps(
+        "proxy",
+        &setup,
+        &[
+            "neigh add proxy 10.1.0.51 dev va",
+            "neigh add proxy 2001:db8:1::51 dev va",
+            "neigh del proxy 10.1.0.50 dev va",
+            "neigh add 2001:db8:1::2 lladdr 02:00:00:00:00:03 dev va nud stale",
+            "neigh replace 10.1.0.2 lladdr 02:00:00:00:00:04 dev va nud noarp",
+            "link set va down",
+            "link set va up",
+            "neigh add proxy 10.1.0.52 dev vc",
+            "link del vc",
+        ],
+    );
+}
+
+#[test]
+fn rules_detach_and_reattach() {
+    run_steps(
+        "rules",
+        TOPO,
+        &[
+            "rule add iif va table 100 prio 100",
+            "rule add oif vc table 101 prio 101",
+            "-6 rule add from 2001:db8::/32 table 102 prio 102",
+            "rule add fwmark 0x10/0xff table 103 prio 103",
+            "link del va",
+            "link add va type veth peer name vb",
+            "link del vc",
+            "rule del prio 100",
+        ],
+    );
+}
+
+#[test]
+fn netconf_partial_updates() {
+    run_steps(
+        "netconf",
+        TOPO,
+        &[
+            "sysctl net.ipv4.conf.va.forwarding=1",
+            "sysctl net.ipv4.conf.va.rp_filter=2",
+            "sysctl net.ipv6.conf.vc.forwarding=1",
+            "sysctl net.ipv4.conf.all.forwarding=1",
+            "sysctl net.ipv4.conf.va.proxy_arp=1",
+            "sysctl net.ipv4.conf.vc.ignore_routes_with_linkdown=1",
+            "link add ve type veth peer name vf",
+            "link del ve",
+        ],
+    );
+}
+
+#[test]
+fn bridge_fdb_mdb_vxlan_macvlan() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "link add br0 type bridge",
+        "link set br0 up",
+        "link set vb master br0",
+        "link set vd master br0",
+    ]);
+    run_steps(
+        "bridge",
+        &setup,
+        &[
+            "bridge fdb add 02:00:00:00:00:10 dev vb master static",
+            "bridge fdb add 02:00:00:00:00:11 dev vd master",
+            "link add vx0 type vxlan id 42 dstport 4789 local 10.1.0.1",
+            "link set vx0 up",
+            "bridge fdb append 00:00:00:00:00:00 dev vx0 dst 10.1.0.7; fdb append 00:00:00:00:00:00 dev vx0 dst 10.1.0.8",
+            "bridge fdb del 00:00:00:00:00:00 dev vx0 dst 10.1.0.7",
+            "bridge fdb add 02:00:00:00:00:12 dev vx0 dst 10.1.0.9",
+            "bridge fdb replace 02:00:00:00:00:12 dev vx0 dst 10.1.0.10",
+            "bridge mdb add dev br0 port vb grp 239.1.1.1 permanent",
+            "bridge mdb add dev br0 port vd grp ff0e::1 permanent",
+            "link add mv0 link va type macvlan",
+            "link set mv0 up",
+            "addr add 10.7.0.1/24 dev mv0",
+            "link set vb nomaster",
+            "bridge mdb del dev br0 port vd grp ff0e::1",
+            "link del mv0",
+            "link set vx0 down",
+            "link del br0",
+        ],
+    );
+}
