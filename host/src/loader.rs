@@ -237,30 +237,61 @@ pub fn check_version(info: &PluginInfo, req: Option<&str>) -> Result<(), LoadErr
     }
 }
 
-/// abi_stable's layout errors are hundreds of lines; keep the lines that say what differs.
+/// abi_stable's layout errors are hundreds of lines; keep the type and the lines that say what
+/// differs: "type Counter (ekho_plugin_api::plugin): incompatible type size (expected 72, found 80)".
 fn summarize_layout_error(full: &str) -> String {
-    let mut out = Vec::new();
     let lines: Vec<&str> = full.lines().map(str::trim).collect();
+    let first_err = lines.iter().position(|l| l.starts_with("Error:"));
+    let mut ty = None;
+    if let Some(fe) = first_err {
+        if let Some(found) = lines[..fe]
+            .iter()
+            .rposition(|l| *l == "Layout of found type:")
+        {
+            let name = lines[found..fe]
+                .iter()
+                .find_map(|l| l.strip_prefix("type:"));
+            let module = lines[found..fe]
+                .iter()
+                .find_map(|l| l.split_once("mod:").map(|(_, m)| m.trim()));
+            ty = name.map(|n| match module {
+                Some(m) => format!("type {n} ({m})"),
+                None => format!("type {n}"),
+            });
+        }
+    }
+    let value_after = |start: usize, label: &str| -> Option<String> {
+        let at = lines[start..].iter().take(12).position(|l| *l == label)? + start;
+        lines
+            .get(at + 1)
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut out: Vec<String> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        if let Some(rest) = l.strip_prefix("Error:") {
-            let mut s = rest.trim().to_string();
-            for extra in lines.iter().skip(i + 1).take(4) {
-                if extra.starts_with("Expected") || extra.starts_with("Found") {
-                    s.push_str(&format!(" {extra}"));
-                }
+        if let Some(what) = l.strip_prefix("Error:") {
+            let mut s = what.trim().to_string();
+            match (value_after(i, "Expected:"), value_after(i, "Found:")) {
+                (Some(e), Some(f)) => s.push_str(&format!(" (expected {e}, found {f})")),
+                (Some(e), None) => s.push_str(&format!(" ({e})")),
+                _ => {}
             }
             if !out.contains(&s) {
                 out.push(s);
             }
-        }
-        if out.len() >= 3 {
-            break;
+            if out.len() >= 2 {
+                break;
+            }
         }
     }
-    if out.is_empty() {
+    let body = if out.is_empty() {
         full.lines().next().unwrap_or("unknown error").to_string()
     } else {
         out.join("; ")
+    };
+    match ty {
+        Some(t) => format!("{t}: {body}"),
+        None => body,
     }
 }
 
@@ -312,11 +343,12 @@ mod tests {
 
     #[test]
     fn layout_summary_keeps_the_differences() {
-        let full = "blah\n  Error:incompatible type size\n Expected: 72\n Found: 80\nmore\nError:too many fields\nExpected: 3\nFound: 4\n";
+        let full = "blah\nLayout of found type:\n --- Type Layout ---\n type:Counter\n line:29 mod:ekho_plugin_api::plugin\n\
+                    Error:incompatible type size\nExpected:\n    72\nFound:\n    80\n\nError:too many fields\nExpected:\n 3\nFound:\n 4\nError:unexpected field\n";
         let s = summarize_layout_error(full);
         assert_eq!(
             s,
-            "incompatible type size Expected: 72 Found: 80; too many fields Expected: 3 Found: 4"
+            "type Counter (ekho_plugin_api::plugin): incompatible type size (expected 72, found 80); too many fields (expected 3, found 4)"
         );
     }
 }

@@ -188,6 +188,9 @@ fn check_plugin(
     let lib = match loader::open(file) {
         Ok(l) => l,
         Err(e) => {
+            if let loader::LoadError::Layout { full, .. } = &e {
+                tracing::debug!("abi_stable report:\n{full}");
+            }
             let stage = match &e {
                 loader::LoadError::Layout { .. } => "layout check",
                 loader::LoadError::IncompatibleApi { .. } => "API version",

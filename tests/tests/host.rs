@@ -238,9 +238,12 @@ fn capabilities_filter_what_reaches_a_plugin() {
 }
 
 /// Builds hello-vendor against a copy of plugin-api whose version is `version`.
-fn build_api_variant(version: &str) -> std::path::PathBuf {
+/// `patch` edits the copied plugin-api sources (to change a type's layout).
+fn build_api_variant(version: &str, tag: &str, patch: &dyn Fn(&Path)) -> std::path::PathBuf {
     let ws = workspace();
-    let tmp = ws.join("target").join(format!("api-variant-{version}"));
+    let tmp = ws
+        .join("target")
+        .join(format!("api-variant-{version}-{tag}"));
     let _ = std::fs::remove_dir_all(tmp.join("src"));
     std::fs::create_dir_all(tmp.join("src")).unwrap();
     let copy = |from: &Path, to: &Path| {
@@ -281,6 +284,7 @@ fn build_api_variant(version: &str) -> std::path::PathBuf {
         inherit(s).replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
     });
     fix(&tmp.join("src/hello-vendor/Cargo.toml"), &|s| inherit(s));
+    patch(&tmp.join("src/plugin-api"));
     std::fs::write(
         tmp.join("src/Cargo.toml"),
         "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"hello-vendor\"]\n",
@@ -320,7 +324,7 @@ fn bad_plugins_are_refused_with_a_clear_reason_and_the_rest_runs() {
         ],
     );
     // A plugin built against an incompatible API version.
-    let variant = build_api_variant("0.0.7");
+    let variant = build_api_variant("0.0.7", "plain", &|_| {});
     std::fs::copy(&variant, pdir.join("libold_api.so")).unwrap();
     // A good one.
     std::fs::copy(
@@ -693,4 +697,38 @@ fn kernel_main_routes(ns: &Netns) -> Value {
             .cloned(),
     );
     Value::Array(v)
+}
+
+#[test]
+fn a_layout_mismatch_is_refused_clearly() {
+    // Same API version, but a type changed shape: only abi_stable's layout check can tell.
+    let variant = build_api_variant("0.1.0", "layout", &|api| {
+        let p = api.join("src/plugin.rs");
+        let s = std::fs::read_to_string(&p).unwrap();
+        let s = s
+            .replace(
+                "pub struct Counter {\n",
+                "pub struct Counter {\n    pub extra: u64,\n",
+            )
+            .replace(
+                "self.counters.push(Counter {",
+                "self.counters.push(Counter { extra: 0,",
+            );
+        assert!(s.contains("pub extra: u64"), "patch did not apply");
+        std::fs::write(&p, s).unwrap();
+    });
+    let out = std::process::Command::new(ekho_bin())
+        .args(["check-plugin", variant.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("REFUSED at layout check"), "{text}");
+    assert!(text.contains("ABI layout check failed"), "{text}");
+    // One short paragraph, not abi_stable's hundreds of lines.
+    assert!(text.lines().count() <= 3, "{text}");
+    assert!(
+        text.contains("type Counter") && text.contains("(expected 72, found 80)"),
+        "{text}"
+    );
 }

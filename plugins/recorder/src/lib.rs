@@ -59,9 +59,19 @@ fn key_string(o: &Object) -> String {
 }
 
 impl Recorder {
-    fn line(&mut self, stream: &str, op: &str, kind: &str, object: Option<Value>, old: Option<Value>) {
+    fn line(
+        &mut self,
+        stream: &str,
+        op: &str,
+        kind: &str,
+        object: Option<Value>,
+        old: Option<Value>,
+    ) {
         self.seq += 1;
-        let mut v = json!({"seq": self.seq, "stream": stream, "op": op, "kind": kind});
+        let mut v = json!({"seq": self.seq, "stream": stream, "op": op});
+        if !kind.is_empty() {
+            v["kind"] = kind.into();
+        }
         if let Some(o) = object {
             v["object"] = o;
         }
@@ -104,7 +114,11 @@ fn write_atomic(p: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, p)
 }
 
-fn parse_list<T>(v: &Option<Vec<String>>, what: &str, f: impl Fn(&str) -> Option<T>) -> Result<Option<Vec<T>>, String> {
+fn parse_list<T>(
+    v: &Option<Vec<String>>,
+    what: &str,
+    f: impl Fn(&str) -> Option<T>,
+) -> Result<Option<Vec<T>>, String> {
     match v {
         None => Ok(None),
         Some(list) => list
@@ -117,7 +131,8 @@ fn parse_list<T>(v: &Option<Vec<String>>, what: &str, f: impl Fn(&str) -> Option
 
 impl Plugin for Recorder {
     fn create(ctx: CreateContext) -> Result<Self, String> {
-        let cfg: Config = toml::from_str(&ctx.config).map_err(|e| format!("recorder config: {e}"))?;
+        let cfg: Config =
+            toml::from_str(&ctx.config).map_err(|e| format!("recorder config: {e}"))?;
         let mut caps = Capabilities::new();
         caps = match parse_list(&cfg.kinds, "kind", ObjectKind::from_name)? {
             Some(k) => caps.kinds(k),
@@ -152,8 +167,12 @@ impl Plugin for Recorder {
         let mut view = BTreeMap::new();
         if let Some(p) = &cfg.state_path {
             if let Ok(bytes) = std::fs::read(p) {
-                let state: Map<String, Value> = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("state_path {} is not a recorder state file: {e}", p.display()))?;
+                let state: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+                    format!(
+                        "state_path {} is not a recorder state file: {e}",
+                        p.display()
+                    )
+                })?;
                 for (k, v) in state {
                     let kind = v["kind"].as_str().and_then(ObjectKind::from_name);
                     if let Some(kind) = kind {
@@ -208,7 +227,9 @@ impl Plugin for Recorder {
                 }
                 _ => {
                     if let Some(unmarked) = &mut self.unmarked {
-                        if unmarked.remove(&key) && self.view.get(&key).is_some_and(|(_, v)| *v == json) {
+                        if unmarked.remove(&key)
+                            && self.view.get(&key).is_some_and(|(_, v)| *v == json)
+                        {
                             self.kept += 1;
                         }
                     }
