@@ -1015,6 +1015,19 @@ impl Running {
         self.with(|m| m.report())
     }
 
+    /// Syncs until r's state and the plugin's agree (the kernel may still be settling, e.g.
+    /// neighbour state changes, so a few rounds).
+    pub fn settle(&self) {
+        self.with(|m| {
+            for _ in 0..20 {
+                if m.sync() == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    }
+
     /// Stops syncing and shuts the plugin down.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -1,0 +1,272 @@
+//! Route changes on r reach the data path: new prefix, gateway change, ECMP, link down,
+//! neighbour MAC change, deleted prefix, nexthop objects/groups, blackhole, policy rules.
+//! Needs root, iproute2, iputils-ping, ethtool and python3; prints `SKIP:` otherwise.
+
+mod common;
+
+use common::*;
+use ekho_plugin_api::prelude::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(8);
+
+/// RX deltas on h2's two links while `f` runs.
+fn rx_delta(topo: &Topo, f: impl FnOnce()) -> (u64, u64) {
+    let a0 = topo.rx_packets(&topo.h2, "veth0");
+    let b0 = topo.rx_packets(&topo.h2, "veth1");
+    f();
+    std::thread::sleep(Duration::from_millis(200));
+    (
+        topo.rx_packets(&topo.h2, "veth0") - a0,
+        topo.rx_packets(&topo.h2, "veth1") - b0,
+    )
+}
+
+#[test]
+fn route_changes_are_reflected_in_forwarding() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(true);
+    let (h1, h2, r) = (topo.h1.clone(), topo.h2.clone(), topo.r.clone());
+    topo.ip(&h2, "addr add 10.9.9.9/32 dev lo");
+    topo.ip(&h2, "addr add fd00:99::9/128 dev lo");
+    let run = Running::start(&topo, "");
+
+    // No route on r yet.
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.9", 2),
+        0,
+        "forwarded without a route"
+    );
+
+    // New prefix.
+    topo.ip(&r, "route add 10.9.9.9/32 via 10.0.2.2");
+    topo.ip(&r, "-6 route add fd00:99::9/128 via fd00:2::2");
+    assert!(
+        topo.ping_within(&h1, "10.9.9.9", T),
+        "new v4 prefix\n{}",
+        run.report()
+    );
+    assert!(
+        topo.ping_within(&h1, "fd00:99::9", T),
+        "new v6 prefix\n{}",
+        run.report()
+    );
+    run.with(|m| {
+        assert_eq!(
+            m.outcome_of_route(254, "10.9.9.9/32"),
+            Some(Outcome::Offloaded)
+        );
+        assert_eq!(
+            m.outcome_of_route(254, "fd00:99::9/128"),
+            Some(Outcome::Offloaded)
+        );
+    });
+    let (a, b) = rx_delta(&topo, || assert_eq!(topo.ping_count(&h1, "10.9.9.9", 5), 5));
+    assert!(a >= 5 && b == 0, "via p2: veth0 +{a}, veth1 +{b}");
+
+    // Gateway change: now through p3 / veth1.
+    topo.ip(&r, "route replace 10.9.9.9/32 via 10.0.3.2");
+    topo.ip(&r, "-6 route replace fd00:99::9/128 via fd00:3::2");
+    run.settle();
+    assert!(
+        topo.ping_within(&h1, "10.9.9.9", T),
+        "after gateway change\n{}",
+        run.report()
+    );
+    assert!(
+        topo.ping_within(&h1, "fd00:99::9", T),
+        "v6 after gateway change\n{}",
+        run.report()
+    );
+    let (a, b) = rx_delta(&topo, || {
+        assert_eq!(topo.ping_count(&h1, "10.9.9.9", 5), 5);
+        assert_eq!(topo.ping_count(&h1, "fd00:99::9", 5), 5);
+    });
+    assert!(b >= 10 && a < 3, "via p3: veth0 +{a}, veth1 +{b}");
+
+    // ECMP across both legs: many flows spread over both.
+    topo.ip(
+        &r,
+        "route replace 10.9.9.9/32 nexthop via 10.0.2.2 nexthop via 10.0.3.2",
+    );
+    topo.ip(
+        &r,
+        "-6 route replace fd00:99::9/128 nexthop via fd00:2::2 nexthop via fd00:3::2",
+    );
+    run.settle();
+    assert!(
+        topo.ping_within(&h1, "10.9.9.9", T),
+        "ecmp\n{}",
+        run.report()
+    );
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "10.9.9.9", 7000, 200));
+    assert!(
+        a >= 40 && b >= 40 && a + b >= 195,
+        "v4 ECMP split veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "fd00:99::9", 7000, 200));
+    assert!(
+        a >= 40 && b >= 40 && a + b >= 195,
+        "v6 ECMP split veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+
+    // Link down: the p3 leg dies, every flow takes p2.
+    topo.ip(&r, "link set p3 down");
+    run.settle();
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "10.9.9.9", 7000, 200));
+    assert!(
+        a >= 195 && b == 0,
+        "p3 down: veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "fd00:99::9", 7000, 200));
+    assert!(
+        a >= 195 && b == 0,
+        "p3 down (v6): veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+    assert_eq!(topo.ping_count(&h1, "10.9.9.9", 3), 3);
+
+    // Neighbour MAC change: h2 changes its MAC; until r's neighbour follows, frames go to the
+    // old MAC and h2 drops them; once r's entry is replaced, forwarding resumes.
+    topo.ip(&r, "route replace 10.9.9.9/32 via 10.0.2.2");
+    run.settle();
+    assert_eq!(topo.ping_count(&h1, "10.9.9.9", 3), 3);
+    topo.ip(&h2, "link set veth0 address 02:00:00:00:22:22");
+    topo.ip(
+        &r,
+        "neigh replace 10.0.2.2 lladdr 02:00:00:00:22:22 dev p2 nud permanent",
+    );
+    run.settle();
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.9", 3),
+        3,
+        "after neighbour MAC change\n{}",
+        run.report()
+    );
+    topo.ip(
+        &r,
+        "neigh replace 10.0.2.2 lladdr 02:00:00:00:99:99 dev p2 nud permanent",
+    );
+    run.settle();
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.9", 3),
+        0,
+        "a wrong MAC must break forwarding (MACs come from the mirror)"
+    );
+    topo.ip(
+        &r,
+        "neigh replace 10.0.2.2 lladdr 02:00:00:00:22:22 dev p2 nud permanent",
+    );
+    run.settle();
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.9", 3),
+        3,
+        "MAC restored\n{}",
+        run.report()
+    );
+
+    // Deleted prefix.
+    topo.ip(&r, "route del 10.9.9.9/32");
+    run.settle();
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.9", 3),
+        0,
+        "forwarded after the route was deleted"
+    );
+    run.with(|m| assert_eq!(m.outcome_of_route(254, "10.9.9.9/32"), None));
+    assert!(run.with(|m| m.counter("xdp", "no_route")) > 0);
+}
+
+#[test]
+fn nexthop_objects_blackhole_and_rules() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(true);
+    let (h1, h2, r) = (topo.h1.clone(), topo.h2.clone(), topo.r.clone());
+    topo.ip(&h2, "addr add 10.9.9.8/32 dev lo");
+    topo.ip(&r, "nexthop add id 10 via 10.0.2.2 dev p2");
+    topo.ip(&r, "nexthop add id 11 via 10.0.3.2 dev p3");
+    topo.ip(&r, "nexthop add id 12 group 10/11");
+    topo.ip(&r, "route add 10.9.9.8/32 nhid 12");
+    topo.ip(&r, "route add blackhole 10.9.9.7/32");
+    let run = Running::start(&topo, "");
+
+    assert!(
+        topo.ping_within(&h1, "10.9.9.8", T),
+        "via nexthop group\n{}",
+        run.report()
+    );
+    run.with(|m| {
+        assert_eq!(
+            m.outcome_of_route(254, "10.9.9.8/32"),
+            Some(Outcome::Offloaded)
+        );
+        assert_eq!(
+            m.outcome_of_route(254, "10.9.9.7/32"),
+            Some(Outcome::Offloaded)
+        );
+        assert_eq!(
+            m.outcomes.get(&ObjectKey::Nexthop { id: 12 }),
+            Some(&Outcome::Offloaded)
+        );
+    });
+    // Both gateways resolved (the plugin asked for them when programming the group).
+    let t0 = std::time::Instant::now();
+    while !topo.ip(&r, "neigh show 10.0.3.2").contains("REACHABLE") && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.settle();
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "10.9.9.8", 7000, 200));
+    assert!(
+        a >= 40 && b >= 40 && a + b >= 195,
+        "group split veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+
+    // Changing the group object alone moves the traffic (the route itself is unchanged).
+    topo.ip(&r, "nexthop replace id 12 group 11");
+    run.settle();
+    let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "10.9.9.8", 7000, 100));
+    assert!(
+        a == 0 && b >= 98,
+        "group = {{11}}: veth0 +{a}, veth1 +{b}\n{}",
+        run.report()
+    );
+
+    // Blackhole: dropped in XDP, counted.
+    let before = run.with(|m| m.counter("port:p1", "dropped"));
+    topo.udp_flows(&h1, "10.9.9.7", 7000, 20);
+    run.with(|m| {
+        assert!(
+            m.counter("port:p1", "dropped") >= before + 20,
+            "{}",
+            m.report()
+        );
+        assert!(m.counter("route:10.9.9.7/32", "packets") >= 20);
+    });
+
+    // A policy rule: the family goes to the kernel (which does not forward here), the rule is
+    // never bypassed; removing it restores forwarding.
+    topo.ip(&r, "rule add from 10.0.1.2 table 100 pref 100");
+    run.settle();
+    assert_eq!(
+        topo.ping_count(&h1, "10.9.9.8", 2),
+        0,
+        "policy rule bypassed by XDP"
+    );
+    run.with(|m| assert!(m.counter("xdp", "punt_all") > 0));
+    topo.ip(&r, "rule del from 10.0.1.2 table 100 pref 100");
+    run.settle();
+    assert!(
+        topo.ping_within(&h1, "10.9.9.8", T),
+        "after rule removal\n{}",
+        run.report()
+    );
+    let _ = h2;
+}
