@@ -12,6 +12,7 @@
 //!   filter; reports the per-run cost of a filtered event.
 
 use ekho_ebpf::{enable_bpf_stats, EbpfConfig, EbpfSource, ProgramStats, StartOptions};
+use ekho_plugin_api::object::IpAddress;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +55,7 @@ fn run(argv: &[&str]) {
 }
 
 /// Runs `producers` parallel `ip -batch` processes in `ns`, `ops` neighbour replaces in total.
-fn produce(ns: &Ns, ops: usize, producers: usize, round: usize) -> Duration {
+fn produce(ns: &Ns, ops: usize, producers: usize, round: usize, net: usize) -> Duration {
     let per = ops / producers;
     let scripts: Vec<String> = (0..producers)
         .map(|p| {
@@ -65,7 +66,7 @@ fn produce(ns: &Ns, ops: usize, producers: usize, round: usize) -> Duration {
                 // limit (gc_thresh3, 1024 by default) is shared by all namespaces.
                 s += &format!(
                     "neigh replace 10.{}.0.{} lladdr 02:{:02x}:00:{:02x}:{:02x}:{:02x} dev v0 nud reachable\n",
-                    16 + p,
+                    net + p,
                     i % 128,
                     round & 0xff,
                     (n >> 16) & 0xff,
@@ -115,9 +116,18 @@ async fn main() {
     let _stats = enable_bpf_stats().expect("BPF_ENABLE_STATS");
     let received = Arc::new(AtomicU64::new(0));
     let last = Arc::new(std::sync::Mutex::new(Instant::now()));
-    let (r, l) = (received.clone(), last.clone());
+    let foreign = Arc::new(AtomicU64::new(0));
+    let (r, l, f) = (received.clone(), last.clone(), foreign.clone());
     let sink: ekho_ebpf::EventSink = Arc::new(move |batch| {
         r.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // The other namespace's operations use 10.64.0.0/10.
+        let n = batch
+            .iter()
+            .filter(
+                |e| matches!(e.addr.into_option(), Some(IpAddress::V4([10, b, _, _])) if b >= 64),
+            )
+            .count();
+        f.fetch_add(n as u64, Ordering::Relaxed);
         *l.lock().unwrap() = Instant::now();
     });
     let lost_calls = Arc::new(AtomicU64::new(0));
@@ -150,7 +160,7 @@ async fn main() {
         let before = src.stats();
         let k0 = totals(&src.program_stats());
         let t0 = Instant::now();
-        let produce_time = produce(&watched, ops, producers, round);
+        let produce_time = produce(&watched, ops, producers, round, 16);
         // Wait until the consumer has been idle for 200 ms.
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -174,14 +184,15 @@ async fn main() {
     }
     let k0 = totals(&src.program_stats());
     let before = src.stats();
-    let dt = produce(&other, ops, producers, 0);
+    let dt = produce(&other, ops, producers, 0, 64);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let k1 = totals(&src.program_stats());
     let (runs, ns) = (k1.0 - k0.0, k1.1 - k0.1);
     println!(
-        "phase 2 other ns: {} operations in {:.3} s, {} records delivered (must be 0); kernel: {runs} runs, {:.0} ns/run (filtered)",
+        "phase 2 other ns: {} operations in {:.3} s, {} of its records delivered (must be 0; {} records of the watched ns meanwhile); kernel: {runs} runs, {:.0} ns/run (filtered)",
         ops,
         dt.as_secs_f64(),
+        foreign.load(Ordering::Relaxed),
         src.stats().events - before.events,
         ns as f64 / runs.max(1) as f64
     );
