@@ -248,9 +248,27 @@ impl Daemon {
                 m.insert(k.plural().into(), Value::Array(vec![]));
             }
         }
-        for o in self.mirror.dump(kind) {
+        let objects = self.mirror.dump(kind);
+        let names: std::collections::HashMap<u32, String> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Link(l) => Some((l.ifindex, l.ifname.to_string())),
+                _ => None,
+            })
+            .collect();
+        for o in &objects {
             if let Some(Value::Array(a)) = m.get_mut(o.kind().plural()) {
-                a.push(o.to_json());
+                let mut j = o.to_json();
+                // Like iproute2: a lower device (veth peer) in the same netns is named.
+                if let Object::Link(l) = o {
+                    if let (true, Some(name), Some(obj)) =
+                        (l.link_netnsid < 0, names.get(&l.link), j.as_object_mut())
+                    {
+                        obj.remove("link_index");
+                        obj.insert("link".into(), name.as_str().into());
+                    }
+                }
+                a.push(j);
             }
         }
         Value::Object(m)

@@ -177,6 +177,15 @@ impl QueueState {
     }
 
     fn push_change(&mut self, c: &Change) {
+        // An update that changes identity (a device route moved to another device) is, for a
+        // plugin, the removal of one object and the addition of another.
+        if let Change::Update { old, new } = c {
+            if old.key() != new.key() {
+                self.push_change(&Change::Remove(old.clone()));
+                self.push_change(&Change::Add(new.clone()));
+                return;
+            }
+        }
         self.ports.observe(c);
         let (old, new) = match c {
             Change::Add(o) => (None, Some(o)),

@@ -206,6 +206,7 @@ impl RKey {
             src: r.src,
             tos: r.tos,
             metric: r.metric,
+            dev: 0,
         }
     }
 }

@@ -168,6 +168,9 @@ pub enum ObjectKey {
         vid: u16,
         source: ROption<IpAddress>,
     },
+    /// `dev`: for a route with a single leg and no gateway (a device route: connected prefixes,
+    /// `fe80::/64`, `local`, `broadcast`, IPv6 `multicast`), that leg's ifindex, since the kernel
+    /// keeps one such route per device under the same prefix and metric; 0 otherwise.
     Route {
         family: Family,
         table: u32,
@@ -175,6 +178,7 @@ pub enum ObjectKey {
         src: IpPrefix,
         tos: u8,
         metric: u32,
+        dev: u32,
     },
     Rule {
         family: Family,
@@ -265,6 +269,7 @@ impl Object {
                 src: r.src,
                 tos: r.tos,
                 metric: r.metric,
+                dev: route::device_discriminator(r),
             },
             Object::Rule(r) => ObjectKey::Rule {
                 family: r.family,
@@ -368,6 +373,18 @@ mod tests {
         let mut c = a.clone();
         c.metric = 100;
         assert_ne!(Object::Route(a).key(), Object::Route(c).key());
+    }
+
+    #[test]
+    fn device_routes_on_two_devices_are_two_objects() {
+        let dst: IpPrefix = "fe80::/64".parse().unwrap();
+        let leg = |i| NextHop {
+            gateway: ROption::RNone,
+            ..NextHop::via("fe80::1".parse().unwrap(), i)
+        };
+        let a = Route::unicast(dst, vec![leg(2)]);
+        let b = Route::unicast(dst, vec![leg(3)]);
+        assert_ne!(Object::Route(a).key(), Object::Route(b).key());
     }
 
     #[cfg(feature = "json")]

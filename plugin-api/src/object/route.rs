@@ -271,3 +271,12 @@ impl Route {
         m.into()
     }
 }
+
+/// The device part of a route's identity: the ifindex of the only leg when it has no gateway,
+/// else 0 (see [`ObjectKey::Route`](super::ObjectKey::Route)).
+pub fn device_discriminator(r: &Route) -> u32 {
+    match r.nexthops.as_slice() {
+        [only] if only.gateway.is_none() && r.nhid.is_none() => only.ifindex,
+        _ => 0,
+    }
+}
