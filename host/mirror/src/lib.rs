@@ -20,6 +20,7 @@ use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+pub mod bulk;
 pub mod convert;
 pub mod diff;
 pub mod routes;

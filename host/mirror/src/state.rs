@@ -280,7 +280,18 @@ impl State {
         match ev {
             Event::NewLink(l) => self.new_link(l),
             Event::DelLink(l) => self.del_link(l.ifindex),
-            Event::NewAddress(a) => self.put(a.into()),
+            Event::NewAddress(a) => {
+                // An IPv4 address on an up device revives its dead IPv4 legs (fib_sync_up).
+                if a.family == Family::INET
+                    && self
+                        .links
+                        .get(&a.ifindex)
+                        .is_some_and(|l| l.flags & IFF_UP != 0)
+                {
+                    self.leg_flags(a.ifindex, Some(false), None, true);
+                }
+                self.put(a.into())
+            }
             Event::DelAddress(a) => self.del_address(a),
             Event::NewRoute(r, flags) => self.new_route(r, flags),
             Event::DelRoute(r) => self.del_route(r),
@@ -378,7 +389,15 @@ impl State {
             self.drop_nexthops_on(l.ifindex);
         }
         if old.is_some() && (was_up != up || had_carrier != carrier) {
-            self.leg_flags(l.ifindex);
+            let dead = (was_up != up).then_some(!up);
+            let linkdown = if !carrier && had_carrier {
+                Some(true)
+            } else if carrier && (!had_carrier || !was_up) {
+                Some(false)
+            } else {
+                None
+            };
+            self.leg_flags(l.ifindex, dead, linkdown, false);
         }
     }
 
@@ -484,7 +503,11 @@ impl State {
         for k in keys {
             let mut v = Vec::new();
             for a in self.routes.get(&k) {
-                if !a.uses_dev(ifindex) || (keep_local && a.kind == RouteType::LOCAL) {
+                // Routes through nexthop objects follow their nexthops (handled there).
+                if !a.uses_dev(ifindex)
+                    || a.nhid.is_some()
+                    || (keep_local && a.kind == RouteType::LOCAL)
+                {
                     v.push((**a).clone());
                     continue;
                 }
@@ -509,13 +532,24 @@ impl State {
     }
 
     /// Recomputes the carrier/admin-driven leg flags of routes through `ifindex`.
-    fn leg_flags(&mut self, ifindex: u32) {
-        let Some(l) = self.links.get(&ifindex) else {
-            return;
+    /// Applies the leg flag changes the kernel makes silently on a device event: `dead` set
+    /// (`Some(true)`) or cleared (`Some(false)`) on multipath legs, `linkdown` set or cleared on
+    /// legs and single-path routes (not `local` ones); `v4_only` limits it to IPv4 routes.
+    fn leg_flags(
+        &mut self,
+        ifindex: u32,
+        dead: Option<bool>,
+        linkdown: Option<bool>,
+        v4_only: bool,
+    ) {
+        let keys = self
+            .routes
+            .keys_where(|k, a| a.uses_dev(ifindex) && (!v4_only || matches!(k, RKey::V4(_))));
+        let set = |f: &mut u32, bit: u32, on: Option<bool>| match on {
+            Some(true) => *f |= bit,
+            Some(false) => *f &= !bit,
+            None => {}
         };
-        let up = l.flags & IFF_UP != 0;
-        let carrier = l.flags & IFF_LOWER_UP != 0;
-        let keys = self.routes.keys_where(|_, a| a.uses_dev(ifindex));
         for k in keys {
             let v: Vec<Attrs> = self
                 .routes
@@ -526,29 +560,29 @@ impl State {
                     if n.kind == RouteType::LOCAL {
                         // local routes never show carrier state
                     } else if n.nexthops.len() == 1 && n.nexthops[0].ifindex == ifindex {
-                        if carrier {
-                            n.flags &= !RTNH_F_LINKDOWN;
-                        } else {
-                            n.flags |= RTNH_F_LINKDOWN;
-                        }
+                        set(&mut n.flags, RTNH_F_LINKDOWN, linkdown);
                     } else if n.nexthops.len() > 1 {
                         for h in n.nexthops.iter_mut().filter(|h| h.ifindex == ifindex) {
-                            if up {
-                                h.flags &= !RTNH_F_DEAD;
-                            } else {
-                                h.flags |= RTNH_F_DEAD;
-                            }
-                            if carrier {
-                                h.flags &= !RTNH_F_LINKDOWN;
-                            } else {
-                                h.flags |= RTNH_F_LINKDOWN;
-                            }
+                            set(&mut h.flags, RTNH_F_DEAD, dead);
+                            set(&mut h.flags, RTNH_F_LINKDOWN, linkdown);
                         }
+                        // IPv4 fib_info flags: linkdown when every leg is dead or on the device
+                        // losing carrier (fib_sync_down_dev); cleared when a leg comes back.
                         if matches!(k, RKey::V4(_)) {
-                            if n.nexthops.iter().all(|h| h.flags & RTNH_F_LINKDOWN != 0) {
+                            if linkdown == Some(true)
+                                && n.nexthops
+                                    .iter()
+                                    .all(|h| h.ifindex == ifindex || h.flags & RTNH_F_DEAD != 0)
+                            {
                                 n.flags |= RTNH_F_LINKDOWN;
-                            } else {
-                                n.flags &= !RTNH_F_LINKDOWN;
+                            }
+                            if linkdown == Some(false) || dead == Some(false) {
+                                if n.nexthops
+                                    .iter()
+                                    .any(|h| h.flags & (RTNH_F_LINKDOWN | RTNH_F_DEAD) == 0)
+                                {
+                                    n.flags &= !(RTNH_F_LINKDOWN | RTNH_F_DEAD);
+                                }
                             }
                         }
                     }
