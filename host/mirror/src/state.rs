@@ -576,13 +576,12 @@ impl State {
                             {
                                 n.flags |= RTNH_F_LINKDOWN;
                             }
-                            if linkdown == Some(false) || dead == Some(false) {
-                                if n.nexthops
+                            if (linkdown == Some(false) || dead == Some(false))
+                                && n.nexthops
                                     .iter()
                                     .any(|h| h.flags & (RTNH_F_LINKDOWN | RTNH_F_DEAD) == 0)
-                                {
-                                    n.flags &= !(RTNH_F_LINKDOWN | RTNH_F_DEAD);
-                                }
+                            {
+                                n.flags &= !(RTNH_F_LINKDOWN | RTNH_F_DEAD);
                             }
                         }
                     }
