@@ -467,6 +467,42 @@ int BPF_PROG(raw_fib6_table_lookup, const struct net *net, const struct fib6_res
 	return on_fib6_lookup(net, res, table);
 }
 
+/* ----------------------------- notifier_run counters -------------------------------------- */
+
+/* Runs per notifier callback (key: the callback's address), across all chains and namespaces:
+ * the tracepoint carries only the callback, no chain, value or namespace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} NOTIFIER_RUNS SEC(".maps");
+
+static __always_inline int on_notifier_run(void *cb)
+{
+	__u64 k = (__u64)cb;
+	__u64 *v = bpf_map_lookup_elem(&NOTIFIER_RUNS, &k);
+	if (v) {
+		*v += 1;
+	} else {
+		__u64 one = 1;
+		bpf_map_update_elem(&NOTIFIER_RUNS, &k, &one, BPF_NOEXIST);
+	}
+	return 0;
+}
+
+SEC("tp_btf/notifier_run")
+int BPF_PROG(btf_notifier_run, void *cb)
+{
+	return on_notifier_run(cb);
+}
+
+SEC("raw_tp/notifier_run")
+int BPF_PROG(raw_notifier_run, void *cb)
+{
+	return on_notifier_run(cb);
+}
+
 /* ----------------------------- notifier chains (fentry) ------------------------------------ */
 
 /* Device, gateway of a fib_nh_common. */

@@ -91,6 +91,9 @@ pub struct StartOptions {
     pub force_raw_tp: bool,
     /// Skip fentry entirely (hooks reported [`HookState::FallenBack`]/[`HookState::Unavailable`]).
     pub no_fentry: bool,
+    /// Attach `notifier_run` and count runs per notifier callback (machine-wide, see
+    /// [`EbpfSource::notifier_runs`]).
+    pub notifier_runs: bool,
 }
 
 impl Default for StartOptions {
@@ -101,6 +104,7 @@ impl Default for StartOptions {
             fib_lookups: true,
             force_raw_tp: false,
             no_fentry: false,
+            notifier_runs: true,
         }
     }
 }
@@ -141,6 +145,14 @@ pub struct FibLookupHits {
     pub table: u32,
     pub prefix: IpPrefix,
     pub hits: u64,
+}
+
+/// Runs of one notifier callback (from the `notifier_run` tracepoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifierRuns {
+    /// The callback's kernel symbol (`/proc/kallsyms`), or its address in hex.
+    pub callback: String,
+    pub runs: u64,
 }
 
 /// Kernel run-time statistics of one attached program (needs BPF stats enabled, see
@@ -219,6 +231,7 @@ pub struct EbpfSource {
     attached: Vec<(String, String)>,
     shared: Arc<Shared>,
     fib_hits: Option<Arc<Mutex<PerCpuHashMap<MapData, FibKey, u64>>>>,
+    notifier_map: Option<PerCpuHashMap<MapData, u64, u64>>,
     netns_inode: u32,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -321,6 +334,16 @@ impl EbpfSource {
             };
             statuses.push(HookStatus { name, state });
         }
+        let mut notifier_live = false;
+        if opts.notifier_runs {
+            let (status, live) =
+                attach_tracepoint(&mut bpf, &btf, "notifier_run", opts.force_raw_tp);
+            if let Some(l) = live {
+                notifier_live = true;
+                attached.push(l);
+            }
+            tp_statuses.push(status);
+        }
         statuses.extend(tp_statuses);
         for h in &statuses {
             match &h.state {
@@ -348,6 +371,15 @@ impl EbpfSource {
 
         let ring = take_map(&mut bpf, "EVENTS", RingBuf::try_from)?;
         let lost_map = take_map(&mut bpf, "LOST", PerCpuArray::<MapData, u64>::try_from)?;
+        let notifier_map = if notifier_live {
+            Some(take_map(
+                &mut bpf,
+                "NOTIFIER_RUNS",
+                PerCpuHashMap::<MapData, u64, u64>::try_from,
+            )?)
+        } else {
+            None
+        };
         let fib_map = take_map(
             &mut bpf,
             "FIB_HITS",
@@ -393,6 +425,7 @@ impl EbpfSource {
             attached,
             shared,
             fib_hits,
+            notifier_map,
             netns_inode,
             tasks,
         })
@@ -428,6 +461,32 @@ impl EbpfSource {
                 .collect(),
             None => Vec::new(),
         }
+    }
+
+    /// Runs per notifier callback since start, most frequent first, symbols from
+    /// `/proc/kallsyms`. Machine-wide: the `notifier_run` tracepoint carries only the callback
+    /// (no chain, event or namespace). Empty if `notifier_run` is not attached.
+    pub fn notifier_runs(&self) -> Vec<NotifierRuns> {
+        let Some(map) = &self.notifier_map else {
+            return Vec::new();
+        };
+        let mut counts: Vec<(u64, u64)> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k, v.iter().sum()))
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        let syms = kallsyms(counts.iter().map(|c| c.0).collect());
+        counts
+            .into_iter()
+            .map(|(addr, runs)| NotifierRuns {
+                callback: syms
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{addr:#x}")),
+                runs,
+            })
+            .collect()
     }
 
     /// Run count and run time of each attached program, from `bpf(BPF_OBJ_GET_INFO_BY_FD)`. Both
@@ -494,6 +553,27 @@ pub fn verify_fentry_handlers() -> Result<Vec<HandlerCheck>, EbpfError> {
         });
     }
     Ok(out)
+}
+
+/// Symbols of the given kernel text addresses (exact matches) from `/proc/kallsyms`.
+fn kallsyms(mut want: Vec<u64>) -> HashMap<u64, String> {
+    want.sort_unstable();
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        return out;
+    };
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(_), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if let Ok(a) = u64::from_str_radix(addr, 16) {
+            if want.binary_search(&a).is_ok() {
+                out.entry(a).or_insert_with(|| name.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Tries `tp_btf/NAME` then `raw_tp/NAME`; returns the status and (hook, program) if attached.

@@ -428,3 +428,33 @@ async fn route_lookups_are_aggregated() {
             .count()
     );
 }
+
+/// `notifier_run` counts runs per notifier callback, resolved to kernel symbols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifier_runs_are_counted_per_callback() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::new();
+    let c = Collector::default();
+    let src = start(&ns, quiet(), &c);
+    assert_eq!(
+        src.hooks
+            .iter()
+            .find(|h| h.name == "tp_btf/notifier_run")
+            .unwrap()
+            .state,
+        HookState::Live
+    );
+    // Registering and changing a device runs the netdevice chain's callbacks.
+    ns.veth_topology();
+    ns.ip("link set v0 mtu 1400");
+    let runs = src.notifier_runs();
+    let total: u64 = runs.iter().map(|r| r.runs).sum();
+    assert!(total >= 10, "{runs:?}");
+    // Netdevice notifier callbacks named in kallsyms, e.g. fib_netdev_event, ndisc_netdev_event.
+    assert!(
+        runs.iter().any(|r| r.callback.contains("netdev_event")),
+        "{runs:?}"
+    );
+}
