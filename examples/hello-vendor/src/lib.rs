@@ -51,13 +51,20 @@ impl Plugin for HelloVendor {
     /// Called once with the `[plugins.config]` table. An `Err` is shown to the operator and the
     /// host skips the plugin.
     fn create(ctx: CreateContext) -> Result<Self, String> {
-        let cfg: Config = toml::from_str(&ctx.config).map_err(|e| format!("hello-vendor config: {e}"))?;
+        let cfg: Config =
+            toml::from_str(&ctx.config).map_err(|e| format!("hello-vendor config: {e}"))?;
         if cfg.capacity == 0 {
             return Err("hello-vendor config: capacity must be at least 1".into());
         }
-        ctx.host.log(LogLevel::Info, format!("table capacity {}", cfg.capacity).as_str().into());
+        ctx.host.log(
+            LogLevel::Info,
+            format!("table capacity {}", cfg.capacity).as_str().into(),
+        );
         Ok(HelloVendor {
-            table: Table { capacity: cfg.capacity, entries: HashMap::new() },
+            table: Table {
+                capacity: cfg.capacity,
+                entries: HashMap::new(),
+            },
             host: ctx.host,
             failed_full: 0,
         })
@@ -93,15 +100,24 @@ impl Plugin for HelloVendor {
 impl HelloVendor {
     fn apply_one(&mut self, c: &Change) -> Outcome {
         match c {
-            Change::Add(Object::Route(r)) | Change::Update { new: Object::Route(r), .. } => {
+            Change::Add(Object::Route(r))
+            | Change::Update {
+                new: Object::Route(r),
+                ..
+            } => {
                 // Routes the kernel handles locally stay with the kernel.
                 if r.kind != RouteType::UNICAST {
                     return Outcome::Trapped;
                 }
                 let key = c.key();
-                if !self.table.entries.contains_key(&key) && self.table.entries.len() >= self.table.capacity {
+                if !self.table.entries.contains_key(&key)
+                    && self.table.entries.len() >= self.table.capacity
+                {
                     self.failed_full += 1;
-                    return Outcome::failed(format!("table full ({} entries)", self.table.capacity));
+                    return Outcome::failed(format!(
+                        "table full ({} entries)",
+                        self.table.capacity
+                    ));
                 }
                 self.table.entries.insert(key, r.clone());
                 Outcome::Offloaded

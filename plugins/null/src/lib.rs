@@ -11,7 +11,11 @@ struct Null {
 
 impl Plugin for Null {
     fn create(_ctx: CreateContext) -> Result<Self, String> {
-        Ok(Null { changes: [0; 10], events: 0, syncs: 0 })
+        Ok(Null {
+            changes: [0; 10],
+            events: 0,
+            syncs: 0,
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -34,7 +38,9 @@ impl Plugin for Null {
     }
 
     fn stats(&self) -> Stats {
-        let mut s = Stats::default().counter("all", "events", self.events).counter("all", "syncs", self.syncs);
+        let mut s = Stats::default()
+            .counter("all", "events", self.events)
+            .counter("all", "syncs", self.syncs);
         for k in ObjectKind::ALL {
             if self.changes[k as usize] > 0 {
                 s = s.counter(k.plural(), "changes", self.changes[k as usize]);
