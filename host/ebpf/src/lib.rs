@@ -475,7 +475,7 @@ impl EbpfSource {
             .filter_map(|r| r.ok())
             .map(|(k, v)| (k, v.iter().sum()))
             .collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let syms = kallsyms(counts.iter().map(|c| c.0).collect());
         counts
             .into_iter()
