@@ -8,8 +8,7 @@
 //! unsupported, trapped, failed with a reason) — the same words the kernel's offload flags use.
 //!
 //! ## Writing a plugin
-//! A plugin is a `cdylib` crate that depends on this crate (and on `abi_stable`, whose export
-//! attribute the declaration macro uses):
+//! A plugin is a `cdylib` crate that depends on this crate alone:
 //!
 //! ```toml
 //! [package]
@@ -21,7 +20,6 @@
 //!
 //! [dependencies]
 //! ekho-plugin-api = "0.1"
-//! abi_stable = { version = "0.11", default-features = false }
 //!
 //! [profile.release]
 //! panic = "unwind"   # required: panics are caught at the boundary, never abort the host

@@ -140,6 +140,17 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn declare_plugin_exports_abi_stables_loader_symbol() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> RString {
     let msg = if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -265,9 +276,27 @@ macro_rules! declare_plugin {
             }
         }
 
-        #[$crate::abi_stable::export_root_module]
-        pub fn __ekho_plugin_root_module() -> $crate::plugin::PluginModRef {
+        fn __ekho_plugin_root_module() -> $crate::plugin::PluginModRef {
             $crate::plugin::root_module::<$ty>(__ekho_plugin_info)
         }
+
+        // What `#[abi_stable::export_root_module]` generates, spelled with `$crate` paths so a
+        // plugin needs no direct dependency on abi_stable. The symbol name is abi_stable's
+        // `ROOT_MODULE_LOADER_NAME` (checked by a test in ekho-plugin-api).
+        #[allow(non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn __ekho_erased_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__ekho_plugin_root_module)
+            }
+            // SAFETY: the constructor returns the module type named here, as abi_stable's own
+            // attribute arranges it.
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::plugin::PluginModRef>(
+                    __ekho_erased_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
     };
 }
