@@ -264,67 +264,75 @@ impl ReqSocket {
         Ok(self.seq)
     }
 
-    /// Dumps `msg_type` with the given family header, calling `f` for every decoded message.
-    /// Retries when the kernel flags the dump as interrupted (`NLM_F_DUMP_INTR`). Returns the
-    /// message count.
+    /// Dumps `msg_type` with the given family header, calling `f` for every decoded message as
+    /// it arrives (nothing is buffered). Returns the message count and whether the kernel flagged
+    /// the dump as interrupted (`NLM_F_DUMP_INTR`: the caller must start over).
     pub fn dump(
         &mut self,
         msg_type: u16,
         header: &[u8],
         f: &mut dyn FnMut(Event),
-    ) -> Result<u64, SourceError> {
-        for _attempt in 0..5 {
-            let mut events = Vec::new();
-            let mut intr = false;
-            let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
-            let mut count = 0u64;
-            'recv: loop {
-                let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
-                    .map_err(|e| nl_err("dump recv", e))?
-                    .unwrap_or(0);
-                for (h, payload) in convert::split(&self.buf[..n]) {
-                    if h.sequence_number != seq {
-                        continue;
-                    }
-                    if h.flags & 0x10 != 0 {
-                        intr = true; // NLM_F_DUMP_INTR
-                    }
-                    match h.message_type {
-                        NLMSG_DONE => break 'recv,
-                        NLMSG_ERROR => {
-                            let code = payload
-                                .get(..4)
-                                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                                .unwrap_or(0);
-                            if code != 0 {
-                                return Err(nl_err(
-                                    &format!("dump of type {msg_type}"),
-                                    std::io::Error::from_raw_os_error(-code),
-                                ));
-                            }
-                            break 'recv;
+    ) -> Result<(u64, bool), SourceError> {
+        let mut intr = false;
+        let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
+        let mut count = 0u64;
+        loop {
+            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
+                .map_err(|e| nl_err("dump recv", e))?
+                .unwrap_or(0);
+            for (h, payload) in convert::split(&self.buf[..n]) {
+                if h.sequence_number != seq {
+                    continue;
+                }
+                if h.flags & 0x10 != 0 {
+                    intr = true; // NLM_F_DUMP_INTR
+                }
+                match h.message_type {
+                    NLMSG_DONE => return Ok((count, intr)),
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                            .unwrap_or(0);
+                        if code != 0 {
+                            return Err(nl_err(
+                                &format!("dump of type {msg_type}"),
+                                std::io::Error::from_raw_os_error(-code),
+                            ));
                         }
-                        _ => {
-                            count += 1;
-                            match convert::decode(&h, payload) {
-                                Ok(e) => events.push(e),
-                                Err(e) => tracing::warn!("undecodable dump message: {e}"),
-                            }
+                        return Ok((count, intr));
+                    }
+                    _ => {
+                        count += 1;
+                        match convert::decode(&h, payload) {
+                            Ok(e) => f(e),
+                            Err(e) => tracing::warn!("undecodable dump message: {e}"),
                         }
                     }
                 }
             }
-            if !intr {
-                for e in events {
-                    f(e);
-                }
-                return Ok(count);
-            }
-            tracing::debug!(msg_type, "dump interrupted, retrying");
         }
-        Err(SourceError::Netlink(format!(
-            "dump of type {msg_type} kept being interrupted"
-        )))
+    }
+
+    /// Dumps `msg_type` receiving and splitting messages without decoding them (benchmark
+    /// baseline). Returns the message count.
+    pub fn dump_raw(&mut self, msg_type: u16, header: &[u8]) -> Result<u64, SourceError> {
+        let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
+        let mut count = 0;
+        loop {
+            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
+                .map_err(|e| nl_err("dump recv", e))?
+                .unwrap_or(0);
+            for (h, _) in convert::split(&self.buf[..n]) {
+                if h.sequence_number != seq {
+                    continue;
+                }
+                if h.message_type == NLMSG_DONE || h.message_type == NLMSG_ERROR {
+                    return Ok(count);
+                }
+                count += 1;
+            }
+        }
     }
 
     /// Sends a request and waits for its acknowledgement.
@@ -437,33 +445,44 @@ fn proxy_requests() -> Vec<(u16, Vec<u8>)> {
         .collect()
 }
 
-/// Dumps `kinds` into a snapshot.
+/// Dumps `kinds` into a snapshot (started over when the kernel flags a dump as interrupted).
 pub fn snapshot(
     req: &mut ReqSocket,
     kinds: &BTreeSet<ObjectKind>,
 ) -> Result<(Snapshot, u64), SourceError> {
-    let mut snap = Snapshot {
-        kinds: kinds.clone(),
-        ..Default::default()
-    };
     let mut n = 0;
-    for k in kinds {
-        for (t, h) in dump_requests(*k) {
-            match req.dump(t, &h, &mut |e| snap.add(e)) {
-                Ok(c) => n += c,
-                // Kinds the kernel does not support here (e.g. MDB without bridge module).
-                Err(e)
-                    if *k == ObjectKind::Mdb
-                        || *k == ObjectKind::Netconf
-                        || *k == ObjectKind::Nexthop =>
-                {
-                    tracing::debug!("dump of {k} failed: {e}")
+    for _attempt in 0..5 {
+        let mut snap = Snapshot {
+            kinds: kinds.clone(),
+            ..Default::default()
+        };
+        let mut intr = false;
+        for k in kinds {
+            for (t, h) in dump_requests(*k) {
+                match req.dump(t, &h, &mut |e| snap.add(e)) {
+                    Ok((c, i)) => {
+                        n += c;
+                        intr |= i;
+                    }
+                    // Kinds the kernel may not support here (e.g. MDB without bridge module).
+                    Err(e)
+                        if matches!(
+                            k,
+                            ObjectKind::Mdb | ObjectKind::Netconf | ObjectKind::Nexthop
+                        ) =>
+                    {
+                        tracing::debug!("dump of {k} failed: {e}")
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
+        if !intr {
+            return Ok((snap, n));
+        }
+        tracing::debug!("dump interrupted, starting over");
     }
-    Ok((snap, n))
+    Err(SourceError::Netlink("dumps kept being interrupted".into()))
 }
 
 fn proxy_snapshot(req: &mut ReqSocket) -> Result<(Snapshot, u64), SourceError> {
@@ -474,7 +493,7 @@ fn proxy_snapshot(req: &mut ReqSocket) -> Result<(Snapshot, u64), SourceError> {
     };
     let mut n = 0;
     for (t, h) in proxy_requests() {
-        n += req.dump(t, &h, &mut |e| snap.add(e))?;
+        n += req.dump(t, &h, &mut |e| snap.add(e))?.0;
     }
     Ok((snap, n))
 }
