@@ -46,6 +46,7 @@ pub struct Daemon {
 #[derive(Clone)]
 struct PluginHost {
     name: Arc<str>,
+    netns: Option<std::path::PathBuf>,
     requests: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
 }
 
@@ -55,6 +56,13 @@ impl HostServices for PluginHost {
             Ok(()) => abi_stable::std_types::RResult::ROk(()),
             Err(_) => abi_stable::std_types::RResult::RErr("the host is shutting down".into()),
         }
+    }
+    fn netns(&self) -> RString {
+        self.netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+            .into()
     }
     fn log(&self, level: LogLevel, message: abi_stable::std_types::RStr<'_>) {
         let plugin = &*self.name;
@@ -91,6 +99,7 @@ impl Daemon {
             let host = HostServices_TO::from_ptr(
                 abi_stable::std_types::RArc::new(PluginHost {
                     name: pc.name.as_str().into(),
+                    netns: self.config.netns_path(),
                     requests: requests.clone(),
                 }),
                 abi_stable::sabi_trait::TD_Opaque,

@@ -31,6 +31,12 @@ pub trait HostServices: Send + Sync + Clone {
     /// Queues a request; `Err` says why it was refused (e.g. unknown device).
     fn request(&self, req: Request) -> RResult<(), RString>;
 
+    /// The network namespace the host mirrors, as a path (`/run/netns/NAME`), or empty for the
+    /// host's own. A plugin that programs devices (attaches XDP, opens ifindexes) does it there.
+    fn netns(&self) -> RString {
+        RString::new()
+    }
+
     /// Writes a line to the host's log, tagged with the plugin's name.
     #[sabi(last_prefix_field)]
     fn log(&self, level: LogLevel, message: RStr<'_>);

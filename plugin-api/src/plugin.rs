@@ -62,6 +62,15 @@ pub struct CreateContext {
     pub host: HostHandle,
 }
 
+impl CreateContext {
+    /// The network namespace the host mirrors (`None`: the host's own); see
+    /// [`HostServices::netns`](crate::HostServices::netns).
+    pub fn netns(&self) -> Option<std::path::PathBuf> {
+        let p = self.host.netns();
+        (!p.is_empty()).then(|| std::path::PathBuf::from(p.as_str()))
+    }
+}
+
 /// The trait a vendor implements. Call order: [`Plugin::create`], then [`Plugin::begin_sync`],
 /// [`Plugin::apply`] with the whole current state as additions, [`Plugin::end_sync`], then
 /// `apply` with increments for as long as the host runs, [`Plugin::shutdown`] at the end.
