@@ -24,9 +24,17 @@ fn overrun_is_detected_and_repaired_without_flap() {
     let r = start(&ns, 4096);
     let log: Arc<Mutex<Vec<Change>>> = Arc::default();
     let l2 = log.clone();
+    // The first batch stalls the source for a moment (as a busy host would), so the flood
+    // overruns the small buffer whatever the scheduling.
+    let mut first = true;
     r.mirror.attach(
         |_| {},
-        Box::new(move |c: &[Change]| l2.lock().unwrap().extend_from_slice(c)),
+        Box::new(move |c: &[Change]| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            l2.lock().unwrap().extend_from_slice(c)
+        }),
     );
     let n = 20_000u32;
     let routes: Vec<(Ipv4Addr, u8, Ipv4Addr)> = (0..n)
