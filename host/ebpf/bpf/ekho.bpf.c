@@ -392,6 +392,23 @@ int BPF_PROG(raw_fdb_delete, struct net_bridge *br, struct net_bridge_fdb_entry 
 
 /* ----------------------------- FIB lookup counters ----------------------------------------- */
 
+/* IPv4 route prefixes per table, fed by user space (EbpfSource::set_route_prefixes), so that
+ * IPv4 lookups count against the matched prefix: key bits = 32 (table) + prefix length, value =
+ * prefix length. */
+struct ekho_lpm4_key {
+	__u32 prefixlen;
+	__u32 table;
+	__u8 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ekho_lpm4_key);
+	__type(value, __u8);
+} ROUTES4 SEC(".maps");
+
 static __always_inline void count_hit(struct ekho_fib_key *k)
 {
 	__u64 *v = bpf_map_lookup_elem(&FIB_HITS, k);
@@ -403,8 +420,9 @@ static __always_inline void count_hit(struct ekho_fib_key *k)
 	}
 }
 
-/* The tracepoint does not carry the matched prefix (only the flow and the chosen nexthop), so
- * IPv4 hits are counted per destination address (/32). */
+/* The tracepoint does not carry the matched prefix (only the flow and the chosen nexthop): the
+ * prefix comes from ROUTES4 when user space provided the table's prefixes, else hits are counted
+ * per destination address (/32). */
 static __always_inline int on_fib_lookup(u32 tb_id, const struct flowi4 *flp,
 					 const struct fib_nh_common *nhc, int err)
 {
@@ -417,6 +435,14 @@ static __always_inline int on_fib_lookup(u32 tb_id, const struct flowi4 *flp,
 	k.family = AF_INET;
 	k.len = 32;
 	__be32 daddr = BPF_CORE_READ(flp, daddr);
+	struct ekho_lpm4_key lk = { .prefixlen = 64, .table = tb_id };
+	__builtin_memcpy(lk.addr, &daddr, 4);
+	__u8 *plen = bpf_map_lookup_elem(&ROUTES4, &lk);
+	if (plen && *plen < 32) {
+		__u32 len = *plen;
+		k.len = len;
+		daddr = len ? daddr & bpf_htonl(0xffffffffu << (32 - len)) : 0;
+	}
 	__builtin_memcpy(k.addr, &daddr, 4);
 	count_hit(&k);
 	return 0;

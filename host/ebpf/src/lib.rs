@@ -18,14 +18,16 @@
 //! reader reports the increase through the [`LossSink`] with the object kinds to re-dump.
 //!
 //! Route lookups (`fib_table_lookup`, `fib6_table_lookup`) never produce one ring-buffer record per
-//! packet: the kernel counts hits in a per-CPU LRU hash (IPv6 per matched prefix; IPv4 per
-//! destination address, because that tracepoint does not carry the matched prefix), and a poller
+//! packet: the kernel counts hits in a per-CPU LRU hash (IPv6 per matched prefix; IPv4 per prefix
+//! given with [`EbpfSource::set_route_prefixes`], else per destination address, because that
+//! tracepoint does not carry the matched prefix), and a poller
 //! delivers [`NotifierKind::FibLookup`] events with `value` = hits since the previous report.
 //! [`EbpfSource::fib_lookup_hits`] reads the cumulative counters.
 
 mod hooks;
 mod wire;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, Program, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -41,7 +43,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
-use wire::{FibKey, RawEvent};
+use wire::{FibKey, Lpm4, RawEvent};
 
 /// The compiled BPF object (`bpf/ekho.bpf.o`, rebuilt by `bpf/build.sh`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/ekho.bpf.o");
@@ -223,6 +225,12 @@ impl Shared {
     }
 }
 
+/// The `ROUTES4` LPM trie and the (key, prefix length) pairs currently in it.
+type Routes4 = (
+    LpmTrie<MapData, Lpm4, u8>,
+    std::collections::HashSet<(Lpm4, u8)>,
+);
+
 /// A running eBPF source; dropping it detaches everything.
 pub struct EbpfSource {
     pub hooks: Vec<HookStatus>,
@@ -232,6 +240,8 @@ pub struct EbpfSource {
     shared: Arc<Shared>,
     fib_hits: Option<Arc<Mutex<PerCpuHashMap<MapData, FibKey, u64>>>>,
     notifier_map: Option<PerCpuHashMap<MapData, u64, u64>>,
+    /// IPv4 route prefixes for lookup aggregation, and the keys currently in it.
+    routes4: Mutex<Routes4>,
     netns_inode: u32,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -380,6 +390,7 @@ impl EbpfSource {
         } else {
             None
         };
+        let routes4 = take_map(&mut bpf, "ROUTES4", LpmTrie::<MapData, Lpm4, u8>::try_from)?;
         let fib_map = take_map(
             &mut bpf,
             "FIB_HITS",
@@ -426,6 +437,7 @@ impl EbpfSource {
             shared,
             fib_hits,
             notifier_map,
+            routes4: Mutex::new((routes4, Default::default())),
             netns_inode,
             tasks,
         })
@@ -461,6 +473,46 @@ impl EbpfSource {
                 .collect(),
             None => Vec::new(),
         }
+    }
+
+    /// Gives the kernel side the IPv4 route prefixes of each table (`(table, prefix)`; IPv6 and
+    /// duplicate entries are ignored), so that IPv4 lookups count against the matched prefix
+    /// instead of the destination address. Replaces the previous set; the host calls it with the
+    /// mirror's routes after a dump and after route changes. Lookups whose destination matches
+    /// none of them keep counting per address (`/32`).
+    pub fn set_route_prefixes(&self, prefixes: &[(u32, IpPrefix)]) -> Result<(), EbpfError> {
+        let want: std::collections::HashSet<(Lpm4, u8)> = prefixes
+            .iter()
+            .filter_map(|(table, p)| match p.addr.masked(p.len) {
+                ekho_plugin_api::object::IpAddress::V4(addr) if p.len <= 32 => Some((
+                    Lpm4 {
+                        table: *table,
+                        addr,
+                    },
+                    p.len,
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut guard = self.routes4.lock().unwrap_or_else(|e| e.into_inner());
+        let (trie, have) = &mut *guard;
+        let map_err = |e: aya::maps::MapError| EbpfError::Map {
+            map: "ROUTES4",
+            reason: reason(&e),
+        };
+        for (k, len) in have.difference(&want).copied().collect::<Vec<_>>() {
+            match trie.remove(&LpmKey::new(32 + u32::from(len), k)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+            have.remove(&(k, len));
+        }
+        for (k, len) in want.difference(&have.clone()).copied() {
+            trie.insert(&LpmKey::new(32 + u32::from(len), k), len, 0)
+                .map_err(map_err)?;
+            have.insert((k, len));
+        }
+        Ok(())
     }
 
     /// Runs per notifier callback since start, most frequent first, symbols from

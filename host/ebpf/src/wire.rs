@@ -52,6 +52,17 @@ const _: () = assert!(std::mem::size_of::<FibKey>() == 24);
 // SAFETY: plain-old-data, every bit pattern valid.
 unsafe impl aya::Pod for FibKey {}
 
+/// Data part of the `ROUTES4` LPM-trie key (`struct ekho_lpm4_key` without `prefixlen`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Lpm4 {
+    pub table: u32,
+    pub addr: [u8; 4],
+}
+
+// SAFETY: plain-old-data without padding, every bit pattern valid.
+unsafe impl aya::Pod for Lpm4 {}
+
 impl RawEvent {
     /// Reads a record from ring-buffer bytes (`None` if too short).
     pub fn from_bytes(b: &[u8]) -> Option<RawEvent> {

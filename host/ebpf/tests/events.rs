@@ -386,16 +386,27 @@ async fn route_lookups_are_aggregated() {
         ..StartOptions::default()
     };
     let src = start(&ns, opts, &c);
-    for _ in 0..5 {
-        // Unanswered (nobody at 10.9.0.2): each ping is a route lookup.
-        let _ = ns.exec("ping -c1 -W0.2 -I v0 10.7.0.5");
+    // 10.7.0.0/24 is made known to the kernel side; 10.9.0.0/24 (the connected route) is given,
+    // then withdrawn: its lookups count per address.
+    let p24: ekho_plugin_api::object::IpPrefix = "10.7.0.0/24".parse().unwrap();
+    let connected = "10.9.0.0/24".parse().unwrap();
+    src.set_route_prefixes(&[(254, p24), (254, connected)])
+        .unwrap();
+    src.set_route_prefixes(&[(254, p24)]).unwrap();
+    for dst in ["10.7.0.5", "10.7.0.6", "10.9.0.77"] {
+        // Unanswered: each ping is one route lookup (at least).
+        let _ = ns.exec(&format!("ping -c1 -W0.2 -I v0 {dst}"));
     }
     ns.exec("ping -6 -c3 -i0.01 -W0.2 2001:db8:7::5");
+    let is_dst = |e: &ekho_plugin_api::NotifierEvent, d: &str| {
+        e.kind == NotifierKind::FibLookup
+            && e.dst.into_option().map(|p| p.to_route_string()) == Some(d.to_string())
+    };
     let e = c
-        .wait_for("IPv4 FibLookup", T, |e| {
-            e.kind == NotifierKind::FibLookup
-                && e.dst.into_option().map(|d| d.to_route_string()) == Some("10.7.0.5".into())
-        })
+        .wait_for("IPv4 FibLookup per prefix", T, |e| is_dst(e, "10.7.0.0/24"))
+        .await;
+    assert_eq!(e.table, 254);
+    c.wait_for("IPv4 FibLookup per address", T, |e| is_dst(e, "10.9.0.77"))
         .await;
     assert_eq!(e.event.as_str(), "fib_table_lookup");
     assert_eq!(e.hook.as_str(), "tp_btf/fib_table_lookup");
@@ -409,7 +420,25 @@ async fn route_lookups_are_aggregated() {
         .await;
     assert_eq!(e6.table, 254);
     assert!(e6.value >= 3, "{}", short(&e6));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let hits = src.fib_lookup_hits();
+    let h4 = hits
+        .iter()
+        .find(|h| h.prefix.to_route_string() == "10.7.0.0/24")
+        .unwrap();
+    assert!(h4.hits >= 2, "{h4:?}");
+    assert!(
+        !hits
+            .iter()
+            .any(|h| h.prefix.to_route_string() == "10.7.0.5"),
+        "{hits:?}"
+    );
+    assert!(
+        !hits
+            .iter()
+            .any(|h| h.prefix.to_route_string() == "10.7.0.0/16"),
+        "{hits:?}"
+    );
     let h = hits
         .iter()
         .find(|h| h.prefix.to_route_string() == "2001:db8:7::/48")
