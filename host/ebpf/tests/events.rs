@@ -65,6 +65,17 @@ async fn neighbour_lifecycle(raw: bool) {
     } else {
         assert_eq!(st.state, HookState::Live);
     }
+    // Every tracepoint program loads and attaches in both forms on this kernel.
+    for h in src.hooks.iter().filter(|h| h.name.starts_with("tp_btf/")) {
+        let tp = h.name.trim_start_matches("tp_btf/");
+        match &h.state {
+            HookState::Live => assert!(!raw, "{h:?}"),
+            HookState::FallenBack { to, .. } => {
+                assert!(raw && *to == format!("raw_tp/{tp}"), "{h:?}")
+            }
+            HookState::Unavailable { .. } => panic!("{h:?}"),
+        }
+    }
     let v0 = ns.ifindex("v0");
     let before = common::monotonic_ns();
 
