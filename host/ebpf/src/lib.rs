@@ -541,6 +541,15 @@ impl EbpfSource {
             .collect()
     }
 
+    /// Kernel ids of the attached programs (as in `bpftool prog show`).
+    pub fn program_ids(&self) -> Vec<u32> {
+        let bpf = self.bpf.lock().unwrap_or_else(|e| e.into_inner());
+        self.attached
+            .iter()
+            .filter_map(|(_, prog)| Some(bpf.program(prog)?.info().ok()?.id()))
+            .collect()
+    }
+
     /// Run count and run time of each attached program, from `bpf(BPF_OBJ_GET_INFO_BY_FD)`. Both
     /// stay 0 unless BPF stats are enabled ([`enable_bpf_stats`]).
     pub fn program_stats(&self) -> Vec<ProgramStats> {

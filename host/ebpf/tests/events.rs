@@ -498,3 +498,39 @@ async fn notifier_runs_are_counted_per_callback() {
         "{runs:?}"
     );
 }
+
+/// Dropping the source unloads its programs and stops delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_detaches_everything() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::new();
+    ns.veth_topology();
+    let c = Collector::default();
+    let src = start(&ns, StartOptions::default(), &c);
+    let ids = src.program_ids();
+    assert!(ids.len() >= 10, "{ids:?}");
+    let loaded = || -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .map(|p| p.id())
+            .collect()
+    };
+    assert!(ids.iter().all(|id| loaded().contains(id)));
+    ns.ip("neigh add 10.9.0.2 lladdr 02:00:00:00:00:01 dev v0 nud permanent");
+    c.wait_for("event before drop", T, |e| e.event == "neigh_update")
+        .await;
+    drop(src);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let n = c.snapshot().len();
+    ns.ip("neigh replace 10.9.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent");
+    ns.ip("neigh add 10.9.0.3 lladdr 02:00:00:00:00:03 dev v0 nud permanent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.snapshot().len(), n, "events after drop");
+    let still: Vec<u32> = loaded().into_iter().filter(|id| ids.contains(id)).collect();
+    assert!(
+        still.is_empty(),
+        "programs still loaded after drop: {still:?}"
+    );
+}
