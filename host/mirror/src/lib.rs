@@ -25,6 +25,7 @@ pub mod convert;
 pub mod diff;
 pub mod routes;
 pub mod source;
+pub mod replay;
 pub mod state;
 
 use state::{Snapshot, State};
