@@ -314,11 +314,12 @@ static __always_inline void request_resolve(struct neigh_key *nk)
 	bpf_ringbuf_submit(e, 0);
 }
 
-// Picks the leg for `hash`, resolves its neighbour and egress port, rewrites the Ethernet header.
-// Returns a reason: R_FORWARDED when the frame is ready to be redirected to *out_ifindex.
+// Picks the leg for `hash`, resolves its neighbour and egress port, sets the redirect target and
+// rewrites the Ethernet header. Returns R_FORWARDED when the frame is ready (the caller then
+// decrements TTL / hop limit and returns XDP_REDIRECT); any other reason leaves the frame intact.
 static __always_inline __u32 prepare_forward(struct ethhdr *eth, const struct route_val *rv,
 					     __u32 hash, __u32 family, const __u8 *daddr,
-					     __u32 ip_len, __u32 *out_ifindex)
+					     __u32 ip_len)
 {
 	__u32 n_slots = rv->n_slots;
 	if (rv->n_legs == 0 || n_slots == 0 || n_slots > N_SLOTS)
@@ -358,21 +359,20 @@ static __always_inline __u32 prepare_forward(struct ethhdr *eth, const struct ro
 		request_resolve(&nk);
 		return R_NO_NEIGH;
 	}
+	// Set the redirect target before touching the frame: when it fails (port not in the devmap)
+	// the frame still goes to the kernel untouched. bpf_redirect_map only records the target.
+	if (bpf_redirect_map(&TX_PORTS, oif, XDP_PASS) != XDP_REDIRECT)
+		return R_REDIRECT_FAILED;
 	__builtin_memcpy(eth->h_dest, nv->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, port->mac, ETH_ALEN);
-	*out_ifindex = oif;
 	return R_FORWARDED;
 }
 
-static __always_inline int finish(__u32 in_if, const struct route_val *rv, __u32 r,
-				  __u32 oif, __u64 bytes)
+static __always_inline int finish(__u32 in_if, const struct route_val *rv, __u32 r, __u64 bytes)
 {
 	if (r != R_FORWARDED)
 		return verdict(in_if, XDP_PASS, r);
 	count_route(rv, bytes);
-	int v = bpf_redirect_map(&TX_PORTS, oif, 0);
-	if (v != XDP_REDIRECT)
-		return verdict(in_if, XDP_PASS, R_REDIRECT_FAILED);
 	count_reason(R_FORWARDED);
 	count_port(in_if, XDP_REDIRECT, bytes);
 	return XDP_REDIRECT;
@@ -457,15 +457,14 @@ static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct ip
 	h = mix(h, l4_ports(iph + 1, data_end, iph->protocol));
 	h = fmix(h);
 
-	__u32 oif = 0;
-	__u32 r = prepare_forward(eth, rv, h, AF_INET, (const __u8 *)&iph->daddr, ip_len, &oif);
+	__u32 r = prepare_forward(eth, rv, h, AF_INET, (const __u8 *)&iph->daddr, ip_len);
 	if (r == R_FORWARDED) {
 		__u32 check = iph->check;
 		check += bpf_htons(0x0100);
 		iph->check = (__u16)(check + (check >= 0xFFFF));
 		iph->ttl--;
 	}
-	return finish(in_if, rv, r, oif, ip_len);
+	return finish(in_if, rv, r, ip_len);
 }
 
 static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ipv6hdr *ip6,
@@ -511,11 +510,10 @@ static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ip
 	h = mix(h, l4_ports(ip6 + 1, data_end, ip6->nexthdr));
 	h = fmix(h);
 
-	__u32 oif = 0;
-	__u32 r = prepare_forward(eth, rv, h, AF_INET6, ip6->daddr.in6_u.u6_addr8, ip_len, &oif);
+	__u32 r = prepare_forward(eth, rv, h, AF_INET6, ip6->daddr.in6_u.u6_addr8, ip_len);
 	if (r == R_FORWARDED)
 		ip6->hop_limit--;
-	return finish(in_if, rv, r, oif, ip_len);
+	return finish(in_if, rv, r, ip_len);
 }
 
 SEC("xdp")

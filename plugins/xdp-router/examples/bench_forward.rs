@@ -28,7 +28,11 @@ fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let file = File::open(&path).expect("netns");
         // SAFETY: setns on this fresh thread only.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {path}"
+        );
         f()
     })
 }
@@ -44,12 +48,18 @@ fn flood(ns: &str, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> JoinHandle<()
             .map(|k| libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: (9000 + k as u16).to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([10, 99, (k % 16) as u8, 1 + k as u8]).to_be() },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_be_bytes([10, 99, (k % 16) as u8, 1 + k as u8]).to_be(),
+                },
                 sin_zero: [0; 8],
             })
             .collect();
-        let mut iov: Vec<libc::iovec> =
-            (0..B).map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }).collect();
+        let mut iov: Vec<libc::iovec> = (0..B)
+            .map(|_| libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: payload.len(),
+            })
+            .collect();
         let mut msgs: Vec<libc::mmsghdr> = (0..B)
             .map(|k| {
                 // SAFETY: zeroed POD.
@@ -166,7 +176,8 @@ fn main() {
     let (f, s) = (first.clone(), stop.clone());
     let rx = spawn_in(&topo.h2, move || {
         let sock = UdpSocket::bind("0.0.0.0:9999").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut buf = [0u8; 64];
         while !s.load(Ordering::Relaxed) {
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
@@ -195,7 +206,10 @@ fn main() {
                 let dst = format!("10.88.{}.1:9999", i);
                 let _ = sock.send_to(&i.to_le_bytes(), dst);
                 let now = Instant::now();
-                g.fetch_add(now.duration_since(last).as_nanos() as u64, Ordering::Relaxed);
+                g.fetch_add(
+                    now.duration_since(last).as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
                 c.fetch_add(1, Ordering::Relaxed);
                 last = now;
             }
@@ -213,7 +227,11 @@ fn main() {
         let prefix: IpPrefix = format!("10.88.{i}.0/24").parse().unwrap();
         let route = Route::unicast(prefix, vec![NextHop::via("10.0.2.2".parse().unwrap(), p2)]);
         let t0 = Instant::now();
-        let out = m.plugin.as_mut().unwrap().apply(&[Change::Add(Object::Route(route))]);
+        let out = m
+            .plugin
+            .as_mut()
+            .unwrap()
+            .apply(&[Change::Add(Object::Route(route))]);
         let t1 = Instant::now();
         assert_eq!(out, vec![Outcome::Offloaded]);
         apply.push(t1 - t0);
@@ -234,7 +252,8 @@ fn main() {
     rx.join().unwrap();
     tx.join().unwrap();
     m.shutdown();
-    let gap = Duration::from_nanos(gaps.load(Ordering::Relaxed) / sends.load(Ordering::Relaxed).max(1));
+    let gap =
+        Duration::from_nanos(gaps.load(Ordering::Relaxed) / sends.load(Ordering::Relaxed).max(1));
     println!(
         "route change -> first packet forwarded ({} changes, {missed} missed; sender gap {:?} bounds the resolution): p50 {:?} p99 {:?} max {:?}",
         lat.len(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(8);
 
-/// RX deltas on h2's two links while `f` runs.
+/// RX deltas on h2's two links while `f` runs (a stray ARP/ND probe from r may add one or two).
 fn rx_delta(topo: &Topo, f: impl FnOnce()) -> (u64, u64) {
     let a0 = topo.rx_packets(&topo.h2, "veth0");
     let b0 = topo.rx_packets(&topo.h2, "veth1");
@@ -64,7 +64,7 @@ fn route_changes_are_reflected_in_forwarding() {
         );
     });
     let (a, b) = rx_delta(&topo, || assert_eq!(topo.ping_count(&h1, "10.9.9.9", 5), 5));
-    assert!(a >= 5 && b == 0, "via p2: veth0 +{a}, veth1 +{b}");
+    assert!(a >= 5 && b <= 2, "via p2: veth0 +{a}, veth1 +{b}");
 
     // Gateway change: now through p3 / veth1.
     topo.ip(&r, "route replace 10.9.9.9/32 via 10.0.3.2");
@@ -234,7 +234,7 @@ fn nexthop_objects_blackhole_and_rules() {
     run.settle();
     let (a, b) = rx_delta(&topo, || topo.udp_flows(&h1, "10.9.9.8", 7000, 100));
     assert!(
-        a == 0 && b >= 98,
+        a <= 2 && b >= 98,
         "group = {{11}}: veth0 +{a}, veth1 +{b}\n{}",
         run.report()
     );

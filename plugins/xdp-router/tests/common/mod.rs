@@ -996,7 +996,7 @@ impl Running {
         let (h, s) = (host.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                h.lock().unwrap().sync();
+                h.lock().unwrap_or_else(|p| p.into_inner()).sync();
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
