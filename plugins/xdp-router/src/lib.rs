@@ -27,7 +27,8 @@
 //!
 //! ## Configuration (`[plugins.config]` of the host config)
 //! ```toml
-//! netns = "/run/netns/r"        # namespace the host mirrors (ifindexes live there); default: own
+//! netns = "/run/netns/r"        # namespace of the ports; default: the one the host mirrors
+//!                               # (`CreateContext::netns`), else the process's own
 //! ports = ["eth*", "swp*"]      # globs of ports to own; default: every Ethernet port received
 //! xdp_mode = "auto"             # auto | native | skb
 //! resolve_interval_ms = 1000    # at most one resolution request per next hop per interval
@@ -66,7 +67,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Network namespace whose ports the plugin attaches to (path, e.g. `/run/netns/r`).
+    /// Network namespace whose ports the plugin attaches to (path, e.g. `/run/netns/r`). Default:
+    /// the namespace the host mirrors (`CreateContext::netns`).
     #[serde(default)]
     pub netns: Option<String>,
     /// Globs of port names to own (default: every Ethernet port the host gives).
@@ -757,7 +759,12 @@ impl Plugin for XdpRouter {
                     .map_err(|e| format!("xdp-router config: bad port glob {g:?}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let netns = cfg.netns.as_ref().map(PathBuf::from);
+        // The namespace: the plugin's own `netns` key wins, else the one the host mirrors.
+        let netns = cfg
+            .netns
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| ctx.netns());
         if let Some(ns) = &netns {
             if !ns.exists() {
                 return Err(format!(
@@ -807,6 +814,9 @@ impl Plugin for XdpRouter {
             ])
             .families([Family::INET, Family::INET6])
             .max_ecmp_width(MAX_LEGS as u32)
+            // Sizes of the BPF maps (ROUTES_V4 / ROUTES_V6 hold one entry per (table, prefix)).
+            .limit(ObjectKind::Route, 65_536)
+            .limit(ObjectKind::Neighbour, 65_536)
             .nexthop_objects(true);
         if self.cfg.ports.is_empty() {
             caps

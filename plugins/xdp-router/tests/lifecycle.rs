@@ -64,12 +64,12 @@ fn stale_link_of_a_leaked_instance_is_detached() {
         return;
     }
     let topo = Topo::new(false);
-    let host = TestHost::new(&topo.r);
+    // The namespace from the plugin's own `netns` key (a detached host tells none).
     let config = format!("netns = \"{}\"", topo.netns_path());
     // An instance that is never shut down nor dropped (as if its owner hung): its bpf_links stay.
     let mut leaked = XdpRouter::create(CreateContext {
-        config: config.clone(),
-        host: host.handle(),
+        config,
+        host: ekho_plugin_api::DetachedHost::handle(),
     })
     .unwrap();
     let changes: Vec<Change> = dump(&topo.r)

@@ -860,6 +860,9 @@ impl HostServices for TestHost {
             RResult::RErr("ip neigh use failed".into())
         }
     }
+    fn netns(&self) -> RString {
+        format!("/run/netns/{}", self.ns).into()
+    }
     fn log(&self, level: LogLevel, message: RStr<'_>) {
         let line = format!("[{level:?}] {message}");
         eprintln!("xdp-router: {line}");
@@ -880,11 +883,12 @@ pub struct MiniHost {
 }
 
 impl MiniHost {
-    /// Creates the plugin for namespace `topo.r` (config: netns + extra TOML lines) and replays
-    /// r's state between begin_sync / end_sync.
-    pub fn start(topo: &Topo, extra_config: &str) -> MiniHost {
+    /// Creates the plugin for namespace `topo.r` (learnt from the host services, as from the
+    /// daemon; `config` is the plugin's TOML table) and replays r's state between begin_sync /
+    /// end_sync.
+    pub fn start(topo: &Topo, config: &str) -> MiniHost {
         let host = TestHost::new(&topo.r);
-        let config = format!("netns = \"{}\"\n{extra_config}", topo.netns_path());
+        let config = config.to_string();
         let plugin = XdpRouter::create(CreateContext {
             config,
             host: host.handle(),
