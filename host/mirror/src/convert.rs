@@ -176,24 +176,72 @@ pub fn address(msg: &AddressMessage) -> Option<Address> {
     Some(a)
 }
 
+/// The encapsulation of a route or leg, described as iproute2 prints it (`ip id 5 src 0.0.0.0
+/// dst 10.1.0.9 ttl 0 tos 0`, `mpls 100/200`); other types fall back to a debug rendering.
 fn encap_of(kind: Option<u16>, attrs: &[RouteLwTunnelEncap]) -> Option<Encap> {
+    use netlink_packet_route::route::{
+        RouteIp6Tunnel as I6, RouteIpTunnel as I4, RouteMplsIpTunnel as M,
+    };
     if attrs.is_empty() && kind.is_none() {
         return None;
     }
     let kind = kind.unwrap_or(0);
-    let text = match attrs.first() {
-        Some(RouteLwTunnelEncap::Mpls(_)) => {
-            let labels: Vec<String> = attrs
-                .iter()
-                .filter_map(|a| match a {
-                    RouteLwTunnelEncap::Mpls(m) => Some(format!("{m:?}")),
-                    _ => None,
-                })
-                .collect();
-            format!("mpls {}", labels.join("/"))
+    let mut id = None;
+    let (mut src, mut dst, mut ttl, mut tos) = (None, None, None, None);
+    let mut labels = Vec::new();
+    let mut other = Vec::new();
+    for a in attrs {
+        match a {
+            RouteLwTunnelEncap::Ip(I4::Id(x)) => id = Some(*x),
+            RouteLwTunnelEncap::Ip(I4::Source(x)) => src = Some(x.to_string()),
+            RouteLwTunnelEncap::Ip(I4::Destination(x)) => dst = Some(x.to_string()),
+            RouteLwTunnelEncap::Ip(I4::Ttl(x)) => ttl = Some(*x),
+            RouteLwTunnelEncap::Ip(I4::Tos(x)) => tos = Some(*x),
+            RouteLwTunnelEncap::Ip6(I6::Id(x)) => id = Some(*x),
+            RouteLwTunnelEncap::Ip6(I6::Source(x)) => src = Some(x.to_string()),
+            RouteLwTunnelEncap::Ip6(I6::Destination(x)) => dst = Some(x.to_string()),
+            RouteLwTunnelEncap::Ip6(I6::Hoplimit(x)) => ttl = Some(*x),
+            RouteLwTunnelEncap::Ip6(I6::Tc(x)) => tos = Some(*x),
+            RouteLwTunnelEncap::Mpls(M::Destination(ls)) => {
+                labels.extend(ls.iter().map(|l| l.label.to_string()))
+            }
+            RouteLwTunnelEncap::Mpls(M::Ttl(x)) => ttl = Some(*x),
+            RouteLwTunnelEncap::Ip(I4::Flags(_)) | RouteLwTunnelEncap::Ip6(I6::Flags(_)) => {}
+            a => other.push(format!("{a:?}")),
         }
-        Some(a) => format!("{a:?}"),
-        None => String::new(),
+    }
+    let text = match kind {
+        1 => {
+            let mut t = format!("mpls {}", labels.join("/"));
+            if let Some(x) = ttl {
+                t += &format!(" ttl {x}");
+            }
+            t
+        }
+        2 | 4 => {
+            let (name, t_name, c_name) = if kind == 2 {
+                ("ip", "ttl", "tos")
+            } else {
+                ("ip6", "hoplimit", "tc")
+            };
+            let mut t = name.to_string();
+            if let Some(x) = id {
+                t += &format!(" id {x}");
+            }
+            if let Some(x) = src {
+                t += &format!(" src {x}");
+            }
+            if let Some(x) = dst {
+                t += &format!(" dst {x}");
+            }
+            t += &format!(
+                " {t_name} {} {c_name} {}",
+                ttl.unwrap_or(0),
+                tos.unwrap_or(0)
+            );
+            t
+        }
+        _ => other.join(" "),
     };
     Some(Encap {
         kind,

@@ -339,6 +339,54 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
         ObjectKind::Route => {
             // `ip -d` renders the nexthop object inside the route: that is the nexthop's state.
             o.remove("nh_info");
+            // iproute2 (6.1) flattens an ip/ip6 encapsulation into the route object, its `dst`
+            // overwriting the route's: rebuild the encap text and mark dst as unknown, on both
+            // sides.
+            if let Some(enc) = o.get("encap").and_then(|e| e.as_str()).map(str::to_string) {
+                if (enc == "ip" || enc == "ip6") && o.contains_key("id") {
+                    let (t, c) = if enc == "ip" {
+                        ("ttl", "tos")
+                    } else {
+                        ("hoplimit", "tc")
+                    };
+                    let g = |k: &str| {
+                        o.get(k)
+                            .map(|v| v.to_string().trim_matches('"').to_string())
+                    };
+                    let mut text = enc.clone();
+                    for (k, v) in [("id", g("id")), ("src", g("src")), ("dst", g("dst"))] {
+                        if let Some(v) = v {
+                            text += &format!(" {k} {v}");
+                        }
+                    }
+                    text += &format!(
+                        " {t} {} {c} {}",
+                        g(t).unwrap_or("0".into()),
+                        g(c).unwrap_or("0".into())
+                    );
+                    for k in ["id", "src", "ttl", "tos", "hoplimit", "tc"] {
+                        o.remove(k);
+                    }
+                    o.insert("encap".into(), text.into());
+                    o.insert("dst".into(), "?encap".into());
+                } else if enc.starts_with("ip ") || enc.starts_with("ip6 ") {
+                    o.insert("dst".into(), "?encap".into());
+                }
+            }
+            // iproute2's JSON does not show locked metrics; `congestion` (a string) is not in
+            // the object model.
+            if let Some(Value::Array(ms)) = o.get_mut("metrics") {
+                for m in ms.iter_mut() {
+                    if let Some(mo) = m.as_object_mut() {
+                        mo.remove("lock");
+                        mo.remove("congestion");
+                    }
+                }
+                ms.retain(|m| m.as_object().is_none_or(|x| !x.is_empty()));
+                if ms.is_empty() {
+                    o.remove("metrics");
+                }
+            }
             o.remove("expires");
             o.remove("cache");
             default(&mut o, "type", "unicast".into());

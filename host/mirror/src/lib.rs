@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 pub mod bulk;
 pub mod convert;
 pub mod diff;
+pub mod replay;
 pub mod routes;
 pub mod source;
-pub mod replay;
 pub mod state;
 
 use state::{Snapshot, State};
@@ -237,8 +237,14 @@ impl Mirror {
     }
 
     /// Reconciles a dump into the state, emitting only differences.
-    pub(crate) fn reconcile(&self, snap: Snapshot, messages: u64, ms: u64, counted: bool) {
+    pub(crate) fn reconcile(&self, mut snap: Snapshot, messages: u64, ms: u64, counted: bool) {
         let mut g = self.inner.lock().unwrap();
+        if snap.kinds.contains(&ObjectKind::Route) && g.state.has_undumpable_routes() {
+            tracing::warn!(
+                "an IPv6 route is too large for the kernel to dump: route resync without removals"
+            );
+            snap.partial.insert(ObjectKind::Route);
+        }
         g.stats.messages += messages;
         g.state.reconcile(snap);
         g.emit();

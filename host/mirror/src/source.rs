@@ -76,6 +76,9 @@ pub enum SourceError {
     },
     #[error("netlink: {0}")]
     Netlink(String),
+    /// A dump the kernel could not complete (not fatal: the kind is reconciled without sweep).
+    #[error("incomplete dump: {0}")]
+    Incomplete(String),
 }
 
 fn nl_err(what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -231,6 +234,13 @@ fn new_socket() -> Result<Socket, SourceError> {
     Ok(s)
 }
 
+fn errno(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
 /// A request socket in the mirrored netns (dumps and one-off requests).
 pub struct ReqSocket {
     sock: Socket,
@@ -288,12 +298,16 @@ impl ReqSocket {
                     intr = true; // NLM_F_DUMP_INTR
                 }
                 match h.message_type {
+                    NLMSG_DONE | NLMSG_ERROR if errno(payload) == -libc::EMSGSIZE => {
+                        // The kernel ends a dump it could not complete with an errno in DONE
+                        // (EMSGSIZE: an entry larger than the biggest dump buffer, ~32 KiB).
+                        return Err(SourceError::Incomplete(
+                            std::io::Error::from_raw_os_error(libc::EMSGSIZE).to_string(),
+                        ));
+                    }
                     NLMSG_DONE => return Ok((count, intr)),
                     NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                            .unwrap_or(0);
+                        let code = errno(payload);
                         if code != 0 {
                             return Err(nl_err(
                                 &format!("dump of type {msg_type}"),
@@ -463,6 +477,10 @@ pub fn snapshot(
                     Ok((c, i)) => {
                         n += c;
                         intr |= i;
+                    }
+                    Err(SourceError::Incomplete(e)) => {
+                        tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
+                        snap.partial.insert(*k);
                     }
                     // Kinds the kernel may not support here (e.g. MDB without bridge module).
                     Err(e)

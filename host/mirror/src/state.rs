@@ -5,6 +5,7 @@ use crate::convert::{fdb_is_dev_addr_list, Event};
 use crate::routes::{Attrs, RKey, Routes};
 use ekho_plugin_api::abi_stable::std_types::{ROption, RString};
 use ekho_plugin_api::object::link::{IFF_LOWER_UP, IFF_UP};
+use ekho_plugin_api::object::route::device_discriminator;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
 use ekho_plugin_api::object::rule::{FIB_RULE_IIF_DETACHED, FIB_RULE_OIF_DETACHED};
 use ekho_plugin_api::object::*;
@@ -24,6 +25,9 @@ pub struct Snapshot {
     pub kinds: BTreeSet<ObjectKind>,
     /// Whether only proxy neighbours were dumped (for `Neighbour`).
     pub proxies_only: bool,
+    /// Kinds whose dump the kernel could not complete: seen objects are reconciled, unseen ones
+    /// are kept (no sweep).
+    pub partial: BTreeSet<ObjectKind>,
     pub links: BTreeMap<u32, Link>,
     pub objs: BTreeMap<ObjectKey, Object>,
     pub routes: Routes,
@@ -81,6 +85,8 @@ pub struct State {
     pub tracking: bool,
     /// Keys touched in the current batch, with their (named) state before the batch.
     touched: BTreeMap<ObjectKey, Option<Object>>,
+    /// Route keys touched in the current batch, with their (named) objects before the batch.
+    touched_routes: BTreeMap<RKey, Vec<Object>>,
     /// Set when proxy neighbours may have changed silently (link down/delete, last address).
     pub want_proxy_dump: bool,
 }
@@ -150,18 +156,37 @@ impl State {
         }
     }
 
-    /// The current (named) object under `k`; for routes, the alias in effect.
+    /// The current (named) object under `k`; for routes, the alias in effect for that key.
     pub fn get(&self, k: &ObjectKey) -> Option<Object> {
         let mut o = match k {
             ObjectKey::Link { ifindex } => Object::Link(self.links.get(ifindex)?.clone()),
-            ObjectKey::Route { .. } => {
+            ObjectKey::Route { dev, .. } => {
                 let rk = RKey::from_object_key(k)?;
-                Object::Route(rk.route(self.routes.get(&rk).first()?))
+                Object::Route(
+                    self.route_objects(&rk)
+                        .into_iter()
+                        .find(|r| device_discriminator(r) == *dev)?,
+                )
             }
             _ => self.objs.get(k)?.clone(),
         };
         self.name(&mut o);
         Some(o)
+    }
+
+    /// The route objects under one route key: per device discriminator of the plugin-api key
+    /// (see [`ekho_plugin_api::object::route::device_discriminator`]), the first alias (the one in
+    /// effect), in alias order. Unnamed.
+    pub fn route_objects(&self, rk: &RKey) -> Vec<Route> {
+        let mut out: Vec<Route> = Vec::new();
+        for a in self.routes.get(rk) {
+            let r = rk.route(a);
+            let d = device_discriminator(&r);
+            if !out.iter().any(|x| device_discriminator(x) == d) {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// Every object (routes: every alias), named, in dependency order.
@@ -180,10 +205,12 @@ impl State {
         out.append(&mut rest);
         if want(ObjectKind::Route) {
             for k in self.routes.keys() {
-                let al = self.routes.get(&k);
-                let n = if all_aliases { al.len() } else { 1 };
-                for a in &al[..n] {
-                    out.push(Object::Route(k.route(a)));
+                if all_aliases {
+                    for a in self.routes.get(&k) {
+                        out.push(Object::Route(k.route(a)));
+                    }
+                } else {
+                    out.extend(self.route_objects(&k).into_iter().map(Object::Route));
                 }
             }
         }
@@ -208,25 +235,70 @@ impl State {
         m
     }
 
+    /// Whether some IPv6 route is too large for the kernel to dump: its message would exceed
+    /// the largest dump buffer (~32 KiB, about 1100 legs). The kernel then ends the IPv6 route
+    /// dump early and silently (observed on 6.18: `NLMSG_DONE` with error 0), so such a dump
+    /// must not be used to sweep.
+    pub fn has_undumpable_routes(&self) -> bool {
+        self.routes.v6.values().flat_map(|a| a.as_slice()).any(|a| {
+            let est: usize = 128
+                + a.nexthops
+                    .iter()
+                    .map(|h| 8 + 20 + h.encap.as_ref().map_or(0, |_| 64))
+                    .sum::<usize>();
+            est > 30 * 1024
+        })
+    }
+
     // ---------------------------------------------------------------- batch tracking
 
     fn touch(&mut self, k: &ObjectKey) {
+        if let ObjectKey::Route { .. } = k {
+            if let Some(rk) = RKey::from_object_key(k) {
+                self.touch_route(&rk);
+            }
+            return;
+        }
         if self.tracking && !self.touched.contains_key(k) {
             let old = self.get(k);
             self.touched.insert(k.clone(), old);
         }
     }
 
+    /// Marks every route object under `k` (all device discriminators, before and after the
+    /// change) as touched.
     fn touch_route(&mut self, k: &RKey) {
-        if self.tracking {
-            self.touch(&k.object_key());
+        if self.tracking && !self.touched_routes.contains_key(k) {
+            let old: Vec<Object> = self
+                .route_objects(k)
+                .into_iter()
+                .map(|r| {
+                    let mut o = Object::Route(r);
+                    self.name(&mut o);
+                    o
+                })
+                .collect();
+            self.touched_routes.insert(*k, old);
         }
     }
 
     /// Ends a batch: the net change of every touched object, dependencies first (adds and
     /// updates in kind order, then removals in reverse kind order).
     pub fn flush(&mut self) -> Vec<Change> {
-        let touched = std::mem::take(&mut self.touched);
+        let mut touched = std::mem::take(&mut self.touched);
+        for (rk, olds) in std::mem::take(&mut self.touched_routes) {
+            let mut seen = BTreeSet::new();
+            for o in olds {
+                seen.insert(o.key());
+                touched.insert(o.key(), Some(o));
+            }
+            for r in self.route_objects(&rk) {
+                let k = Object::Route(r).key();
+                if seen.insert(k.clone()) {
+                    touched.insert(k, None);
+                }
+            }
+        }
         let mut up = Vec::new();
         let mut rm = Vec::new();
         for (k, old) in touched {
@@ -463,6 +535,26 @@ impl State {
         self.want_proxy_dump = true;
         self.drop_nexthops_on(ifindex);
         self.v4_dev_down(ifindex, deleted, !deleted);
+        if !deleted {
+            // IPv6 announces these (unless net.ipv6.route.skip_notify_on_dev_down=1): routes
+            // whose every leg is on the device go, in every table; multipath legs die.
+            let keys = self.routes.keys_where(|k, a| {
+                matches!(k, RKey::V6(_)) && a.nhid.is_none() && a.uses_dev(ifindex)
+            });
+            for k in keys {
+                let v: Vec<Arc<Attrs>> = self
+                    .routes
+                    .get(&k)
+                    .iter()
+                    .filter(|a| {
+                        a.nhid.is_some() || !a.nexthops.iter().all(|h| h.ifindex == ifindex)
+                    })
+                    .cloned()
+                    .collect();
+                self.touch_route(&k);
+                self.routes.set(k, v);
+            }
+        }
         if deleted {
             // IPv6 announces these, but not with skip_notify_on_dev_down=1: drop them anyway.
             let keys = self
@@ -932,6 +1024,7 @@ impl State {
         let Snapshot {
             kinds,
             proxies_only,
+            partial,
             links,
             objs,
             routes,
@@ -951,6 +1044,7 @@ impl State {
         }
         let covered = |k: &ObjectKey, o: &Object| -> bool {
             kinds.contains(&k.kind())
+                && !partial.contains(&k.kind())
                 && (!proxies_only || matches!(o, Object::Neighbour(n) if n.proxy))
                 && !matches!(o, Object::Netconf(_) if !kinds.contains(&ObjectKind::Netconf))
         };
@@ -970,13 +1064,17 @@ impl State {
             }
         }
         if kinds.contains(&ObjectKind::Route) {
-            if self.routes.is_empty() && !self.tracking {
+            if self.routes.is_empty() && !self.tracking && !partial.contains(&ObjectKind::Route) {
                 self.routes = routes;
             } else {
                 let mut keys: BTreeSet<RKey> = self.routes.keys().into_iter().collect();
                 keys.extend(routes.keys());
+                let sweep = !partial.contains(&ObjectKind::Route);
                 for k in keys {
                     let new = routes.get(&k);
+                    if new.is_empty() && !sweep {
+                        continue;
+                    }
                     let cur = self.routes.get(&k);
                     let same = new.len() == cur.len()
                         && new.iter().zip(cur.iter()).all(|(a, b)| **a == **b);
