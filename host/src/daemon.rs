@@ -27,6 +27,7 @@ pub enum PluginEntry {
 }
 
 /// State of the eBPF source.
+#[allow(clippy::large_enum_variant)] // one value per daemon
 pub enum EbpfEntry {
     Disabled,
     Unavailable(String),
@@ -111,13 +112,17 @@ impl Daemon {
                     reason: e.to_string(),
                 }
             })?;
-            let handle = PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone());
+            let m = self.mirror.clone();
+            let replay: crate::dispatch::ReplaySource = Arc::new(move |after, max, at_cursor| {
+                m.replay_chunk(after, max, &mut *at_cursor)
+            });
+            let handle =
+                PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone(), replay);
             let q = handle.queue.clone();
-            let q2 = handle.queue.clone();
-            let listener = self.mirror.attach(
-                move |snapshot| q.push_replay(snapshot),
-                Box::new(move |changes| q2.push_changes(changes)),
-            );
+            let listener = self
+                .mirror
+                .attach_lazy(Box::new(move |changes| q.push_changes(changes)));
+            handle.queue.request_replay();
             Ok((handle, listener))
         })();
         match result {

@@ -13,8 +13,18 @@ use ekho_plugin_api::ObjectKey;
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// Reads the mirror for a lazy replay: `(after, max, at_cursor)` returns up to `max` objects after
+/// `after` in key order and calls `at_cursor(last, done)` under the mirror's lock (see
+/// `ekho_mirror::Mirror::replay_chunk`).
+pub type ReplaySource = Arc<
+    dyn Fn(Option<&ObjectKey>, usize, &mut dyn FnMut(Option<&ObjectKey>, bool)) -> Vec<Object>
+        + Send
+        + Sync,
+>;
 
 /// Changes handed to a plugin per `apply` call, at most.
 pub const BATCH: usize = 1024;
@@ -167,6 +177,9 @@ struct QueueState {
     events: VecDeque<NotifierEvent>,
     events_dropped: u64,
     sync_requested: bool,
+    /// While a replay runs: the position of the last object it handed out (`None`: nothing yet).
+    /// Changes after it are left to the replay, which reads the current state when it gets there.
+    replay_gate: Option<Option<ObjectKey>>,
     closed: bool,
     shutdown: bool,
 }
@@ -187,6 +200,12 @@ impl QueueState {
             }
         }
         self.ports.observe(c);
+        if let Some(cursor) = &self.replay_gate {
+            let pos = ekho_mirror::replay::replay_position(&c.key());
+            if cursor.as_ref().is_none_or(|cur| pos > *cur) {
+                return;
+            }
+        }
         let (old, new) = match c {
             Change::Add(o) => (None, Some(o)),
             Change::Update { old, new } => (Some(old), Some(new)),
@@ -225,6 +244,7 @@ impl Queue {
                 events: VecDeque::new(),
                 events_dropped: 0,
                 sync_requested: false,
+                replay_gate: None,
                 closed: false,
                 shutdown: false,
             }),
@@ -232,17 +252,33 @@ impl Queue {
         })
     }
 
-    /// Enqueues a full replay: the snapshot as additions, bracketed by begin/end sync.
-    pub fn push_replay(&self, snapshot: Vec<Object>) {
+    /// Asks for a full replay (read lazily from the mirror), bracketed by begin/end sync. Call
+    /// before the listener is attached: changes are then left to the replay until it reaches them.
+    pub fn request_replay(&self) {
         let mut st = self.st.lock().unwrap();
         if st.closed {
             return;
         }
-        for o in snapshot {
-            st.push_change(&Change::Add(o));
-        }
+        st.replay_gate = Some(None);
         st.sync_requested = true;
         self.cv.notify_one();
+    }
+
+    /// Filters replayed objects (they are additions) and moves the gate to `cursor`.
+    fn take_replayed(&self, chunk: Vec<Object>) -> Vec<Object> {
+        let mut st = self.st.lock().unwrap();
+        let mut out = Vec::with_capacity(chunk.len());
+        for o in chunk {
+            if let Object::Link(l) = &o {
+                st.ports
+                    .links
+                    .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
+            }
+            if st.takes(&o) {
+                out.push(o);
+            }
+        }
+        out
     }
 
     /// Enqueues changes (filtered, coalesced). Never blocks on the plugin.
@@ -311,8 +347,8 @@ fn order_key(c: &Change) -> (u8, u8) {
         match o {
             Object::Link(_) => 0,
             Object::Netconf(_) => 1,
-            Object::Vlan(_) => 2,
-            Object::Address(_) => 3,
+            Object::Address(_) => 2,
+            Object::Vlan(_) => 3,
             Object::Nexthop(n) if !n.is_group() => 4,
             Object::Nexthop(_) => 5,
             Object::Neighbour(_) => 6,
@@ -350,6 +386,13 @@ fn host_refusal(caps: &Capabilities, held: &[u64; 10], o: &Object) -> Option<Out
     None
 }
 
+/// A 64-bit hash of an object key (SipHash with fixed keys: stable within the process).
+fn key_hash(k: &ObjectKey) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
+}
+
 fn outcome_code(o: &Outcome) -> u8 {
     match o {
         Outcome::Offloaded => 0,
@@ -367,8 +410,10 @@ struct Worker {
     queue: Arc<Queue>,
     status: Arc<Mutex<PluginStatus>>,
     caps: Capabilities,
-    /// Objects given to the plugin and not removed, with their last outcome code.
-    held: HashMap<ObjectKey, (ObjectKind, u8)>,
+    /// Objects given to the plugin and not removed (by a 64-bit hash of their key, 16 bytes an
+    /// entry even for a million routes), with their kind and last outcome code.
+    held: HashMap<u64, (u8, u8)>,
+    replay: ReplaySource,
     held_per_kind: [u64; 10],
     per_outcome: [[u64; 4]; 10],
     last_stats: Instant,
@@ -409,7 +454,12 @@ impl Worker {
                 }
                 return;
             }
-            if let Err(reason) = self.step(batch, events, replay) {
+            let result = if replay {
+                self.replay_all().and_then(|()| self.step(batch, events))
+            } else {
+                self.step(batch, events)
+            };
+            if let Err(reason) = result {
                 self.fail(reason);
                 // Wait for shutdown without calling the plugin again.
                 let mut st = self.queue.st.lock().unwrap();
@@ -433,20 +483,72 @@ impl Worker {
         s.reason = Some(reason);
     }
 
+    /// The full replay: begin-sync, the mirror read chunk by chunk as additions, end-sync.
+    fn replay_all(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        self.status.lock().unwrap().state = Some(PluginState::Syncing);
+        self.plugin
+            .begin_sync()
+            .into_result()
+            .map_err(|e| e.to_string())?;
+        let mut cursor: Option<ObjectKey> = None;
+        let mut refused = 0u64;
+        loop {
+            let queue = self.queue.clone();
+            let mut next: Option<ObjectKey> = None;
+            let mut done = false;
+            let chunk = (self.replay)(cursor.as_ref(), BATCH, &mut |last, fin| {
+                // Under the mirror's lock: from now on, changes up to `last` are increments.
+                let mut st = queue.st.lock().unwrap();
+                st.replay_gate = if fin { None } else { Some(last.cloned()) };
+                next = last.cloned();
+                done = fin;
+            });
+            if done {
+                break;
+            }
+            cursor = next;
+            let objs = self.queue.take_replayed(chunk);
+            let mut changes = Vec::with_capacity(objs.len());
+            for o in objs {
+                if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o) {
+                    refused += 1;
+                    self.record_failure(&o, "add", &refusal);
+                    continue;
+                }
+                self.held_per_kind[o.kind() as usize] += 1;
+                changes.push(Change::Add(o));
+            }
+            for c in &changes {
+                self.held_per_kind[c.kind() as usize] -= 1;
+            }
+            changes.sort_by_key(order_key);
+            if !changes.is_empty() {
+                let outcomes = self
+                    .plugin
+                    .apply(changes.as_slice().into())
+                    .into_result()
+                    .map_err(|e| e.to_string())?;
+                self.record(&changes, &outcomes);
+            }
+        }
+        self.plugin
+            .end_sync()
+            .into_result()
+            .map_err(|e| e.to_string())?;
+        let mut s = self.status.lock().unwrap();
+        s.refused += refused;
+        s.state = Some(PluginState::InSync);
+        s.syncs += 1;
+        s.last_sync_ms = started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
     fn step(
         &mut self,
         batch: IndexMap<ObjectKey, Pending>,
         events: VecDeque<NotifierEvent>,
-        replay: bool,
     ) -> Result<(), String> {
-        let started = Instant::now();
-        if replay {
-            self.status.lock().unwrap().state = Some(PluginState::Syncing);
-            self.plugin
-                .begin_sync()
-                .into_result()
-                .map_err(|e| e.to_string())?;
-        }
         if !events.is_empty() {
             let v: Vec<NotifierEvent> = events.into_iter().collect();
             self.plugin
@@ -460,7 +562,7 @@ impl Worker {
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
         let mut refused = 0u64;
         for (key, p) in batch {
-            let delivered = self.held.contains_key(&key);
+            let delivered = self.held.contains_key(&key_hash(&key));
             match (p.base, p.target) {
                 (base, None) => {
                     if let (true, Some(old)) = (delivered, base) {
@@ -507,20 +609,7 @@ impl Worker {
                 .map_err(|e| e.to_string())?;
             self.record(chunk, &outcomes);
         }
-        {
-            let mut s = self.status.lock().unwrap();
-            s.refused += refused;
-        }
-        if replay {
-            self.plugin
-                .end_sync()
-                .into_result()
-                .map_err(|e| e.to_string())?;
-            let mut s = self.status.lock().unwrap();
-            s.state = Some(PluginState::InSync);
-            s.syncs += 1;
-            s.last_sync_ms = started.elapsed().as_millis() as u64;
-        }
+        self.status.lock().unwrap().refused += refused;
         self.refresh_stats();
         Ok(())
     }
@@ -532,14 +621,14 @@ impl Worker {
             let code = outcome_code(o);
             match c {
                 Change::Remove(obj) => {
-                    if let Some((_, prev)) = self.held.remove(&obj.key()) {
+                    if let Some((_, prev)) = self.held.remove(&key_hash(&obj.key())) {
                         self.held_per_kind[k] -= 1;
                         self.per_outcome[k][prev as usize] -= 1;
                     }
                 }
                 Change::Add(obj) | Change::Update { new: obj, .. } => {
-                    let key = obj.key();
-                    if let Some((_, prev)) = self.held.insert(key, (kind, code)) {
+                    let key = key_hash(&obj.key());
+                    if let Some((_, prev)) = self.held.insert(key, (kind as u8, code)) {
                         self.per_outcome[k][prev as usize] -= 1;
                     } else {
                         self.held_per_kind[k] += 1;
@@ -626,14 +715,17 @@ pub struct PluginHandle {
 }
 
 impl PluginHandle {
-    /// Starts the worker thread for `plugin`. The caller then feeds the queue (replay first).
+    /// Starts the worker thread for `plugin`, with changes held back for a replay: the caller
+    /// attaches the queue's listener to the mirror, then calls [`Queue::request_replay`].
     pub fn start(
         plugin: PluginBox,
         caps: Capabilities,
         ports_override: Option<&[String]>,
         status: PluginStatus,
+        replay: ReplaySource,
     ) -> PluginHandle {
         let queue = Queue::new(caps.clone(), ports_override);
+        queue.st.lock().unwrap().replay_gate = Some(None);
         let mut status = status;
         status.state = Some(PluginState::Syncing);
         let status = Arc::new(Mutex::new(status));
@@ -646,6 +738,7 @@ impl PluginHandle {
             held_per_kind: [0; 10],
             per_outcome: [[0; 4]; 10],
             last_stats: Instant::now(),
+            replay,
         };
         let name = status.lock().unwrap().name.clone();
         let thread = std::thread::Builder::new()
@@ -802,6 +895,35 @@ mod tests {
                 .unwrap()
                 .to_json()["dst"]
                 == "2001:db8::/64"
+        );
+    }
+
+    #[test]
+    fn replay_gate_leaves_changes_past_the_cursor_to_the_replay() {
+        let q = Queue::new(Capabilities::everything(), None);
+        let a = route("10.1.0.0/24", 1, "10.9.0.1");
+        let b = route("10.2.0.0/24", 1, "10.9.0.1");
+        q.st.lock().unwrap().replay_gate =
+            Some(Some(ekho_mirror::replay::replay_position(&a.key())));
+        q.push_changes(&[Change::Remove(a.clone()), Change::Add(b.clone())]);
+        let st = q.st.lock().unwrap();
+        assert_eq!(
+            st.pending.len(),
+            1,
+            "only the change at or before the cursor is queued"
+        );
+        assert_eq!(st.pending.keys().next(), Some(&a.key()));
+        drop(st);
+        q.st.lock().unwrap().replay_gate = Some(None);
+        q.push_changes(&[Change::Add(link(1, "x"))]);
+        assert_eq!(
+            q.st.lock().unwrap().pending.len(),
+            1,
+            "nothing replayed yet: all left to the replay"
+        );
+        assert!(
+            q.st.lock().unwrap().ports.links.contains_key(&1),
+            "links are still observed"
         );
     }
 

@@ -36,8 +36,8 @@ fn kind_rank(kind: &str) -> u32 {
     [
         "link",
         "netconf",
-        "vlan",
         "address",
+        "vlan",
         "nexthop",
         "neighbour",
         "fdb",

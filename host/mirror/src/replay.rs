@@ -54,13 +54,13 @@ impl Mirror {
     /// Up to `max` objects after `after` (all from the start when `None`), named, in
     /// [`ObjectKey`] order; nexthop objects are never split across chunks (groups refer to other
     /// nexthops by id in any order). Calls `at_cursor` with the position of the last object
-    /// returned (or `after` when none) before releasing the lock. An empty result means the
-    /// replay is complete.
+    /// returned (or `after` when none) and whether the replay is complete (nothing left after it)
+    /// before releasing the lock. An empty result means the replay is complete.
     pub fn replay_chunk(
         &self,
         after: Option<&ObjectKey>,
         max: usize,
-        at_cursor: impl FnOnce(Option<&ObjectKey>),
+        at_cursor: impl FnOnce(Option<&ObjectKey>, bool),
     ) -> Vec<Object> {
         let g = self.inner.lock().unwrap();
         let st = &g.state;
@@ -171,7 +171,7 @@ impl Mirror {
         for o in out.iter_mut() {
             st.name(o);
         }
-        at_cursor(last.as_ref());
+        at_cursor(last.as_ref(), out.is_empty());
         out
     }
 }
@@ -209,7 +209,7 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let mut c2 = None;
-            let chunk = m.replay_chunk(cursor.as_ref(), 7, |l| c2 = l.cloned());
+            let chunk = m.replay_chunk(cursor.as_ref(), 7, |l, _| c2 = l.cloned());
             if chunk.is_empty() {
                 break;
             }

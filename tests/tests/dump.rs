@@ -1,0 +1,219 @@
+//! `ekho dump --json` and the recorder's view, compared with `ip -j` / `bridge -j` in a private
+//! namespace, before and after changes (including ones the kernel makes without a notification).
+
+use ekho_mirror::diff::{compare, kernel_state, normalize, COMPARED};
+use ekho_plugin_api::ObjectKind;
+use ekho_tests::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// A dump-shaped document (keyed by plural kind) in the normalizer's canonical form.
+fn normalized(doc: &Value) -> BTreeMap<ObjectKind, Vec<Value>> {
+    let names: HashMap<u64, String> = doc["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["ifindex"].as_u64().unwrap(),
+                l["ifname"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut m = BTreeMap::new();
+    for k in COMPARED {
+        let list: Vec<Value> = doc[k.plural()]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .cloned()
+            .map(|mut v| {
+                // The recorder's view names a same-netns peer by index; iproute2 by name.
+                if *k == ObjectKind::Link && v.get("link_netnsid").is_none() {
+                    if let Some(i) = v.get("link_index").and_then(Value::as_u64) {
+                        let o = v.as_object_mut().unwrap();
+                        o.remove("link_index");
+                        o.insert(
+                            "link".into(),
+                            names.get(&i).cloned().unwrap_or_default().into(),
+                        );
+                    }
+                }
+                v
+            })
+            .filter_map(|v| normalize(*k, v))
+            .collect();
+        m.insert(*k, list);
+    }
+    m
+}
+
+fn assert_same(step: &str, ns: &Netns, d: &Daemon, view: &std::path::Path) {
+    d.settle();
+    let kernel = kernel_state(Some(&ns.name)).unwrap();
+    let dump = d.cli_json(&["dump", "--json"]);
+    let diffs = compare(&kernel, &normalized(&dump));
+    assert!(
+        diffs.is_empty(),
+        "{step}: `ekho dump --json` differs from the kernel:\n{}",
+        diffs.join("\n")
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(view).unwrap()).unwrap();
+    let diffs = compare(&kernel, &normalized(&v));
+    assert!(
+        diffs.is_empty(),
+        "{step}: the recorder's view differs from the kernel:\n{}",
+        diffs.join("\n")
+    );
+}
+
+#[test]
+fn dump_and_recorder_view_equal_the_kernel() {
+    let ns = Netns::new();
+    let dir = TempDir::new();
+    let view = dir.path().join("view.json");
+    // A router-ish topology: two veth pairs, a bridge with a port, a VXLAN, addresses, routes of
+    // several types and tables, multipath, nexthop objects and a group, neighbours, FDB, rules.
+    ns.ip_batch(
+        "link add a0 type veth peer name a1
+link add b0 type veth peer name b1
+link add br0 type bridge
+link set a1 master br0
+link set a0 up
+link set a1 up
+link set b0 up
+link set b1 up
+link set br0 up
+addr add 10.1.0.1/24 dev br0
+addr add 10.2.0.1/24 dev b0
+addr add 2001:db8:2::1/64 dev b0 nodad
+link add vx0 type vxlan id 42 dstport 4789 local 10.2.0.1 dev b0
+link set vx0 up
+route add 10.50.0.0/16 via 10.1.0.2
+route add 10.51.0.0/16 nexthop via 10.1.0.2 weight 2 nexthop via 10.2.0.2 weight 1
+route add blackhole 10.52.0.0/16
+route add unreachable 10.53.0.0/16 table 100
+route add prohibit 10.54.0.0/16 table 100
+route add throw 10.55.0.0/16 table 100
+route add 10.56.0.0/16 via 10.2.0.2 metric 50 table 200
+nexthop add id 1 via 10.1.0.2 dev br0
+nexthop add id 2 via 10.2.0.2 dev b0
+nexthop add id 10 group 1/2
+route add 10.57.0.0/16 nhid 10
+route add 2001:db8:99::/48 via 2001:db8:2::2
+neigh add 10.1.0.2 lladdr 02:00:00:00:01:02 dev br0 nud permanent
+neigh add 10.2.0.2 lladdr 02:00:00:00:02:02 dev b0 nud reachable
+rule add from 10.9.0.0/16 table 100 priority 100
+rule add iif b0 table 200 priority 200
+",
+    );
+    sh(
+        "bridge",
+        &[
+            "-n",
+            &ns.name,
+            "fdb",
+            "add",
+            "02:00:00:00:0a:01",
+            "dev",
+            "a1",
+            "master",
+            "static",
+        ],
+    );
+    sh(
+        "bridge",
+        &[
+            "-n",
+            &ns.name,
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vx0",
+            "dst",
+            "10.2.0.9",
+        ],
+    );
+    let cfg = format!(
+        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n\n\
+         [[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"/dev/null\"\nview_path = \"{}\"\n",
+        ns.name,
+        build().display(),
+        view.display()
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    assert_same("initial replay", &ns, &d, &view);
+
+    // Notified changes.
+    ns.ip(&["route", "replace", "10.50.0.0/16", "via", "10.2.0.2"]);
+    ns.ip(&["addr", "add", "10.3.0.1/24", "dev", "b0"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.2.0.2",
+        "lladdr",
+        "02:00:00:00:02:03",
+        "dev",
+        "b0",
+    ]);
+    assert_same("after notified changes", &ns, &d, &view);
+
+    // Silent ones: a link going down flushes IPv4 routes and nexthops without telling anyone.
+    ns.ip(&["link", "set", "b0", "down"]);
+    assert_same("after b0 down", &ns, &d, &view);
+    ns.ip(&["link", "set", "b0", "up"]);
+    ns.ip(&["nexthop", "del", "id", "1"]);
+    assert_same("after nexthop del", &ns, &d, &view);
+    ns.ip(&["link", "del", "a0"]);
+    assert_same("after a0 deleted", &ns, &d, &view);
+}
+
+#[test]
+fn monitor_streams_changes_as_applied() {
+    let ns = Netns::new();
+    ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"]);
+    ns.ip(&["link", "set", "a0", "up"]);
+    ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "a0"]);
+    let dir = TempDir::new();
+    let cfg = format!(
+        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n",
+        ns.name,
+        build().display()
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let mut child = std::process::Command::new(ekho_bin())
+        .args(["--config", d.config.to_str().unwrap(), "monitor", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ns.ip(&["route", "add", "10.77.0.0/16", "via", "10.1.0.2"]);
+    ns.ip(&["route", "del", "10.77.0.0/16"]);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            if v["object"]["dst"] == "10.77.0.0/16" {
+                seen.push(v["op"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, ["add", "remove"]);
+}
