@@ -190,6 +190,7 @@ fn nexthop_objects_blackhole_and_rules() {
     let topo = Topo::new(true);
     let (h1, h2, r) = (topo.h1.clone(), topo.h2.clone(), topo.r.clone());
     topo.ip(&h2, "addr add 10.9.9.8/32 dev lo");
+    topo.ip(&h2, "addr add 10.9.9.6/32 dev lo");
     topo.ip(&r, "nexthop add id 10 via 10.0.2.2 dev p2");
     topo.ip(&r, "nexthop add id 11 via 10.0.3.2 dev p3");
     topo.ip(&r, "nexthop add id 12 group 10/11");
@@ -238,6 +239,21 @@ fn nexthop_objects_blackhole_and_rules() {
         "group = {{11}}: veth0 +{a}, veth1 +{b}\n{}",
         run.report()
     );
+
+    // An IPv4 route through an IPv6 gateway (RFC 5549): the MAC comes from the v6 neighbour.
+    topo.ip(&r, "route add 10.9.9.6/32 via inet6 fd00:3::2 dev p3");
+    run.settle();
+    assert!(
+        topo.ping_within(&h1, "10.9.9.6", T),
+        "v4 via v6 gateway\n{}",
+        run.report()
+    );
+    let (a, b) = rx_delta(&topo, || assert_eq!(topo.ping_count(&h1, "10.9.9.6", 3), 3));
+    assert!(
+        b >= 3 && a <= 2,
+        "via fd00:3::2 on p3: veth0 +{a}, veth1 +{b}"
+    );
+    run.with(|m| assert!(m.counter("route:10.9.9.6/32", "packets") >= 3));
 
     // Blackhole: dropped in XDP, counted.
     let before = run.with(|m| m.counter("port:p1", "dropped"));
