@@ -174,13 +174,55 @@ impl State {
         Some(o)
     }
 
+    /// Whether routes through `ifindex` with a gateway (or device) of `family` show `dead` when
+    /// their device has no carrier (`ignore_routes_with_linkdown`, device or `all`).
+    fn ignores_linkdown(&self, family: Family, ifindex: u32) -> bool {
+        [ifindex as i32, -1].iter().any(|i| {
+            matches!(self.objs.get(&ObjectKey::Netconf { family, ifindex: *i }),
+                Some(Object::Netconf(n)) if n.ignore_routes_with_linkdown.into_option().unwrap_or(0) != 0)
+        })
+    }
+
+    /// A stored route as the kernel shows it: the kernel adds `dead` to `linkdown` legs at dump
+    /// time when the device's `ignore_routes_with_linkdown` is set (fib_nexthop_info).
+    pub fn render(&self, rk: &RKey, a: &Attrs) -> Route {
+        let mut r = rk.route(a);
+        let fam = r.family;
+        let dead = |st: &State, h: &NextHop| {
+            let f = h
+                .gateway
+                .as_ref()
+                .map(|g| g.family())
+                .into_option()
+                .unwrap_or(fam);
+            st.ignores_linkdown(f, h.ifindex)
+        };
+        if r.nexthops.len() == 1 {
+            if r.flags & RTNH_F_LINKDOWN != 0 && dead(self, &r.nexthops[0]) {
+                r.flags |= RTNH_F_DEAD;
+            }
+        } else {
+            let marks: Vec<bool> = r
+                .nexthops
+                .iter()
+                .map(|h| h.flags & RTNH_F_LINKDOWN != 0 && dead(self, h))
+                .collect();
+            for (h, m) in r.nexthops.iter_mut().zip(marks) {
+                if m {
+                    h.flags |= RTNH_F_DEAD;
+                }
+            }
+        }
+        r
+    }
+
     /// The route objects under one route key: per device discriminator of the plugin-api key
     /// (see [`ekho_plugin_api::object::route::device_discriminator`]), the first alias (the one in
     /// effect), in alias order. Unnamed.
     pub fn route_objects(&self, rk: &RKey) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
         for a in self.routes.get(rk) {
-            let r = rk.route(a);
+            let r = self.render(rk, a);
             let d = device_discriminator(&r);
             if !out.iter().any(|x| device_discriminator(x) == d) {
                 out.push(r);
@@ -207,7 +249,7 @@ impl State {
             for k in self.routes.keys() {
                 if all_aliases {
                     for a in self.routes.get(&k) {
-                        out.push(Object::Route(k.route(a)));
+                        out.push(Object::Route(self.render(&k, a)));
                     }
                 } else {
                     out.extend(self.route_objects(&k).into_iter().map(Object::Route));
@@ -395,6 +437,16 @@ impl State {
             Event::DelRule(r) => self.del(&Object::Rule(r).key()),
             Event::NewNetconf(n) => {
                 let k = Object::Netconf(n.clone()).key();
+                if n.ignore_routes_with_linkdown.is_some() {
+                    // Changes how linkdown routes render: touch the routes concerned.
+                    let ifindex = n.ifindex;
+                    let keys = self
+                        .routes
+                        .keys_where(|_, a| ifindex < 0 || a.uses_dev(ifindex as u32));
+                    for rk in keys {
+                        self.touch_route(&rk);
+                    }
+                }
                 let merged = match self.objs.get(&k) {
                     Some(Object::Netconf(o)) => {
                         let mut o = o.clone();
@@ -536,6 +588,26 @@ impl State {
         self.drop_nexthops_on(ifindex);
         self.v4_dev_down(ifindex, deleted, !deleted);
         if !deleted {
+            // IPv6 addresses kept over admin down (keep_addr_on_down) become tentative silently
+            // (addrconf_ifdown); the others are deleted with RTM_DELADDR.
+            let kept: Vec<Address> = self
+                .objs
+                .values()
+                .filter_map(|o| match o {
+                    Object::Address(a)
+                        if a.family == Family::INET6
+                            && a.ifindex == ifindex
+                            && a.flags & 0x42 == 0 =>
+                    {
+                        Some(a.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            for mut a in kept {
+                a.flags |= 0x40;
+                self.put(a.into());
+            }
             // IPv6 announces these (unless net.ipv6.route.skip_notify_on_dev_down=1): routes
             // whose every leg is on the device go, in every table; multipath legs die.
             let keys = self.routes.keys_where(|k, a| {

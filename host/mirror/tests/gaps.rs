@@ -36,6 +36,8 @@ fn apply(ns: &Netns, s: &str) {
             ns.bridge(x.trim())
                 .unwrap_or_else(|e| panic!("bridge {x}: {e}"))
         });
+    } else if let Some(x) = s.strip_prefix("sleep ") {
+        std::thread::sleep(Duration::from_secs_f64(x.parse().unwrap()));
     } else if let Some(x) = s.strip_prefix("sysctl ") {
         ns.sh(&format!("sysctl -qw {x}"));
     } else {
@@ -276,6 +278,74 @@ fn bridge_fdb_mdb_vxlan_macvlan() {
             "link del mv0",
             "link set vx0 down",
             "link del br0",
+        ],
+    );
+}
+
+#[test]
+fn sysctl_driven_cases() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "route add 10.90.0.0/24 nexthop via 10.1.0.2 nexthop via 10.2.0.2",
+        "-6 route add 2001:db8:90::/64 nexthop via 2001:db8:1::2 nexthop via 2001:db8:2::2",
+        "route add 10.91.0.0/24 via 10.1.0.2",
+        "addr add 10.1.0.5/24 dev va",
+        "addr add 10.1.0.6/24 dev va",
+    ]);
+    run_steps(
+        "sysctl2",
+        &setup,
+        &[
+            // carrier loss with ignore_routes_with_linkdown: legs dead too
+            "sysctl net.ipv4.conf.va.ignore_routes_with_linkdown=1",
+            "link set vb down",
+            "link set vb up",
+            // keep_addr_on_down
+            "sysctl net.ipv6.conf.vc.keep_addr_on_down=1",
+            "link set vc down",
+            "link set vc up",
+            // promote_secondaries
+            "sysctl net.ipv4.conf.va.promote_secondaries=1",
+            "addr del 10.1.0.1/24 dev va",
+            "sysctl net.ipv4.conf.va.promote_secondaries=0",
+            "addr add 10.1.0.1/24 dev va",
+            "addr del 10.1.0.5/24 dev va",
+            // IPv6 torn down by a small MTU, then restored
+            "link set vc mtu 1200",
+            "link set vc mtu 1500",
+            "sysctl net.ipv6.conf.va.disable_ipv6=1",
+            "sysctl net.ipv6.conf.va.disable_ipv6=0",
+            // rename: labels follow
+            "link set vc down",
+            "link set vc name vz",
+            "link set vz up",
+        ],
+    );
+}
+
+#[test]
+fn expiry_and_netns_move() {
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "route add 10.95.0.0/24 via 10.2.0.2",
+        "neigh add proxy 10.2.0.77 dev vc",
+    ]);
+    let Some(other) = Netns::new("other") else {
+        return;
+    };
+    let mv = format!("link set vd netns {}", other.name);
+    let mv2 = format!("link set vc netns {}", other.name);
+    run_steps(
+        "expiry",
+        &setup,
+        &[
+            "-6 route add 2001:db8:95::/64 via 2001:db8:1::2 expires 2",
+            "addr add 10.1.7.1/24 dev va valid_lft 2 preferred_lft 1",
+            "sysctl net.ipv4.conf.all.forwarding=1",
+            &mv,
+            &mv2,
+            // route and address expiry (~2 s after creation)
+            "sleep 2.5",
         ],
     );
 }
