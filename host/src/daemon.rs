@@ -113,9 +113,8 @@ impl Daemon {
                 }
             })?;
             let m = self.mirror.clone();
-            let replay: crate::dispatch::ReplaySource = Arc::new(move |after, max, at_cursor| {
-                m.replay_chunk(after, max, &mut *at_cursor)
-            });
+            let replay: crate::dispatch::ReplaySource =
+                Arc::new(move |after, max, at_cursor| m.replay_chunk(after, max, &mut *at_cursor));
             let handle =
                 PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone(), replay);
             let q = handle.queue.clone();
@@ -381,7 +380,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // eBPF source.
     if config.host.ebpf.unwrap_or(true) {
         let d = Arc::downgrade(&daemon);
+        let m_ev = mirror.clone();
         let events: ekho_ebpf::EventSink = Arc::new(move |ev: Vec<NotifierEvent>| {
+            // The kernel creates some neighbours without any netlink message (NOARP entries made
+            // by the output path, e.g. on lo): a neigh_create seen in the kernel asks the mirror
+            // for a targeted neighbour re-dump, which emits only what differs.
+            if ev
+                .iter()
+                .any(|e| e.kind == NotifierKind::Neighbour && e.event.as_str() == "neigh_create")
+            {
+                m_ev.request_resync(&[ObjectKind::Neighbour]);
+            }
             if let Some(d) = d.upgrade() {
                 d.notify(&ev);
             }

@@ -3,7 +3,8 @@
 //! once, several hundred bytes each).
 //!
 //! Chunks come in [`ObjectKey`] order (its derived `Ord`: kinds in dependency order, then key
-//! order; for routes the alias in effect per key, the route `dev` component ignored), which is
+//! order; for routes every object of a route key, see `State::route_objects`, the route `dev`
+//! component ignored in the order), which is
 //! the order of the mirror's own maps. The caller keeps the last key handed out as its cursor: a
 //! change to a key at or before the cursor must be queued as an increment, a change after it is
 //! picked up by a later chunk. `at_cursor` runs while the lock is still held so the cursor and the
@@ -130,7 +131,8 @@ impl Mirror {
                             break 'fill;
                         }
                         let rk = RKey::V4(*k);
-                        out.push(Object::Route(rk.route(&al.as_slice()[0])));
+                        let _ = al;
+                        out.extend(st.route_objects(&rk).into_iter().map(Object::Route));
                         last = Some(rk.object_key());
                     }
                 }
@@ -140,7 +142,8 @@ impl Mirror {
                             break 'fill;
                         }
                         let rk = RKey::V6(*k);
-                        out.push(Object::Route(rk.route(&al.as_slice()[0])));
+                        let _ = al;
+                        out.extend(st.route_objects(&rk).into_iter().map(Object::Route));
                         last = Some(rk.object_key());
                     }
                 }
