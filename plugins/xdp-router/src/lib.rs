@@ -33,7 +33,12 @@
 //! xdp_mode = "auto"             # auto | native | skb
 //! resolve_interval_ms = 1000    # at most one resolution request per next hop per interval
 //! ```
-//! The host's own `ports` globs decide what the plugin receives; `ports` here narrows further.
+//! Own ports with the `ports` key *here*. The plugin declares every port in its capabilities on
+//! purpose: the host drops objects tied only to ports outside a plugin's scope, and a router
+//! must see every route (a route through a port it does not own is passed to the kernel; if it
+//! were missing, a covering route through an owned port would capture its traffic). Narrowing
+//! with the host's `[[plugins]] ports` globs is therefore unsafe for this plugin unless every
+//! route uses owned ports.
 //!
 //! ## Stats
 //! `port:<name>` forwarded / passed / dropped / forwarded_bytes (ingress), `route:<prefix>`
@@ -818,11 +823,13 @@ impl Plugin for XdpRouter {
             .limit(ObjectKind::Route, 65_536)
             .limit(ObjectKind::Neighbour, 65_536)
             .nexthop_objects(true);
-        if self.cfg.ports.is_empty() {
-            caps
-        } else {
-            caps.port_names(self.cfg.ports.iter().cloned())
-        }
+        // Deliberately all ports, even with `ports` in the config: routes whose legs all use
+        // ports we do not own must still reach us (the host drops objects tied only to
+        // non-owned ports). Otherwise a covering route through an owned port (say, the default)
+        // would forward traffic the kernel sends elsewhere, and local addresses of non-owned
+        // ports would be forwarded instead of delivered. Ownership (which ports get the program)
+        // is decided here, from `ports`.
+        caps
     }
 
     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {

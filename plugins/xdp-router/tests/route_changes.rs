@@ -286,3 +286,55 @@ fn nexthop_objects_blackhole_and_rules() {
     );
     let _ = h2;
 }
+
+#[test]
+fn routes_through_unowned_ports_are_not_shadowed() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(true);
+    let (h1, h2, r) = (topo.h1.clone(), topo.h2.clone(), topo.r.clone());
+    topo.ip(&h2, "addr add 10.9.9.9/32 dev lo");
+    topo.ip(&h2, "addr add 10.9.9.5/32 dev lo");
+    // p3 is not owned. The default route goes through owned p2; 10.9.9.9 through p3.
+    topo.ip(&r, "route add default via 10.0.2.2");
+    topo.ip(&r, "route add 10.9.9.9/32 via 10.0.3.2");
+    let run = Running::start(&topo, "ports = [\"p1\", \"p2\"]");
+    let mut attached = topo.xdp_attached_in_r();
+    attached.sort();
+    assert_eq!(attached, vec!["p1".to_string(), "p2".to_string()]);
+
+    // The default route is forwarded by XDP...
+    assert!(
+        topo.ping_within(&h1, "10.9.9.5", T),
+        "default route via p2\n{}",
+        run.report()
+    );
+    // ...but 10.9.9.9 goes to the kernel (which does not forward here): never out of p2.
+    // (Shadowed, h2 would answer: it holds 10.9.9.9; and veth0 would see all 10 requests.)
+    let (a, _) = rx_delta(&topo, || {
+        assert_eq!(topo.ping_count(&h1, "10.9.9.9", 10), 0)
+    });
+    assert!(a <= 3, "10.9.9.9 shadowed by the default route: veth0 +{a}");
+    // r's own address on the non-owned port is delivered locally, not forwarded by default.
+    let (a, _) = rx_delta(&topo, || assert!(topo.ping_within(&h1, "10.0.3.1", T)));
+    assert!(a <= 2, "r's address on p3 forwarded to h2: veth0 +{a}");
+    run.with(|m| {
+        // ... and the host must hand it every route: the plugin takes all ports.
+        assert!(m.plugin.as_ref().unwrap().capabilities().ports.all);
+        assert_eq!(
+            m.outcome_of_route(254, "10.9.9.9/32"),
+            Some(Outcome::Trapped)
+        );
+        assert_eq!(
+            m.outcome_of_route(254, "0.0.0.0/0"),
+            Some(Outcome::Offloaded)
+        );
+        assert!(
+            m.counter("route:10.9.9.9/32", "packets") >= 10,
+            "{}",
+            m.report()
+        );
+    });
+    let _ = h2;
+}

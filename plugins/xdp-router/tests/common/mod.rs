@@ -114,6 +114,14 @@ impl Topo {
         for ns in [&t.h1, &t.r, &t.h2] {
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            // Quiet links: no router solicitations / RA processing on the devices created below
+            // (keeps the RX counters the tests compare free of stray IPv6 control traffic).
+            for k in [
+                "net.ipv6.conf.default.router_solicitations=0",
+                "net.ipv6.conf.default.accept_ra=0",
+            ] {
+                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", k]);
+            }
         }
         // The guard exists from here on: a panic below still deletes the namespaces.
         let (h1, r, h2) = (t.h1.clone(), t.r.clone(), t.h2.clone());
