@@ -42,7 +42,8 @@
 //!
 //! ## Stats
 //! `port:<name>` forwarded / passed / dropped / forwarded_bytes (ingress), `route:<prefix>`
-//! (`route:<prefix>@<table>` outside main) packets / bytes, `xdp` per pass/drop reason.
+//! (`route:<prefix>@<table>` outside main) packets / bytes (above 1000 prefixes only those with
+//! hits), `xdp` per pass/drop reason and resolution requests.
 //!
 //! ## Lifecycle
 //! Programs are attached as `bpf_link`s owned by the plugin: `shutdown` (or drop, or the process
@@ -135,6 +136,8 @@ pub struct XdpRouter {
     neighbours: HashMap<ObjectKey, Neighbour>,
     rules: HashMap<ObjectKey, Rule>,
     cfg_flags: u32,
+    /// Prefixes whose data-path entry could not be written (map full, ...).
+    unprogrammed: BTreeSet<PrefixKey>,
     next_counter: u32,
     sync_seen: Option<HashSet<ObjectKey>>,
 }
@@ -429,15 +432,7 @@ impl XdpRouter {
         } else {
             self.rules.insert(key, r.clone());
         }
-        let mut flags = 0;
-        for r in self.rules.values().filter(|r| !is_default_rule(r)) {
-            flags |= match r.family {
-                Family::INET => CFG_PUNT_V4,
-                Family::INET6 => CFG_PUNT_V6,
-                _ => 0,
-            };
-        }
-        let res = self.write_config(flags);
+        let res = self.write_config();
         match res {
             Err(e) => Outcome::failed(e),
             Ok(()) if removed || is_default_rule(&r) => Outcome::Offloaded,
@@ -445,7 +440,27 @@ impl XdpRouter {
         }
     }
 
-    fn write_config(&mut self, flags: u32) -> Result<(), String> {
+    /// Families whose traffic must all go to the kernel: non-default policy rules, or a prefix
+    /// that could not be programmed (a missing specific route would let a covering one capture
+    /// its traffic).
+    fn punt_flags(&self) -> u32 {
+        let fam = |f: Family| match f {
+            Family::INET => CFG_PUNT_V4,
+            Family::INET6 => CFG_PUNT_V6,
+            _ => 0,
+        };
+        let mut flags = 0;
+        for r in self.rules.values().filter(|r| !is_default_rule(r)) {
+            flags |= fam(r.family);
+        }
+        for pk in &self.unprogrammed {
+            flags |= fam(pk.dst.addr.family());
+        }
+        flags
+    }
+
+    fn write_config(&mut self) -> Result<(), String> {
+        let flags = self.punt_flags();
         self.cfg_flags = flags;
         let v = ConfigVal {
             flags,
@@ -625,8 +640,31 @@ impl XdpRouter {
         }
     }
 
-    /// Computes the data-path entry of one (table, prefix) from the routes there and writes it.
+    /// Reprograms one (table, prefix); a failure punts the family to the kernel until the prefix
+    /// is programmed (or gone).
     fn reprogram(&mut self, pk: PrefixKey) -> Result<(), String> {
+        let res = self.reprogram_inner(pk);
+        let changed = match &res {
+            Ok(()) => self.unprogrammed.remove(&pk),
+            Err(e) => {
+                let fresh = self.unprogrammed.insert(pk);
+                if fresh {
+                    self.log(
+                        LogLevel::Error,
+                        format!("cannot program {} (table {}): {e}; all {} traffic goes to the kernel until it is", pk.dst, pk.table, pk.dst.addr.family().name()),
+                    );
+                }
+                fresh
+            }
+        };
+        if changed {
+            self.write_config()?;
+        }
+        res
+    }
+
+    /// Computes the data-path entry of one (table, prefix) from the routes there and writes it.
+    fn reprogram_inner(&mut self, pk: PrefixKey) -> Result<(), String> {
         let keys: Vec<ObjectKey> = self
             .by_prefix
             .get(&pk)
@@ -801,10 +839,11 @@ impl Plugin for XdpRouter {
             neighbours: HashMap::new(),
             rules: HashMap::new(),
             cfg_flags: 0,
+            unprogrammed: BTreeSet::new(),
             next_counter: 0,
             sync_seen: None,
         };
-        p.write_config(0)?;
+        p.write_config()?;
         Ok(p)
     }
 
@@ -819,8 +858,10 @@ impl Plugin for XdpRouter {
             ])
             .families([Family::INET, Family::INET6])
             .max_ecmp_width(MAX_LEGS as u32)
-            // Sizes of the BPF maps (ROUTES_V4 / ROUTES_V6 hold one entry per (table, prefix)).
-            .limit(ObjectKind::Route, 65_536)
+            // No route limit on purpose: a route the host refused would be invisible, and a
+            // covering route could capture its traffic. A route the maps cannot hold (65536
+            // (table, prefix) entries per family) fails here and punts its family instead.
+            // A missing neighbour only means "pass to the kernel".
             .limit(ObjectKind::Neighbour, 65_536)
             .nexthop_objects(true);
         // Deliberately all ports, even with `ports` in the config: routes whose legs all use
@@ -902,8 +943,13 @@ impl Plugin for XdpRouter {
                 .counter(&kind, "dropped", c.dropped)
                 .counter(&kind, "forwarded_bytes", c.forwarded_bytes);
         }
+        // Every route counter for tables of a reasonable size; past that, only routes with hits.
+        let all_routes = self.programmed.len() <= 1000;
         for (pk, p) in &self.programmed {
             let c = dp.route_counter(p.counter_id);
+            if !all_routes && c.packets == 0 {
+                continue;
+            }
             let kind = if pk.table == TABLE_MAIN {
                 format!("route:{}", pk.dst)
             } else {
@@ -945,7 +991,11 @@ impl Plugin for XdpRouter {
             active,
             self.neighbours.values().filter(|n| n.is_valid()).count(),
             self.nexthops.len(),
-            if self.cfg_flags != 0 { ", policy rules present: family punted to the kernel" } else { "" }
+            if self.cfg_flags != 0 {
+                ", policy rules or unprogrammed prefixes: family punted to the kernel"
+            } else {
+                ""
+            }
         )
         .into();
         s

@@ -338,3 +338,75 @@ fn routes_through_unowned_ports_are_not_shadowed() {
     });
     let _ = h2;
 }
+
+#[test]
+fn a_route_the_maps_cannot_hold_punts_its_family() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(false);
+    let h1 = topo.h1.clone();
+    let run = Running::start(&topo, "");
+    assert!(topo.ping_within(&h1, "10.0.2.2", T), "{}", run.report());
+    assert!(topo.ping_within(&h1, "fd00:2::2", T), "{}", run.report());
+
+    // 65536 more IPv4 /24s: the v4 trie holds 65536 (table, prefix) entries in all, so the last
+    // few cannot be programmed.
+    let p2 = run.with(|m| {
+        m.given
+            .values()
+            .find_map(|o| match o {
+                Object::Link(l) if l.ifname.as_str() == "p2" => Some(l.ifindex),
+                _ => None,
+            })
+            .unwrap()
+    });
+    let routes: Vec<Route> = (0..65536u32)
+        .map(|i| {
+            let dst = IpPrefix::new(IpAddress::V4([11, (i >> 8) as u8, i as u8, 0]), 24);
+            Route::unicast(dst, vec![NextHop::via("10.0.2.2".parse().unwrap(), p2)])
+        })
+        .collect();
+    let failed: Vec<Route> = run.with(|m| {
+        let p = m.plugin.as_mut().unwrap();
+        let mut failed = Vec::new();
+        for chunk in routes.chunks(4096) {
+            let changes: Vec<Change> = chunk
+                .iter()
+                .cloned()
+                .map(|r| Change::Add(Object::Route(r)))
+                .collect();
+            for (r, o) in chunk.iter().zip(p.apply(&changes)) {
+                if matches!(o, Outcome::Failed(_)) {
+                    failed.push(r.clone());
+                }
+            }
+        }
+        failed
+    });
+    assert!(
+        !failed.is_empty() && failed.len() < 100,
+        "{} routes failed",
+        failed.len()
+    );
+    // IPv4 now goes to the kernel (which does not forward here); IPv6 is unaffected.
+    assert_eq!(
+        topo.ping_count(&h1, "10.0.2.2", 2),
+        0,
+        "IPv4 forwarded with an unprogrammed prefix"
+    );
+    assert_eq!(topo.ping_count(&h1, "fd00:2::2", 2), 2);
+    assert!(run.with(|m| m.counter("xdp", "punt_all")) > 0);
+
+    // Once the routes that did not fit are gone, IPv4 is forwarded again.
+    run.with(|m| {
+        let changes: Vec<Change> = failed
+            .iter()
+            .cloned()
+            .map(|r| Change::Remove(Object::Route(r)))
+            .collect();
+        let outs = m.plugin.as_mut().unwrap().apply(&changes);
+        assert!(outs.iter().all(|o| *o == Outcome::Offloaded), "{outs:?}");
+    });
+    assert!(topo.ping_within(&h1, "10.0.2.2", T), "{}", run.report());
+}
