@@ -348,10 +348,14 @@ impl Drop for Daemon {
     }
 }
 
-/// Reads the recorder's JSON lines.
+/// Reads the recorder's JSON lines (complete lines only: the recorder may be writing the last).
 pub fn read_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad recorder line {l:?}: {e}")))
