@@ -402,7 +402,7 @@ impl State {
                         .get(&a.ifindex)
                         .is_some_and(|l| l.flags & IFF_UP != 0)
                 {
-                    self.leg_flags(a.ifindex, Some(false), None, true);
+                    self.leg_flags(a.ifindex, Some(false), None, Some(4));
                 }
                 self.put(a.into())
             }
@@ -521,7 +521,17 @@ impl State {
             } else {
                 None
             };
-            self.leg_flags(l.ifindex, dead, linkdown, false);
+            // IPv4 revives dead legs on NETDEV_UP (fib_sync_up); IPv6 only once the link is
+            // ready, i.e. up with carrier (addrconf_notify -> rt6_sync_up).
+            self.leg_flags(l.ifindex, dead, linkdown, Some(4));
+            let dead6 = if was_up && !up {
+                Some(true)
+            } else if up && carrier && (!was_up || !had_carrier) {
+                Some(false)
+            } else {
+                None
+            };
+            self.leg_flags(l.ifindex, dead6, linkdown, Some(6));
         }
     }
 
@@ -680,7 +690,7 @@ impl State {
                 }
                 let mut n = (**a).clone();
                 for h in n.nexthops.iter_mut() {
-                    if h.ifindex == ifindex {
+                    if h.ifindex == ifindex && h.flags & RTNH_F_DEAD == 0 {
                         h.flags |= RTNH_F_DEAD | RTNH_F_LINKDOWN;
                     }
                 }
@@ -698,17 +708,22 @@ impl State {
     /// Recomputes the carrier/admin-driven leg flags of routes through `ifindex`.
     /// Applies the leg flag changes the kernel makes silently on a device event: `dead` set
     /// (`Some(true)`) or cleared (`Some(false)`) on multipath legs, `linkdown` set or cleared on
-    /// legs and single-path routes (not `local` ones); `v4_only` limits it to IPv4 routes.
+    /// legs and single-path routes (not `local` ones); `only` limits it to one family (4 or 6).
     fn leg_flags(
         &mut self,
         ifindex: u32,
         dead: Option<bool>,
         linkdown: Option<bool>,
-        v4_only: bool,
+        only: Option<u8>,
     ) {
-        let keys = self
-            .routes
-            .keys_where(|k, a| a.uses_dev(ifindex) && (!v4_only || matches!(k, RKey::V4(_))));
+        let keys = self.routes.keys_where(|k, a| {
+            a.uses_dev(ifindex)
+                && match only {
+                    Some(4) => matches!(k, RKey::V4(_)),
+                    Some(_) => matches!(k, RKey::V6(_)),
+                    None => true,
+                }
+        });
         let set = |f: &mut u32, bit: u32, on: Option<bool>| match on {
             Some(true) => *f |= bit,
             Some(false) => *f &= !bit,
@@ -726,7 +741,16 @@ impl State {
                     } else if n.nexthops.len() == 1 && n.nexthops[0].ifindex == ifindex {
                         set(&mut n.flags, RTNH_F_LINKDOWN, linkdown);
                     } else if n.nexthops.len() > 1 {
+                        let v4 = matches!(k, RKey::V4(_));
                         for h in n.nexthops.iter_mut().filter(|h| h.ifindex == ifindex) {
+                            // IPv4 leaves legs that are already dead alone when marking
+                            // (fib_sync_down_dev counts them, flags nothing).
+                            if v4
+                                && h.flags & RTNH_F_DEAD != 0
+                                && (dead == Some(true) || linkdown == Some(true))
+                            {
+                                continue;
+                            }
                             set(&mut h.flags, RTNH_F_DEAD, dead);
                             set(&mut h.flags, RTNH_F_LINKDOWN, linkdown);
                         }

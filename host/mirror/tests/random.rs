@@ -31,14 +31,17 @@ fn step(r: &mut Rng) -> String {
     let table =
         |r: &mut Rng| ["", " table 100", " table 200", " table local"][r.pick(3)].to_string();
     let metric = |r: &mut Rng| ["", " metric 10", " metric 20"][r.pick(3)].to_string();
-    match r.pick(24) {
+    match r.pick(32) {
         0 => format!("ip link set {dev} {}", ["up", "down"][r.pick(2)]),
         1 => format!("ip link set q{p} {}", ["up", "down"][r.pick(2)]),
         2 => {
-            if r.pick(3) == 0 {
-                format!("ip link del {dev}")
-            } else {
-                format!("ip link add {dev} type veth peer name q{p}")
+            // Deleted pairs come back (with their bridge port and addresses) on later steps.
+            match r.pick(8) {
+                0 => format!("ip link del {dev}"),
+                1 | 2 => format!("ip link set q{p} master br0"),
+                3 | 4 => format!("ip addr add 10.{p}.0.1/24 dev {dev}"),
+                5 => format!("ip link set {dev} up"),
+                _ => format!("ip link add {dev} type veth peer name q{p}"),
             }
         }
         3 => format!("ip link set q{p} {}", ["master br0", "nomaster"][r.pick(2)]),
@@ -196,6 +199,7 @@ fn random_steps_match_kernel() {
         ns.ip(&format!("addr add 10.{p}.0.1/24 dev p{p}"));
         ns.ip(&format!("addr add 2001:db8:{p}::1/64 dev p{p}"));
     }
+    ns.ip("link add vx0 type vxlan id 42 dstport 4789 local 10.0.0.1");
     let run = start(&ns, 0);
     let mut rng = Rng(seed);
     let mut applied = 0;
@@ -206,6 +210,10 @@ fn random_steps_match_kernel() {
         let args: Vec<&str> = it.collect();
         let ok = match tool {
             "ip" => ns.try_ip(&args.join(" ")).is_ok(),
+            "sysctl" => {
+                ns.sh(&format!("sysctl -qw {}", args.join(" ")));
+                true
+            }
             _ => ns.bridge(&args.join(" ")).is_ok(),
         };
         applied += ok as usize;
