@@ -643,19 +643,31 @@ fn thread_main(
         }
         if !kinds.is_empty() {
             let t = Instant::now();
-            let (snap, n) = snapshot(&mut req, &kinds)?;
-            m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
-            tracing::info!(
-                ms = t.elapsed().as_millis() as u64,
-                ?kinds,
-                "mirror resynced"
-            );
+            match snapshot(&mut req, &kinds) {
+                Ok((snap, n)) => {
+                    m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
+                    tracing::info!(
+                        ms = t.elapsed().as_millis() as u64,
+                        ?kinds,
+                        "mirror resynced"
+                    );
+                }
+                Err(e) => {
+                    // Not fatal: keep listening and try again shortly.
+                    tracing::warn!(error = %e, ?kinds, "resync failed, retrying");
+                    m.control().resync.lock().unwrap().extend(kinds);
+                    std::thread::sleep(Duration::from_millis(100));
+                    m.control().wake();
+                }
+            }
             continue;
         }
         let due = next_proxy.is_some_and(|t| Instant::now() >= t);
         if proxy || due {
-            let (snap, n) = proxy_snapshot(&mut req)?;
-            m.reconcile(snap, n, 0, false);
+            match proxy_snapshot(&mut req) {
+                Ok((snap, n)) => m.reconcile(snap, n, 0, false),
+                Err(e) => tracing::warn!(error = %e, "proxy neighbour re-dump failed"),
+            }
             if due {
                 next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
             }

@@ -3,7 +3,7 @@
 
 use crate::convert::{fdb_is_dev_addr_list, Event};
 use crate::routes::{Attrs, RKey, Routes};
-use ekho_plugin_api::abi_stable::std_types::{ROption, RString};
+use ekho_plugin_api::abi_stable::std_types::RString;
 use ekho_plugin_api::object::link::{IFF_LOWER_UP, IFF_UP};
 use ekho_plugin_api::object::route::device_discriminator;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
@@ -89,10 +89,6 @@ pub struct State {
     touched_routes: BTreeMap<RKey, Vec<Object>>,
     /// Set when proxy neighbours may have changed silently (link down/delete, last address).
     pub want_proxy_dump: bool,
-}
-
-fn kind_range(kind: ObjectKind) -> (ObjectKind, ObjectKind) {
-    (kind, kind)
 }
 
 impl State {
@@ -374,11 +370,10 @@ impl State {
     }
 
     fn del_where(&mut self, kind: ObjectKind, f: impl Fn(&Object) -> bool) {
-        let (lo, _) = kind_range(kind);
         let keys: Vec<ObjectKey> = self
             .objs
             .iter()
-            .filter(|(k, o)| k.kind() == lo && f(o))
+            .filter(|(k, o)| k.kind() == kind && f(o))
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -1211,6 +1206,204 @@ pub fn sort_dependency(v: &mut [Object]) {
     v.sort_by_key(dep_rank);
 }
 
-/// Unused-warning guard for the `ROption` import on some cfgs.
-#[allow(dead_code)]
-fn _r(_: ROption<u8>) {}
+#[cfg(test)]
+mod tests {
+    //! The state machine alone, fed with events as the source decodes them.
+    use super::*;
+    use ekho_plugin_api::abi_stable::std_types::ROption;
+
+    const CREATE: u16 = NLM_F_CREATE;
+
+    fn link(ifindex: u32, name: &str, up: bool) -> Link {
+        Link {
+            ifindex,
+            ifname: name.into(),
+            flags: if up { IFF_UP | IFF_LOWER_UP } else { 0 },
+            link_netnsid: -1,
+            ..Default::default()
+        }
+    }
+
+    fn route(dst: &str, gw: &str, dev: u32) -> Route {
+        Route::unicast(
+            dst.parse().unwrap(),
+            vec![NextHop::via(gw.parse().unwrap(), dev)],
+        )
+    }
+
+    fn state() -> State {
+        let mut s = State {
+            tracking: true,
+            ..Default::default()
+        };
+        s.apply(Event::NewLink(link(2, "a", true)));
+        s.apply(Event::NewLink(link(3, "b", true)));
+        s.flush();
+        s
+    }
+
+    fn gws(s: &State, dst: &str) -> Vec<String> {
+        let rk = RKey::of(&route(dst, "10.0.0.1", 2));
+        s.routes
+            .get(&rk)
+            .iter()
+            .map(|a| a.nexthops[0].gateway.unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn ipv4_alias_order_follows_replace_append_prepend() {
+        let mut s = state();
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.1", 2),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.2", 2),
+            CREATE | NLM_F_APPEND,
+        ));
+        s.apply(Event::NewRoute(route("10.9.0.0/24", "10.0.0.3", 2), CREATE));
+        assert_eq!(gws(&s, "10.9.0.0/24"), ["10.0.0.3", "10.0.0.1", "10.0.0.2"]);
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.4", 2),
+            NLM_F_REPLACE,
+        ));
+        assert_eq!(gws(&s, "10.9.0.0/24"), ["10.0.0.4", "10.0.0.1", "10.0.0.2"]);
+        s.apply(Event::DelRoute(route("10.9.0.0/24", "10.0.0.1", 2)));
+        assert_eq!(gws(&s, "10.9.0.0/24"), ["10.0.0.4", "10.0.0.2"]);
+        // Listeners see the entry in effect: one Add, of the head.
+        let c = s.flush();
+        assert_eq!(c.len(), 1);
+        assert!(
+            matches!(&c[0], Change::Add(Object::Route(r)) if r.nexthops[0].gateway.unwrap().to_string() == "10.0.0.4")
+        );
+    }
+
+    #[test]
+    fn link_down_flushes_ipv4_routes_silently_and_in_reverse_order() {
+        let mut s = state();
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.1", 2),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.apply(Event::NewRoute(
+            route("10.8.0.0/24", "10.0.0.1", 3),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.flush();
+        s.apply(Event::NewLink(link(2, "a", false)));
+        let c = s.flush();
+        let ops: Vec<(&str, ObjectKind)> = c.iter().map(|c| (c.op(), c.kind())).collect();
+        assert_eq!(
+            ops,
+            [("update", ObjectKind::Link), ("remove", ObjectKind::Route)]
+        );
+        assert!(gws(&s, "10.8.0.0/24").len() == 1);
+    }
+
+    #[test]
+    fn nexthop_delete_shrinks_groups_and_drops_routes() {
+        let mut s = state();
+        let nh = |id, dev| Nexthop {
+            id,
+            family: Family::INET,
+            gateway: ROption::RSome("10.0.0.1".parse().unwrap()),
+            ifindex: dev,
+            dev: RString::new(),
+            blackhole: false,
+            fdb: false,
+            flags: 0,
+            protocol: Protocol::UNSPEC,
+            scope: Scope::LINK,
+            group: Default::default(),
+            group_type: 0,
+            encap: ROption::RNone,
+        };
+        s.apply(Event::NewNexthop(nh(1, 2)));
+        s.apply(Event::NewNexthop(nh(2, 3)));
+        let mut g = nh(10, 0);
+        g.gateway = ROption::RNone;
+        g.group = vec![
+            GroupMember { id: 1, weight: 1 },
+            GroupMember { id: 2, weight: 1 },
+        ]
+        .into();
+        s.apply(Event::NewNexthop(g));
+        let mut r = route("10.7.0.0/24", "10.0.0.1", 2);
+        r.nhid = ROption::RSome(1);
+        s.apply(Event::NewRoute(r, CREATE | NLM_F_EXCL));
+        s.flush();
+        // Device 2 loses carrier: nexthop 1 goes silently, the group shrinks, the route goes.
+        let mut l = link(2, "a", true);
+        l.flags = IFF_UP;
+        s.apply(Event::NewLink(l));
+        let c = s.flush();
+        let ops: Vec<String> = c
+            .iter()
+            .map(|c| format!("{} {:?}", c.op(), dep_rank(c.object())))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "update (Link, 0)",
+                "update (Nexthop, 1)",
+                "remove (Route, 0)",
+                "remove (Nexthop, 0)"
+            ],
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn netconf_partial_notifications_merge() {
+        let mut s = state();
+        let nc = |fwd: Option<i32>, rp: Option<i32>| Netconf {
+            family: Family::INET,
+            ifindex: 2,
+            dev: RString::new(),
+            forwarding: fwd.into(),
+            rp_filter: rp.into(),
+            mc_forwarding: ROption::RNone,
+            proxy_neigh: ROption::RNone,
+            ignore_routes_with_linkdown: ROption::RNone,
+            input: ROption::RNone,
+        };
+        s.apply(Event::NewNetconf(nc(Some(0), Some(0))));
+        s.apply(Event::NewNetconf(nc(Some(1), None)));
+        match s.get(&ObjectKey::Netconf {
+            family: Family::INET,
+            ifindex: 2,
+        }) {
+            Some(Object::Netconf(n)) => {
+                assert_eq!(
+                    (n.forwarding, n.rp_filter),
+                    (ROption::RSome(1), ROption::RSome(0))
+                );
+                assert_eq!(n.dev.as_str(), "a");
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_snapshot_never_sweeps() {
+        let mut s = state();
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.1", 2),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.flush();
+        let mut snap = Snapshot {
+            kinds: [ObjectKind::Route].into(),
+            ..Default::default()
+        };
+        snap.partial.insert(ObjectKind::Route);
+        s.reconcile(snap);
+        assert!(s.flush().is_empty());
+        s.reconcile(Snapshot {
+            kinds: [ObjectKind::Route].into(),
+            ..Default::default()
+        });
+        assert_eq!(s.flush().len(), 1);
+    }
+}

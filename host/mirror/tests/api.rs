@@ -89,3 +89,55 @@ fn attach_orders_and_resync_is_silent_and_resolve_works() {
         "no neighbour entry after resolve: {out}"
     );
 }
+
+#[test]
+fn device_routes_on_several_devices_are_separate_objects() {
+    let Some(ns) = Netns::new("devroutes") else {
+        return;
+    };
+    ns.ip("link add va type veth peer name vb");
+    ns.ip("link set va up");
+    ns.ip("link set vb up");
+    let r = start(&ns, 0);
+    let fe80 = |objs: &[Object]| -> Vec<String> {
+        let mut v: Vec<String> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::Route(x) if x.dst.to_string() == "fe80::/64" && x.table == 254 => {
+                    Some(x.nexthops[0].dev.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let snap: Arc<Mutex<Vec<Object>>> = Arc::default();
+    let log: Arc<Mutex<Vec<Change>>> = Arc::default();
+    let (s2, l2) = (snap.clone(), log.clone());
+    r.mirror.attach(
+        move |v| *s2.lock().unwrap() = v,
+        Box::new(move |c: &[Change]| l2.lock().unwrap().extend_from_slice(c)),
+    );
+    assert_eq!(
+        fe80(&snap.lock().unwrap()),
+        ["va", "vb"],
+        "both fe80::/64 routes in the snapshot"
+    );
+    ns.ip("link set vb down");
+    assert!(converge(&ns, &r.mirror, Duration::from_secs(3)).is_empty());
+    let removed: Vec<Object> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|c| match c {
+            Change::Remove(o) => Some(o.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fe80(&removed),
+        ["vb"],
+        "only vb's fe80::/64 removed: {removed:?}"
+    );
+}
