@@ -31,4 +31,8 @@ else
     fi
 fi
 cd "$root"
+# With the host built, the daemon end-to-end test runs too (it skips without EKHO_BIN).
+if [ -z "${EKHO_BIN:-}" ] && [ -x target/debug/ekho ] && [ -f target/debug/libekho_xdp_router.so ]; then
+    export EKHO_BIN=target/debug/ekho
+fi
 cargo test -p ekho-xdp-router

@@ -56,21 +56,28 @@ pub fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces, XDP)".into());
     }
-    for c in ["ip", "ping", "python3"] {
+    for c in ["ip", "ping", "ethtool", "python3"] {
         if !have(c) {
             return Some(format!(
-                "`{c}` not installed (apt-get install -y iproute2 iputils-ping python3)"
+                "`{c}` not installed (apt-get install -y iproute2 iputils-ping ethtool python3)"
             ));
         }
     }
     None
 }
 
+/// Prints `SKIP: reason` on the real stderr (not captured by the test harness, so it shows in a
+/// plain `cargo test` run).
+pub fn say_skip(reason: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("SKIP: {reason}\n").as_bytes());
+}
+
 /// Prints the skip reason and returns true when the test must be skipped.
 pub fn skip() -> bool {
     match skip_reason() {
         Some(r) => {
-            eprintln!("SKIP: {r}");
+            say_skip(&r);
             true
         }
         None => false,
