@@ -1,0 +1,212 @@
+//! The xdp-router plugin through the daemon: h1 - r - h2, r's kernel forwarding off; traffic
+//! between h1 and h2 flows only while `ekho run` (mirroring r) has the plugin owning r's ports,
+//! and route changes on r are reflected in forwarding.
+
+use ekho_tests::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Topo {
+    h1: Netns,
+    r: Netns,
+    h2: Netns,
+}
+
+fn exec(ns: &Netns, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ping(from: &Netns, to: &str) -> bool {
+    exec(from, &["ping", "-n", "-q", "-c", "1", "-W", "1", to])
+}
+
+fn ping_within(from: &Netns, to: &str, t: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < t {
+        if ping(from, to) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Sends `n` bytes over TCP from h1 to `to` (a listener in h2), returns what arrived.
+fn tcp(h1: &Netns, h2: &Netns, to: &str, port: u16, n: usize) -> usize {
+    let listen = if to.contains(':') { "::" } else { "0.0.0.0" };
+    let fam = if to.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let server = format!(
+        "import socket\ns=socket.socket(socket.{fam});s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{listen}',{port}));s.listen(1);s.settimeout(15);c,_=s.accept();c.settimeout(15);t=0\n\
+         while True:\n  b=c.recv(65536)\n  if not b: break\n  t+=len(b)\nprint(t)\n"
+    );
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &h2.name, "python3", "-c", &server])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = format!(
+        "import socket\ns=socket.create_connection(('{to}',{port}),timeout=15)\ns.sendall(b'x'*{n})\ns.close()\n"
+    );
+    let ok = exec(h1, &["python3", "-c", &client]);
+    let out = srv.wait_with_output().unwrap();
+    if !ok {
+        return 0;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+impl Topo {
+    fn new() -> Topo {
+        let t = Topo {
+            h1: Netns::new(),
+            r: Netns::new(),
+            h2: Netns::new(),
+        };
+        t.r.ip(&[
+            "link", "add", "p1", "type", "veth", "peer", "name", "veth0", "netns", &t.h1.name,
+        ]);
+        t.r.ip(&[
+            "link", "add", "p2", "type", "veth", "peer", "name", "veth0", "netns", &t.h2.name,
+        ]);
+        for (ns, k) in [
+            (&t.r, "net.ipv4.ip_forward=0"),
+            (&t.r, "net.ipv6.conf.all.forwarding=0"),
+            (&t.r, "net.ipv6.conf.all.accept_ra=0"),
+        ] {
+            assert!(exec(ns, &["sysctl", "-qw", k]));
+        }
+        t.h1.ip_batch("addr add 10.0.1.2/24 dev veth0\naddr add fd00:1::2/64 dev veth0 nodad\nlink set veth0 up\n");
+        t.h2.ip_batch("addr add 10.0.2.2/24 dev veth0\naddr add fd00:2::2/64 dev veth0 nodad\nlink set veth0 up\n");
+        t.r.ip_batch(
+            "addr add 10.0.1.1/24 dev p1\naddr add fd00:1::1/64 dev p1 nodad\n\
+             addr add 10.0.2.1/24 dev p2\naddr add fd00:2::1/64 dev p2 nodad\nlink set p1 up\nlink set p2 up\n",
+        );
+        // XDP_REDIRECT into a veth needs NAPI on the receiving peer (GRO on); veth leaves L4
+        // checksums to "hardware", which a redirected raw frame never gets: senders fill them.
+        for ns in [&t.h1, &t.h2] {
+            assert!(exec(
+                ns,
+                &["ethtool", "-K", "veth0", "gro", "on", "tx", "off"]
+            ));
+        }
+        for p in ["p1", "p2"] {
+            assert!(exec(&t.r, &["ethtool", "-K", p, "gro", "on", "tx", "off"]));
+        }
+        t.h1.ip_batch("route add default via 10.0.1.1\nroute add default via fd00:1::1\n");
+        t.h2.ip_batch("route add default via 10.0.2.1\nroute add default via fd00:2::1\n");
+        t
+    }
+}
+
+#[test]
+fn xdp_router_forwards_only_while_ekho_runs() {
+    for (tool, arg) in [
+        ("ping", "-V"),
+        ("ethtool", "--version"),
+        ("python3", "--version"),
+    ] {
+        if !have(tool, arg) {
+            println!(
+                "SKIP: {tool} is not installed (apt-get install iputils-ping ethtool python3)"
+            );
+            return;
+        }
+    }
+    let t = Topo::new();
+    assert!(
+        !ping(&t.h1, "10.0.2.2"),
+        "the kernel on r must not forward (ip_forward=0)"
+    );
+    assert!(
+        !ping(&t.h1, "fd00:2::2"),
+        "the kernel on r must not forward (IPv6 forwarding=0)"
+    );
+
+    let dir = TempDir::new();
+    let cfg = format!(
+        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\n\n\
+         [[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n",
+        t.r.name,
+        build().display()
+    );
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let st = d.plugin("xdp-router");
+    assert_eq!(st["state"], "in_sync", "{st}\n{}", d.log_text());
+    let s = Duration::from_secs(10);
+    assert!(
+        ping_within(&t.h1, "10.0.2.2", s),
+        "v4 through XDP:\n{}",
+        d.log_text()
+    );
+    assert!(
+        ping_within(&t.h1, "fd00:2::2", s),
+        "v6 through XDP:\n{}",
+        d.log_text()
+    );
+    assert_eq!(
+        tcp(&t.h1, &t.h2, "10.0.2.2", 5101, 2 << 20),
+        2 << 20,
+        "v4 TCP transfer"
+    );
+    assert_eq!(
+        tcp(&t.h1, &t.h2, "fd00:2::2", 5102, 2 << 20),
+        2 << 20,
+        "v6 TCP transfer"
+    );
+    let counters = d.plugin("xdp-router")["counters"].clone();
+    let fwd: u64 = counters
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "forwarded")
+        .map(|c| c["value"].as_u64().unwrap())
+        .sum();
+    assert!(fwd > 1000, "packets forwarded by XDP: {fwd} ({counters})");
+
+    // A route change on r reaches the data path: a new prefix behind h2.
+    t.h2.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
+    assert!(!ping(&t.h1, "10.9.0.1"), "no route on r yet");
+    t.r.ip(&["route", "add", "10.9.0.0/24", "via", "10.0.2.2"]);
+    assert!(
+        ping_within(&t.h1, "10.9.0.1", s),
+        "new prefix forwarded:\n{}",
+        d.log_text()
+    );
+    t.r.ip(&["route", "del", "10.9.0.0/24"]);
+    d.settle();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !ping(&t.h1, "10.9.0.1"),
+        "deleted prefix no longer forwarded"
+    );
+
+    // Stopping ekho stops forwarding (programs detached).
+    assert!(d.stop(), "clean exit:\n{}", d.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!ping(&t.h1, "10.0.2.2"), "forwarding must stop with ekho");
+    let links = t.r.ip(&["-d", "link", "show"]);
+    assert!(
+        !links.contains("prog/xdp"),
+        "no XDP program left on r's ports:\n{links}"
+    );
+}
