@@ -55,7 +55,7 @@ fn tcp(h1: &Netns, h2: &Netns, to: &str, port: u16, n: usize) -> usize {
          s.bind(('{listen}',{port}));s.listen(1);s.settimeout(15);c,_=s.accept();c.settimeout(15);t=0\n\
          while True:\n  b=c.recv(65536)\n  if not b: break\n  t+=len(b)\nprint(t)\n"
     );
-    let mut srv = Command::new("ip")
+    let srv = Command::new("ip")
         .args(["netns", "exec", &h2.name, "python3", "-c", &server])
         .stdout(std::process::Stdio::piped())
         .spawn()
