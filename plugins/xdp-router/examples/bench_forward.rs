@@ -8,7 +8,9 @@
 //!    via h2 is then applied to the plugin (`Plugin::apply`, in-process) and the time to the first
 //!    packet received in h2 is measured (h2 accepts 10.88.0.0/16 as local).
 //!
-//! Run (root): `cargo run --release -p ekho-xdp-router --example bench_forward [-- SECONDS ROUNDS]`
+//! Run (root): `cargo run --release -p ekho-xdp-router --example bench_forward [-- SECONDS ROUNDS SENDERS]`
+//! (defaults 3 s, 3 rounds, 1 sender thread). All forwarding work runs in softirq on the sending
+//! CPU (veth), so the figures are "packets one sending core gets through r to h2".
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -81,11 +83,13 @@ fn flood(ns: &str, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> JoinHandle<()
     })
 }
 
-/// Packets per second delivered to h2 during `secs`, and sent by h1.
-fn measure(topo: &Topo, secs: f64) -> (f64, f64) {
+/// Packets per second delivered to h2 during `secs`, and sent by h1 (`senders` threads).
+fn measure(topo: &Topo, secs: f64, senders: usize) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let t = flood(&topo.h1, stop.clone(), sent.clone());
+    let threads: Vec<JoinHandle<()>> = (0..senders)
+        .map(|_| flood(&topo.h1, stop.clone(), sent.clone()))
+        .collect();
     std::thread::sleep(Duration::from_millis(500)); // warm-up (neighbours, caches)
     let rx0 = topo.rx_packets(&topo.h2, "veth0");
     let s0 = sent.load(Ordering::Relaxed);
@@ -95,7 +99,9 @@ fn measure(topo: &Topo, secs: f64) -> (f64, f64) {
     let s1 = sent.load(Ordering::Relaxed);
     let dt = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    t.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
     ((rx1 - rx0) as f64 / dt, (s1 - s0) as f64 / dt)
 }
 
@@ -127,6 +133,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let senders: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
     let topo = Topo::new(false);
     topo.ip(&topo.r, "route add 10.99.0.0/16 via 10.0.2.2");
 
@@ -136,14 +143,14 @@ fn main() {
         for (mode, out) in [("native", &mut native), ("skb", &mut generic)] {
             sysctl(&topo, "net.ipv4.ip_forward", "0");
             let mut m = start_plugin(&topo, &format!("xdp_mode = \"{mode}\""));
-            let (rx, tx) = measure(&topo, secs);
+            let (rx, tx) = measure(&topo, secs, senders);
             let fwd = m.counter("port:p1", "forwarded");
             m.shutdown();
             println!("round {round}: XDP {mode:<6} delivered {rx:>9.0} pps (sender {tx:>9.0} pps; plugin forwarded {fwd})");
             out.push(rx);
         }
         sysctl(&topo, "net.ipv4.ip_forward", "1");
-        let (rx, tx) = measure(&topo, secs);
+        let (rx, tx) = measure(&topo, secs, senders);
         sysctl(&topo, "net.ipv4.ip_forward", "0");
         println!("round {round}: kernel     delivered {rx:>9.0} pps (sender {tx:>9.0} pps)");
         kern.push(rx);
@@ -154,7 +161,7 @@ fn main() {
     };
     let (x, g, k) = (med(&mut native), med(&mut generic), med(&mut kern));
     println!(
-        "forwarding rate (median of {rounds} x {secs} s): XDP native {x:.0} pps, XDP skb {g:.0} pps, kernel {k:.0} pps; ratio native/kernel = {:.2}, skb/kernel = {:.2}",
+        "forwarding rate (median of {rounds} x {secs} s, {senders} sender(s)): XDP native {x:.0} pps, XDP skb {g:.0} pps, kernel {k:.0} pps; ratio native/kernel = {:.2}, skb/kernel = {:.2}",
         x / k,
         g / k
     );
