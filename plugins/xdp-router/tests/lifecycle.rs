@@ -102,3 +102,49 @@ fn stale_link_of_a_leaked_instance_is_detached() {
         topo.xdp_attached_in_r()
     );
 }
+
+#[test]
+fn resync_sweeps_what_the_replay_did_not_renew() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(false);
+    topo.ip(&topo.h2, "addr add 10.9.9.9/32 dev lo");
+    topo.ip(&topo.r, "route add 10.9.9.9/32 via 10.0.2.2");
+    let run = Running::start(&topo, "");
+    assert!(
+        topo.ping_within(&topo.h1, "10.9.9.9", T),
+        "{}",
+        run.report()
+    );
+
+    // The host replays its state (e.g. after a netlink overrun) but no longer has the route:
+    // everything else is renewed, the route is swept at end_sync.
+    run.with(|m| {
+        let p = m.plugin.as_mut().unwrap();
+        let replay: Vec<Change> = m
+            .given
+            .values()
+            .filter(|o| !matches!(o, Object::Route(r) if r.dst.to_string() == "10.9.9.9/32"))
+            .cloned()
+            .map(Change::Add)
+            .collect();
+        p.begin_sync();
+        let outs = p.apply(&replay);
+        assert!(
+            !outs.iter().any(|o| matches!(o, Outcome::Failed(_))),
+            "{outs:?}"
+        );
+        p.end_sync();
+        assert!(
+            !p.stats()
+                .counters
+                .iter()
+                .any(|c| c.kind.as_str() == "route:10.9.9.9/32"),
+            "swept route still counted"
+        );
+    });
+    // Forwarding of the other prefixes is untouched; the swept one is gone.
+    assert_eq!(topo.ping_count(&topo.h1, "10.0.2.2", 3), 3);
+    assert_eq!(topo.ping_count(&topo.h1, "10.9.9.9", 3), 0);
+}
