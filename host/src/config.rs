@@ -27,7 +27,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ekho/ekho.sock";
 /// line and column.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (pass an existing file with --config, or omit --config to use the built-in default)")]
+    #[error("cannot read config file {path} (pass an existing file with --config, or omit --config to use the built-in default)")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -342,7 +342,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
     }
-    tracing::info!(config = %config.source, netns = ?netns, plugin_dir = %config.plugin_dir().display(), "ekho starting");
+    tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
 
     let mirror = Mirror::new();
     let src_cfg = SourceConfig {
