@@ -277,7 +277,7 @@ impl Daemon {
                     if let (true, Some(name), Some(obj)) =
                         (l.link_netnsid < 0, names.get(&l.link), j.as_object_mut())
                     {
-                        obj.remove("link_index");
+                        obj.shift_remove("link_index");
                         obj.insert("link".into(), name.as_str().into());
                     }
                 }

@@ -17,11 +17,40 @@ fn scalar(v: &Value) -> String {
     }
 }
 
-/// One object, iproute2-like: the first field bare, then `name value` pairs.
+/// One object, iproute2-like: the first field bare, then `name value` pairs (links as
+/// `ip link` prints them: `3: a0: <FLAGS> mtu ...`).
 pub fn object(v: &Value) -> String {
     let Some(m) = v.as_object() else {
         return v.to_string();
     };
+    if let (Some(i), Some(n), Some(f)) = (m.get("ifindex"), m.get("ifname"), m.get("flags")) {
+        if m.contains_key("mtu") {
+            let rest: serde_json::Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| !["ifindex", "ifname", "flags"].contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let flags: Vec<String> = f.as_array().into_iter().flatten().map(scalar).collect();
+            return format!(
+                "{i}: {}: <{}> {}",
+                scalar(n),
+                flags.join(","),
+                object_rest(&rest)
+            );
+        }
+    }
+    object_fields(m)
+}
+
+/// `name value` pairs only.
+fn object_rest(m: &serde_json::Map<String, Value>) -> String {
+    let mut v = serde_json::Map::new();
+    v.insert(String::new(), Value::Null);
+    v.extend(m.clone());
+    object_fields(&v).trim_start().to_string()
+}
+
+fn object_fields(m: &serde_json::Map<String, Value>) -> String {
     let mut out = String::new();
     for (i, (k, val)) in m.iter().enumerate() {
         if i > 0 {
@@ -173,10 +202,18 @@ pub fn status(v: &Value) -> String {
     out
 }
 
+fn or_none(s: String) -> String {
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s
+    }
+}
+
 fn caps(out: &mut String, c: &Value) {
     let _ = writeln!(out, "    kinds:     {}", scalar(&c["kinds"]));
     let _ = writeln!(out, "    families:  {}", scalar(&c["families"]));
-    let _ = writeln!(out, "    notifiers: {}", scalar(&c["notifiers"]));
+    let _ = writeln!(out, "    notifiers: {}", or_none(scalar(&c["notifiers"])));
     let p = &c["ports"];
     let ports = if p["all"] == true {
         "all".to_string()
@@ -188,7 +225,7 @@ fn caps(out: &mut String, c: &Value) {
         )
     };
     let _ = writeln!(out, "    ports:     {ports} (from {})", scalar(&p["from"]));
-    let _ = writeln!(out, "    limits:    {}", scalar(&c["limits"]));
+    let _ = writeln!(out, "    limits:    {}", or_none(scalar(&c["limits"])));
     let _ = writeln!(out, "    features:  {}", scalar(&c["features"]));
 }
 
@@ -245,6 +282,12 @@ pub fn check(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_read_like_ip_link() {
+        let v = serde_json::json!({"ifindex": 3, "ifname": "a0", "flags": ["UP", "LOWER_UP"], "mtu": 1500, "master": "br0"});
+        assert_eq!(object(&v), "3: a0: <UP,LOWER_UP> mtu 1500 master br0");
+    }
 
     #[test]
     fn object_reads_like_iproute2() {
