@@ -7,10 +7,13 @@ set -eu
 cd "$(dirname "$0")"
 CLANG=${CLANG:-$(command -v clang || command -v clang-14)}
 ARCH_INC=/usr/include/$(uname -m)-linux-gnu
-"$CLANG" -target bpf -O2 -g -Wall -Werror \
-    -I"$ARCH_INC" \
-    -c xdp_router.bpf.c -o xdp_router.bpf.o.tmp
-mv xdp_router.bpf.o.tmp xdp_router.bpf.o
+# xdp_router: the plugin's data path; bench_gen: the benchmark's traffic generator.
+for obj in xdp_router bench_gen; do
+    "$CLANG" -target bpf -O2 -g -Wall -Werror \
+        -I"$ARCH_INC" \
+        -c $obj.bpf.c -o $obj.bpf.o.tmp
+    mv $obj.bpf.o.tmp $obj.bpf.o
+done
 # Keep CLANG_VERSION (the major version the committed object was built with) in step.
 "$CLANG" --version | head -1 | sed -n "s/.*clang version \([0-9]*\).*/\1/p" > CLANG_VERSION
-echo "built $(pwd)/xdp_router.bpf.o ($("$CLANG" --version | head -1))"
+echo "built $(pwd)/xdp_router.bpf.o and bench_gen.bpf.o ($("$CLANG" --version | head -1))"

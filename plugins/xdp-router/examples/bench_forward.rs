@@ -4,12 +4,16 @@
 //!    routed by r via h2; packets delivered = RX packets on h2's veth0 (h2 drops them cheaply:
 //!    not for it, forwarding off). XDP (plugin running, r's forwarding off) versus the kernel's own
 //!    forwarding (plugin stopped, r's forwarding on), alternating rounds in the same run.
-//! 2. Route-change latency: a paced sender in h1 targets 10.88.<i>.1; the route 10.88.<i>.0/24
+//! 2. The same with XDP frames offered to r: an in-kernel generator (bpf/bench_gen.bpf.c, run by
+//!    BPF_PROG_TEST_RUN with live frames in h1) redirects frames into h1's veth, so they reach r's
+//!    port as XDP frames, without an skb, as they would from a NIC.
+//! 3. Route-change latency: a paced sender in h1 targets 10.88.<i>.1; the route 10.88.<i>.0/24
 //!    via h2 is then applied to the plugin (`Plugin::apply`, in-process) and the time to the first
 //!    packet received in h2 is measured (h2 accepts 10.88.0.0/16 as local).
 //!
 //! Run (root): `cargo run --release -p ekho-xdp-router --example bench_forward [-- SECONDS ROUNDS SENDERS]`
-//! (defaults 3 s, 3 rounds, 1 sender thread). All forwarding work runs in softirq on the sending
+//! (defaults 3 s, 3 rounds, 1 sender thread). Env: BENCH_SKIP_SOCKET=1 skips part 1,
+//! BENCH_DIAG=1 prints the veths' ethtool counters after each live-frame round. All forwarding work runs in softirq on the sending
 //! CPU (veth), so the figures are "packets one sending core gets through r to h2".
 
 #[path = "../tests/common/mod.rs"]
@@ -19,7 +23,7 @@ use common::*;
 use ekho_plugin_api::prelude::*;
 use std::fs::File;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -105,6 +109,109 @@ fn measure(topo: &Topo, secs: f64, senders: usize) -> (f64, f64) {
     ((rx1 - rx0) as f64 / dt, (s1 - s0) as f64 / dt)
 }
 
+/// The generator object (bpf/bench_gen.bpf.c, built by bpf/build.sh).
+static GEN_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/bench_gen.bpf.o");
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// One 60-byte UDP frame h1 -> 10.99.0.1 addressed to r's p1.
+fn frame(dst_mac: &[u8], src_mac: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(dst_mac);
+    f.extend_from_slice(src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [
+        0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 1, 2, 10, 99, 0, 1,
+    ];
+    let c = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x27, 0x10, 0x23, 0x28, 0, 26, 0, 0]); // 10000 -> 9000, len 26, csum 0
+    f.extend_from_slice(&[0x5a; 18]);
+    f
+}
+
+fn mac_of(topo: &Topo, ns: &str, dev: &str) -> (u32, Vec<u8>) {
+    let j: serde_json::Value =
+        serde_json::from_str(&topo.ip(ns, &format!("-j link show dev {dev}"))).unwrap();
+    let mac: LinkAddr = j[0]["address"].as_str().unwrap().parse().unwrap();
+    (
+        j[0]["ifindex"].as_u64().unwrap() as u32,
+        mac.as_slice().to_vec(),
+    )
+}
+
+/// Offers XDP frames to r's p1 for `secs` with the in-kernel generator (BPF_PROG_TEST_RUN, live
+/// frames) running in h1; returns (pps delivered to h2, pps generated). Frames that r cannot
+/// take are dropped at its ring, so "delivered" is what r forwards.
+fn measure_live(topo: &Topo, secs: f64) -> (f64, f64) {
+    let (_, p1_mac) = mac_of(topo, &topo.r, "p1");
+    let (veth0, h1_mac) = mac_of(topo, &topo.h1, "veth0");
+    let data = frame(&p1_mac, &h1_mac);
+    let rx0 = topo.rx_packets(&topo.h2, "veth0");
+    let t0 = Instant::now();
+    let mut headers = [0u8; 42];
+    headers.copy_from_slice(&data[..42]);
+    let gen = spawn_in(&topo.h1, move || {
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_global("target_ifindex", &veth0, true)
+            .set_global("headers", &headers, true)
+            .load(GEN_OBJECT)
+            .expect("load generator");
+        let prog: &mut aya::programs::Xdp =
+            ebpf.program_mut("xdp_gen").unwrap().try_into().unwrap();
+        prog.load().expect("load xdp_gen");
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        let mut total = 0u64;
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            const REPEAT: u32 = 1 << 18;
+            // union bpf_attr, BPF_PROG_TEST_RUN (cmd 10): prog_fd, retval, data_size_in,
+            // data_size_out, data_in, data_out, repeat, duration, ctx sizes/pointers, flags,
+            // cpu, batch_size.
+            let mut a = [0u64; 16];
+            a[0] = fd as u32 as u64;
+            a[1] = data.len() as u64; // data_size_in (low half of word 1)
+            a[2] = data.as_ptr() as u64;
+            a[4] = REPEAT as u64;
+            a[8] = 1 << 1; // BPF_F_TEST_XDP_LIVE_FRAMES
+                           // SAFETY: attr is large enough and zeroed; data outlives the call.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, 10, a.as_mut_ptr(), std::mem::size_of_val(&a))
+            };
+            assert!(
+                r == 0,
+                "BPF_PROG_TEST_RUN live frames: {}",
+                std::io::Error::last_os_error()
+            );
+            total += REPEAT as u64;
+        }
+        GENERATED.store(total, Ordering::Relaxed);
+    });
+    gen.join().unwrap();
+    let dt = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    let rx = topo.rx_packets(&topo.h2, "veth0") - rx0;
+    if std::env::var_os("BENCH_DIAG").is_some() {
+        eprintln!("{}", topo.diag());
+    }
+    (
+        rx as f64 / dt,
+        GENERATED.load(Ordering::Relaxed) as f64 / dt,
+    )
+}
+
+static GENERATED: AtomicU64 = AtomicU64::new(0);
+
 fn sysctl(topo: &Topo, k: &str, v: &str) {
     topo.exec(&topo.r, &["sysctl", "-qw", &format!("{k}={v}")]);
 }
@@ -139,7 +246,12 @@ fn main() {
 
     // ---- 1. forwarding rate ----
     let (mut native, mut generic, mut kern) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
+    let socket_rounds = if std::env::var_os("BENCH_SKIP_SOCKET").is_some() {
+        0
+    } else {
+        rounds
+    };
+    for round in 0..socket_rounds {
         for (mode, out) in [("native", &mut native), ("skb", &mut generic)] {
             sysctl(&topo, "net.ipv4.ip_forward", "0");
             let mut m = start_plugin(&topo, &format!("xdp_mode = \"{mode}\""));
@@ -159,14 +271,42 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (x, g, k) = (med(&mut native), med(&mut generic), med(&mut kern));
-    println!(
+    if socket_rounds > 0 {
+        let (x, g, k) = (med(&mut native), med(&mut generic), med(&mut kern));
+        println!(
         "forwarding rate (median of {rounds} x {secs} s, {senders} sender(s)): XDP native {x:.0} pps, XDP skb {g:.0} pps, kernel {k:.0} pps; ratio native/kernel = {:.2}, skb/kernel = {:.2}",
         x / k,
         g / k
     );
+    }
 
-    // ---- 2. route change -> first forwarded packet ----
+    // ---- 2. the same with XDP frames offered to r (as from a NIC) ----
+    // Receiving XDP frames on p1 needs NAPI there also without our program: GRO on.
+    topo.exec(&topo.r, &["ethtool", "-K", "p1", "gro", "on"]);
+    let (mut lnative, mut lgeneric, mut lkern) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for (mode, out) in [("native", &mut lnative), ("skb", &mut lgeneric)] {
+            sysctl(&topo, "net.ipv4.ip_forward", "0");
+            let mut m = start_plugin(&topo, &format!("xdp_mode = \"{mode}\""));
+            let (rx, gen) = measure_live(&topo, secs);
+            m.shutdown();
+            println!("round {round}: live frames, XDP {mode:<6} delivered {rx:>9.0} pps (offered {gen:>9.0} pps)");
+            out.push(rx);
+        }
+        sysctl(&topo, "net.ipv4.ip_forward", "1");
+        let (rx, gen) = measure_live(&topo, secs);
+        sysctl(&topo, "net.ipv4.ip_forward", "0");
+        println!("round {round}: live frames, kernel     delivered {rx:>9.0} pps (offered {gen:>9.0} pps)");
+        lkern.push(rx);
+    }
+    let (x, g, k) = (med(&mut lnative), med(&mut lgeneric), med(&mut lkern));
+    println!(
+        "forwarding rate, XDP frames offered (median of {rounds} x {secs} s): XDP native {x:.0} pps, XDP skb {g:.0} pps, kernel {k:.0} pps; ratio native/kernel = {:.2}, skb/kernel = {:.2}",
+        x / k,
+        g / k
+    );
+
+    // ---- 3. route change -> first forwarded packet ----
     topo.ip(&topo.h2, "route add local 10.88.0.0/16 dev lo");
     let mut m = start_plugin(&topo, "");
     let p2 = dump(&topo.r)
