@@ -145,26 +145,42 @@ impl Dataplane {
     }
 
     /// Attaches the program to `ifindex` (in the configured namespace). Before attaching, an
-    /// ekho program left on the port by an earlier run is detached.
-    /// Returns a note when something stale was removed.
+    /// ekho program left on the port by an earlier run is detached. In `auto` mode a port whose
+    /// driver refuses native XDP gets generic XDP.
+    /// Returns a note when something stale was removed or the mode fell back.
     pub fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error> {
         if self.links.contains_key(&ifindex) {
             return Ok(None);
         }
-        let flags = self.mode.flags();
+        let mode = self.mode;
         let netns = self.netns.clone();
         let prog = self.prog()?;
-        let (stale, id) = netns::run_in(netns.as_deref(), move || {
+        let (stale, id, fell_back) = netns::run_in(netns.as_deref(), move || {
             let stale = crate::stale::detach_stale(ifindex, PROG_NAME);
-            let id = prog.attach_to_if_index(ifindex, flags);
-            (stale, id)
+            let mut id = prog.attach_to_if_index(ifindex, mode.flags());
+            let mut fell_back = None;
+            // auto: when the driver refuses native mode (no support, MTU too large for XDP),
+            // generic mode still works.
+            if let (Err(e), XdpMode::Auto) = (&id, mode) {
+                fell_back = Some(e.to_string());
+                id = prog.attach_to_if_index(ifindex, XdpFlags::SKB_MODE);
+            }
+            (stale, id, fell_back)
         })?;
         let id = id?;
         self.links.insert(ifindex, id);
+        let mut notes = Vec::new();
         match stale {
-            Ok(note) => Ok(note),
-            Err(e) => Ok(Some(format!("checking for a stale program failed: {e}"))),
+            Ok(Some(n)) => notes.push(n),
+            Ok(None) => {}
+            Err(e) => notes.push(format!("checking for a stale program failed: {e}")),
         }
+        if let Some(e) = fell_back {
+            notes.push(format!(
+                "native XDP refused ({e}); attached in generic (skb) mode"
+            ));
+        }
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
     }
 
     /// Detaches the program from `ifindex` (no error when it was not attached or the device is

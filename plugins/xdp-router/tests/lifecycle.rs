@@ -148,3 +148,35 @@ fn resync_sweeps_what_the_replay_did_not_renew() {
     assert_eq!(topo.ping_count(&topo.h1, "10.0.2.2", 3), 3);
     assert_eq!(topo.ping_count(&topo.h1, "10.9.9.9", 3), 0);
 }
+
+#[test]
+fn native_refused_falls_back_to_generic_in_auto_mode() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(false);
+    // veth refuses native XDP (without multi-buffer support) when the peer's MTU exceeds a page.
+    topo.ip(&topo.h1, "link set veth0 mtu 9000");
+    topo.ip(&topo.r, "link set p1 mtu 9000");
+    let mut run = Running::start(&topo, "");
+    let logs = run.with(|m| m.host.logs.lock().unwrap().clone());
+    assert!(
+        logs.iter().any(|l| l.contains("generic (skb) mode")),
+        "{logs:?}"
+    );
+    let j: Value = serde_json::from_str(&topo.ip(&topo.r, "-j -d link show dev p1")).unwrap();
+    assert_eq!(
+        j[0]["xdp"]["mode"].as_u64(),
+        Some(2),
+        "p1 in generic mode: {}",
+        j[0]["xdp"]
+    );
+    assert!(
+        topo.ping_within(&topo.h1, "10.0.2.2", T),
+        "{}",
+        run.report()
+    );
+    assert!(run.with(|m| m.counter("port:p1", "forwarded")) > 0);
+    run.stop();
+    assert!(topo.xdp_attached_in_r().is_empty());
+}
