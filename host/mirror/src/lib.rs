@@ -198,7 +198,7 @@ impl Mirror {
             Object::Rule(r) => convert::Event::NewRule(r),
             Object::Netconf(n) => convert::Event::NewNetconf(n),
             Object::Mdb(m) => convert::Event::NewMdb(vec![m]),
-            Object::Vlan(_) => convert::Event::Ignored,
+            Object::Vlan(v) => convert::Event::NewVlan(vec![v]),
         };
         g.state.apply(ev);
         g.emit();
@@ -218,7 +218,7 @@ impl Mirror {
             Object::Rule(r) => convert::Event::DelRule(r),
             Object::Netconf(n) => convert::Event::DelNetconf(n.family, n.ifindex),
             Object::Mdb(m) => convert::Event::DelMdb(vec![m]),
-            Object::Vlan(_) => convert::Event::Ignored,
+            Object::Vlan(v) => convert::Event::DelVlan(vec![v]),
         };
         g.state.apply(ev);
         g.emit();

@@ -433,7 +433,7 @@ pub fn dump_requests(kind: ObjectKind) -> Vec<(u16, Vec<u8>)> {
             (rtm::GETNETCONF, hdr(INET6, 4)),
         ],
         ObjectKind::Address => vec![(22, hdr(INET, 8)), (22, hdr(INET6, 8))],
-        ObjectKind::Vlan => vec![],
+        ObjectKind::Vlan => vec![(rtm::GETVLAN, hdr(BRIDGE, 8))],
         ObjectKind::Nexthop => vec![(rtm::GETNEXTHOP, hdr(0, 8))],
         ObjectKind::Neighbour => {
             let mut v = vec![(30, hdr(INET, 12)), (30, hdr(INET6, 12))];
@@ -486,7 +486,10 @@ pub fn snapshot(
                     Err(e)
                         if matches!(
                             k,
-                            ObjectKind::Mdb | ObjectKind::Netconf | ObjectKind::Nexthop
+                            ObjectKind::Mdb
+                                | ObjectKind::Netconf
+                                | ObjectKind::Nexthop
+                                | ObjectKind::Vlan
                         ) =>
                     {
                         tracing::debug!("dump of {k} failed: {e}")

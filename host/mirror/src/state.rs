@@ -66,6 +66,11 @@ impl Snapshot {
                     self.put(m.into())
                 }
             }
+            Event::NewVlan(v) => {
+                for x in v {
+                    self.put(x.into())
+                }
+            }
             _ => {}
         }
     }
@@ -456,6 +461,16 @@ impl State {
             Event::NewMdb(v) => {
                 for m in v {
                     self.put(m.into())
+                }
+            }
+            Event::NewVlan(v) => {
+                for x in v {
+                    self.put(x.into())
+                }
+            }
+            Event::DelVlan(v) => {
+                for x in v {
+                    self.del(&Object::Vlan(x).key())
                 }
             }
             Event::DelMdb(v) => {
