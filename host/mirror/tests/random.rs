@@ -2,7 +2,9 @@
 //! after each, once quiet, the mirror must equal the kernel.
 //!
 //! Rerun a case with `EKHO_MIRROR_SEED=<seed> EKHO_MIRROR_STEPS=<n> cargo test -p ekho-mirror
-//! --test random -- --nocapture`.
+//! --test random -- --nocapture`; `EKHO_MIRROR_RCVBUF=<bytes>` shrinks the event socket so the
+//! bursts overrun it (resync under random state). The `random_steps_with_overruns` case does
+//! that by default with a 64 KiB buffer.
 
 mod common;
 use common::*;
@@ -31,7 +33,11 @@ fn step(r: &mut Rng) -> String {
     let table =
         |r: &mut Rng| ["", " table 100", " table 200", " table local"][r.pick(3)].to_string();
     let metric = |r: &mut Rng| ["", " metric 10", " metric 20"][r.pick(3)].to_string();
-    match r.pick(32) {
+    match r.pick(34) {
+        // Bursts: thousands of notifications at once (overrun the event socket when it is
+        // small: EKHO_MIRROR_RCVBUF).
+        32 => format!("burst {p}"),
+        33 => "ip route flush table 300".to_string(),
         0 => format!("ip link set {dev} {}", ["up", "down"][r.pick(2)]),
         1 => format!("ip link set q{p} {}", ["up", "down"][r.pick(2)]),
         2 => {
@@ -173,6 +179,16 @@ fn step(r: &mut Rng) -> String {
 
 #[test]
 fn random_steps_match_kernel() {
+    random_run(0, 300);
+}
+
+#[test]
+fn random_steps_with_overruns() {
+    let st = random_run(64 * 1024, 150);
+    eprintln!("overruns {} resyncs {}", st.overruns, st.resyncs);
+}
+
+fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::MirrorStats {
     let seed: u64 = std::env::var("EKHO_MIRROR_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -186,9 +202,11 @@ fn random_steps_match_kernel() {
     let steps: usize = std::env::var("EKHO_MIRROR_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(default_steps);
     eprintln!("random differential test: EKHO_MIRROR_SEED={seed} EKHO_MIRROR_STEPS={steps}");
-    let Some(ns) = Netns::new("rand") else { return };
+    let Some(ns) = Netns::new("rand") else {
+        return Default::default();
+    };
     ns.ip("link add br0 type bridge");
     ns.ip("link set br0 up");
     for p in 0..3 {
@@ -200,7 +218,11 @@ fn random_steps_match_kernel() {
         ns.ip(&format!("addr add 2001:db8:{p}::1/64 dev p{p}"));
     }
     ns.ip("link add vx0 type vxlan id 42 dstport 4789 local 10.0.0.1");
-    let run = start(&ns, 0);
+    let rcvbuf: usize = std::env::var("EKHO_MIRROR_RCVBUF")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_rcvbuf);
+    let run = start(&ns, rcvbuf);
     let mut rng = Rng(seed);
     let mut applied = 0;
     for i in 0..steps {
@@ -209,6 +231,20 @@ fn random_steps_match_kernel() {
         let tool = it.next().unwrap();
         let args: Vec<&str> = it.collect();
         let ok = match tool {
+            "burst" => {
+                let p: u32 = args[0].parse().unwrap();
+                let base = 0x0c00_0000u32 + (rng.next() as u32 % 64) * (1 << 18);
+                let routes = (0..2000u32)
+                    .map(|i| {
+                        (
+                            std::net::Ipv4Addr::from(base + (i << 8)),
+                            24,
+                            std::net::Ipv4Addr::new(10, p as u8, 0, 2),
+                        )
+                    })
+                    .collect();
+                ekho_mirror::bulk::add_routes_v4(Some(&ns.path()), routes, 300, 200).is_ok()
+            }
             "ip" => ns.try_ip(&args.join(" ")).is_ok(),
             "sysctl" => {
                 ns.sh(&format!("sysctl -qw {}", args.join(" ")));
@@ -228,4 +264,5 @@ fn random_steps_match_kernel() {
         "seed {seed}: {steps} steps run ({applied} accepted by the kernel), 0 divergences; {:?}",
         run.mirror.stats()
     );
+    run.mirror.stats()
 }
