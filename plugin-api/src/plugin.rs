@@ -149,16 +149,6 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn declare_plugin_exports_abi_stables_loader_symbol() {
-        assert_eq!(
-            abi_stable::library::ROOT_MODULE_LOADER_NAME,
-            "_1as_0lib_1header_0root_bmodule_bloader"
-        );
-    }
-}
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> RString {
     let msg = if let Some(s) = p.downcast_ref::<&str>() {
@@ -308,4 +298,15 @@ macro_rules! declare_plugin {
             }
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn declare_plugin_exports_abi_stables_loader_symbol() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
 }
