@@ -149,7 +149,6 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> RString {
     let msg = if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
