@@ -58,6 +58,93 @@ impl XdpMode {
     }
 }
 
+/// What the plugin's logic needs from the data path: the BPF maps and the attachments.
+/// [`Dataplane`] is the real one; unit tests use an in-memory fake.
+pub trait Backend: Send {
+    /// Attaches the program to a port; returns a note for the log (stale program removed, mode
+    /// fallback).
+    fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error>;
+    fn detach(&mut self, ifindex: u32) -> Result<(), Error>;
+    fn attached(&self) -> Vec<u32>;
+    fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error>;
+    fn set_neighbour(&mut self, k: NeighKey, v: Option<NeighVal>) -> Result<(), Error>;
+    fn set_route_v4(
+        &mut self,
+        table: u32,
+        addr: [u8; 4],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error>;
+    fn set_route_v6(
+        &mut self,
+        table: u32,
+        addr: [u8; 16],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error>;
+    fn set_route_counter(&mut self, id: u32, present: bool) -> Result<(), Error>;
+    fn route_counter(&self, id: u32) -> RouteStats;
+    fn port_counter(&self, ifindex: u32) -> PortStats;
+    fn reasons(&self) -> Vec<(&'static str, u64)>;
+    fn set_config(&mut self, v: ConfigVal) -> Result<(), Error>;
+    /// Detaches every program.
+    fn detach_all(&mut self) -> Vec<(u32, Error)>;
+}
+
+impl Backend for Dataplane {
+    fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error> {
+        Dataplane::attach(self, ifindex)
+    }
+    fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
+        Dataplane::detach(self, ifindex)
+    }
+    fn attached(&self) -> Vec<u32> {
+        Dataplane::attached(self).collect()
+    }
+    fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error> {
+        Dataplane::set_port(self, ifindex, v)
+    }
+    fn set_neighbour(&mut self, k: NeighKey, v: Option<NeighVal>) -> Result<(), Error> {
+        Dataplane::set_neighbour(self, k, v)
+    }
+    fn set_route_v4(
+        &mut self,
+        table: u32,
+        addr: [u8; 4],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error> {
+        Dataplane::set_route_v4(self, table, addr, len, v)
+    }
+    fn set_route_v6(
+        &mut self,
+        table: u32,
+        addr: [u8; 16],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error> {
+        Dataplane::set_route_v6(self, table, addr, len, v)
+    }
+    fn set_route_counter(&mut self, id: u32, present: bool) -> Result<(), Error> {
+        Dataplane::set_route_counter(self, id, present)
+    }
+    fn route_counter(&self, id: u32) -> RouteStats {
+        Dataplane::route_counter(self, id)
+    }
+    fn port_counter(&self, ifindex: u32) -> PortStats {
+        Dataplane::port_counter(self, ifindex)
+    }
+    fn reasons(&self) -> Vec<(&'static str, u64)> {
+        Dataplane::reasons(self)
+    }
+    fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {
+        Dataplane::set_config(self, v)
+    }
+    fn detach_all(&mut self) -> Vec<(u32, Error)> {
+        Dataplane::detach_all(self)
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     routes_v4: LpmTrie<MapData, LpmV4, RouteVal>,

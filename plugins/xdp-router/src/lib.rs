@@ -58,8 +58,10 @@ pub mod stale;
 
 #[cfg(test)]
 mod btf_sizes;
+#[cfg(test)]
+mod logic_tests;
 
-use dataplane::{Dataplane, XdpMode};
+use dataplane::{Backend, Dataplane, XdpMode};
 use ekho_plugin_api::object::neighbour::nud;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
 use ekho_plugin_api::prelude::*;
@@ -92,7 +94,12 @@ fn default_resolve_interval() -> u32 {
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| format!("xdp-router config: {e}"))
+        let c: Config = toml::from_str(text).map_err(|e| format!("xdp-router config: {e}"))?;
+        for g in &c.ports {
+            glob::Pattern::new(g)
+                .map_err(|e| format!("xdp-router config: bad port glob {g:?}: {e}"))?;
+        }
+        Ok(c)
     }
 }
 
@@ -124,7 +131,7 @@ pub struct XdpRouter {
     cfg: Config,
     globs: Vec<glob::Pattern>,
     host: HostHandle,
-    dp: Option<Dataplane>,
+    dp: Option<Box<dyn Backend>>,
     resolver: Option<Resolver>,
     asker: Asker,
     links: HashMap<u32, Link>,
@@ -187,10 +194,11 @@ impl XdpRouter {
         self.host.log(level, msg.as_ref().into());
     }
 
-    fn dp(&mut self) -> Result<&mut Dataplane, String> {
-        self.dp
-            .as_mut()
-            .ok_or_else(|| "data path is shut down".to_string())
+    fn dp(&mut self) -> Result<&mut dyn Backend, String> {
+        match self.dp.as_mut() {
+            Some(b) => Ok(&mut **b),
+            None => Err("data path is shut down".to_string()),
+        }
     }
 
     fn wants_port(&self, l: &Link) -> bool {
@@ -786,23 +794,17 @@ impl XdpRouter {
         }
     }
 
-    /// Ifindexes with the program attached.
-    pub fn attached_ports(&self) -> Vec<u32> {
-        self.dp
-            .as_ref()
-            .map(|d| d.attached().collect())
-            .unwrap_or_default()
+    /// The plugin over another data-path backend (the BPF one is built by [`Plugin::create`]):
+    /// for tests of the plugin's logic without a kernel, and for embedding.
+    pub fn with_backend(
+        config: &str,
+        host: HostHandle,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self, String> {
+        XdpRouter::build(Config::parse(config)?, host, backend)
     }
 
-    /// Number of (table, prefix) entries programmed.
-    pub fn programmed_prefixes(&self) -> usize {
-        self.programmed.len()
-    }
-}
-
-impl Plugin for XdpRouter {
-    fn create(ctx: CreateContext) -> Result<Self, String> {
-        let cfg = Config::parse(&ctx.config)?;
+    fn build(cfg: Config, host: HostHandle, dp: Box<dyn Backend>) -> Result<Self, String> {
         let globs = cfg
             .ports
             .iter()
@@ -811,33 +813,16 @@ impl Plugin for XdpRouter {
                     .map_err(|e| format!("xdp-router config: bad port glob {g:?}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // The namespace: the plugin's own `netns` key wins, else the one the host mirrors.
-        let netns = cfg
-            .netns
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| ctx.netns());
-        if let Some(ns) = &netns {
-            if !ns.exists() {
-                return Err(format!(
-                    "xdp-router config: netns {} does not exist",
-                    ns.display()
-                ));
-            }
-        }
-        let (dp, ring) = Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         let asker = Asker::new(
-            ctx.host.clone(),
+            host.clone(),
             Duration::from_millis(cfg.resolve_interval_ms as u64),
         );
-        let resolver =
-            Resolver::spawn(ring, asker.clone()).map_err(|e| format!("resolver thread: {e}"))?;
         let mut p = XdpRouter {
             cfg,
             globs,
-            host: ctx.host,
+            host,
             dp: Some(dp),
-            resolver: Some(resolver),
+            resolver: None,
             asker,
             links: HashMap::new(),
             owned: BTreeSet::new(),
@@ -853,6 +838,42 @@ impl Plugin for XdpRouter {
             sync_seen: None,
         };
         p.write_config()?;
+        Ok(p)
+    }
+
+    /// Ifindexes with the program attached.
+    pub fn attached_ports(&self) -> Vec<u32> {
+        self.dp.as_ref().map(|d| d.attached()).unwrap_or_default()
+    }
+
+    /// Number of (table, prefix) entries programmed.
+    pub fn programmed_prefixes(&self) -> usize {
+        self.programmed.len()
+    }
+}
+
+impl Plugin for XdpRouter {
+    fn create(ctx: CreateContext) -> Result<Self, String> {
+        let cfg = Config::parse(&ctx.config)?;
+        // The namespace: the plugin's own `netns` key wins, else the one the host mirrors.
+        let netns = cfg
+            .netns
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| ctx.netns());
+        if let Some(ns) = &netns {
+            if !ns.exists() {
+                return Err(format!(
+                    "xdp-router config: netns {} does not exist",
+                    ns.display()
+                ));
+            }
+        }
+        let (dp, ring) = Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
+        let mut p = XdpRouter::build(cfg, ctx.host, Box::new(dp))?;
+        p.resolver = Some(
+            Resolver::spawn(ring, p.asker.clone()).map_err(|e| format!("resolver thread: {e}"))?,
+        );
         Ok(p)
     }
 
@@ -1051,5 +1072,6 @@ mod tests {
         assert_eq!(Config::parse("").unwrap().resolve_interval_ms, 1000);
         assert!(Config::parse("bogus = 1").is_err());
         assert!(Config::parse("xdp_mode = \"hw\"").is_err());
+        assert!(Config::parse("ports = [\"[\"]").is_err());
     }
 }

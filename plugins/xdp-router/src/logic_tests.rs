@@ -1,0 +1,561 @@
+//! The plugin's logic over an in-memory backend: what it writes into the maps for each change,
+//! and the outcomes. Runs without root or a kernel (the integration tests cover the data path).
+
+use crate::dataplane::{Backend, Error};
+use crate::maps::*;
+use crate::XdpRouter;
+use abi_stable::std_types::{ROption, RVec};
+use ekho_plugin_api::object::route::RTNH_F_DEAD;
+use ekho_plugin_api::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct State {
+    attached: BTreeSet<u32>,
+    ports: HashMap<u32, PortVal>,
+    neighbours: HashMap<NeighKey, NeighVal>,
+    /// (table, prefix text) -> value
+    routes: BTreeMap<(u32, String), RouteVal>,
+    counters: BTreeSet<u32>,
+    config: ConfigVal,
+    /// Maximum number of route entries (None: unlimited).
+    capacity: Option<usize>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+impl Fake {
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+    fn route(&self, table: u32, prefix: &str) -> Option<RouteVal> {
+        self.st().routes.get(&(table, prefix.to_string())).copied()
+    }
+    fn set_route(&mut self, key: (u32, String), v: Option<&RouteVal>) -> Result<(), Error> {
+        let mut st = self.st();
+        match v {
+            Some(v) => {
+                if !st.routes.contains_key(&key)
+                    && st.capacity.is_some_and(|c| st.routes.len() >= c)
+                {
+                    return Err(Error::Other("map full".into()));
+                }
+                st.routes.insert(key, *v);
+            }
+            None => {
+                st.routes.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Fake {
+    fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error> {
+        self.st().attached.insert(ifindex);
+        Ok(None)
+    }
+    fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
+        self.st().attached.remove(&ifindex);
+        Ok(())
+    }
+    fn attached(&self) -> Vec<u32> {
+        self.st().attached.iter().copied().collect()
+    }
+    fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error> {
+        match v {
+            Some(v) => self.st().ports.insert(ifindex, v),
+            None => self.st().ports.remove(&ifindex),
+        };
+        Ok(())
+    }
+    fn set_neighbour(&mut self, k: NeighKey, v: Option<NeighVal>) -> Result<(), Error> {
+        match v {
+            Some(v) => self.st().neighbours.insert(k, v),
+            None => self.st().neighbours.remove(&k),
+        };
+        Ok(())
+    }
+    fn set_route_v4(
+        &mut self,
+        table: u32,
+        addr: [u8; 4],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error> {
+        self.set_route((table, format!("{}/{len}", IpAddress::V4(addr))), v)
+    }
+    fn set_route_v6(
+        &mut self,
+        table: u32,
+        addr: [u8; 16],
+        len: u8,
+        v: Option<&RouteVal>,
+    ) -> Result<(), Error> {
+        self.set_route((table, format!("{}/{len}", IpAddress::V6(addr))), v)
+    }
+    fn set_route_counter(&mut self, id: u32, present: bool) -> Result<(), Error> {
+        if present {
+            self.st().counters.insert(id);
+        } else {
+            self.st().counters.remove(&id);
+        }
+        Ok(())
+    }
+    fn route_counter(&self, _id: u32) -> RouteStats {
+        RouteStats::default()
+    }
+    fn port_counter(&self, _ifindex: u32) -> PortStats {
+        PortStats::default()
+    }
+    fn reasons(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {
+        self.st().config = v;
+        Ok(())
+    }
+    fn detach_all(&mut self) -> Vec<(u32, Error)> {
+        self.st().attached.clear();
+        Vec::new()
+    }
+}
+
+fn router(config: &str) -> (XdpRouter, Fake) {
+    let fake = Fake::default();
+    let p = XdpRouter::with_backend(
+        config,
+        ekho_plugin_api::DetachedHost::handle(),
+        Box::new(fake.clone()),
+    )
+    .unwrap();
+    (p, fake)
+}
+
+fn link(ifindex: u32, name: &str, up: bool) -> Link {
+    Link {
+        ifindex,
+        ifname: name.into(),
+        flags: if up { 0x1 | 0x10000 } else { 0 },
+        mtu: 1500,
+        link_type: 1,
+        address: LinkAddr::new(&[2, 0, 0, 0, 0, ifindex as u8]),
+        kind: "veth".into(),
+        ..Default::default()
+    }
+}
+
+fn neigh(ifindex: u32, addr: &str, mac_last: u8) -> Neighbour {
+    let dst: IpAddress = addr.parse().unwrap();
+    Neighbour {
+        family: dst.family(),
+        ifindex,
+        dev: "".into(),
+        dst,
+        lladdr: LinkAddr::new(&[2, 0xaa, 0, 0, 0, mac_last]),
+        state: 0x02,
+        flags: 0,
+        proxy: false,
+    }
+}
+
+fn route(dst: &str, legs: &[(&str, u32, u16)]) -> Route {
+    let dst: IpPrefix = dst.parse().unwrap();
+    let legs: Vec<NextHop> = legs
+        .iter()
+        .map(|(gw, i, w)| {
+            let mut n = NextHop::via(gw.parse().unwrap(), *i);
+            n.weight = *w;
+            n
+        })
+        .collect();
+    Route::unicast(dst, legs)
+}
+
+fn add(p: &mut XdpRouter, objs: Vec<Object>) -> Vec<Outcome> {
+    let changes: Vec<Change> = objs.into_iter().map(Change::Add).collect();
+    p.apply(&changes)
+}
+
+/// Three up ports p1..p3 (ifindex 1..3), neighbours 10.0.{2,3}.2 resolved.
+fn base(config: &str) -> (XdpRouter, Fake) {
+    let (mut p, f) = router(config);
+    let outs = add(
+        &mut p,
+        vec![
+            link(1, "p1", true).into(),
+            link(2, "p2", true).into(),
+            link(3, "p3", true).into(),
+            neigh(2, "10.0.2.2", 2).into(),
+            neigh(3, "10.0.3.2", 3).into(),
+        ],
+    );
+    // Unowned ports (and their neighbours) are `unsupported`, owned ones `offloaded`.
+    assert!(
+        outs.iter()
+            .all(|o| matches!(o, Outcome::Offloaded | Outcome::Unsupported)),
+        "{outs:?}"
+    );
+    (p, f)
+}
+
+fn slot_counts(v: &RouteVal) -> Vec<usize> {
+    let mut c = vec![0; v.n_legs as usize];
+    for s in &v.slots[..v.n_slots as usize] {
+        c[*s as usize] += 1;
+    }
+    c
+}
+
+#[test]
+fn ports_are_attached_and_programmed() {
+    let (_p, f) = base("");
+    let st = f.st();
+    assert_eq!(st.attached, BTreeSet::from([1, 2, 3]));
+    assert_eq!(st.ports[&2].flags, PORT_UP);
+    assert_eq!(st.ports[&2].mtu, 1500);
+    assert_eq!(st.ports[&2].mac, [2, 0, 0, 0, 0, 2]);
+    assert_eq!(st.neighbours.len(), 2);
+}
+
+#[test]
+fn ecmp_weights_become_slots() {
+    let (mut p, f) = base("");
+    let outs = add(
+        &mut p,
+        vec![route("10.9.0.0/16", &[("10.0.2.2", 2, 1), ("10.0.3.2", 3, 3)]).into()],
+    );
+    assert_eq!(outs, vec![Outcome::Offloaded]);
+    let v = f.route(254, "10.9.0.0/16").unwrap();
+    assert_eq!(v.action, ACT_FORWARD);
+    assert_eq!(v.n_legs, 2);
+    assert_eq!(slot_counts(&v), vec![1, 3]);
+    assert_eq!(v.legs[0].ifindex, 2);
+    assert_eq!(v.legs[0].flags, LEG_GATEWAY);
+    assert_eq!(&v.legs[1].gw[..4], &[10, 0, 3, 2]);
+    assert!(f.st().counters.contains(&v.counter_id));
+}
+
+#[test]
+fn dead_and_down_legs_are_left_out_and_come_back() {
+    let (mut p, f) = base("");
+    let mut r = route("10.9.0.0/16", &[("10.0.2.2", 2, 1), ("10.0.3.2", 3, 1)]);
+    add(&mut p, vec![r.clone().into()]);
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().n_legs, 2);
+
+    // Port p3 loses carrier: its leg goes.
+    let down = link(3, "p3", false);
+    p.apply(&[Change::Update {
+        old: link(3, "p3", true).into(),
+        new: down.clone().into(),
+    }]);
+    let v = f.route(254, "10.9.0.0/16").unwrap();
+    assert_eq!((v.n_legs, v.legs[0].ifindex), (1, 2));
+    assert_eq!(f.st().ports[&3].flags, 0);
+
+    // Back up; then the kernel flags the p2 leg dead.
+    p.apply(&[Change::Update {
+        old: down.into(),
+        new: link(3, "p3", true).into(),
+    }]);
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().n_legs, 2);
+    let old = r.clone();
+    r.nexthops[0].flags = RTNH_F_DEAD;
+    p.apply(&[Change::Update {
+        old: old.into(),
+        new: r.clone().into(),
+    }]);
+    let v = f.route(254, "10.9.0.0/16").unwrap();
+    assert_eq!((v.n_legs, v.legs[0].ifindex), (1, 3));
+
+    // Every leg dead: the kernel decides.
+    let old = r.clone();
+    r.nexthops[1].flags = RTNH_F_DEAD;
+    p.apply(&[Change::Update {
+        old: old.into(),
+        new: r.into(),
+    }]);
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().action, ACT_PASS);
+}
+
+#[test]
+fn routes_through_unowned_ports_pass_and_are_trapped() {
+    let (mut p, f) = base("ports = [\"p1\", \"p2\"]");
+    assert_eq!(f.st().attached, BTreeSet::from([1, 2]));
+    assert!(!f.st().ports.contains_key(&3));
+    let outs = add(
+        &mut p,
+        vec![
+            route("0.0.0.0/0", &[("10.0.2.2", 2, 1)]).into(),
+            route("10.9.0.0/16", &[("10.0.3.2", 3, 1)]).into(),
+            route("10.8.0.0/16", &[("10.0.2.2", 2, 1), ("10.0.3.2", 3, 1)]).into(),
+        ],
+    );
+    assert_eq!(
+        outs,
+        vec![Outcome::Offloaded, Outcome::Trapped, Outcome::Trapped]
+    );
+    assert_eq!(f.route(254, "0.0.0.0/0").unwrap().action, ACT_FORWARD);
+    // Programmed as PASS entries: they shadow the default route, as in the kernel's FIB.
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().action, ACT_PASS);
+    assert_eq!(f.route(254, "10.8.0.0/16").unwrap().action, ACT_PASS);
+    assert!(
+        p.capabilities().ports.all,
+        "the plugin must receive every route"
+    );
+}
+
+#[test]
+fn route_types_tables_and_selectors() {
+    let (mut p, f) = base("");
+    let mut local = route("10.0.2.1/32", &[]);
+    local.kind = RouteType::LOCAL;
+    local.table = 255;
+    local.nexthops = RVec::from(vec![NextHop {
+        gateway: ROption::RNone,
+        ..NextHop::via("0.0.0.0".parse().unwrap(), 2)
+    }]);
+    let mut bh = route("10.7.0.0/16", &[]);
+    bh.kind = RouteType::BLACKHOLE;
+    let mut unreach = route("10.6.0.0/16", &[]);
+    unreach.kind = RouteType::UNREACHABLE;
+    let mut other_table = route("10.5.0.0/16", &[("10.0.2.2", 2, 1)]);
+    other_table.table = 100;
+    let mut tos = route("10.4.0.0/16", &[("10.0.2.2", 2, 1)]);
+    tos.tos = 0x10;
+    let plain_at_tos_prefix = route("10.4.0.0/16", &[("10.0.2.2", 2, 1)]);
+    let outs = add(
+        &mut p,
+        vec![
+            local.into(),
+            bh.into(),
+            unreach.into(),
+            other_table.into(),
+            tos.into(),
+            plain_at_tos_prefix.into(),
+        ],
+    );
+    assert_eq!(
+        outs,
+        vec![
+            Outcome::Trapped,
+            Outcome::Offloaded,
+            Outcome::Trapped,
+            Outcome::Unsupported,
+            Outcome::Trapped,
+            Outcome::Offloaded
+        ]
+    );
+    assert_eq!(f.route(255, "10.0.2.1/32").unwrap().action, ACT_PASS);
+    assert_eq!(f.route(254, "10.7.0.0/16").unwrap().action, ACT_DROP);
+    assert_eq!(f.route(254, "10.6.0.0/16").unwrap().action, ACT_PASS);
+    assert!(f.route(100, "10.5.0.0/16").is_none());
+    // A tos route at the prefix: the whole prefix goes to the kernel.
+    assert_eq!(f.route(254, "10.4.0.0/16").unwrap().action, ACT_PASS);
+}
+
+#[test]
+fn lowest_metric_wins_and_removal_falls_back() {
+    let (mut p, f) = base("");
+    let mut a = route("10.9.0.0/16", &[("10.0.2.2", 2, 1)]);
+    a.metric = 100;
+    let mut b = route("10.9.0.0/16", &[("10.0.3.2", 3, 1)]);
+    b.metric = 50;
+    add(&mut p, vec![a.into(), b.clone().into()]);
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().legs[0].ifindex, 3);
+    p.apply(&[Change::Remove(b.into())]);
+    assert_eq!(f.route(254, "10.9.0.0/16").unwrap().legs[0].ifindex, 2);
+}
+
+#[test]
+fn nexthop_group_changes_reprogram_their_routes() {
+    let (mut p, f) = base("");
+    let nh = |id: u32, gw: &str, ifindex: u32| Nexthop {
+        id,
+        family: Family::INET,
+        gateway: ROption::RSome(gw.parse().unwrap()),
+        ifindex,
+        dev: "".into(),
+        blackhole: false,
+        fdb: false,
+        flags: 0,
+        protocol: Protocol::STATIC,
+        scope: Scope::LINK,
+        group: RVec::new(),
+        group_type: 0,
+        encap: ROption::RNone,
+    };
+    let group = |members: &[(u32, u16)]| Nexthop {
+        group: members
+            .iter()
+            .map(|(id, weight)| GroupMember {
+                id: *id,
+                weight: *weight,
+            })
+            .collect(),
+        gateway: ROption::RNone,
+        ifindex: 0,
+        family: Family::UNSPEC,
+        ..nh(12, "0.0.0.0", 0)
+    };
+    let mut r = route("10.9.0.0/16", &[]);
+    r.nhid = ROption::RSome(12);
+    let g1 = group(&[(10, 1), (11, 2)]);
+    let outs = add(
+        &mut p,
+        vec![
+            nh(10, "10.0.2.2", 2).into(),
+            nh(11, "10.0.3.2", 3).into(),
+            g1.clone().into(),
+            r.into(),
+        ],
+    );
+    assert!(outs.iter().all(|o| *o == Outcome::Offloaded), "{outs:?}");
+    assert_eq!(
+        slot_counts(&f.route(254, "10.9.0.0/16").unwrap()),
+        vec![1, 2]
+    );
+
+    // The group alone changes: the route's entry follows.
+    let g2 = group(&[(11, 1)]);
+    p.apply(&[Change::Update {
+        old: g1.into(),
+        new: g2.into(),
+    }]);
+    let v = f.route(254, "10.9.0.0/16").unwrap();
+    assert_eq!((v.n_legs, v.legs[0].ifindex), (1, 3));
+}
+
+#[test]
+fn neighbours_follow_validity() {
+    let (mut p, f) = base("");
+    let k = NeighKey {
+        ifindex: 2,
+        family: 2,
+        addr: [10, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+    assert_eq!(f.st().neighbours[&k].mac, [2, 0xaa, 0, 0, 0, 2]);
+    let mut n = neigh(2, "10.0.2.2", 9);
+    p.apply(&[Change::Update {
+        old: neigh(2, "10.0.2.2", 2).into(),
+        new: n.clone().into(),
+    }]);
+    assert_eq!(f.st().neighbours[&k].mac, [2, 0xaa, 0, 0, 0, 9]);
+    let old = n.clone();
+    n.state = 0x20; // FAILED
+    n.lladdr = LinkAddr::default();
+    p.apply(&[Change::Update {
+        old: old.into(),
+        new: n.into(),
+    }]);
+    assert!(!f.st().neighbours.contains_key(&k));
+}
+
+#[test]
+fn policy_rules_punt_their_family() {
+    let (mut p, f) = base("");
+    let rule = |family: Family, priority: u32, table: u32, src: Option<&str>| Rule {
+        family,
+        priority,
+        src: src.map(|s| s.parse().unwrap()).into(),
+        dst: ROption::RNone,
+        iif: "".into(),
+        oif: "".into(),
+        fwmark: 0,
+        fwmask: 0,
+        tos: 0,
+        table,
+        action: 1,
+        goto_target: 0,
+        suppress_prefixlen: ROption::RNone,
+        ip_proto: 0,
+        protocol: Protocol::UNSPEC,
+        flags: 0,
+        l3mdev: false,
+    };
+    let defaults = vec![
+        rule(Family::INET, 0, 255, None).into(),
+        rule(Family::INET, 32766, 254, None).into(),
+        rule(Family::INET, 32767, 253, None).into(),
+        rule(Family::INET6, 0, 255, None).into(),
+        rule(Family::INET6, 32766, 254, None).into(),
+    ];
+    assert!(add(&mut p, defaults)
+        .iter()
+        .all(|o| *o == Outcome::Offloaded));
+    assert_eq!(f.st().config.flags, 0);
+    let extra = rule(Family::INET, 100, 100, Some("10.0.1.0/24"));
+    assert_eq!(
+        add(&mut p, vec![extra.clone().into()]),
+        vec![Outcome::Trapped]
+    );
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4);
+    p.apply(&[Change::Remove(extra.into())]);
+    assert_eq!(f.st().config.flags, 0);
+}
+
+#[test]
+fn a_prefix_that_does_not_fit_punts_its_family_until_gone() {
+    let (mut p, f) = base("");
+    f.st().capacity = Some(2);
+    let outs = add(
+        &mut p,
+        vec![
+            route("10.1.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+            route("10.2.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+            route("10.3.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+        ],
+    );
+    assert!(matches!(outs[2], Outcome::Failed(_)), "{outs:?}");
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4);
+    p.apply(&[Change::Remove(
+        route("10.3.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+    )]);
+    assert_eq!(f.st().config.flags, 0);
+}
+
+#[test]
+fn end_sync_sweeps_what_the_replay_did_not_renew() {
+    let (mut p, f) = base("");
+    add(
+        &mut p,
+        vec![
+            route("10.1.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+            route("10.2.0.0/16", &[("10.0.3.2", 3, 1)]).into(),
+        ],
+    );
+    p.begin_sync();
+    add(
+        &mut p,
+        vec![
+            link(1, "p1", true).into(),
+            link(2, "p2", true).into(),
+            neigh(2, "10.0.2.2", 2).into(),
+            route("10.1.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
+        ],
+    );
+    p.end_sync();
+    let st = f.st();
+    assert!(st.routes.contains_key(&(254, "10.1.0.0/16".to_string())));
+    assert!(!st.routes.contains_key(&(254, "10.2.0.0/16".to_string())));
+    assert_eq!(st.attached, BTreeSet::from([1, 2]), "p3 swept");
+    assert_eq!(st.neighbours.len(), 1);
+    assert_eq!(st.counters.len(), 1);
+}
+
+#[test]
+fn shutdown_detaches_everything() {
+    let (mut p, f) = base("");
+    p.shutdown();
+    assert!(f.st().attached.is_empty());
+    assert!(p.attached_ports().is_empty());
+    assert_eq!(
+        p.apply(&[Change::Add(
+            route("10.1.0.0/16", &[("10.0.2.2", 2, 1)]).into()
+        )])
+        .len(),
+        1
+    );
+}
