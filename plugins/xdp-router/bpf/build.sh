@@ -9,7 +9,8 @@ CLANG=${CLANG:-$(command -v clang || command -v clang-14)}
 ARCH_INC=/usr/include/$(uname -m)-linux-gnu
 # xdp_router: the plugin's data path; bench_gen: the benchmark's traffic generator.
 for obj in xdp_router bench_gen; do
-    "$CLANG" -target bpf -O2 -g -Wall -Werror \
+    # Debug info without the checkout path, so the object is the same in every clone.
+    "$CLANG" -target bpf -O2 -g -fdebug-prefix-map="$(pwd)"=. -fdebug-compilation-dir=. -Wall -Werror \
         -I"$ARCH_INC" \
         -c $obj.bpf.c -o $obj.bpf.o.tmp
     mv $obj.bpf.o.tmp $obj.bpf.o
