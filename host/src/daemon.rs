@@ -324,6 +324,7 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
         "features": {
             "max_ecmp_width": c.features.max_ecmp_width,
             "nexthop_objects": c.features.nexthop_objects,
+            "routes_all_ports": c.features.routes_all_ports,
         },
     })
 }

@@ -186,7 +186,14 @@ struct QueueState {
 
 impl QueueState {
     fn takes(&self, o: &Object) -> bool {
-        self.caps.takes_kind(o.kind()) && self.caps.takes_family(o.family()) && self.ports.passes(o)
+        let port_free = self.caps.features.routes_all_ports
+            && matches!(
+                o.kind(),
+                ObjectKind::Route | ObjectKind::Nexthop | ObjectKind::Rule
+            );
+        self.caps.takes_kind(o.kind())
+            && self.caps.takes_family(o.family())
+            && (port_free || self.ports.passes(o))
     }
 
     fn push_change(&mut self, c: &Change) {
@@ -844,6 +851,22 @@ mod tests {
         assert_eq!(st.pending.len(), 2, "{kinds:?}");
         assert!(kinds[0].contains("swp1"));
         assert!(kinds[1].contains("10.0.0.0/24"));
+    }
+
+    #[test]
+    fn routes_all_ports_delivers_routes_through_unowned_ports() {
+        let caps = Capabilities::everything()
+            .port_names(["swp*"])
+            .routes_all_ports(true);
+        let q = Queue::new(caps, None);
+        q.push_changes(&[Change::Add(link(1, "swp1")), Change::Add(link(2, "eth0"))]);
+        q.push_changes(&[Change::Add(route("10.0.1.0/24", 2, "10.2.0.1"))]);
+        let st = q.st.lock().unwrap();
+        assert_eq!(
+            st.pending.len(),
+            2,
+            "link swp1 and the route via eth0; not link eth0"
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct Features {
     /// Whether the plugin takes nexthop objects. Without it the host does not forward
     /// `nexthop` objects and routes arrive with their legs expanded.
     pub nexthop_objects: bool,
+    /// Routes, nexthops and rules reach the plugin whatever ports they use; the port scope then
+    /// narrows only links, addresses, neighbours and bridge objects. A router needs this: a
+    /// route through a port it does not own must still be known, or a covering route through
+    /// an owned port would capture its traffic.
+    pub routes_all_ports: bool,
 }
 
 /// Everything a plugin declares about what it takes.
@@ -122,6 +127,11 @@ impl Capabilities {
     }
     pub fn nexthop_objects(mut self, yes: bool) -> Self {
         self.features.nexthop_objects = yes;
+        self
+    }
+    /// See [`Features::routes_all_ports`].
+    pub fn routes_all_ports(mut self, yes: bool) -> Self {
+        self.features.routes_all_ports = yes;
         self
     }
 

@@ -893,13 +893,14 @@ impl Plugin for XdpRouter {
             // (table, prefix) entries per family) fails here and punts its family instead.
             // A missing neighbour only means "pass to the kernel".
             .limit(ObjectKind::Neighbour, 65_536)
-            .nexthop_objects(true);
-        // Deliberately all ports, even with `ports` in the config: routes whose legs all use
-        // ports we do not own must still reach us (the host drops objects tied only to
-        // non-owned ports). Otherwise a covering route through an owned port (say, the default)
-        // would forward traffic the kernel sends elsewhere, and local addresses of non-owned
-        // ports would be forwarded instead of delivered. Ownership (which ports get the program)
-        // is decided here, from `ports`.
+            .nexthop_objects(true)
+            // Routes whose legs all use ports we do not own must still reach us (with the
+            // host's `ports` set too): otherwise a covering route through an owned port (say,
+            // the default) would forward traffic the kernel sends elsewhere.
+            .routes_all_ports(true);
+        // Deliberately all ports here: ownership (which ports get the program) is decided from
+        // the plugin's own `ports`, or from the host's `[[plugins]] ports` when set, since the
+        // host then narrows links to those.
         caps
     }
 
