@@ -402,7 +402,12 @@ impl State {
                         .get(&a.ifindex)
                         .is_some_and(|l| l.flags & IFF_UP != 0)
                 {
-                    self.leg_flags(a.ifindex, Some(false), None, Some(4));
+                    // fib_sync_up(RTNH_F_DEAD) also clears linkdown when the link has carrier.
+                    let carrier = self
+                        .links
+                        .get(&a.ifindex)
+                        .is_some_and(|l| l.flags & IFF_LOWER_UP != 0);
+                    self.leg_flags(a.ifindex, Some(false), carrier.then_some(false), Some(4));
                 }
                 self.put(a.into())
             }
@@ -533,7 +538,12 @@ impl State {
             };
             // IPv4 revives dead legs on NETDEV_UP (fib_sync_up); IPv6 only once the link is
             // ready, i.e. up with carrier (addrconf_notify -> rt6_sync_up).
-            self.leg_flags(l.ifindex, dead, linkdown, Some(4));
+            let linkdown4 = if dead == Some(false) && carrier {
+                Some(false)
+            } else {
+                linkdown
+            };
+            self.leg_flags(l.ifindex, dead, linkdown4, Some(4));
             let dead6 = if was_up && !up {
                 Some(true)
             } else if up && carrier && (!was_up || !had_carrier) {
