@@ -136,6 +136,8 @@ pub fn build() -> &'static Path {
                 "ekho-null",
                 "-p",
                 "hello-vendor",
+                "-p",
+                "ekho-xdp-router",
             ])
             .status()
             .expect("running cargo build");
