@@ -501,6 +501,10 @@ impl Worker {
         let mut cursor: Option<ObjectKey> = None;
         let mut refused = 0u64;
         loop {
+            if self.queue.st.lock().unwrap().shutdown {
+                // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
+                return Ok(());
+            }
             let queue = self.queue.clone();
             let mut next: Option<ObjectKey> = None;
             let mut done = false;
