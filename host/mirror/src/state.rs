@@ -1183,24 +1183,71 @@ impl State {
             if self.routes.is_empty() && !self.tracking && !partial.contains(&ObjectKind::Route) {
                 self.routes = routes;
             } else {
-                let mut keys: BTreeSet<RKey> = self.routes.keys().into_iter().collect();
-                keys.extend(routes.keys());
                 let sweep = !partial.contains(&ObjectKind::Route);
-                for k in keys {
-                    let new = routes.get(&k);
-                    if new.is_empty() && !sweep {
-                        continue;
-                    }
-                    let cur = self.routes.get(&k);
-                    let same = new.len() == cur.len()
-                        && new.iter().zip(cur.iter()).all(|(a, b)| **a == **b);
-                    if !same {
-                        let v = self.routes.adopt(new);
-                        self.touch_route(&k);
-                        self.routes.set(k, v);
-                    }
+                // Merge-join of both sorted tables: only differing keys are collected.
+                let mut diff: Vec<RKey> = Vec::new();
+                merge_diff(&self.routes.v4, &routes.v4, sweep, &mut |k| {
+                    diff.push(RKey::V4(*k))
+                });
+                merge_diff(&self.routes.v6, &routes.v6, sweep, &mut |k| {
+                    diff.push(RKey::V6(*k))
+                });
+                for k in diff {
+                    let v = self.routes.adopt(routes.get(&k));
+                    self.touch_route(&k);
+                    self.routes.set(k, v);
                 }
             }
+        }
+    }
+}
+
+fn same_aliases(a: &[Arc<Attrs>], b: &[Arc<Attrs>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| **x == **y)
+}
+
+/// Calls `f` for every key whose aliases differ between `cur` and `new` (keys only in `cur`
+/// only when `sweep`), walking both sorted maps once.
+fn merge_diff<K: Ord>(
+    cur: &BTreeMap<K, crate::routes::Aliases>,
+    new: &BTreeMap<K, crate::routes::Aliases>,
+    sweep: bool,
+    f: &mut dyn FnMut(&K),
+) {
+    let mut a = cur.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                if sweep {
+                    f(ka);
+                }
+                a.next();
+            }
+            (None, Some((kb, _))) => {
+                f(kb);
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    if sweep {
+                        f(ka);
+                    }
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    f(kb);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !same_aliases(va.as_slice(), vb.as_slice()) {
+                        f(ka);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
         }
     }
 }
