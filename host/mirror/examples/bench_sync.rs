@@ -146,5 +146,22 @@ fn main() {
         (peak.saturating_sub(base)) as f64 * 1024.0 / routes as f64,
         (now.saturating_sub(base)) as f64 * 1024.0 / routes as f64
     );
+    // A full route resync (as after an overrun) with nothing changed: time and extra peak.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = status_kb("VmRSS:");
+    let r0 = m.stats().resyncs;
+    let t = Instant::now();
+    m.request_resync(&[ekho_plugin_api::ObjectKind::Route]);
+    while m.stats().resyncs == r0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let st = m.stats();
+    println!(
+        "route resync with nothing changed: {:.2?} ({} ms in the source), {} changes emitted, extra peak {:.1} bytes/route",
+        t.elapsed(),
+        st.last_resync_ms,
+        st.changes,
+        (status_kb("VmHWM:").saturating_sub(before)) as f64 * 1024.0 / routes as f64
+    );
     drop(rt);
 }
