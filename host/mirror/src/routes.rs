@@ -10,6 +10,7 @@
 use ekho_plugin_api::abi_stable::std_types::{ROption, RVec};
 use ekho_plugin_api::object::*;
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// Everything of a route but its key.
@@ -235,12 +236,35 @@ impl Aliases {
     }
 }
 
+/// FNV-1a: the interner hashes every route's attributes during a dump; SipHash's DoS resistance
+/// buys nothing here (the kernel is the only input) and costs time.
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// Both route tables and the attribute interner.
 #[derive(Default)]
 pub struct Routes {
     pub v4: BTreeMap<K4, Aliases>,
     pub v6: BTreeMap<K6, Aliases>,
-    interner: HashSet<Arc<Attrs>>,
+    interner: HashSet<Arc<Attrs>, BuildHasherDefault<Fnv>>,
 }
 
 impl Routes {
@@ -284,6 +308,29 @@ impl Routes {
             RKey::V4(k) => self.v4.get(k).map(|a| a.as_slice()).unwrap_or(&[]),
             RKey::V6(k) => self.v6.get(k).map(|a| a.as_slice()).unwrap_or(&[]),
         }
+    }
+
+    /// Appends an alias under `k` (attribute set from this table's interner).
+    pub fn push(&mut self, k: RKey, a: Arc<Attrs>) {
+        let slot = match k {
+            RKey::V4(k) => match self.v4.entry(k) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Aliases::One(a));
+                    return;
+                }
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            },
+            RKey::V6(k) => match self.v6.entry(k) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Aliases::One(a));
+                    return;
+                }
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            },
+        };
+        let mut v = slot.as_slice().to_vec();
+        v.push(a);
+        *slot = Aliases::Many(Box::new(v));
     }
 
     /// Replaces the aliases under `k` (attribute sets must come from this table's interner).

@@ -43,9 +43,7 @@ impl Snapshot {
             Event::NewRoute(r, _) => {
                 let k = RKey::of(&r);
                 let a = self.routes.intern(Attrs::of(&r));
-                let mut v = self.routes.get(&k).to_vec();
-                v.push(a);
-                self.routes.set(k, v);
+                self.routes.push(k, a);
             }
             Event::NewAddress(a) => self.put(a.into()),
             Event::NewNeighbour(n) => self.put(n.into()),
