@@ -255,6 +255,12 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
             }
         }
         ObjectKind::Nexthop => {
+            // Resilient-group bucket/timer settings are not in the object model.
+            o.remove("resilient_args");
+            // iproute2 -d prints the scope of device-less nexthops (global), to_json omits it.
+            if o.contains_key("blackhole") || o.contains_key("fdb") && !o.contains_key("dev") {
+                o.remove("scope");
+            }
             if o.contains_key("group") {
                 o.remove("scope");
                 if let Some(Value::Array(g)) = o.get_mut("group") {
