@@ -357,3 +357,63 @@ fn expiry_and_netns_move() {
         ],
     );
 }
+
+#[test]
+fn learned_fdb_and_neighbours_from_traffic() {
+    // va (10.1.0.1) -- vb [br0] vd -- vc (10.1.0.2, in another namespace): pings learn FDB
+    // entries on the ports and an ARP neighbour on va.
+    let Some(other) = Netns::new("peer") else {
+        return;
+    };
+    let setup = [
+        "link add br0 type bridge",
+        "link set br0 up",
+        "link add va type veth peer name vb",
+        "link add vc type veth peer name vd",
+        "link set vb master br0",
+        "link set vd master br0",
+        "link set va up",
+        "link set vb up",
+        "link set vd up",
+        "addr add 10.1.0.1/24 dev va",
+    ];
+    let mv = format!("link set vc netns {}", other.name);
+    let mut all: Vec<&str> = setup.to_vec();
+    all.push(&mv);
+    let Some(ns) = Netns::new("learn") else {
+        return;
+    };
+    for s in all {
+        apply(&ns, s);
+    }
+    other.ip("addr add 10.1.0.2/24 dev vc");
+    other.ip("link set vc up");
+    let r = start(&ns, 0);
+    let check = |step: &str| {
+        let d = converge(&ns, &r.mirror, Duration::from_secs(4));
+        assert!(d.is_empty(), "[learn] after `{step}`:\n{}", d.join("\n"));
+    };
+    check("initial sync");
+    ns.sh("ping -c 2 -i 0.2 -W 1 10.1.0.2 >/dev/null");
+    check("ping (learned FDB, ARP)");
+    let fdb = r.mirror.dump(Some(ekho_plugin_api::ObjectKind::Fdb)).len();
+    assert!(fdb >= 2, "expected learned FDB entries, mirror has {fdb}");
+    for s in [
+        "bridge fdb flush dev br0 dynamic",
+        "sleep 0.2",
+        "link set br0 type bridge mcast_snooping 0",
+        "link set br0 type bridge mcast_snooping 1",
+        "link set vd down",
+        "link set vd up",
+        "neigh flush dev va",
+        "link set va address 02:00:00:00:00:aa",
+    ] {
+        if s.starts_with("sleep") {
+            apply(&ns, s);
+            ns.sh("ping -c 2 -i 0.2 -W 1 10.1.0.2 >/dev/null");
+        } else {
+            apply(&ns, s);
+        }
+        check(s);
+    }
+}
