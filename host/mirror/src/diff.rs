@@ -441,6 +441,25 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
         }
         ObjectKind::Rule => {
             o.remove("protocol");
+            // iproute2 prints a nop rule as `"nop": null`, to_json as `"action": "nop"`.
+            if o.remove("nop").is_some() {
+                o.insert("action".into(), "nop".into());
+            }
+            // iproute2 names well-known IP protocols, to_json gives the number.
+            if let Some(Value::String(p)) = o.get("ipproto") {
+                let n = match p.as_str() {
+                    "icmp" => Some(1),
+                    "tcp" => Some(6),
+                    "udp" => Some(17),
+                    "gre" => Some(47),
+                    "ipv6-icmp" | "icmpv6" => Some(58),
+                    "sctp" => Some(132),
+                    other => other.parse::<u64>().ok(),
+                };
+                if let Some(n) = n {
+                    o.insert("ipproto".into(), n.into());
+                }
+            }
             for k in ["iif_detached", "oif_detached"] {
                 if o.contains_key(k) {
                     o.insert(k.into(), true.into());

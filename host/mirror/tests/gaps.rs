@@ -417,3 +417,22 @@ fn learned_fdb_and_neighbours_from_traffic() {
         check(s);
     }
 }
+
+#[test]
+fn rule_selectors_and_actions() {
+    run_steps(
+        "rulesel",
+        TOPO,
+        &[
+            "rule add not from 10.0.0.0/8 table 7 prio 200",
+            "rule add from all lookup main suppress_prefixlength 0 prio 201",
+            "rule add fwmark 0x1 goto 32766 prio 202",
+            "rule add to 10.9.0.0/16 prohibit prio 203",
+            "rule add tos 0x10 blackhole prio 204",
+            "rule add ipproto tcp table 9 prio 205",
+            "-6 rule add to 2001:db8::/32 unreachable prio 206",
+            "rule add from 10.1.0.0/24 nop prio 207",
+            "rule del prio 203",
+        ],
+    );
+}
