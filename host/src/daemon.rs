@@ -188,6 +188,8 @@ impl Daemon {
                 "overruns": ms.overruns,
                 "resyncs": ms.resyncs,
                 "last_resync_ms": ms.last_resync_ms,
+                "changes": ms.changes,
+                "route_attr_sets": ms.route_attr_sets,
             },
             "ebpf": self.ebpf_status(),
             "plugins": plugins,

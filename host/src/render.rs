@@ -120,8 +120,14 @@ pub fn status(v: &Value) -> String {
     let m = &v["mirror"];
     let _ = writeln!(
         out,
-        "mirror: synced={} messages={} overruns={} resyncs={} last_resync={}ms",
-        m["synced"], m["messages"], m["overruns"], m["resyncs"], m["last_resync_ms"]
+        "mirror: synced={} messages={} changes={} overruns={} resyncs={} last_resync={}ms shared_route_attrs={}",
+        m["synced"],
+        m["messages"],
+        m["changes"],
+        m["overruns"],
+        m["resyncs"],
+        m["last_resync_ms"],
+        m["route_attr_sets"]
     );
     if let Some(o) = m["objects"].as_object() {
         let parts: Vec<String> = o.iter().map(|(k, n)| format!("{k}={n}")).collect();
