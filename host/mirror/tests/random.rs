@@ -8,6 +8,50 @@
 
 mod common;
 use common::*;
+use ekho_plugin_api::{Change, Object, ObjectKey};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What a listener holds: the snapshot, then every change applied with checks.
+#[derive(Default)]
+struct ListenerView {
+    objs: BTreeMap<ObjectKey, Object>,
+    errors: Vec<String>,
+}
+
+impl ListenerView {
+    fn init(&mut self, objs: Vec<Object>) {
+        self.objs = objs.into_iter().map(|o| (o.key(), o)).collect();
+    }
+    fn apply(&mut self, changes: &[Change]) {
+        for c in changes {
+            let k = c.key();
+            match c {
+                Change::Add(o) => {
+                    if self.objs.insert(k.clone(), o.clone()).is_some() {
+                        self.errors.push(format!("add of a present object {k:?}"));
+                    }
+                }
+                Change::Update { old, new } => {
+                    if old.key() != new.key() {
+                        self.errors.push(format!("update changes identity {k:?}"));
+                    }
+                    if self.objs.get(&k) != Some(old) {
+                        self.errors
+                            .push(format!("update's old differs from the listener's {k:?}"));
+                    }
+                    self.objs.insert(k, new.clone());
+                }
+                Change::Remove(o) => {
+                    if self.objs.remove(&k).as_ref() != Some(o) {
+                        self.errors
+                            .push(format!("remove of an absent or different object {k:?}"));
+                    }
+                }
+            }
+        }
+    }
+}
 use std::time::Duration;
 
 struct Rng(u64);
@@ -223,6 +267,17 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_rcvbuf);
     let run = start(&ns, rcvbuf);
+    // A listener's view: the attach snapshot plus every change must always equal the mirror
+    // (nothing lost, nothing duplicated, updates and removals naming what the listener has).
+    let view = Arc::new(Mutex::new(ListenerView::default()));
+    let v2 = view.clone();
+    run.mirror.attach(
+        move |objs| v2.lock().unwrap().init(objs),
+        Box::new({
+            let v3 = view.clone();
+            move |c: &[Change]| v3.lock().unwrap().apply(c)
+        }),
+    );
     let mut rng = Rng(seed);
     let mut applied = 0;
     for i in 0..steps {
@@ -259,6 +314,31 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
             "seed {seed}: divergence after step {i} `{s}` (ok={ok}):\n{}",
             d.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
         );
+        let errs = std::mem::take(&mut view.lock().unwrap().errors);
+        assert!(
+            errs.is_empty(),
+            "seed {seed}: bad change stream at step {i} `{s}`: {errs:?}"
+        );
+        let mut fresh = BTreeMap::new();
+        let id = run.mirror.attach(
+            |objs| fresh = objs.into_iter().map(|o| (o.key(), o)).collect(),
+            Box::new(|_: &[Change]| {}),
+        );
+        run.mirror.detach(id);
+        let got = view.lock().unwrap().objs.clone();
+        if got != fresh {
+            let only_view: Vec<_> = got
+                .iter()
+                .filter(|(k, o)| fresh.get(*k) != Some(*o))
+                .take(5)
+                .collect();
+            let only_mirror: Vec<_> = fresh
+                .iter()
+                .filter(|(k, o)| got.get(*k) != Some(*o))
+                .take(5)
+                .collect();
+            panic!("seed {seed}: listener view != mirror after step {i} `{s}`:\nview: {only_view:?}\nmirror: {only_mirror:?}");
+        }
     }
     eprintln!(
         "seed {seed}: {steps} steps run ({applied} accepted by the kernel), 0 divergences; {:?}",
