@@ -22,43 +22,74 @@ use std::net::IpAddr;
 
 /// `RTM_*` message types not known to netlink-packet-route.
 pub mod rtm {
+    /// RTM_NEWNETCONF
     pub const NEWNETCONF: u16 = 80;
+    /// RTM_DELNETCONF
     pub const DELNETCONF: u16 = 81;
+    /// RTM_GETNETCONF
     pub const GETNETCONF: u16 = 82;
+    /// RTM_NEWMDB
     pub const NEWMDB: u16 = 84;
+    /// RTM_DELMDB
     pub const DELMDB: u16 = 85;
+    /// RTM_GETMDB (also the type of MDB dump replies)
     pub const GETMDB: u16 = 86;
+    /// RTM_NEWNEXTHOP
     pub const NEWNEXTHOP: u16 = 104;
+    /// RTM_DELNEXTHOP
     pub const DELNEXTHOP: u16 = 105;
+    /// RTM_GETNEXTHOP
     pub const GETNEXTHOP: u16 = 106;
+    /// RTM_NEWVLAN
     pub const NEWVLAN: u16 = 112;
+    /// RTM_DELVLAN
     pub const DELVLAN: u16 = 113;
+    /// RTM_GETVLAN
     pub const GETVLAN: u16 = 114;
 }
 
 /// A decoded kernel message, as the mirror applies it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// A link appeared or changed (full state).
     NewLink(Link),
+    /// A link is gone.
     DelLink(Link),
+    /// An address appeared or changed.
     NewAddress(Address),
+    /// An address is gone.
     DelAddress(Address),
     /// A route and the `nlmsg_flags` of its message (`NLM_F_REPLACE`, `NLM_F_APPEND`, ...).
     NewRoute(Route, u16),
+    /// A route (or, for IPv6 multipath, some of its legs) is gone.
     DelRoute(Route),
+    /// An IPv4/IPv6 neighbour appeared or changed.
     NewNeighbour(Neighbour),
+    /// A neighbour is gone.
     DelNeighbour(Neighbour),
+    /// A bridge/VXLAN FDB entry appeared or changed.
     NewFdb(FdbEntry),
+    /// An FDB entry is gone.
     DelFdb(FdbEntry),
+    /// A nexthop object or group appeared or changed.
     NewNexthop(Nexthop),
+    /// A nexthop object is gone (by id).
     DelNexthop(u32),
+    /// A rule appeared.
     NewRule(Rule),
+    /// A rule is gone.
     DelRule(Rule),
+    /// Netconf of a device (possibly partial: only changed attributes).
     NewNetconf(Netconf),
+    /// Netconf of (family, ifindex) is gone.
     DelNetconf(Family, i32),
+    /// MDB entries appeared or changed.
     NewMdb(Vec<MdbEntry>),
+    /// MDB entries are gone.
     DelMdb(Vec<MdbEntry>),
+    /// Bridge VLAN entries appeared or changed.
     NewVlan(Vec<BridgeVlan>),
+    /// Bridge VLAN entries are gone.
     DelVlan(Vec<BridgeVlan>),
     /// A message the mirror does not use (bridge port link messages, unknown types...).
     Ignored,

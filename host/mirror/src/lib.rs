@@ -16,6 +16,8 @@
 //! mirror keeps all of them, in kernel order; listeners see the first (the one in effect) as
 //! *the* route of that key, [`Mirror::dump`] returns all of them (as `ip route show` does).
 
+#![warn(missing_docs)]
+
 use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

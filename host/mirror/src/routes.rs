@@ -16,15 +16,25 @@ use std::sync::Arc;
 /// Everything of a route but its key.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Attrs {
+    /// `RTN_*` type.
     pub kind: RouteType,
+    /// `RTPROT_*`.
     pub protocol: Protocol,
+    /// Scope.
     pub scope: Scope,
+    /// `RTNH_F_*` flags of a single-path route.
     pub flags: u32,
+    /// Preferred source.
     pub prefsrc: Option<IpAddress>,
+    /// Nexthop object id.
     pub nhid: Option<u32>,
+    /// Legs (device names empty).
     pub nexthops: Vec<NextHop>,
+    /// Metrics, by id.
     pub metrics: Vec<RouteMetric>,
+    /// IPv6 router preference.
     pub pref: Option<u8>,
+    /// Seconds to expiry (as last reported).
     pub expires: Option<u32>,
 }
 
@@ -72,29 +82,43 @@ impl Attrs {
 /// Key of an IPv4 route.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct K4 {
+    /// Routing table.
     pub table: u32,
+    /// Destination address.
     pub dst: [u8; 4],
+    /// Destination prefix length.
     pub len: u8,
+    /// TOS (IPv4) / traffic class.
     pub tos: u8,
+    /// Priority (metric).
     pub metric: u32,
 }
 
 /// Key of an IPv6 route.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct K6 {
+    /// Routing table.
     pub table: u32,
+    /// Destination address.
     pub dst: [u8; 16],
+    /// Destination prefix length.
     pub len: u8,
+    /// Source prefix address (source-specific routes).
     pub src: [u8; 16],
+    /// Source prefix length.
     pub srclen: u8,
+    /// TOS (IPv4) / traffic class.
     pub tos: u8,
+    /// Priority (metric).
     pub metric: u32,
 }
 
 /// Key of a route of either family.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum RKey {
+    /// IPv4.
     V4(K4),
+    /// IPv6.
     V6(K6),
 }
 
@@ -215,7 +239,9 @@ impl RKey {
 /// The aliases under one key, first = the one in effect. Never empty in a table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Aliases {
+    /// The usual case: one entry.
     One(Arc<Attrs>),
+    /// Several entries, kernel order.
     Many(Box<Vec<Arc<Attrs>>>),
 }
 
@@ -262,7 +288,9 @@ impl Hasher for Fnv {
 /// Both route tables and the attribute interner.
 #[derive(Default)]
 pub struct Routes {
+    /// IPv4 routes.
     pub v4: BTreeMap<K4, Aliases>,
+    /// IPv6 routes.
     pub v6: BTreeMap<K6, Aliases>,
     interner: HashSet<Arc<Attrs>, BuildHasherDefault<Fnv>>,
 }

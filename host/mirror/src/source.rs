@@ -69,11 +69,15 @@ impl Default for SourceOptions {
 /// Errors of the source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The namespace could not be opened or entered.
     #[error("cannot enter network namespace {path}: {source}")]
     Netns {
+        /// Namespace path.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A netlink socket or request failed.
     #[error("netlink: {0}")]
     Netlink(String),
     /// A dump the kernel could not complete (not fatal: the kind is reconciled without sweep).

@@ -28,8 +28,11 @@ pub struct Snapshot {
     /// Kinds whose dump the kernel could not complete: seen objects are reconciled, unseen ones
     /// are kept (no sweep).
     pub partial: BTreeSet<ObjectKind>,
+    /// Links by ifindex.
     pub links: BTreeMap<u32, Link>,
+    /// Other objects by key.
     pub objs: BTreeMap<ObjectKey, Object>,
+    /// Routes.
     pub routes: Routes,
 }
 
@@ -80,9 +83,11 @@ impl Snapshot {
 /// The mirrored state.
 #[derive(Default)]
 pub struct State {
+    /// Links by ifindex.
     pub links: BTreeMap<u32, Link>,
     /// Objects of every kind but links and routes.
     pub objs: BTreeMap<ObjectKey, Object>,
+    /// Routes.
     pub routes: Routes,
     /// Whether changes are being tracked (some listener is attached).
     pub tracking: bool,
