@@ -85,23 +85,38 @@ async fn handle(stream: tokio::net::UnixStream, daemon: Arc<Daemon>) -> anyhow::
     Ok(())
 }
 
+/// Changes buffered per `ekho monitor` client; a client that falls further behind is cut off
+/// (the mirror and the plugins never wait for it).
+const MONITOR_BUFFER: usize = 65_536;
+
 async fn monitor(
     mut w: tokio::net::unix::OwnedWriteHalf,
     daemon: Arc<Daemon>,
 ) -> anyhow::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let id = daemon.mirror.attach(
-        |_| {},
-        Box::new(move |changes: &[Change]| {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Change>(MONITOR_BUFFER);
+    let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let of = overflow.clone();
+    let mut tx = Some(tx);
+    // No snapshot: a monitor streams changes from now on (serialised outside the mirror lock).
+    let id = daemon
+        .mirror
+        .attach_lazy(Box::new(move |changes: &[Change]| {
+            let Some(t) = &tx else { return };
             for c in changes {
-                let _ = tx.send(change_json(c).to_string());
+                if t.try_send(c.clone()).is_err() {
+                    of.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tx = None;
+                    return;
+                }
             }
-        }),
-    );
+        }));
     let result = async {
-        while let Some(line) = rx.recv().await {
-            w.write_all(line.as_bytes()).await?;
-            w.write_all(b"\n").await?;
+        while let Some(c) = rx.recv().await {
+            w.write_all(format!("{}\n", change_json(&c)).as_bytes()).await?;
+        }
+        if overflow.load(std::sync::atomic::Ordering::Relaxed) {
+            let e = json!({"error": format!("this monitor fell more than {MONITOR_BUFFER} changes behind and was cut off; reconnect (ekho dump gives the current state)")});
+            w.write_all(format!("{e}\n").as_bytes()).await?;
         }
         anyhow::Ok(())
     }
@@ -148,7 +163,10 @@ pub fn stream(socket: &Path, req: &Value, mut f: impl FnMut(Value)) -> anyhow::R
     s.write_all(format!("{req}\n").as_bytes())?;
     for line in BufReader::new(s).lines() {
         let line = line?;
-        if let Ok(v) = serde_json::from_str(&line) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                anyhow::bail!("{e}");
+            }
             f(v);
         }
     }

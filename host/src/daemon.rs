@@ -105,13 +105,30 @@ impl Daemon {
                 }),
                 abi_stable::sabi_trait::TD_Opaque,
             );
-            let plugin = lib.create(&pc.config_text(), host)?;
+            let plugin = lib.create(&pc.config_text(), host).map_err(|e| match e {
+                loader::LoadError::Create { name, reason } => loader::LoadError::Create {
+                    name,
+                    reason: format!(
+                        "{reason} (the plugin parses its [plugins.config] table{}: line numbers in its message count within that table)",
+                        config_table_location(&self.config, &pc.name)
+                    ),
+                },
+                other => other,
+            })?;
             let caps = plugin.capabilities().into_result().map_err(|e| {
                 loader::LoadError::Capabilities {
                     name: pc.name.clone(),
                     reason: e.to_string(),
                 }
             })?;
+            for g in caps.ports.names.iter() {
+                if let Err(e) = glob::Pattern::new(g) {
+                    return Err(loader::LoadError::Capabilities {
+                        name: pc.name.clone(),
+                        reason: format!("it declares the invalid port glob {:?} ({e})", g.as_str()),
+                    });
+                }
+            }
             let m = self.mirror.clone();
             let replay: crate::dispatch::ReplaySource =
                 Arc::new(move |after, max, at_cursor| m.replay_chunk(after, max, &mut *at_cursor));
@@ -335,6 +352,19 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket = config.control_socket();
     crate::control::ensure_not_running(&socket)?;
+    // Take the socket first: a second daemon started at the same time fails here, before it
+    // touches any plugin.
+    let listener = crate::control::bind(&socket).context("control socket")?;
+    let result = run_bound(config, listener, &socket).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn run_bound(
+    config: Config,
+    listener: tokio::net::UnixListener,
+    socket: &std::path::Path,
+) -> anyhow::Result<()> {
     let netns = config.netns_path();
     if let Some(p) = &netns {
         if !p.exists() {
@@ -469,8 +499,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    // Control socket.
-    let listener = crate::control::bind(&socket).context("control socket")?;
+    // Control socket (bound at start).
     let d = daemon.clone();
     tokio::spawn(async move { crate::control::serve(listener, d).await });
     tracing::info!(socket = %socket.display(), "ekho running");
@@ -484,7 +513,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let d = daemon.clone();
     tokio::task::spawn_blocking(move || d.stop_plugins()).await?;
     *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
-    let _ = std::fs::remove_file(&socket);
     tracing::info!("ekho stopped");
     Ok(())
+}
+
+/// ` at FILE:LINE` of plugin `name`'s `[plugins.config]` header, when it can be found.
+fn config_table_location(config: &Config, name: &str) -> String {
+    let crate::config::ConfigSource::File(path) = &config.source else {
+        return String::new();
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let mut in_plugin = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("name") && t.contains(&format!("\"{name}\"")) {
+            in_plugin = true;
+        } else if t == "[[plugins]]" {
+            in_plugin = false;
+        } else if in_plugin && t == "[plugins.config]" {
+            return format!(" at {}:{}", path.display(), i + 2);
+        }
+    }
+    String::new()
 }

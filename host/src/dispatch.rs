@@ -374,18 +374,24 @@ fn order_key(c: &Change) -> (u8, u8) {
     }
 }
 
-/// Why the host answers for the plugin without calling it.
-fn host_refusal(caps: &Capabilities, held: &[u64; 10], o: &Object) -> Option<Outcome> {
+/// Why the host answers for the plugin without calling it. `adding`: the plugin does not hold
+/// the object yet (the declared limit counts objects held, so updates are never refused by it).
+fn host_refusal(
+    caps: &Capabilities,
+    held: &[u64; 10],
+    o: &Object,
+    adding: bool,
+) -> Option<Outcome> {
     if let Object::Route(r) = o {
         let w = caps.features.max_ecmp_width;
         if w != 0 && r.nexthops.len() > w as usize {
             return Some(Outcome::Unsupported);
         }
     }
-    if let Some(max) = caps.limit_for(o.kind()) {
+    if let (true, Some(max)) = (adding, caps.limit_for(o.kind())) {
         if held[o.kind() as usize] >= max {
             return Some(Outcome::failed(format!(
-                "limit reached: the plugin declares at most {max} {} entries",
+                "refused by the host: limit reached, the plugin declares at most {max} {} entries",
                 o.kind()
             )));
         }
@@ -424,6 +430,8 @@ struct Worker {
     held_per_kind: [u64; 10],
     per_outcome: [[u64; 4]; 10],
     last_stats: Instant,
+    /// Set once the plugin failed: it is never called again.
+    failed: bool,
 }
 
 impl Worker {
@@ -432,6 +440,7 @@ impl Worker {
             let (batch, events, replay, shutdown) = {
                 let mut st = self.queue.st.lock().unwrap();
                 while !st.shutdown
+                    && !self.failed
                     && st.pending.is_empty()
                     && st.events.is_empty()
                     && !st.sync_requested
@@ -455,6 +464,9 @@ impl Worker {
                     st.shutdown,
                 )
             };
+            if self.failed {
+                break;
+            }
             if shutdown {
                 if let Err(e) = self.plugin.shutdown().into_result() {
                     tracing::warn!(plugin = %self.name(), "shutdown: {e}");
@@ -468,13 +480,15 @@ impl Worker {
             };
             if let Err(reason) = result {
                 self.fail(reason);
-                // Wait for shutdown without calling the plugin again.
-                let mut st = self.queue.st.lock().unwrap();
-                while !st.shutdown {
-                    st = self.queue.cv.wait(st).unwrap();
-                }
-                return;
             }
+            if self.failed {
+                break;
+            }
+        }
+        // Failed: never call the plugin again, not even shutdown; wait to be stopped.
+        let mut st = self.queue.st.lock().unwrap();
+        while !st.shutdown {
+            st = self.queue.cv.wait(st).unwrap();
         }
     }
 
@@ -483,6 +497,7 @@ impl Worker {
     }
 
     fn fail(&mut self, reason: String) {
+        self.failed = true;
         tracing::error!(plugin = %self.name(), "plugin failed, no longer called: {reason}");
         self.queue.close();
         let mut s = self.status.lock().unwrap();
@@ -522,7 +537,7 @@ impl Worker {
             let objs = self.queue.take_replayed(chunk);
             let mut changes = Vec::with_capacity(objs.len());
             for o in objs {
-                if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o) {
+                if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o, true) {
                     refused += 1;
                     self.record_failure(&o, "add", &refusal);
                     continue;
@@ -581,7 +596,9 @@ impl Worker {
                     }
                 }
                 (base, Some(t)) => {
-                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &t) {
+                    if let Some(refusal) =
+                        host_refusal(&self.caps, &self.held_per_kind, &t, !delivered)
+                    {
                         if delivered {
                             if let Some(b) = base {
                                 changes.push(Change::Remove(b));
@@ -697,6 +714,9 @@ impl Worker {
 
     fn refresh_stats(&mut self) {
         self.last_stats = Instant::now();
+        if self.failed {
+            return;
+        }
         match self.plugin.stats().into_result() {
             Ok(st) => {
                 let mut s = self.status.lock().unwrap();
@@ -750,6 +770,7 @@ impl PluginHandle {
             per_outcome: [[0; 4]; 10],
             last_stats: Instant::now(),
             replay,
+            failed: false,
         };
         let name = status.lock().unwrap().name.clone();
         let thread = std::thread::Builder::new()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("plugin {name:?} not found in {dir}: tried {tried}; build it (cargo build --workspace) or set `path` in its [[plugins]] table")]
+    #[error("plugin {name:?} not found in {dir}: tried {tried}; copy its .so into the plugin dir (the in-tree plugins are built by `cargo build --release` at the workspace root), or set `path` in its [[plugins]] table")]
     NotFound {
         name: String,
         dir: PathBuf,

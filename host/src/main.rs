@@ -69,7 +69,8 @@ enum Cmd {
     /// why the host would refuse it (non-zero exit then)
     CheckPlugin {
         file: PathBuf,
-        /// A TOML file holding the plugin's config table, to check `create` with it
+        /// A TOML file holding the plugin's config table (its keys, or the `[plugins.config]`
+        /// table as in ekho.toml), to check `create` with it
         #[arg(long)]
         plugin_config: Option<PathBuf>,
         #[arg(long)]
@@ -169,7 +170,20 @@ fn check_plugin(
 ) -> anyhow::Result<ExitCode> {
     let config_text = match cfg {
         Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            // Accept the table alone, or with its `[plugins.config]` header as in ekho.toml.
+            match toml::from_str::<toml::Table>(&text) {
+                Ok(t) => match t
+                    .get("plugins")
+                    .and_then(|p| p.get("config"))
+                    .and_then(|c| c.as_table())
+                {
+                    Some(inner) if t.len() == 1 => toml::to_string(inner)?,
+                    _ => text,
+                },
+                Err(_) => text,
+            }
         }
         None => String::new(),
     };

@@ -67,7 +67,7 @@ fn object_fields(m: &serde_json::Map<String, Value>) -> String {
             Value::Array(a) if a.iter().all(Value::is_object) => {
                 let _ = write!(out, "{k}");
                 for e in a {
-                    let _ = write!(out, " [{}]", object(e));
+                    let _ = write!(out, " [{}]", scalar(e));
                 }
             }
             _ => {

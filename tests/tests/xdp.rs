@@ -173,14 +173,23 @@ fn xdp_router_forwards_only_while_ekho_runs() {
         2 << 20,
         "v6 TCP transfer"
     );
-    let counters = d.plugin("xdp-router")["counters"].clone();
-    let fwd: u64 = counters
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["name"] == "forwarded")
-        .map(|c| c["value"].as_u64().unwrap())
-        .sum();
+    // Plugin counters reach `ekho status` when the worker refreshes them (about every second).
+    let forwarded = |d: &Daemon| -> (u64, serde_json::Value) {
+        let counters = d.plugin("xdp-router")["counters"].clone();
+        let fwd = counters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == "forwarded")
+            .map(|c| c["value"].as_u64().unwrap())
+            .sum();
+        (fwd, counters)
+    };
+    let (fwd, counters) = wait_for(Duration::from_secs(5), || {
+        let (f, c) = forwarded(&d);
+        (f > 1000).then_some((f, c))
+    })
+    .unwrap_or_else(|| forwarded(&d));
     assert!(fwd > 1000, "packets forwarded by XDP: {fwd} ({counters})");
 
     // A route change on r reaches the data path: a new prefix behind h2.
