@@ -6,7 +6,9 @@
 //! with its config table.
 
 use ekho_plugin_api::plugin::{PluginBox, PluginInfo, PluginModRef};
-use ekho_plugin_api::version::{accepted_range, is_compatible, API_VERSION, VERSION_SYMBOL};
+use ekho_plugin_api::version::{
+    accepted_range, is_compatible, API_VERSION, PANIC_SYMBOL, VERSION_SYMBOL,
+};
 use ekho_plugin_api::HostHandle;
 use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub enum LoadError {
         plugin: String,
         accepted: String,
     },
+    #[error("{path}: built with panic = \"abort\": a panic in it would abort the whole daemon; build it with panic = \"unwind\" (the default; check `panic` in the [profile.*] of its Cargo.toml)")]
+    PanicAbort { path: PathBuf },
     #[error("{path}: ABI layout check failed: {summary} (run with RUST_LOG=debug for abi_stable's full report)")]
     Layout {
         path: PathBuf,
@@ -191,6 +195,16 @@ pub fn preflight(path: &Path) -> Result<String, LoadError> {
             plugin: v,
             accepted: accepted_range(API_VERSION).unwrap_or_else(|| API_VERSION.into()),
         });
+    }
+    let sym = format!("{PANIC_SYMBOL}\0");
+    // SAFETY: a `u8` static defined by `declare_plugin!`; absent in plugins of older API
+    // versions, which are accepted as they are.
+    unsafe {
+        if let Ok(s) = lib.get::<*const u8>(sym.as_bytes()) {
+            if **s == 0 {
+                return Err(LoadError::PanicAbort { path: path.into() });
+            }
+        }
     }
     Ok(v)
 }

@@ -209,6 +209,7 @@ fn check_plugin(
             let stage = match &e {
                 loader::LoadError::Layout { .. } => "layout check",
                 loader::LoadError::IncompatibleApi { .. } => "API version",
+                loader::LoadError::PanicAbort { .. } => "panic strategy",
                 _ => "pre-flight",
             };
             return fail(stage, e.to_string());

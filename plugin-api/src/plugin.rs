@@ -266,6 +266,11 @@ macro_rules! declare_plugin {
         pub static EKHO_PLUGIN_API_VERSION: $crate::version::VersionTag =
             $crate::version::VersionTag::CURRENT;
 
+        /// 1 when this plugin was built with `panic = "unwind"` (panics are caught at the
+        /// boundary), 0 with `panic = "abort"` (a panic would abort the host; it refuses it).
+        #[unsafe(no_mangle)]
+        pub static EKHO_PLUGIN_PANIC_UNWIND: u8 = if cfg!(panic = "unwind") { 1 } else { 0 };
+
         extern "C" fn __ekho_plugin_info() -> $crate::plugin::PluginInfo {
             $crate::plugin::PluginInfo {
                 name: $name.into(),

@@ -18,6 +18,9 @@
 /// Name of the exported symbol (without the trailing NUL).
 pub const VERSION_SYMBOL: &str = "EKHO_PLUGIN_API_VERSION";
 
+/// Name of the exported `u8` symbol saying whether the plugin unwinds on panic (1) or aborts (0).
+pub const PANIC_SYMBOL: &str = "EKHO_PLUGIN_PANIC_UNWIND";
+
 /// The version of this crate, i.e. the API version a plugin is being built against.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 

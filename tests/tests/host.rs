@@ -240,6 +240,16 @@ fn capabilities_filter_what_reaches_a_plugin() {
 /// Builds hello-vendor against a copy of plugin-api whose version is `version`.
 /// `patch` edits the copied plugin-api sources (to change a type's layout).
 fn build_api_variant(version: &str, tag: &str, patch: &dyn Fn(&Path)) -> std::path::PathBuf {
+    build_variant(version, tag, patch, "")
+}
+
+/// `workspace_extra` is appended to the variant's workspace Cargo.toml (profiles).
+fn build_variant(
+    version: &str,
+    tag: &str,
+    patch: &dyn Fn(&Path),
+    workspace_extra: &str,
+) -> std::path::PathBuf {
     let ws = workspace();
     let tmp = ws
         .join("target")
@@ -287,7 +297,7 @@ fn build_api_variant(version: &str, tag: &str, patch: &dyn Fn(&Path)) -> std::pa
     patch(&tmp.join("src/plugin-api"));
     std::fs::write(
         tmp.join("src/Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"hello-vendor\"]\n",
+format!("[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"hello-vendor\"]\n{workspace_extra}"),
     )
     .unwrap();
     std::fs::copy(ws.join("Cargo.lock"), tmp.join("src/Cargo.lock")).unwrap();
@@ -731,4 +741,22 @@ fn a_layout_mismatch_is_refused_clearly() {
         text.contains("type Counter") && text.contains("(expected 72, found 80)"),
         "{text}"
     );
+}
+
+#[test]
+fn a_plugin_built_to_abort_on_panic_is_refused() {
+    let variant = build_variant(
+        "0.1.0",
+        "abort",
+        &|_| {},
+        "[profile.dev]\npanic = \"abort\"\n",
+    );
+    let out = std::process::Command::new(ekho_bin())
+        .args(["check-plugin", variant.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("REFUSED at panic strategy"), "{text}");
+    assert!(text.contains("built with panic = \"abort\""), "{text}");
 }
