@@ -8,7 +8,8 @@
 //! unsupported, trapped, failed with a reason) — the same words the kernel's offload flags use.
 //!
 //! ## Writing a plugin
-//! A plugin is a `cdylib` crate that depends on this crate alone:
+//! A plugin is a `cdylib` crate that depends on this crate (plus whatever it needs itself, e.g.
+//! `serde` and `toml` to parse its config table, as `examples/hello-vendor` does):
 //!
 //! ```toml
 //! [package]
@@ -19,7 +20,8 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! ekho-plugin-api = "0.1"
+//! # not on crates.io yet: point at a checkout of ekho
+//! ekho-plugin-api = { path = "../ekho/plugin-api" }
 //!
 //! [profile.release]
 //! panic = "unwind"   # required: panics are caught at the boundary, never abort the host
@@ -93,7 +95,30 @@
 //!   restarts removes at `end_sync` what it was not given (mark and sweep).
 //! - Within a batch, dependencies come first (links, then addresses, nexthops, routes...);
 //!   removals come in reverse order.
-//! - A panic is caught at the boundary; the host marks the plugin `failed` and stops calling it.
+//! - A panic is caught at the boundary; the host marks the plugin `failed` and never calls it
+//!   again (a failed plugin comes back only with a restart of the daemon). This needs
+//!   `panic = "unwind"` (the default): the host refuses a plugin built with `panic = "abort"`.
+//!
+//! ## What reaches a plugin
+//! - Kinds: those in [`Capabilities::kinds`]. Families: [`Capabilities::families`] (empty: all)
+//!   for family-bearing objects; links and bridge objects always pass.
+//! - Ports ([`PortScope`], or the operator's `ports` globs, which replace it): a link passes when
+//!   it is owned; any other object passes when it refers to no device (blackhole routes, nexthop
+//!   groups, rules) or to at least one owned device (a multipath route with one owned leg arrives
+//!   whole, every leg included). With [`Features::routes_all_ports`], routes, nexthops and rules
+//!   pass whatever their devices: a router must know routes through ports it does not own.
+//! - [`Limit`]: the host counts the objects of a kind the plugin holds (whatever their outcome,
+//!   `trapped` included) and answers further *additions* `failed` itself; updates of held
+//!   objects always reach the plugin. An addition refused this way is offered again the next
+//!   time the object changes (not when room frees up: declare no limit and answer `failed`
+//!   yourself if you need that).
+//! - [`Features::max_ecmp_width`]: wider routes are answered `unsupported` by the host.
+//! - Outcomes are recorded by the host (`ekho status`); they are not written back to the
+//!   kernel's offload flags.
+//! - [`Plugin::stats`] is read about once a second; `ekho status` shows the last reading.
+//! - One library can be enabled several times under different names (`[[plugins]] name = "asic0"`
+//!   and `name = "asic1"`, each with `path` set to the same file and its own config table):
+//!   each gets its own instance, thread and queue.
 //!
 //! ## Versioning
 //! See [`version`]: the host reads the exported `EKHO_PLUGIN_API_VERSION` symbol before loading
