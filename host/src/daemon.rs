@@ -132,8 +132,16 @@ impl Daemon {
             let m = self.mirror.clone();
             let replay: crate::dispatch::ReplaySource =
                 Arc::new(move |after, max, at_cursor| m.replay_chunk(after, max, &mut *at_cursor));
-            let handle =
-                PluginHandle::start(plugin, caps, pc.ports.as_deref(), status.clone(), replay);
+            let m2 = self.mirror.clone();
+            let lookup: crate::dispatch::Lookup = Arc::new(move |k| m2.get(k));
+            let handle = PluginHandle::start(
+                plugin,
+                caps,
+                pc.ports.as_deref(),
+                status.clone(),
+                replay,
+                lookup,
+            );
             let q = handle.queue.clone();
             let listener = self
                 .mirror

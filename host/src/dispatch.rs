@@ -26,6 +26,13 @@ pub type ReplaySource = Arc<
         + Sync,
 >;
 
+/// Reads one object from the mirror (to offer again an addition refused at a declared limit).
+pub type Lookup = Arc<dyn Fn(&ObjectKey) -> Option<Object> + Send + Sync>;
+
+/// Additions refused at a declared limit that are remembered and offered again when room frees
+/// up, at most (beyond this, they are offered again only when they change).
+pub const REFUSED_REMEMBERED: usize = 100_000;
+
 /// Changes handed to a plugin per `apply` call, at most.
 pub const BATCH: usize = 1024;
 /// Notifier events kept per plugin while it is busy; older ones are dropped and counted.
@@ -432,6 +439,9 @@ struct Worker {
     last_stats: Instant,
     /// Set once the plugin failed: it is never called again.
     failed: bool,
+    /// Additions refused at a declared limit, offered again when room frees up.
+    refused_keys: std::collections::BTreeSet<ObjectKey>,
+    lookup: Lookup,
 }
 
 impl Worker {
@@ -539,6 +549,7 @@ impl Worker {
             for o in objs {
                 if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o, true) {
                     refused += 1;
+                    self.remember_refusal(&o, false);
                     self.record_failure(&o, "add", &refusal);
                     continue;
                 }
@@ -591,6 +602,7 @@ impl Worker {
             let delivered = self.held.contains_key(&key_hash(&key));
             match (p.base, p.target) {
                 (base, None) => {
+                    self.refused_keys.remove(&key);
                     if let (true, Some(old)) = (delivered, base) {
                         changes.push(Change::Remove(old));
                     }
@@ -605,6 +617,7 @@ impl Worker {
                             }
                         }
                         refused += 1;
+                        self.remember_refusal(&t, delivered);
                         self.record_failure(&t, "add", &refusal);
                         continue;
                     }
@@ -638,7 +651,71 @@ impl Worker {
             self.record(chunk, &outcomes);
         }
         self.status.lock().unwrap().refused += refused;
+        self.offer_refused_again()?;
         self.refresh_stats();
+        Ok(())
+    }
+
+    /// Remembers an addition refused at a declared limit (not ECMP-width refusals, which only a
+    /// change of the route can lift).
+    fn remember_refusal(&mut self, o: &Object, was_delivered: bool) {
+        let k = o.kind();
+        let at_limit = self.caps.limit_for(k).is_some()
+            && (was_delivered
+                || self.held_per_kind[k as usize] >= self.caps.limit_for(k).unwrap_or(0));
+        if at_limit && self.refused_keys.len() < REFUSED_REMEMBERED {
+            self.refused_keys.insert(o.key());
+        }
+    }
+
+    /// When room has freed up under a declared limit, offers remembered refused additions again
+    /// (read afresh from the mirror), so a smaller table converges to what fits.
+    fn offer_refused_again(&mut self) -> Result<(), String> {
+        if self.refused_keys.is_empty() {
+            return Ok(());
+        }
+        let mut adds = Vec::new();
+        for kind in ObjectKind::ALL {
+            let Some(max) = self.caps.limit_for(kind) else {
+                continue;
+            };
+            let mut free = max.saturating_sub(self.held_per_kind[kind as usize]);
+            if free == 0 {
+                continue;
+            }
+            let keys: Vec<ObjectKey> = self
+                .refused_keys
+                .iter()
+                .filter(|k| k.kind() == kind)
+                .take(free as usize)
+                .cloned()
+                .collect();
+            for k in keys {
+                self.refused_keys.remove(&k);
+                if self.held.contains_key(&key_hash(&k)) {
+                    continue;
+                }
+                if let Some(o) = (self.lookup)(&k) {
+                    let fits = host_refusal(&self.caps, &self.held_per_kind, &o, false).is_none();
+                    if fits && self.queue.st.lock().unwrap().takes(&o) && free > 0 {
+                        free -= 1;
+                        adds.push(Change::Add(o));
+                    }
+                }
+            }
+        }
+        if adds.is_empty() {
+            return Ok(());
+        }
+        adds.sort_by_key(order_key);
+        for chunk in adds.chunks(BATCH) {
+            let outcomes = self
+                .plugin
+                .apply(chunk.into())
+                .into_result()
+                .map_err(|e| e.to_string())?;
+            self.record(chunk, &outcomes);
+        }
         Ok(())
     }
 
@@ -754,6 +831,7 @@ impl PluginHandle {
         ports_override: Option<&[String]>,
         status: PluginStatus,
         replay: ReplaySource,
+        lookup: Lookup,
     ) -> PluginHandle {
         let queue = Queue::new(caps.clone(), ports_override);
         queue.st.lock().unwrap().replay_gate = Some(None);
@@ -771,6 +849,8 @@ impl PluginHandle {
             last_stats: Instant::now(),
             replay,
             failed: false,
+            refused_keys: Default::default(),
+            lookup,
         };
         let name = status.lock().unwrap().name.clone();
         let thread = std::thread::Builder::new()

@@ -760,3 +760,61 @@ fn a_plugin_built_to_abort_on_panic_is_refused() {
     assert!(text.contains("REFUSED at panic strategy"), "{text}");
     assert!(text.contains("built with panic = \"abort\""), "{text}");
 }
+
+#[test]
+fn additions_refused_at_a_declared_limit_are_offered_again_when_room_frees() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    let view = dir.path().join("view.json");
+    let v4 = ns
+        .ip_json(&["-4", "route", "show", "table", "all"])
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    let limit = v4 + 2;
+    let cfg = base_config(
+        &ns,
+        build(),
+        &format!(
+            "[[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"/dev/null\"\nview_path = \"{}\"\nkinds = [\"route\"]\nfamilies = [\"inet\"]\nlimits = {{ route = {limit} }}\n",
+            view.display()
+        ),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    for i in 1..=4 {
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("10.94.{i}.0/24"),
+            "via",
+            "10.1.0.2",
+        ]);
+    }
+    d.settle();
+    let p = d.plugin("recorder");
+    assert_eq!(p["objects"].as_u64().unwrap(), limit, "{p}");
+    assert_eq!(p["refused"].as_u64().unwrap(), 2, "{p}");
+    assert!(
+        p["recent_failures"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the host: limit reached"),
+        "{p}"
+    );
+    // An update of a held route is never refused.
+    ns.ip(&["route", "replace", "10.94.1.0/24", "via", "10.1.0.3"]);
+    d.settle();
+    assert_eq!(d.plugin("recorder")["objects"].as_u64().unwrap(), limit);
+    // Room frees up: the refused additions are offered again.
+    ns.ip(&["route", "del", "10.94.1.0/24"]);
+    ns.ip(&["route", "del", "10.94.2.0/24"]);
+    d.settle();
+    let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+    let dsts = route_dsts(&v["routes"], "main");
+    assert!(
+        dsts.contains("10.94.3.0/24") && dsts.contains("10.94.4.0/24"),
+        "{dsts:?}"
+    );
+    assert_eq!(d.plugin("recorder")["objects"].as_u64().unwrap(), limit);
+}

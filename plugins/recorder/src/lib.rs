@@ -10,6 +10,7 @@
 //!   at end-sync it removes (op `sweep`) what the replay did not renew, and keeps the rest without
 //!   rewriting it.
 //! - `kinds`, `families`, `ports`: narrow the capabilities (default: everything).
+//! - `limits`: declared limits per kind, e.g. `limits = { route = 100 }`.
 //! - `delay_ms`: sleep this long in each `apply` (to simulate a slow backend).
 //! - `panic_after`: panic in `apply` once this many changes have been received (fault injection,
 //!   to test hosts).
@@ -36,6 +37,8 @@ struct Config {
     notifiers: Option<Vec<String>>,
     ports: Option<Vec<String>>,
     delay_ms: Option<u64>,
+    /// Declared limits per kind, e.g. `limits = { route = 100 }` (to exercise hosts).
+    limits: Option<std::collections::BTreeMap<String, u64>>,
     panic_after: Option<u64>,
 }
 
@@ -154,6 +157,11 @@ impl Plugin for Recorder {
             caps = caps.port_names(p.clone());
         }
         caps = caps.nexthop_objects(true);
+        for (k, n) in cfg.limits.iter().flatten() {
+            let kind = ObjectKind::from_name(k)
+                .ok_or_else(|| format!("unknown kind {k:?} in recorder limits"))?;
+            caps = caps.limit(kind, *n);
+        }
         let out: Box<dyn Write + Send> = match &cfg.events_path {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
