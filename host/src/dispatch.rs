@@ -146,6 +146,14 @@ impl PortFilter {
         }
     }
 
+    /// For a link change: whether that link is owned now (`None` for other kinds).
+    fn link_owned(&self, c: &Change) -> Option<bool> {
+        match c.object() {
+            Object::Link(l) => Some(self.links.contains_key(&l.ifindex) && self.owns(l.ifindex)),
+            _ => None,
+        }
+    }
+
     /// Whether the port `ifindex` is owned.
     pub fn owns(&self, ifindex: u32) -> bool {
         if self.all {
@@ -187,6 +195,8 @@ struct QueueState {
     /// While a replay runs: the position of the last object it handed out (`None`: nothing yet).
     /// Changes after it are left to the replay, which reads the current state when it gets there.
     replay_gate: Option<Option<ObjectKey>>,
+    /// Set when a port entered or left the plugin's scope: the worker re-evaluates everything.
+    reevaluate: bool,
     closed: bool,
     shutdown: bool,
 }
@@ -213,19 +223,31 @@ impl QueueState {
                 return;
             }
         }
+        let (old, new) = match c {
+            Change::Add(o) => (None, Some(o)),
+            Change::Update { old, new } => (Some(old), Some(new)),
+            Change::Remove(o) => (Some(o), None),
+        };
+        // The old version is judged with the port table as it was, the new one as it is now: a
+        // renamed port changes ownership of the link itself.
+        let base = old.filter(|o| self.takes(o)).cloned();
+        let owned_before = self.ports.link_owned(c);
         self.ports.observe(c);
+        if matches!(c, Change::Update { .. })
+            && !self.ports.all
+            && owned_before != self.ports.link_owned(c)
+            && self.replay_gate.is_none()
+        {
+            // A port entered or left the plugin's scope (renamed, or its driver changed): what
+            // is attached to it must follow. The worker re-evaluates the whole state.
+            self.reevaluate = true;
+        }
         if let Some(cursor) = &self.replay_gate {
             let pos = ekho_mirror::replay::replay_position(&c.key());
             if cursor.as_ref().is_none_or(|cur| pos > *cur) {
                 return;
             }
         }
-        let (old, new) = match c {
-            Change::Add(o) => (None, Some(o)),
-            Change::Update { old, new } => (Some(old), Some(new)),
-            Change::Remove(o) => (Some(o), None),
-        };
-        let base = old.filter(|o| self.takes(o)).cloned();
         let target = new.filter(|o| self.takes(o)).cloned();
         if base.is_none() && target.is_none() {
             return;
@@ -259,6 +281,7 @@ impl Queue {
                 events_dropped: 0,
                 sync_requested: false,
                 replay_gate: None,
+                reevaluate: false,
                 closed: false,
                 shutdown: false,
             }),
@@ -447,13 +470,14 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         loop {
-            let (batch, events, replay, shutdown) = {
+            let (batch, events, replay, shutdown, reevaluate) = {
                 let mut st = self.queue.st.lock().unwrap();
                 while !st.shutdown
                     && !self.failed
                     && st.pending.is_empty()
                     && st.events.is_empty()
                     && !st.sync_requested
+                    && !st.reevaluate
                 {
                     let (g, _) = self
                         .queue
@@ -472,6 +496,7 @@ impl Worker {
                     std::mem::take(&mut st.events),
                     std::mem::take(&mut st.sync_requested),
                     st.shutdown,
+                    std::mem::take(&mut st.reevaluate),
                 )
             };
             if self.failed {
@@ -487,6 +512,11 @@ impl Worker {
                 self.replay_all().and_then(|()| self.step(batch, events))
             } else {
                 self.step(batch, events)
+            };
+            let result = if reevaluate && !replay {
+                result.and_then(|()| self.reevaluate_all())
+            } else {
+                result
             };
             if let Err(reason) = result {
                 self.fail(reason);
@@ -654,6 +684,45 @@ impl Worker {
         self.offer_refused_again()?;
         self.refresh_stats();
         Ok(())
+    }
+
+    /// After a port entered or left the scope: walks the mirror and adds what is now taken but
+    /// not held, removes what is held but no longer taken.
+    fn reevaluate_all(&mut self) -> Result<(), String> {
+        let mut cursor: Option<ObjectKey> = None;
+        loop {
+            let mut next = None;
+            let mut done = false;
+            let chunk = (self.replay)(cursor.as_ref(), BATCH, &mut |last, fin| {
+                next = last.cloned();
+                done = fin;
+            });
+            if done {
+                return Ok(());
+            }
+            cursor = next;
+            let mut changes = Vec::new();
+            {
+                let st = self.queue.st.lock().unwrap();
+                for o in chunk {
+                    let held = self.held.contains_key(&key_hash(&o.key()));
+                    match (st.takes(&o), held) {
+                        (true, false) => changes.push(Change::Add(o)),
+                        (false, true) => changes.push(Change::Remove(o)),
+                        _ => {}
+                    }
+                }
+            }
+            changes.sort_by_key(order_key);
+            for c in changes.chunks(BATCH) {
+                let outcomes = self
+                    .plugin
+                    .apply(c.into())
+                    .into_result()
+                    .map_err(|e| e.to_string())?;
+                self.record(c, &outcomes);
+            }
+        }
     }
 
     /// Remembers an addition refused at a declared limit (not ECMP-width refusals, which only a

@@ -109,9 +109,10 @@
 //!   pass whatever their devices: a router must know routes through ports it does not own.
 //! - [`Limit`]: the host counts the objects of a kind the plugin holds (whatever their outcome,
 //!   `trapped` included) and answers further *additions* `failed` itself; updates of held
-//!   objects always reach the plugin. An addition refused this way is offered again the next
-//!   time the object changes (not when room frees up: declare no limit and answer `failed`
-//!   yourself if you need that).
+//!   objects always reach the plugin. Additions refused this way are offered again when room
+//!   frees up (the host remembers up to 100 000 of them; beyond that, when they next change).
+//! - A port renamed into or out of scope brings what is attached to it along: the host
+//!   re-evaluates and adds or removes accordingly.
 //! - [`Features::max_ecmp_width`]: wider routes are answered `unsupported` by the host.
 //! - Outcomes are recorded by the host (`ekho status`); they are not written back to the
 //!   kernel's offload flags.

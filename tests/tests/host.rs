@@ -818,3 +818,58 @@ fn additions_refused_at_a_declared_limit_are_offered_again_when_room_frees() {
     );
     assert_eq!(d.plugin("recorder")["objects"].as_u64().unwrap(), limit);
 }
+
+#[test]
+fn renaming_a_port_in_or_out_of_scope_moves_what_is_attached_to_it() {
+    let ns = Netns::new();
+    ns.ip_batch(
+        "link add vethA type veth peer name pb
+link set vethA up
+link set pb up
+addr add 10.7.0.1/24 dev vethA
+route add 10.95.0.0/16 via 10.7.0.2
+",
+    );
+    let dir = TempDir::new();
+    let view = dir.path().join("view.json");
+    let cfg = base_config(
+        &ns,
+        build(),
+        &format!(
+            "[[plugins]]\nname = \"recorder\"\nports = [\"veth*\"]\n[plugins.config]\nevents_path = \"/dev/null\"\nview_path = \"{}\"\nkinds = [\"link\", \"route\"]\nfamilies = [\"inet\"]\n",
+            view.display()
+        ),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let has = |dst: &str| {
+        let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+        route_dsts(&v["routes"], "main").contains(dst)
+    };
+    let links = || {
+        let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+        v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(has("10.95.0.0/16"));
+    assert_eq!(links(), ["vethA"]);
+    // Out of scope: the link and its routes leave the plugin.
+    ns.ip(&["link", "set", "vethA", "name", "pxA"]);
+    d.settle();
+    assert!(
+        !has("10.95.0.0/16"),
+        "route on a port renamed out of scope must be removed"
+    );
+    assert!(links().is_empty(), "{:?}", links());
+    // And back in.
+    ns.ip(&["link", "set", "pxA", "name", "vethB"]);
+    d.settle();
+    assert!(
+        has("10.95.0.0/16"),
+        "route on a port renamed into scope must be added"
+    );
+    assert_eq!(links(), ["vethB"]);
+}
