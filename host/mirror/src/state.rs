@@ -493,6 +493,11 @@ impl State {
     fn new_link(&mut self, l: Link) {
         let k = ObjectKey::Link { ifindex: l.ifindex };
         self.touch(&k);
+        // Objects naming this device (netconf is announced before its link, a rename changes
+        // every `dev`): capture their emitted form before the name changes.
+        if self.links.get(&l.ifindex).map(|o| &o.ifname) != Some(&l.ifname) {
+            self.touch_users(l.ifindex);
+        }
         let old = self.links.insert(l.ifindex, l.clone());
         let (was_up, had_carrier, old_name) = match &old {
             Some(o) => (
@@ -521,8 +526,6 @@ impl State {
                 self.rules_detach(on, true);
             }
             self.rules_detach(&l.ifname, false);
-            // Names are part of other objects' emitted form.
-            self.touch_users(l.ifindex);
         }
         if old.is_some() && was_up && !up {
             self.link_down(l.ifindex, false);
@@ -679,6 +682,7 @@ impl State {
                         if n.nexthops.is_empty() {
                             None
                         } else {
+                            fold_single(&mut n);
                             Some(Arc::new(n))
                         }
                     })
@@ -763,6 +767,10 @@ impl State {
                         // local routes never show carrier state
                     } else if n.nexthops.len() == 1 && n.nexthops[0].ifindex == ifindex {
                         set(&mut n.flags, RTNH_F_LINKDOWN, linkdown);
+                        if linkdown == Some(false) {
+                            // a one-member group's leg carries its own flags
+                            n.nexthops[0].flags &= !RTNH_F_LINKDOWN;
+                        }
                     } else if n.nexthops.len() > 1 {
                         let v4 = matches!(k, RKey::V4(_));
                         for h in n.nexthops.iter_mut().filter(|h| h.ifindex == ifindex) {
@@ -974,6 +982,7 @@ impl State {
                 if n.nexthops.is_empty() {
                     v.remove(i);
                 } else {
+                    fold_single(&mut n);
                     v[i] = self.routes.intern(n);
                 }
             }
@@ -1252,6 +1261,17 @@ fn merge_diff<K: Ord>(
                 }
             },
         }
+    }
+}
+
+/// A multipath route left with one leg is a single-path route: the kernel then reports the leg's
+/// flags in the route header and no weight.
+fn fold_single(n: &mut Attrs) {
+    if n.nhid.is_none() && n.nexthops.len() == 1 {
+        let h = &mut n.nexthops[0];
+        n.flags |= h.flags & 0xff;
+        h.flags = 0;
+        h.weight = 1;
     }
 }
 

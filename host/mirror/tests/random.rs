@@ -308,6 +308,9 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
             _ => ns.bridge(&args.join(" ")).is_ok(),
         };
         applied += ok as usize;
+        if std::env::var_os("EKHO_MIRROR_TRACE").is_some() {
+            eprintln!("step {i}: {s} -> {}", if ok { "ok" } else { "refused" });
+        }
         let d = converge(&ns, &run.mirror, Duration::from_secs(3));
         assert!(
             d.is_empty(),
