@@ -11,10 +11,12 @@
 //! order. Device names (`dev`, `master_name`, ...) are filled from the link table when an object
 //! is emitted or dumped.
 //!
-//! Routes: the kernel may hold several entries under one plugin-api route key (IPv4
-//! `append`/`prepend` alternatives, IPv6 same-metric routes through different devices). The
-//! mirror keeps all of them, in kernel order; listeners see the first (the one in effect) as
-//! *the* route of that key, [`Mirror::dump`] returns all of them (as `ip route show` does).
+//! Routes: the kernel may hold several entries under one (table, dst, src, tos, metric): IPv4
+//! `append`/`prepend` alternatives, IPv6 same-metric device routes on several devices. The mirror
+//! keeps all of them, in kernel order. Device routes on different devices are distinct objects
+//! (the plugin-api key's `dev` discriminator); among entries with the same plugin-api key,
+//! listeners see the first (the one in effect) as *the* route of that key. [`Mirror::dump`]
+//! returns every entry (as `ip route show` does).
 
 #![warn(missing_docs)]
 
