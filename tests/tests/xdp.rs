@@ -76,6 +76,34 @@ fn tcp(h1: &Netns, h2: &Netns, to: &str, port: u16, n: usize) -> usize {
 }
 
 impl Topo {
+    /// Adds a second link r(p3) - h2(veth1): 10.0.3.1 / 10.0.3.2.
+    fn second_link(&self) {
+        self.r.ip(&[
+            "link",
+            "add",
+            "p3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            &self.h2.name,
+        ]);
+        self.h2
+            .ip_batch("addr add 10.0.3.2/24 dev veth1\nlink set veth1 up\n");
+        self.r
+            .ip_batch("addr add 10.0.3.1/24 dev p3\nlink set p3 up\n");
+        assert!(exec(
+            &self.h2,
+            &["ethtool", "-K", "veth1", "gro", "on", "tx", "off"]
+        ));
+        assert!(exec(
+            &self.r,
+            &["ethtool", "-K", "p3", "gro", "on", "tx", "off"]
+        ));
+    }
+
     fn new() -> Topo {
         let t = Topo {
             h1: Netns::new(),
@@ -217,5 +245,144 @@ fn xdp_router_forwards_only_while_ekho_runs() {
     assert!(
         !links.contains("prog/xdp"),
         "no XDP program left on r's ports:\n{links}"
+    );
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    let v = ns.ip_json(&["-s", "link", "show", dev]);
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
+}
+
+/// UDP datagrams from h1 to `to` over `flows` source ports.
+fn udp_flows(h1: &Netns, to: &str, flows: u16) {
+    let code = format!(
+        "import socket\nfor p in range(20000, 20000 + {flows}):\n  s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n  s.bind(('0.0.0.0', p))\n  for _ in range(5): s.sendto(b'x'*64, ('{to}', 9))\n  s.close()\n"
+    );
+    assert!(exec(h1, &["python3", "-c", &code]));
+}
+
+#[test]
+fn xdp_router_follows_route_changes_made_on_r() {
+    for (tool, arg) in [
+        ("ping", "-V"),
+        ("ethtool", "--version"),
+        ("python3", "--version"),
+    ] {
+        if !have(tool, arg) {
+            println!(
+                "SKIP: {tool} is not installed (apt-get install iputils-ping ethtool python3)"
+            );
+            return;
+        }
+    }
+    let t = Topo::new();
+    t.second_link();
+    t.h2.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
+    t.r.ip(&["route", "add", "10.9.0.0/24", "via", "10.0.2.2"]);
+    let dir = TempDir::new();
+    let cfg = format!(
+        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n\n\
+         [[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n",
+        t.r.name,
+        build().display()
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let s = Duration::from_secs(10);
+    assert!(
+        ping_within(&t.h1, "10.9.0.1", s),
+        "prefix via p2:\n{}",
+        d.log_text()
+    );
+
+    // Gateway change: the prefix now goes out through p3, arriving on h2's veth1.
+    t.r.ip(&["route", "replace", "10.9.0.0/24", "via", "10.0.3.2"]);
+    d.settle();
+    let before = rx_packets(&t.h2, "veth1");
+    assert!(
+        ping_within(&t.h1, "10.9.0.1", s),
+        "after gateway change:\n{}",
+        d.log_text()
+    );
+    udp_flows(&t.h1, "10.9.0.1", 4);
+    assert!(
+        rx_packets(&t.h2, "veth1") >= before + 20,
+        "traffic must follow the new gateway"
+    );
+
+    // ECMP across both links: flows spread over veth0 and veth1.
+    t.r.ip(&[
+        "route",
+        "replace",
+        "10.9.0.0/24",
+        "nexthop",
+        "via",
+        "10.0.2.2",
+        "nexthop",
+        "via",
+        "10.0.3.2",
+    ]);
+    d.settle();
+    assert!(ping_within(&t.h1, "10.9.0.1", s));
+    let (a0, b0) = (rx_packets(&t.h2, "veth0"), rx_packets(&t.h2, "veth1"));
+    udp_flows(&t.h1, "10.9.0.1", 64);
+    let (a1, b1) = (rx_packets(&t.h2, "veth0"), rx_packets(&t.h2, "veth1"));
+    assert!(
+        a1 - a0 >= 20 && b1 - b0 >= 20,
+        "64 flows over two legs: {} via p2, {} via p3",
+        a1 - a0,
+        b1 - b0
+    );
+
+    // Link down on one leg: the kernel drops the leg without a netlink message; the mirror infers
+    // it, and all flows go the other way.
+    t.r.ip(&["link", "set", "p3", "down"]);
+    d.settle();
+    let (a0, b0) = (rx_packets(&t.h2, "veth0"), rx_packets(&t.h2, "veth1"));
+    udp_flows(&t.h1, "10.9.0.1", 32);
+    let (a1, b1) = (rx_packets(&t.h2, "veth0"), rx_packets(&t.h2, "veth1"));
+    assert!(
+        a1 - a0 >= 150 && b1 == b0,
+        "after p3 down: {} via p2, {} via p3",
+        a1 - a0,
+        b1 - b0
+    );
+
+    // Neighbour MAC change: a wrong MAC for h2 breaks forwarding, the right one restores it.
+    let mac = t.h2.ip_json(&["link", "show", "veth0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.r.ip(&[
+        "neigh",
+        "replace",
+        "10.0.2.2",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "p2",
+        "nud",
+        "permanent",
+    ]);
+    d.settle();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !ping(&t.h1, "10.0.2.2"),
+        "frames to a wrong MAC must not reach h2"
+    );
+    t.r.ip(&[
+        "neigh",
+        "replace",
+        "10.0.2.2",
+        "lladdr",
+        &mac,
+        "dev",
+        "p2",
+        "nud",
+        "permanent",
+    ]);
+    assert!(
+        ping_within(&t.h1, "10.0.2.2", s),
+        "the right MAC again:\n{}",
+        d.log_text()
     );
 }
