@@ -653,11 +653,14 @@ fn thread_main(
             match snapshot(&mut req, &kinds) {
                 Ok((snap, n)) => {
                     m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
-                    tracing::info!(
-                        ms = t.elapsed().as_millis() as u64,
-                        ?kinds,
-                        "mirror resynced"
-                    );
+                    // After an overrun this is news; a targeted re-dump (eBPF saw a neighbour
+                    // created, ring-buffer loss) is routine.
+                    let ms = t.elapsed().as_millis() as u64;
+                    if overrun {
+                        tracing::info!(ms, ?kinds, "mirror resynced");
+                    } else {
+                        tracing::debug!(ms, ?kinds, "mirror re-dumped");
+                    }
                 }
                 Err(e) => {
                     // Not fatal: keep listening and try again shortly.
