@@ -429,6 +429,25 @@ fn host_refusal(
     None
 }
 
+/// Hasher for keys that are already 64-bit hashes ([`key_hash`]): passes them through instead
+/// of hashing them a second time.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// A 64-bit hash of an object key (SipHash with fixed keys: stable within the process).
 fn key_hash(k: &ObjectKey) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
@@ -455,7 +474,7 @@ struct Worker {
     caps: Capabilities,
     /// Objects given to the plugin and not removed (by a 64-bit hash of their key, 16 bytes an
     /// entry even for a million routes), with their kind and last outcome code.
-    held: HashMap<u64, (u8, u8)>,
+    held: HashMap<u64, (u8, u8), std::hash::BuildHasherDefault<PreHashed>>,
     replay: ReplaySource,
     held_per_kind: [u64; 10],
     per_outcome: [[u64; 4]; 10],
@@ -912,7 +931,7 @@ impl PluginHandle {
             queue: queue.clone(),
             status: status.clone(),
             caps: caps.clone(),
-            held: HashMap::new(),
+            held: HashMap::default(),
             held_per_kind: [0; 10],
             per_outcome: [[0; 4]; 10],
             last_stats: Instant::now(),
