@@ -610,12 +610,7 @@ impl Worker {
             }
             changes.sort_by_key(order_key);
             if !changes.is_empty() {
-                let outcomes = self
-                    .plugin
-                    .apply(changes.as_slice().into())
-                    .into_result()
-                    .map_err(|e| e.to_string())?;
-                self.record(&changes, &outcomes);
+                self.apply_in_batches(&changes)?;
             }
         }
         self.plugin
@@ -691,14 +686,7 @@ impl Worker {
         }
         changes.sort_by_key(order_key);
 
-        for chunk in changes.chunks(BATCH) {
-            let outcomes = self
-                .plugin
-                .apply(chunk.into())
-                .into_result()
-                .map_err(|e| e.to_string())?;
-            self.record(chunk, &outcomes);
-        }
+        self.apply_in_batches(&changes)?;
         self.status.lock().unwrap().refused += refused;
         self.offer_refused_again()?;
         self.refresh_stats();
@@ -733,14 +721,7 @@ impl Worker {
                 }
             }
             changes.sort_by_key(order_key);
-            for c in changes.chunks(BATCH) {
-                let outcomes = self
-                    .plugin
-                    .apply(c.into())
-                    .into_result()
-                    .map_err(|e| e.to_string())?;
-                self.record(c, &outcomes);
-            }
+            self.apply_in_batches(&changes)?;
         }
     }
 
@@ -796,7 +777,13 @@ impl Worker {
             return Ok(());
         }
         adds.sort_by_key(order_key);
-        for chunk in adds.chunks(BATCH) {
+        self.apply_in_batches(&adds)?;
+        Ok(())
+    }
+
+    /// Hands `changes` to the plugin, at most [`BATCH`] per call, and records the outcomes.
+    fn apply_in_batches(&mut self, changes: &[Change]) -> Result<(), String> {
+        for chunk in changes.chunks(BATCH) {
             let outcomes = self
                 .plugin
                 .apply(chunk.into())

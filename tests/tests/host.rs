@@ -642,10 +642,7 @@ fn cli_reports_a_missing_daemon_and_bad_config_clearly() {
     let dir = TempDir::new();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[host]\nnetns = \"x\"\nplugin_dri = \"/nope\"\n").unwrap();
-    let out = std::process::Command::new(ekho_bin())
-        .args(["--config", cfg.to_str().unwrap(), "status"])
-        .output()
-        .unwrap();
+    let out = ekho_with(&cfg, "status");
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -663,10 +660,7 @@ fn cli_reports_a_missing_daemon_and_bad_config_clearly() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(ekho_bin())
-        .args(["--config", cfg.to_str().unwrap(), "status"])
-        .output()
-        .unwrap();
+    let out = ekho_with(&cfg, "status");
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         e.contains("cannot reach the ekho daemon") && e.contains("none.sock"),
@@ -680,10 +674,7 @@ fn cli_reports_a_missing_daemon_and_bad_config_clearly() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(ekho_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .output()
-        .unwrap();
+    let out = ekho_with(&cfg, "run");
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -727,10 +718,7 @@ fn a_layout_mismatch_is_refused_clearly() {
         assert!(s.contains("pub extra: u64"), "patch did not apply");
         std::fs::write(&p, s).unwrap();
     });
-    let out = std::process::Command::new(ekho_bin())
-        .args(["check-plugin", variant.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_plugin(&variant);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("REFUSED at layout check"), "{text}");
@@ -751,10 +739,7 @@ fn a_plugin_built_to_abort_on_panic_is_refused() {
         &|_| {},
         "[profile.dev]\npanic = \"abort\"\n",
     );
-    let out = std::process::Command::new(ekho_bin())
-        .args(["check-plugin", variant.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_plugin(&variant);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("REFUSED at panic strategy"), "{text}");
@@ -872,4 +857,20 @@ route add 10.95.0.0/16 via 10.7.0.2
         "route on a port renamed into scope must be added"
     );
     assert_eq!(links(), ["vethB"]);
+}
+
+/// `ekho --config CFG CMD`.
+fn ekho_with(cfg: &Path, cmd: &str) -> std::process::Output {
+    std::process::Command::new(ekho_bin())
+        .args(["--config", cfg.to_str().unwrap(), cmd])
+        .output()
+        .unwrap()
+}
+
+/// `ekho check-plugin FILE`.
+fn check_plugin(file: &Path) -> std::process::Output {
+    std::process::Command::new(ekho_bin())
+        .args(["check-plugin", file.to_str().unwrap()])
+        .output()
+        .unwrap()
 }

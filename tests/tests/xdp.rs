@@ -13,6 +13,23 @@ fn have(tool: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Prints an explicit skip reason and returns true when a tool the test needs is missing.
+fn missing_tools() -> bool {
+    for (tool, arg) in [
+        ("ping", "-V"),
+        ("ethtool", "--version"),
+        ("python3", "--version"),
+    ] {
+        if !have(tool, arg) {
+            println!(
+                "SKIP: {tool} is not installed (apt-get install iputils-ping ethtool python3)"
+            );
+            return true;
+        }
+    }
+    false
+}
+
 struct Topo {
     h1: Netns,
     r: Netns,
@@ -148,17 +165,8 @@ impl Topo {
 
 #[test]
 fn xdp_router_forwards_only_while_ekho_runs() {
-    for (tool, arg) in [
-        ("ping", "-V"),
-        ("ethtool", "--version"),
-        ("python3", "--version"),
-    ] {
-        if !have(tool, arg) {
-            println!(
-                "SKIP: {tool} is not installed (apt-get install iputils-ping ethtool python3)"
-            );
-            return;
-        }
+    if missing_tools() {
+        return;
     }
     let t = Topo::new();
     assert!(
@@ -263,17 +271,8 @@ fn udp_flows(h1: &Netns, to: &str, flows: u16) {
 
 #[test]
 fn xdp_router_follows_route_changes_made_on_r() {
-    for (tool, arg) in [
-        ("ping", "-V"),
-        ("ethtool", "--version"),
-        ("python3", "--version"),
-    ] {
-        if !have(tool, arg) {
-            println!(
-                "SKIP: {tool} is not installed (apt-get install iputils-ping ethtool python3)"
-            );
-            return;
-        }
+    if missing_tools() {
+        return;
     }
     let t = Topo::new();
     t.second_link();
