@@ -795,12 +795,18 @@ impl State {
                             {
                                 n.flags |= RTNH_F_LINKDOWN;
                             }
-                            if (linkdown == Some(false) || dead == Some(false))
-                                && n.nexthops
-                                    .iter()
-                                    .any(|h| h.flags & (RTNH_F_LINKDOWN | RTNH_F_DEAD) == 0)
-                            {
-                                n.flags &= !(RTNH_F_LINKDOWN | RTNH_F_DEAD);
+                            // fib_sync_up(dev, nh_flags): a leg is alive when it has none of
+                            // the bits being cleared (a leg that is only `dead` is alive for a
+                            // carrier-up); then only those bits leave the fib_info flags.
+                            let mut nh_flags = 0;
+                            if dead == Some(false) {
+                                nh_flags |= RTNH_F_DEAD;
+                            }
+                            if linkdown == Some(false) {
+                                nh_flags |= RTNH_F_LINKDOWN;
+                            }
+                            if nh_flags != 0 && n.nexthops.iter().any(|h| h.flags & nh_flags == 0) {
+                                n.flags &= !nh_flags;
                             }
                         }
                     }
