@@ -392,16 +392,24 @@ async fn run_bound(
     };
     let m2 = mirror.clone();
     let source = tokio::spawn(async move {
-        if let Err(e) = ekho_mirror::source::run(m2, src_cfg).await {
-            tracing::error!("netlink source stopped: {e}");
+        match ekho_mirror::source::run(m2, src_cfg).await {
+            Err(e) => {
+                tracing::error!("netlink source stopped: {e}");
+                Some(e.to_string())
+            }
+            Ok(()) => None,
         }
     });
     let t0 = Instant::now();
     while !mirror.stats().synced {
         if source.is_finished() {
-            anyhow::bail!(
-                "the netlink source failed before the initial dump completed (see the error above)"
-            );
+            let e = source.await.ok().flatten().unwrap_or_default();
+            let hint = if e.contains("Operation not permitted") {
+                " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+            } else {
+                ""
+            };
+            anyhow::bail!("the netlink source failed before the initial dump completed: {e}{hint}");
         }
         if t0.elapsed() > Duration::from_secs(60) {
             anyhow::bail!("initial netlink dump did not complete within 60 s");
@@ -472,8 +480,12 @@ async fn run_bound(
                 EbpfEntry::Running(src)
             }
             Err(e) => {
-                tracing::warn!("{e}");
-                EbpfEntry::Unavailable(e.to_string())
+                let mut why = e.to_string();
+                if why.contains("EPERM") || why.contains("Operation not permitted") {
+                    why.push_str("; loading BPF needs CAP_BPF and CAP_PERFMON (or root)");
+                }
+                tracing::warn!("{why}");
+                EbpfEntry::Unavailable(why)
             }
         };
         *daemon.ebpf.lock().unwrap() = entry;
