@@ -574,6 +574,11 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         let mut cursor: Option<ObjectKey> = None;
         let mut refused = 0u64;
+        // Where the replay's time goes (logged at debug): mirror reads, host-side preparation,
+        // the plugin's apply with outcome recording.
+        let (mut t_read, mut t_prep, mut t_apply) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut count = 0usize;
         loop {
             if self.queue.st.lock().unwrap().shutdown {
                 // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
@@ -582,6 +587,7 @@ impl Worker {
             let queue = self.queue.clone();
             let mut next: Option<ObjectKey> = None;
             let mut done = false;
+            let t0 = Instant::now();
             let chunk = (self.replay)(cursor.as_ref(), BATCH, &mut |last, fin| {
                 // Under the mirror's lock: from now on, changes up to `last` are increments.
                 let mut st = queue.st.lock().unwrap();
@@ -593,6 +599,9 @@ impl Worker {
                 break;
             }
             cursor = next;
+            let t1 = Instant::now();
+            t_read += t1 - t0;
+            count += chunk.len();
             let objs = self.queue.take_replayed(chunk);
             let mut changes = Vec::with_capacity(objs.len());
             for o in objs {
@@ -609,10 +618,21 @@ impl Worker {
                 self.held_per_kind[c.kind() as usize] -= 1;
             }
             changes.sort_by_key(order_key);
+            let t2 = Instant::now();
+            t_prep += t2 - t1;
             if !changes.is_empty() {
                 self.apply_in_batches(&changes)?;
             }
+            t_apply += t2.elapsed();
         }
+        tracing::debug!(
+            plugin = %self.name(),
+            objects = count,
+            read_ms = t_read.as_millis() as u64,
+            prepare_ms = t_prep.as_millis() as u64,
+            apply_ms = t_apply.as_millis() as u64,
+            "replay done"
+        );
         self.plugin
             .end_sync()
             .into_result()

@@ -37,7 +37,10 @@ fn run_daemon(bin: &Path, dir: &Path, ns: &Netns) -> (Duration, u64, serde_json:
     let t = Instant::now();
     let mut child = Command::new(bin)
         .args(["--config", cfg.to_str().unwrap(), "run"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("EKHO_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .unwrap();
     let pid = child.id();

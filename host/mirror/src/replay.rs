@@ -69,6 +69,9 @@ impl Mirror {
         let after = after.map(replay_position);
         let mut out: Vec<Object> = Vec::new();
         let mut last: Option<ObjectKey> = after.clone();
+        // The last route key handed out, turned into an ObjectKey once at the end (building one
+        // per route would cost as much as the route itself).
+        let mut last_route: Option<RKey> = None;
         let full = |out: &Vec<Object>, next_kind: ObjectKind| {
             out.len() >= max
                 && !(next_kind == ObjectKind::Nexthop
@@ -90,6 +93,7 @@ impl Mirror {
                     }
                     out.push(Object::Link(l.clone()));
                     last = Some(ObjectKey::Link { ifindex: *i });
+                    last_route = None;
                 }
             }
             // 2. Other kinds before routes, then 3. routes, then 4. kinds after routes.
@@ -113,6 +117,7 @@ impl Mirror {
                     }
                     out.push(o.clone());
                     last = Some(k.clone());
+                    last_route = None;
                 }
             }
             if after.as_ref().is_none_or(|k| k.kind() <= ObjectKind::Route) {
@@ -131,9 +136,12 @@ impl Mirror {
                             break 'fill;
                         }
                         let rk = RKey::V4(*k);
-                        let _ = al;
-                        out.extend(st.route_objects(&rk).into_iter().map(Object::Route));
-                        last = Some(rk.object_key());
+                        out.extend(
+                            st.route_objects_of(&rk, al.as_slice())
+                                .into_iter()
+                                .map(Object::Route),
+                        );
+                        last_route = Some(rk);
                     }
                 }
                 if let Some(s) = v6_start {
@@ -142,9 +150,12 @@ impl Mirror {
                             break 'fill;
                         }
                         let rk = RKey::V6(*k);
-                        let _ = al;
-                        out.extend(st.route_objects(&rk).into_iter().map(Object::Route));
-                        last = Some(rk.object_key());
+                        out.extend(
+                            st.route_objects_of(&rk, al.as_slice())
+                                .into_iter()
+                                .map(Object::Route),
+                        );
+                        last_route = Some(rk);
                     }
                 }
             }
@@ -169,10 +180,14 @@ impl Mirror {
                 }
                 out.push(o.clone());
                 last = Some(k.clone());
+                last_route = None;
             }
         }
         for o in out.iter_mut() {
             st.name(o);
+        }
+        if let Some(rk) = last_route {
+            last = Some(rk.object_key());
         }
         at_cursor(last.as_ref(), out.is_empty());
         out

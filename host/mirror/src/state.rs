@@ -224,8 +224,13 @@ impl State {
     /// (see [`ekho_plugin_api::object::route::device_discriminator`]), the first alias (the one in
     /// effect), in alias order. Unnamed.
     pub fn route_objects(&self, rk: &RKey) -> Vec<Route> {
+        self.route_objects_of(rk, self.routes.get(rk))
+    }
+
+    /// [`State::route_objects`] for aliases already at hand (no second lookup of the key).
+    pub fn route_objects_of(&self, rk: &RKey, aliases: &[Arc<Attrs>]) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
-        for a in self.routes.get(rk) {
+        for a in aliases {
             let r = self.render(rk, a);
             let d = device_discriminator(&r);
             if !out.iter().any(|x| device_discriminator(x) == d) {
