@@ -572,59 +572,90 @@ impl Worker {
             .begin_sync()
             .into_result()
             .map_err(|e| e.to_string())?;
-        let mut cursor: Option<ObjectKey> = None;
         let mut refused = 0u64;
-        // Where the replay's time goes (logged at debug): mirror reads, host-side preparation,
-        // the plugin's apply with outcome recording.
-        let (mut t_read, mut t_prep, mut t_apply) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        // Where the replay's time goes (logged at debug): reading the mirror (on a reader thread,
+        // overlapping with the rest), host-side preparation, the plugin's apply with outcome
+        // recording.
+        let (mut t_prep, mut t_apply) = (Duration::ZERO, Duration::ZERO);
         let mut count = 0usize;
-        loop {
-            if self.queue.st.lock().unwrap().shutdown {
-                // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
-                return Ok(());
-            }
-            let queue = self.queue.clone();
-            let mut next: Option<ObjectKey> = None;
-            let mut done = false;
-            let t0 = Instant::now();
-            let chunk = (self.replay)(cursor.as_ref(), BATCH, &mut |last, fin| {
-                // Under the mirror's lock: from now on, changes up to `last` are increments.
-                let mut st = queue.st.lock().unwrap();
-                st.replay_gate = if fin { None } else { Some(last.cloned()) };
-                next = last.cloned();
-                done = fin;
-            });
-            if done {
-                break;
-            }
-            cursor = next;
-            let t1 = Instant::now();
-            t_read += t1 - t0;
-            count += chunk.len();
-            let objs = self.queue.take_replayed(chunk);
-            let mut changes = Vec::with_capacity(objs.len());
-            for o in objs {
-                if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o, true) {
-                    refused += 1;
-                    self.remember_refusal(&o, false);
-                    self.record_failure(&o, "add", &refusal);
-                    continue;
-                }
-                self.held_per_kind[o.kind() as usize] += 1;
-                changes.push(Change::Add(o));
-            }
-            for c in &changes {
-                self.held_per_kind[c.kind() as usize] -= 1;
-            }
-            changes.sort_by_key(order_key);
-            let t2 = Instant::now();
-            t_prep += t2 - t1;
-            if !changes.is_empty() {
-                self.apply_in_batches(&changes)?;
-            }
-            t_apply += t2.elapsed();
+        enum Msg {
+            Chunk(Vec<Object>),
+            Done(Duration),
         }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
+        let (replay, queue) = (self.replay.clone(), self.queue.clone());
+        let result: Result<Option<Duration>, String> = std::thread::scope(|scope| {
+            // The reader stays at most two chunks ahead. The gate moves when a chunk is read, so
+            // changes to what it holds queue up as increments, applied after the replay.
+            scope.spawn(move || {
+                let mut cursor: Option<ObjectKey> = None;
+                let mut t_read = Duration::ZERO;
+                loop {
+                    if queue.st.lock().unwrap().shutdown {
+                        return; // no Done: the worker ends the replay without end-sync
+                    }
+                    let mut next: Option<ObjectKey> = None;
+                    let mut done = false;
+                    let t0 = Instant::now();
+                    let chunk = replay(cursor.as_ref(), BATCH, &mut |last, fin| {
+                        // Under the mirror's lock: from now on, changes up to `last` are
+                        // increments.
+                        let mut st = queue.st.lock().unwrap();
+                        st.replay_gate = if fin { None } else { Some(last.cloned()) };
+                        next = last.cloned();
+                        done = fin;
+                    });
+                    t_read += t0.elapsed();
+                    if done {
+                        let _ = tx.send(Msg::Done(t_read));
+                        return;
+                    }
+                    cursor = next;
+                    let objs = queue.take_replayed(chunk);
+                    if tx.send(Msg::Chunk(objs)).is_err() {
+                        return; // the worker gave up (plugin failed)
+                    }
+                }
+            });
+            // Owned here, so an early return (plugin failure) drops it and stops the reader
+            // before the scope joins it.
+            let rx = rx;
+            for msg in rx.iter() {
+                let objs = match msg {
+                    Msg::Chunk(objs) => objs,
+                    Msg::Done(t_read) => return Ok(Some(t_read)),
+                };
+                let t1 = Instant::now();
+                count += objs.len();
+                let mut changes = Vec::with_capacity(objs.len());
+                for o in objs {
+                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o, true) {
+                        refused += 1;
+                        self.remember_refusal(&o, false);
+                        self.record_failure(&o, "add", &refusal);
+                        continue;
+                    }
+                    self.held_per_kind[o.kind() as usize] += 1;
+                    changes.push(Change::Add(o));
+                }
+                for c in &changes {
+                    self.held_per_kind[c.kind() as usize] -= 1;
+                }
+                changes.sort_by_key(order_key);
+                let t2 = Instant::now();
+                t_prep += t2 - t1;
+                if !changes.is_empty() {
+                    // On failure `rx` is dropped on return, which stops the reader.
+                    self.apply_in_batches(&changes)?;
+                }
+                t_apply += t2.elapsed();
+            }
+            Ok(None)
+        });
+        let Some(t_read) = result? else {
+            // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
+            return Ok(());
+        };
         tracing::debug!(
             plugin = %self.name(),
             objects = count,
