@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_RCVBUF: usize = 64 << 20;
 
 /// A plugin as the daemon keeps it.
+#[allow(clippy::large_enum_variant)] // a handful per daemon
 pub enum PluginEntry {
     Running {
         handle: PluginHandle,
@@ -32,6 +33,16 @@ pub enum EbpfEntry {
     Disabled,
     Unavailable(String),
     Running(EbpfSource),
+}
+
+impl PluginEntry {
+    /// The status `ekho status` shows (with the live queue depth for a running plugin).
+    pub fn status(&self) -> PluginStatus {
+        match self {
+            PluginEntry::Running { handle, .. } => handle.snapshot(),
+            PluginEntry::Refused(s) => s.clone(),
+        }
+    }
 }
 
 /// The running daemon, shared by the control server.
@@ -189,12 +200,7 @@ impl Daemon {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| match p {
-                PluginEntry::Running { handle, .. } => {
-                    serde_json::to_value(handle.snapshot()).unwrap()
-                }
-                PluginEntry::Refused(s) => serde_json::to_value(s).unwrap(),
-            })
+            .map(|p| serde_json::to_value(p.status()).unwrap())
             .collect();
         json!({
             "ekho": {
@@ -254,27 +260,24 @@ impl Daemon {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| match p {
-                PluginEntry::Running { handle, .. } => {
-                    let s = handle.snapshot();
-                    let pc = self.config.plugins.iter().find(|c| c.name == s.name);
-                    json!({
-                        "name": s.name,
-                        "version": s.version,
-                        "api_version": s.api_version,
-                        "path": s.path,
-                        "state": s.state,
-                        "capabilities": capabilities_json(&handle.caps, pc.and_then(|c| c.ports.as_deref())),
-                    })
-                }
-                PluginEntry::Refused(s) => json!({
+            .map(|p| {
+                let s = p.status();
+                let mut v = json!({
                     "name": s.name,
                     "version": s.version,
                     "api_version": s.api_version,
                     "path": s.path,
                     "state": s.state,
-                    "reason": s.reason,
-                }),
+                });
+                match p {
+                    PluginEntry::Running { handle, .. } => {
+                        let pc = self.config.plugins.iter().find(|c| c.name == s.name);
+                        v["capabilities"] =
+                            capabilities_json(&handle.caps, pc.and_then(|c| c.ports.as_deref()));
+                    }
+                    PluginEntry::Refused(_) => v["reason"] = s.reason.into(),
+                }
+                v
             })
             .collect();
         json!({"host_api_version": API_VERSION, "plugins": v})

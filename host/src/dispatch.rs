@@ -84,8 +84,11 @@ pub struct PluginStatus {
     pub events_dropped: u64,
     pub syncs: u64,
     pub last_sync_ms: u64,
-    /// Objects held, per kind, by outcome.
+    /// Objects held, per kind, by outcome (rendered from `per_outcome` in snapshots).
     pub outcomes: HashMap<String, HashMap<String, u64>>,
+    /// Objects held per kind (index: `ObjectKind as usize`) and outcome code.
+    #[serde(skip)]
+    pub per_outcome: [[u64; 4]; 10],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub counters: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -872,8 +875,7 @@ impl Worker {
             }
         }
         let mut s = self.status.lock().unwrap();
-        for (c, o) in chunk.iter().zip(outcomes) {
-            let _ = c;
+        for o in outcomes {
             s.applied += 1;
             match o {
                 Outcome::Offloaded => s.offloaded += 1,
@@ -883,19 +885,7 @@ impl Worker {
             }
         }
         s.objects = self.held.len() as u64;
-        s.outcomes = ObjectKind::ALL
-            .iter()
-            .filter(|k| self.held_per_kind[**k as usize] > 0)
-            .map(|k| {
-                let m = OUTCOME_NAMES
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| self.per_outcome[*k as usize][*i] > 0)
-                    .map(|(i, n)| (n.to_string(), self.per_outcome[*k as usize][i]))
-                    .collect();
-                (k.plural().to_string(), m)
-            })
-            .collect();
+        s.per_outcome = self.per_outcome;
     }
 
     fn record_failure(&self, o: &Object, op: &str, outcome: &Outcome) {
@@ -995,6 +985,19 @@ impl PluginHandle {
     pub fn snapshot(&self) -> PluginStatus {
         let mut s = self.status.lock().unwrap().clone();
         s.queue_depth = self.queue.depth();
+        s.outcomes = ObjectKind::ALL
+            .iter()
+            .filter(|k| s.per_outcome[**k as usize].iter().any(|&n| n > 0))
+            .map(|k| {
+                let m = OUTCOME_NAMES
+                    .iter()
+                    .zip(s.per_outcome[*k as usize])
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| (name.to_string(), n))
+                    .collect();
+                (k.plural().to_string(), m)
+            })
+            .collect();
         s
     }
 

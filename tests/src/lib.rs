@@ -388,3 +388,18 @@ pub fn route_dsts(routes: &Value, table: &str) -> std::collections::BTreeSet<Str
         .map(|r| r["dst"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A daemon config for namespace `ns`: `[host]` (control socket left as the `{socket}`
+/// placeholder [`Daemon::start`] fills in), eBPF on or off, then `plugins` (`[[plugins]]` tables).
+pub fn host_config(ns: &str, plugin_dir: &Path, ebpf: bool, plugins: &str) -> String {
+    format!(
+        "[host]\nnetns = \"{ns}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = {ebpf}\n\n{plugins}",
+        plugin_dir.display()
+    )
+}
+
+/// A JSON file (the recorder's view), parsed.
+pub fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -57,7 +57,7 @@ fn assert_same(step: &str, ns: &Netns, d: &Daemon, view: &std::path::Path) {
     loop {
         let kernel = kernel_state(Some(&ns.name)).unwrap();
         let dump = d.cli_json(&["dump", "--json"]);
-        let v: Value = serde_json::from_slice(&std::fs::read(view).unwrap()).unwrap();
+        let v: Value = read_json(view);
         let d1 = compare(&kernel, &normalized(&dump));
         let d2 = compare(&kernel, &normalized(&v));
         if d1.is_empty() && d2.is_empty() {
@@ -147,12 +147,14 @@ rule add iif b0 table 200 priority 200
             "10.2.0.9",
         ],
     );
-    let cfg = format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\n\n\
-         [[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"/dev/null\"\nview_path = \"{}\"\n",
-        ns.name,
-        build().display(),
-        view.display()
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        true,
+        &format!(
+            "[[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"/dev/null\"\nview_path = \"{}\"\n",
+            view.display()
+        ),
     );
     let d = Daemon::start(dir.path(), &cfg);
     assert_same("initial replay", &ns, &d, &view);
@@ -188,11 +190,7 @@ fn monitor_streams_changes_as_applied() {
     ns.ip(&["link", "set", "a0", "up"]);
     ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "a0"]);
     let dir = TempDir::new();
-    let cfg = format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n",
-        ns.name,
-        build().display()
-    );
+    let cfg = host_config(&ns.name, build(), false, "");
     let d = Daemon::start(dir.path(), &cfg);
     let mut child = std::process::Command::new(ekho_bin())
         .args(["--config", d.config.to_str().unwrap(), "monitor", "--json"])

@@ -23,12 +23,14 @@ addr add 10.1.0.1/24 dev a0
     }
     let dir = TempDir::new();
     let events = dir.path().join("events.jsonl");
-    let cfg = format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\n\n\
-         [[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"link\"]\nnotifiers = [\"neighbour\", \"bridge_fdb\"]\n",
-        ns.name,
-        build().display(),
-        events.display()
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        true,
+        &format!(
+            "[[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"link\"]\nnotifiers = [\"neighbour\", \"bridge_fdb\"]\n",
+            events.display()
+        ),
     );
     let d = Daemon::start(dir.path(), &cfg);
     let st = d.status();

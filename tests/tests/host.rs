@@ -6,11 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 fn base_config(ns: &Netns, plugin_dir: &Path, plugins: &str) -> String {
-    format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n\n{plugins}",
-        ns.name,
-        plugin_dir.display()
-    )
+    host_config(&ns.name, plugin_dir, false, plugins)
 }
 
 /// veth pair a0/b0 in `ns`, addresses, a few routes.
@@ -141,7 +137,7 @@ fn replay_then_increments_reach_the_recorder_in_order() {
     );
 
     // The view equals the kernel's main-table routes.
-    let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+    let v: Value = read_json(&view);
     let kernel = kernel_main_routes(&ns);
     assert_eq!(
         route_dsts(&v["routes"], "main"),
@@ -504,7 +500,7 @@ fn a_slow_plugin_has_a_bounded_queue_and_converges() {
         "changes should have coalesced, applied {}",
         p["applied"]
     );
-    let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+    let v: Value = read_json(&view);
     let kernel = kernel_main_routes(&ns);
     assert_eq!(
         route_dsts(&v["routes"], "main"),
@@ -795,7 +791,7 @@ fn additions_refused_at_a_declared_limit_are_offered_again_when_room_frees() {
     ns.ip(&["route", "del", "10.94.1.0/24"]);
     ns.ip(&["route", "del", "10.94.2.0/24"]);
     d.settle();
-    let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+    let v: Value = read_json(&view);
     let dsts = route_dsts(&v["routes"], "main");
     assert!(
         dsts.contains("10.94.3.0/24") && dsts.contains("10.94.4.0/24"),
@@ -827,11 +823,11 @@ route add 10.95.0.0/16 via 10.7.0.2
     );
     let d = Daemon::start(dir.path(), &cfg);
     let has = |dst: &str| {
-        let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+        let v: Value = read_json(&view);
         route_dsts(&v["routes"], "main").contains(dst)
     };
     let links = || {
-        let v: Value = serde_json::from_slice(&std::fs::read(&view).unwrap()).unwrap();
+        let v: Value = read_json(&view);
         v["links"]
             .as_array()
             .unwrap()

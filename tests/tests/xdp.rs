@@ -13,6 +13,9 @@ fn have(tool: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The plugin table: xdp-router owning r's ports.
+const XDP_ROUTER: &str = "[[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n";
+
 /// Prints an explicit skip reason and returns true when a tool the test needs is missing.
 fn missing_tools() -> bool {
     for (tool, arg) in [
@@ -179,12 +182,7 @@ fn xdp_router_forwards_only_while_ekho_runs() {
     );
 
     let dir = TempDir::new();
-    let cfg = format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\n\n\
-         [[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n",
-        t.r.name,
-        build().display()
-    );
+    let cfg = host_config(&t.r.name, build(), true, XDP_ROUTER);
     let mut d = Daemon::start(dir.path(), &cfg);
     let st = d.plugin("xdp-router");
     assert_eq!(st["state"], "in_sync", "{st}\n{}", d.log_text());
@@ -279,12 +277,7 @@ fn xdp_router_follows_route_changes_made_on_r() {
     t.h2.ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"]);
     t.r.ip(&["route", "add", "10.9.0.0/24", "via", "10.0.2.2"]);
     let dir = TempDir::new();
-    let cfg = format!(
-        "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = false\n\n\
-         [[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n",
-        t.r.name,
-        build().display()
-    );
+    let cfg = host_config(&t.r.name, build(), false, XDP_ROUTER);
     let d = Daemon::start(dir.path(), &cfg);
     let s = Duration::from_secs(10);
     assert!(

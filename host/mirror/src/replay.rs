@@ -130,33 +130,29 @@ impl Mirror {
                     Some(RKey::V6(k)) => (None, Some(Excluded(k))),
                     None => (Some(Unbounded), Some(Unbounded)),
                 };
-                if let Some(s) = v4_start {
-                    for (k, al) in st.routes.v4.range((s, Unbounded)) {
-                        if full(&out, ObjectKind::Route) {
-                            break 'fill;
-                        }
-                        let rk = RKey::V4(*k);
-                        out.extend(
-                            st.route_objects_of(&rk, al.as_slice())
-                                .into_iter()
-                                .map(Object::Route),
-                        );
-                        last_route = Some(rk);
+                // IPv4 then IPv6, each from its start, as one sequence of (key, aliases).
+                let v4 = v4_start.into_iter().flat_map(|s| {
+                    st.routes
+                        .v4
+                        .range((s, Unbounded))
+                        .map(|(k, a)| (RKey::V4(*k), a))
+                });
+                let v6 = v6_start.into_iter().flat_map(|s| {
+                    st.routes
+                        .v6
+                        .range((s, Unbounded))
+                        .map(|(k, a)| (RKey::V6(*k), a))
+                });
+                for (rk, al) in v4.chain(v6) {
+                    if full(&out, ObjectKind::Route) {
+                        break 'fill;
                     }
-                }
-                if let Some(s) = v6_start {
-                    for (k, al) in st.routes.v6.range((s, Unbounded)) {
-                        if full(&out, ObjectKind::Route) {
-                            break 'fill;
-                        }
-                        let rk = RKey::V6(*k);
-                        out.extend(
-                            st.route_objects_of(&rk, al.as_slice())
-                                .into_iter()
-                                .map(Object::Route),
-                        );
-                        last_route = Some(rk);
-                    }
+                    out.extend(
+                        st.route_objects_of(&rk, al.as_slice())
+                            .into_iter()
+                            .map(Object::Route),
+                    );
+                    last_route = Some(rk);
                 }
             }
             let from = match &after {
@@ -222,6 +218,14 @@ mod tests {
                 let a = g.state.routes.intern(crate::routes::Attrs::of(&r));
                 g.state.routes.set(RKey::of(&r), vec![a]);
             }
+            for i in 0..10u8 {
+                let r = Route::unicast(
+                    format!("2001:db8:{i}::/48").parse().unwrap(),
+                    vec![NextHop::via("fe80::1".parse().unwrap(), 1)],
+                );
+                let a = g.state.routes.intern(crate::routes::Attrs::of(&r));
+                g.state.routes.set(RKey::of(&r), vec![a]);
+            }
         }
         let mut cursor: Option<ObjectKey> = None;
         let mut seen = Vec::new();
@@ -234,7 +238,7 @@ mod tests {
             cursor = c2;
             seen.extend(chunk.iter().map(|o| replay_position(&o.key())));
         }
-        assert_eq!(seen.len(), 55);
+        assert_eq!(seen.len(), 65, "5 links, 50 IPv4 and 10 IPv6 routes");
         let mut sorted = seen.clone();
         sorted.sort();
         sorted.dedup();
