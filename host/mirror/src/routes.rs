@@ -293,16 +293,15 @@ pub struct Routes {
     /// IPv6 routes.
     pub v6: BTreeMap<K6, Aliases>,
     interner: HashSet<Arc<Attrs>, BuildHasherDefault<Fnv>>,
+    /// Route entries (aliases included), kept by `push` and `set` so that `len` is O(1): `ekho
+    /// status` asks for it under the mirror's lock.
+    entries: usize,
 }
 
 impl Routes {
     /// Number of route entries (aliases included).
     pub fn len(&self) -> usize {
-        self.v4
-            .values()
-            .chain(self.v6.values())
-            .map(|a| a.as_slice().len())
-            .sum()
+        self.entries
     }
     /// Whether there is no route.
     pub fn is_empty(&self) -> bool {
@@ -340,6 +339,7 @@ impl Routes {
 
     /// Appends an alias under `k` (attribute set from this table's interner).
     pub fn push(&mut self, k: RKey, a: Arc<Attrs>) {
+        self.entries += 1;
         let slot = match k {
             RKey::V4(k) => match self.v4.entry(k) {
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -363,6 +363,7 @@ impl Routes {
 
     /// Replaces the aliases under `k` (attribute sets must come from this table's interner).
     pub fn set(&mut self, k: RKey, v: Vec<Arc<Attrs>>) {
+        self.entries += v.len();
         let old = match (k, Aliases::from_vec(v)) {
             (RKey::V4(k), Some(a)) => self.v4.insert(k, a),
             (RKey::V4(k), None) => self.v4.remove(&k),
@@ -374,6 +375,7 @@ impl Routes {
                 Aliases::One(a) => vec![a],
                 Aliases::Many(v) => *v,
             };
+            self.entries -= olds.len();
             for a in olds {
                 self.release(a);
             }
@@ -449,9 +451,16 @@ mod tests {
         }
         assert_eq!(t.len(), 100);
         assert_eq!(t.interned(), 1);
+        // Aliases count as entries: pushing adds one, replacing counts the new list.
+        let a = t.get(&keys[0])[0].clone();
+        t.push(keys[0], a.clone());
+        assert_eq!(t.len(), 101);
+        t.set(keys[1], vec![a.clone(), a.clone(), a]);
+        assert_eq!(t.len(), 103);
         for k in keys {
             t.set(k, vec![]);
         }
+        assert_eq!(t.len(), 0);
         assert_eq!(t.interned(), 0);
         assert!(t.is_empty());
     }

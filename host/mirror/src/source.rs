@@ -353,6 +353,36 @@ impl ReqSocket {
         }
     }
 
+    /// Dumps `msg_type`, parsing every message with netlink-packet-route and nothing more
+    /// (benchmark baseline: what any rust-netlink user pays before reading a field).
+    pub fn dump_parse(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        f: &mut dyn FnMut(netlink_packet_route::RouteNetlinkMessage),
+    ) -> Result<u64, SourceError> {
+        use netlink_packet_core::NetlinkDeserializable;
+        let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
+        let mut count = 0;
+        loop {
+            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
+                .map_err(|e| nl_err("dump recv", e))?
+                .unwrap_or(0);
+            for (h, payload) in convert::split(&self.buf[..n]) {
+                if h.sequence_number != seq {
+                    continue;
+                }
+                if h.message_type == NLMSG_DONE || h.message_type == NLMSG_ERROR {
+                    return Ok(count);
+                }
+                count += 1;
+                if let Ok(m) = netlink_packet_route::RouteNetlinkMessage::deserialize(&h, payload) {
+                    f(m);
+                }
+            }
+        }
+    }
+
     /// Sends a request and waits for its acknowledgement.
     pub fn request(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<(), String> {
         let seq = self
