@@ -230,6 +230,42 @@ fn recv_dgram(fd: i32, buf: &mut Vec<u8>, block: bool) -> std::io::Result<Option
     }
 }
 
+/// Receives one datagram of a dump in a single call (no peek): dump datagrams are at most a few
+/// tens of KiB (the kernel's dump buffer) and `buf` is larger. Returns the length received and
+/// whether the datagram was truncated (never seen; `buf` is then enlarged and the caller must
+/// dump again, the datagram's tail being lost).
+fn recv_dump(fd: i32, buf: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+    loop {
+        // SAFETY: receiving into a valid buffer of the given length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            let got = buf.len();
+            tracing::warn!(
+                bytes = n,
+                "dump datagram larger than the receive buffer: enlarged, dumping again"
+            );
+            buf.resize(n.next_power_of_two(), 0);
+            return Ok((got, true));
+        }
+        return Ok((n, false));
+    }
+}
+
 fn new_socket() -> Result<Socket, SourceError> {
     let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| nl_err("socket", e))?;
     s.bind_auto().map_err(|e| nl_err("bind", e))?;
@@ -260,7 +296,7 @@ impl ReqSocket {
         Ok(ReqSocket {
             sock,
             seq: 0,
-            buf: vec![0; 1 << 16],
+            buf: vec![0; 1 << 18],
         })
     }
 
@@ -279,57 +315,112 @@ impl ReqSocket {
     }
 
     /// Dumps `msg_type` with the given family header, calling `f` for every decoded message as
-    /// it arrives (nothing is buffered). Returns the message count and whether the kernel flagged
-    /// the dump as interrupted (`NLM_F_DUMP_INTR`: the caller must start over).
+    /// it arrives (nothing is buffered beyond a few receive batches). `f` returns the event when
+    /// it only read it. Returns the message count and whether the kernel flagged the dump as
+    /// interrupted (`NLM_F_DUMP_INTR`: the caller must start over).
+    ///
+    /// Two threads share the work: a helper receives and decodes (the kernel builds the dump
+    /// inside `recv`, and netlink-packet-route parses), the caller's thread runs `f` (the mirror
+    /// interns and stores), so a large table takes about the longer of the two, not their sum.
+    /// Events `f` hands back return to the helper to be freed there: glibc's malloc serializes
+    /// frees of another thread's memory on that thread's arena lock, which made the two threads
+    /// slower than one.
     pub fn dump(
         &mut self,
         msg_type: u16,
         header: &[u8],
-        f: &mut dyn FnMut(Event),
+        f: &mut dyn FnMut(Event) -> Option<Event>,
     ) -> Result<(u64, bool), SourceError> {
-        let mut intr = false;
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
-        let mut count = 0u64;
-        loop {
-            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
-                .map_err(|e| nl_err("dump recv", e))?
-                .unwrap_or(0);
-            for (h, payload) in convert::split(&self.buf[..n]) {
-                if h.sequence_number != seq {
-                    continue;
-                }
-                if h.flags & 0x10 != 0 {
-                    intr = true; // NLM_F_DUMP_INTR
-                }
-                match h.message_type {
-                    NLMSG_DONE | NLMSG_ERROR if errno(payload) == -libc::EMSGSIZE => {
-                        // The kernel ends a dump it could not complete with an errno in DONE
-                        // (EMSGSIZE: an entry larger than the biggest dump buffer, ~32 KiB).
-                        return Err(SourceError::Incomplete(
-                            std::io::Error::from_raw_os_error(libc::EMSGSIZE).to_string(),
-                        ));
+        let fd = self.sock.as_raw_fd();
+        let buf = &mut self.buf;
+        // Batches of decoded events (a few thousand: a hand-over per `recv` costs more in wakeups
+        // than it saves); a few in flight bound the memory.
+        const BATCH: usize = 4096;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(2);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<Event>>();
+        std::thread::scope(|scope| {
+            let receiver = scope.spawn(move || -> Result<(u64, bool), SourceError> {
+                let mut intr = false;
+                let mut count = 0u64;
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut spare: Vec<Vec<Event>> = Vec::new();
+                loop {
+                    // Free what the caller handed back, keeping the vectors for reuse.
+                    while let Ok(mut v) = back_rx.try_recv() {
+                        v.clear();
+                        spare.push(v);
                     }
-                    NLMSG_DONE => return Ok((count, intr)),
-                    NLMSG_ERROR => {
-                        let code = errno(payload);
-                        if code != 0 {
-                            return Err(nl_err(
-                                &format!("dump of type {msg_type}"),
-                                std::io::Error::from_raw_os_error(-code),
-                            ));
+                    let (n, truncated) = recv_dump(fd, buf).map_err(|e| nl_err("dump recv", e))?;
+                    intr |= truncated;
+                    for (h, payload) in convert::split(&buf[..n]) {
+                        if h.sequence_number != seq {
+                            continue;
                         }
-                        return Ok((count, intr));
-                    }
-                    _ => {
-                        count += 1;
-                        match convert::decode(&h, payload) {
-                            Ok(e) => f(e),
-                            Err(e) => tracing::warn!("undecodable dump message: {e}"),
+                        if h.flags & 0x10 != 0 {
+                            intr = true; // NLM_F_DUMP_INTR
+                        }
+                        match h.message_type {
+                            NLMSG_DONE | NLMSG_ERROR if errno(payload) == -libc::EMSGSIZE => {
+                                // The kernel ends a dump it could not complete with an errno in
+                                // DONE (EMSGSIZE: an entry larger than the biggest dump buffer,
+                                // ~32 KiB).
+                                let _ = tx.send(batch);
+                                return Err(SourceError::Incomplete(
+                                    std::io::Error::from_raw_os_error(libc::EMSGSIZE).to_string(),
+                                ));
+                            }
+                            NLMSG_DONE => {
+                                let _ = tx.send(batch);
+                                return Ok((count, intr));
+                            }
+                            NLMSG_ERROR => {
+                                let _ = tx.send(batch);
+                                let code = errno(payload);
+                                if code != 0 {
+                                    return Err(nl_err(
+                                        &format!("dump of type {msg_type}"),
+                                        std::io::Error::from_raw_os_error(-code),
+                                    ));
+                                }
+                                return Ok((count, intr));
+                            }
+                            _ => {
+                                count += 1;
+                                match convert::decode(&h, payload) {
+                                    Ok(e) => batch.push(e),
+                                    Err(e) => tracing::warn!("undecodable dump message: {e}"),
+                                }
+                            }
                         }
                     }
+                    if batch.len() >= BATCH
+                        && tx
+                            .send(std::mem::replace(
+                                &mut batch,
+                                spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH)),
+                            ))
+                            .is_err()
+                    {
+                        return Ok((count, intr)); // the caller stopped listening
+                    }
                 }
+            });
+            for mut batch in rx.iter() {
+                let mut kept = 0;
+                for i in 0..batch.len() {
+                    let e = std::mem::replace(&mut batch[i], Event::Ignored);
+                    if let Some(e) = f(e) {
+                        batch[kept] = e;
+                        kept += 1;
+                    }
+                }
+                batch.truncate(kept);
+                let _ = back_tx.send(batch);
             }
-        }
+            drop(back_tx);
+            receiver.join().expect("dump receiver thread panicked")
+        })
     }
 
     /// Dumps `msg_type` receiving and splitting messages without decoding them (benchmark
@@ -338,9 +429,8 @@ impl ReqSocket {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let mut count = 0;
         loop {
-            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
-                .map_err(|e| nl_err("dump recv", e))?
-                .unwrap_or(0);
+            let (n, _) =
+                recv_dump(self.sock.as_raw_fd(), &mut self.buf).map_err(|e| nl_err("dump recv", e))?;
             for (h, _) in convert::split(&self.buf[..n]) {
                 if h.sequence_number != seq {
                     continue;
@@ -365,9 +455,8 @@ impl ReqSocket {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let mut count = 0;
         loop {
-            let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
-                .map_err(|e| nl_err("dump recv", e))?
-                .unwrap_or(0);
+            let (n, _) =
+                recv_dump(self.sock.as_raw_fd(), &mut self.buf).map_err(|e| nl_err("dump recv", e))?;
             for (h, payload) in convert::split(&self.buf[..n]) {
                 if h.sequence_number != seq {
                     continue;
