@@ -621,6 +621,7 @@ impl Worker {
             Done(Duration),
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
+        let (gtx, grx) = std::sync::mpsc::channel::<Vec<Change>>();
         let (replay, queue) = (self.replay.clone(), self.queue.clone());
         let result: Result<Option<Duration>, String> = std::thread::scope(|scope| {
             // The reader stays at most two chunks ahead. The gate moves when a chunk is read, so
@@ -629,6 +630,9 @@ impl Worker {
                 let mut cursor: Option<ObjectKey> = None;
                 let mut t_read = Duration::ZERO;
                 loop {
+                    while let Ok(g) = grx.try_recv() {
+                        drop(g);
+                    }
                     if queue.st.lock().unwrap().shutdown {
                         return; // no Done: the worker ends the replay without end-sync
                     }
@@ -686,6 +690,7 @@ impl Worker {
                     // On failure `rx` is dropped on return, which stops the reader.
                     self.apply_in_batches(&changes)?;
                 }
+                let _ = gtx.send(changes);
                 t_apply += t2.elapsed();
             }
             Ok(None)

@@ -772,51 +772,91 @@ pub fn vlans(payload: &[u8]) -> Vec<BridgeVlan> {
     out
 }
 
-/// Decodes one netlink message (header + payload bytes) into an [`Event`].
-pub fn decode(header: &NetlinkHeader, payload: &[u8]) -> Result<Event, String> {
+/// A netlink message parsed by netlink-packet-route (rtnetlink types), or kept as bytes for the
+/// types ekho reads itself (nexthop, netconf, MDB, VLAN): the first half of [`decode`], which a
+/// dump runs on its receiving thread.
+pub enum Parsed {
+    /// An rtnetlink message and the `nlmsg_flags` of its header.
+    Rtnl(netlink_packet_route::RouteNetlinkMessage, u16),
+    /// Message type and payload.
+    Raw(u16, Vec<u8>),
+    /// A type ekho does not mirror.
+    Ignored,
+}
+
+/// Parses one message (see [`Parsed`]).
+pub fn parse(header: &NetlinkHeader, payload: &[u8]) -> Result<Parsed, String> {
     use netlink_packet_core::NetlinkDeserializable;
     use netlink_packet_route::RouteNetlinkMessage as M;
     let t = header.message_type;
-    let ev = match t {
-        rtm::NEWNEXTHOP => nexthop(payload)
-            .map(Event::NewNexthop)
-            .unwrap_or(Event::Ignored),
-        rtm::DELNEXTHOP => nexthop(payload)
-            .map(|n| Event::DelNexthop(n.id))
-            .unwrap_or(Event::Ignored),
-        rtm::NEWNETCONF => netconf(payload)
-            .map(Event::NewNetconf)
-            .unwrap_or(Event::Ignored),
-        rtm::DELNETCONF => netconf(payload)
-            .map(|n| Event::DelNetconf(n.family, n.ifindex))
-            .unwrap_or(Event::Ignored),
-        // MDB dump replies carry RTM_GETMDB.
-        rtm::NEWMDB | rtm::GETMDB => Event::NewMdb(mdb(payload)),
-        rtm::DELMDB => Event::DelMdb(mdb(payload)),
-        // VLAN dump replies carry RTM_NEWVLAN.
-        rtm::NEWVLAN => Event::NewVlan(vlans(payload)),
-        rtm::DELVLAN => Event::DelVlan(vlans(payload)),
-        16..=34 => {
-            let m = M::deserialize(header, payload).map_err(|e| format!("type {t}: {e}"))?;
-            match m {
-                M::NewLink(l) => link(&l).map(Event::NewLink).unwrap_or(Event::Ignored),
-                M::DelLink(l) => link(&l).map(Event::DelLink).unwrap_or(Event::Ignored),
-                M::NewAddress(a) => address(&a).map(Event::NewAddress).unwrap_or(Event::Ignored),
-                M::DelAddress(a) => address(&a).map(Event::DelAddress).unwrap_or(Event::Ignored),
-                M::NewRoute(r) => route(&r)
-                    .map(|r| Event::NewRoute(r, header.flags))
+    Ok(match t {
+        rtm::NEWNEXTHOP
+        | rtm::DELNEXTHOP
+        | rtm::NEWNETCONF
+        | rtm::DELNETCONF
+        | rtm::NEWMDB
+        | rtm::GETMDB
+        | rtm::DELMDB
+        | rtm::NEWVLAN
+        | rtm::DELVLAN => Parsed::Raw(t, payload.to_vec()),
+        16..=34 => Parsed::Rtnl(
+            M::deserialize(header, payload).map_err(|e| format!("type {t}: {e}"))?,
+            header.flags,
+        ),
+        _ => Parsed::Ignored,
+    })
+}
+
+/// The mirror event of a parsed message (the second half of [`decode`]).
+pub fn event(p: &Parsed) -> Event {
+    use netlink_packet_route::RouteNetlinkMessage as M;
+    match p {
+        Parsed::Raw(t, payload) => {
+            let payload = &payload[..];
+            match *t {
+                rtm::NEWNEXTHOP => nexthop(payload)
+                    .map(Event::NewNexthop)
                     .unwrap_or(Event::Ignored),
-                M::DelRoute(r) => route(&r).map(Event::DelRoute).unwrap_or(Event::Ignored),
-                M::NewNeighbour(n) => neighbour(&n, false),
-                M::DelNeighbour(n) => neighbour(&n, true),
-                M::NewRule(r) => Event::NewRule(rule(&r)),
-                M::DelRule(r) => Event::DelRule(rule(&r)),
+                rtm::DELNEXTHOP => nexthop(payload)
+                    .map(|n| Event::DelNexthop(n.id))
+                    .unwrap_or(Event::Ignored),
+                rtm::NEWNETCONF => netconf(payload)
+                    .map(Event::NewNetconf)
+                    .unwrap_or(Event::Ignored),
+                rtm::DELNETCONF => netconf(payload)
+                    .map(|n| Event::DelNetconf(n.family, n.ifindex))
+                    .unwrap_or(Event::Ignored),
+                // MDB dump replies carry RTM_GETMDB.
+                rtm::NEWMDB | rtm::GETMDB => Event::NewMdb(mdb(payload)),
+                rtm::DELMDB => Event::DelMdb(mdb(payload)),
+                // VLAN dump replies carry RTM_NEWVLAN.
+                rtm::NEWVLAN => Event::NewVlan(vlans(payload)),
+                rtm::DELVLAN => Event::DelVlan(vlans(payload)),
                 _ => Event::Ignored,
             }
         }
-        _ => Event::Ignored,
-    };
-    Ok(ev)
+        Parsed::Rtnl(m, flags) => match m {
+            M::NewLink(l) => link(l).map(Event::NewLink).unwrap_or(Event::Ignored),
+            M::DelLink(l) => link(l).map(Event::DelLink).unwrap_or(Event::Ignored),
+            M::NewAddress(a) => address(a).map(Event::NewAddress).unwrap_or(Event::Ignored),
+            M::DelAddress(a) => address(a).map(Event::DelAddress).unwrap_or(Event::Ignored),
+            M::NewRoute(r) => route(r)
+                .map(|r| Event::NewRoute(r, *flags))
+                .unwrap_or(Event::Ignored),
+            M::DelRoute(r) => route(r).map(Event::DelRoute).unwrap_or(Event::Ignored),
+            M::NewNeighbour(n) => neighbour(n, false),
+            M::DelNeighbour(n) => neighbour(n, true),
+            M::NewRule(r) => Event::NewRule(rule(r)),
+            M::DelRule(r) => Event::DelRule(rule(r)),
+            _ => Event::Ignored,
+        },
+        Parsed::Ignored => Event::Ignored,
+    }
+}
+
+/// Decodes one message into a mirror event ([`parse`], then [`event`]).
+pub fn decode(header: &NetlinkHeader, payload: &[u8]) -> Result<Event, String> {
+    Ok(event(&parse(header, payload)?))
 }
 
 /// Splits a buffer holding one or more netlink messages (one `recv`) into (header, payload).

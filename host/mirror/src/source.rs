@@ -315,21 +315,21 @@ impl ReqSocket {
     }
 
     /// Dumps `msg_type` with the given family header, calling `f` for every decoded message as
-    /// it arrives (nothing is buffered beyond a few receive batches). `f` returns the event when
-    /// it only read it. Returns the message count and whether the kernel flagged the dump as
-    /// interrupted (`NLM_F_DUMP_INTR`: the caller must start over).
+    /// it arrives (nothing is buffered beyond a few receive batches). Returns the message count
+    /// and whether the kernel flagged the dump as interrupted (`NLM_F_DUMP_INTR`: the caller must
+    /// start over).
     ///
-    /// Two threads share the work: a helper receives and decodes (the kernel builds the dump
-    /// inside `recv`, and netlink-packet-route parses), the caller's thread runs `f` (the mirror
-    /// interns and stores), so a large table takes about the longer of the two, not their sum.
-    /// Events `f` hands back return to the helper to be freed there: glibc's malloc serializes
-    /// frees of another thread's memory on that thread's arena lock, which made the two threads
-    /// slower than one.
+    /// Two threads share the work: a helper receives and parses (the kernel builds the dump
+    /// inside `recv`, netlink-packet-route parses), the caller's thread converts and runs `f`
+    /// (the mirror interns and stores), so a large table takes about the longer of the two, not
+    /// their sum. Parsed messages go back to the helper to be freed there: glibc's malloc
+    /// serializes frees of another thread's memory on that thread's arena lock, which made the
+    /// two threads slower than one.
     pub fn dump(
         &mut self,
         msg_type: u16,
         header: &[u8],
-        f: &mut dyn FnMut(Event) -> Option<Event>,
+        f: &mut dyn FnMut(Event),
     ) -> Result<(u64, bool), SourceError> {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let fd = self.sock.as_raw_fd();
@@ -337,14 +337,14 @@ impl ReqSocket {
         // Batches of decoded events (a few thousand: a hand-over per `recv` costs more in wakeups
         // than it saves); a few in flight bound the memory.
         const BATCH: usize = 4096;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(2);
-        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<Event>>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<convert::Parsed>>(2);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<convert::Parsed>>();
         std::thread::scope(|scope| {
             let receiver = scope.spawn(move || -> Result<(u64, bool), SourceError> {
                 let mut intr = false;
                 let mut count = 0u64;
                 let mut batch = Vec::with_capacity(BATCH);
-                let mut spare: Vec<Vec<Event>> = Vec::new();
+                let mut spare: Vec<Vec<convert::Parsed>> = Vec::new();
                 loop {
                     // Free what the caller handed back, keeping the vectors for reuse.
                     while let Ok(mut v) = back_rx.try_recv() {
@@ -387,8 +387,8 @@ impl ReqSocket {
                             }
                             _ => {
                                 count += 1;
-                                match convert::decode(&h, payload) {
-                                    Ok(e) => batch.push(e),
+                                match convert::parse(&h, payload) {
+                                    Ok(p) => batch.push(p),
                                     Err(e) => tracing::warn!("undecodable dump message: {e}"),
                                 }
                             }
@@ -406,16 +406,10 @@ impl ReqSocket {
                     }
                 }
             });
-            for mut batch in rx.iter() {
-                let mut kept = 0;
-                for i in 0..batch.len() {
-                    let e = std::mem::replace(&mut batch[i], Event::Ignored);
-                    if let Some(e) = f(e) {
-                        batch[kept] = e;
-                        kept += 1;
-                    }
+            for batch in rx.iter() {
+                for p in &batch {
+                    f(convert::event(p));
                 }
-                batch.truncate(kept);
                 let _ = back_tx.send(batch);
             }
             drop(back_tx);

@@ -37,18 +37,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Adds a dumped message to the snapshot. Returns the event when it was only read (a route:
-    /// the snapshot keeps its compact form), for the caller to free where it was made.
-    pub fn add(&mut self, ev: Event) -> Option<Event> {
+    /// Adds a dumped message to the snapshot.
+    pub fn add(&mut self, ev: Event) {
         match ev {
             Event::NewLink(l) => {
                 self.links.insert(l.ifindex, l);
             }
-            Event::NewRoute(r, flags) => {
+            Event::NewRoute(r, _) => {
                 let k = RKey::of(&r);
                 let a = self.routes.intern(Attrs::of(&r));
                 self.routes.push(k, a);
-                return Some(Event::NewRoute(r, flags));
             }
             Event::NewAddress(a) => self.put(a.into()),
             Event::NewNeighbour(n) => self.put(n.into()),
@@ -76,7 +74,6 @@ impl Snapshot {
             }
             _ => {}
         }
-        None
     }
     fn put(&mut self, o: Object) {
         self.objs.insert(o.key(), o);
