@@ -9,8 +9,7 @@
 
 use ekho_plugin_api::abi_stable::std_types::{ROption, RVec};
 use ekho_plugin_api::object::*;
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Everything of a route but its key.
@@ -76,6 +75,86 @@ impl Attrs {
                 .iter()
                 .zip(o.nexthops.iter())
                 .all(|(a, b)| a.gateway == b.gateway && a.ifindex == b.ifindex)
+    }
+}
+
+/// The fields of an attribute set, borrowed from an [`Attrs`] or from a [`Route`], so that a
+/// dumped route finds its shared set without building one (device names are not part of it).
+struct View<'a> {
+    kind: RouteType,
+    protocol: Protocol,
+    scope: Scope,
+    flags: u32,
+    prefsrc: Option<&'a IpAddress>,
+    nhid: Option<u32>,
+    nexthops: &'a [NextHop],
+    metrics: &'a [RouteMetric],
+    pref: Option<u8>,
+    expires: Option<u32>,
+}
+
+impl View<'_> {
+    fn of_attrs(a: &Attrs) -> View<'_> {
+        View {
+            kind: a.kind,
+            protocol: a.protocol,
+            scope: a.scope,
+            flags: a.flags,
+            prefsrc: a.prefsrc.as_ref(),
+            nhid: a.nhid,
+            nexthops: &a.nexthops,
+            metrics: &a.metrics,
+            pref: a.pref,
+            expires: a.expires,
+        }
+    }
+
+    fn of_route(r: &Route) -> View<'_> {
+        View {
+            kind: r.kind,
+            protocol: r.protocol,
+            scope: r.scope,
+            flags: r.flags,
+            prefsrc: r.prefsrc.as_ref().into_option(),
+            nhid: r.nhid.into_option(),
+            nexthops: &r.nexthops,
+            metrics: &r.metrics,
+            pref: r.pref.into_option(),
+            expires: r.expires.into_option(),
+        }
+    }
+
+    fn hash(&self) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0x6174_7472).build_hasher();
+        (self.kind.0, self.protocol.0, self.scope.0, self.flags).hash(&mut h);
+        (self.prefsrc, self.nhid, self.pref, self.expires).hash(&mut h);
+        self.nexthops.len().hash(&mut h);
+        for n in self.nexthops {
+            (&n.gateway, n.ifindex, n.weight, n.flags, &n.encap).hash(&mut h);
+        }
+        self.metrics.hash(&mut h);
+        h.finish()
+    }
+
+    fn same(&self, o: &View<'_>) -> bool {
+        self.kind == o.kind
+            && self.protocol == o.protocol
+            && self.scope == o.scope
+            && self.flags == o.flags
+            && self.prefsrc == o.prefsrc
+            && self.nhid == o.nhid
+            && self.pref == o.pref
+            && self.expires == o.expires
+            && self.metrics == o.metrics
+            && self.nexthops.len() == o.nexthops.len()
+            && self.nexthops.iter().zip(o.nexthops).all(|(a, b)| {
+                a.gateway == b.gateway
+                    && a.ifindex == b.ifindex
+                    && a.weight == b.weight
+                    && a.flags == b.flags
+                    && a.encap == b.encap
+            })
     }
 }
 
@@ -262,29 +341,6 @@ impl Aliases {
     }
 }
 
-/// FNV-1a: the interner hashes every route's attributes during a dump; SipHash's DoS resistance
-/// buys nothing here (the kernel is the only input) and costs time.
-#[derive(Default)]
-pub struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
 /// Both route tables and the attribute interner.
 #[derive(Default)]
 pub struct Routes {
@@ -292,7 +348,8 @@ pub struct Routes {
     pub v4: BTreeMap<K4, Aliases>,
     /// IPv6 routes.
     pub v6: BTreeMap<K6, Aliases>,
-    interner: HashSet<Arc<Attrs>, BuildHasherDefault<Fnv>>,
+    /// Shared attribute sets, by [`View::hash`].
+    interner: hashbrown::HashTable<Arc<Attrs>>,
     /// Route entries (aliases included), kept by `push` and `set` so that `len` is O(1): `ekho
     /// status` asks for it under the mirror's lock.
     entries: usize,
@@ -314,18 +371,38 @@ impl Routes {
 
     /// Shares `a` with an equal attribute set already held.
     pub fn intern(&mut self, a: Attrs) -> Arc<Attrs> {
-        if let Some(x) = self.interner.get(&a) {
+        let v = View::of_attrs(&a);
+        let h = v.hash();
+        if let Some(x) = self.interner.find(h, |x| View::of_attrs(x).same(&v)) {
             return x.clone();
         }
         let x = Arc::new(a);
-        self.interner.insert(x.clone());
+        self.interner
+            .insert_unique(h, x.clone(), |x| View::of_attrs(x).hash());
+        x
+    }
+
+    /// The shared attribute set of `r` (built only when no equal set is held yet: a dump of a
+    /// million routes through a few gateways allocates a few sets, not a million).
+    pub fn intern_route(&mut self, r: &Route) -> Arc<Attrs> {
+        let v = View::of_route(r);
+        let h = v.hash();
+        if let Some(x) = self.interner.find(h, |x| View::of_attrs(x).same(&v)) {
+            return x.clone();
+        }
+        let x = Arc::new(Attrs::of(r));
+        self.interner
+            .insert_unique(h, x.clone(), |x| View::of_attrs(x).hash());
         x
     }
 
     fn release(&mut self, a: Arc<Attrs>) {
         // One reference in the interner, one here: last user gone.
         if Arc::strong_count(&a) == 2 {
-            self.interner.remove(&a);
+            let h = View::of_attrs(&a).hash();
+            if let Ok(e) = self.interner.find_entry(h, |x| Arc::ptr_eq(x, &a)) {
+                e.remove();
+            }
         }
     }
 
@@ -450,6 +527,20 @@ mod tests {
             keys.push(k);
         }
         assert_eq!(t.len(), 100);
+        assert_eq!(t.interned(), 1);
+        // A dumped route finds the same set without building one; a different leg does not.
+        let r = Route::unicast(
+            IpPrefix::new(IpAddress::V4([10, 9, 0, 0]), 16),
+            vec![NextHop::via("10.1.0.1".parse().unwrap(), 3)],
+        );
+        assert!(Arc::ptr_eq(&t.intern_route(&r), &t.get(&keys[0])[0]));
+        let mut other = r.clone();
+        other.nexthops[0].weight = 2;
+        let o = t.intern_route(&other);
+        assert!(!Arc::ptr_eq(&o, &t.get(&keys[0])[0]));
+        assert_eq!(t.interned(), 2);
+        t.release(o); // its last user: dropped from the interner
+        t.release(t.get(&keys[0])[0].clone()); // still used by 100 routes: kept
         assert_eq!(t.interned(), 1);
         // Aliases count as entries: pushing adds one, replacing counts the new list.
         let a = t.get(&keys[0])[0].clone();

@@ -423,8 +423,8 @@ impl ReqSocket {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let mut count = 0;
         loop {
-            let (n, _) =
-                recv_dump(self.sock.as_raw_fd(), &mut self.buf).map_err(|e| nl_err("dump recv", e))?;
+            let (n, _) = recv_dump(self.sock.as_raw_fd(), &mut self.buf)
+                .map_err(|e| nl_err("dump recv", e))?;
             for (h, _) in convert::split(&self.buf[..n]) {
                 if h.sequence_number != seq {
                     continue;
@@ -449,8 +449,8 @@ impl ReqSocket {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let mut count = 0;
         loop {
-            let (n, _) =
-                recv_dump(self.sock.as_raw_fd(), &mut self.buf).map_err(|e| nl_err("dump recv", e))?;
+            let (n, _) = recv_dump(self.sock.as_raw_fd(), &mut self.buf)
+                .map_err(|e| nl_err("dump recv", e))?;
             for (h, payload) in convert::split(&self.buf[..n]) {
                 if h.sequence_number != seq {
                     continue;

@@ -45,7 +45,7 @@ impl Snapshot {
             }
             Event::NewRoute(r, _) => {
                 let k = RKey::of(&r);
-                let a = self.routes.intern(Attrs::of(&r));
+                let a = self.routes.intern_route(&r);
                 self.routes.push(k, a);
             }
             Event::NewAddress(a) => self.put(a.into()),
