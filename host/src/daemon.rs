@@ -145,6 +145,8 @@ impl Daemon {
                 Arc::new(move |after, max, at_cursor| m.replay_chunk(after, max, &mut *at_cursor));
             let m2 = self.mirror.clone();
             let lookup: crate::dispatch::Lookup = Arc::new(move |k| m2.get(k));
+            let m3 = self.mirror.clone();
+            let size: crate::dispatch::Size = Arc::new(move || m3.len());
             let handle = PluginHandle::start(
                 plugin,
                 caps,
@@ -152,6 +154,7 @@ impl Daemon {
                 status.clone(),
                 replay,
                 lookup,
+                size,
             );
             let q = handle.queue.clone();
             let listener = self

@@ -13,7 +13,7 @@ use ekho_plugin_api::ObjectKey;
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hasher;
+use crate::held::Held;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ pub type ReplaySource = Arc<
 
 /// Reads one object from the mirror (to offer again an addition refused at a declared limit).
 pub type Lookup = Arc<dyn Fn(&ObjectKey) -> Option<Object> + Send + Sync>;
+
+/// How many objects the mirror holds, about (sizes the held set before a replay).
+pub type Size = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// Additions refused at a declared limit that are remembered and offered again when room frees
 /// up, at most (beyond this, they are offered again only when they change).
@@ -432,25 +435,6 @@ fn host_refusal(
     None
 }
 
-/// Hasher for keys that are already 64-bit hashes ([`key_hash`]): passes them through instead
-/// of hashing them a second time.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// A 64-bit hash of an object key: the identity of held objects in the outcome table (foldhash's
 /// quality variant with a fixed seed: stable within the process, well mixed, fast).
 fn key_hash(k: &ObjectKey) -> u64 {
@@ -510,9 +494,9 @@ struct Worker {
     queue: Arc<Queue>,
     status: Arc<Mutex<PluginStatus>>,
     caps: Capabilities,
-    /// Objects given to the plugin and not removed (by a 64-bit hash of their key, 16 bytes an
-    /// entry even for a million routes), with their kind and last outcome code.
-    held: HashMap<u64, (u8, u8), std::hash::BuildHasherDefault<PreHashed>>,
+    /// Objects given to the plugin and not removed (by a 64-bit hash of their key, about 9 bytes
+    /// an entry), with their kind and last outcome code.
+    held: Held,
     replay: ReplaySource,
     held_per_kind: [u64; 10],
     per_outcome: [[u64; 4]; 10],
@@ -522,6 +506,7 @@ struct Worker {
     /// Additions refused at a declared limit, offered again when room frees up.
     refused_keys: std::collections::BTreeSet<ObjectKey>,
     lookup: Lookup,
+    size: Size,
 }
 
 impl Worker {
@@ -611,13 +596,18 @@ impl Worker {
             .into_result()
             .map_err(|e| e.to_string())?;
         let mut refused = 0u64;
+        // The plugin holds nothing yet (a replay follows its load): what it is given is
+        // appended and sorted once at the end, not inserted one by one.
+        let bulk = self.held.begin_bulk((self.size)());
         // Where the replay's time goes (logged at debug): reading the mirror (on a reader thread,
         // overlapping with the rest), host-side preparation, the plugin's apply with outcome
         // recording.
         let (mut t_prep, mut t_apply) = (Duration::ZERO, Duration::ZERO);
         let mut count = 0usize;
         enum Msg {
-            Chunk(Vec<Object>),
+            /// Additions in apply order, with the hashes of their keys (computed by the reader
+            /// while the objects it just built are in its cache).
+            Chunk(Vec<Change>, Vec<u64>),
             Done(Duration),
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
@@ -653,8 +643,14 @@ impl Worker {
                         return;
                     }
                     cursor = next;
-                    let objs = queue.take_replayed(chunk);
-                    if tx.send(Msg::Chunk(objs)).is_err() {
+                    let mut changes: Vec<Change> = queue
+                        .take_replayed(chunk)
+                        .into_iter()
+                        .map(Change::Add)
+                        .collect();
+                    changes.sort_by_key(order_key);
+                    let hashes = changes.iter().map(|c| key_hash(&c.key())).collect();
+                    if tx.send(Msg::Chunk(changes, hashes)).is_err() {
                         return; // the worker gave up (plugin failed)
                     }
                 }
@@ -663,38 +659,56 @@ impl Worker {
             // before the scope joins it.
             let rx = rx;
             for msg in rx.iter() {
-                let objs = match msg {
-                    Msg::Chunk(objs) => objs,
+                let (mut changes, mut hashes) = match msg {
+                    Msg::Chunk(c, h) => (c, h),
                     Msg::Done(t_read) => return Ok(Some(t_read)),
                 };
                 let t1 = Instant::now();
-                count += objs.len();
-                let mut changes = Vec::with_capacity(objs.len());
-                for o in objs {
-                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, &o, true) {
+                count += changes.len();
+                // Refusals by the host (declared limits, ECMP width), counting this chunk's
+                // additions as they go.
+                let mut keep = vec![true; changes.len()];
+                let mut any_refused = false;
+                for (i, c) in changes.iter().enumerate() {
+                    let o = c.object();
+                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, o, true) {
                         refused += 1;
-                        self.remember_refusal(&o, false);
-                        self.record_failure(&o, "add", &refusal);
+                        any_refused = true;
+                        keep[i] = false;
+                        self.remember_refusal(o, false);
+                        self.record_failure(o, "add", &refusal);
                         continue;
                     }
-                    self.held_per_kind[o.kind() as usize] += 1;
-                    changes.push(Change::Add(o));
+                    self.held_per_kind[c.kind() as usize] += 1;
+                }
+                if any_refused {
+                    let mut k = keep.iter();
+                    changes.retain(|_| *k.next().unwrap());
+                    let mut k = keep.iter();
+                    hashes.retain(|_| *k.next().unwrap());
                 }
                 for c in &changes {
                     self.held_per_kind[c.kind() as usize] -= 1;
                 }
-                changes.sort_by_key(order_key);
                 let t2 = Instant::now();
                 t_prep += t2 - t1;
                 if !changes.is_empty() {
                     // On failure `rx` is dropped on return, which stops the reader.
-                    self.apply_in_batches(&changes)?;
+                    self.apply_hashed(&changes, Some(&hashes))?;
                 }
                 let _ = gtx.send(changes);
                 t_apply += t2.elapsed();
             }
             Ok(None)
         });
+        if bulk {
+            // Two keys with one 64-bit hash count once, as in any hash table; keep the
+            // per-kind counts equal to what is held.
+            for (kind, code) in self.held.end_bulk() {
+                self.held_per_kind[kind as usize] -= 1;
+                self.per_outcome[kind as usize][code as usize] -= 1;
+            }
+        }
         let Some(t_read) = result? else {
             // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
             return Ok(());
@@ -737,7 +751,7 @@ impl Worker {
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
         let mut refused = 0u64;
         for (key, p) in batch {
-            let delivered = self.held.contains_key(&key_hash(&key));
+            let delivered = self.held.contains(key_hash(&key));
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused_keys.remove(&key);
@@ -806,7 +820,7 @@ impl Worker {
             {
                 let st = self.queue.st.lock().unwrap();
                 for o in chunk {
-                    let held = self.held.contains_key(&key_hash(&o.key()));
+                    let held = self.held.contains(key_hash(&o.key()));
                     match (st.takes(&o), held) {
                         (true, false) => changes.push(Change::Add(o)),
                         (false, true) => changes.push(Change::Remove(o)),
@@ -855,7 +869,7 @@ impl Worker {
                 .collect();
             for k in keys {
                 self.refused_keys.remove(&k);
-                if self.held.contains_key(&key_hash(&k)) {
+                if self.held.contains(key_hash(&k)) {
                     continue;
                 }
                 if let Some(o) = (self.lookup)(&k) {
@@ -877,32 +891,38 @@ impl Worker {
 
     /// Hands `changes` to the plugin, at most [`BATCH`] per call, and records the outcomes.
     fn apply_in_batches(&mut self, changes: &[Change]) -> Result<(), String> {
-        for chunk in changes.chunks(BATCH) {
+        self.apply_hashed(changes, None)
+    }
+
+    /// [`Worker::apply_in_batches`] with the key hashes of `changes` when already known.
+    fn apply_hashed(&mut self, changes: &[Change], hashes: Option<&[u64]>) -> Result<(), String> {
+        for (i, chunk) in changes.chunks(BATCH).enumerate() {
             let outcomes = self
                 .plugin
                 .apply(chunk.into())
                 .into_result()
                 .map_err(|e| e.to_string())?;
-            self.record(chunk, &outcomes);
+            let h = hashes.map(|h| &h[i * BATCH..(i * BATCH + chunk.len())]);
+            self.record(chunk, &outcomes, h);
         }
         Ok(())
     }
 
-    fn record(&mut self, chunk: &[Change], outcomes: &[Outcome]) {
-        for (c, o) in chunk.iter().zip(outcomes) {
+    fn record(&mut self, chunk: &[Change], outcomes: &[Outcome], hashes: Option<&[u64]>) {
+        for (i, (c, o)) in chunk.iter().zip(outcomes).enumerate() {
             let kind = c.kind();
             let k = kind as usize;
             let code = outcome_code(o);
+            let hash = || hashes.map_or_else(|| key_hash(&c.key()), |h| h[i]);
             match c {
-                Change::Remove(obj) => {
-                    if let Some((_, prev)) = self.held.remove(&key_hash(&obj.key())) {
+                Change::Remove(_) => {
+                    if let Some((_, prev)) = self.held.remove(hash()) {
                         self.held_per_kind[k] -= 1;
                         self.per_outcome[k][prev as usize] -= 1;
                     }
                 }
-                Change::Add(obj) | Change::Update { new: obj, .. } => {
-                    let key = key_hash(&obj.key());
-                    if let Some((_, prev)) = self.held.insert(key, (kind as u8, code)) {
+                Change::Add(_) | Change::Update { .. } => {
+                    if let Some((_, prev)) = self.held.insert(hash(), kind as u8, code) {
                         self.per_outcome[k][prev as usize] -= 1;
                     } else {
                         self.held_per_kind[k] += 1;
@@ -988,6 +1008,7 @@ impl PluginHandle {
         status: PluginStatus,
         replay: ReplaySource,
         lookup: Lookup,
+        size: Size,
     ) -> PluginHandle {
         let queue = Queue::new(caps.clone(), ports_override);
         queue.st.lock().unwrap().replay_gate = Some(None);
@@ -999,7 +1020,7 @@ impl PluginHandle {
             queue: queue.clone(),
             status: status.clone(),
             caps: caps.clone(),
-            held: HashMap::default(),
+            held: Held::default(),
             held_per_kind: [0; 10],
             per_outcome: [[0; 4]; 10],
             last_stats: Instant::now(),
@@ -1007,6 +1028,7 @@ impl PluginHandle {
             failed: false,
             refused_keys: Default::default(),
             lookup,
+            size,
         };
         let name = status.lock().unwrap().name.clone();
         let thread = std::thread::Builder::new()

@@ -4,6 +4,7 @@ mod config;
 mod control;
 mod daemon;
 mod dispatch;
+mod held;
 mod loader;
 mod render;
 

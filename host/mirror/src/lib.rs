@@ -154,6 +154,18 @@ impl Mirror {
         self.inner.lock().unwrap().state.get(key)
     }
 
+    /// Objects held, all kinds (a route key with several aliases counts once).
+    pub fn len(&self) -> usize {
+        let g = self.inner.lock().unwrap();
+        let st = &g.state;
+        st.links.len() + st.objs.len() + st.routes.v4.len() + st.routes.v6.len()
+    }
+
+    /// Whether the mirror holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Counters.
     pub fn stats(&self) -> MirrorStats {
         let g = self.inner.lock().unwrap();

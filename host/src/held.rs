@@ -1,0 +1,240 @@
+//! What a plugin holds: for every object handed to it and not removed, its kind and last outcome,
+//! by a 64-bit hash of its key.
+//!
+//! A replay hands a plugin up to millions of objects in key order. Inserting each into a hash
+//! table costs a cache miss per object (the table is tens of MiB and the hashes are random); the
+//! replay instead appends to a vector, which is sorted once at the end ([`Held::end_bulk`]) and
+//! searched by bisection afterwards. Later additions go to a small hash table, removals of sorted
+//! entries leave a tombstone, and both are folded back into the sorted part when they grow.
+//! 9 bytes per sorted entry, against 16 bytes per slot of a hash table at most 7/8 full.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hasher for keys that are already 64-bit hashes: passes them through.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+const TOMBSTONE: u8 = 0xff;
+
+fn pack(kind: u8, code: u8) -> u8 {
+    debug_assert!(kind < 16 && code < 4);
+    kind << 2 | code
+}
+
+fn unpack(m: u8) -> Option<(u8, u8)> {
+    (m != TOMBSTONE).then_some((m >> 2, m & 3))
+}
+
+/// The held set: key hash -> (kind, outcome code).
+#[derive(Default)]
+pub struct Held {
+    /// Sorted, distinct hashes.
+    base: Vec<u64>,
+    /// Packed (kind, code) of `base[i]`, or [`TOMBSTONE`].
+    meta: Vec<u8>,
+    /// Live entries in `base`.
+    base_live: usize,
+    /// Entries not in `base`.
+    extra: HashMap<u64, u8, BuildHasherDefault<PreHashed>>,
+    /// Appended by a bulk load, not yet sorted.
+    bulk: Option<Vec<(u64, u8)>>,
+}
+
+impl Held {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.base_live + self.extra.len() + self.bulk.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Starts a bulk load of about `hint` entries whose hashes are all new and distinct (a
+    /// replay into an empty set): inserts append until [`Held::end_bulk`]. Returns false, and
+    /// changes nothing, when the set is not empty.
+    pub fn begin_bulk(&mut self, hint: usize) -> bool {
+        if self.len() != 0 || self.bulk.is_some() {
+            return false;
+        }
+        self.bulk = Some(Vec::with_capacity(hint));
+        true
+    }
+
+    /// Sorts the bulk-loaded entries into the searchable part. Returns the (kind, code) of
+    /// entries dropped because their hash was loaded twice (two keys with one hash: they count
+    /// as one, as they would in a hash table).
+    pub fn end_bulk(&mut self) -> Vec<(u8, u8)> {
+        let Some(mut v) = self.bulk.take() else {
+            return Vec::new();
+        };
+        v.sort_unstable_by_key(|e| e.0);
+        let mut dropped = Vec::new();
+        v.dedup_by(|later, first| {
+            let dup = later.0 == first.0;
+            if dup {
+                dropped.extend(unpack(first.1));
+                first.1 = later.1; // the last version wins
+            }
+            dup
+        });
+        self.rebuild(v);
+        dropped
+    }
+
+    fn rebuild(&mut self, sorted: Vec<(u64, u8)>) {
+        self.base = sorted.iter().map(|e| e.0).collect();
+        self.meta = sorted.iter().map(|e| e.1).collect();
+        self.base_live = self.base.len();
+    }
+
+    fn finish_bulk(&mut self) {
+        if self.bulk.is_some() {
+            // Never expected (a replay only inserts), but keeps every operation exact.
+            self.end_bulk();
+        }
+    }
+
+    /// (kind, code) held under `h`.
+    pub fn get(&mut self, h: u64) -> Option<(u8, u8)> {
+        self.finish_bulk();
+        if let Some(m) = self.extra.get(&h) {
+            return unpack(*m);
+        }
+        self.base
+            .binary_search(&h)
+            .ok()
+            .and_then(|i| unpack(self.meta[i]))
+    }
+
+    /// Whether something is held under `h`.
+    pub fn contains(&mut self, h: u64) -> bool {
+        self.get(h).is_some()
+    }
+
+    /// Holds `h` with (kind, code); returns what was held before.
+    pub fn insert(&mut self, h: u64, kind: u8, code: u8) -> Option<(u8, u8)> {
+        let m = pack(kind, code);
+        if let Some(b) = &mut self.bulk {
+            b.push((h, m));
+            return None;
+        }
+        if let Ok(i) = self.base.binary_search(&h) {
+            let prev = unpack(self.meta[i]);
+            if prev.is_none() {
+                self.base_live += 1;
+            }
+            self.meta[i] = m;
+            return prev;
+        }
+        let prev = self.extra.insert(h, m).and_then(unpack);
+        self.maybe_compact();
+        prev
+    }
+
+    /// Drops `h`; returns what was held.
+    pub fn remove(&mut self, h: u64) -> Option<(u8, u8)> {
+        self.finish_bulk();
+        if let Some(m) = self.extra.remove(&h) {
+            return unpack(m);
+        }
+        let i = self.base.binary_search(&h).ok()?;
+        let prev = unpack(self.meta[i]);
+        if prev.is_some() {
+            self.meta[i] = TOMBSTONE;
+            self.base_live -= 1;
+            self.maybe_compact();
+        }
+        prev
+    }
+
+    /// Folds the hash table and the tombstones into the sorted part once either is large
+    /// against it (amortized: each fold costs O(n log n) and follows at least n/4 operations).
+    fn maybe_compact(&mut self) {
+        let tombs = self.base.len() - self.base_live;
+        let limit = 4096.max(self.base.len() / 4);
+        if self.extra.len() <= limit && tombs <= limit {
+            return;
+        }
+        let mut v: Vec<(u64, u8)> = self
+            .base
+            .iter()
+            .zip(&self.meta)
+            .filter(|(_, m)| **m != TOMBSTONE)
+            .map(|(h, m)| (*h, *m))
+            .chain(self.extra.drain())
+            .collect();
+        v.sort_unstable_by_key(|e| e.0);
+        self.rebuild(v);
+        self.extra.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap as Model;
+
+    /// A random walk of inserts, updates and removals (bulk load first) matches a plain map.
+    #[test]
+    fn matches_a_hash_map() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut h = Held::default();
+        let mut m: Model<u64, (u8, u8)> = Model::new();
+        assert!(h.begin_bulk(20_000));
+        let keys: Vec<u64> = (0..20_000).map(|_| rnd()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let v = ((i % 10) as u8, (i % 4) as u8);
+            assert_eq!(h.insert(*k, v.0, v.1), None);
+            m.insert(*k, v);
+        }
+        assert_eq!(h.len(), 20_000);
+        assert!(h.end_bulk().is_empty());
+        assert!(!h.begin_bulk(1), "bulk only into an empty set");
+        for step in 0..200_000u64 {
+            let r = rnd();
+            // Half the operations on loaded keys, half on new ones.
+            let k = if r & 1 == 0 {
+                keys[(r >> 8) as usize % keys.len()]
+            } else {
+                rnd() % 50_000
+            };
+            let v = ((r >> 3) as u8 % 10, (r >> 5) as u8 % 4);
+            match (r >> 1) % 3 {
+                0 => assert_eq!(h.insert(k, v.0, v.1), m.insert(k, v), "step {step}"),
+                1 => assert_eq!(h.remove(k), m.remove(&k), "step {step}"),
+                _ => assert_eq!(h.get(k), m.get(&k).copied(), "step {step}"),
+            }
+            assert_eq!(h.len(), m.len(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_hash_loaded_twice_counts_once_and_is_reported() {
+        let mut h = Held::default();
+        assert!(h.begin_bulk(3));
+        h.insert(7, 1, 0);
+        h.insert(9, 2, 0);
+        h.insert(7, 3, 1);
+        assert_eq!(h.end_bulk(), vec![(1, 0)]);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.get(7), Some((3, 1)));
+    }
+}
