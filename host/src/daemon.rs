@@ -142,7 +142,9 @@ impl Daemon {
             }
             let m = self.mirror.clone();
             let replay: crate::dispatch::ReplaySource =
-                Arc::new(move |after, max, at_cursor| m.replay_chunk(after, max, &mut *at_cursor));
+                Arc::new(move |after, max, out, at_cursor| {
+                    m.replay_chunk_into(after, max, out, &mut *at_cursor)
+                });
             let m2 = self.mirror.clone();
             let lookup: crate::dispatch::Lookup = Arc::new(move |k| m2.get(k));
             let m3 = self.mirror.clone();

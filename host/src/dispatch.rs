@@ -7,21 +7,21 @@
 //! of the mirror however slow the plugin is. The worker drains the queue in dependency order and
 //! records one outcome per change.
 
+use crate::held::Held;
 use ekho_plugin_api::plugin::PluginBox;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::ObjectKey;
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use crate::held::Held;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Reads the mirror for a lazy replay: `(after, max, at_cursor)` returns up to `max` objects after
-/// `after` in key order and calls `at_cursor(last, done)` under the mirror's lock (see
-/// `ekho_mirror::Mirror::replay_chunk`).
+/// Reads the mirror for a lazy replay: `(after, max, out, at_cursor)` appends to `out` up to
+/// `max` additions of the objects after `after` in key order and calls `at_cursor(last, done)`
+/// under the mirror's lock (see `ekho_mirror::Mirror::replay_chunk_into`).
 pub type ReplaySource = Arc<
-    dyn Fn(Option<&ObjectKey>, usize, &mut dyn FnMut(Option<&ObjectKey>, bool)) -> Vec<Object>
+    dyn Fn(Option<&ObjectKey>, usize, &mut Vec<Change>, &mut dyn FnMut(Option<&ObjectKey>, bool))
         + Send
         + Sync,
 >;
@@ -307,21 +307,18 @@ impl Queue {
         self.cv.notify_one();
     }
 
-    /// Filters replayed objects (they are additions) and moves the gate to `cursor`.
-    fn take_replayed(&self, chunk: Vec<Object>) -> Vec<Object> {
+    /// Keeps the replayed additions the plugin takes (noting the links it sees for the port
+    /// filter), in place.
+    fn take_replayed(&self, chunk: &mut Vec<Change>) {
         let mut st = self.st.lock().unwrap();
-        let mut out = Vec::with_capacity(chunk.len());
-        for o in chunk {
-            if let Object::Link(l) = &o {
+        for c in chunk.iter() {
+            if let Change::Add(Object::Link(l)) = c {
                 st.ports
                     .links
                     .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
             }
-            if st.takes(&o) {
-                out.push(o);
-            }
         }
-        out
+        chunk.retain(|c| st.takes(c.object()));
     }
 
     /// Enqueues changes (filtered, coalesced). Never blocks on the plugin.
@@ -619,9 +616,13 @@ impl Worker {
             scope.spawn(move || {
                 let mut cursor: Option<ObjectKey> = None;
                 let mut t_read = Duration::ZERO;
+                // Chunk buffers come back from the worker once applied; their contents are freed
+                // here, where they were allocated, and the buffers reused.
+                let mut spare: Vec<Vec<Change>> = Vec::new();
                 loop {
-                    while let Ok(g) = grx.try_recv() {
-                        drop(g);
+                    while let Ok(mut g) = grx.try_recv() {
+                        g.clear();
+                        spare.push(g);
                     }
                     if queue.st.lock().unwrap().shutdown {
                         return; // no Done: the worker ends the replay without end-sync
@@ -629,7 +630,8 @@ impl Worker {
                     let mut next: Option<ObjectKey> = None;
                     let mut done = false;
                     let t0 = Instant::now();
-                    let chunk = replay(cursor.as_ref(), BATCH, &mut |last, fin| {
+                    let mut changes = spare.pop().unwrap_or_default();
+                    replay(cursor.as_ref(), BATCH, &mut changes, &mut |last, fin| {
                         // Under the mirror's lock: from now on, changes up to `last` are
                         // increments.
                         let mut st = queue.st.lock().unwrap();
@@ -643,11 +645,7 @@ impl Worker {
                         return;
                     }
                     cursor = next;
-                    let mut changes: Vec<Change> = queue
-                        .take_replayed(chunk)
-                        .into_iter()
-                        .map(Change::Add)
-                        .collect();
+                    queue.take_replayed(&mut changes);
                     changes.sort_by_key(order_key);
                     let hashes = changes.iter().map(|c| key_hash(&c.key())).collect();
                     if tx.send(Msg::Chunk(changes, hashes)).is_err() {
@@ -808,7 +806,8 @@ impl Worker {
         loop {
             let mut next = None;
             let mut done = false;
-            let chunk = (self.replay)(cursor.as_ref(), BATCH, &mut |last, fin| {
+            let mut chunk = Vec::new();
+            (self.replay)(cursor.as_ref(), BATCH, &mut chunk, &mut |last, fin| {
                 next = last.cloned();
                 done = fin;
             });
@@ -819,7 +818,11 @@ impl Worker {
             let mut changes = Vec::new();
             {
                 let st = self.queue.st.lock().unwrap();
-                for o in chunk {
+                for c in chunk {
+                    let o = match c {
+                        Change::Add(o) => o,
+                        _ => continue,
+                    };
                     let held = self.held.contains(key_hash(&o.key()));
                     match (st.takes(&o), held) {
                         (true, false) => changes.push(Change::Add(o)),
