@@ -406,6 +406,9 @@ impl ReqSocket {
                     }
                 }
             });
+            // Owned here: should `f` panic, the receiver's next send fails instead of blocking
+            // the scope's join forever.
+            let rx = rx;
             for batch in rx.iter() {
                 for p in &batch {
                     f(convert::event(p));
