@@ -95,6 +95,7 @@ impl Daemon {
         &self,
         pc: &PluginConfig,
         requests: &tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
+        mut fanout: Option<&mut crate::dispatch::Fanout>,
     ) -> PluginEntry {
         let dir = self.config.plugin_dir();
         let mut status = PluginStatus {
@@ -149,6 +150,10 @@ impl Daemon {
             let lookup: crate::dispatch::Lookup = Arc::new(move |k| m2.get(k));
             let m3 = self.mirror.clone();
             let size: crate::dispatch::Size = Arc::new(move || m3.len());
+            // Loaded before the initial dump: fed by it as it is made. Otherwise: a replay
+            // read from the mirror.
+            let feed = fanout.as_deref_mut().map(|f| f.feed(&pc.name));
+            let streamed = feed.is_some();
             let handle = PluginHandle::start(
                 plugin,
                 caps,
@@ -157,12 +162,20 @@ impl Daemon {
                 replay,
                 lookup,
                 size,
+                feed,
             );
             let q = handle.queue.clone();
-            let listener = self
-                .mirror
-                .attach_lazy(Box::new(move |changes| q.push_changes(changes)));
-            handle.queue.request_replay();
+            let listener = if let Some(f) = fanout {
+                f.bind(handle.queue.clone());
+                self.mirror
+                    .attach_synced(Box::new(move |changes| q.push_changes(changes)))
+            } else {
+                self.mirror
+                    .attach_lazy(Box::new(move |changes| q.push_changes(changes)))
+            };
+            if !streamed {
+                handle.queue.request_replay();
+            }
             Ok((handle, listener))
         })();
         match result {
@@ -394,13 +407,36 @@ async fn run_bound(
     tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
 
     let mirror = Mirror::new();
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        mirror: mirror.clone(),
+        plugins: Mutex::new(Vec::new()),
+        ebpf: Mutex::new(EbpfEntry::Disabled),
+        started: Instant::now(),
+    });
+
+    // Plugins first: the initial dump feeds them as it is made (their initial sync runs
+    // alongside the dump, not after it).
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<str>, Request)>();
+    let mut fanout = crate::dispatch::Fanout::default();
+    for pc in &config.plugins {
+        let entry = daemon.load_plugin(pc, &req_tx, Some(&mut fanout));
+        daemon.plugins.lock().unwrap().push(entry);
+    }
+
     let src_cfg = SourceConfig {
         netns: netns.clone(),
         rcvbuf: config.host.netlink_rcvbuf.unwrap_or(DEFAULT_RCVBUF),
     };
     let m2 = mirror.clone();
+    let stream: Option<Box<dyn ekho_mirror::source::InitialStream>> = if fanout.is_empty() {
+        None
+    } else {
+        Some(Box::new(fanout))
+    };
     let source = tokio::spawn(async move {
-        match ekho_mirror::source::run(m2, src_cfg).await {
+        let opts = ekho_mirror::source::SourceOptions::default();
+        match ekho_mirror::source::run_streaming(m2, src_cfg, opts, stream).await {
             Err(e) => {
                 tracing::error!("netlink source stopped: {e}");
                 Some(e.to_string())
@@ -409,30 +445,34 @@ async fn run_bound(
         }
     });
     let t0 = Instant::now();
-    while !mirror.stats().synced {
-        if source.is_finished() {
-            let e = source.await.ok().flatten().unwrap_or_default();
-            let hint = if e.contains("Operation not permitted") {
-                " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
-            } else {
-                ""
-            };
-            anyhow::bail!("the netlink source failed before the initial dump completed: {e}{hint}");
+    let synced: anyhow::Result<()> = async {
+        while !mirror.stats().synced {
+            if source.is_finished() {
+                let e = source.await.ok().flatten().unwrap_or_default();
+                let hint = if e.contains("Operation not permitted") {
+                    " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+                } else {
+                    ""
+                };
+                anyhow::bail!(
+                    "the netlink source failed before the initial dump completed: {e}{hint}"
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("initial netlink dump did not complete within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if t0.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!("initial netlink dump did not complete within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = synced {
+        // The plugins were loaded for the initial dump: let them release what they hold.
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || d.stop_plugins()).await?;
+        return Err(e);
     }
     tracing::info!(objects = ?mirror.stats().objects, "mirror synced in {:?}", t0.elapsed());
-
-    let daemon = Arc::new(Daemon {
-        config: config.clone(),
-        mirror: mirror.clone(),
-        plugins: Mutex::new(Vec::new()),
-        ebpf: Mutex::new(EbpfEntry::Disabled),
-        started: Instant::now(),
-    });
 
     // eBPF source.
     if config.host.ebpf.unwrap_or(true) {
@@ -499,12 +539,6 @@ async fn run_bound(
         *daemon.ebpf.lock().unwrap() = entry;
     }
 
-    // Plugins.
-    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<str>, Request)>();
-    for pc in &config.plugins {
-        let entry = daemon.load_plugin(pc, &req_tx);
-        daemon.plugins.lock().unwrap().push(entry);
-    }
     let m4 = mirror.clone();
     tokio::spawn(async move {
         while let Some((plugin, req)) = req_rx.recv().await {

@@ -504,10 +504,17 @@ struct Worker {
     refused_keys: std::collections::BTreeSet<ObjectKey>,
     lookup: Lookup,
     size: Size,
+    /// The initial dump, streamed (plugins loaded at start-up).
+    feed: Option<StreamFeed>,
 }
 
 impl Worker {
     fn run(mut self) {
+        if let Some(feed) = self.feed.take() {
+            if let Err(reason) = self.stream_sync(feed) {
+                self.fail(reason);
+            }
+        }
         loop {
             let (batch, events, replay, shutdown, reevaluate) = {
                 let mut st = self.queue.st.lock().unwrap();
@@ -663,37 +670,9 @@ impl Worker {
                 };
                 let t1 = Instant::now();
                 count += changes.len();
-                // Refusals by the host (declared limits, ECMP width), counting this chunk's
-                // additions as they go.
-                let mut keep = vec![true; changes.len()];
-                let mut any_refused = false;
-                for (i, c) in changes.iter().enumerate() {
-                    let o = c.object();
-                    if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, o, true) {
-                        refused += 1;
-                        any_refused = true;
-                        keep[i] = false;
-                        self.remember_refusal(o, false);
-                        self.record_failure(o, "add", &refusal);
-                        continue;
-                    }
-                    self.held_per_kind[c.kind() as usize] += 1;
-                }
-                if any_refused {
-                    let mut k = keep.iter();
-                    changes.retain(|_| *k.next().unwrap());
-                    let mut k = keep.iter();
-                    hashes.retain(|_| *k.next().unwrap());
-                }
-                for c in &changes {
-                    self.held_per_kind[c.kind() as usize] -= 1;
-                }
-                let t2 = Instant::now();
+                // On failure `rx` is dropped on return, which stops the reader.
+                let t2 = self.apply_replayed(&mut changes, &mut hashes, &mut refused)?;
                 t_prep += t2 - t1;
-                if !changes.is_empty() {
-                    // On failure `rx` is dropped on return, which stops the reader.
-                    self.apply_hashed(&changes, Some(&hashes))?;
-                }
                 let _ = gtx.send(changes);
                 t_apply += t2.elapsed();
             }
@@ -718,6 +697,120 @@ impl Worker {
             prepare_ms = t_prep.as_millis() as u64,
             apply_ms = t_apply.as_millis() as u64,
             "replay done"
+        );
+        self.plugin
+            .end_sync()
+            .into_result()
+            .map_err(|e| e.to_string())?;
+        let mut s = self.status.lock().unwrap();
+        s.refused += refused;
+        s.state = Some(PluginState::InSync);
+        s.syncs += 1;
+        s.last_sync_ms = started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// Applies a chunk of replayed additions (in apply order, with their key hashes), answering
+    /// the host's refusals (declared limits, ECMP width) itself. Returns when the host-side
+    /// preparation ended (for the replay's timing log).
+    fn apply_replayed(
+        &mut self,
+        changes: &mut Vec<Change>,
+        hashes: &mut Vec<u64>,
+        refused: &mut u64,
+    ) -> Result<Instant, String> {
+        // Count this chunk's additions as they go, so a limit holds within the chunk.
+        let mut keep = vec![true; changes.len()];
+        let mut any_refused = false;
+        for (i, c) in changes.iter().enumerate() {
+            let o = c.object();
+            if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, o, true) {
+                *refused += 1;
+                any_refused = true;
+                keep[i] = false;
+                self.remember_refusal(o, false);
+                self.record_failure(o, "add", &refusal);
+                continue;
+            }
+            self.held_per_kind[c.kind() as usize] += 1;
+        }
+        if any_refused {
+            let mut k = keep.iter();
+            changes.retain(|_| *k.next().unwrap());
+            let mut k = keep.iter();
+            hashes.retain(|_| *k.next().unwrap());
+        }
+        for c in changes.iter() {
+            self.held_per_kind[c.kind() as usize] -= 1;
+        }
+        let prepared = Instant::now();
+        if !changes.is_empty() {
+            self.apply_hashed(changes, Some(hashes))?;
+        }
+        Ok(prepared)
+    }
+
+    /// The initial sync fed by the mirror's initial dump as it is made (see [`Fanout`]): begin-
+    /// sync, the streamed additions, end-sync once the dump is installed. When the stream fell
+    /// behind and was cut, the sync starts over from the installed mirror (a second begin-sync:
+    /// the plugin marks everything again, the replay renews what is current, end-sync sweeps
+    /// the rest).
+    fn stream_sync(&mut self, feed: StreamFeed) -> Result<(), String> {
+        let started = Instant::now();
+        self.status.lock().unwrap().state = Some(PluginState::Syncing);
+        self.plugin
+            .begin_sync()
+            .into_result()
+            .map_err(|e| e.to_string())?;
+        let bulk = self.held.begin_bulk(0);
+        let mut refused = 0u64;
+        let mut count = 0usize;
+        let mut result = Ok(());
+        for mut changes in feed.rx.iter() {
+            self.queue.take_replayed(&mut changes);
+            changes.sort_by_key(order_key);
+            let mut hashes: Vec<u64> = changes.iter().map(|c| key_hash(&c.key())).collect();
+            count += changes.len();
+            if let Err(e) = self.apply_replayed(&mut changes, &mut hashes, &mut refused) {
+                result = Err(e);
+                break;
+            }
+            let _ = feed.back.send(changes);
+        }
+        if bulk {
+            for (kind, code) in self.held.end_bulk() {
+                self.held_per_kind[kind as usize] -= 1;
+                self.per_outcome[kind as usize][code as usize] -= 1;
+            }
+        }
+        result?;
+        if !feed.complete.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.queue.st.lock().unwrap().shutdown {
+                return Ok(());
+            }
+            tracing::info!(
+                plugin = %self.name(),
+                streamed = count,
+                "the initial dump outran the plugin: replaying from the mirror"
+            );
+            self.held = Held::default();
+            self.held_per_kind = [0; 10];
+            self.per_outcome = [[0; 4]; 10];
+            {
+                // Everything pending is superseded by the replay, which reads the current
+                // state; changes from here on are left to it until it gets there.
+                let mut st = self.queue.st.lock().unwrap();
+                st.pending.clear();
+                st.replay_gate = Some(None);
+            }
+            self.status.lock().unwrap().refused += refused;
+            return self.replay_all();
+        }
+        tracing::debug!(
+            plugin = %self.name(),
+            objects = count,
+            ms = started.elapsed().as_millis() as u64,
+            "initial sync streamed"
         );
         self.plugin
             .end_sync()
@@ -993,6 +1086,141 @@ impl Worker {
     }
 }
 
+/// How long the initial dump waits for a plugin whose stream is full before leaving it behind
+/// (it then replays from the mirror once the dump is installed).
+pub const STREAM_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Chunks of the initial dump in flight to one plugin, at most.
+const STREAM_DEPTH: usize = 8;
+
+/// One plugin's end of the initial dump stream.
+pub struct StreamFeed {
+    rx: std::sync::mpsc::Receiver<Vec<Change>>,
+    /// Applied chunks go back to be freed on the thread that built them.
+    back: std::sync::mpsc::Sender<Vec<Change>>,
+    /// Set when the plugin was given the whole initial dump.
+    complete: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FanoutOut {
+    name: String,
+    /// Bound once the plugin's worker has started ([`Fanout::bind`]).
+    queue: Option<Arc<Queue>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Change>>>,
+    back: std::sync::mpsc::Receiver<Vec<Change>>,
+    spare: Vec<Vec<Change>>,
+    complete: Arc<std::sync::atomic::AtomicBool>,
+    /// Left behind: no more chunks, a replay from the mirror follows the dump.
+    behind: bool,
+}
+
+/// Hands the mirror's initial dump to the plugins loaded at start-up while it is made, so that
+/// a plugin's initial sync runs alongside the dump instead of after it (the source calls this on
+/// its own thread; see `ekho_mirror::source::InitialStream`). Each plugin gets what it takes, in
+/// apply order, with the key hashes; a plugin that cannot keep up is left behind after
+/// [`STREAM_PATIENCE`] and replays from the mirror instead, so the dump never waits longer.
+#[derive(Default)]
+pub struct Fanout {
+    outs: Vec<FanoutOut>,
+}
+
+impl Fanout {
+    /// A stream end for the plugin `name`; [`Fanout::bind`] its queue once started.
+    pub fn feed(&mut self, name: &str) -> StreamFeed {
+        let (tx, rx) = std::sync::mpsc::sync_channel(STREAM_DEPTH);
+        let (back_tx, back_rx) = std::sync::mpsc::channel();
+        let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.outs.push(FanoutOut {
+            name: name.to_string(),
+            queue: None,
+            tx: Some(tx),
+            back: back_rx,
+            spare: Vec::new(),
+            complete: complete.clone(),
+            behind: false,
+        });
+        StreamFeed {
+            rx,
+            back: back_tx,
+            complete,
+        }
+    }
+
+    /// Binds the queue of the plugin whose feed was made last (its port and kind filter).
+    pub fn bind(&mut self, queue: Arc<Queue>) {
+        if let Some(o) = self.outs.last_mut() {
+            o.queue = Some(queue);
+        }
+    }
+
+    /// Whether any plugin takes the stream.
+    pub fn is_empty(&self) -> bool {
+        self.outs.is_empty()
+    }
+}
+
+impl ekho_mirror::source::InitialStream for Fanout {
+    fn objects(&mut self, chunk: &mut Vec<Change>) {
+        let last = self
+            .outs
+            .iter()
+            .rposition(|o| o.tx.is_some() && !o.behind && o.queue.is_some());
+        for (i, out) in self.outs.iter_mut().enumerate() {
+            if out.behind || out.tx.is_none() {
+                continue;
+            }
+            if out.queue.is_none() {
+                continue;
+            }
+            while let Ok(mut v) = out.back.try_recv() {
+                v.clear();
+                out.spare.push(v);
+            }
+            let mut mine = out.spare.pop().unwrap_or_default();
+            if Some(i) == last {
+                mine.append(chunk);
+            } else {
+                mine.extend(chunk.iter().cloned());
+            }
+            // Filtering, ordering and hashing are left to the plugin's worker (it has the
+            // time; this thread is the dump's).
+            let mut msg = mine;
+            let t = Instant::now();
+            loop {
+                match out.tx.as_ref().expect("checked").try_send(msg) {
+                    Ok(()) => break,
+                    Err(std::sync::mpsc::TrySendError::Full(m)) => {
+                        if t.elapsed() >= STREAM_PATIENCE {
+                            tracing::info!(
+                                plugin = %out.name,
+                                "plugin slower than the initial dump: left behind, it replays from the mirror once the dump is installed"
+                            );
+                            out.behind = true;
+                            break;
+                        }
+                        msg = m;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                        out.tx = None; // the plugin failed
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(&mut self) {
+        for out in &mut self.outs {
+            if out.tx.is_some() && !out.behind {
+                out.complete
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            out.tx = None;
+        }
+    }
+}
+
 /// A plugin attached to the dispatcher.
 pub struct PluginHandle {
     pub status: Arc<Mutex<PluginStatus>>,
@@ -1012,9 +1240,12 @@ impl PluginHandle {
         replay: ReplaySource,
         lookup: Lookup,
         size: Size,
+        feed: Option<StreamFeed>,
     ) -> PluginHandle {
         let queue = Queue::new(caps.clone(), ports_override);
-        queue.st.lock().unwrap().replay_gate = Some(None);
+        if feed.is_none() {
+            queue.st.lock().unwrap().replay_gate = Some(None);
+        }
         let mut status = status;
         status.state = Some(PluginState::Syncing);
         let status = Arc::new(Mutex::new(status));
@@ -1032,6 +1263,7 @@ impl PluginHandle {
             refused_keys: Default::default(),
             lookup,
             size,
+            feed,
         };
         let name = status.lock().unwrap().name.clone();
         let thread = std::thread::Builder::new()

@@ -133,6 +133,21 @@ impl Mirror {
         id
     }
 
+    /// Registers `listener` for every change after the initial dump is installed, without a
+    /// snapshot: for listeners fed the initial dump by the source's
+    /// [`InitialStream`](source::InitialStream). Call before the source starts; until the
+    /// initial dump is installed no change is computed for them.
+    pub fn attach_synced(&self, listener: Listener) -> ListenerId {
+        let mut g = self.inner.lock().unwrap();
+        g.next_id += 1;
+        let id = ListenerId(g.next_id);
+        g.listeners.push((id, listener));
+        if g.stats.synced {
+            g.state.tracking = true;
+        }
+        id
+    }
+
     /// Removes a listener.
     pub fn detach(&self, id: ListenerId) {
         let mut g = self.inner.lock().unwrap();
@@ -273,6 +288,11 @@ impl Mirror {
     pub(crate) fn set_synced(&self, ms: u64) {
         let mut g = self.inner.lock().unwrap();
         g.stats.synced = true;
+        if !g.listeners.is_empty() {
+            // Listeners attached with `attach_synced` were given the initial dump by the
+            // stream: track every change from here on.
+            g.state.tracking = true;
+        }
         g.stats.last_resync_ms = ms;
     }
 

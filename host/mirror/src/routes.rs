@@ -414,21 +414,20 @@ impl Routes {
         }
     }
 
-    /// Appends an alias under `k` (attribute set from this table's interner).
-    pub fn push(&mut self, k: RKey, a: Arc<Attrs>) {
+    /// Appends an alias under `k` (attribute set from this table's interner); returns the
+    /// aliases now under `k`.
+    pub fn push(&mut self, k: RKey, a: Arc<Attrs>) -> &[Arc<Attrs>] {
         self.entries += 1;
         let slot = match k {
             RKey::V4(k) => match self.v4.entry(k) {
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Aliases::One(a));
-                    return;
+                    return e.insert(Aliases::One(a)).as_slice();
                 }
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             },
             RKey::V6(k) => match self.v6.entry(k) {
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Aliases::One(a));
-                    return;
+                    return e.insert(Aliases::One(a)).as_slice();
                 }
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             },
@@ -436,6 +435,7 @@ impl Routes {
         let mut v = slot.as_slice().to_vec();
         v.push(a);
         *slot = Aliases::Many(Box::new(v));
+        slot.as_slice()
     }
 
     /// Replaces the aliases under `k` (attribute sets must come from this table's interner).

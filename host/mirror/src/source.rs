@@ -18,7 +18,7 @@ use crate::convert::{self, rtm, Event};
 use crate::state::Snapshot;
 use crate::Mirror;
 use ekho_plugin_api::object::IpAddress;
-use ekho_plugin_api::ObjectKind;
+use ekho_plugin_api::{Change, Object, ObjectKind};
 use netlink_packet_core::{
     Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
@@ -103,11 +103,34 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Receives the initial dump as it is made, for listeners attached with
+/// [`Mirror::attach_synced`]: they get the state of the initial dump from here, in dependency
+/// order, while the dump runs, instead of reading the mirror once it is complete.
+pub trait InitialStream: Send {
+    /// The next additions: named objects, as the mirror will hold them (for routes, the entry in
+    /// effect per key and device), in dependency order across calls; within one call nexthop
+    /// objects and groups are never split. The sink takes what it wants out of `chunk`.
+    fn objects(&mut self, chunk: &mut Vec<Change>);
+    /// The initial dump is installed: from now on every change reaches the listeners attached
+    /// with [`Mirror::attach_synced`].
+    fn done(&mut self);
+}
+
 /// [`run`] with explicit [`SourceOptions`]. Dropping the future stops the source thread.
 pub async fn run_with(
     mirror: Mirror,
     cfg: SourceConfig,
     opts: SourceOptions,
+) -> Result<(), SourceError> {
+    run_streaming(mirror, cfg, opts, None).await
+}
+
+/// [`run_with`], handing the initial dump to `stream` as it arrives (see [`InitialStream`]).
+pub async fn run_streaming(
+    mirror: Mirror,
+    cfg: SourceConfig,
+    opts: SourceOptions,
+    stream: Option<Box<dyn InitialStream>>,
 ) -> Result<(), SourceError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +139,7 @@ pub async fn run_with(
     std::thread::Builder::new()
         .name("ekho-mirror-src".into())
         .spawn(move || {
-            let r = thread_main(&m, &cfg, &opts, &stop);
+            let r = thread_main(&m, &cfg, &opts, &stop, stream);
             if let Err(e) = &r {
                 tracing::error!(error = %e, "mirror source stopped");
             }
@@ -626,6 +649,121 @@ pub fn snapshot(
     Err(SourceError::Netlink("dumps kept being interrupted".into()))
 }
 
+/// The initial dump, handed to `stream` as it arrives: kinds before routes once dumped, routes as
+/// they come, kinds after routes at the end. An interrupted dump (`NLM_F_DUMP_INTR`) is not
+/// started over (what was streamed cannot be taken back); its kinds are returned for a re-dump.
+fn snapshot_streamed(
+    req: &mut ReqSocket,
+    kinds: &BTreeSet<ObjectKind>,
+    stream: &mut dyn InitialStream,
+) -> Result<(Snapshot, u64, BTreeSet<ObjectKind>), SourceError> {
+    const CHUNK: usize = 1024;
+    let mut snap = Snapshot {
+        kinds: kinds.clone(),
+        ..Default::default()
+    };
+    let mut n = 0;
+    let mut interrupted = BTreeSet::new();
+    let mut buf: Vec<Change> = Vec::with_capacity(CHUNK);
+    let mut routes_sent = false;
+    for k in kinds {
+        if *k >= ObjectKind::Route && !routes_sent {
+            routes_sent = true;
+            stream_objects(&snap, |o| o.kind() < ObjectKind::Route, &mut buf, stream);
+        }
+        for (t, h) in dump_requests(*k) {
+            let r = if *k == ObjectKind::Route {
+                // Routes go out as they arrive, named and rendered with the links and netconf
+                // dumped before them.
+                let view = crate::state::State::view(
+                    std::mem::take(&mut snap.links),
+                    std::mem::take(&mut snap.objs),
+                );
+                let routes = &mut snap.routes;
+                let r = req.dump(t, &h, &mut |e| {
+                    if let Event::NewRoute(r, _) = e {
+                        if let Some(o) = view.install_dumped_route(routes, r) {
+                            buf.push(Change::Add(Object::Route(o)));
+                            if buf.len() >= CHUNK {
+                                stream.objects(&mut buf);
+                                buf.clear();
+                            }
+                        }
+                    }
+                });
+                (snap.links, snap.objs) = view.into_parts();
+                r
+            } else {
+                req.dump(t, &h, &mut |e| snap.add(e))
+            };
+            match r {
+                Ok((c, i)) => {
+                    n += c;
+                    if i {
+                        interrupted.insert(*k);
+                    }
+                }
+                Err(SourceError::Incomplete(e)) => {
+                    tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
+                    snap.partial.insert(*k);
+                }
+                Err(e)
+                    if matches!(
+                        k,
+                        ObjectKind::Mdb
+                            | ObjectKind::Netconf
+                            | ObjectKind::Nexthop
+                            | ObjectKind::Vlan
+                    ) =>
+                {
+                    tracing::debug!("dump of {k} failed: {e}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !buf.is_empty() {
+        stream.objects(&mut buf);
+        buf.clear();
+    }
+    if !routes_sent {
+        stream_objects(&snap, |o| o.kind() < ObjectKind::Route, &mut buf, stream);
+    }
+    stream_objects(&snap, |o| o.kind() > ObjectKind::Route, &mut buf, stream);
+    Ok((snap, n, interrupted))
+}
+
+/// Hands `stream` the snapshot's links and other objects matching `which`, named, in key order,
+/// in chunks that never split nexthop objects.
+fn stream_objects(
+    snap: &Snapshot,
+    which: impl Fn(&Object) -> bool,
+    buf: &mut Vec<Change>,
+    stream: &mut dyn InitialStream,
+) {
+    let objs = snap
+        .links
+        .values()
+        .map(|l| Object::Link(l.clone()))
+        .filter(|o| which(o))
+        .chain(snap.objs.values().filter(|o| which(o)).cloned());
+    for mut o in objs {
+        if buf.len() >= 1024
+            && !(o.kind() == ObjectKind::Nexthop
+                && buf.last().is_some_and(|c| c.kind() == ObjectKind::Nexthop))
+        {
+            stream.objects(buf);
+            buf.clear();
+        }
+        crate::state::name_with(&snap.links, &mut o);
+        buf.push(Change::Add(o));
+    }
+    if !buf.is_empty() {
+        stream.objects(buf);
+        buf.clear();
+    }
+}
+
 fn proxy_snapshot(req: &mut ReqSocket) -> Result<(Snapshot, u64), SourceError> {
     let mut snap = Snapshot {
         kinds: [ObjectKind::Neighbour].into(),
@@ -644,6 +782,7 @@ fn thread_main(
     cfg: &SourceConfig,
     opts: &SourceOptions,
     stop: &AtomicBool,
+    mut stream: Option<Box<dyn InitialStream>>,
 ) -> Result<(), SourceError> {
     if let Some(p) = &cfg.netns {
         enter_netns(p)?;
@@ -684,9 +823,28 @@ fn thread_main(
     let mut req = ReqSocket::new()?;
     let all: BTreeSet<ObjectKind> = ObjectKind::ALL.into_iter().collect();
     let t0 = Instant::now();
-    let (snap, n) = snapshot(&mut req, &all)?;
+    let (snap, n) = match stream.as_deref_mut() {
+        None => snapshot(&mut req, &all)?,
+        Some(s) => {
+            let (snap, n, interrupted) = snapshot_streamed(&mut req, &all, s)?;
+            if !interrupted.is_empty() {
+                // The stream cannot be taken back: install what was dumped and repair by a
+                // re-dump of those kinds (mark and sweep), which emits the differences.
+                tracing::debug!(
+                    ?interrupted,
+                    "initial dump interrupted: re-dumping after install"
+                );
+                m.control().resync.lock().unwrap().extend(interrupted);
+            }
+            (snap, n)
+        }
+    };
     m.reconcile(snap, n, 0, false);
     m.set_synced(t0.elapsed().as_millis() as u64);
+    if let Some(s) = stream.as_deref_mut() {
+        s.done();
+    }
+    drop(stream);
     tracing::info!(
         ms = t0.elapsed().as_millis() as u64,
         messages = n,

@@ -102,62 +102,57 @@ pub struct State {
 impl State {
     // ---------------------------------------------------------------- names and materialization
 
+    /// A state holding only links and other objects (no routes), to name and render routes
+    /// against while a dump of them runs; [`State::into_parts`] gives them back.
+    pub fn view(links: BTreeMap<u32, Link>, objs: BTreeMap<ObjectKey, Object>) -> State {
+        State {
+            links,
+            objs,
+            ..Default::default()
+        }
+    }
+
+    /// The links and other objects of a [`State::view`].
+    pub fn into_parts(self) -> (BTreeMap<u32, Link>, BTreeMap<ObjectKey, Object>) {
+        (self.links, self.objs)
+    }
+
+    /// Stores a dumped route in `routes` and returns it as a listener of the finished table
+    /// sees it ([`State::route_objects_of`], named), or `None` when an earlier alias under the
+    /// same key and device is the one in effect.
+    pub fn install_dumped_route(&self, routes: &mut Routes, r: Route) -> Option<Route> {
+        let rk = RKey::of(&r);
+        let a = routes.intern_route(&r);
+        let aliases = routes.push(rk, a);
+        let linkdown = r.flags & RTNH_F_LINKDOWN != 0
+            || r.nexthops.iter().any(|h| h.flags & RTNH_F_LINKDOWN != 0);
+        let out = if linkdown {
+            // The mirror renders `dead` from netconf; render exactly as a reader would.
+            self.render(&rk, aliases.last().expect("just pushed"))
+        } else {
+            debug_assert_eq!(self.render(&rk, aliases.last().expect("just pushed")), r);
+            r
+        };
+        if aliases.len() > 1 {
+            let d = device_discriminator(&out);
+            let shadowed = aliases[..aliases.len() - 1]
+                .iter()
+                .any(|x| device_discriminator(&self.render(&rk, x)) == d);
+            if shadowed {
+                return None;
+            }
+        }
+        let mut o = Object::Route(out);
+        self.name(&mut o);
+        match o {
+            Object::Route(r) => Some(r),
+            _ => unreachable!(),
+        }
+    }
+
     /// Fills device names of `o` from the link table.
     pub fn name(&self, o: &mut Object) {
-        let n = |i: u32| -> RString {
-            self.links
-                .get(&i)
-                .map(|l| l.ifname.clone())
-                .unwrap_or_default()
-        };
-        match o {
-            Object::Link(l) => {
-                l.master_name = if l.master != 0 {
-                    n(l.master)
-                } else {
-                    RString::new()
-                }
-            }
-            Object::Netconf(c) => {
-                c.dev = if c.ifindex > 0 {
-                    n(c.ifindex as u32)
-                } else {
-                    RString::new()
-                }
-            }
-            Object::Address(a) => a.dev = n(a.ifindex),
-            Object::Vlan(v) => v.dev = n(v.ifindex),
-            Object::Nexthop(x) => {
-                x.dev = if x.ifindex != 0 {
-                    n(x.ifindex)
-                } else {
-                    RString::new()
-                }
-            }
-            Object::Neighbour(x) => x.dev = n(x.ifindex),
-            Object::Fdb(f) => {
-                f.dev = n(f.ifindex);
-                f.master_name = if f.master != 0 {
-                    n(f.master)
-                } else {
-                    RString::new()
-                };
-            }
-            Object::Mdb(m) => {
-                m.bridge_name = n(m.bridge);
-                m.port_name = n(m.port);
-            }
-            Object::Route(r) => {
-                for h in r.nexthops.iter_mut() {
-                    h.dev = if h.ifindex != 0 {
-                        n(h.ifindex)
-                    } else {
-                        RString::new()
-                    };
-                }
-            }
-            Object::Rule(_) => {}
-        }
+        name_with(&self.links, o)
     }
 
     /// The current (named) object under `k`; for routes, the alias in effect for that key.
@@ -1222,6 +1217,59 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// Fills device names of `o` from `links`.
+pub fn name_with(links: &BTreeMap<u32, Link>, o: &mut Object) {
+    let n = |i: u32| -> RString { links.get(&i).map(|l| l.ifname.clone()).unwrap_or_default() };
+    match o {
+        Object::Link(l) => {
+            l.master_name = if l.master != 0 {
+                n(l.master)
+            } else {
+                RString::new()
+            }
+        }
+        Object::Netconf(c) => {
+            c.dev = if c.ifindex > 0 {
+                n(c.ifindex as u32)
+            } else {
+                RString::new()
+            }
+        }
+        Object::Address(a) => a.dev = n(a.ifindex),
+        Object::Vlan(v) => v.dev = n(v.ifindex),
+        Object::Nexthop(x) => {
+            x.dev = if x.ifindex != 0 {
+                n(x.ifindex)
+            } else {
+                RString::new()
+            }
+        }
+        Object::Neighbour(x) => x.dev = n(x.ifindex),
+        Object::Fdb(f) => {
+            f.dev = n(f.ifindex);
+            f.master_name = if f.master != 0 {
+                n(f.master)
+            } else {
+                RString::new()
+            };
+        }
+        Object::Mdb(m) => {
+            m.bridge_name = n(m.bridge);
+            m.port_name = n(m.port);
+        }
+        Object::Route(r) => {
+            for h in r.nexthops.iter_mut() {
+                h.dev = if h.ifindex != 0 {
+                    n(h.ifindex)
+                } else {
+                    RString::new()
+                };
+            }
+        }
+        Object::Rule(_) => {}
     }
 }
 
