@@ -159,9 +159,11 @@ impl Daemon {
                 caps,
                 pc.ports.as_deref(),
                 status.clone(),
-                replay,
-                lookup,
-                size,
+                crate::dispatch::MirrorAccess {
+                    replay,
+                    lookup,
+                    size,
+                },
                 feed,
             );
             let q = handle.queue.clone();

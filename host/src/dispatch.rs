@@ -8,6 +8,9 @@
 //! records one outcome per change.
 
 use crate::held::Held;
+use ekho_mirror::routes::Attrs;
+use ekho_mirror::source::Initial;
+use ekho_plugin_api::abi_stable::std_types::RString;
 use ekho_plugin_api::plugin::PluginBox;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::ObjectKey;
@@ -31,6 +34,16 @@ pub type Lookup = Arc<dyn Fn(&ObjectKey) -> Option<Object> + Send + Sync>;
 
 /// How many objects the mirror holds, about (sizes the held set before a replay).
 pub type Size = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// How a plugin's worker reads the mirror.
+pub struct MirrorAccess {
+    /// Lazy replay.
+    pub replay: ReplaySource,
+    /// One object.
+    pub lookup: Lookup,
+    /// Object count.
+    pub size: Size,
+}
 
 /// Additions refused at a declared limit that are remembered and offered again when room frees
 /// up, at most (beyond this, they are offered again only when they change).
@@ -766,7 +779,32 @@ impl Worker {
         let mut refused = 0u64;
         let mut count = 0usize;
         let mut result = Ok(());
-        for mut changes in feed.rx.iter() {
+        // The stream's attribute sets by number, and the names of the links it has shown.
+        let mut attrs: Vec<Arc<Attrs>> = Vec::new();
+        let mut names: HashMap<u32, RString> = HashMap::new();
+        let mut changes: Vec<Change> = Vec::new();
+        for (new_attrs, mut items) in feed.rx.iter() {
+            attrs.extend(new_attrs);
+            changes.clear();
+            for item in items.drain(..) {
+                let c = match item {
+                    Initial::Object(c) => *c,
+                    Initial::Route(rk, i) => {
+                        let mut r = rk.route(&attrs[i as usize]);
+                        for h in r.nexthops.iter_mut() {
+                            if h.ifindex != 0 {
+                                h.dev = names.get(&h.ifindex).cloned().unwrap_or_default();
+                            }
+                        }
+                        Change::Add(Object::Route(r))
+                    }
+                };
+                if let Change::Add(Object::Link(l)) = &c {
+                    names.insert(l.ifindex, l.ifname.clone());
+                }
+                changes.push(c);
+            }
+            let _ = feed.back.send(items);
             self.queue.take_replayed(&mut changes);
             changes.sort_by_key(order_key);
             let mut hashes: Vec<u64> = changes.iter().map(|c| key_hash(&c.key())).collect();
@@ -775,7 +813,6 @@ impl Worker {
                 result = Err(e);
                 break;
             }
-            let _ = feed.back.send(changes);
         }
         if bulk {
             for (kind, code) in self.held.end_bulk() {
@@ -1093,11 +1130,14 @@ pub const STREAM_PATIENCE: Duration = Duration::from_millis(500);
 /// Chunks of the initial dump in flight to one plugin, at most.
 const STREAM_DEPTH: usize = 8;
 
+/// A chunk of the initial dump: attribute sets first used in it, then the additions.
+type StreamMsg = (Vec<Arc<Attrs>>, Vec<Initial>);
+
 /// One plugin's end of the initial dump stream.
 pub struct StreamFeed {
-    rx: std::sync::mpsc::Receiver<Vec<Change>>,
-    /// Applied chunks go back to be freed on the thread that built them.
-    back: std::sync::mpsc::Sender<Vec<Change>>,
+    rx: std::sync::mpsc::Receiver<StreamMsg>,
+    /// Consumed chunk buffers go back to be reused (and freed) on the thread that built them.
+    back: std::sync::mpsc::Sender<Vec<Initial>>,
     /// Set when the plugin was given the whole initial dump.
     complete: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -1106,9 +1146,9 @@ struct FanoutOut {
     name: String,
     /// Bound once the plugin's worker has started ([`Fanout::bind`]).
     queue: Option<Arc<Queue>>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<Change>>>,
-    back: std::sync::mpsc::Receiver<Vec<Change>>,
-    spare: Vec<Vec<Change>>,
+    tx: Option<std::sync::mpsc::SyncSender<StreamMsg>>,
+    back: std::sync::mpsc::Receiver<Vec<Initial>>,
+    spare: Vec<Vec<Initial>>,
     complete: Arc<std::sync::atomic::AtomicBool>,
     /// Left behind: no more chunks, a replay from the mirror follows the dump.
     behind: bool,
@@ -1160,7 +1200,7 @@ impl Fanout {
 }
 
 impl ekho_mirror::source::InitialStream for Fanout {
-    fn objects(&mut self, chunk: &mut Vec<Change>) {
+    fn objects(&mut self, new_attrs: &[Arc<Attrs>], chunk: &mut Vec<Initial>) {
         let last = self
             .outs
             .iter()
@@ -1178,13 +1218,13 @@ impl ekho_mirror::source::InitialStream for Fanout {
             }
             let mut mine = out.spare.pop().unwrap_or_default();
             if Some(i) == last {
-                mine.append(chunk);
+                std::mem::swap(&mut mine, chunk);
             } else {
                 mine.extend(chunk.iter().cloned());
             }
-            // Filtering, ordering and hashing are left to the plugin's worker (it has the
-            // time; this thread is the dump's).
-            let mut msg = mine;
+            // Building routes, naming, filtering, ordering and hashing are left to the plugin's
+            // worker (it has the time; this thread is the dump's).
+            let mut msg = (new_attrs.to_vec(), mine);
             let t = Instant::now();
             loop {
                 match out.tx.as_ref().expect("checked").try_send(msg) {
@@ -1237,11 +1277,14 @@ impl PluginHandle {
         caps: Capabilities,
         ports_override: Option<&[String]>,
         status: PluginStatus,
-        replay: ReplaySource,
-        lookup: Lookup,
-        size: Size,
+        mirror: MirrorAccess,
         feed: Option<StreamFeed>,
     ) -> PluginHandle {
+        let MirrorAccess {
+            replay,
+            lookup,
+            size,
+        } = mirror;
         let queue = Queue::new(caps.clone(), ports_override);
         if feed.is_none() {
             queue.st.lock().unwrap().replay_gate = Some(None);

@@ -103,14 +103,39 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// One addition of the initial dump, as an [`InitialStream`] receives it.
+#[derive(Clone)]
+pub enum Initial {
+    /// A named object (boxed: a route item is a tenth of its size).
+    Object(Box<Change>),
+    /// A route given by its key and shared attribute set (see [`InitialStream::objects`]):
+    /// `rk.route(attrs)` with device names filled in is the route a listener sees. Sent for
+    /// nearly every route: building and naming it is left to the receiver, which keeps the
+    /// dump's own thread free for the dump.
+    Route(crate::routes::RKey, u32),
+}
+
+impl Initial {
+    /// The kind of object this is.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Initial::Object(c) => c.kind(),
+            Initial::Route(..) => ObjectKind::Route,
+        }
+    }
+}
+
 /// Receives the initial dump as it is made, for listeners attached with
 /// [`Mirror::attach_synced`]: they get the state of the initial dump from here, in dependency
 /// order, while the dump runs, instead of reading the mirror once it is complete.
 pub trait InitialStream: Send {
-    /// The next additions: named objects, as the mirror will hold them (for routes, the entry in
-    /// effect per key and device), in dependency order across calls; within one call nexthop
-    /// objects and groups are never split. The sink takes what it wants out of `chunk`.
-    fn objects(&mut self, chunk: &mut Vec<Change>);
+    /// The next additions, as the mirror will hold them (for routes, the entry in effect per key
+    /// and device), in dependency order across calls; within one call nexthop objects and groups
+    /// are never split. `new_attrs` are the shared attribute sets first used by this call's
+    /// routes: [`Initial::Route`] numbers them from 0 in the order they are handed out over the
+    /// whole stream. Links always come before the routes through them. The sink takes what it
+    /// wants out of `chunk`.
+    fn objects(&mut self, new_attrs: &[Arc<crate::routes::Attrs>], chunk: &mut Vec<Initial>);
     /// The initial dump is installed: from now on every change reaches the listeners attached
     /// with [`Mirror::attach_synced`].
     fn done(&mut self);
@@ -664,7 +689,10 @@ fn snapshot_streamed(
     };
     let mut n = 0;
     let mut interrupted = BTreeSet::new();
-    let mut buf: Vec<Change> = Vec::with_capacity(CHUNK);
+    let mut buf: Vec<Initial> = Vec::with_capacity(CHUNK);
+    // Shared attribute sets handed out so far, by address (none is freed during the dump).
+    let mut numbered: std::collections::HashMap<usize, u32> = Default::default();
+    let mut new_attrs: Vec<Arc<crate::routes::Attrs>> = Vec::new();
     let mut routes_sent = false;
     for k in kinds {
         if *k >= ObjectKind::Route && !routes_sent {
@@ -682,12 +710,27 @@ fn snapshot_streamed(
                 let routes = &mut snap.routes;
                 let r = req.dump(t, &h, &mut |e| {
                     if let Event::NewRoute(r, _) = e {
-                        if let Some(o) = view.install_dumped_route(routes, r) {
-                            buf.push(Change::Add(Object::Route(o)));
-                            if buf.len() >= CHUNK {
-                                stream.objects(&mut buf);
-                                buf.clear();
+                        let item = match view.install_dumped_route(routes, r) {
+                            None => return,
+                            Some(crate::state::Installed::Route(o)) => {
+                                Initial::Object(Box::new(Change::Add(Object::Route(o))))
                             }
+                            Some(crate::state::Installed::Shared(rk, a)) => {
+                                let next = numbered.len() as u32;
+                                let i = *numbered.entry(Arc::as_ptr(&a) as usize).or_insert_with(
+                                    || {
+                                        new_attrs.push(a.clone());
+                                        next
+                                    },
+                                );
+                                Initial::Route(rk, i)
+                            }
+                        };
+                        buf.push(item);
+                        if buf.len() >= CHUNK {
+                            stream.objects(&new_attrs, &mut buf);
+                            new_attrs.clear();
+                            buf.clear();
                         }
                     }
                 });
@@ -722,8 +765,8 @@ fn snapshot_streamed(
             }
         }
     }
-    if !buf.is_empty() {
-        stream.objects(&mut buf);
+    if !buf.is_empty() || !new_attrs.is_empty() {
+        stream.objects(&new_attrs, &mut buf);
         buf.clear();
     }
     if !routes_sent {
@@ -738,7 +781,7 @@ fn snapshot_streamed(
 fn stream_objects(
     snap: &Snapshot,
     which: impl Fn(&Object) -> bool,
-    buf: &mut Vec<Change>,
+    buf: &mut Vec<Initial>,
     stream: &mut dyn InitialStream,
 ) {
     let objs = snap
@@ -752,14 +795,14 @@ fn stream_objects(
             && !(o.kind() == ObjectKind::Nexthop
                 && buf.last().is_some_and(|c| c.kind() == ObjectKind::Nexthop))
         {
-            stream.objects(buf);
+            stream.objects(&[], buf);
             buf.clear();
         }
         crate::state::name_with(&snap.links, &mut o);
-        buf.push(Change::Add(o));
+        buf.push(Initial::Object(Box::new(Change::Add(o))));
     }
     if !buf.is_empty() {
-        stream.objects(buf);
+        stream.objects(&[], buf);
         buf.clear();
     }
 }

@@ -80,6 +80,14 @@ impl Snapshot {
     }
 }
 
+/// A dumped route as a listener sees it ([`State::install_dumped_route`]).
+pub enum Installed {
+    /// Rendered and named.
+    Route(Route),
+    /// `rk.route(attrs)`, to be named by the receiver (no alias, nothing to render).
+    Shared(RKey, Arc<Attrs>),
+}
+
 /// The mirrored state.
 #[derive(Default)]
 pub struct State {
@@ -118,34 +126,32 @@ impl State {
     }
 
     /// Stores a dumped route in `routes` and returns it as a listener of the finished table
-    /// sees it ([`State::route_objects_of`], named), or `None` when an earlier alias under the
-    /// same key and device is the one in effect.
-    pub fn install_dumped_route(&self, routes: &mut Routes, r: Route) -> Option<Route> {
+    /// sees it ([`State::route_objects_of`]), or `None` when an earlier alias under the same key
+    /// and device is the one in effect.
+    pub fn install_dumped_route(&self, routes: &mut Routes, r: Route) -> Option<Installed> {
         let rk = RKey::of(&r);
         let a = routes.intern_route(&r);
         let aliases = routes.push(rk, a);
-        let linkdown = r.flags & RTNH_F_LINKDOWN != 0
-            || r.nexthops.iter().any(|h| h.flags & RTNH_F_LINKDOWN != 0);
-        let out = if linkdown {
-            // The mirror renders `dead` from netconf; render exactly as a reader would.
-            self.render(&rk, aliases.last().expect("just pushed"))
-        } else {
-            debug_assert_eq!(self.render(&rk, aliases.last().expect("just pushed")), r);
-            r
-        };
-        if aliases.len() > 1 {
-            let d = device_discriminator(&out);
-            let shadowed = aliases[..aliases.len() - 1]
-                .iter()
-                .any(|x| device_discriminator(&self.render(&rk, x)) == d);
-            if shadowed {
-                return None;
-            }
+        let a = aliases.last().expect("just pushed");
+        let linkdown = a.flags & RTNH_F_LINKDOWN != 0
+            || a.nexthops.iter().any(|h| h.flags & RTNH_F_LINKDOWN != 0);
+        if aliases.len() == 1 && !linkdown {
+            debug_assert_eq!(self.render(&rk, a), r);
+            return Some(Installed::Shared(rk, a.clone()));
+        }
+        // Rare: aliases, or `dead` rendered from netconf. Render exactly as a reader would.
+        let out = self.render(&rk, a);
+        let d = device_discriminator(&out);
+        let shadowed = aliases[..aliases.len() - 1]
+            .iter()
+            .any(|x| device_discriminator(&self.render(&rk, x)) == d);
+        if shadowed {
+            return None;
         }
         let mut o = Object::Route(out);
         self.name(&mut o);
         match o {
-            Object::Route(r) => Some(r),
+            Object::Route(r) => Some(Installed::Route(r)),
             _ => unreachable!(),
         }
     }
