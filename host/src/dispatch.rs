@@ -853,11 +853,15 @@ impl Worker {
             .end_sync()
             .into_result()
             .map_err(|e| e.to_string())?;
-        let mut s = self.status.lock().unwrap();
-        s.refused += refused;
-        s.state = Some(PluginState::InSync);
-        s.syncs += 1;
-        s.last_sync_ms = started.elapsed().as_millis() as u64;
+        {
+            let mut s = self.status.lock().unwrap();
+            s.refused += refused;
+            s.state = Some(PluginState::InSync);
+            s.syncs += 1;
+            s.last_sync_ms = started.elapsed().as_millis() as u64;
+        }
+        // The plugin's counters as they stand after its sync.
+        self.refresh_stats();
         Ok(())
     }
 
@@ -1125,7 +1129,7 @@ impl Worker {
 
 /// How long the initial dump waits for a plugin whose stream is full before leaving it behind
 /// (it then replays from the mirror once the dump is installed).
-pub const STREAM_PATIENCE: Duration = Duration::from_millis(500);
+pub const STREAM_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Chunks of the initial dump in flight to one plugin, at most.
 const STREAM_DEPTH: usize = 8;

@@ -96,7 +96,10 @@ pub trait Plugin: Send + 'static {
     fn notify(&mut self, _events: &[NotifierEvent]) {}
 
     /// A full replay of the host's state begins. A plugin that keeps hardware state across host
-    /// restarts marks everything it holds here ...
+    /// restarts marks everything it holds here ... The host may call it again before
+    /// `end_sync`: the replay then starts over (it does when a plugin could not keep up with
+    /// the initial dump streamed to it), so mark everything again, including what this sync
+    /// has added so far. An addition of an object the plugin holds renews it.
     fn begin_sync(&mut self) {}
 
     /// ... and removes here what the replay did not renew (mark and sweep): nothing stale stays,

@@ -522,6 +522,68 @@ fn a_slow_plugin_has_a_bounded_queue_and_converges() {
 }
 
 #[test]
+fn a_plugin_slower_than_the_initial_dump_is_left_behind_and_replayed_from_the_mirror() {
+    let ns = Netns::new();
+    topology(&ns);
+    // Enough routes for more chunks than the stream holds in flight (8 x 1024).
+    let mut batch = String::new();
+    for i in 0..12_000u32 {
+        batch += &format!(
+            "route add 10.{}.{}.0/24 via 10.1.0.2\n",
+            100 + i / 256,
+            i % 256
+        );
+    }
+    ns.ip_batch(&batch);
+    let dir = TempDir::new();
+    let view = dir.path().join("view.json");
+    let events = dir.path().join("events.jsonl");
+    // 150 ms per apply call: longer than the stream waits for a plugin (100 ms).
+    let cfg = base_config(
+        &ns,
+        build(),
+        &format!(
+            "[[plugins]]\nname = \"slow\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nview_path = \"{}\"\nkinds = [\"route\"]\ndelay_ms = 150\n\n[[plugins]]\nname = \"null\"\n",
+            events.display(),
+            view.display()
+        ),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    // Changes while the slow plugin is still behind: they must reach it exactly once.
+    ns.ip(&["route", "del", "10.100.7.0/24"]);
+    ns.ip(&["route", "replace", "10.100.8.0/24", "via", "10.1.0.3"]);
+    ns.ip(&["route", "add", "10.99.0.0/24", "via", "10.1.0.2"]);
+    d.settle();
+    let log = d.log_text();
+    assert!(
+        log.contains("left behind") && log.contains("replaying from the mirror"),
+        "the slow plugin should have been left behind:\n{log}"
+    );
+    assert_eq!(d.plugin("slow")["state"], "in_sync");
+    assert_eq!(d.plugin("null")["state"], "in_sync");
+    let ev = read_events(&events);
+    let count = |op: &str| ev.iter().filter(|e| e["op"] == op).count();
+    assert_eq!(count("begin_sync"), 2, "the sync starts over once");
+    assert_eq!(count("end_sync"), 1);
+    let v: Value = read_json(&view);
+    let kernel = kernel_main_routes(&ns);
+    assert_eq!(
+        route_dsts(&v["routes"], "main"),
+        route_dsts(&kernel, "main")
+    );
+    let gw = |routes: &Value| {
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == "10.100.8.0/24")
+            .map(|r| r["gateway"].clone())
+    };
+    assert_eq!(gw(&v["routes"]), gw(&kernel));
+    assert_eq!(gw(&kernel), Some(Value::from("10.1.0.3")));
+}
+
+#[test]
 fn restart_reconciliation_sweeps_stale_and_keeps_live_entries() {
     let ns = Netns::new();
     topology(&ns);
