@@ -212,7 +212,7 @@ fn main() {
     let (sync, peak_kb, status) = run_daemon(&bin, dir.path(), &ns);
     let routes_held = status["mirror"]["objects"]["routes"].as_u64().unwrap_or(0);
     println!(
-        "daemon start -> null plugin in_sync: {sync:.2?} ({} objects to the plugin, replay {} ms)",
+        "daemon start -> null plugin in_sync: {sync:.2?} ({} objects to the plugin, its sync {} ms, alongside the dump)",
         status["plugins"][0]["objects"], status["plugins"][0]["last_sync_ms"]
     );
     let r = |d: Duration| sync.as_secs_f64() / d.as_secs_f64();
