@@ -124,6 +124,14 @@
 //! ## Versioning
 //! See [`version`]: the host reads the exported `EKHO_PLUGIN_API_VERSION` symbol before loading
 //! and accepts plugins built against the same compatible range (`^0.MINOR` while 0.x).
+//!
+//! ## Changes
+//! - 0.2.0 (breaking: rebuild plugins; a 0.1 plugin is refused with that reason):
+//!   [`Rule`](object::Rule) gains the selectors the kernel tells rules apart by and 0.1 lacked
+//!   (`sport`, `dport`, `uid_range`, `tun_id`, `realms`, `suppress_ifgroup`; two rules that
+//!   differed only there were one object), and [`Rule::lookup`](object::Rule::lookup) builds a
+//!   plain rule. [`Plugin::begin_sync`] may come again before `end_sync` (the sync starts over).
+//! - 0.1.0: first release.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 

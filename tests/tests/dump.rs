@@ -117,6 +117,9 @@ neigh add 10.1.0.2 lladdr 02:00:00:00:01:02 dev br0 nud permanent
 neigh add 10.2.0.2 lladdr 02:00:00:00:02:02 dev b0 nud reachable
 rule add from 10.9.0.0/16 table 100 priority 100
 rule add iif b0 table 200 priority 200
+rule add ipproto tcp dport 80 table 100 priority 300
+rule add ipproto tcp dport 443 table 100 priority 300
+rule add uidrange 100-200 table 200 priority 301
 ",
     );
     sh(

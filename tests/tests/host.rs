@@ -1,9 +1,15 @@
 //! End-to-end tests of the plugin host: real `.so` plugins, a real daemon, a private netns.
 
+use ekho_plugin_api::version::{accepted_range, API_VERSION};
 use ekho_tests::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
+
+/// The plugin API versions this host accepts (`^0.2`).
+fn accepted() -> String {
+    accepted_range(API_VERSION).unwrap()
+}
 
 fn base_config(ns: &Netns, plugin_dir: &Path, plugins: &str) -> String {
     host_config(&ns.name, plugin_dir, false, plugins)
@@ -287,7 +293,10 @@ fn build_variant(
             )
     };
     fix(&tmp.join("src/plugin-api/Cargo.toml"), &|s| {
-        inherit(s).replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        inherit(s).replace(
+            &format!("version = \"{API_VERSION}\""),
+            &format!("version = \"{version}\""),
+        )
     });
     fix(&tmp.join("src/hello-vendor/Cargo.toml"), &|s| inherit(s));
     patch(&tmp.join("src/plugin-api"));
@@ -364,7 +373,10 @@ fn bad_plugins_are_refused_with_a_clear_reason_and_the_rest_runs() {
     );
     let r = reason("old-api");
     assert!(
-        r.contains("libold_api.so was built against ekho-plugin-api 0.0.7; this host accepts ^0.1"),
+        r.contains(&format!(
+            "libold_api.so was built against ekho-plugin-api 0.0.7; this host accepts {}",
+            accepted()
+        )),
         "{r}"
     );
     let r = reason("missing");
@@ -382,7 +394,10 @@ fn bad_plugins_are_refused_with_a_clear_reason_and_the_rest_runs() {
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("was built against ekho-plugin-api 0.0.7; this host accepts ^0.1"),
+        text.contains(&format!(
+            "was built against ekho-plugin-api 0.0.7; this host accepts {}",
+            accepted()
+        )),
         "{text}"
     );
     let out = d.cli(&["check-plugin", pdir.join("libnosym.so").to_str().unwrap()]);
@@ -396,7 +411,7 @@ fn bad_plugins_are_refused_with_a_clear_reason_and_the_rest_runs() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["accepted"], true);
     assert_eq!(v["name"], "recorder");
-    assert_eq!(v["api_version"], "0.1.0");
+    assert_eq!(v["api_version"], API_VERSION);
 }
 
 #[test]
@@ -761,7 +776,7 @@ fn kernel_main_routes(ns: &Netns) -> Value {
 #[test]
 fn a_layout_mismatch_is_refused_clearly() {
     // Same API version, but a type changed shape: only abi_stable's layout check can tell.
-    let variant = build_api_variant("0.1.0", "layout", &|api| {
+    let variant = build_api_variant(API_VERSION, "layout", &|api| {
         let p = api.join("src/plugin.rs");
         let s = std::fs::read_to_string(&p).unwrap();
         let s = s
@@ -792,7 +807,7 @@ fn a_layout_mismatch_is_refused_clearly() {
 #[test]
 fn a_plugin_built_to_abort_on_panic_is_refused() {
     let variant = build_variant(
-        "0.1.0",
+        API_VERSION,
         "abort",
         &|_| {},
         "[profile.dev]\npanic = \"abort\"\n",

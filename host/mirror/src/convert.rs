@@ -544,6 +544,12 @@ pub fn rule(msg: &RuleMessage) -> Rule {
         protocol: Protocol::UNSPEC,
         flags: h.flags.bits(),
         l3mdev: false,
+        sport: ROption::RNone,
+        dport: ROption::RNone,
+        uid_range: ROption::RNone,
+        tun_id: ROption::RNone,
+        realms: ROption::RNone,
+        suppress_ifgroup: ROption::RNone,
     };
     for a in &msg.attributes {
         match a {
@@ -564,6 +570,31 @@ pub fn rule(msg: &RuleMessage) -> Rule {
             RuleAttribute::L3MDev(b) => r.l3mdev = *b,
             RuleAttribute::Protocol(p) => r.protocol = Protocol(u8::from(*p)),
             RuleAttribute::IpProtocol(p) => r.ip_proto = u8::from(*p),
+            RuleAttribute::SourcePortRange(p) => {
+                r.sport = ROption::RSome(PortRange {
+                    start: p.start,
+                    end: p.end,
+                })
+            }
+            RuleAttribute::DestinationPortRange(p) => {
+                r.dport = ROption::RSome(PortRange {
+                    start: p.start,
+                    end: p.end,
+                })
+            }
+            RuleAttribute::UidRange(u) => {
+                r.uid_range = ROption::RSome(UidRange {
+                    start: u.start,
+                    end: u.end,
+                })
+            }
+            RuleAttribute::TunId(t) => r.tun_id = ROption::RSome(*t),
+            RuleAttribute::Realm(f) => {
+                r.realms = ROption::RSome(u32::from(f.source) << 16 | u32::from(f.destination))
+            }
+            RuleAttribute::SuppressIfGroup(g) if *g != u32::MAX => {
+                r.suppress_ifgroup = ROption::RSome(*g)
+            }
             _ => {}
         }
     }

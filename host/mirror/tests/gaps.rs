@@ -441,6 +441,17 @@ fn rule_selectors_and_actions() {
             "-6 rule add to 2001:db8::/32 unreachable prio 206",
             "rule add from 10.1.0.0/24 nop prio 207",
             "rule del prio 203",
+            // Rules that differ only by a port, uid, tunnel id or realm selector are distinct.
+            "rule add ipproto tcp dport 80 table 10 prio 210",
+            "rule add ipproto tcp dport 443 table 10 prio 210",
+            "rule add ipproto udp sport 1000-2000 table 11 prio 211",
+            "rule add uidrange 1000-2000 table 12 prio 212",
+            "-6 rule add uidrange 1000-1000 table 12 prio 212",
+            "rule add tun_id 7 table 13 prio 213",
+            "rule add realms 3/4 table 14 prio 214",
+            "rule add realms 5 table 14 prio 214",
+            "rule add from all lookup main suppress_ifgroup 0 prio 215",
+            "rule del ipproto tcp dport 443 table 10 prio 210",
         ],
     );
 }

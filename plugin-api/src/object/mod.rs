@@ -24,7 +24,7 @@ pub use net::{Family, IpAddress, IpPrefix, LinkAddr, Protocol, RouteType, Scope}
 pub use netconf::Netconf;
 pub use nexthop::{GroupMember, Nexthop};
 pub use route::{Encap, NextHop, Route, RouteMetric};
-pub use rule::Rule;
+pub use rule::{PortRange, Rule, UidRange};
 
 use abi_stable::std_types::{ROption, RString};
 use abi_stable::StableAbi;

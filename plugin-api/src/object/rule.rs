@@ -11,6 +11,22 @@ pub const FIB_RULE_IIF_DETACHED: u32 = 0x8;
 /// `FIB_RULE_OIF_DETACHED`.
 pub const FIB_RULE_OIF_DETACHED: u32 = 0x10;
 
+/// A port range of a rule (`sport`, `dport`), both ends included.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// A user id range of a rule (`uidrange`), both ends included.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct UidRange {
+    pub start: u32,
+    pub end: u32,
+}
+
 /// A policy routing rule. Identity: (`family`, `priority`, and every selector and action) —
 /// the kernel tells rules apart by all of their attributes; see [`Rule::selector`].
 #[repr(C)]
@@ -35,13 +51,55 @@ pub struct Rule {
     /// `FIB_RULE_*` flags (invert, iif/oif detached).
     pub flags: u32,
     pub l3mdev: bool,
+    /// `FRA_SPORT_RANGE`.
+    pub sport: ROption<PortRange>,
+    /// `FRA_DPORT_RANGE`.
+    pub dport: ROption<PortRange>,
+    /// `FRA_UID_RANGE`.
+    pub uid_range: ROption<UidRange>,
+    /// `FRA_TUN_ID` (host byte order).
+    pub tun_id: ROption<u64>,
+    /// `FRA_FLOW`: realms, `from << 16 | to`.
+    pub realms: ROption<u32>,
+    /// `FRA_SUPPRESS_IFGROUP`.
+    pub suppress_ifgroup: ROption<u32>,
 }
 
 impl Rule {
+    /// A rule `from all lookup TABLE` at `priority`, no other selector (build others with
+    /// struct update syntax: `Rule { fwmark: 1, ..Rule::lookup(family, 100, 100) }`).
+    pub fn lookup(family: Family, priority: u32, table: u32) -> Rule {
+        Rule {
+            family,
+            priority,
+            src: ROption::RNone,
+            dst: ROption::RNone,
+            iif: RString::new(),
+            oif: RString::new(),
+            fwmark: 0,
+            fwmask: 0,
+            tos: 0,
+            table,
+            action: 1,
+            goto_target: 0,
+            suppress_prefixlen: ROption::RNone,
+            ip_proto: 0,
+            protocol: Protocol::UNSPEC,
+            flags: 0,
+            l3mdev: false,
+            sport: ROption::RNone,
+            dport: ROption::RNone,
+            uid_range: ROption::RNone,
+            tun_id: ROption::RNone,
+            realms: ROption::RNone,
+            suppress_ifgroup: ROption::RNone,
+        }
+    }
+
     /// Canonical text of everything that makes the rule distinct (all but the detached flags).
     pub fn selector(&self) -> String {
         format!(
-            "src={:?} dst={:?} iif={} oif={} fwmark={:#x}/{:#x} tos={} table={} action={} goto={} sp={:?} ipproto={} inv={} l3mdev={}",
+            "src={:?} dst={:?} iif={} oif={} fwmark={:#x}/{:#x} tos={} table={} action={} goto={} sp={:?} ipproto={} inv={} l3mdev={} sport={:?} dport={:?} uid={:?} tun={:?} realms={:?} sg={:?}",
             self.src.into_option(),
             self.dst.into_option(),
             self.iif,
@@ -55,7 +113,13 @@ impl Rule {
             self.suppress_prefixlen.into_option(),
             self.ip_proto,
             self.flags & FIB_RULE_INVERT != 0,
-            self.l3mdev
+            self.l3mdev,
+            self.sport.into_option().map(|r| (r.start, r.end)),
+            self.dport.into_option().map(|r| (r.start, r.end)),
+            self.uid_range.into_option().map(|r| (r.start, r.end)),
+            self.tun_id.into_option(),
+            self.realms.into_option(),
+            self.suppress_ifgroup.into_option(),
         )
     }
 
@@ -107,6 +171,30 @@ impl Rule {
         if self.l3mdev {
             m.insert("l3mdev".into(), true.into());
         }
+        if let Some(u) = self.uid_range.into_option() {
+            m.insert("uid_start".into(), u.start.into());
+            m.insert("uid_end".into(), u.end.into());
+        }
+        for (name, range) in [("sport", self.sport), ("dport", self.dport)] {
+            if let Some(r) = range.into_option() {
+                if r.start == r.end {
+                    m.insert(name.into(), r.start.into());
+                } else {
+                    m.insert(format!("{name}_start"), r.start.into());
+                    m.insert(format!("{name}_end"), r.end.into());
+                }
+            }
+        }
+        if let Some(t) = self.tun_id.into_option() {
+            m.insert("tun_id".into(), t.into());
+        }
+        if let Some(f) = self.realms.into_option() {
+            let (from, to) = (f >> 16, f & 0xffff);
+            if from != 0 {
+                m.insert("flow_from".into(), realm_name(from).into());
+            }
+            m.insert("flow_to".into(), realm_name(to).into());
+        }
         match self.action {
             1 => {
                 m.insert("table".into(), table_name(self.table).into());
@@ -131,6 +219,14 @@ impl Rule {
         if let Some(s) = self.suppress_prefixlen.into_option() {
             m.insert("suppress_prefixlen".into(), s.into());
         }
+        if let Some(g) = self.suppress_ifgroup.into_option() {
+            let name = if g == 0 {
+                "default".to_string()
+            } else {
+                g.to_string()
+            };
+            m.insert("suppress_ifgroup".into(), name.into());
+        }
         if self.ip_proto != 0 {
             m.insert("ipproto".into(), self.ip_proto.into());
         }
@@ -138,5 +234,15 @@ impl Rule {
             m.insert("protocol".into(), self.protocol.name().into());
         }
         m.into()
+    }
+}
+
+/// iproute2's name of a realm number (`/etc/iproute2/rt_realms` defaults: 0 is `unknown`).
+#[cfg(feature = "json")]
+fn realm_name(r: u32) -> String {
+    if r == 0 {
+        "unknown".into()
+    } else {
+        r.to_string()
     }
 }

@@ -181,7 +181,13 @@ fn is_default_rule(r: &Rule) -> bool {
         && r.ip_proto == 0
         && r.suppress_prefixlen.is_none()
         && r.flags & ekho_plugin_api::object::rule::FIB_RULE_INVERT == 0
-        && !r.l3mdev;
+        && !r.l3mdev
+        && r.sport.is_none()
+        && r.dport.is_none()
+        && r.uid_range.is_none()
+        && r.tun_id.is_none()
+        && r.realms.is_none()
+        && r.suppress_ifgroup.is_none();
     plain
         && matches!(
             (r.priority, r.table),

@@ -457,23 +457,8 @@ fn neighbours_follow_validity() {
 fn policy_rules_punt_their_family() {
     let (mut p, f) = base("");
     let rule = |family: Family, priority: u32, table: u32, src: Option<&str>| Rule {
-        family,
-        priority,
         src: src.map(|s| s.parse().unwrap()).into(),
-        dst: ROption::RNone,
-        iif: "".into(),
-        oif: "".into(),
-        fwmark: 0,
-        fwmask: 0,
-        tos: 0,
-        table,
-        action: 1,
-        goto_target: 0,
-        suppress_prefixlen: ROption::RNone,
-        ip_proto: 0,
-        protocol: Protocol::UNSPEC,
-        flags: 0,
-        l3mdev: false,
+        ..Rule::lookup(family, priority, table)
     };
     let defaults = vec![
         rule(Family::INET, 0, 255, None).into(),

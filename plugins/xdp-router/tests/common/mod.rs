@@ -6,7 +6,7 @@
 
 use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
 use ekho_plugin_api::host::HostServices_TO;
-use ekho_plugin_api::object::rule::FIB_RULE_INVERT;
+use ekho_plugin_api::object::rule::{PortRange, UidRange, FIB_RULE_INVERT};
 use ekho_plugin_api::prelude::*;
 use ekho_xdp_router::XdpRouter;
 use serde_json::Value;
@@ -745,6 +745,48 @@ pub fn rule_from_json(v: &Value, family: Family) -> Option<Rule> {
             0
         },
         l3mdev: v.get("l3mdev").is_some(),
+        sport: port_range(v, "sport").into(),
+        dport: port_range(v, "dport").into(),
+        uid_range: match (v["uid_start"].as_u64(), v["uid_end"].as_u64()) {
+            (Some(a), Some(b)) => Some(UidRange {
+                start: a as u32,
+                end: b as u32,
+            }),
+            _ => None,
+        }
+        .into(),
+        tun_id: v["tun_id"].as_u64().into(),
+        realms: s(v, "flow_to")
+            .map(|to| {
+                let n = |x: &str| x.parse::<u32>().unwrap_or(0);
+                n(s(v, "flow_from").unwrap_or("0")) << 16 | n(to)
+            })
+            .into(),
+        suppress_ifgroup: s(v, "suppress_ifgroup")
+            .map(|g| {
+                if g == "default" {
+                    0
+                } else {
+                    g.parse().unwrap_or(0)
+                }
+            })
+            .into(),
+    })
+}
+
+/// `sport`/`dport` of an `ip -j rule` entry: a single port, or `_start`/`_end`.
+fn port_range(v: &Value, name: &str) -> Option<PortRange> {
+    if let Some(p) = v[name].as_u64() {
+        return Some(PortRange {
+            start: p as u16,
+            end: p as u16,
+        });
+    }
+    let a = v[format!("{name}_start")].as_u64()?;
+    let b = v[format!("{name}_end")].as_u64()?;
+    Some(PortRange {
+        start: a as u16,
+        end: b as u16,
     })
 }
 
