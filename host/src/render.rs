@@ -50,7 +50,42 @@ fn object_rest(m: &serde_json::Map<String, Value>) -> String {
     object_fields(&v).trim_start().to_string()
 }
 
+/// iproute2's text for JSON fields it splits: `uid_start`/`uid_end` → `uidrange A-B`,
+/// `sport_start`/`sport_end` → `sport A-B`, `flow_from`/`flow_to` → `realms FROM/TO`.
+fn join_ranges(m: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in m {
+        if let Some(base) = k.strip_suffix("_start") {
+            if let Some(end) = m.get(&format!("{base}_end")) {
+                let name = if base == "uid" { "uidrange" } else { base };
+                out.insert(name.into(), format!("{}-{}", scalar(v), scalar(end)).into());
+                continue;
+            }
+        }
+        if let Some(base) = k.strip_suffix("_end") {
+            if m.contains_key(&format!("{base}_start")) {
+                continue;
+            }
+        }
+        match k.as_str() {
+            "flow_from" => continue,
+            "flow_to" => {
+                let r = match m.get("flow_from") {
+                    Some(f) => format!("{}/{}", scalar(f), scalar(v)),
+                    None => scalar(v),
+                };
+                out.insert("realms".into(), r.into());
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 fn object_fields(m: &serde_json::Map<String, Value>) -> String {
+    let m = &join_ranges(m);
     let mut out = String::new();
     for (i, (k, val)) in m.iter().enumerate() {
         if i > 0 {
@@ -293,6 +328,17 @@ mod tests {
     fn links_read_like_ip_link() {
         let v = serde_json::json!({"ifindex": 3, "ifname": "a0", "flags": ["UP", "LOWER_UP"], "mtu": 1500, "master": "br0"});
         assert_eq!(object(&v), "3: a0: <UP,LOWER_UP> mtu 1500 master br0");
+    }
+
+    #[test]
+    fn rule_ranges_read_like_iproute2() {
+        let v = serde_json::json!({"priority": 11, "src": "all", "uid_start": 1000,
+            "uid_end": 2000, "sport_start": 1, "sport_end": 9, "dport": 80,
+            "flow_from": "3", "flow_to": "4", "table": "101"});
+        assert_eq!(
+            object(&v),
+            "11 src all uidrange 1000-2000 sport 1-9 dport 80 realms 3/4 table 101"
+        );
     }
 
     #[test]
