@@ -711,15 +711,23 @@ impl Worker {
             apply_ms = t_apply.as_millis() as u64,
             "replay done"
         );
+        self.end_sync(started, refused)
+    }
+
+    /// End-sync, and the plugin's status as it stands after its sync.
+    fn end_sync(&mut self, started: Instant, refused: u64) -> Result<(), String> {
         self.plugin
             .end_sync()
             .into_result()
             .map_err(|e| e.to_string())?;
-        let mut s = self.status.lock().unwrap();
-        s.refused += refused;
-        s.state = Some(PluginState::InSync);
-        s.syncs += 1;
-        s.last_sync_ms = started.elapsed().as_millis() as u64;
+        {
+            let mut s = self.status.lock().unwrap();
+            s.refused += refused;
+            s.state = Some(PluginState::InSync);
+            s.syncs += 1;
+            s.last_sync_ms = started.elapsed().as_millis() as u64;
+        }
+        self.refresh_stats();
         Ok(())
     }
 
@@ -849,20 +857,7 @@ impl Worker {
             ms = started.elapsed().as_millis() as u64,
             "initial sync streamed"
         );
-        self.plugin
-            .end_sync()
-            .into_result()
-            .map_err(|e| e.to_string())?;
-        {
-            let mut s = self.status.lock().unwrap();
-            s.refused += refused;
-            s.state = Some(PluginState::InSync);
-            s.syncs += 1;
-            s.last_sync_ms = started.elapsed().as_millis() as u64;
-        }
-        // The plugin's counters as they stand after its sync.
-        self.refresh_stats();
-        Ok(())
+        self.end_sync(started, refused)
     }
 
     fn step(

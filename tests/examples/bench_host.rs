@@ -70,6 +70,27 @@ fn run_daemon(bin: &Path, dir: &Path, ns: &Netns) -> (Duration, u64, serde_json:
     (took, peak, status)
 }
 
+/// A dump of every IPv4 route in `ns` on a raw request socket: messages received and split, or
+/// (`parse`) also parsed with netlink-packet-route. Returns (messages, time).
+fn dump_v4(ns: &Path, parse: bool) -> (u64, Duration) {
+    let p = ns.to_path_buf();
+    std::thread::spawn(move || {
+        ekho_mirror::source::enter_netns(&p).unwrap();
+        let mut s = ekho_mirror::source::ReqSocket::new().unwrap();
+        let mut h = vec![0u8; 12];
+        h[0] = 2; // AF_INET
+        let t = Instant::now();
+        let c = if parse {
+            s.dump_parse(26, &h, &mut |_m| {}).unwrap()
+        } else {
+            s.dump_raw(26, &h).unwrap()
+        };
+        (c, t.elapsed())
+    })
+    .join()
+    .unwrap()
+}
+
 /// The rtnetlink crate's IPv4 route dump of every table, collected; panics unless it returns at
 /// least `n` routes.
 fn rtnetlink_dump(ns: &Path, n: u32) -> Duration {
@@ -143,20 +164,7 @@ fn main() {
     let t = Instant::now();
     ekho_mirror::bulk::add_routes_v4(Some(&ns.path()), routes, 254, 2000).unwrap();
     // Raw dump (receive + split), best of 3, once the kernel has them all.
-    let raw = |p: &Path| -> (u64, Duration) {
-        let p = p.to_path_buf();
-        std::thread::spawn(move || {
-            ekho_mirror::source::enter_netns(&p).unwrap();
-            let mut s = ekho_mirror::source::ReqSocket::new().unwrap();
-            let mut h = vec![0u8; 12];
-            h[0] = 2;
-            let t = Instant::now();
-            let c = s.dump_raw(26, &h).unwrap();
-            (c, t.elapsed())
-        })
-        .join()
-        .unwrap()
-    };
+    let raw = |p: &Path| dump_v4(p, false);
     while raw(&ns.path()).0 < n as u64 {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -169,24 +177,9 @@ fn main() {
         best = best.min(raw(&ns.path()).1);
     }
     println!("raw netlink dump of the IPv4 routes (recv + split): {best:.2?} (best of 3)");
-    let parsed = |p: &Path| -> (u64, Duration) {
-        let p = p.to_path_buf();
-        std::thread::spawn(move || {
-            ekho_mirror::source::enter_netns(&p).unwrap();
-            let mut s = ekho_mirror::source::ReqSocket::new().unwrap();
-            let mut h = vec![0u8; 12];
-            h[0] = 2;
-            let t = Instant::now();
-            let mut n = 0u64;
-            s.dump_parse(26, &h, &mut |_m| n += 1).unwrap();
-            (n, t.elapsed())
-        })
-        .join()
-        .unwrap()
-    };
     let mut parse_best = Duration::MAX;
     for _ in 0..3 {
-        parse_best = parse_best.min(parsed(&ns.path()).1);
+        parse_best = parse_best.min(dump_v4(&ns.path(), true).1);
     }
     println!(
         "netlink dump parsed with netlink-packet-route (recv + parse): {parse_best:.2?} (best of 3)"

@@ -525,31 +525,11 @@ pub fn fdb_is_dev_addr_list(f: &FdbEntry) -> bool {
 /// Converts a rule message.
 pub fn rule(msg: &RuleMessage) -> Rule {
     let h = &msg.header;
-    let family = Family(u8::from(h.family));
     let mut r = Rule {
-        family,
-        priority: 0,
-        src: ROption::RNone,
-        dst: ROption::RNone,
-        iif: RString::new(),
-        oif: RString::new(),
-        fwmark: 0,
-        fwmask: 0,
         tos: h.tos,
-        table: h.table as u32,
         action: u8::from(h.action),
-        goto_target: 0,
-        suppress_prefixlen: ROption::RNone,
-        ip_proto: 0,
-        protocol: Protocol::UNSPEC,
         flags: h.flags.bits(),
-        l3mdev: false,
-        sport: ROption::RNone,
-        dport: ROption::RNone,
-        uid_range: ROption::RNone,
-        tun_id: ROption::RNone,
-        realms: ROption::RNone,
-        suppress_ifgroup: ROption::RNone,
+        ..Rule::lookup(Family(u8::from(h.family)), 0, h.table as u32)
     };
     for a in &msg.attributes {
         match a {

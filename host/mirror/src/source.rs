@@ -627,6 +627,34 @@ fn proxy_requests() -> Vec<(u16, Vec<u8>)> {
         .collect()
 }
 
+/// What one dump request of kind `k` leaves: `Some((messages, interrupted))`, or `None` when the
+/// kernel could not complete it (the kind is then reconciled without removals) or does not
+/// support a kind it may lack (MDB without the bridge module, ...).
+fn dump_outcome(
+    k: ObjectKind,
+    r: Result<(u64, bool), SourceError>,
+    snap: &mut Snapshot,
+) -> Result<Option<(u64, bool)>, SourceError> {
+    match r {
+        Ok(x) => Ok(Some(x)),
+        Err(SourceError::Incomplete(e)) => {
+            tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
+            snap.partial.insert(k);
+            Ok(None)
+        }
+        Err(e)
+            if matches!(
+                k,
+                ObjectKind::Mdb | ObjectKind::Netconf | ObjectKind::Nexthop | ObjectKind::Vlan
+            ) =>
+        {
+            tracing::debug!("dump of {k} failed: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Dumps `kinds` into a snapshot (started over when the kernel flags a dump as interrupted).
 pub fn snapshot(
     req: &mut ReqSocket,
@@ -641,28 +669,10 @@ pub fn snapshot(
         let mut intr = false;
         for k in kinds {
             for (t, h) in dump_requests(*k) {
-                match req.dump(t, &h, &mut |e| snap.add(e)) {
-                    Ok((c, i)) => {
-                        n += c;
-                        intr |= i;
-                    }
-                    Err(SourceError::Incomplete(e)) => {
-                        tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
-                        snap.partial.insert(*k);
-                    }
-                    // Kinds the kernel may not support here (e.g. MDB without bridge module).
-                    Err(e)
-                        if matches!(
-                            k,
-                            ObjectKind::Mdb
-                                | ObjectKind::Netconf
-                                | ObjectKind::Nexthop
-                                | ObjectKind::Vlan
-                        ) =>
-                    {
-                        tracing::debug!("dump of {k} failed: {e}")
-                    }
-                    Err(e) => return Err(e),
+                let r = req.dump(t, &h, &mut |e| snap.add(e));
+                if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
+                    n += c;
+                    intr |= i;
                 }
             }
         }
@@ -739,29 +749,11 @@ fn snapshot_streamed(
             } else {
                 req.dump(t, &h, &mut |e| snap.add(e))
             };
-            match r {
-                Ok((c, i)) => {
-                    n += c;
-                    if i {
-                        interrupted.insert(*k);
-                    }
+            if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
+                n += c;
+                if i {
+                    interrupted.insert(*k);
                 }
-                Err(SourceError::Incomplete(e)) => {
-                    tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
-                    snap.partial.insert(*k);
-                }
-                Err(e)
-                    if matches!(
-                        k,
-                        ObjectKind::Mdb
-                            | ObjectKind::Netconf
-                            | ObjectKind::Nexthop
-                            | ObjectKind::Vlan
-                    ) =>
-                {
-                    tracing::debug!("dump of {k} failed: {e}")
-                }
-                Err(e) => return Err(e),
             }
         }
     }
