@@ -114,6 +114,7 @@ pub struct PluginStatus {
 }
 
 /// Which ports a plugin owns, and the link table needed to decide it.
+#[derive(Clone)]
 pub struct PortFilter {
     all: bool,
     names: Vec<glob::Pattern>,
@@ -146,6 +147,20 @@ impl PortFilter {
                 links: HashMap::new(),
             },
         }
+    }
+
+    /// The same scope with no link known yet.
+    fn scope_only(&self) -> PortFilter {
+        PortFilter {
+            links: HashMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Notes a link (name and driver decide whether it is a port of the plugin).
+    fn note_link(&mut self, l: &ekho_plugin_api::object::Link) {
+        self.links
+            .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
     }
 
     fn observe(&mut self, c: &Change) {
@@ -220,16 +235,19 @@ struct QueueState {
     shutdown: bool,
 }
 
+/// Whether a plugin with `caps` and port filter `ports` takes `o`.
+fn takes(caps: &Capabilities, ports: &PortFilter, o: &Object) -> bool {
+    let port_free = caps.features.routes_all_ports
+        && matches!(
+            o.kind(),
+            ObjectKind::Route | ObjectKind::Nexthop | ObjectKind::Rule
+        );
+    caps.takes_kind(o.kind()) && caps.takes_family(o.family()) && (port_free || ports.passes(o))
+}
+
 impl QueueState {
     fn takes(&self, o: &Object) -> bool {
-        let port_free = self.caps.features.routes_all_ports
-            && matches!(
-                o.kind(),
-                ObjectKind::Route | ObjectKind::Nexthop | ObjectKind::Rule
-            );
-        self.caps.takes_kind(o.kind())
-            && self.caps.takes_family(o.family())
-            && (port_free || self.ports.passes(o))
+        takes(&self.caps, &self.ports, o)
     }
 
     fn push_change(&mut self, c: &Change) {
@@ -326,9 +344,11 @@ impl Queue {
         let mut st = self.st.lock().unwrap();
         for c in chunk.iter() {
             if let Change::Add(Object::Link(l)) = c {
-                st.ports
-                    .links
-                    .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
+                // Only links not known yet: the listener may have seen a newer version (a
+                // rename) between the read of this chunk and now.
+                if !st.ports.links.contains_key(&l.ifindex) {
+                    st.ports.note_link(l);
+                }
             }
         }
         chunk.retain(|c| st.takes(c.object()));
@@ -787,11 +807,23 @@ impl Worker {
         let mut refused = 0u64;
         let mut count = 0usize;
         let mut result = Ok(());
-        // The stream's attribute sets by number, and the names of the links it has shown.
-        let mut attrs: Vec<Arc<Attrs>> = Vec::new();
+        // The stream's attribute sets by number, the names of the links it has shown, and the
+        // port filter as of the dump (the queue's own table moves on with later changes).
+        let mut attrs: Vec<Attrs> = Vec::new();
         let mut names: HashMap<u32, RString> = HashMap::new();
+        let mut ports = self.queue.st.lock().unwrap().ports.scope_only();
         let mut changes: Vec<Change> = Vec::new();
-        for (new_attrs, mut items) in feed.rx.iter() {
+        loop {
+            let (new_attrs, mut items) = match feed.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => m,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.queue.st.lock().unwrap().shutdown {
+                        break;
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             attrs.extend(new_attrs);
             changes.clear();
             for item in items.drain(..) {
@@ -809,11 +841,12 @@ impl Worker {
                 };
                 if let Change::Add(Object::Link(l)) = &c {
                     names.insert(l.ifindex, l.ifname.clone());
+                    ports.note_link(l);
                 }
                 changes.push(c);
             }
             let _ = feed.back.send(items);
-            self.queue.take_replayed(&mut changes);
+            changes.retain(|c| takes(&self.caps, &ports, c.object()));
             changes.sort_by_key(order_key);
             let mut hashes: Vec<u64> = changes.iter().map(|c| key_hash(&c.key())).collect();
             count += changes.len();
@@ -829,10 +862,18 @@ impl Worker {
             }
         }
         result?;
-        if !feed.complete.load(std::sync::atomic::Ordering::SeqCst) {
-            if self.queue.st.lock().unwrap().shutdown {
-                return Ok(());
-            }
+        drop((attrs, names, changes));
+        if self.queue.st.lock().unwrap().shutdown {
+            return Ok(()); // no end-sync: it would sweep what was not streamed yet
+        }
+        let end = feed.end.load(std::sync::atomic::Ordering::SeqCst);
+        if end == 0 {
+            // The source stopped before the dump was installed (the daemon is failing): leave
+            // the plugin as it is, without end-sync, until it is shut down.
+            tracing::debug!(plugin = %self.name(), "initial dump cut short");
+            return Ok(());
+        }
+        if end == STREAM_BEHIND {
             tracing::info!(
                 plugin = %self.name(),
                 streamed = count,
@@ -1129,17 +1170,24 @@ pub const STREAM_PATIENCE: Duration = Duration::from_millis(100);
 /// Chunks of the initial dump in flight to one plugin, at most.
 const STREAM_DEPTH: usize = 8;
 
-/// A chunk of the initial dump: attribute sets first used in it, then the additions.
-type StreamMsg = (Vec<Arc<Attrs>>, Vec<Initial>);
+/// A chunk of the initial dump: attribute sets first used in it (copies: a reference held by
+/// the plugin's thread would keep the mirror's interner from freeing a set), then the additions.
+type StreamMsg = (Vec<Attrs>, Vec<Initial>);
 
 /// One plugin's end of the initial dump stream.
 pub struct StreamFeed {
     rx: std::sync::mpsc::Receiver<StreamMsg>,
     /// Consumed chunk buffers go back to be reused (and freed) on the thread that built them.
     back: std::sync::mpsc::Sender<Vec<Initial>>,
-    /// Set when the plugin was given the whole initial dump.
-    complete: Arc<std::sync::atomic::AtomicBool>,
+    /// How the stream ended: [`STREAM_COMPLETE`], [`STREAM_BEHIND`], or 0 (cut: the source
+    /// stopped before the dump was installed).
+    end: Arc<std::sync::atomic::AtomicU8>,
 }
+
+/// The plugin was given the whole initial dump.
+const STREAM_COMPLETE: u8 = 1;
+/// The plugin was left behind: it replays from the mirror once the dump is installed.
+const STREAM_BEHIND: u8 = 2;
 
 struct FanoutOut {
     name: String,
@@ -1148,7 +1196,7 @@ struct FanoutOut {
     tx: Option<std::sync::mpsc::SyncSender<StreamMsg>>,
     back: std::sync::mpsc::Receiver<Vec<Initial>>,
     spare: Vec<Vec<Initial>>,
-    complete: Arc<std::sync::atomic::AtomicBool>,
+    end: Arc<std::sync::atomic::AtomicU8>,
     /// Left behind: no more chunks, a replay from the mirror follows the dump.
     behind: bool,
 }
@@ -1168,20 +1216,20 @@ impl Fanout {
     pub fn feed(&mut self, name: &str) -> StreamFeed {
         let (tx, rx) = std::sync::mpsc::sync_channel(STREAM_DEPTH);
         let (back_tx, back_rx) = std::sync::mpsc::channel();
-        let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let end = Arc::new(std::sync::atomic::AtomicU8::new(0));
         self.outs.push(FanoutOut {
             name: name.to_string(),
             queue: None,
             tx: Some(tx),
             back: back_rx,
             spare: Vec::new(),
-            complete: complete.clone(),
+            end: end.clone(),
             behind: false,
         });
         StreamFeed {
             rx,
             back: back_tx,
-            complete,
+            end,
         }
     }
 
@@ -1205,10 +1253,26 @@ impl ekho_mirror::source::InitialStream for Fanout {
             .iter()
             .rposition(|o| o.tx.is_some() && !o.behind && o.queue.is_some());
         for (i, out) in self.outs.iter_mut().enumerate() {
-            if out.behind || out.tx.is_none() {
+            let Some(queue) = out.queue.as_ref() else {
                 continue;
+            };
+            // The links the dump shows, for the filter of the changes that follow it (this runs
+            // before the mirror starts computing changes, so the table is the dump's when the
+            // first change is filtered). Even a plugin left behind needs it.
+            if chunk
+                .iter()
+                .any(|c| matches!(c, Initial::Object(b) if b.kind() == ObjectKind::Link))
+            {
+                let mut st = queue.st.lock().unwrap();
+                for c in chunk.iter() {
+                    if let Initial::Object(b) = c {
+                        if let Change::Add(Object::Link(l)) = &**b {
+                            st.ports.note_link(l);
+                        }
+                    }
+                }
             }
-            if out.queue.is_none() {
+            if out.behind || out.tx.is_none() {
                 continue;
             }
             while let Ok(mut v) = out.back.try_recv() {
@@ -1223,7 +1287,7 @@ impl ekho_mirror::source::InitialStream for Fanout {
             }
             // Building routes, naming, filtering, ordering and hashing are left to the plugin's
             // worker (it has the time; this thread is the dump's).
-            let mut msg = (new_attrs.to_vec(), mine);
+            let mut msg = (new_attrs.iter().map(|a| (**a).clone()).collect(), mine);
             let t = Instant::now();
             loop {
                 match out.tx.as_ref().expect("checked").try_send(msg) {
@@ -1235,6 +1299,8 @@ impl ekho_mirror::source::InitialStream for Fanout {
                                 "plugin slower than the initial dump: left behind, it replays from the mirror once the dump is installed"
                             );
                             out.behind = true;
+                            out.end
+                                .store(STREAM_BEHIND, std::sync::atomic::Ordering::SeqCst);
                             break;
                         }
                         msg = m;
@@ -1252,8 +1318,8 @@ impl ekho_mirror::source::InitialStream for Fanout {
     fn done(&mut self) {
         for out in &mut self.outs {
             if out.tx.is_some() && !out.behind {
-                out.complete
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                out.end
+                    .store(STREAM_COMPLETE, std::sync::atomic::Ordering::SeqCst);
             }
             out.tx = None;
         }
@@ -1556,6 +1622,34 @@ mod tests {
         assert!(
             q.st.lock().unwrap().ports.links.contains_key(&1),
             "links are still observed"
+        );
+    }
+
+    #[test]
+    fn streamed_links_fill_the_port_table_before_changes_are_filtered() {
+        use ekho_mirror::source::InitialStream;
+        // A plugin owning swp* ports, fed by the stream: a change right after the dump is
+        // installed, through a port the plugin has not processed yet, must still be queued.
+        let q = Queue::new(Capabilities::everything().port_names(["swp*"]), None);
+        let mut f = Fanout::default();
+        let feed = f.feed("p");
+        f.bind(q.clone());
+        let mut chunk = vec![
+            Initial::Object(Box::new(Change::Add(link(1, "swp1")))),
+            Initial::Object(Box::new(Change::Add(link(2, "eth0")))),
+        ];
+        f.objects(&[], &mut chunk);
+        f.done();
+        q.push_changes(&[
+            Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
+            Change::Add(route("10.0.1.0/24", 2, "10.2.0.1")),
+        ]);
+        assert_eq!(q.st.lock().unwrap().pending.len(), 1, "the route via swp1");
+        // The plugin's end got the chunk and a complete stream.
+        assert_eq!(feed.rx.try_recv().unwrap().1.len(), 2);
+        assert_eq!(
+            feed.end.load(std::sync::atomic::Ordering::SeqCst),
+            STREAM_COMPLETE
         );
     }
 

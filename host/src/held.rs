@@ -79,7 +79,7 @@ impl Held {
         let Some(mut v) = self.bulk.take() else {
             return Vec::new();
         };
-        v.sort_unstable_by_key(|e| e.0);
+        v.sort_by_key(|e| e.0); // stable: of a hash loaded twice, the later load wins
         let mut dropped = Vec::new();
         v.dedup_by(|later, first| {
             let dup = later.0 == first.0;

@@ -709,6 +709,31 @@ fn snapshot_streamed(
             routes_sent = true;
             stream_objects(&snap, |o| o.kind() < ObjectKind::Route, &mut buf, stream);
         }
+        if *k < ObjectKind::Route {
+            // Not streamed yet: an interrupted dump of these kinds is simply done again.
+            for attempt in 0..5 {
+                if *k == ObjectKind::Link {
+                    snap.links.clear();
+                } else {
+                    snap.objs.retain(|key, _| key.kind() != *k);
+                }
+                let mut intr = false;
+                for (t, h) in dump_requests(*k) {
+                    let r = req.dump(t, &h, &mut |e| snap.add(e));
+                    if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
+                        n += c;
+                        intr |= i;
+                    }
+                }
+                if !intr {
+                    break;
+                }
+                if attempt == 4 {
+                    interrupted.insert(*k);
+                }
+            }
+            continue;
+        }
         for (t, h) in dump_requests(*k) {
             let r = if *k == ObjectKind::Route {
                 // Routes go out as they arrive, named and rendered with the links and netconf
@@ -863,13 +888,14 @@ fn thread_main(
         Some(s) => {
             let (snap, n, interrupted) = snapshot_streamed(&mut req, &all, s)?;
             if !interrupted.is_empty() {
-                // The stream cannot be taken back: install what was dumped and repair by a
-                // re-dump of those kinds (mark and sweep), which emits the differences.
+                // The streamed routes cannot be taken back: install what was dumped and repair
+                // by a re-dump (mark and sweep), which emits the differences.
                 tracing::debug!(
                     ?interrupted,
                     "initial dump interrupted: re-dumping after install"
                 );
                 m.control().resync.lock().unwrap().extend(interrupted);
+                m.control().wake();
             }
             (snap, n)
         }
