@@ -228,7 +228,20 @@ impl Rule {
             m.insert("suppress_ifgroup".into(), name.into());
         }
         if self.ip_proto != 0 {
-            m.insert("ipproto".into(), self.ip_proto.into());
+            // iproute2 names the well-known protocols (from /etc/protocols).
+            let name = match self.ip_proto {
+                1 => Some("icmp"),
+                6 => Some("tcp"),
+                17 => Some("udp"),
+                47 => Some("gre"),
+                58 => Some("ipv6-icmp"),
+                132 => Some("sctp"),
+                _ => None,
+            };
+            match name {
+                Some(n) => m.insert("ipproto".into(), n.into()),
+                None => m.insert("ipproto".into(), self.ip_proto.into()),
+            };
         }
         if self.protocol != Protocol::UNSPEC {
             m.insert("protocol".into(), self.protocol.name().into());
