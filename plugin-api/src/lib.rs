@@ -91,8 +91,11 @@
 //!   kernel or other plugins: the host coalesces its queue per object (add then remove cancels,
 //!   many updates collapse into the last), so the plugin always converges to the latest state.
 //! - At start (and after the host restarts), the plugin gets the whole state as additions between
-//!   [`Plugin::begin_sync`] and [`Plugin::end_sync`]. A plugin keeping hardware state across host
-//!   restarts removes at `end_sync` what it was not given (mark and sweep).
+//!   [`Plugin::begin_sync`] and [`Plugin::end_sync`], while the host is still dumping the kernel
+//!   (the additions arrive as fast as the plugin takes them). A plugin keeping hardware state
+//!   across host restarts removes at `end_sync` what it was not given (mark and sweep). A plugin
+//!   that falls more than 100 ms behind the dump gets `begin_sync` again once the dump is done,
+//!   and the whole state once more: mark everything again there.
 //! - Within a batch, dependencies come first (links, then addresses, nexthops, routes...);
 //!   removals come in reverse order.
 //! - A panic is caught at the boundary; the host marks the plugin `failed` and never calls it
