@@ -64,14 +64,16 @@ fn assert_same(step: &str, ns: &Netns, d: &Daemon, view: &std::path::Path) {
             return;
         }
         if std::time::Instant::now() > deadline {
+            // The daemon's log goes with a failure: it says how the plugin was synced.
+            let log = d.log_text();
             assert!(
                 d1.is_empty(),
-                "{step}: `ekho dump --json` differs from the kernel:\n{}",
+                "{step}: `ekho dump --json` differs from the kernel:\n{}\n--- daemon log:\n{log}",
                 d1.join("\n")
             );
             assert!(
                 d2.is_empty(),
-                "{step}: the recorder's view differs from the kernel:\n{}",
+                "{step}: the recorder's view differs from the kernel:\n{}\n--- daemon log:\n{log}",
                 d2.join("\n")
             );
         }
