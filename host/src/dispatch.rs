@@ -626,12 +626,7 @@ impl Worker {
 
     /// The full replay: begin-sync, the mirror read chunk by chunk as additions, end-sync.
     fn replay_all(&mut self) -> Result<(), String> {
-        let started = Instant::now();
-        self.status.lock().unwrap().state = Some(PluginState::Syncing);
-        self.plugin
-            .begin_sync()
-            .into_result()
-            .map_err(|e| e.to_string())?;
+        let started = self.begin_sync()?;
         let mut refused = 0u64;
         // The plugin holds nothing yet (a replay follows its load): what it is given is
         // appended and sorted once at the end, not inserted one by one.
@@ -712,12 +707,7 @@ impl Worker {
             Ok(None)
         });
         if bulk {
-            // Two keys with one 64-bit hash count once, as in any hash table; keep the
-            // per-kind counts equal to what is held.
-            for (kind, code) in self.held.end_bulk() {
-                self.held_per_kind[kind as usize] -= 1;
-                self.per_outcome[kind as usize][code as usize] -= 1;
-            }
+            self.end_bulk();
         }
         let Some(t_read) = result? else {
             // Stopping mid-replay: no end-sync, which would sweep what was not replayed yet.
@@ -732,6 +722,26 @@ impl Worker {
             "replay done"
         );
         self.end_sync(started, refused)
+    }
+
+    /// Begin-sync; the plugin shows as syncing. Returns when the sync started.
+    fn begin_sync(&mut self) -> Result<Instant, String> {
+        let started = Instant::now();
+        self.status.lock().unwrap().state = Some(PluginState::Syncing);
+        self.plugin
+            .begin_sync()
+            .into_result()
+            .map_err(|e| e.to_string())?;
+        Ok(started)
+    }
+
+    /// Ends a bulk load of the held set. Two keys with one 64-bit hash count once, as in any
+    /// hash table: the per-kind counts are kept equal to what is held.
+    fn end_bulk(&mut self) {
+        for (kind, code) in self.held.end_bulk() {
+            self.held_per_kind[kind as usize] -= 1;
+            self.per_outcome[kind as usize][code as usize] -= 1;
+        }
     }
 
     /// End-sync, and the plugin's status as it stands after its sync.
@@ -797,12 +807,7 @@ impl Worker {
     /// the plugin marks everything again, the replay renews what is current, end-sync sweeps
     /// the rest).
     fn stream_sync(&mut self, feed: StreamFeed) -> Result<(), String> {
-        let started = Instant::now();
-        self.status.lock().unwrap().state = Some(PluginState::Syncing);
-        self.plugin
-            .begin_sync()
-            .into_result()
-            .map_err(|e| e.to_string())?;
+        let started = self.begin_sync()?;
         let bulk = self.held.begin_bulk(0);
         let mut refused = 0u64;
         let mut count = 0usize;
@@ -856,10 +861,7 @@ impl Worker {
             }
         }
         if bulk {
-            for (kind, code) in self.held.end_bulk() {
-                self.held_per_kind[kind as usize] -= 1;
-                self.per_outcome[kind as usize][code as usize] -= 1;
-            }
+            self.end_bulk();
         }
         result?;
         drop((attrs, names, changes));
@@ -1252,25 +1254,31 @@ impl ekho_mirror::source::InitialStream for Fanout {
             .outs
             .iter()
             .rposition(|o| o.tx.is_some() && !o.behind && o.queue.is_some());
-        for (i, out) in self.outs.iter_mut().enumerate() {
-            let Some(queue) = out.queue.as_ref() else {
-                continue;
-            };
-            // The links the dump shows, for the filter of the changes that follow it (this runs
-            // before the mirror starts computing changes, so the table is the dump's when the
-            // first change is filtered). Even a plugin left behind needs it.
-            if chunk
-                .iter()
-                .any(|c| matches!(c, Initial::Object(b) if b.kind() == ObjectKind::Link))
-            {
+        // The links the dump shows, for the filter of the changes that follow it (this runs
+        // before the mirror starts computing changes, so the table is the dump's when the first
+        // change is filtered). Even a plugin left behind needs it.
+        let links: Vec<&ekho_plugin_api::object::Link> = chunk
+            .iter()
+            .filter_map(|c| match c {
+                Initial::Object(b) => match &**b {
+                    Change::Add(Object::Link(l)) => Some(l),
+                    _ => None,
+                },
+                Initial::Route(..) => None,
+            })
+            .collect();
+        for out in &self.outs {
+            if let (Some(queue), false) = (&out.queue, links.is_empty()) {
                 let mut st = queue.st.lock().unwrap();
-                for c in chunk.iter() {
-                    if let Initial::Object(b) = c {
-                        if let Change::Add(Object::Link(l)) = &**b {
-                            st.ports.note_link(l);
-                        }
-                    }
+                for l in &links {
+                    st.ports.note_link(l);
                 }
+            }
+        }
+        drop(links);
+        for (i, out) in self.outs.iter_mut().enumerate() {
+            if out.queue.is_none() {
+                continue;
             }
             if out.behind || out.tx.is_none() {
                 continue;

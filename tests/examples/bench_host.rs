@@ -80,11 +80,7 @@ fn dump_v4(ns: &Path, parse: bool) -> (u64, Duration) {
         let mut h = vec![0u8; 12];
         h[0] = 2; // AF_INET
         let t = Instant::now();
-        let c = if parse {
-            s.dump_parse(26, &h, &mut |_m| {}).unwrap()
-        } else {
-            s.dump_raw(26, &h).unwrap()
-        };
+        let c = s.dump_baseline(26, &h, parse).unwrap();
         (c, t.elapsed())
     })
     .join()

@@ -63,6 +63,13 @@ impl Netns {
         sh("ip", &a)
     }
 
+    /// `bridge -n NAME ARGS...`; panics with stderr on failure.
+    pub fn bridge(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        sh("bridge", &a)
+    }
+
     /// `ip -n NAME -batch -` with these lines.
     pub fn ip_batch(&self, lines: &str) {
         use std::io::Write;

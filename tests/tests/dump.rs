@@ -124,34 +124,24 @@ rule add ipproto tcp dport 443 table 100 priority 300
 rule add uidrange 100-200 table 200 priority 301
 ",
     );
-    sh(
-        "bridge",
-        &[
-            "-n",
-            &ns.name,
-            "fdb",
-            "add",
-            "02:00:00:00:0a:01",
-            "dev",
-            "a1",
-            "master",
-            "static",
-        ],
-    );
-    sh(
-        "bridge",
-        &[
-            "-n",
-            &ns.name,
-            "fdb",
-            "append",
-            "00:00:00:00:00:00",
-            "dev",
-            "vx0",
-            "dst",
-            "10.2.0.9",
-        ],
-    );
+    ns.bridge(&[
+        "fdb",
+        "add",
+        "02:00:00:00:0a:01",
+        "dev",
+        "a1",
+        "master",
+        "static",
+    ]);
+    ns.bridge(&[
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx0",
+        "dst",
+        "10.2.0.9",
+    ]);
     let cfg = host_config(
         &ns.name,
         build(),

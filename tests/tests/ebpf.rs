@@ -50,20 +50,15 @@ addr add 10.1.0.1/24 dev a0
             "a0",
         ]);
     }
-    sh(
-        "bridge",
-        &[
-            "-n",
-            &other.name,
-            "fdb",
-            "add",
-            "02:00:00:00:99:98",
-            "dev",
-            "a1",
-            "master",
-            "static",
-        ],
-    );
+    other.bridge(&[
+        "fdb",
+        "add",
+        "02:00:00:00:99:98",
+        "dev",
+        "a1",
+        "master",
+        "static",
+    ]);
     // Ours.
     ns.ip(&[
         "neigh",
@@ -76,20 +71,15 @@ addr add 10.1.0.1/24 dev a0
         "nud",
         "permanent",
     ]);
-    sh(
-        "bridge",
-        &[
-            "-n",
-            &ns.name,
-            "fdb",
-            "add",
-            "02:00:00:00:0a:01",
-            "dev",
-            "a1",
-            "master",
-            "static",
-        ],
-    );
+    ns.bridge(&[
+        "fdb",
+        "add",
+        "02:00:00:00:0a:01",
+        "dev",
+        "a1",
+        "master",
+        "static",
+    ]);
     let ev = wait_for(Duration::from_secs(10), || {
         let ev: Vec<Value> = read_events(&events)
             .into_iter()

@@ -73,11 +73,15 @@ fn main() {
             let mut s = ReqSocket::new().unwrap();
             let t = Instant::now();
             let c = s
-                .dump_raw(26, &{
-                    let mut h = vec![0u8; 12];
-                    h[0] = 2;
-                    h
-                })
+                .dump_baseline(
+                    26,
+                    &{
+                        let mut h = vec![0u8; 12];
+                        h[0] = 2;
+                        h
+                    },
+                    false,
+                )
                 .unwrap();
             (c, t.elapsed())
         })

@@ -42,7 +42,7 @@ pub fn replay_position(k: &ObjectKey) -> ObjectKey {
 
 impl Mirror {
     /// Registers `listener` for every later change, without a snapshot: pair with
-    /// [`Mirror::replay_chunk`].
+    /// [`Mirror::replay_chunk_into`].
     pub fn attach_lazy(&self, listener: Listener) -> ListenerId {
         let mut g = self.inner.lock().unwrap();
         g.next_id += 1;
@@ -52,30 +52,13 @@ impl Mirror {
         id
     }
 
-    /// Up to `max` objects after `after` (all from the start when `None`), named, in
-    /// [`ObjectKey`] order; nexthop objects are never split across chunks (groups refer to other
-    /// nexthops by id in any order). Calls `at_cursor` with the position of the last object
-    /// returned (or `after` when none) and whether the replay is complete (nothing left after it)
-    /// before releasing the lock. An empty result means the replay is complete.
-    pub fn replay_chunk(
-        &self,
-        after: Option<&ObjectKey>,
-        max: usize,
-        at_cursor: impl FnOnce(Option<&ObjectKey>, bool),
-    ) -> Vec<Object> {
-        let mut out = Vec::new();
-        self.replay_chunk_into(after, max, &mut out, at_cursor);
-        out.into_iter()
-            .map(|c| match c {
-                Change::Add(o) => o,
-                _ => unreachable!("a replay only adds"),
-            })
-            .collect()
-    }
-
-    /// [`Mirror::replay_chunk`] as additions appended to `out`: a replay hands a plugin
-    /// `Change`s, and a reused buffer of them (over 600 bytes each) spares an allocation, a
-    /// copy and the page faults of a fresh buffer per chunk.
+    /// Appends to `out` the additions of up to `max` objects after `after` (all from the start
+    /// when `None`), named, in [`ObjectKey`] order; nexthop objects are never split across chunks
+    /// (groups refer to other nexthops by id in any order). Calls `at_cursor` with the position
+    /// of the last object appended (or `after` when none) and whether the replay is complete
+    /// (nothing left after it) before releasing the lock. Nothing appended means the replay is
+    /// complete. A replay hands a plugin `Change`s, and a reused buffer of them (over 600 bytes
+    /// each) spares an allocation, a copy and the page faults of a fresh buffer per chunk.
     pub fn replay_chunk_into(
         &self,
         after: Option<&ObjectKey>,
@@ -252,12 +235,14 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let mut c2 = None;
-            let chunk = m.replay_chunk(cursor.as_ref(), 7, |l, _| c2 = l.cloned());
+            let mut chunk = Vec::new();
+            m.replay_chunk_into(cursor.as_ref(), 7, &mut chunk, |l, _| c2 = l.cloned());
             if chunk.is_empty() {
                 break;
             }
             cursor = c2;
-            seen.extend(chunk.iter().map(|o| replay_position(&o.key())));
+            assert!(chunk.iter().all(|c| matches!(c, Change::Add(_))));
+            seen.extend(chunk.iter().map(|c| replay_position(&c.key())));
         }
         assert_eq!(seen.len(), 65, "5 links, 50 IPv4 and 10 IPv6 routes");
         let mut sorted = seen.clone();

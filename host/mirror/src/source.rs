@@ -468,33 +468,14 @@ impl ReqSocket {
         })
     }
 
-    /// Dumps `msg_type` receiving and splitting messages without decoding them (benchmark
-    /// baseline). Returns the message count.
-    pub fn dump_raw(&mut self, msg_type: u16, header: &[u8]) -> Result<u64, SourceError> {
-        let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
-        let mut count = 0;
-        loop {
-            let (n, _) = recv_dump(self.sock.as_raw_fd(), &mut self.buf)
-                .map_err(|e| nl_err("dump recv", e))?;
-            for (h, _) in convert::split(&self.buf[..n]) {
-                if h.sequence_number != seq {
-                    continue;
-                }
-                if h.message_type == NLMSG_DONE || h.message_type == NLMSG_ERROR {
-                    return Ok(count);
-                }
-                count += 1;
-            }
-        }
-    }
-
-    /// Dumps `msg_type`, parsing every message with netlink-packet-route and nothing more
-    /// (benchmark baseline: what any rust-netlink user pays before reading a field).
-    pub fn dump_parse(
+    /// Dumps `msg_type` for a benchmark baseline: receives and splits every message, and with
+    /// `parse` also parses it with netlink-packet-route and nothing more (what any rust-netlink
+    /// user pays before reading a field). Returns the message count.
+    pub fn dump_baseline(
         &mut self,
         msg_type: u16,
         header: &[u8],
-        f: &mut dyn FnMut(netlink_packet_route::RouteNetlinkMessage),
+        parse: bool,
     ) -> Result<u64, SourceError> {
         use netlink_packet_core::NetlinkDeserializable;
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
@@ -510,8 +491,8 @@ impl ReqSocket {
                     return Ok(count);
                 }
                 count += 1;
-                if let Ok(m) = netlink_packet_route::RouteNetlinkMessage::deserialize(&h, payload) {
-                    f(m);
+                if parse {
+                    std::hint::black_box(RouteNetlinkMessage::deserialize(&h, payload).ok());
                 }
             }
         }
