@@ -302,8 +302,8 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                     "state",
                 ],
             );
-            // NUD timer transitions are not notified (netlink-gaps.md section 7): entries being
-            // resolved (INCOMPLETE, never notified) are skipped and REACHABLE/STALE/DELAY
+            // NUD timer transitions are not notified (docs/netlink-gaps.md section 7): entries
+            // being resolved (INCOMPLETE, never notified) are skipped and REACHABLE/STALE/DELAY
             // compare as one class of usable dynamic entries.
             if let Some(Value::Array(st)) = o.get("state").cloned() {
                 if st.len() == 1 && st[0] == "INCOMPLETE" {

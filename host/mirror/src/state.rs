@@ -1,5 +1,5 @@
 //! The mirror's state and how kernel events change it, including the changes the kernel makes
-//! without telling (shared/docs/netlink-gaps.md), and the per-batch change computation.
+//! without telling (docs/netlink-gaps.md), and the per-batch change computation.
 
 use crate::convert::{fdb_is_dev_addr_list, Event};
 use crate::routes::{Attrs, RKey, Routes};

@@ -1,4 +1,4 @@
-//! Differential test of every case of shared/docs/netlink-gaps.md: after each step, once quiet,
+//! Differential test of every case of docs/netlink-gaps.md: after each step, once quiet,
 //! the mirror must equal `ip -j`/`bridge -j` output of the namespace.
 
 mod common;
