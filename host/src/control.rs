@@ -1,7 +1,6 @@
 //! The control socket: one JSON request line in, one JSON response line out (or a stream of lines
 //! for `monitor`). The CLI is its client.
 
-use crate::daemon::Daemon;
 use anyhow::Context;
 use ekho_plugin_api::prelude::*;
 use serde_json::{json, Value};
@@ -37,49 +36,91 @@ pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+/// A request the control socket serves (one JSON line from the CLI: `{"cmd": ...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// `ekho status`.
+    Status,
+    /// `ekho plugins`.
+    Plugins,
+    /// `ekho dump [KIND]`.
+    Dump(Option<ObjectKind>),
+    /// `ekho monitor`: the changes applied from now on, one line each.
+    Monitor,
+}
+
+impl Request {
+    /// Reads a request line; the error is the message the client is answered with.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        match req["cmd"].as_str().unwrap_or("") {
+            "status" => Ok(Request::Status),
+            "plugins" => Ok(Request::Plugins),
+            "dump" => match req["kind"].as_str() {
+                None => Ok(Request::Dump(None)),
+                Some(k) => match ObjectKind::from_name(k) {
+                    Some(k) => Ok(Request::Dump(Some(k))),
+                    None => {
+                        let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
+                        Err(format!("unknown kind {k:?}; one of: {}", known.join(", ")))
+                    }
+                },
+            },
+            "monitor" => Ok(Request::Monitor),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}
+
+/// Called with every change applied while a monitor watches (under the mirror's lock: must not
+/// block).
+pub type ChangeSink = Box<dyn FnMut(&[Change]) + Send>;
+
+/// Identifies a watch started by [`Service::watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchId(pub u64);
+
+/// What the control socket serves; the daemon implements it.
+pub trait Service: Send + Sync + 'static {
+    /// `ekho status --json`.
+    fn status(&self) -> Value;
+    /// `ekho plugins --json`.
+    fn plugins(&self) -> Value;
+    /// `ekho dump --json`: one object keyed by kind (`kind` alone when given).
+    fn dump(&self, kind: Option<ObjectKind>) -> Value;
+    /// Hands `sink` every change applied from now on (no snapshot), until [`Service::unwatch`].
+    fn watch(&self, sink: ChangeSink) -> WatchId;
+    /// Ends a watch.
+    fn unwatch(&self, id: WatchId);
+}
+
 /// Serves clients forever.
-pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
+pub async fn serve(listener: tokio::net::UnixListener, service: Arc<dyn Service>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let d = daemon.clone();
+        let s = service.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, d).await {
+            if let Err(e) = handle(stream, s).await {
                 tracing::debug!("control client: {e}");
             }
         });
     }
 }
 
-async fn handle(stream: tokio::net::UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
     let Some(line) = lines.next_line().await? else {
         return Ok(());
     };
-    let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-    let cmd = req["cmd"].as_str().unwrap_or("");
-    let resp = match cmd {
-        "status" => daemon.status(),
-        "plugins" => daemon.plugins(),
-        "dump" => {
-            let kind = match req["kind"].as_str() {
-                None => None,
-                Some(k) => match ObjectKind::from_name(k) {
-                    Some(k) => Some(k),
-                    None => {
-                        let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
-                        let e = json!({"error": format!("unknown kind {k:?}; one of: {}", known.join(", "))});
-                        w.write_all(format!("{e}\n").as_bytes()).await?;
-                        return Ok(());
-                    }
-                },
-            };
-            daemon.dump(kind)
-        }
-        "monitor" => return monitor(w, daemon).await,
-        other => json!({"error": format!("unknown command {other:?}")}),
+    let resp = match Request::parse(&line) {
+        Ok(Request::Status) => service.status(),
+        Ok(Request::Plugins) => service.plugins(),
+        Ok(Request::Dump(kind)) => service.dump(kind),
+        Ok(Request::Monitor) => return monitor(w, &*service).await,
+        Err(e) => json!({ "error": e }),
     };
     w.write_all(format!("{resp}\n").as_bytes()).await?;
     Ok(())
@@ -91,25 +132,23 @@ const MONITOR_BUFFER: usize = 65_536;
 
 async fn monitor(
     mut w: tokio::net::unix::OwnedWriteHalf,
-    daemon: Arc<Daemon>,
+    service: &dyn Service,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Change>(MONITOR_BUFFER);
     let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let of = overflow.clone();
     let mut tx = Some(tx);
     // No snapshot: a monitor streams changes from now on (serialised outside the mirror lock).
-    let id = daemon
-        .mirror
-        .attach_lazy(Box::new(move |changes: &[Change]| {
-            let Some(t) = &tx else { return };
-            for c in changes {
-                if t.try_send(c.clone()).is_err() {
-                    of.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tx = None;
-                    return;
-                }
+    let id = service.watch(Box::new(move |changes: &[Change]| {
+        let Some(t) = &tx else { return };
+        for c in changes {
+            if t.try_send(c.clone()).is_err() {
+                of.store(true, std::sync::atomic::Ordering::Relaxed);
+                tx = None;
+                return;
             }
-        }));
+        }
+    }));
     let result = async {
         while let Some(c) = rx.recv().await {
             w.write_all(format!("{}\n", change_json(&c)).as_bytes()).await?;
@@ -121,7 +160,7 @@ async fn monitor(
         anyhow::Ok(())
     }
     .await;
-    daemon.mirror.detach(id);
+    service.unwatch(id);
     result
 }
 
@@ -171,4 +210,41 @@ pub fn stream(socket: &Path, req: &Value, mut f: impl FnMut(Value)) -> anyhow::R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_as_the_cli_sends_them() {
+        assert_eq!(Request::parse(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(Request::parse(r#"{"cmd":"plugins"}"#), Ok(Request::Plugins));
+        assert_eq!(Request::parse(r#"{"cmd":"monitor"}"#), Ok(Request::Monitor));
+        assert_eq!(
+            Request::parse(r#"{"cmd":"dump","kind":null}"#),
+            Ok(Request::Dump(None))
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"dump","kind":"routes"}"#),
+            Ok(Request::Dump(Some(ObjectKind::Route)))
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_was_wrong() {
+        let e = Request::parse(r#"{"cmd":"dump","kind":"bogus"}"#).unwrap_err();
+        assert!(
+            e.starts_with(r#"unknown kind "bogus"; one of: links, "#),
+            "{e}"
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"frobnicate"}"#),
+            Err(r#"unknown command "frobnicate""#.to_string())
+        );
+        assert_eq!(
+            Request::parse("not json"),
+            Err(r#"unknown command """#.to_string())
+        );
+    }
 }

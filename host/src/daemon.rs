@@ -1,7 +1,8 @@
 //! `ekho run`: the daemon. Wires kernel sources -> mirror -> per-plugin dispatch -> status.
 
 use crate::config::{Config, PluginConfig};
-use crate::dispatch::{PluginHandle, PluginState, PluginStatus};
+use crate::control::{self, ChangeSink, WatchId};
+use crate::dispatch::{Fanout, MirrorAccess, PluginHandle, PluginState, PluginStatus};
 use crate::loader;
 use anyhow::Context;
 use ekho_ebpf::{EbpfConfig, EbpfSource, HookState};
@@ -11,6 +12,7 @@ use ekho_plugin_api::host::{HostServices, HostServices_TO};
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::version::API_VERSION;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,21 +47,25 @@ impl PluginEntry {
     }
 }
 
-/// The running daemon, shared by the control server.
+/// The running daemon: the mirror, the plugins and the eBPF source; it serves the control socket
+/// ([`control::Service`]).
 pub struct Daemon {
-    pub config: Config,
-    pub mirror: Mirror,
-    pub plugins: Mutex<Vec<PluginEntry>>,
-    pub ebpf: Mutex<EbpfEntry>,
-    pub started: Instant,
+    config: Config,
+    mirror: Mirror,
+    plugins: Mutex<Vec<PluginEntry>>,
+    ebpf: Mutex<EbpfEntry>,
+    started: Instant,
 }
+
+/// Where plugins send their requests to the host (plugin name, request).
+type PluginRequests = tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>;
 
 /// The host services a plugin gets: requests go to the daemon, logs to tracing.
 #[derive(Clone)]
 struct PluginHost {
     name: Arc<str>,
-    netns: Option<std::path::PathBuf>,
-    requests: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
+    netns: Option<PathBuf>,
+    requests: PluginRequests,
 }
 
 impl HostServices for PluginHost {
@@ -89,13 +95,52 @@ impl HostServices for PluginHost {
 }
 
 impl Daemon {
+    /// A daemon with no plugin loaded yet, over an empty mirror.
+    fn new(config: Config) -> Daemon {
+        Daemon {
+            config,
+            mirror: Mirror::new(),
+            plugins: Mutex::new(Vec::new()),
+            ebpf: Mutex::new(EbpfEntry::Disabled),
+            started: Instant::now(),
+        }
+    }
+
+    /// Loads the configured plugins before the initial dump: the dump feeds them as it is made
+    /// (their initial sync runs alongside the dump, not after it). Returns that feed.
+    fn load_plugins(&self, requests: &PluginRequests) -> Fanout {
+        let mut fanout = Fanout::default();
+        for pc in &self.config.plugins {
+            let entry = self.load_plugin(pc, requests, Some(&mut fanout));
+            self.plugins.lock().unwrap().push(entry);
+        }
+        fanout
+    }
+
+    /// How a plugin's worker reads the mirror.
+    fn mirror_access(&self) -> MirrorAccess {
+        let m = self.mirror.clone();
+        let replay: crate::dispatch::ReplaySource = Arc::new(move |after, max, out, at_cursor| {
+            m.replay_chunk_into(after, max, out, &mut *at_cursor)
+        });
+        let m = self.mirror.clone();
+        let lookup: crate::dispatch::Lookup = Arc::new(move |k| m.get(k));
+        let m = self.mirror.clone();
+        let size: crate::dispatch::Size = Arc::new(move || m.len());
+        MirrorAccess {
+            replay,
+            lookup,
+            size,
+        }
+    }
+
     /// Loads one plugin and attaches it to the mirror (replay, then increments). A refusal is
     /// returned as a status with state `failed` and the reason.
     fn load_plugin(
         &self,
         pc: &PluginConfig,
-        requests: &tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>,
-        mut fanout: Option<&mut crate::dispatch::Fanout>,
+        requests: &PluginRequests,
+        mut fanout: Option<&mut Fanout>,
     ) -> PluginEntry {
         let dir = self.config.plugin_dir();
         let mut status = PluginStatus {
@@ -141,15 +186,6 @@ impl Daemon {
                     });
                 }
             }
-            let m = self.mirror.clone();
-            let replay: crate::dispatch::ReplaySource =
-                Arc::new(move |after, max, out, at_cursor| {
-                    m.replay_chunk_into(after, max, out, &mut *at_cursor)
-                });
-            let m2 = self.mirror.clone();
-            let lookup: crate::dispatch::Lookup = Arc::new(move |k| m2.get(k));
-            let m3 = self.mirror.clone();
-            let size: crate::dispatch::Size = Arc::new(move || m3.len());
             // Loaded before the initial dump: fed by it as it is made. Otherwise: a replay
             // read from the mirror.
             let feed = fanout.as_deref_mut().map(|f| f.feed(&pc.name));
@@ -159,11 +195,7 @@ impl Daemon {
                 caps,
                 pc.ports.as_deref(),
                 status.clone(),
-                crate::dispatch::MirrorAccess {
-                    replay,
-                    lookup,
-                    size,
-                },
+                self.mirror_access(),
                 feed,
             );
             let q = handle.queue.clone();
@@ -212,8 +244,48 @@ impl Daemon {
         }
     }
 
+    fn ebpf_status(&self) -> Value {
+        match &*self.ebpf.lock().unwrap() {
+            EbpfEntry::Disabled => {
+                json!({"state": "disabled", "reason": "disabled in config ([host] ebpf = false)"})
+            }
+            EbpfEntry::Unavailable(r) => json!({"state": "unavailable", "reason": r}),
+            EbpfEntry::Running(src) => {
+                let st = src.stats();
+                let hooks: Vec<Value> = src
+                    .hooks
+                    .iter()
+                    .map(|h| match &h.state {
+                        HookState::Live => json!({"name": h.name, "state": "live"}),
+                        HookState::FallenBack { to, reason } => {
+                            json!({"name": h.name, "state": "fallen_back", "to": to, "reason": reason})
+                        }
+                        HookState::Unavailable { reason } => {
+                            json!({"name": h.name, "state": "unavailable", "reason": reason})
+                        }
+                    })
+                    .collect();
+                json!({"state": "running", "events": st.events, "lost": st.lost, "hooks": hooks})
+            }
+        }
+    }
+
+    /// Stops every plugin (shutdown called on each).
+    pub fn stop_plugins(&self) {
+        let mut plugins = self.plugins.lock().unwrap();
+        for p in plugins.iter_mut() {
+            if let PluginEntry::Running { handle, listener } = p {
+                self.mirror.detach(*listener);
+                handle.stop(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The control socket's requests, answered from the daemon's state.
+impl control::Service for Daemon {
     /// `ekho status --json`.
-    pub fn status(&self) -> Value {
+    fn status(&self) -> Value {
         let ms = self.mirror.stats();
         let plugins: Vec<Value> = self
             .plugins
@@ -247,34 +319,8 @@ impl Daemon {
         })
     }
 
-    fn ebpf_status(&self) -> Value {
-        match &*self.ebpf.lock().unwrap() {
-            EbpfEntry::Disabled => {
-                json!({"state": "disabled", "reason": "disabled in config ([host] ebpf = false)"})
-            }
-            EbpfEntry::Unavailable(r) => json!({"state": "unavailable", "reason": r}),
-            EbpfEntry::Running(src) => {
-                let st = src.stats();
-                let hooks: Vec<Value> = src
-                    .hooks
-                    .iter()
-                    .map(|h| match &h.state {
-                        HookState::Live => json!({"name": h.name, "state": "live"}),
-                        HookState::FallenBack { to, reason } => {
-                            json!({"name": h.name, "state": "fallen_back", "to": to, "reason": reason})
-                        }
-                        HookState::Unavailable { reason } => {
-                            json!({"name": h.name, "state": "unavailable", "reason": reason})
-                        }
-                    })
-                    .collect();
-                json!({"state": "running", "events": st.events, "lost": st.lost, "hooks": hooks})
-            }
-        }
-    }
-
     /// `ekho plugins --json`.
-    pub fn plugins(&self) -> Value {
+    fn plugins(&self) -> Value {
         let v: Vec<Value> = self
             .plugins
             .lock()
@@ -304,7 +350,7 @@ impl Daemon {
     }
 
     /// `ekho dump --json`: one object keyed by kind.
-    pub fn dump(&self, kind: Option<ObjectKind>) -> Value {
+    fn dump(&self, kind: Option<ObjectKind>) -> Value {
         let mut m = serde_json::Map::new();
         for k in ObjectKind::ALL {
             if kind.is_none_or(|x| x == k) {
@@ -337,15 +383,12 @@ impl Daemon {
         Value::Object(m)
     }
 
-    /// Stops every plugin (shutdown called on each).
-    pub fn stop_plugins(&self) {
-        let mut plugins = self.plugins.lock().unwrap();
-        for p in plugins.iter_mut() {
-            if let PluginEntry::Running { handle, listener } = p {
-                self.mirror.detach(*listener);
-                handle.stop(Duration::from_secs(10));
-            }
-        }
+    fn watch(&self, sink: ChangeSink) -> WatchId {
+        WatchId(self.mirror.attach_lazy(sink).0)
+    }
+
+    fn unwatch(&self, id: WatchId) {
+        self.mirror.detach(ekho_mirror::ListenerId(id.0));
     }
 }
 
@@ -382,20 +425,49 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket = config.control_socket();
-    crate::control::ensure_not_running(&socket)?;
+    control::ensure_not_running(&socket)?;
     // Take the socket first: a second daemon started at the same time fails here, before it
     // touches any plugin.
-    let listener = crate::control::bind(&socket).context("control socket")?;
+    let listener = control::bind(&socket).context("control socket")?;
     let result = run_bound(config, listener, &socket).await;
     let _ = std::fs::remove_file(&socket);
     result
 }
 
+/// The daemon's life once its control socket is bound, step by step.
 async fn run_bound(
     config: Config,
     listener: tokio::net::UnixListener,
-    socket: &std::path::Path,
+    socket: &Path,
 ) -> anyhow::Result<()> {
+    let netns = netns_to_mirror(&config)?;
+    tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
+    let daemon = Arc::new(Daemon::new(config));
+
+    let (requests, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fanout = daemon.load_plugins(&requests);
+    let source = start_mirror(&daemon, netns.clone(), fanout);
+    if let Err(e) = wait_for_sync(&daemon.mirror, source).await {
+        // The plugins were loaded for the initial dump: let them release what they hold.
+        stop_plugins(&daemon).await?;
+        return Err(e);
+    }
+    if daemon.config.host.ebpf.unwrap_or(true) {
+        let entry = start_ebpf(&daemon, netns);
+        *daemon.ebpf.lock().unwrap() = entry;
+    }
+    tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
+    // Control socket (bound at start).
+    tokio::spawn(control::serve(listener, daemon.clone()));
+    tracing::info!(socket = %socket.display(), "ekho running");
+
+    wait_for_signal().await?;
+    shutdown(&daemon).await
+}
+
+/// The namespace to mirror (`None`: the caller's), checked to exist; the netlink and eBPF
+/// sources enter it.
+fn netns_to_mirror(config: &Config) -> anyhow::Result<Option<PathBuf>> {
     let netns = config.netns_path();
     if let Some(p) = &netns {
         if !p.exists() {
@@ -406,176 +478,174 @@ async fn run_bound(
             );
         }
     }
-    tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
+    Ok(netns)
+}
 
-    let mirror = Mirror::new();
-    let daemon = Arc::new(Daemon {
-        config: config.clone(),
-        mirror: mirror.clone(),
-        plugins: Mutex::new(Vec::new()),
-        ebpf: Mutex::new(EbpfEntry::Disabled),
-        started: Instant::now(),
-    });
-
-    // Plugins first: the initial dump feeds them as it is made (their initial sync runs
-    // alongside the dump, not after it).
-    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<str>, Request)>();
-    let mut fanout = crate::dispatch::Fanout::default();
-    for pc in &config.plugins {
-        let entry = daemon.load_plugin(pc, &req_tx, Some(&mut fanout));
-        daemon.plugins.lock().unwrap().push(entry);
-    }
-
+/// Starts the netlink source feeding the mirror; its initial dump streams to the plugins in
+/// `fanout`. The task ends with the reason the source stopped, if it failed.
+fn start_mirror(
+    daemon: &Daemon,
+    netns: Option<PathBuf>,
+    fanout: Fanout,
+) -> tokio::task::JoinHandle<Option<String>> {
     let src_cfg = SourceConfig {
-        netns: netns.clone(),
-        rcvbuf: config.host.netlink_rcvbuf.unwrap_or(DEFAULT_RCVBUF),
+        netns,
+        rcvbuf: daemon.config.host.netlink_rcvbuf.unwrap_or(DEFAULT_RCVBUF),
     };
-    let m2 = mirror.clone();
+    let mirror = daemon.mirror.clone();
     let stream: Option<Box<dyn ekho_mirror::source::InitialStream>> = if fanout.is_empty() {
         None
     } else {
         Some(Box::new(fanout))
     };
-    let source = tokio::spawn(async move {
+    tokio::spawn(async move {
         let opts = ekho_mirror::source::SourceOptions::default();
-        match ekho_mirror::source::run_streaming(m2, src_cfg, opts, stream).await {
+        match ekho_mirror::source::run_streaming(mirror, src_cfg, opts, stream).await {
             Err(e) => {
                 tracing::error!("netlink source stopped: {e}");
                 Some(e.to_string())
             }
             Ok(()) => None,
         }
-    });
+    })
+}
+
+/// Waits for the mirror's initial dump to complete (at most 60 s), or fails with the reason the
+/// source stopped first.
+async fn wait_for_sync(
+    mirror: &Mirror,
+    source: tokio::task::JoinHandle<Option<String>>,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let synced: anyhow::Result<()> = async {
-        while !mirror.stats().synced {
-            if source.is_finished() {
-                let e = source.await.ok().flatten().unwrap_or_default();
-                let hint = if e.contains("Operation not permitted") {
-                    " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
-                } else {
-                    ""
-                };
-                anyhow::bail!(
-                    "the netlink source failed before the initial dump completed: {e}{hint}"
-                );
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                anyhow::bail!("initial netlink dump did not complete within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    while !mirror.stats().synced {
+        if source.is_finished() {
+            let e = source.await.ok().flatten().unwrap_or_default();
+            let hint = if e.contains("Operation not permitted") {
+                " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+            } else {
+                ""
+            };
+            anyhow::bail!("the netlink source failed before the initial dump completed: {e}{hint}");
         }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = synced {
-        // The plugins were loaded for the initial dump: let them release what they hold.
-        let d = daemon.clone();
-        tokio::task::spawn_blocking(move || d.stop_plugins()).await?;
-        return Err(e);
+        if t0.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("initial netlink dump did not complete within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tracing::info!(objects = ?mirror.stats().objects, "mirror synced in {:?}", t0.elapsed());
+    Ok(())
+}
 
-    // eBPF source.
-    if config.host.ebpf.unwrap_or(true) {
-        let d = Arc::downgrade(&daemon);
-        let m_ev = mirror.clone();
-        let events: ekho_ebpf::EventSink = Arc::new(move |ev: Vec<NotifierEvent>| {
-            // The kernel creates some neighbours without any netlink message (NOARP entries made
-            // by the output path, e.g. on lo): a neigh_create seen in the kernel asks the mirror
-            // for a targeted neighbour re-dump, which emits only what differs.
-            if ev
-                .iter()
-                .any(|e| e.kind == NotifierKind::Neighbour && e.event.as_str() == "neigh_create")
-            {
-                m_ev.request_resync(&[ObjectKind::Neighbour]);
+/// Starts the eBPF source: notifier events go to the plugins, ring-buffer losses and
+/// neighbours created without a netlink message ask the mirror for a re-dump.
+fn start_ebpf(daemon: &Arc<Daemon>, netns: Option<PathBuf>) -> EbpfEntry {
+    let d = Arc::downgrade(daemon);
+    let m_ev = daemon.mirror.clone();
+    let events: ekho_ebpf::EventSink = Arc::new(move |ev: Vec<NotifierEvent>| {
+        // The kernel creates some neighbours without any netlink message (NOARP entries made
+        // by the output path, e.g. on lo): a neigh_create seen in the kernel asks the mirror
+        // for a targeted neighbour re-dump, which emits only what differs.
+        if ev
+            .iter()
+            .any(|e| e.kind == NotifierKind::Neighbour && e.event.as_str() == "neigh_create")
+        {
+            m_ev.request_resync(&[ObjectKind::Neighbour]);
+        }
+        if let Some(d) = d.upgrade() {
+            d.notify(&ev);
+        }
+    });
+    let m_loss = daemon.mirror.clone();
+    let loss: ekho_ebpf::LossSink = Arc::new(move |kinds: &[ObjectKind]| {
+        tracing::warn!(
+            ?kinds,
+            "eBPF ring buffer lost events; re-dumping the affected kinds"
+        );
+        m_loss.request_resync(kinds);
+    });
+    match EbpfSource::start(EbpfConfig { netns }, events, loss) {
+        Ok(src) => {
+            log_hooks(&src);
+            EbpfEntry::Running(src)
+        }
+        Err(e) => {
+            let mut why = e.to_string();
+            if why.contains("EPERM") || why.contains("Operation not permitted") {
+                why.push_str("; loading BPF needs CAP_BPF and CAP_PERFMON (or root)");
             }
-            if let Some(d) = d.upgrade() {
-                d.notify(&ev);
-            }
-        });
-        let m3 = mirror.clone();
-        let loss: ekho_ebpf::LossSink = Arc::new(move |kinds: &[ObjectKind]| {
-            tracing::warn!(
-                ?kinds,
-                "eBPF ring buffer lost events; re-dumping the affected kinds"
-            );
-            m3.request_resync(kinds);
-        });
-        let entry = match EbpfSource::start(
-            EbpfConfig {
-                netns: netns.clone(),
-            },
-            events,
-            loss,
-        ) {
-            Ok(src) => {
-                let (mut live, mut fell, mut none) = (0, 0, 0);
-                for h in &src.hooks {
-                    match &h.state {
-                        HookState::Live => live += 1,
-                        HookState::FallenBack { to, reason } => {
-                            fell += 1;
-                            tracing::debug!(hook = %h.name, to = %to, "eBPF hook fell back: {reason}")
-                        }
-                        HookState::Unavailable { reason } => {
-                            none += 1;
-                            tracing::debug!(hook = %h.name, "eBPF hook unavailable: {reason}")
-                        }
-                    }
-                }
-                tracing::info!(
-                    "eBPF: {live} hooks live, {fell} fallen back, {none} unavailable (`ekho status` lists them)"
-                );
-                EbpfEntry::Running(src)
-            }
-            Err(e) => {
-                let mut why = e.to_string();
-                if why.contains("EPERM") || why.contains("Operation not permitted") {
-                    why.push_str("; loading BPF needs CAP_BPF and CAP_PERFMON (or root)");
-                }
-                tracing::warn!("{why}");
-                EbpfEntry::Unavailable(why)
-            }
-        };
-        *daemon.ebpf.lock().unwrap() = entry;
+            tracing::warn!("{why}");
+            EbpfEntry::Unavailable(why)
+        }
     }
+}
 
-    let m4 = mirror.clone();
-    tokio::spawn(async move {
-        while let Some((plugin, req)) = req_rx.recv().await {
-            match req {
-                Request::ResolveNeighbour { ifindex, addr } => {
-                    let m = m4.clone();
-                    let r = tokio::task::spawn_blocking(move || m.resolve_neighbour(ifindex, addr))
-                        .await;
-                    match r {
-                        Ok(Ok(())) => {
-                            tracing::debug!(%plugin, %addr, ifindex, "next-hop resolution requested")
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(%plugin, %addr, ifindex, "cannot resolve next hop: {e}")
-                        }
-                        Err(e) => tracing::warn!(%plugin, "resolve task: {e}"),
+/// Logs how many eBPF hooks are live, fallen back or unavailable (each at debug).
+fn log_hooks(src: &EbpfSource) {
+    let (mut live, mut fell, mut none) = (0, 0, 0);
+    for h in &src.hooks {
+        match &h.state {
+            HookState::Live => live += 1,
+            HookState::FallenBack { to, reason } => {
+                fell += 1;
+                tracing::debug!(hook = %h.name, to = %to, "eBPF hook fell back: {reason}")
+            }
+            HookState::Unavailable { reason } => {
+                none += 1;
+                tracing::debug!(hook = %h.name, "eBPF hook unavailable: {reason}")
+            }
+        }
+    }
+    tracing::info!(
+        "eBPF: {live} hooks live, {fell} fallen back, {none} unavailable (`ekho status` lists them)"
+    );
+}
+
+/// Carries out the plugins' requests to the host (next-hop resolution), until every plugin's
+/// sender is gone.
+async fn serve_plugin_requests(
+    mirror: Mirror,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Request)>,
+) {
+    while let Some((plugin, req)) = requests.recv().await {
+        match req {
+            Request::ResolveNeighbour { ifindex, addr } => {
+                let m = mirror.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || m.resolve_neighbour(ifindex, addr)).await;
+                match r {
+                    Ok(Ok(())) => {
+                        tracing::debug!(%plugin, %addr, ifindex, "next-hop resolution requested")
                     }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%plugin, %addr, ifindex, "cannot resolve next hop: {e}")
+                    }
+                    Err(e) => tracing::warn!(%plugin, "resolve task: {e}"),
                 }
             }
         }
-    });
+    }
+}
 
-    // Control socket (bound at start).
-    let d = daemon.clone();
-    tokio::spawn(async move { crate::control::serve(listener, d).await });
-    tracing::info!(socket = %socket.display(), "ekho running");
-
-    // Until SIGTERM/SIGINT.
+/// Until SIGTERM or SIGINT.
+async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
+    Ok(())
+}
+
+/// Stops every plugin (off the async threads: a plugin's shutdown may block).
+async fn stop_plugins(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
     let d = daemon.clone();
     tokio::task::spawn_blocking(move || d.stop_plugins()).await?;
+    Ok(())
+}
+
+/// Stops the plugins, then the eBPF source.
+async fn shutdown(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    stop_plugins(daemon).await?;
     *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
     tracing::info!("ekho stopped");
     Ok(())
