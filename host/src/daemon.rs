@@ -6,7 +6,7 @@ use crate::dispatch::{Fanout, MirrorAccess, PluginHandle, PluginState, PluginSta
 use crate::loader;
 use anyhow::Context;
 use ekho_ebpf::{EbpfConfig, EbpfSource, HookState};
-use ekho_mirror::source::SourceConfig;
+use ekho_mirror::source::{SourceConfig, SourceError};
 use ekho_mirror::Mirror;
 use ekho_plugin_api::host::{HostServices, HostServices_TO};
 use ekho_plugin_api::prelude::*;
@@ -487,7 +487,7 @@ fn start_mirror(
     daemon: &Daemon,
     netns: Option<PathBuf>,
     fanout: Fanout,
-) -> tokio::task::JoinHandle<Option<String>> {
+) -> tokio::task::JoinHandle<Option<SourceError>> {
     let src_cfg = SourceConfig {
         netns,
         rcvbuf: daemon.config.host.netlink_rcvbuf.unwrap_or(DEFAULT_RCVBUF),
@@ -503,7 +503,7 @@ fn start_mirror(
         match ekho_mirror::source::run_streaming(mirror, src_cfg, opts, stream).await {
             Err(e) => {
                 tracing::error!("netlink source stopped: {e}");
-                Some(e.to_string())
+                Some(e)
             }
             Ok(()) => None,
         }
@@ -514,13 +514,17 @@ fn start_mirror(
 /// source stopped first.
 async fn wait_for_sync(
     mirror: &Mirror,
-    source: tokio::task::JoinHandle<Option<String>>,
+    source: tokio::task::JoinHandle<Option<SourceError>>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while !mirror.stats().synced {
         if source.is_finished() {
-            let e = source.await.ok().flatten().unwrap_or_default();
-            let hint = if e.contains("Operation not permitted") {
+            let (e, errno) = match source.await {
+                Ok(Some(e)) => (e.to_string(), e.errno()),
+                Ok(None) => (String::new(), None),
+                Err(e) => (e.to_string(), None),
+            };
+            let hint = if errno == Some(libc::EPERM) {
                 " (entering a network namespace and forcing the socket buffer need root: CAP_SYS_ADMIN, CAP_NET_ADMIN)"
             } else {
                 ""
@@ -570,7 +574,7 @@ fn start_ebpf(daemon: &Arc<Daemon>, netns: Option<PathBuf>) -> EbpfEntry {
         }
         Err(e) => {
             let mut why = e.to_string();
-            if why.contains("EPERM") || why.contains("Operation not permitted") {
+            if e.errno() == Some(libc::EPERM) {
                 why.push_str("; loading BPF needs CAP_BPF and CAP_PERFMON (or root)");
             }
             tracing::warn!("{why}");

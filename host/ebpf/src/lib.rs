@@ -117,10 +117,16 @@ pub type EventSink = Arc<dyn Fn(Vec<NotifierEvent>) + Send + Sync>;
 pub type LossSink = Arc<dyn Fn(&[ObjectKind]) + Send + Sync>;
 
 /// Errors that stop the eBPF source as a whole (individual hooks failing are in [`HookStatus`]).
+/// Callers match on [`EbpfError::errno`], never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
-    #[error("cannot load BPF programs: {0} (ekho runs on netlink alone)")]
-    Load(String),
+    #[error("cannot load BPF programs: {reason} (ekho runs on netlink alone)")]
+    Load {
+        /// What failed, on one line, the errno named first when there is one (`EPERM: ...`).
+        reason: String,
+        /// The errno of the refused system call, when there is one.
+        errno: Option<i32>,
+    },
     #[error("network namespace {path}: {source}")]
     Netns {
         path: PathBuf,
@@ -130,6 +136,25 @@ pub enum EbpfError {
     NoRuntime,
     #[error("BPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+}
+
+impl EbpfError {
+    /// The errno behind the error, when a system call gave one (`libc::EPERM` when loading BPF is
+    /// not allowed, ...).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            EbpfError::Load { errno, .. } => *errno,
+            EbpfError::Netns { source, .. } => source.raw_os_error(),
+            EbpfError::NoRuntime | EbpfError::Map { .. } => None,
+        }
+    }
+
+    fn load(e: &(dyn std::error::Error + 'static)) -> EbpfError {
+        EbpfError::Load {
+            reason: reason(e),
+            errno: errno_of(e),
+        }
+    }
 }
 
 /// Counters for `ekho status`.
@@ -174,7 +199,7 @@ pub struct ProgramStats {
 /// Turns on the kernel's per-program run-time accounting (`BPF_ENABLE_STATS`, as
 /// `kernel.bpf_stats_enabled`) for as long as the returned descriptor is open.
 pub fn enable_bpf_stats() -> Result<OwnedFd, EbpfError> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| EbpfError::Load(reason(&e)))
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| EbpfError::load(&e))
 }
 
 /// State shared between the source and its tasks.
@@ -285,29 +310,30 @@ impl EbpfSource {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| EbpfError::NoRuntime)?;
         let netns_inode = netns_inode(cfg.netns.as_deref())?;
         raise_memlock();
-        let btf = Btf::from_sys_fs().map_err(|e| {
-            EbpfError::Load(format!(
-                "kernel BTF (/sys/kernel/btf/vmlinux): {}",
-                reason(&e)
-            ))
+        let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Load {
+            reason: format!("kernel BTF (/sys/kernel/btf/vmlinux): {}", reason(&e)),
+            errno: errno_of(&e),
         })?;
         let mut bpf = EbpfLoader::new()
             .btf(Some(&btf))
             .set_global("target_netns", &netns_inode, true)
             .set_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
-            .map_err(|e| EbpfError::Load(reason(&e)))?;
+            .map_err(|e| EbpfError::load(&e))?;
 
         let mut statuses = Vec::new();
         let mut attached = Vec::new();
         // Tracepoints first: fentry fallbacks name them.
         let mut tp_live: HashMap<&'static str, String> = HashMap::new();
         let mut tp_statuses = Vec::new();
+        // The errno of each unavailable hook, by hook name.
+        let mut refused: HashMap<String, Option<i32>> = HashMap::new();
         for tp in hooks::TRACEPOINTS {
             if tp.kind == NotifierKind::FibLookup && !opts.fib_lookups {
                 continue;
             }
-            let (status, live) = attach_tracepoint(&mut bpf, &btf, tp.name, opts.force_raw_tp);
+            let (status, live) =
+                attach_tracepoint(&mut bpf, &btf, tp.name, opts.force_raw_tp, &mut refused);
             if let Some((hook, prog)) = live {
                 tp_live.insert(tp.name, hook.clone());
                 attached.push((hook, prog));
@@ -317,7 +343,10 @@ impl EbpfSource {
         for f in hooks::FENTRIES {
             let name = format!("fentry/{}", f.func);
             let res = if opts.no_fentry {
-                Err("fentry disabled by StartOptions::no_fentry".to_string())
+                Err(Refusal {
+                    reason: "fentry disabled by StartOptions::no_fentry".to_string(),
+                    errno: None,
+                })
             } else {
                 attach_fentry(&mut bpf, &btf, f.prog, f.func)
             };
@@ -326,13 +355,14 @@ impl EbpfSource {
                     attached.push((name.clone(), f.prog.to_string()));
                     HookState::Live
                 }
-                Err(why) => {
+                Err(Refusal { reason: why, errno }) => {
                     let to: Vec<&str> = f
                         .fallback
                         .iter()
                         .filter_map(|t| tp_live.get(t).map(String::as_str))
                         .collect();
                     if to.is_empty() {
+                        refused.insert(name.clone(), errno);
                         HookState::Unavailable { reason: why }
                     } else {
                         HookState::FallenBack {
@@ -346,8 +376,13 @@ impl EbpfSource {
         }
         let mut notifier_live = false;
         if opts.notifier_runs {
-            let (status, live) =
-                attach_tracepoint(&mut bpf, &btf, "notifier_run", opts.force_raw_tp);
+            let (status, live) = attach_tracepoint(
+                &mut bpf,
+                &btf,
+                "notifier_run",
+                opts.force_raw_tp,
+                &mut refused,
+            );
             if let Some(l) = live {
                 notifier_live = true;
                 attached.push(l);
@@ -367,16 +402,19 @@ impl EbpfSource {
             }
         }
         if attached.is_empty() {
-            let why = statuses
+            let (why, errno) = statuses
                 .iter()
                 .find_map(|h| match &h.state {
-                    HookState::Unavailable { reason } => Some(reason.clone()),
+                    HookState::Unavailable { reason } => {
+                        Some((reason.clone(), refused.get(&h.name).copied().flatten()))
+                    }
                     _ => None,
                 })
-                .unwrap_or_else(|| "no hook".into());
-            return Err(EbpfError::Load(format!(
-                "no hook could be attached ({why})"
-            )));
+                .unwrap_or_else(|| ("no hook".into(), None));
+            return Err(EbpfError::Load {
+                reason: format!("no hook could be attached ({why})"),
+                errno,
+            });
         }
 
         let ring = take_map(&mut bpf, "EVENTS", RingBuf::try_from)?;
@@ -582,14 +620,14 @@ pub struct HandlerCheck {
 /// the notifier-chain code even where fentry is refused. Returns (fentry hook, result) per handler.
 pub fn verify_fentry_handlers() -> Result<Vec<HandlerCheck>, EbpfError> {
     raise_memlock();
-    let btf = Btf::from_sys_fs().map_err(|e| EbpfError::Load(reason(&e)))?;
+    let btf = Btf::from_sys_fs().map_err(|e| EbpfError::load(&e))?;
     let ino = netns_inode(None)?;
     let mut bpf = EbpfLoader::new()
         .btf(Some(&btf))
         .set_global("target_netns", &ino, true)
         .set_max_entries("EVENTS", 4096 * 4)
         .load(OBJECT)
-        .map_err(|e| EbpfError::Load(reason(&e)))?;
+        .map_err(|e| EbpfError::load(&e))?;
     let mut out = Vec::new();
     let mut done: HashMap<&str, Result<(), String>> = HashMap::new();
     for f in hooks::FENTRIES {
@@ -638,18 +676,23 @@ fn kallsyms(mut want: Vec<u64>) -> HashMap<u64, String> {
 }
 
 /// Tries `tp_btf/NAME` then `raw_tp/NAME`; returns the status and (hook, program) if attached.
+/// An unavailable hook's errno (raw_tp's, else tp_btf's) goes into `refused`.
 fn attach_tracepoint(
     bpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,
     force_raw: bool,
+    refused: &mut HashMap<String, Option<i32>>,
 ) -> (HookStatus, Option<(String, String)>) {
     let btf_hook = hooks::tp_hook_name(name, false);
     let raw_hook = hooks::tp_hook_name(name, true);
     let btf_prog = format!("btf_{name}");
     let raw_prog = format!("raw_{name}");
     let btf_err = if force_raw {
-        "tp_btf skipped (force_raw_tp)".to_string()
+        Refusal {
+            reason: "tp_btf skipped (force_raw_tp)".to_string(),
+            errno: None,
+        }
     } else {
         match with_prog::<BtfTracePoint, _>(bpf, &btf_prog, |p| {
             p.load(name, btf)?;
@@ -680,7 +723,7 @@ fn attach_tracepoint(
         Ok(()) => {
             let state = HookState::FallenBack {
                 to: raw_hook.clone(),
-                reason: btf_err,
+                reason: btf_err.reason,
             };
             (
                 HookStatus {
@@ -691,8 +734,9 @@ fn attach_tracepoint(
             )
         }
         Err(raw_err) => {
+            refused.insert(btf_hook.clone(), raw_err.errno.or(btf_err.errno));
             let state = HookState::Unavailable {
-                reason: format!("tp_btf: {btf_err}; raw_tp: {raw_err}"),
+                reason: format!("tp_btf: {}; raw_tp: {}", btf_err.reason, raw_err.reason),
             };
             (
                 HookStatus {
@@ -705,7 +749,7 @@ fn attach_tracepoint(
     }
 }
 
-fn attach_fentry(bpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), String> {
+fn attach_fentry(bpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<(), Refusal> {
     with_prog::<FEntry, _>(bpf, prog, |p| {
         p.load(func, btf)?;
         if let Err(e) = p.attach() {
@@ -714,28 +758,45 @@ fn attach_fentry(bpf: &mut Ebpf, btf: &Btf, prog: &str, func: &str) -> Result<()
         }
         Ok(())
     })
-    .map_err(|e| {
-        if e.contains("Unknown BTF type") {
+    .map_err(|Refusal { reason: e, errno }| {
+        let reason = if e.contains("Unknown BTF type") {
             format!("{func} is not in this kernel's BTF (function not built in): {e}")
-        } else if e.starts_with("EPERM") {
+        } else if errno == Some(libc::EPERM) {
             format!("fentry refused by this kernel: {e}")
         } else {
             e
-        }
+        };
+        Refusal { reason, errno }
     })
 }
 
-/// Runs `f` on program `name` converted to `P`, turning every error into a one-line reason.
-fn with_prog<P, F>(bpf: &mut Ebpf, name: &str, f: F) -> Result<(), String>
+/// Why a program could not be loaded or attached: a one-line reason and the errno behind it.
+struct Refusal {
+    reason: String,
+    errno: Option<i32>,
+}
+
+impl Refusal {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Refusal {
+        Refusal {
+            reason: reason(e),
+            errno: errno_of(e),
+        }
+    }
+}
+
+/// Runs `f` on program `name` converted to `P`, turning every error into a [`Refusal`].
+fn with_prog<P, F>(bpf: &mut Ebpf, name: &str, f: F) -> Result<(), Refusal>
 where
     for<'a> &'a mut P: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
     F: FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
 {
-    let prog = bpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} not in object"))?;
-    let p: &mut P = prog.try_into().map_err(|e| reason(&e))?;
-    f(p).map_err(|e| reason(&e))
+    let prog = bpf.program_mut(name).ok_or_else(|| Refusal {
+        reason: format!("program {name} not in object"),
+        errno: None,
+    })?;
+    let p: &mut P = prog.try_into().map_err(|e| Refusal::of(&e))?;
+    f(p).map_err(|e| Refusal::of(&e))
 }
 
 fn take_map<T, E: std::error::Error + 'static>(
@@ -779,15 +840,26 @@ fn raise_memlock() {
     }
 }
 
+/// The errno of the first operating-system error in an error chain.
+fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(n);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// One-line reason from an error chain, with the errno name (`EPERM: ...`) when there is one.
 fn reason(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut errno = None;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            errno = errno.or(io.raw_os_error());
-        }
         let s = err
             .to_string()
             .split_whitespace()
@@ -804,7 +876,7 @@ fn reason(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     let mut out = parts.join(": ");
-    if let Some(n) = errno {
+    if let Some(n) = errno_of(e) {
         out = format!("{}: {out}", errno_name(n));
     }
     if out.chars().count() > 600 {
@@ -984,6 +1056,19 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(libc::EPERM);
         let r = reason(&e);
         assert!(r.starts_with("EPERM: Operation not permitted"), "{r}");
+        assert_eq!(errno_of(&e), Some(libc::EPERM));
+        // The errno is found down an error chain (as in aya's errors).
+        #[derive(Debug, thiserror::Error)]
+        #[error("map EVENTS")]
+        struct Wrapped(#[source] std::io::Error);
+        let load = EbpfError::load(&Wrapped(e));
+        assert_eq!(load.errno(), Some(libc::EPERM), "{load}");
+        assert!(
+            load.to_string().starts_with(
+                "cannot load BPF programs: EPERM: map EVENTS: Operation not permitted"
+            ),
+            "{load}"
+        );
         let long = std::io::Error::other(format!("a\nb {}", "x".repeat(2000)));
         let r = reason(&long);
         assert!(!r.contains('\n'));

@@ -208,11 +208,11 @@ impl Mirror {
         &self,
         ifindex: u32,
         addr: ekho_plugin_api::object::IpAddress,
-    ) -> Result<(), String> {
+    ) -> Result<(), source::SourceError> {
         let g = self.ctl.req.lock().unwrap();
         match g.as_ref() {
             Some(s) => s.resolve_neighbour(ifindex, addr),
-            None => Err("no netlink source is running".into()),
+            None => Err(source::SourceError::NotRunning),
         }
     }
 

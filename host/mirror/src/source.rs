@@ -66,7 +66,8 @@ impl Default for SourceOptions {
     }
 }
 
-/// Errors of the source.
+/// Errors of the source. Each keeps the operating-system error (errno) it comes from: callers
+/// match on [`SourceError::errno`], never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The namespace could not be opened or entered.
@@ -77,16 +78,59 @@ pub enum SourceError {
         /// Why.
         source: std::io::Error,
     },
-    /// A netlink socket or request failed.
-    #[error("netlink: {0}")]
-    Netlink(String),
+    /// A netlink socket call failed, or the kernel refused a request (its `NLMSG_ERROR` code).
+    #[error("netlink: {op}: {source}")]
+    Netlink {
+        /// What was being done (`socket`, `send`, `dump of type 26`, ...).
+        op: String,
+        /// The error, with its errno (the kernel's code for a refused request).
+        source: std::io::Error,
+    },
     /// A dump the kernel could not complete (not fatal: the kind is reconciled without sweep).
-    #[error("incomplete dump: {0}")]
-    Incomplete(String),
+    #[error("incomplete dump: {source}")]
+    Incomplete {
+        /// The code the kernel ended the dump with (`EMSGSIZE`).
+        source: std::io::Error,
+    },
+    /// The kernel flagged every attempt at a dump as interrupted (`NLM_F_DUMP_INTR`).
+    #[error("netlink: dumps kept being interrupted ({attempts} attempts)")]
+    Interrupted {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The source thread ended without a result (it panicked).
+    #[error("netlink: source thread died")]
+    ThreadDied,
+    /// A request needs a running source (its socket in the mirrored namespace).
+    #[error("no netlink source is running")]
+    NotRunning,
 }
 
-fn nl_err(what: &str, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Netlink(format!("{what}: {e}"))
+impl SourceError {
+    /// The errno behind the error, when an operating-system call or the kernel gave one
+    /// (`libc::EPERM` when a capability is missing, ...).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SourceError::Netns { source, .. }
+            | SourceError::Netlink { source, .. }
+            | SourceError::Incomplete { source } => source.raw_os_error(),
+            SourceError::Interrupted { .. } | SourceError::ThreadDied | SourceError::NotRunning => {
+                None
+            }
+        }
+    }
+}
+
+fn nl_err(op: impl Into<String>, source: std::io::Error) -> SourceError {
+    SourceError::Netlink {
+        op: op.into(),
+        source,
+    }
+}
+
+/// The error of a request the kernel refused with `NLMSG_ERROR` code `code` (a negative errno).
+fn refused(op: impl Into<String>, code: i32) -> SourceError {
+    nl_err(op, std::io::Error::from_raw_os_error(-code))
 }
 
 /// Runs the source until the process ends: subscribes, dumps every kind into `mirror`, then
@@ -172,8 +216,7 @@ pub async fn run_streaming(
             let _ = tx.send(r);
         })
         .map_err(|e| nl_err("spawn source thread", e))?;
-    rx.await
-        .unwrap_or_else(|_| Err(SourceError::Netlink("source thread died".into())))
+    rx.await.unwrap_or(Err(SourceError::ThreadDied))
 }
 
 /// Enters the network namespace at `path` on the calling thread.
@@ -414,9 +457,9 @@ impl ReqSocket {
                                 // DONE (EMSGSIZE: an entry larger than the biggest dump buffer,
                                 // ~32 KiB).
                                 let _ = tx.send(batch);
-                                return Err(SourceError::Incomplete(
-                                    std::io::Error::from_raw_os_error(libc::EMSGSIZE).to_string(),
-                                ));
+                                return Err(SourceError::Incomplete {
+                                    source: std::io::Error::from_raw_os_error(libc::EMSGSIZE),
+                                });
                             }
                             NLMSG_DONE => {
                                 let _ = tx.send(batch);
@@ -426,10 +469,7 @@ impl ReqSocket {
                                 let _ = tx.send(batch);
                                 let code = errno(payload);
                                 if code != 0 {
-                                    return Err(nl_err(
-                                        &format!("dump of type {msg_type}"),
-                                        std::io::Error::from_raw_os_error(-code),
-                                    ));
+                                    return Err(refused(format!("dump of type {msg_type}"), code));
                                 }
                                 return Ok((count, intr));
                             }
@@ -499,24 +539,24 @@ impl ReqSocket {
     }
 
     /// Sends a request and waits for its acknowledgement.
-    pub fn request(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<(), String> {
-        let seq = self
-            .send(msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, payload)
-            .map_err(|e| e.to_string())?;
+    pub fn request(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        payload: &[u8],
+    ) -> Result<(), SourceError> {
+        let seq = self.send(msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, payload)?;
         loop {
             let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| nl_err("recv", e))?
                 .unwrap_or(0);
             for (h, payload) in convert::split(&self.buf[..n]) {
                 if h.sequence_number == seq && h.message_type == NLMSG_ERROR {
-                    let code = payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                        .unwrap_or(0);
+                    let code = errno(payload);
                     return if code == 0 {
                         Ok(())
                     } else {
-                        Err(std::io::Error::from_raw_os_error(-code).to_string())
+                        Err(refused(format!("request of type {msg_type}"), code))
                     };
                 }
             }
@@ -524,7 +564,7 @@ impl ReqSocket {
     }
 
     /// Sends `RTM_NEWNEIGH` with `NTF_USE` (creating the entry if needed) for `addr` on `ifindex`.
-    pub fn resolve_neighbour(&self, ifindex: u32, addr: IpAddress) -> Result<(), String> {
+    pub fn resolve_neighbour(&self, ifindex: u32, addr: IpAddress) -> Result<(), SourceError> {
         let (family, dst) = match addr {
             IpAddress::V4(b) => (AddressFamily::Inet, NeighbourAddress::Inet(b.into())),
             IpAddress::V6(b) => (AddressFamily::Inet6, NeighbourAddress::Inet6(b.into())),
@@ -554,11 +594,11 @@ impl ReqSocket {
         s.request(28, NLM_F_CREATE, &b[16..])
     }
 
-    fn clone_in_netns(&self) -> Result<Socket, String> {
+    fn clone_in_netns(&self) -> Result<Socket, SourceError> {
         // SAFETY: dup of a valid fd; the new fd refers to the same socket (same netns).
         let fd = unsafe { libc::dup(self.sock.as_raw_fd()) };
         if fd < 0 {
-            return Err(std::io::Error::last_os_error().to_string());
+            return Err(nl_err("dup", std::io::Error::last_os_error()));
         }
         // SAFETY: fd is a fresh, owned netlink socket descriptor.
         Ok(unsafe { Socket::from_raw_fd(fd) })
@@ -618,7 +658,7 @@ fn dump_outcome(
 ) -> Result<Option<(u64, bool)>, SourceError> {
     match r {
         Ok(x) => Ok(Some(x)),
-        Err(SourceError::Incomplete(e)) => {
+        Err(SourceError::Incomplete { source: e }) => {
             tracing::warn!("dump of {k} incomplete ({e}): reconciled without removals");
             snap.partial.insert(k);
             Ok(None)
@@ -641,8 +681,9 @@ pub fn snapshot(
     req: &mut ReqSocket,
     kinds: &BTreeSet<ObjectKind>,
 ) -> Result<(Snapshot, u64), SourceError> {
+    const ATTEMPTS: u32 = 5;
     let mut n = 0;
-    for _attempt in 0..5 {
+    for _attempt in 0..ATTEMPTS {
         let mut snap = Snapshot {
             kinds: kinds.clone(),
             ..Default::default()
@@ -662,7 +703,7 @@ pub fn snapshot(
         }
         tracing::debug!("dump interrupted, starting over");
     }
-    Err(SourceError::Netlink("dumps kept being interrupted".into()))
+    Err(SourceError::Interrupted { attempts: ATTEMPTS })
 }
 
 /// The initial dump, handed to `stream` as it arrives: kinds before routes once dumped, routes as
@@ -998,5 +1039,27 @@ fn thread_main(
                 next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_the_errno() {
+        let e = enter_netns(std::path::Path::new("/nonexistent/ekho-netns")).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+        let e = refused("dump of type 26", -libc::EPERM);
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert_eq!(
+            e.to_string(),
+            "netlink: dump of type 26: Operation not permitted (os error 1)"
+        );
+        assert_eq!(SourceError::ThreadDied.errno(), None);
+        let e = Mirror::new()
+            .resolve_neighbour(1, "10.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(matches!(e, SourceError::NotRunning), "{e}");
     }
 }
