@@ -98,6 +98,20 @@ fn device_routes_on_several_devices_are_separate_objects() {
     ns.ip("link add va type veth peer name vb");
     ns.ip("link set va up");
     ns.ip("link set vb up");
+    // The kernel adds the fe80::/64 routes when IPv6 comes up on each device, shortly after.
+    let t0 = std::time::Instant::now();
+    while ns
+        .sh("ip -6 route show table main fe80::/64")
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the kernel did not add both fe80::/64 routes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = start(&ns, 0);
     let fe80 = |objs: &[Object]| -> Vec<String> {
         let mut v: Vec<String> = objs
