@@ -216,45 +216,6 @@ impl Mirror {
         }
     }
 
-    /// Inserts or replaces an object (not routes' alternatives), notifying listeners.
-    pub fn upsert(&self, obj: Object) {
-        let mut g = self.inner.lock().unwrap();
-        let ev = match obj {
-            Object::Link(l) => convert::Event::NewLink(l),
-            Object::Address(a) => convert::Event::NewAddress(a),
-            Object::Route(r) => convert::Event::NewRoute(r, 0x100),
-            Object::Neighbour(n) => convert::Event::NewNeighbour(n),
-            Object::Fdb(f) => convert::Event::NewFdb(f),
-            Object::Nexthop(n) => convert::Event::NewNexthop(n),
-            Object::Rule(r) => convert::Event::NewRule(r),
-            Object::Netconf(n) => convert::Event::NewNetconf(n),
-            Object::Mdb(m) => convert::Event::NewMdb(vec![m]),
-            Object::Vlan(v) => convert::Event::NewVlan(vec![v]),
-        };
-        g.state.apply(ev);
-        g.emit();
-    }
-
-    /// Removes an object by key, notifying listeners.
-    pub fn remove(&self, key: &ObjectKey) {
-        let mut g = self.inner.lock().unwrap();
-        let Some(o) = g.state.get(key) else { return };
-        let ev = match o {
-            Object::Link(l) => convert::Event::DelLink(l),
-            Object::Address(a) => convert::Event::DelAddress(a),
-            Object::Route(r) => convert::Event::DelRoute(r),
-            Object::Neighbour(n) => convert::Event::DelNeighbour(n),
-            Object::Fdb(f) => convert::Event::DelFdb(f),
-            Object::Nexthop(n) => convert::Event::DelNexthop(n.id),
-            Object::Rule(r) => convert::Event::DelRule(r),
-            Object::Netconf(n) => convert::Event::DelNetconf(n.family, n.ifindex),
-            Object::Mdb(m) => convert::Event::DelMdb(vec![m]),
-            Object::Vlan(v) => convert::Event::DelVlan(vec![v]),
-        };
-        g.state.apply(ev);
-        g.emit();
-    }
-
     /// Applies a batch of decoded kernel events and emits the net changes. Returns whether
     /// proxy neighbours should be re-dumped (silent changes possible).
     pub(crate) fn apply_events(&self, evs: Vec<convert::Event>, messages: u64) -> bool {
