@@ -39,16 +39,37 @@ pub struct Attrs {
 
 impl Attrs {
     /// The attributes of a route (device names dropped: they are filled at emission).
+    ///
+    /// Exhaustive (no `..`): a new [`Route`] field fails to compile here until it is stored in
+    /// the attribute set or in the key ([`RKey`]).
     pub fn of(r: &Route) -> Attrs {
+        let Route {
+            // The key.
+            family: _,
+            table: _,
+            dst: _,
+            src: _,
+            tos: _,
+            metric: _,
+            kind,
+            protocol,
+            scope,
+            flags,
+            prefsrc,
+            nhid,
+            nexthops,
+            metrics,
+            pref,
+            expires,
+        } = r;
         Attrs {
-            kind: r.kind,
-            protocol: r.protocol,
-            scope: r.scope,
-            flags: r.flags,
-            prefsrc: r.prefsrc.into_option(),
-            nhid: r.nhid.into_option(),
-            nexthops: r
-                .nexthops
+            kind: *kind,
+            protocol: *protocol,
+            scope: *scope,
+            flags: *flags,
+            prefsrc: prefsrc.into_option(),
+            nhid: nhid.into_option(),
+            nexthops: nexthops
                 .iter()
                 .map(|n| {
                     let mut n = n.clone();
@@ -56,9 +77,9 @@ impl Attrs {
                     n
                 })
                 .collect(),
-            metrics: r.metrics.to_vec(),
-            pref: r.pref.into_option(),
-            expires: r.expires.into_option(),
+            metrics: metrics.to_vec(),
+            pref: pref.into_option(),
+            expires: expires.into_option(),
         }
     }
 
@@ -80,6 +101,12 @@ impl Attrs {
 
 /// The fields of an attribute set, borrowed from an [`Attrs`] or from a [`Route`], so that a
 /// dumped route finds its shared set without building one (device names are not part of it).
+///
+/// [`Route`], [`NextHop`], [`Attrs`] and `View` are destructured field by field below, never with
+/// `..`: a field added to any of them fails to compile here until it is hashed and compared (or
+/// said to be left out, like the key's fields and device names). Listing fields by hand would let
+/// two routes differing only in the new field share one attribute set, silently merged. (`Encap`
+/// and `RouteMetric` are hashed and compared whole, by their derived impls.)
 struct View<'a> {
     kind: RouteType,
     protocol: Protocol,
@@ -93,68 +120,134 @@ struct View<'a> {
     expires: Option<u32>,
 }
 
+/// What a leg contributes to an attribute set: everything but its device name (filled at
+/// emission). Exhaustive: a new [`NextHop`] field fails to compile here.
+fn leg(n: &NextHop) -> (&ROption<IpAddress>, u32, u16, u32, &ROption<Encap>) {
+    let NextHop {
+        gateway,
+        ifindex,
+        dev: _,
+        weight,
+        flags,
+        encap,
+    } = n;
+    (gateway, *ifindex, *weight, *flags, encap)
+}
+
 impl View<'_> {
     fn of_attrs(a: &Attrs) -> View<'_> {
+        let Attrs {
+            kind,
+            protocol,
+            scope,
+            flags,
+            prefsrc,
+            nhid,
+            nexthops,
+            metrics,
+            pref,
+            expires,
+        } = a;
         View {
-            kind: a.kind,
-            protocol: a.protocol,
-            scope: a.scope,
-            flags: a.flags,
-            prefsrc: a.prefsrc.as_ref(),
-            nhid: a.nhid,
-            nexthops: &a.nexthops,
-            metrics: &a.metrics,
-            pref: a.pref,
-            expires: a.expires,
+            kind: *kind,
+            protocol: *protocol,
+            scope: *scope,
+            flags: *flags,
+            prefsrc: prefsrc.as_ref(),
+            nhid: *nhid,
+            nexthops,
+            metrics,
+            pref: *pref,
+            expires: *expires,
         }
     }
 
     fn of_route(r: &Route) -> View<'_> {
+        let Route {
+            // The key ([`RKey`]), not part of the attribute set.
+            family: _,
+            table: _,
+            dst: _,
+            src: _,
+            tos: _,
+            metric: _,
+            kind,
+            protocol,
+            scope,
+            flags,
+            prefsrc,
+            nhid,
+            nexthops,
+            metrics,
+            pref,
+            expires,
+        } = r;
         View {
-            kind: r.kind,
-            protocol: r.protocol,
-            scope: r.scope,
-            flags: r.flags,
-            prefsrc: r.prefsrc.as_ref().into_option(),
-            nhid: r.nhid.into_option(),
-            nexthops: &r.nexthops,
-            metrics: &r.metrics,
-            pref: r.pref.into_option(),
-            expires: r.expires.into_option(),
+            kind: *kind,
+            protocol: *protocol,
+            scope: *scope,
+            flags: *flags,
+            prefsrc: prefsrc.as_ref().into_option(),
+            nhid: nhid.into_option(),
+            nexthops,
+            metrics,
+            pref: pref.into_option(),
+            expires: expires.into_option(),
         }
     }
 
     fn hash(&self) -> u64 {
         use std::hash::{BuildHasher, Hash, Hasher};
+        let View {
+            kind,
+            protocol,
+            scope,
+            flags,
+            prefsrc,
+            nhid,
+            nexthops,
+            metrics,
+            pref,
+            expires,
+        } = self;
         let mut h = foldhash::fast::FixedState::with_seed(0x6174_7472).build_hasher();
-        (self.kind.0, self.protocol.0, self.scope.0, self.flags).hash(&mut h);
-        (self.prefsrc, self.nhid, self.pref, self.expires).hash(&mut h);
-        self.nexthops.len().hash(&mut h);
-        for n in self.nexthops {
-            (&n.gateway, n.ifindex, n.weight, n.flags, &n.encap).hash(&mut h);
+        (kind.0, protocol.0, scope.0, flags).hash(&mut h);
+        (prefsrc, nhid, pref, expires).hash(&mut h);
+        nexthops.len().hash(&mut h);
+        for n in *nexthops {
+            leg(n).hash(&mut h);
         }
-        self.metrics.hash(&mut h);
+        metrics.hash(&mut h);
         h.finish()
     }
 
     fn same(&self, o: &View<'_>) -> bool {
-        self.kind == o.kind
-            && self.protocol == o.protocol
-            && self.scope == o.scope
-            && self.flags == o.flags
-            && self.prefsrc == o.prefsrc
-            && self.nhid == o.nhid
-            && self.pref == o.pref
-            && self.expires == o.expires
-            && self.metrics == o.metrics
-            && self.nexthops.len() == o.nexthops.len()
-            && self.nexthops.iter().zip(o.nexthops).all(|(a, b)| {
-                a.gateway == b.gateway
-                    && a.ifindex == b.ifindex
-                    && a.weight == b.weight
-                    && a.flags == b.flags
-                    && a.encap == b.encap
-            })
+        let View {
+            kind,
+            protocol,
+            scope,
+            flags,
+            prefsrc,
+            nhid,
+            nexthops,
+            metrics,
+            pref,
+            expires,
+        } = self;
+        *kind == o.kind
+            && *protocol == o.protocol
+            && *scope == o.scope
+            && *flags == o.flags
+            && *prefsrc == o.prefsrc
+            && *nhid == o.nhid
+            && *pref == o.pref
+            && *expires == o.expires
+            && *metrics == o.metrics
+            && nexthops.len() == o.nexthops.len()
+            && nexthops
+                .iter()
+                .zip(o.nexthops)
+                .all(|(a, b)| leg(a) == leg(b))
     }
 }
 
