@@ -158,7 +158,7 @@ fn main() {
         })
         .collect();
     let t = Instant::now();
-    ekho_mirror::bulk::add_routes_v4(Some(&ns.path()), routes, 254, 2000).unwrap();
+    ekho_mirror::testing::route_writer::add_routes_v4(Some(&ns.path()), routes, 254, 2000).unwrap();
     // Raw dump (receive + split), best of 3, once the kernel has them all.
     let raw = |p: &Path| dump_v4(p, false);
     while raw(&ns.path()).0 < n as u64 {

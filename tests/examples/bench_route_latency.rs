@@ -155,7 +155,7 @@ fn main() {
         );
         let dst = Ipv4Addr::new(10, 100 + (i / 256) as u8, (i % 256) as u8, 0);
         let t = Instant::now();
-        ekho_mirror::bulk::add_routes_v4(
+        ekho_mirror::testing::route_writer::add_routes_v4(
             Some(&r.path()),
             vec![(dst, 24, Ipv4Addr::new(10, 0, 2, 2))],
             254,

@@ -1,7 +1,7 @@
 //! `ekho dump --json` and the recorder's view, compared with `ip -j` / `bridge -j` in a private
 //! namespace, before and after changes (including ones the kernel makes without a notification).
 
-use ekho_mirror::diff::{compare, kernel_state, normalize, COMPARED};
+use ekho_mirror::testing::iproute2::{compare, kernel_state, normalize, COMPARED};
 use ekho_plugin_api::ObjectKind;
 use ekho_tests::*;
 use serde_json::Value;

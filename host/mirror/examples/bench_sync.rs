@@ -63,7 +63,8 @@ fn main() {
             )
         })
         .collect();
-    let sent = ekho_mirror::bulk::add_routes_v4(Some(&path), routes, 254, 2000).unwrap();
+    let sent =
+        ekho_mirror::testing::route_writer::add_routes_v4(Some(&path), routes, 254, 2000).unwrap();
     println!("sent {sent} route requests");
     // Wait until the kernel has them all (the writer does not wait for acks).
     let count = |p: &std::path::Path| -> (u64, Duration) {

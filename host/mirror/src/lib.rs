@@ -24,13 +24,13 @@ use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-pub mod bulk;
 pub mod convert;
-pub mod diff;
 pub mod replay;
 pub mod routes;
 pub mod source;
 pub mod state;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use state::{Snapshot, State};
 

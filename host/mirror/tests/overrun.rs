@@ -46,7 +46,9 @@ fn overrun_is_detected_and_repaired_without_flap() {
             )
         })
         .collect();
-    let sent = ekho_mirror::bulk::add_routes_v4(Some(&ns.path()), routes, 254, 500).unwrap();
+    let sent =
+        ekho_mirror::testing::route_writer::add_routes_v4(Some(&ns.path()), routes, 254, 500)
+            .unwrap();
     assert_eq!(sent, n as usize);
     let d = converge(&ns, &r.mirror, Duration::from_secs(30));
     assert!(

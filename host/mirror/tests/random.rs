@@ -301,7 +301,13 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
                         )
                     })
                     .collect();
-                ekho_mirror::bulk::add_routes_v4(Some(&ns.path()), routes, 300, 200).is_ok()
+                ekho_mirror::testing::route_writer::add_routes_v4(
+                    Some(&ns.path()),
+                    routes,
+                    300,
+                    200,
+                )
+                .is_ok()
             }
             "ip" => ns.try_ip(&args.join(" ")).is_ok(),
             "sysctl" => {

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use ekho_mirror::source::{SourceConfig, SourceOptions};
-use ekho_mirror::{diff, Mirror};
+use ekho_mirror::testing::iproute2;
+use ekho_mirror::Mirror;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -161,9 +162,9 @@ pub fn start_with(ns: &Netns, rcvbuf: usize, opts: SourceOptions) -> Running {
 pub fn converge(ns: &Netns, m: &Mirror, timeout: Duration) -> Vec<String> {
     let t = Instant::now();
     loop {
-        let k = diff::kernel_state(Some(&ns.name)).expect("kernel state");
-        let mi = diff::mirror_state(&m.dump(None));
-        let d = diff::compare(&k, &mi);
+        let k = iproute2::kernel_state(Some(&ns.name)).expect("kernel state");
+        let mi = iproute2::mirror_state(&m.dump(None));
+        let d = iproute2::compare(&k, &mi);
         if d.is_empty() || t.elapsed() > timeout {
             return d;
         }

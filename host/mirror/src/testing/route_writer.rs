@@ -1,4 +1,4 @@
-//! Fast batched route writer (tests and benchmarks): many `RTM_NEWROUTE` requests per `send`,
+//! Fast batched route writer (test support: tests and benchmarks): many `RTM_NEWROUTE` requests per `send`,
 //! without per-message acknowledgement, in a given netns. Messages are built and serialized by
 //! netlink-packet-route.
 

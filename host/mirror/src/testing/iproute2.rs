@@ -1,4 +1,4 @@
-//! Comparison of mirrored objects with the kernel's state as iproute2 prints it.
+//! Comparison of mirrored objects with the kernel's state as iproute2 prints it (test support).
 //!
 //! [`kernel_state`] runs `ip -j`/`bridge -j` in a namespace and [`mirror_state`] renders objects
 //! with their `to_json`; both are brought to one canonical form by [`normalize`] (formatting
