@@ -352,7 +352,7 @@ impl control::Service for Daemon {
     /// `ekho dump --json`: one object keyed by kind.
     fn dump(&self, kind: Option<ObjectKind>) -> Value {
         let mut m = serde_json::Map::new();
-        for k in ObjectKind::ALL {
+        for &k in ObjectKind::ALL {
             if kind.is_none_or(|x| x == k) {
                 m.insert(k.plural().into(), Value::Array(vec![]));
             }
@@ -625,6 +625,7 @@ async fn serve_plugin_requests(
                     }
                     Err(e) => tracing::warn!(%plugin, "resolve task: {e}"),
                 }
+                other => tracing::warn!(%plugin, ?other, "request not handled by this host"),
             }
         }
     }

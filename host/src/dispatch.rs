@@ -13,7 +13,7 @@ use ekho_mirror::source::Initial;
 use ekho_plugin_api::abi_stable::std_types::RString;
 use ekho_plugin_api::plugin::PluginBox;
 use ekho_plugin_api::prelude::*;
-use ekho_plugin_api::ObjectKey;
+use ekho_plugin_api::{order, ObjectKey};
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +51,9 @@ pub const REFUSED_REMEMBERED: usize = 100_000;
 
 /// Changes handed to a plugin per `apply` call, at most.
 pub const BATCH: usize = 1024;
+
+/// Per-kind arrays are indexed by [`ObjectKind::index`].
+const KINDS: usize = ObjectKind::ALL.len();
 /// Notifier events kept per plugin while it is busy; older ones are dropped and counted.
 pub const EVENT_QUEUE: usize = 65_536;
 
@@ -104,7 +107,7 @@ pub struct PluginStatus {
     pub outcomes: HashMap<String, HashMap<String, u64>>,
     /// Objects held per kind (index: `ObjectKind as usize`) and outcome code.
     #[serde(skip)]
-    pub per_outcome: [[u64; 4]; 10],
+    pub per_outcome: [[u64; 4]; KINDS],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub counters: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -413,38 +416,11 @@ impl Queue {
     }
 }
 
-/// Order within a batch: leaf removals (reverse dependency order), then additions and updates
-/// (dependency order), then removals of objects others depend on (links, VLANs, nexthops).
-fn order_key(c: &Change) -> (u8, u8) {
-    let rank = |o: &Object| -> u8 {
-        match o {
-            Object::Link(_) => 0,
-            Object::Netconf(_) => 1,
-            Object::Address(_) => 2,
-            Object::Vlan(_) => 3,
-            Object::Nexthop(n) if !n.is_group() => 4,
-            Object::Nexthop(_) => 5,
-            Object::Neighbour(_) => 6,
-            Object::Fdb(_) => 7,
-            Object::Mdb(_) => 8,
-            Object::Route(_) => 9,
-            Object::Rule(_) => 10,
-        }
-    };
-    match c {
-        Change::Remove(o) => {
-            let base = matches!(o, Object::Link(_) | Object::Vlan(_) | Object::Nexthop(_));
-            (if base { 2 } else { 0 }, 255 - rank(o))
-        }
-        Change::Add(o) | Change::Update { new: o, .. } => (1, rank(o)),
-    }
-}
-
 /// Why the host answers for the plugin without calling it. `adding`: the plugin does not hold
 /// the object yet (the declared limit counts objects held, so updates are never refused by it).
 fn host_refusal(
     caps: &Capabilities,
-    held: &[u64; 10],
+    held: &[u64; KINDS],
     o: &Object,
     adding: bool,
 ) -> Option<Outcome> {
@@ -455,7 +431,7 @@ fn host_refusal(
         }
     }
     if let (true, Some(max)) = (adding, caps.limit_for(o.kind())) {
-        if held[o.kind() as usize] >= max {
+        if held[o.kind().index()] >= max {
             return Some(Outcome::failed(format!(
                 "refused by the host: limit reached, the plugin declares at most {max} {} entries",
                 o.kind()
@@ -513,6 +489,9 @@ fn outcome_code(o: &Outcome) -> u8 {
         Outcome::Unsupported => 1,
         Outcome::Trapped => 2,
         Outcome::Failed(_) => 3,
+        // Outcomes of a later minor than the host's API: impossible (plugins of a newer minor
+        // are refused); counted as failures should one appear.
+        _ => 3,
     }
 }
 
@@ -528,8 +507,8 @@ struct Worker {
     /// an entry), with their kind and last outcome code.
     held: Held,
     replay: ReplaySource,
-    held_per_kind: [u64; 10],
-    per_outcome: [[u64; 4]; 10],
+    held_per_kind: [u64; KINDS],
+    per_outcome: [[u64; 4]; KINDS],
     last_stats: Instant,
     /// Set once the plugin failed: it is never called again.
     failed: bool,
@@ -681,7 +660,7 @@ impl Worker {
                     }
                     cursor = next;
                     queue.take_replayed(&mut changes);
-                    changes.sort_by_key(order_key);
+                    order::sort_batch(&mut changes);
                     let hashes = changes.iter().map(|c| key_hash(&c.key())).collect();
                     if tx.send(Msg::Chunk(changes, hashes)).is_err() {
                         return; // the worker gave up (plugin failed)
@@ -783,7 +762,7 @@ impl Worker {
                 self.record_failure(o, "add", &refusal);
                 continue;
             }
-            self.held_per_kind[c.kind() as usize] += 1;
+            self.held_per_kind[c.kind().index()] += 1;
         }
         if any_refused {
             let mut k = keep.iter();
@@ -792,7 +771,7 @@ impl Worker {
             hashes.retain(|_| *k.next().unwrap());
         }
         for c in changes.iter() {
-            self.held_per_kind[c.kind() as usize] -= 1;
+            self.held_per_kind[c.kind().index()] -= 1;
         }
         let prepared = Instant::now();
         if !changes.is_empty() {
@@ -852,7 +831,7 @@ impl Worker {
             }
             let _ = feed.back.send(items);
             changes.retain(|c| takes(&self.caps, &ports, c.object()));
-            changes.sort_by_key(order_key);
+            order::sort_batch(&mut changes);
             let mut hashes: Vec<u64> = changes.iter().map(|c| key_hash(&c.key())).collect();
             count += changes.len();
             if let Err(e) = self.apply_replayed(&mut changes, &mut hashes, &mut refused) {
@@ -882,8 +861,8 @@ impl Worker {
                 "the initial dump outran the plugin: replaying from the mirror"
             );
             self.held = Held::default();
-            self.held_per_kind = [0; 10];
-            self.per_outcome = [[0; 4]; 10];
+            self.held_per_kind = [0; KINDS];
+            self.per_outcome = [[0; 4]; KINDS];
             {
                 // Everything pending is superseded by the replay, which reads the current
                 // state; changes from here on are left to it until it gets there.
@@ -948,7 +927,7 @@ impl Worker {
                         (true, Some(b)) => changes.push(Change::Update { old: b, new: t }),
                         _ => {
                             // Count it now so the limit check sees additions of this batch.
-                            self.held_per_kind[t.kind() as usize] += 1;
+                            self.held_per_kind[t.kind().index()] += 1;
                             changes.push(Change::Add(t));
                         }
                     }
@@ -959,10 +938,10 @@ impl Worker {
         // outcomes below recount.
         for c in &changes {
             if let Change::Add(o) = c {
-                self.held_per_kind[o.kind() as usize] -= 1;
+                self.held_per_kind[o.kind().index()] -= 1;
             }
         }
-        changes.sort_by_key(order_key);
+        order::sort_batch(&mut changes);
 
         self.apply_in_batches(&changes)?;
         self.status.lock().unwrap().refused += refused;
@@ -1003,7 +982,7 @@ impl Worker {
                     }
                 }
             }
-            changes.sort_by_key(order_key);
+            order::sort_batch(&mut changes);
             self.apply_in_batches(&changes)?;
         }
     }
@@ -1014,7 +993,7 @@ impl Worker {
         let k = o.kind();
         let at_limit = self.caps.limit_for(k).is_some()
             && (was_delivered
-                || self.held_per_kind[k as usize] >= self.caps.limit_for(k).unwrap_or(0));
+                || self.held_per_kind[k.index()] >= self.caps.limit_for(k).unwrap_or(0));
         if at_limit && self.refused_keys.len() < REFUSED_REMEMBERED {
             self.refused_keys.insert(o.key());
         }
@@ -1027,11 +1006,11 @@ impl Worker {
             return Ok(());
         }
         let mut adds = Vec::new();
-        for kind in ObjectKind::ALL {
+        for &kind in ObjectKind::ALL {
             let Some(max) = self.caps.limit_for(kind) else {
                 continue;
             };
-            let mut free = max.saturating_sub(self.held_per_kind[kind as usize]);
+            let mut free = max.saturating_sub(self.held_per_kind[kind.index()]);
             if free == 0 {
                 continue;
             }
@@ -1059,7 +1038,7 @@ impl Worker {
         if adds.is_empty() {
             return Ok(());
         }
-        adds.sort_by_key(order_key);
+        order::sort_batch(&mut adds);
         self.apply_in_batches(&adds)?;
         Ok(())
     }
@@ -1086,7 +1065,7 @@ impl Worker {
     fn record(&mut self, chunk: &[Change], outcomes: &[Outcome], hashes: Option<&[u64]>) {
         for (i, (c, o)) in chunk.iter().zip(outcomes).enumerate() {
             let kind = c.kind();
-            let k = kind as usize;
+            let k = kind.index();
             let code = outcome_code(o);
             let hash = || hashes.map_or_else(|| key_hash(&c.key()), |h| h[i]);
             match c {
@@ -1097,7 +1076,7 @@ impl Worker {
                     }
                 }
                 Change::Add(_) | Change::Update { .. } => {
-                    if let Some((_, prev)) = self.held.insert(hash(), kind as u8, code) {
+                    if let Some((_, prev)) = self.held.insert(hash(), kind.index() as u8, code) {
                         self.per_outcome[k][prev as usize] -= 1;
                     } else {
                         self.held_per_kind[k] += 1;
@@ -1112,11 +1091,11 @@ impl Worker {
         let mut s = self.status.lock().unwrap();
         for o in outcomes {
             s.applied += 1;
-            match o {
-                Outcome::Offloaded => s.offloaded += 1,
-                Outcome::Unsupported => s.unsupported += 1,
-                Outcome::Trapped => s.trapped += 1,
-                Outcome::Failed(_) => s.failed += 1,
+            match outcome_code(o) {
+                0 => s.offloaded += 1,
+                1 => s.unsupported += 1,
+                2 => s.trapped += 1,
+                _ => s.failed += 1,
             }
         }
         s.objects = self.held.len() as u64;
@@ -1371,8 +1350,8 @@ impl PluginHandle {
             status: status.clone(),
             caps: caps.clone(),
             held: Held::default(),
-            held_per_kind: [0; 10],
-            per_outcome: [[0; 4]; 10],
+            held_per_kind: [0; KINDS],
+            per_outcome: [[0; 4]; KINDS],
             last_stats: Instant::now(),
             replay,
             failed: false,
@@ -1400,11 +1379,11 @@ impl PluginHandle {
         s.queue_depth = self.queue.depth();
         s.outcomes = ObjectKind::ALL
             .iter()
-            .filter(|k| s.per_outcome[**k as usize].iter().any(|&n| n > 0))
+            .filter(|k| s.per_outcome[k.index()].iter().any(|&n| n > 0))
             .map(|k| {
                 let m = OUTCOME_NAMES
                     .iter()
-                    .zip(s.per_outcome[*k as usize])
+                    .zip(s.per_outcome[k.index()])
                     .filter(|(_, n)| *n > 0)
                     .map(|(name, n)| (name.to_string(), n))
                     .collect();
@@ -1669,7 +1648,7 @@ mod tests {
             Change::Remove(route("10.9.0.0/24", 5, "10.9.0.1")),
             Change::Add(link(1, "new")),
         ];
-        v.sort_by_key(order_key);
+        order::sort_batch(&mut v);
         let ops: Vec<String> = v
             .iter()
             .map(|c| format!("{} {}", c.op(), c.kind()))

@@ -4,6 +4,7 @@ use crate::event::NotifierKind;
 use crate::object::{Family, ObjectKind};
 use abi_stable::std_types::{RString, RVec};
 use abi_stable::StableAbi;
+use std::borrow::Borrow;
 
 /// Which ports (network devices) a plugin owns. A port is owned when `all` is set, or its name
 /// matches one of `names` (shell globs: `eth*`, `swp[0-9]`), or its driver (`IFLA_INFO_KIND`:
@@ -89,16 +90,18 @@ impl Capabilities {
             .notifiers(NotifierKind::ALL)
             .nexthop_objects(true)
     }
-    pub fn kinds(mut self, k: impl IntoIterator<Item = ObjectKind>) -> Self {
-        self.kinds.extend(k);
+    /// Adds object kinds (`[ObjectKind::Route]`, or `ObjectKind::ALL`).
+    pub fn kinds<K: Borrow<ObjectKind>>(mut self, k: impl IntoIterator<Item = K>) -> Self {
+        self.kinds.extend(k.into_iter().map(|k| *k.borrow()));
         self
     }
     pub fn families(mut self, f: impl IntoIterator<Item = Family>) -> Self {
         self.families.extend(f);
         self
     }
-    pub fn notifiers(mut self, n: impl IntoIterator<Item = NotifierKind>) -> Self {
-        self.notifiers.extend(n);
+    /// Adds notifier kinds (`[NotifierKind::Fib]`, or `NotifierKind::ALL`).
+    pub fn notifiers<N: Borrow<NotifierKind>>(mut self, n: impl IntoIterator<Item = N>) -> Self {
+        self.notifiers.extend(n.into_iter().map(|n| *n.borrow()));
         self
     }
     /// Owns ports whose names match these globs (instead of all ports).

@@ -5,51 +5,33 @@ use crate::object::{Family, IpAddress, IpPrefix, LinkAddr, RouteType};
 use abi_stable::std_types::{ROption, RString};
 use abi_stable::StableAbi;
 
-/// Which notifier chain or tracepoint family an event comes from.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub enum NotifierKind {
-    /// FIB notifier chain (`call_fib_notifiers`): route and rule add/replace/del.
-    Fib,
-    /// Switchdev notifier chain (`call_switchdev_notifiers`): FDB to device/bridge, port objects.
-    Switchdev,
-    /// Netevent chain (`call_netevent_notifiers`): neighbour update, redirect, ...
-    Netevent,
-    /// Netdevice chain (`call_netdevice_notifiers_info`): register, change upper, mtu, ...
-    Netdevice,
-    /// Neighbour tracepoints (`neigh_update`, `neigh_create`, ...): state transitions.
-    Neighbour,
-    /// Bridge FDB tracepoints (`br_fdb_add`, `br_fdb_update`, `fdb_delete`, ...): learning and aging.
-    BridgeFdb,
-    /// Route activity from `fib_table_lookup` / `fib6_table_lookup`, aggregated per prefix.
-    FibLookup,
+crate::open_tag! {
+    /// Which notifier chain or tracepoint family an event comes from. An open set: a minor
+    /// release may add kinds (a plugin never gets a kind its API version does not know).
+    pub struct NotifierKind;
+    /// Name in `ekho status`, the config and event records.
+    names(name) {
+        /// FIB notifier chain (`call_fib_notifiers`): route and rule add/replace/del.
+        0 => Fib("fib"),
+        /// Switchdev notifier chain (`call_switchdev_notifiers`): FDB to device/bridge, port objects.
+        1 => Switchdev("switchdev"),
+        /// Netevent chain (`call_netevent_notifiers`): neighbour update, redirect, ...
+        2 => Netevent("netevent"),
+        /// Netdevice chain (`call_netdevice_notifiers_info`): register, change upper, mtu, ...
+        3 => Netdevice("netdevice"),
+        /// Neighbour tracepoints (`neigh_update`, `neigh_create`, ...): state transitions.
+        4 => Neighbour("neighbour"),
+        /// Bridge FDB tracepoints (`br_fdb_add`, `br_fdb_update`, `fdb_delete`, ...): learning and aging.
+        5 => BridgeFdb("bridge_fdb"),
+        /// Route activity from `fib_table_lookup` / `fib6_table_lookup`, aggregated per prefix.
+        6 => FibLookup("fib_lookup"),
+    }
 }
 
 impl NotifierKind {
-    pub const ALL: [NotifierKind; 7] = [
-        NotifierKind::Fib,
-        NotifierKind::Switchdev,
-        NotifierKind::Netevent,
-        NotifierKind::Netdevice,
-        NotifierKind::Neighbour,
-        NotifierKind::BridgeFdb,
-        NotifierKind::FibLookup,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            NotifierKind::Fib => "fib",
-            NotifierKind::Switchdev => "switchdev",
-            NotifierKind::Netevent => "netevent",
-            NotifierKind::Netdevice => "netdevice",
-            NotifierKind::Neighbour => "neighbour",
-            NotifierKind::BridgeFdb => "bridge_fdb",
-            NotifierKind::FibLookup => "fib_lookup",
-        }
-    }
-
+    /// Parses a name.
     pub fn from_name(s: &str) -> Option<NotifierKind> {
-        NotifierKind::ALL.into_iter().find(|k| k.name() == s)
+        NotifierKind::ALL.iter().copied().find(|k| k.name() == s)
     }
 }
 

@@ -5,9 +5,10 @@ use abi_stable::sabi_trait;
 use abi_stable::std_types::{RArc, RResult, RStr, RString};
 use abi_stable::StableAbi;
 
-/// A request from a plugin to the host.
+/// A request from a plugin to the host. Non-exhaustive: a minor release may add requests.
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Request {
     /// Ask the kernel to resolve the neighbour `addr` on device `ifindex` (a next hop the plugin
     /// needs a MAC for). The result arrives later as an ordinary `neighbour` change.

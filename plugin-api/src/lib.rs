@@ -97,7 +97,7 @@
 //!   that falls more than 100 ms behind the dump gets `begin_sync` again once the dump is done,
 //!   and the whole state once more: mark everything again there.
 //! - Within a batch, dependencies come first (links, then addresses, nexthops, routes...);
-//!   removals come in reverse order.
+//!   removals come in reverse order: [`order`] defines it once, for the host and for you.
 //! - A panic is caught at the boundary; the host marks the plugin `failed` and never calls it
 //!   again (a failed plugin comes back only with a restart of the daemon). This needs
 //!   `panic = "unwind"` (the default): the host refuses a plugin built with `panic = "abort"`.
@@ -143,8 +143,10 @@ pub mod change;
 pub mod event;
 pub mod host;
 pub mod object;
+pub mod order;
 pub mod outcome;
 pub mod plugin;
+mod tag;
 pub mod version;
 
 pub use abi_stable;

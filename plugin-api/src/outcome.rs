@@ -4,9 +4,11 @@
 use abi_stable::std_types::RString;
 use abi_stable::StableAbi;
 
-/// The result of applying one change.
+/// The result of applying one change. Non-exhaustive: a minor release may add outcomes (a
+/// plugin built against an older minor never sees them; the host reads them all).
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Programmed into the data path (for a removal: removed from it).
     Offloaded,

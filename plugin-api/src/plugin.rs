@@ -88,8 +88,12 @@ pub trait Plugin: Send + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Applies a batch of changes in order; returns one outcome per change, in the same order.
-    /// Within a batch, what an object depends on comes first (links before their addresses,
-    /// neighbours and routes; nexthop objects before routes that use them), removals in reverse.
+    ///
+    /// The batch is in [`order::batch_key`](crate::order::batch_key) order, the one definition
+    /// of what depends on what: first removals of objects nothing refers to (routes before
+    /// the nexthops they use), then additions and updates with what an object depends on first
+    /// (a link before its addresses, neighbours and routes; nexthops before the groups and
+    /// routes that use them), then removals of links, bridge VLANs and nexthops.
     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome>;
 
     /// Kernel notifier events on the `ebpf` stream (only the kinds declared in capabilities).

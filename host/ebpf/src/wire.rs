@@ -135,7 +135,7 @@ mod tests {
     fn decodes_a_neighbour_record() {
         let mut r = raw();
         r.ts_ns = 42;
-        r.kind = NotifierKind::Neighbour as u8;
+        r.kind = NotifierKind::Neighbour.raw() as u8;
         r.hook = hooks::HOOK_TP_BASE; // tp_btf/neigh_update
         r.ifindex = 7;
         r.dev[..5].copy_from_slice(b"veth0");
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn decodes_a_fib_record_and_rejects_garbage() {
         let mut r = raw();
-        r.kind = NotifierKind::Fib as u8;
+        r.kind = NotifierKind::Fib.raw() as u8;
         r.hook = hooks::HOOK_FENTRY_FIB;
         r.event = 2;
         r.dst_family = 10;

@@ -633,6 +633,8 @@ pub fn dump_requests(kind: ObjectKind) -> Vec<(u16, Vec<u8>)> {
         ObjectKind::Mdb => vec![(rtm::GETMDB, hdr(BRIDGE, 8))],
         ObjectKind::Route => vec![(26, hdr(INET, 12)), (26, hdr(INET6, 12))],
         ObjectKind::Rule => vec![(34, hdr(INET, 12)), (34, hdr(INET6, 12))],
+        // Kinds with no rtnetlink dump of their own.
+        _ => vec![],
     }
 }
 
@@ -903,7 +905,7 @@ fn thread_main(
 
     // 2. Dump everything.
     let mut req = ReqSocket::new()?;
-    let all: BTreeSet<ObjectKind> = ObjectKind::ALL.into_iter().collect();
+    let all: BTreeSet<ObjectKind> = ObjectKind::ALL.iter().copied().collect();
     let t0 = Instant::now();
     let (snap, n) = match stream.as_deref_mut() {
         None => snapshot(&mut req, &all)?,

@@ -9,7 +9,7 @@ use ekho_plugin_api::object::route::device_discriminator;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
 use ekho_plugin_api::object::rule::{FIB_RULE_IIF_DETACHED, FIB_RULE_OIF_DETACHED};
 use ekho_plugin_api::object::*;
-use ekho_plugin_api::Change;
+use ekho_plugin_api::{order, Change};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -269,14 +269,14 @@ impl State {
         for o in out.iter_mut() {
             self.name(o);
         }
-        sort_dependency(&mut out);
+        order::sort_dependency(&mut out);
         out
     }
 
     /// Objects per kind (routes: keys, aliases included as separate entries).
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
-        for k in ObjectKind::ALL {
+        for &k in ObjectKind::ALL {
             m.insert(k.plural(), 0);
         }
         *m.get_mut("links").unwrap() = self.links.len();
@@ -334,8 +334,8 @@ impl State {
         }
     }
 
-    /// Ends a batch: the net change of every touched object, dependencies first (adds and
-    /// updates in kind order, then removals in reverse kind order).
+    /// Ends a batch: the net change of every touched object, in batch order
+    /// ([`ekho_plugin_api::order`]).
     pub fn flush(&mut self) -> Vec<Change> {
         let mut touched = std::mem::take(&mut self.touched);
         for (rk, olds) in std::mem::take(&mut self.touched_routes) {
@@ -362,9 +362,8 @@ impl State {
                 _ => {}
             }
         }
-        up.sort_by_key(|c| dep_rank(c.object()));
-        rm.sort_by_key(|c| std::cmp::Reverse(dep_rank(c.object())));
         up.extend(rm);
+        order::sort_batch(&mut up);
         up
     }
 
@@ -1275,7 +1274,7 @@ pub fn name_with(links: &BTreeMap<u32, Link>, o: &mut Object) {
                 };
             }
         }
-        Object::Rule(_) => {}
+        _ => {}
     }
 }
 
@@ -1350,20 +1349,6 @@ fn shares_leg(a: &Attrs, b: &Attrs) -> bool {
 
 fn same_nhid(a: &Attrs, b: &Attrs) -> bool {
     a.nhid.is_some() && a.nhid == b.nhid
-}
-
-/// Rank of an object in dependency order: kind order, with nexthop groups after single
-/// nexthops.
-pub fn dep_rank(o: &Object) -> (ObjectKind, u8) {
-    match o {
-        Object::Nexthop(n) if n.is_group() => (ObjectKind::Nexthop, 1),
-        _ => (o.kind(), 0),
-    }
-}
-
-/// Sorts objects into dependency order (stable).
-pub fn sort_dependency(v: &mut [Object]) {
-    v.sort_by_key(dep_rank);
 }
 
 #[cfg(test)]
@@ -1456,7 +1441,8 @@ mod tests {
         let ops: Vec<(&str, ObjectKind)> = c.iter().map(|c| (c.op(), c.kind())).collect();
         assert_eq!(
             ops,
-            [("update", ObjectKind::Link), ("remove", ObjectKind::Route)]
+            // Batch order: the route through the link goes before the link's update.
+            [("remove", ObjectKind::Route), ("update", ObjectKind::Link)]
         );
         assert!(gws(&s, "10.8.0.0/24").len() == 1);
     }
@@ -1500,16 +1486,12 @@ mod tests {
         let c = s.flush();
         let ops: Vec<String> = c
             .iter()
-            .map(|c| format!("{} {:?}", c.op(), dep_rank(c.object())))
+            .map(|c| format!("{} {}", c.op(), order::dependency_rank(c.object())))
             .collect();
+        // The route (through the group) goes first, the member nexthop after the group's update.
         assert_eq!(
             ops,
-            [
-                "update (Link, 0)",
-                "update (Nexthop, 1)",
-                "remove (Route, 0)",
-                "remove (Nexthop, 0)"
-            ],
+            ["remove 16", "update 0", "update 9", "remove 8"],
             "{c:?}"
         );
     }

@@ -30,7 +30,7 @@ fn attach_orders_and_resync_is_silent_and_resolve_works() {
     );
     // Snapshot in dependency order, with names.
     let snap = snap.lock().unwrap().clone();
-    let rank = |o: &Object| ekho_mirror::state::dep_rank(o);
+    let rank = ekho_plugin_api::order::dependency_rank;
     assert!(
         snap.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
         "snapshot not in dependency order"
@@ -43,7 +43,7 @@ fn attach_orders_and_resync_is_silent_and_resolve_works() {
 
     // A requested resync finds nothing different: no change at all.
     let before = r.mirror.stats().resyncs;
-    r.mirror.request_resync(&ObjectKind::ALL);
+    r.mirror.request_resync(ObjectKind::ALL);
     let t = Instant::now();
     while r.mirror.stats().resyncs == before {
         assert!(t.elapsed() < Duration::from_secs(5), "resync did not run");

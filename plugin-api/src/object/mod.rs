@@ -29,87 +29,41 @@ pub use rule::{PortRange, Rule, UidRange};
 use abi_stable::std_types::{ROption, RString};
 use abi_stable::StableAbi;
 
-/// The kinds of object, in dependency order: an object may refer only to kinds listed before it
-/// (routes refer to links and nexthops, nexthop groups to nexthops, ...).
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub enum ObjectKind {
-    Link,
-    Netconf,
-    Address,
-    Vlan,
-    Nexthop,
-    Neighbour,
-    Fdb,
-    Mdb,
-    Route,
-    Rule,
+crate::open_tag! {
+    /// The kind of an object. An open set: a minor release of this crate may add kinds (the host
+    /// never hands a plugin a kind its API version does not know), so a `match` on a kind needs
+    /// a `_` arm. In a batch, what an object depends on comes first: see [`crate::order`].
+    pub struct ObjectKind;
+    /// Singular name (change records, config: `route`, `fdb`, ...) and plural name (the keys of
+    /// `ekho dump --json`: `routes`, `fdb`, ...).
+    names(name, plural) {
+        0 => Link("link", "links"),
+        1 => Netconf("netconf", "netconf"),
+        2 => Address("address", "addresses"),
+        3 => Vlan("vlan", "vlans"),
+        4 => Nexthop("nexthop", "nexthops"),
+        5 => Neighbour("neighbour", "neighbours"),
+        6 => Fdb("fdb", "fdb"),
+        7 => Mdb("mdb", "mdb"),
+        8 => Route("route", "routes"),
+        9 => Rule("rule", "rules"),
+    }
 }
 
 impl ObjectKind {
-    /// Every kind, in dependency order.
-    pub const ALL: [ObjectKind; 10] = [
-        ObjectKind::Link,
-        ObjectKind::Netconf,
-        ObjectKind::Address,
-        ObjectKind::Vlan,
-        ObjectKind::Nexthop,
-        ObjectKind::Neighbour,
-        ObjectKind::Fdb,
-        ObjectKind::Mdb,
-        ObjectKind::Route,
-        ObjectKind::Rule,
-    ];
-
-    /// Singular name used in change records and config (`route`, `fdb`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            ObjectKind::Link => "link",
-            ObjectKind::Netconf => "netconf",
-            ObjectKind::Address => "address",
-            ObjectKind::Vlan => "vlan",
-            ObjectKind::Nexthop => "nexthop",
-            ObjectKind::Neighbour => "neighbour",
-            ObjectKind::Fdb => "fdb",
-            ObjectKind::Mdb => "mdb",
-            ObjectKind::Route => "route",
-            ObjectKind::Rule => "rule",
-        }
-    }
-
-    /// Plural name used as the key of `ekho dump --json` (`links`, `routes`, `fdb`, ...).
-    pub fn plural(self) -> &'static str {
-        match self {
-            ObjectKind::Link => "links",
-            ObjectKind::Netconf => "netconf",
-            ObjectKind::Address => "addresses",
-            ObjectKind::Vlan => "vlans",
-            ObjectKind::Nexthop => "nexthops",
-            ObjectKind::Neighbour => "neighbours",
-            ObjectKind::Fdb => "fdb",
-            ObjectKind::Mdb => "mdb",
-            ObjectKind::Route => "routes",
-            ObjectKind::Rule => "rules",
-        }
-    }
-
     /// Parses a singular or plural name.
     pub fn from_name(s: &str) -> Option<ObjectKind> {
-        ObjectKind::ALL.into_iter().find(|k| {
+        ObjectKind::ALL.iter().copied().find(|k| {
             k.name() == s || k.plural() == s || (s == "neighbor" && *k == ObjectKind::Neighbour)
         })
     }
 }
 
-impl std::fmt::Display for ObjectKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One object of any kind.
+/// One object of any kind. Non-exhaustive: a minor release may add kinds (a plugin never
+/// receives a kind its API version does not know), so a `match` needs a `_` arm.
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum Object {
     Link(Link),
     Netconf(Netconf),
@@ -124,8 +78,10 @@ pub enum Object {
 }
 
 /// The identity of an object: two objects with equal keys are versions of the same object.
+/// Non-exhaustive like [`Object`].
 #[repr(u8)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[non_exhaustive]
 pub enum ObjectKey {
     Link {
         ifindex: u32,
@@ -353,7 +309,7 @@ mod tests {
 
     #[test]
     fn kinds_roundtrip_names() {
-        for k in ObjectKind::ALL {
+        for &k in ObjectKind::ALL {
             assert_eq!(ObjectKind::from_name(k.name()), Some(k));
             assert_eq!(ObjectKind::from_name(k.plural()), Some(k));
         }

@@ -4,7 +4,7 @@
 use ekho_plugin_api::prelude::*;
 
 struct Null {
-    changes: [u64; 10],
+    changes: [u64; ObjectKind::ALL.len()],
     events: u64,
     syncs: u64,
 }
@@ -12,7 +12,7 @@ struct Null {
 impl Plugin for Null {
     fn create(_ctx: CreateContext) -> Result<Self, String> {
         Ok(Null {
-            changes: [0; 10],
+            changes: [0; ObjectKind::ALL.len()],
             events: 0,
             syncs: 0,
         })
@@ -24,7 +24,7 @@ impl Plugin for Null {
 
     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {
         for c in changes {
-            self.changes[c.kind() as usize] += 1;
+            self.changes[c.kind().index()] += 1;
         }
         vec![Outcome::Offloaded; changes.len()]
     }
@@ -41,9 +41,9 @@ impl Plugin for Null {
         let mut s = Stats::default()
             .counter("all", "events", self.events)
             .counter("all", "syncs", self.syncs);
-        for k in ObjectKind::ALL {
-            if self.changes[k as usize] > 0 {
-                s = s.counter(k.plural(), "changes", self.changes[k as usize]);
+        for &k in ObjectKind::ALL {
+            if self.changes[k.index()] > 0 {
+                s = s.counter(k.plural(), "changes", self.changes[k.index()]);
             }
         }
         s

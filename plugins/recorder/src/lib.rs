@@ -87,7 +87,7 @@ impl Recorder {
     fn write_view(&self) -> std::io::Result<()> {
         if let Some(p) = &self.cfg.view_path {
             let mut doc = Map::new();
-            for k in ObjectKind::ALL {
+            for &k in ObjectKind::ALL {
                 if self.caps.takes_kind(k) {
                     doc.insert(k.plural().into(), Value::Array(vec![]));
                 }

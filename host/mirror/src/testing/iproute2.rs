@@ -113,6 +113,7 @@ pub fn kernel_kind(netns: Option<&str>, kind: ObjectKind) -> Result<Vec<Value>, 
             v.extend(arr(run(netns, "ip", &["-6", "-d", "-j", "rule", "show"])?));
             v
         }
+        other => return Err(format!("no iproute2 view of {other} objects")),
     })
 }
 
@@ -466,7 +467,7 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                 }
             }
         }
-        ObjectKind::Vlan => {}
+        _ => {}
     }
     Some(sorted(Value::Object(o)))
 }

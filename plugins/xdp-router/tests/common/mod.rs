@@ -842,12 +842,8 @@ pub fn dump(ns: &str) -> BTreeMap<ObjectKey, Object> {
     out
 }
 
-/// Changes turning `old` into `new`, in the host's order: additions and updates by kind
-/// (links, nexthops (members before groups), neighbours, routes, rules), then removals reversed.
+/// Changes turning `old` into `new`, in the host's batch order ([`ekho_plugin_api::order`]).
 pub fn diff(old: &BTreeMap<ObjectKey, Object>, new: &BTreeMap<ObjectKey, Object>) -> Vec<Change> {
-    let rank = |o: &Object| -> (ObjectKind, bool) {
-        (o.kind(), matches!(o, Object::Nexthop(n) if n.is_group()))
-    };
     let mut up: Vec<Change> = Vec::new();
     for (k, o) in new {
         match old.get(k) {
@@ -859,15 +855,13 @@ pub fn diff(old: &BTreeMap<ObjectKey, Object>, new: &BTreeMap<ObjectKey, Object>
             _ => {}
         }
     }
-    up.sort_by_key(|c| rank(c.object()));
-    let mut rm: Vec<Change> = old
+    let rm = old
         .iter()
         .filter(|(k, _)| !new.contains_key(k))
-        .map(|(_, o)| Change::Remove(o.clone()))
-        .collect();
-    rm.sort_by_key(|c| std::cmp::Reverse(rank(c.object())));
-    // Removals first (a route moving between objects must not be shadowed), dependents first.
-    rm.into_iter().chain(up).collect()
+        .map(|(_, o)| Change::Remove(o.clone()));
+    up.extend(rm);
+    ekho_plugin_api::order::sort_batch(&mut up);
+    up
 }
 
 // ---- host services ---------------------------------------------------------------------------
@@ -896,7 +890,9 @@ impl TestHost {
 
 impl HostServices for TestHost {
     fn request(&self, req: Request) -> RResult<(), RString> {
-        let Request::ResolveNeighbour { ifindex, addr } = req;
+        let Request::ResolveNeighbour { ifindex, addr } = req else {
+            return RResult::RErr(format!("test host: {req:?} not handled").into());
+        };
         self.requests.lock().unwrap().push((ifindex, addr));
         let links = json(&self.ns, "link show");
         let Some(dev) = links
