@@ -152,6 +152,7 @@ impl Daemon {
             status.path = path.display().to_string();
             let lib = loader::open(&path)?;
             status.api_version = lib.api_version.clone();
+            status.abi = lib.how().describe();
             status.version = lib.info.version.to_string();
             loader::check_version(&lib.info, pc.version.as_deref())?;
             let host = HostServices_TO::from_ptr(
@@ -332,6 +333,7 @@ impl control::Service for Daemon {
                     "name": s.name,
                     "version": s.version,
                     "api_version": s.api_version,
+                    "abi": s.abi,
                     "path": s.path,
                     "state": s.state,
                 });
@@ -625,8 +627,8 @@ async fn serve_plugin_requests(
                     }
                     Err(e) => tracing::warn!(%plugin, "resolve task: {e}"),
                 }
-                other => tracing::warn!(%plugin, ?other, "request not handled by this host"),
             }
+            other => tracing::warn!(%plugin, ?other, "request not handled by this host"),
         }
     }
 }

@@ -7,11 +7,11 @@
 //! of the mirror however slow the plugin is. The worker drains the queue in dependency order and
 //! records one outcome per change.
 
+use crate::binding::Bound;
 use crate::held::Held;
 use ekho_mirror::routes::Attrs;
 use ekho_mirror::source::Initial;
 use ekho_plugin_api::abi_stable::std_types::RString;
-use ekho_plugin_api::plugin::PluginBox;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::{order, ObjectKey};
 use indexmap::IndexMap;
@@ -84,6 +84,8 @@ pub struct PluginStatus {
     pub name: String,
     pub version: String,
     pub api_version: String,
+    /// How the host drives it: `native`, or `converted from 1.0` (built against an older minor).
+    pub abi: String,
     pub path: String,
     pub state: Option<PluginState>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -499,7 +501,7 @@ const OUTCOME_NAMES: [&str; 4] = ["offloaded", "unsupported", "trapped", "failed
 
 /// The worker's private state: what the plugin holds, and with which outcome.
 struct Worker {
-    plugin: PluginBox,
+    plugin: Bound,
     queue: Arc<Queue>,
     status: Arc<Mutex<PluginStatus>>,
     caps: Capabilities,
@@ -1325,7 +1327,7 @@ impl PluginHandle {
     /// Starts the worker thread for `plugin`, with changes held back for a replay: the caller
     /// attaches the queue's listener to the mirror, then calls [`Queue::request_replay`].
     pub fn start(
-        plugin: PluginBox,
+        plugin: Bound,
         caps: Capabilities,
         ports_override: Option<&[String]>,
         status: PluginStatus,

@@ -5,9 +5,10 @@
 //! check of the root module; the plugin's own version against the config's requirement; create
 //! with its config table.
 
-use ekho_plugin_api::plugin::{PluginBox, PluginInfo, PluginModRef};
+use crate::binding::{self, Bound, How, Module};
+use ekho_plugin_api::plugin::PluginInfo;
 use ekho_plugin_api::version::{
-    accepted_range, is_compatible, API_VERSION, PANIC_SYMBOL, VERSION_SYMBOL,
+    accepted_range, verdict, Verdict, API_VERSION, PANIC_SYMBOL, VERSION_SYMBOL,
 };
 use ekho_plugin_api::HostHandle;
 use std::ffi::{c_char, CStr};
@@ -41,6 +42,12 @@ pub enum LoadError {
         plugin: String,
         accepted: String,
     },
+    #[error("{file} was built against ekho-plugin-api {plugin}, newer than this host's API {API_VERSION}: update ekho to a release with API {plugin} or later, or rebuild the plugin against ekho-plugin-api {host_minor}")]
+    NewerApi {
+        file: String,
+        plugin: String,
+        host_minor: String,
+    },
     #[error("{path}: built with panic = \"abort\": a panic in it would abort the whole daemon; build it with panic = \"unwind\" (the default; check `panic` in the [profile.*] of its Cargo.toml)")]
     PanicAbort { path: PathBuf },
     #[error("{path}: ABI layout check failed: {summary} (run with RUST_LOG=debug for abi_stable's full report)")]
@@ -66,19 +73,23 @@ pub struct Library {
     /// The ekho-plugin-api version it was built against.
     pub api_version: String,
     pub info: PluginInfo,
-    module: PluginModRef,
+    module: Module,
 }
 
 impl Library {
     /// Creates the plugin with its config (TOML text).
-    pub fn create(&self, config: &str, host: HostHandle) -> Result<PluginBox, LoadError> {
-        let create = self.module.create();
-        create(config.into(), host)
-            .into_result()
-            .map_err(|e| LoadError::Create {
+    pub fn create(&self, config: &str, host: HostHandle) -> Result<Bound, LoadError> {
+        self.module
+            .create(config, host)
+            .map_err(|reason| LoadError::Create {
                 name: self.info.name.to_string(),
-                reason: e.to_string(),
+                reason,
             })
+    }
+
+    /// How the host drives it: natively, or converted from an older minor.
+    pub fn how(&self) -> How {
+        self.module.how()
     }
 }
 
@@ -163,8 +174,9 @@ fn elf_check(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Pre-flight only: ELF check, dlopen, version symbol. Returns the API version.
-pub fn preflight(path: &Path) -> Result<String, LoadError> {
+/// Pre-flight only: ELF check, dlopen, version symbol. Returns the API version and how this
+/// host runs it.
+pub fn preflight(path: &Path) -> Result<(String, Verdict), LoadError> {
     elf_check(path)?;
     // SAFETY: loading a shared object runs its initialisers; that is what loading a plugin means.
     // The library is leaked on purpose (plugins are never unloaded; abi_stable does the same).
@@ -186,12 +198,23 @@ pub fn preflight(path: &Path) -> Result<String, LoadError> {
     let v = unsafe { CStr::from_ptr(ptr) }
         .to_string_lossy()
         .into_owned();
-    if !is_compatible(API_VERSION, &v) {
+    let file = || {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let how = verdict(API_VERSION, &v);
+    if how == Verdict::NewerMinor {
+        let (major, minor) = ekho_plugin_api::version::major_minor(API_VERSION).unwrap_or((0, 0));
+        return Err(LoadError::NewerApi {
+            file: file(),
+            plugin: v,
+            host_minor: format!("{major}.{minor}"),
+        });
+    }
+    if !binding::supported(how) {
         return Err(LoadError::IncompatibleApi {
-            file: path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file: file(),
             plugin: v,
             accepted: accepted_range(API_VERSION).unwrap_or_else(|| API_VERSION.into()),
         });
@@ -206,14 +229,15 @@ pub fn preflight(path: &Path) -> Result<String, LoadError> {
             }
         }
     }
-    Ok(v)
+    Ok((v, how))
 }
 
-/// Pre-flight plus abi_stable's layout check; returns the loaded library.
+/// Pre-flight plus abi_stable's layout check against the snapshot of the plugin's minor;
+/// returns the loaded library.
 pub fn open(path: &Path) -> Result<Library, LoadError> {
-    let api_version = preflight(path)?;
+    let (api_version, how) = preflight(path)?;
     let module = abi_stable::library::lib_header_from_path(path)
-        .and_then(|h| h.init_root_module::<PluginModRef>())
+        .and_then(|h| Module::load(h, how))
         .map_err(|e| {
             let full = e.to_string();
             LoadError::Layout {
@@ -222,7 +246,7 @@ pub fn open(path: &Path) -> Result<Library, LoadError> {
                 full,
             }
         })?;
-    let info = (module.info())();
+    let info = module.info();
     Ok(Library {
         api_version,
         info,

@@ -1,5 +1,6 @@
 //! `ekho`: mirror the kernel's networking state and dispatch it to offload plugins.
 
+mod binding;
 mod config;
 mod control;
 mod daemon;
@@ -209,7 +210,9 @@ fn check_plugin(
             }
             let stage = match &e {
                 loader::LoadError::Layout { .. } => "layout check",
-                loader::LoadError::IncompatibleApi { .. } => "API version",
+                loader::LoadError::IncompatibleApi { .. } | loader::LoadError::NewerApi { .. } => {
+                    "API version"
+                }
                 loader::LoadError::PanicAbort { .. } => "panic strategy",
                 _ => "pre-flight",
             };
@@ -235,7 +238,7 @@ fn check_plugin(
         "api_version": lib.api_version,
         "host_api_version": api,
         "host_accepts": range,
-        "abi": "abi_stable layout check passed",
+        "abi": lib.how().describe(),
         "capabilities": daemon::capabilities_json(&caps, None),
     });
     if as_json {

@@ -277,10 +277,11 @@ pub fn plugins(v: &Value) -> String {
     for p in v["plugins"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{} {} (built against ekho-plugin-api {}) {}  [{}]",
+            "{} {} (built against ekho-plugin-api {}, {}) {}  [{}]",
             scalar(&p["name"]),
             scalar(&p["version"]),
             scalar(&p["api_version"]),
+            scalar(&p["abi"]),
             scalar(&p["path"]),
             scalar(&p["state"])
         );
@@ -314,7 +315,7 @@ pub fn check(v: &Value) -> String {
         scalar(&v["host_api_version"]),
         scalar(&v["host_accepts"])
     );
-    let _ = writeln!(out, "  abi:         {}", scalar(&v["abi"]));
+    let _ = writeln!(out, "  runs:        {}", scalar(&v["abi"]));
     let _ = writeln!(out, "  capabilities:");
     caps(&mut out, &v["capabilities"]);
     out

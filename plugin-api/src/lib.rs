@@ -124,20 +124,52 @@
 //!   and `name = "asic1"`, each with `path` set to the same file and its own config table):
 //!   each gets its own instance, thread and queue.
 //!
-//! ## Versioning
-//! See [`version`]: the host reads the exported `EKHO_PLUGIN_API_VERSION` symbol before loading
-//! and accepts plugins built against the same compatible range (`^0.MINOR` while 0.x).
+//! ## Versioning: the 1.x contract
+//! A plugin is built once and keeps working when the operator updates ekho. The host reads the
+//! exported `EKHO_PLUGIN_API_VERSION` symbol before loading and applies [`version::verdict`]:
+//!
+//! - **Every plugin built against any 1.x up to the host's own minor loads and works
+//!   unchanged.** One of the host's minor runs natively; one of an older minor is checked
+//!   against the frozen types of its minor and driven through them ([`abi`]): the host
+//!   converts each change into that minor's types before the call. Kinds and fields the
+//!   plugin was not built with never reach it. `ekho check-plugin` and `ekho plugins` say
+//!   which (`native`, `converted from 1.0`).
+//! - **A plugin built against a newer minor than the host is refused**, with one line naming
+//!   both versions: it may rely on kinds or fields this host does not have.
+//! - **Another major is refused** (rebuild against the host's major).
+//!
+//! What a **minor** release (1.y) may add, and nothing else:
+//! - object kinds (a new [`ObjectKind`] constant, [`Object`] and [`ObjectKey`] variant, its
+//!   struct), notifier kinds ([`NotifierKind`]), requests ([`Request`]), outcomes
+//!   ([`Outcome`]): these are open sets, so match them with a `_` arm;
+//! - fields appended to object structs, [`Capabilities`], [`Features`], [`Stats`] and events
+//!   (a field's absence in an older minor reads as its zero/empty value);
+//! - capability keys ([`Features`] fields, limits of new kinds);
+//! - methods of [`Plugin`] with a default body, and helper functions and constructors.
+//!
+//! What only a **major** release may change: removing or renaming anything, changing a
+//! field's type or meaning, reordering fields, changing an existing method's signature or a
+//! default's behaviour, changing an identity key ([`Object::key`]), the batch order
+//! ([`order`]) or the contract above. Patch releases (1.y.z) change no type.
+//!
+//! Build with struct-update syntax (`Route { metric: 10, ..Route::unicast(..) }` or
+//! `..Default::default()`) and `_` arms, and a rebuild against a newer 1.y compiles unchanged.
 //!
 //! ## Changes
-//! - 0.2.0 (breaking: rebuild plugins; a 0.1 plugin is refused with that reason):
-//!   [`Rule`](object::Rule) gains the selectors the kernel tells rules apart by and 0.1 lacked
-//!   (`sport`, `dport`, `uid_range`, `tun_id`, `realms`, `suppress_ifgroup`; two rules that
-//!   differed only there were one object), and [`Rule::lookup`](object::Rule::lookup) builds a
-//!   plain rule. [`Plugin::begin_sync`] may come again before `end_sync` (the sync starts over).
+//! - 1.0.0: the first stable release (rebuild 0.x plugins once; from here on, plugins keep
+//!   loading). Kinds ([`ObjectKind`], [`NotifierKind`]) are open `u16` tags instead of closed
+//!   enums; [`Object`], [`ObjectKey`], [`Outcome`] and [`Request`] are non-exhaustive; the
+//!   batch order is defined once in [`order`]; [`abi`] holds the boundary of each minor;
+//!   abi_stable is pinned to one exact version.
+//! - 0.2.0 (breaking): [`Rule`](object::Rule) gains the selectors the kernel tells rules apart
+//!   by (`sport`, `dport`, `uid_range`, `tun_id`, `realms`, `suppress_ifgroup`), and
+//!   [`Rule::lookup`](object::Rule::lookup) builds a plain rule. [`Plugin::begin_sync`] may
+//!   come again before `end_sync` (the sync starts over).
 //! - 0.1.0: first release.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 
+pub mod abi;
 pub mod capability;
 pub mod change;
 pub mod event;

@@ -276,7 +276,7 @@ fn build_variant(
             .replace("license.workspace = true", "license = \"MIT\"")
             .replace(
                 "abi_stable.workspace = true",
-                "abi_stable = { version = \"0.11.3\", default-features = false }",
+                "abi_stable = { version = \"=0.11.3\", default-features = false }",
             )
             .replace(
                 "serde_json = { workspace = true, optional = true }",

@@ -1,0 +1,99 @@
+//! A loaded plugin as the dispatcher drives it, whatever API minor it was built against.
+//!
+//! The dispatcher speaks the host's own (newest) API. A plugin of the host's minor is driven
+//! [natively](native): the calls cross as they are. A plugin of an older minor of the same
+//! major is driven through the frozen types of its minor (`ekho_plugin_api::abi::v1_N`), the
+//! changes converted into them before each call, its capabilities, outcomes and stats
+//! converted back: one module here per supported older minor. Which one is chosen by
+//! [`ekho_plugin_api::version::verdict`].
+
+mod native;
+
+use abi_stable::library::LibHeader;
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use ekho_plugin_api::plugin::PluginInfo;
+use ekho_plugin_api::prelude::*;
+use ekho_plugin_api::version::Verdict;
+use ekho_plugin_api::HostHandle;
+
+/// The calls of the plugin ABI, in the host's types. Errors are the plugin's panic message or
+/// a broken promise (as many outcomes as changes).
+pub trait Binding: Send {
+    fn capabilities(&self) -> RResult<Capabilities, RString>;
+    fn apply(&mut self, changes: RSlice<'_, Change>) -> RResult<RVec<Outcome>, RString>;
+    fn notify(&mut self, events: RSlice<'_, NotifierEvent>) -> RResult<(), RString>;
+    fn begin_sync(&mut self) -> RResult<(), RString>;
+    fn end_sync(&mut self) -> RResult<(), RString>;
+    fn stats(&self) -> RResult<Stats, RString>;
+    fn shutdown(&mut self) -> RResult<(), RString>;
+}
+
+/// A created plugin, ready for the dispatcher.
+pub type Bound = Box<dyn Binding>;
+
+/// How a plugin is driven.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum How {
+    /// Built against the host's minor: the calls cross as they are.
+    Native,
+    /// Built against an older minor: changes converted into its frozen types. (1.0 has no
+    /// older minor; `tests/rehearsal` builds a 1.1 host that drives 1.0 plugins this way.)
+    #[allow(dead_code)]
+    Converted { minor: (u64, u64) },
+}
+
+impl How {
+    /// `native`, or `converted from 1.0`.
+    pub fn describe(self) -> String {
+        match self {
+            How::Native => "native".into(),
+            How::Converted { minor: (a, b) } => format!("converted from {a}.{b}"),
+        }
+    }
+}
+
+/// A plugin library's root module, of whichever minor it was built against.
+pub enum Module {
+    Native(ekho_plugin_api::plugin::PluginModRef),
+}
+
+impl Module {
+    /// Checks the library's layout against the snapshot of its minor (abi_stable's equality
+    /// check) and initialises its root module. `verdict` comes from the version pre-flight.
+    pub fn load(
+        header: &'static LibHeader,
+        verdict: Verdict,
+    ) -> Result<Module, abi_stable::library::LibraryError> {
+        match verdict {
+            Verdict::Native => native::load(header).map(Module::Native),
+            // A minor this host has no snapshot of cannot pass the pre-flight.
+            other => unreachable!("pre-flight lets {other:?} through"),
+        }
+    }
+
+    /// The plugin's name and version, without creating it.
+    pub fn info(&self) -> PluginInfo {
+        match self {
+            Module::Native(m) => (m.info())(),
+        }
+    }
+
+    /// Creates the plugin with its configuration (TOML text).
+    pub fn create(&self, config: &str, host: HostHandle) -> Result<Bound, String> {
+        match self {
+            Module::Native(m) => native::create(*m, config, host),
+        }
+    }
+
+    pub fn how(&self) -> How {
+        match self {
+            Module::Native(_) => How::Native,
+        }
+    }
+}
+
+/// The minors this host drives: its own natively, older ones of its major through their
+/// snapshots.
+pub fn supported(verdict: Verdict) -> bool {
+    matches!(verdict, Verdict::Native)
+}
