@@ -199,6 +199,11 @@ impl Daemon {
     /// Starts `ekho run` with the given config text (write `{socket}` where the control socket
     /// path goes) and waits until every plugin left `syncing`.
     pub fn start(dir: &Path, config: &str) -> Daemon {
+        Daemon::start_bin(&ekho_bin(), dir, config)
+    }
+
+    /// [`Daemon::start`] with another `ekho` binary (a host built from other sources).
+    pub fn start_bin(bin: &Path, dir: &Path, config: &str) -> Daemon {
         let socket = dir.join("ekho.sock");
         let cfg_path = dir.join("ekho.toml");
         std::fs::write(
@@ -207,7 +212,7 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.join("ekho.log");
-        let child = Command::new(ekho_bin())
+        let child = Command::new(bin)
             .args(["--config", cfg_path.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(dir.join("ekho.stdout")).unwrap())

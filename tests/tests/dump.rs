@@ -6,6 +6,7 @@ use ekho_plugin_api::ObjectKind;
 use ekho_tests::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 /// A dump-shaped document (keyed by plural kind) in the normalizer's canonical form.
 fn normalized(doc: &Value) -> BTreeMap<ObjectKind, Vec<Value>> {
@@ -103,7 +104,22 @@ addr add 10.2.0.1/24 dev b0
 addr add 2001:db8:2::1/64 dev b0 nodad
 link add vx0 type vxlan id 42 dstport 4789 local 10.2.0.1 dev b0
 link set vx0 up
-route add 10.50.0.0/16 via 10.1.0.2
+",
+    );
+    // Routes and nexthops need the carrier, which the kernel raises asynchronously (the
+    // bridge's, once its port forwards): on a loaded machine it can lag the `link set up`.
+    for dev in ["br0", "b0"] {
+        let up = wait_for(Duration::from_secs(10), || {
+            let l = ns.ip_json(&["link", "show", dev]);
+            l[0]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "LOWER_UP"))
+                .then_some(())
+        });
+        assert!(up.is_some(), "{dev} has no carrier after 10 s");
+    }
+    ns.ip_batch(
+        "route add 10.50.0.0/16 via 10.1.0.2
 route add 10.51.0.0/16 nexthop via 10.1.0.2 weight 2 nexthop via 10.2.0.2 weight 1
 route add blackhole 10.52.0.0/16
 route add unreachable 10.53.0.0/16 table 100

@@ -805,6 +805,45 @@ fn a_layout_mismatch_is_refused_clearly() {
 }
 
 #[test]
+fn a_copy_of_the_api_with_a_field_reordered_is_refused_naming_the_type() {
+    // Same version, same fields, two of them swapped: the frozen 1.0 layout says otherwise.
+    let variant = build_api_variant(API_VERSION, "reordered", &|api| {
+        let p = api.join("src/object/route.rs");
+        let s = std::fs::read_to_string(&p).unwrap();
+        let from = "pub struct Route {\n    pub family: Family,\n    pub table: u32,\n";
+        assert!(s.contains(from), "patch did not apply");
+        let s = s.replace(
+            from,
+            "pub struct Route {\n    pub table: u32,\n    pub family: Family,\n",
+        );
+        std::fs::write(&p, s).unwrap();
+    });
+    let out = check_plugin(&variant);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("REFUSED at layout check"), "{text}");
+    assert!(text.contains("type Route"), "{text}");
+}
+
+#[test]
+fn a_plugin_of_a_newer_minor_is_refused_naming_both_versions() {
+    let (major, minor) = ekho_plugin_api::version::major_minor(API_VERSION).unwrap();
+    let newer = format!("{major}.{}.0", minor + 1);
+    let variant = build_api_variant(&newer, "newer", &|_| {});
+    let out = check_plugin(&variant);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("REFUSED at API version"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "was built against ekho-plugin-api {newer}, newer than this host's API {API_VERSION}"
+        )),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 2, "one line of reason: {text}");
+}
+
+#[test]
 fn a_plugin_built_to_abort_on_panic_is_refused() {
     let variant = build_variant(
         API_VERSION,
