@@ -5,8 +5,11 @@
 //! rust-netlink program pays before it can read a field); the rtnetlink crate's route dump
 //! (`handle.route().get(..).execute()`, collected); iproute2 (`ip -4 route show table all`).
 //!
-//! `cargo run --release -p ekho-tests --example bench_host -- [N] [GATEWAYS]`
+//! `cargo run --release -p ekho-tests --example bench_host -- [N] [GATEWAYS] [OTHER_EKHO]`
 //! (default 1000000 routes through 4 gateways; needs root; builds the release `ekho` and `null`).
+//! With `OTHER_EKHO` (another build's `ekho`, its `libekho_null.so` beside it), both daemons sync
+//! the same table three times each, alternating, and the ratio of their best times is printed:
+//! how a change to the host compares with the build before it, in one run.
 
 use ekho_tests::{unique, Netns, TempDir};
 use std::path::Path;
@@ -198,6 +201,24 @@ fn main() {
     }
     println!("`ip -4 route show table all` (iproute2 dump + print): {ip_best:.2?} (best of 3)");
 
+    if let Some(other) = a.next() {
+        let other = std::path::PathBuf::from(other);
+        let (mut this_best, mut other_best) = (Duration::MAX, Duration::MAX);
+        for round in 0..3 {
+            let (t_other, _, _) = run_daemon(&other, dir.path(), &ns);
+            let (t_this, _, _) = run_daemon(&bin, dir.path(), &ns);
+            println!(
+                "round {round}: this build {t_this:.2?}, {} {t_other:.2?}",
+                other.display()
+            );
+            this_best = this_best.min(t_this);
+            other_best = other_best.min(t_other);
+        }
+        println!(
+            "daemon start -> in_sync, best of 3: this build {this_best:.2?}, the other {other_best:.2?}: this/other {:.3}",
+            this_best.as_secs_f64() / other_best.as_secs_f64()
+        );
+    }
     let (sync, peak_kb, status) = run_daemon(&bin, dir.path(), &ns);
     let routes_held = status["mirror"]["objects"]["routes"].as_u64().unwrap_or(0);
     println!(
