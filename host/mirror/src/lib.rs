@@ -24,7 +24,8 @@ use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-pub mod convert;
+pub mod event;
+pub mod netlink;
 pub mod replay;
 pub mod routes;
 pub mod source;
@@ -32,6 +33,7 @@ pub mod state;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use event::Event;
 use state::{Snapshot, State};
 
 /// A listener of mirror changes. Called with the mirror's lock held: must not block (enqueue and
@@ -218,7 +220,7 @@ impl Mirror {
 
     /// Applies a batch of decoded kernel events and emits the net changes. Returns whether
     /// proxy neighbours should be re-dumped (silent changes possible).
-    pub(crate) fn apply_events(&self, evs: Vec<convert::Event>, messages: u64) -> bool {
+    pub(crate) fn apply_events(&self, evs: Vec<Event>, messages: u64) -> bool {
         let mut g = self.inner.lock().unwrap();
         g.stats.messages += messages;
         for e in evs {

@@ -14,8 +14,9 @@
 //!    link/address events that flush them, and any kinds asked for with
 //!    [`Mirror::request_resync`](crate::Mirror::request_resync).
 
-use crate::convert::{self, rtm, Event};
+use crate::netlink::{self, rtm};
 use crate::state::Snapshot;
+use crate::Event;
 use crate::Mirror;
 use ekho_plugin_api::object::IpAddress;
 use ekho_plugin_api::{Change, Object, ObjectKind};
@@ -428,14 +429,14 @@ impl ReqSocket {
         // Batches of decoded events (a few thousand: a hand-over per `recv` costs more in wakeups
         // than it saves); a few in flight bound the memory.
         const BATCH: usize = 4096;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<convert::Parsed>>(2);
-        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<convert::Parsed>>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<netlink::Parsed>>(2);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<netlink::Parsed>>();
         std::thread::scope(|scope| {
             let receiver = scope.spawn(move || -> Result<(u64, bool), SourceError> {
                 let mut intr = false;
                 let mut count = 0u64;
                 let mut batch = Vec::with_capacity(BATCH);
-                let mut spare: Vec<Vec<convert::Parsed>> = Vec::new();
+                let mut spare: Vec<Vec<netlink::Parsed>> = Vec::new();
                 loop {
                     // Free what the caller handed back, keeping the vectors for reuse.
                     while let Ok(mut v) = back_rx.try_recv() {
@@ -444,7 +445,7 @@ impl ReqSocket {
                     }
                     let (n, truncated) = recv_dump(fd, buf).map_err(|e| nl_err("dump recv", e))?;
                     intr |= truncated;
-                    for (h, payload) in convert::split(&buf[..n]) {
+                    for (h, payload) in netlink::split(&buf[..n]) {
                         if h.sequence_number != seq {
                             continue;
                         }
@@ -475,7 +476,7 @@ impl ReqSocket {
                             }
                             _ => {
                                 count += 1;
-                                match convert::parse(&h, payload) {
+                                match netlink::parse(&h, payload) {
                                     Ok(p) => batch.push(p),
                                     Err(e) => tracing::warn!("undecodable dump message: {e}"),
                                 }
@@ -499,7 +500,7 @@ impl ReqSocket {
             let rx = rx;
             for batch in rx.iter() {
                 for p in &batch {
-                    f(convert::event(p));
+                    f(netlink::event(p));
                 }
                 let _ = back_tx.send(batch);
             }
@@ -523,7 +524,7 @@ impl ReqSocket {
         loop {
             let (n, _) = recv_dump(self.sock.as_raw_fd(), &mut self.buf)
                 .map_err(|e| nl_err("dump recv", e))?;
-            for (h, payload) in convert::split(&self.buf[..n]) {
+            for (h, payload) in netlink::split(&self.buf[..n]) {
                 if h.sequence_number != seq {
                     continue;
                 }
@@ -550,7 +551,7 @@ impl ReqSocket {
             let n = recv_dgram(self.sock.as_raw_fd(), &mut self.buf, true)
                 .map_err(|e| nl_err("recv", e))?
                 .unwrap_or(0);
-            for (h, payload) in convert::split(&self.buf[..n]) {
+            for (h, payload) in netlink::split(&self.buf[..n]) {
                 if h.sequence_number == seq && h.message_type == NLMSG_ERROR {
                     let code = errno(payload);
                     return if code == 0 {
@@ -977,9 +978,9 @@ fn thread_main(
         loop {
             match recv_dgram(ev.as_raw_fd(), &mut buf, false) {
                 Ok(Some(n)) => {
-                    for (h, payload) in convert::split(&buf[..n]) {
+                    for (h, payload) in netlink::split(&buf[..n]) {
                         count += 1;
-                        match convert::decode(&h, payload) {
+                        match netlink::decode(&h, payload) {
                             Ok(Event::Ignored) => {}
                             Ok(e) => evs.push(e),
                             Err(e) => tracing::warn!("undecodable notification: {e}"),

@@ -1,8 +1,9 @@
 //! The mirror's state and how kernel events change it, including the changes the kernel makes
 //! without telling (docs/netlink-gaps.md), and the per-batch change computation.
 
-use crate::convert::{fdb_is_dev_addr_list, Event};
+use crate::netlink::neighbour::fdb_is_dev_addr_list;
 use crate::routes::{Attrs, RKey, Routes};
+use crate::Event;
 use ekho_plugin_api::abi_stable::std_types::RString;
 use ekho_plugin_api::object::link::{IFF_LOWER_UP, IFF_UP};
 use ekho_plugin_api::object::route::device_discriminator;

@@ -287,7 +287,10 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                 .and_then(|s| s.as_array())
                 .is_some_and(|s| s.len() == 1 && s[0] == "NOARP");
             if dst.is_some_and(|d| {
-                crate::convert::neighbour_is_multicast_map(&d, if noarp { 0x40 } else { 0 })
+                crate::netlink::neighbour::neighbour_is_multicast_map(
+                    &d,
+                    if noarp { 0x40 } else { 0 },
+                )
             }) {
                 return None;
             }
