@@ -124,10 +124,21 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Builds the `ekho` binary and the plugin libraries once per test process (debug profile), and
-/// returns the directory holding them.
+/// returns the directory holding them. With `EKHO_TEST_BUILD_DIR` set, nothing is built and that
+/// directory is used as is: tests/vm/run builds on the host and runs the tests in a VM that sees
+/// target/ read-only.
 pub fn build() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("EKHO_TEST_BUILD_DIR") {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("ekho").is_file(),
+                "EKHO_TEST_BUILD_DIR={}: no ekho binary there (cargo build -p ekho first)",
+                dir.display()
+            );
+            return dir;
+        }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace().join("target"));

@@ -65,9 +65,17 @@ async fn neighbour_lifecycle(raw: bool) {
     } else {
         assert_eq!(st.state, HookState::Live);
     }
-    // Every tracepoint program loads and attaches in both forms on this kernel.
+    // Every tracepoint program loads and attaches in both forms on this kernel, except a
+    // tracepoint the kernel does not have: notifier_run is newer than 6.1 (Debian 6.1 has none).
     for h in src.hooks.iter().filter(|h| h.name.starts_with("tp_btf/")) {
         let tp = h.name.trim_start_matches("tp_btf/");
+        if tp == "notifier_run" && common::tracepoint_missing(h) {
+            println!(
+                "kernel {}: no notifier_run tracepoint: {h:?}",
+                common::kernel()
+            );
+            continue;
+        }
         match &h.state {
             HookState::Live => assert!(!raw, "{h:?}"),
             HookState::FallenBack { to, .. } => {
@@ -430,7 +438,9 @@ async fn route_lookups_are_aggregated() {
         })
         .await;
     assert_eq!(e6.table, 254);
-    assert!(e6.value >= 3, "{}", short(&e6));
+    // The three pings may straddle a report (an emulated VM is slow): the first report holds at
+    // least one hit, the cumulative counter (checked below) all three.
+    assert!(e6.value >= 1, "{}", short(&e6));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hits = src.fib_lookup_hits();
     let h4 = hits
@@ -454,7 +464,7 @@ async fn route_lookups_are_aggregated() {
         .iter()
         .find(|h| h.prefix.to_route_string() == "2001:db8:7::/48")
         .expect("read API has the prefix");
-    assert!(h.hits >= e6.value);
+    assert!(h.hits >= e6.value && h.hits >= 3, "{h:?}");
     // Lookups never became ring-buffer records.
     assert!(c
         .snapshot()
@@ -478,14 +488,21 @@ async fn notifier_runs_are_counted_per_callback() {
     let ns = Netns::new();
     let c = Collector::default();
     let src = start(&ns, quiet(), &c);
-    assert_eq!(
-        src.hooks
-            .iter()
-            .find(|h| h.name == "tp_btf/notifier_run")
-            .unwrap()
-            .state,
-        HookState::Live
-    );
+    let hook = src
+        .hooks
+        .iter()
+        .find(|h| h.name == "tp_btf/notifier_run")
+        .unwrap();
+    if common::tracepoint_missing(hook) {
+        // Expected on Debian's 6.1: the notifier_run tracepoint is newer than that kernel.
+        println!(
+            "SKIP: notifier_runs_are_counted_per_callback: kernel {} has no notifier_run tracepoint ({:?})",
+            common::kernel(),
+            hook.state
+        );
+        return;
+    }
+    assert_eq!(hook.state, HookState::Live);
     // Registering and changing a device runs the netdevice chain's callbacks.
     ns.veth_topology();
     ns.ip("link set v0 mtu 1400");

@@ -243,3 +243,24 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// This kernel's release (`uname -r`), named in skip messages and kernel-specific expectations.
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown kernel ({e})"))
+}
+
+/// Whether a tracepoint hook is unavailable because this kernel has no such tracepoint at all:
+/// tp_btf found no `btf_trace_NAME` type in the kernel's BTF and raw_tp got ENOENT. Any other
+/// failure (verifier, permissions) is not that.
+pub fn tracepoint_missing(h: &ekho_ebpf::HookStatus) -> bool {
+    let tp = h.name.trim_start_matches("tp_btf/");
+    match &h.state {
+        ekho_ebpf::HookState::Unavailable { reason } => {
+            reason.contains(&format!("Unknown BTF type `btf_trace_{tp}`"))
+                && reason.contains("raw_tp: ENOENT")
+        }
+        _ => false,
+    }
+}
