@@ -5,7 +5,6 @@ mod config;
 mod control;
 mod daemon;
 mod dispatch;
-mod held;
 mod loader;
 mod render;
 

@@ -1,0 +1,186 @@
+//! What `ekho status` shows about a plugin: its state, counters, outcomes per kind and recent
+//! failures.
+
+use super::KINDS;
+use ekho_plugin_api::prelude::*;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+
+/// The state of a plugin, as `ekho status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Receiving the replay of the mirror (between begin-sync and end-sync).
+    Syncing,
+    /// Replay done; receiving increments.
+    InSync,
+    /// Refused at load, or failed (panicked / broke the contract); no longer called.
+    Failed,
+}
+
+/// A failure kept for `ekho status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureRecord {
+    pub kind: String,
+    pub op: String,
+    pub object: serde_json::Value,
+    pub reason: String,
+}
+
+/// Failures kept per plugin, the most recent.
+const RECENT_FAILURES: usize = 16;
+
+/// Everything `ekho status` shows about one plugin.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    /// How the host drives it: `native`, or `converted from 1.0` (built against an older minor).
+    pub abi: String,
+    pub path: String,
+    pub state: Option<PluginState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Objects currently held for the plugin (given to it and not removed).
+    pub objects: u64,
+    /// Changes applied (each got an outcome from the plugin).
+    pub applied: u64,
+    pub offloaded: u64,
+    pub unsupported: u64,
+    pub trapped: u64,
+    pub failed: u64,
+    /// Additions the host refused on the plugin's behalf (declared limits, ECMP width).
+    pub refused: u64,
+    pub queue_depth: u64,
+    pub events: u64,
+    pub events_dropped: u64,
+    pub syncs: u64,
+    pub last_sync_ms: u64,
+    /// Objects held, per kind, by outcome (rendered from `per_outcome` in snapshots).
+    pub outcomes: HashMap<String, HashMap<String, u64>>,
+    /// Objects held per kind (index: [`ObjectKind::index`]) and outcome code.
+    #[serde(skip)]
+    pub per_outcome: [[u64; 4]; KINDS],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stats_text: String,
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub recent_failures: VecDeque<FailureRecord>,
+}
+
+impl PluginStatus {
+    /// Counts outcomes the plugin gave.
+    pub(super) fn count(&mut self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            self.applied += 1;
+            match outcome_code(o) {
+                0 => self.offloaded += 1,
+                1 => self.unsupported += 1,
+                2 => self.trapped += 1,
+                _ => self.failed += 1,
+            }
+        }
+    }
+
+    /// Keeps a failure (the plugin's, or the host's refusal) among the most recent ones.
+    pub(super) fn note_failure(&mut self, o: &Object, op: &str, outcome: &Outcome) {
+        let reason = match outcome {
+            Outcome::Failed(r) => r.to_string(),
+            other => other.name().to_string(),
+        };
+        if self.recent_failures.len() >= RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(FailureRecord {
+            kind: o.kind().name().into(),
+            op: op.into(),
+            object: o.to_json(),
+            reason,
+        });
+    }
+
+    /// Renders `outcomes` (by kind and outcome name) from `per_outcome`, for a snapshot.
+    pub(super) fn fill_outcomes(&mut self) {
+        let per_outcome = &self.per_outcome;
+        self.outcomes = ObjectKind::ALL
+            .iter()
+            .filter(|k| per_outcome[k.index()].iter().any(|&n| n > 0))
+            .map(|k| {
+                let m = OUTCOME_NAMES
+                    .iter()
+                    .zip(per_outcome[k.index()])
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| (name.to_string(), n))
+                    .collect();
+                (k.plural().to_string(), m)
+            })
+            .collect();
+    }
+}
+
+/// An outcome as a code: the index of its name in [`OUTCOME_NAMES`].
+#[inline]
+pub(super) fn outcome_code(o: &Outcome) -> u8 {
+    match o {
+        Outcome::Offloaded => 0,
+        Outcome::Unsupported => 1,
+        Outcome::Trapped => 2,
+        Outcome::Failed(_) => 3,
+        // Outcomes of a later minor than the host's API: impossible (plugins of a newer minor
+        // are refused); counted as failures should one appear.
+        _ => 3,
+    }
+}
+
+/// Outcome names by code.
+const OUTCOME_NAMES: [&str; 4] = ["offloaded", "unsupported", "trapped", "failed"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::test_objects::{link, route};
+
+    #[test]
+    fn outcomes_render_by_kind_and_name() {
+        let mut s = PluginStatus::default();
+        s.per_outcome[ObjectKind::Route.index()][outcome_code(&Outcome::Offloaded) as usize] = 3;
+        s.per_outcome[ObjectKind::Route.index()][outcome_code(&Outcome::failed("x")) as usize] = 1;
+        s.fill_outcomes();
+        assert_eq!(
+            s.outcomes.len(),
+            1,
+            "only kinds with objects: {:?}",
+            s.outcomes
+        );
+        let routes = &s.outcomes["routes"];
+        assert_eq!((routes["offloaded"], routes["failed"]), (3, 1));
+        assert_eq!(routes.len(), 2);
+        s.count(&[Outcome::Offloaded, Outcome::Trapped, Outcome::failed("y")]);
+        assert_eq!(
+            (s.applied, s.offloaded, s.trapped, s.unsupported, s.failed),
+            (3, 1, 1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn recent_failures_keep_the_last_sixteen() {
+        let mut s = PluginStatus::default();
+        for i in 0..20 {
+            s.note_failure(&link(i, "a"), "add", &Outcome::failed(format!("no {i}")));
+        }
+        s.note_failure(
+            &route("10.0.0.0/24", 1, "10.1.0.1"),
+            "add",
+            &Outcome::Unsupported,
+        );
+        assert_eq!(s.recent_failures.len(), RECENT_FAILURES);
+        assert_eq!(s.recent_failures[0].reason, "no 5");
+        let last = s.recent_failures.back().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.reason.as_str()),
+            ("route", "unsupported")
+        );
+    }
+}

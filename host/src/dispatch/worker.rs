@@ -1,0 +1,373 @@
+//! A plugin's worker thread: the only caller of the plugin. It runs the initial sync (streamed
+//! or replayed), then drains the queue in dependency order, answers the host's refusals itself,
+//! and records one outcome per change in the held set and the status.
+
+mod sync;
+
+use super::held::Held;
+use super::keys::key_hash;
+use super::limits::{host_refusal, Refused};
+use super::queue::{Pending, Queue, Work};
+use super::status::{outcome_code, PluginState, PluginStatus};
+use super::stream::StreamFeed;
+use super::{Lookup, MirrorAccess, ReplaySource, Size, BATCH, KINDS};
+use crate::binding::Bound;
+use ekho_plugin_api::prelude::*;
+use ekho_plugin_api::{order, ObjectKey};
+use indexmap::IndexMap;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the plugin's counters are read while it is idle.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The worker's private state: what the plugin holds, and with which outcome.
+pub(super) struct Worker {
+    plugin: Bound,
+    queue: Arc<Queue>,
+    status: Arc<Mutex<PluginStatus>>,
+    caps: Capabilities,
+    /// Objects given to the plugin and not removed (by a 64-bit hash of their key, about 9 bytes
+    /// an entry), with their kind and last outcome code.
+    held: Held,
+    replay: ReplaySource,
+    held_per_kind: [u64; KINDS],
+    per_outcome: [[u64; 4]; KINDS],
+    last_stats: Instant,
+    /// Set once the plugin failed: it is never called again.
+    failed: bool,
+    /// Additions refused at a declared limit, offered again when room frees up.
+    refused: Refused,
+    lookup: Lookup,
+    size: Size,
+    /// The initial dump, streamed (plugins loaded at start-up).
+    feed: Option<StreamFeed>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        plugin: Bound,
+        queue: Arc<Queue>,
+        status: Arc<Mutex<PluginStatus>>,
+        caps: Capabilities,
+        mirror: MirrorAccess,
+        feed: Option<StreamFeed>,
+    ) -> Worker {
+        let MirrorAccess {
+            replay,
+            lookup,
+            size,
+        } = mirror;
+        Worker {
+            plugin,
+            queue,
+            status,
+            caps,
+            held: Held::default(),
+            held_per_kind: [0; KINDS],
+            per_outcome: [[0; 4]; KINDS],
+            last_stats: Instant::now(),
+            replay,
+            failed: false,
+            refused: Refused::default(),
+            lookup,
+            size,
+            feed,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        if let Some(feed) = self.feed.take() {
+            if let Err(reason) = self.stream_sync(feed) {
+                self.fail(reason);
+            }
+        }
+        while !self.failed {
+            let Some(work) = self.queue.next_work(STATS_EVERY) else {
+                if self.last_stats.elapsed() >= STATS_EVERY {
+                    self.refresh_stats();
+                }
+                continue;
+            };
+            let Work {
+                pending,
+                events,
+                replay,
+                reevaluate,
+                shutdown,
+            } = work;
+            if shutdown {
+                if let Err(e) = self.plugin.shutdown().into_result() {
+                    tracing::warn!(plugin = %self.name(), "shutdown: {e}");
+                }
+                return;
+            }
+            let result = if replay {
+                self.replay_all().and_then(|()| self.step(pending, events))
+            } else {
+                self.step(pending, events)
+            };
+            let result = if reevaluate && !replay {
+                result.and_then(|()| self.reevaluate_all())
+            } else {
+                result
+            };
+            if let Err(reason) = result {
+                self.fail(reason);
+            }
+        }
+        // Failed: never call the plugin again, not even shutdown; wait to be stopped.
+        self.queue.wait_shutdown();
+    }
+
+    fn name(&self) -> String {
+        self.status.lock().unwrap().name.clone()
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed = true;
+        tracing::error!(plugin = %self.name(), "plugin failed, no longer called: {reason}");
+        self.queue.close();
+        let mut s = self.status.lock().unwrap();
+        s.state = Some(PluginState::Failed);
+        s.reason = Some(reason);
+    }
+
+    fn step(
+        &mut self,
+        batch: IndexMap<ObjectKey, Pending>,
+        events: VecDeque<NotifierEvent>,
+    ) -> Result<(), String> {
+        if !events.is_empty() {
+            let v: Vec<NotifierEvent> = events.into_iter().collect();
+            self.plugin
+                .notify(v.as_slice().into())
+                .into_result()
+                .map_err(|e| e.to_string())?;
+            self.status.lock().unwrap().events += v.len() as u64;
+        }
+
+        // Turn pending entries into changes, answering refusals ourselves.
+        let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
+        let mut refused = 0u64;
+        for (key, p) in batch {
+            let delivered = self.held.contains(key_hash(&key));
+            match (p.base, p.target) {
+                (base, None) => {
+                    self.refused.forget(&key);
+                    if let (true, Some(old)) = (delivered, base) {
+                        changes.push(Change::Remove(old));
+                    }
+                }
+                (base, Some(t)) => {
+                    if let Some(refusal) =
+                        host_refusal(&self.caps, &self.held_per_kind, &t, !delivered)
+                    {
+                        if delivered {
+                            if let Some(b) = base {
+                                changes.push(Change::Remove(b));
+                            }
+                        }
+                        refused += 1;
+                        self.refused
+                            .remember(&self.caps, &self.held_per_kind, &t, delivered);
+                        self.record_failure(&t, "add", &refusal);
+                        continue;
+                    }
+                    match (delivered, base) {
+                        (true, Some(b)) if b == t => {}
+                        (true, Some(b)) => changes.push(Change::Update { old: b, new: t }),
+                        _ => {
+                            // Count it now so the limit check sees additions of this batch.
+                            self.held_per_kind[t.kind().index()] += 1;
+                            changes.push(Change::Add(t));
+                        }
+                    }
+                }
+            }
+        }
+        // held_per_kind was bumped for additions to enforce limits within the batch; undo, the
+        // outcomes below recount.
+        for c in &changes {
+            if let Change::Add(o) = c {
+                self.held_per_kind[o.kind().index()] -= 1;
+            }
+        }
+        order::sort_batch(&mut changes);
+
+        self.apply_in_batches(&changes)?;
+        self.status.lock().unwrap().refused += refused;
+        self.offer_refused_again()?;
+        self.refresh_stats();
+        Ok(())
+    }
+
+    /// After a port entered or left the scope: walks the mirror and adds what is now taken but
+    /// not held, removes what is held but no longer taken.
+    fn reevaluate_all(&mut self) -> Result<(), String> {
+        let mut cursor: Option<ObjectKey> = None;
+        loop {
+            let mut next = None;
+            let mut done = false;
+            let mut chunk = Vec::new();
+            (self.replay)(cursor.as_ref(), BATCH, &mut chunk, &mut |last, fin| {
+                next = last.cloned();
+                done = fin;
+            });
+            if done {
+                return Ok(());
+            }
+            cursor = next;
+            let held = &mut self.held;
+            let mut changes = self.queue.with_filter(move |takes| {
+                let mut changes = Vec::new();
+                for c in chunk {
+                    let o = match c {
+                        Change::Add(o) => o,
+                        _ => continue,
+                    };
+                    let is_held = held.contains(key_hash(&o.key()));
+                    match (takes(&o), is_held) {
+                        (true, false) => changes.push(Change::Add(o)),
+                        (false, true) => changes.push(Change::Remove(o)),
+                        _ => {}
+                    }
+                }
+                changes
+            });
+            order::sort_batch(&mut changes);
+            self.apply_in_batches(&changes)?;
+        }
+    }
+
+    /// When room has freed up under a declared limit, offers remembered refused additions again
+    /// (read afresh from the mirror), so a smaller table converges to what fits.
+    fn offer_refused_again(&mut self) -> Result<(), String> {
+        if self.refused.is_empty() {
+            return Ok(());
+        }
+        let mut adds = Vec::new();
+        for k in self.refused.take_offerable(&self.caps, &self.held_per_kind) {
+            if self.held.contains(key_hash(&k)) {
+                continue;
+            }
+            if let Some(o) = (self.lookup)(&k) {
+                let fits = host_refusal(&self.caps, &self.held_per_kind, &o, false).is_none();
+                if fits && self.queue.takes(&o) {
+                    adds.push(Change::Add(o));
+                }
+            }
+        }
+        if adds.is_empty() {
+            return Ok(());
+        }
+        order::sort_batch(&mut adds);
+        self.apply_in_batches(&adds)?;
+        Ok(())
+    }
+
+    /// Hands `changes` to the plugin, at most [`BATCH`] per call, and records the outcomes.
+    fn apply_in_batches(&mut self, changes: &[Change]) -> Result<(), String> {
+        self.apply_hashed(changes, None)
+    }
+
+    /// [`Worker::apply_in_batches`] with the key hashes of `changes` when already known.
+    fn apply_hashed(&mut self, changes: &[Change], hashes: Option<&[u64]>) -> Result<(), String> {
+        for (i, chunk) in changes.chunks(BATCH).enumerate() {
+            let outcomes = self
+                .plugin
+                .apply(chunk.into())
+                .into_result()
+                .map_err(|e| e.to_string())?;
+            let h = hashes.map(|h| &h[i * BATCH..(i * BATCH + chunk.len())]);
+            self.record(chunk, &outcomes, h);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, chunk: &[Change], outcomes: &[Outcome], hashes: Option<&[u64]>) {
+        for (i, (c, o)) in chunk.iter().zip(outcomes).enumerate() {
+            let kind = c.kind();
+            let k = kind.index();
+            let code = outcome_code(o);
+            let hash = || hashes.map_or_else(|| key_hash(&c.key()), |h| h[i]);
+            match c {
+                Change::Remove(_) => {
+                    if let Some((_, prev)) = self.held.remove(hash()) {
+                        self.held_per_kind[k] -= 1;
+                        self.per_outcome[k][prev as usize] -= 1;
+                    }
+                }
+                Change::Add(_) | Change::Update { .. } => {
+                    if let Some((_, prev)) = self.held.insert(hash(), kind.index() as u8, code) {
+                        self.per_outcome[k][prev as usize] -= 1;
+                    } else {
+                        self.held_per_kind[k] += 1;
+                    }
+                    self.per_outcome[k][code as usize] += 1;
+                }
+            }
+            if let Outcome::Failed(_) = o {
+                self.record_failure(c.object(), c.op(), o);
+            }
+        }
+        let mut s = self.status.lock().unwrap();
+        s.count(outcomes);
+        s.objects = self.held.len() as u64;
+        s.per_outcome = self.per_outcome;
+    }
+
+    fn record_failure(&self, o: &Object, op: &str, outcome: &Outcome) {
+        self.status.lock().unwrap().note_failure(o, op, outcome);
+    }
+
+    fn refresh_stats(&mut self) {
+        self.last_stats = Instant::now();
+        if self.failed {
+            return;
+        }
+        match self.plugin.stats().into_result() {
+            Ok(st) => {
+                let mut s = self.status.lock().unwrap();
+                s.counters = st
+                    .counters
+                    .iter()
+                    .map(|c| serde_json::json!({"kind": c.kind.as_str(), "name": c.name.as_str(), "value": c.value}))
+                    .collect();
+                s.stats_text = st.text.to_string();
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+        let depth = self.queue.depth();
+        let dropped = self.queue.events_dropped();
+        let mut s = self.status.lock().unwrap();
+        s.queue_depth = depth;
+        s.events_dropped = dropped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::test_objects::{link, route};
+
+    #[test]
+    fn batch_order_respects_dependencies() {
+        let mut v = [
+            Change::Remove(link(5, "old")),
+            Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")),
+            Change::Remove(route("10.9.0.0/24", 5, "10.9.0.1")),
+            Change::Add(link(1, "new")),
+        ];
+        order::sort_batch(&mut v);
+        let ops: Vec<String> = v
+            .iter()
+            .map(|c| format!("{} {}", c.op(), c.kind()))
+            .collect();
+        assert_eq!(
+            ops,
+            ["remove route", "add link", "add route", "remove link"]
+        );
+    }
+}
