@@ -1,0 +1,220 @@
+//! Dumps into the state: a [`Snapshot`] of some kinds and [`State::reconcile`] (mark and sweep,
+//! touching only what differs).
+
+use super::State;
+use crate::netlink::neighbour::fdb_is_dev_addr_list;
+use crate::routes::{Attrs, RKey, Routes};
+use crate::Event;
+use ekho_plugin_api::object::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A complete dump of some kinds, reconciled into the state by [`State::reconcile`].
+#[derive(Default)]
+pub struct Snapshot {
+    /// Kinds the snapshot covers (others are left alone).
+    pub kinds: BTreeSet<ObjectKind>,
+    /// Whether only proxy neighbours were dumped (for `Neighbour`).
+    pub proxies_only: bool,
+    /// Kinds whose dump the kernel could not complete: seen objects are reconciled, unseen ones
+    /// are kept (no sweep).
+    pub partial: BTreeSet<ObjectKind>,
+    /// Links by ifindex.
+    pub links: BTreeMap<u32, Link>,
+    /// Other objects by key.
+    pub objs: BTreeMap<ObjectKey, Object>,
+    /// Routes.
+    pub routes: Routes,
+}
+
+impl Snapshot {
+    /// Adds a dumped message to the snapshot.
+    pub fn add(&mut self, ev: Event) {
+        match ev {
+            Event::NewLink(l) => {
+                self.links.insert(l.ifindex, l);
+            }
+            Event::NewRoute(r, _) => {
+                let k = RKey::of(&r);
+                let a = self.routes.intern_route(&r);
+                self.routes.push(k, a);
+            }
+            Event::NewAddress(a) => self.put(a.into()),
+            Event::NewNeighbour(n) => self.put(n.into()),
+            Event::NewFdb(f) if !fdb_is_dev_addr_list(&f) => self.put(f.into()),
+            Event::NewNexthop(n) => self.put(n.into()),
+            Event::NewRule(r) => self.put(r.into()),
+            Event::NewNetconf(n) => {
+                let k = Object::Netconf(n.clone()).key();
+                match self.objs.get_mut(&k) {
+                    Some(Object::Netconf(o)) => o.merge(&n),
+                    _ => {
+                        self.objs.insert(k, n.into());
+                    }
+                }
+            }
+            Event::NewMdb(v) => {
+                for m in v {
+                    self.put(m.into())
+                }
+            }
+            Event::NewVlan(v) => {
+                for x in v {
+                    self.put(x.into())
+                }
+            }
+            _ => {}
+        }
+    }
+    fn put(&mut self, o: Object) {
+        self.objs.insert(o.key(), o);
+    }
+}
+
+impl State {
+    /// Makes the state equal to `snap` for the kinds it covers (mark and sweep), touching only
+    /// what differs.
+    pub fn reconcile(&mut self, snap: Snapshot) {
+        let Snapshot {
+            kinds,
+            proxies_only,
+            partial,
+            links,
+            objs,
+            routes,
+        } = snap;
+        if kinds.contains(&ObjectKind::Link) {
+            let keys: BTreeSet<u32> = self.links.keys().chain(links.keys()).copied().collect();
+            for i in keys {
+                let new = links.get(&i);
+                if self.links.get(&i) != new {
+                    self.touch(&ObjectKey::Link { ifindex: i });
+                    match new {
+                        Some(l) => self.links.insert(i, l.clone()),
+                        None => self.links.remove(&i),
+                    };
+                }
+            }
+        }
+        let covered = |k: &ObjectKey, o: &Object| -> bool {
+            kinds.contains(&k.kind())
+                && !partial.contains(&k.kind())
+                && (!proxies_only || matches!(o, Object::Neighbour(n) if n.proxy))
+                && !matches!(o, Object::Netconf(_) if !kinds.contains(&ObjectKind::Netconf))
+        };
+        let stale: Vec<ObjectKey> = self
+            .objs
+            .iter()
+            .filter(|(k, o)| covered(k, o) && !objs.contains_key(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.del(&k);
+        }
+        for (k, o) in objs {
+            if self.objs.get(&k) != Some(&o) {
+                self.touch(&k);
+                self.objs.insert(k, o);
+            }
+        }
+        if kinds.contains(&ObjectKind::Route) {
+            if self.routes.is_empty() && !self.tracking && !partial.contains(&ObjectKind::Route) {
+                self.routes = routes;
+            } else {
+                let sweep = !partial.contains(&ObjectKind::Route);
+                // Merge-join of both sorted tables: only differing keys are collected.
+                let mut diff: Vec<RKey> = Vec::new();
+                merge_diff(&self.routes.v4, &routes.v4, sweep, &mut |k| {
+                    diff.push(RKey::V4(*k))
+                });
+                merge_diff(&self.routes.v6, &routes.v6, sweep, &mut |k| {
+                    diff.push(RKey::V6(*k))
+                });
+                for k in diff {
+                    let v = self.routes.adopt(routes.get(&k));
+                    self.touch_route(&k);
+                    self.routes.set(k, v);
+                }
+            }
+        }
+    }
+}
+
+fn same_aliases(a: &[Arc<Attrs>], b: &[Arc<Attrs>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| **x == **y)
+}
+
+/// Calls `f` for every key whose aliases differ between `cur` and `new` (keys only in `cur`
+/// only when `sweep`), walking both sorted maps once.
+fn merge_diff<K: Ord>(
+    cur: &BTreeMap<K, crate::routes::Aliases>,
+    new: &BTreeMap<K, crate::routes::Aliases>,
+    sweep: bool,
+    f: &mut dyn FnMut(&K),
+) {
+    let mut a = cur.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                if sweep {
+                    f(ka);
+                }
+                a.next();
+            }
+            (None, Some((kb, _))) => {
+                f(kb);
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    if sweep {
+                        f(ka);
+                    }
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    f(kb);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !same_aliases(va.as_slice(), vb.as_slice()) {
+                        f(ka);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::routes::NLM_F_EXCL;
+    use crate::state::tests::*;
+
+    #[test]
+    fn partial_snapshot_never_sweeps() {
+        let mut s = state();
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.1", 2),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.flush();
+        let mut snap = Snapshot {
+            kinds: [ObjectKind::Route].into(),
+            ..Default::default()
+        };
+        snap.partial.insert(ObjectKind::Route);
+        s.reconcile(snap);
+        assert!(s.flush().is_empty());
+        s.reconcile(Snapshot {
+            kinds: [ObjectKind::Route].into(),
+            ..Default::default()
+        });
+        assert_eq!(s.flush().len(), 1);
+    }
+}
