@@ -194,7 +194,7 @@ async fn bridge_fdb_events() {
 
     // No VLAN filtering on this kernel: the kernel refuses the entry, but the tracepoint (at the
     // top of br_fdb_add) has already reported the request with its VLAN.
-    let _ = ns.bridge_try("fdb add 02:00:00:00:aa:02 dev p0 master static vlan 7");
+    let _ = ns.try_bridge("fdb add 02:00:00:00:aa:02 dev p0 master static vlan 7");
     let e = c
         .wait_for("br_fdb_add vlan", T, |e| {
             e.event == "br_fdb_add" && e.lladdr.to_string() == "02:00:00:00:aa:02"
@@ -234,7 +234,7 @@ async fn other_namespace_is_filtered_in_kernel() {
         return;
     }
     let a = Netns::new();
-    let b = Netns::new();
+    let b = std::sync::Arc::new(Netns::new());
     let (ca, cb) = (Collector::default(), Collector::default());
     let src_a = start(&a, quiet(), &ca);
     let _src_b = start(&b, quiet(), &cb);
@@ -242,9 +242,9 @@ async fn other_namespace_is_filtered_in_kernel() {
         ns.veth_topology();
         ns.bridge_topology();
     }
-    let b_name = b.name.clone();
+    let busy_ns = b.clone(); // the namespace goes with the last of the two
     let busy = std::thread::spawn(move || {
-        let b = Netns { name: b_name };
+        let b = busy_ns;
         let mut lines = String::new();
         for i in 0..50 {
             lines += &format!(
@@ -266,7 +266,6 @@ async fn other_namespace_is_filtered_in_kernel() {
             }
             b.exec("ping -c1 -W1 -I p1 10.8.0.77");
         }
-        std::mem::forget(b); // the outer guard deletes it
     });
     a.ip("neigh add 10.9.0.2 lladdr 02:aa:00:00:00:01 dev v0 nud permanent");
     a.bridge("fdb add 02:aa:00:00:00:02 dev p0 master static");

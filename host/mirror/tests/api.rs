@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn attach_orders_and_resync_is_silent_and_resolve_works() {
-    let Some(ns) = Netns::new("api") else { return };
+    let Some(ns) = netns("api") else { return };
     ns.ip("link add va type veth peer name vb");
     ns.ip("link set va up");
     ns.ip("link set vb up");
@@ -92,7 +92,7 @@ fn attach_orders_and_resync_is_silent_and_resolve_works() {
 
 #[test]
 fn device_routes_on_several_devices_are_separate_objects() {
-    let Some(ns) = Netns::new("devroutes") else {
+    let Some(ns) = netns("devroutes") else {
         return;
     };
     ns.ip("link add va type veth peer name vb");

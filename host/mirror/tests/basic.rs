@@ -16,7 +16,7 @@ fn check(ns: &Netns, r: &Running, step: &str) {
 
 #[test]
 fn links_addresses_routes_neighbours() {
-    let Some(ns) = Netns::new("basic") else {
+    let Some(ns) = netns("basic") else {
         return;
     };
     ns.ip("link add va type veth peer name vb");

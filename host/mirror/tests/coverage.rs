@@ -16,7 +16,7 @@ fn check(ns: &Netns, r: &Running, step: &str) {
 }
 
 fn base(tag: &str) -> Option<Netns> {
-    let ns = Netns::new(tag)?;
+    let ns = netns(tag)?;
     for s in [
         "link add va type veth peer name vb",
         "link add vc type veth peer name vd",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[test]
 fn overrun_is_detected_and_repaired_without_flap() {
-    let Some(ns) = Netns::new("overrun") else {
+    let Some(ns) = netns("overrun") else {
         return;
     };
     ns.ip("link add va type veth peer name vb");

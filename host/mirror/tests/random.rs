@@ -251,7 +251,7 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_steps);
     eprintln!("random differential test: EKHO_MIRROR_SEED={seed} EKHO_MIRROR_STEPS={steps}");
-    let Some(ns) = Netns::new("rand") else {
+    let Some(ns) = netns("rand") else {
         return Default::default();
     };
     ns.ip("link add br0 type bridge");
@@ -314,7 +314,7 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
                 ns.sh(&format!("sysctl -qw {}", args.join(" ")));
                 true
             }
-            _ => ns.bridge(&args.join(" ")).is_ok(),
+            _ => ns.try_bridge(&args.join(" ")).is_ok(),
         };
         applied += ok as usize;
         if std::env::var_os("EKHO_MIRROR_TRACE").is_some() {

@@ -112,7 +112,6 @@ fn forwards_v4_and_v6_only_while_the_plugin_runs() {
     let r = topo.r.clone();
     let ping = |args: &[&str]| {
         let mut v = vec![
-            "ip",
             "netns",
             "exec",
             h1.as_str(),
@@ -125,7 +124,7 @@ fn forwards_v4_and_v6_only_while_the_plugin_runs() {
             "1",
         ];
         v.extend_from_slice(args);
-        ok(&v)
+        succeeds("ip", &v)
     };
     assert!(!ping(&["-t", "1", "10.0.2.2"]), "TTL 1 forwarded");
     assert!(run.with(|m| m.counter("xdp", "ttl_expired")) > 0);

@@ -8,69 +8,26 @@ use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
 use ekho_plugin_api::host::HostServices_TO;
 use ekho_plugin_api::object::rule::{PortRange, UidRange, FIB_RULE_INVERT};
 use ekho_plugin_api::prelude::*;
+pub use ekho_testkit::*;
 use ekho_xdp_router::XdpRouter;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-// ---- commands --------------------------------------------------------------------------------
-
-/// Runs a command; returns stdout; panics with stderr on failure.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    if !out.status.success() {
-        panic!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command, returns whether it succeeded.
-pub fn ok(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+// ---- skip reasons ----------------------------------------------------------------------------
 
 /// Why this machine cannot run the forwarding tests, if it cannot.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (network namespaces, XDP)".into());
-    }
-    for c in ["ip", "ping", "ethtool", "python3"] {
-        if !have(c) {
-            return Some(format!(
-                "`{c}` not installed (apt-get install -y iproute2 iputils-ping ethtool python3)"
-            ));
-        }
-    }
-    None
-}
-
-/// Prints `SKIP: reason` on the real stderr (not captured by the test harness, so it shows in a
-/// plain `cargo test` run).
-pub fn say_skip(reason: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("SKIP: {reason}\n").as_bytes());
+    needs_root("network namespaces, XDP").or_else(|| {
+        missing_tools(
+            &["ip", "ping", "ethtool", "python3"],
+            "iproute2 iputils-ping ethtool python3",
+        )
+    })
 }
 
 /// Prints the skip reason and returns true when the test must be skipped.
@@ -88,7 +45,7 @@ pub fn python() -> String {
     // The pyenv shim is slow to start; resolve the interpreter once.
     static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     P.get_or_init(|| {
-        sh(&["python3", "-c", "import sys; print(sys.executable)"])
+        sh("python3", &["-c", "import sys; print(sys.executable)"])
             .trim()
             .to_string()
     })
@@ -97,45 +54,40 @@ pub fn python() -> String {
 
 // ---- topology --------------------------------------------------------------------------------
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// h1 (veth0) --- (p1) r (p2) --- (veth0) h2, plus optionally (p3) r --- (veth1) h2.
 /// h1: 10.0.1.2/24 fd00:1::2/64, r: 10.0.1.1 fd00:1::1 | 10.0.2.1 fd00:2::1 | 10.0.3.1 fd00:3::1,
 /// h2: 10.0.2.2 fd00:2::2 | 10.0.3.2 fd00:3::2. Hosts route everything via r. r has forwarding
-/// off (v4 and v6), so only the plugin can forward.
+/// off (v4 and v6), so only the plugin can forward. The namespaces are the test kit's
+/// (`ekho-xdp-h1-<pid>-<n>`, ...: deleted on drop, also on panic).
 pub struct Topo {
     pub h1: String,
     pub r: String,
     pub h2: String,
+    netns: [Netns; 3],
 }
 
 impl Topo {
     pub fn new(second_link: bool) -> Topo {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = format!("ekho-xdp-{}-{n}", std::process::id());
+        let netns = ["h1", "r", "h2"].map(|n| Netns::named(&format!("ekho-xdp-{n}")));
+        let [h1, r, h2] = [0, 1, 2].map(|i| netns[i].name.clone());
         let t = Topo {
-            h1: format!("{base}-h1"),
-            r: format!("{base}-r"),
-            h2: format!("{base}-h2"),
+            h1: h1.clone(),
+            r: r.clone(),
+            h2: h2.clone(),
+            netns,
         };
-        for ns in [&t.h1, &t.r, &t.h2] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        for ns in &t.netns {
             // Quiet links: no router solicitations / RA processing on the devices created below
             // (keeps the RX counters the tests compare free of stray IPv6 control traffic).
             for k in [
                 "net.ipv6.conf.default.router_solicitations=0",
                 "net.ipv6.conf.default.accept_ra=0",
             ] {
-                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", k]);
+                ns.run(&["sysctl", "-qw", k]);
             }
         }
-        // The guard exists from here on: a panic below still deletes the namespaces.
-        let (h1, r, h2) = (t.h1.clone(), t.r.clone(), t.h2.clone());
         let ip = |ns: &str, args: &str| {
-            let mut v = vec!["ip", "-n", ns];
-            v.extend(args.split_whitespace());
-            sh(&v);
+            t.ip(ns, args);
         };
         ip(
             &r,
@@ -158,15 +110,7 @@ impl Topo {
             (&h2, "net.ipv6.conf.all.forwarding", "0"),
             (&r, "net.ipv6.conf.all.accept_ra", "0"),
         ] {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                &format!("{k}={v}"),
-            ]);
+            t.exec(ns, &["sysctl", "-qw", &format!("{k}={v}")]);
         }
         ip(&h1, "addr add 10.0.1.2/24 dev veth0");
         ip(&h1, "addr add fd00:1::2/64 dev veth0 nodad");
@@ -188,11 +132,11 @@ impl Topo {
             ip(ns, &format!("link set {dev} up"));
             // XDP_REDIRECT into a veth needs NAPI on the receiving peer: either an XDP program on
             // it or GRO enabled (kernel >= 5.13). GRO is the lighter of the two.
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"]);
+            t.exec(ns, &["ethtool", "-K", dev, "gro", "on"]);
             // veth hands frames over with CHECKSUM_PARTIAL (L4 checksum left to "hardware");
             // XDP_REDIRECT forwards the raw frame, so the receiver would see a bad TCP/UDP
             // checksum. Real NICs deliver complete checksums; on veth the senders must fill them.
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
+            t.exec(ns, &["ethtool", "-K", dev, "tx", "off"]);
         }
         for p in ["p1", "p2"]
             .iter()
@@ -211,33 +155,44 @@ impl Topo {
         format!("/run/netns/{}", self.r)
     }
 
-    /// `ip -n <ns> ARGS...` (split on whitespace).
-    pub fn ip(&self, ns: &str, args: &str) -> String {
-        let mut v = vec!["ip", "-n", ns];
-        v.extend(args.split_whitespace());
-        sh(&v)
+    /// The namespace named `ns` (h1, r or h2).
+    pub fn netns(&self, ns: &str) -> &Netns {
+        self.netns
+            .iter()
+            .find(|n| n.name == ns)
+            .unwrap_or_else(|| panic!("{ns} is not a namespace of this topology"))
     }
 
+    /// `ip -n <ns> ARGS...` (split on whitespace).
+    pub fn ip(&self, ns: &str, args: &str) -> String {
+        self.netns(ns).ip(args)
+    }
+
+    /// `ip netns exec <ns> ARGS...`; panics on failure, returns stdout.
     pub fn exec(&self, ns: &str, args: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", ns];
-        v.extend_from_slice(args);
-        sh(&v)
+        self.netns(ns).run(args)
     }
 
     /// One ping (1 s timeout).
     pub fn ping_once(&self, from: &str, to: &str) -> bool {
-        ok(&[
-            "ip", "netns", "exec", from, "ping", "-n", "-q", "-c", "1", "-W", "1", to,
-        ])
+        succeeds(
+            "ip",
+            &[
+                "netns", "exec", from, "ping", "-n", "-q", "-c", "1", "-W", "1", to,
+            ],
+        )
     }
 
     /// Pings until one answer or `timeout`.
     pub fn ping_within(&self, from: &str, to: &str, timeout: Duration) -> bool {
         let t0 = Instant::now();
         loop {
-            if ok(&[
-                "ip", "netns", "exec", from, "ping", "-n", "-q", "-c", "1", "-W", "1", to,
-            ]) {
+            if succeeds(
+                "ip",
+                &[
+                    "netns", "exec", from, "ping", "-n", "-q", "-c", "1", "-W", "1", to,
+                ],
+            ) {
                 return true;
             }
             if t0.elapsed() > timeout {
@@ -447,17 +402,6 @@ for i in range(n):
             .filter(|l| l.get("xdp").is_some())
             .map(|l| l["ifname"].as_str().unwrap_or("").to_string())
             .collect()
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in [&self.h1, &self.r, &self.h2] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -791,9 +735,9 @@ fn port_range(v: &Value, name: &str) -> Option<PortRange> {
 }
 
 fn json(ns: &str, args: &str) -> Value {
-    let mut v = vec!["ip", "-n", ns, "-j"];
+    let mut v = vec!["-n", ns, "-j"];
     v.extend(args.split_whitespace());
-    let out = sh(&v);
+    let out = sh("ip", &v);
     if out.trim().is_empty() {
         return Value::Array(vec![]);
     }
@@ -905,9 +849,10 @@ impl HostServices for TestHost {
             return RResult::RErr(format!("no device with ifindex {ifindex}").into());
         };
         let a = addr.to_string();
-        if ok(&[
-            "ip", "-n", &self.ns, "neigh", "replace", &a, "dev", &dev, "use",
-        ]) {
+        if succeeds(
+            "ip",
+            &["-n", &self.ns, "neigh", "replace", &a, "dev", &dev, "use"],
+        ) {
             RResult::ROk(())
         } else {
             RResult::RErr("ip neigh use failed".into())
@@ -1016,7 +961,7 @@ impl MiniHost {
         );
         out += &format!(
             "r neighbours:\n{}",
-            sh(&["ip", "-n", &self.ns, "neigh", "show"])
+            sh("ip", &["-n", &self.ns, "neigh", "show"])
         );
         let bad: Vec<String> = self
             .outcomes
