@@ -32,8 +32,5 @@ else
     fi
 fi
 cd "$root"
-# With the host built, the daemon end-to-end test runs too (it skips without EKHO_BIN).
-if [ -z "${EKHO_BIN:-}" ] && [ -x target/debug/ekho ] && [ -f target/debug/libekho_xdp_router.so ]; then
-    export EKHO_BIN=target/debug/ekho
-fi
+# The daemon end-to-end test builds the host itself (the test kit's build()).
 cargo test -p ekho-xdp-router

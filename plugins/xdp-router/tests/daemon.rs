@@ -1,156 +1,244 @@
-//! End to end through the ekho daemon: `ekho run` mirrors r, loads libekho_xdp_router.so, and
-//! forwarding between h1 and h2 works only while the daemon runs.
-//!
-//! Needs the host binary, which this crate cannot build: run with
-//! `cargo build -p ekho -p ekho-xdp-router && EKHO_BIN=target/debug/ekho cargo test -p ekho-xdp-router --test daemon`
-//! (the plugin is taken from the binary's directory). Prints `SKIP:` without it, or without root.
+//! The xdp-router plugin through the ekho daemon: h1 - r - h2 (this crate's topology), r's kernel
+//! forwarding off. `ekho run` (built with the plugin by the test kit's [`build`]) mirrors r and
+//! loads libekho_xdp_router.so: traffic between h1 and h2 flows only while it runs, and route,
+//! gateway, ECMP, link and neighbour changes made on r are followed.
 
 mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(10);
 
-struct Daemon(Child);
+/// The plugin table: xdp-router owning r's ports with its own `ports` key (as its docs say).
+const XDP_ROUTER: &str = "[[plugins]]\nname = \"xdp-router\"\n[plugins.config]\nports = [\"p*\"]\n";
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Whether some object in `v` is the counter {kind, name} with a value > 0.
-fn counter_positive(v: &Value, kind: &str, name: &str) -> bool {
-    match v {
-        Value::Object(m) => {
-            (m.get("kind").and_then(Value::as_str) == Some(kind)
-                && m.get("name").and_then(Value::as_str) == Some(name)
-                && m.get("value").and_then(Value::as_u64).unwrap_or(0) > 0)
-                || m.values().any(|x| counter_positive(x, kind, name))
-        }
-        Value::Array(a) => a.iter().any(|x| counter_positive(x, kind, name)),
-        _ => false,
-    }
-}
+/// The plugin table: xdp-router with r's ports selected by the host's `[[plugins]] ports` filter
+/// (every route of these tests goes through them).
+const XDP_ROUTER_HOST_FILTER: &str = "[[plugins]]\nname = \"xdp-router\"\nports = [\"p*\"]\n";
 
 #[test]
-fn forwarding_through_the_daemon() {
+fn xdp_router_forwards_only_while_ekho_runs() {
     if skip() {
         return;
     }
-    let Some(bin) = std::env::var_os("EKHO_BIN").map(PathBuf::from) else {
-        say_skip("forwarding_through_the_daemon: set EKHO_BIN to the ekho binary (cargo build -p ekho -p ekho-xdp-router; EKHO_BIN=target/debug/ekho)");
-        return;
-    };
-    // Relative paths are taken from the workspace root (tests run in the crate's directory).
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = std::fs::canonicalize(&bin)
-        .or_else(|_| std::fs::canonicalize(root.join(&bin)))
-        .expect("EKHO_BIN");
-    let dir = bin.parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libekho_xdp_router.so").exists(),
-        "no libekho_xdp_router.so next to {}",
-        bin.display()
-    );
-
     let topo = Topo::new(false);
-    let (h1, h2) = (topo.h1.clone(), topo.h2.clone());
+    let (h1, r, h2) = (topo.h1.clone(), topo.r.clone(), topo.h2.clone());
     assert!(
         !topo.ping_once(&h1, "10.0.2.2"),
-        "kernel forwarded with ip_forward=0"
+        "the kernel on r must not forward (ip_forward=0)"
+    );
+    assert!(
+        !topo.ping_once(&h1, "fd00:2::2"),
+        "the kernel on r must not forward (IPv6 forwarding=0)"
     );
 
-    let tmp = std::env::temp_dir().join(format!("ekho-xdp-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let config = tmp.join("ekho.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[host]\nnetns = \"{}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n\
-             [[plugins]]\nname = \"xdp-router\"\n[plugins.config]\nports = [\"p*\"]\n",
-            topo.r,
-            dir.display(),
-            tmp.join("ekho.sock").display()
-        ),
-    )
-    .unwrap();
-    let cfg = config.to_str().unwrap();
-    let mut daemon = Daemon(
-        Command::new(&bin)
-            .args(["--config", cfg, "run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ekho run"),
-    );
-
+    let dir = TempDir::new();
+    let cfg = host_config(&r, build(), true, XDP_ROUTER);
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let st = d.plugin("xdp-router");
+    assert_eq!(st["state"], "in_sync", "{st}\n{}", d.log_text());
     assert!(
         topo.ping_within(&h1, "10.0.2.2", T),
-        "v4 through the daemon"
+        "v4 through XDP:\n{}",
+        d.log_text()
     );
     assert!(
         topo.ping_within(&h1, "fd00:2::2", T),
-        "v6 through the daemon"
+        "v6 through XDP:\n{}",
+        d.log_text()
     );
-    assert_eq!(topo.ping_count(&h1, "10.0.2.2", 5), 5);
+    assert_eq!(
+        topo.ping_count(&h1, "10.0.2.2", 5),
+        5,
+        "every v4 ping answered"
+    );
     let n = 2 << 20;
     assert_eq!(
         topo.tcp_transfer(&h1, &h2, "10.0.2.2", 5101, n),
         Some(n),
-        "v4 TCP"
+        "v4 TCP transfer"
     );
     assert_eq!(
         topo.tcp_transfer(&h1, &h2, "fd00:2::2", 5102, n),
         Some(n),
-        "v6 TCP"
+        "v6 TCP transfer"
     );
 
-    // A route added on r reaches the data path through the mirror.
+    // Plugin counters reach `ekho status` when the worker refreshes them (about every second):
+    // all ports' `forwarded`, and p1's (h1's traffic enters there).
+    let forwarded = |d: &Daemon| -> (u64, u64, Value) {
+        let counters = d.plugin("xdp-router")["counters"].clone();
+        let fwd = counters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == "forwarded");
+        let all = fwd.clone().map(|c| c["value"].as_u64().unwrap()).sum();
+        let p1 = fwd
+            .filter(|c| c["kind"] == "port:p1")
+            .map(|c| c["value"].as_u64().unwrap())
+            .sum();
+        (all, p1, counters)
+    };
+    let (fwd, p1, counters) = wait_for(Duration::from_secs(5), || {
+        let (f, p, c) = forwarded(&d);
+        (f > 1000 && p > 0).then_some((f, p, c))
+    })
+    .unwrap_or_else(|| forwarded(&d));
+    assert!(fwd > 1000, "packets forwarded by XDP: {fwd} ({counters})");
+    assert!(
+        p1 > 0,
+        "no port:p1 forwarded counter in `ekho status --json`: {counters}"
+    );
+
+    // A route change on r reaches the data path: a host route and a new prefix behind h2.
     topo.ip(&h2, "addr add 10.9.9.9/32 dev lo");
-    assert!(!topo.ping_once(&h1, "10.9.9.9"));
-    topo.ip(&topo.r, "route add 10.9.9.9/32 via 10.0.2.2");
-    assert!(topo.ping_within(&h1, "10.9.9.9", T), "route added on r");
+    topo.ip(&h2, "addr add 10.9.0.1/32 dev lo");
+    assert!(!topo.ping_once(&h1, "10.9.9.9"), "no host route on r yet");
+    assert!(!topo.ping_once(&h1, "10.9.0.1"), "no route on r yet");
+    topo.ip(&r, "route add 10.9.9.9/32 via 10.0.2.2");
+    assert!(
+        topo.ping_within(&h1, "10.9.9.9", T),
+        "host route added on r:\n{}",
+        d.log_text()
+    );
+    topo.ip(&r, "route add 10.9.0.0/24 via 10.0.2.2");
+    assert!(
+        topo.ping_within(&h1, "10.9.0.1", T),
+        "new prefix forwarded:\n{}",
+        d.log_text()
+    );
+    topo.ip(&r, "route del 10.9.0.0/24");
+    d.settle();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !topo.ping_once(&h1, "10.9.0.1"),
+        "deleted prefix no longer forwarded"
+    );
 
-    let t0 = std::time::Instant::now();
-    loop {
-        let out = Command::new(&bin)
-            .args(["--config", cfg, "status", "--json"])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if counter_positive(&v, "port:p1", "forwarded") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < T,
-            "no forwarded counter in `ekho status --json`: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    // SIGTERM: the daemon shuts the plugin down, which detaches its programs.
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
-    let t0 = std::time::Instant::now();
-    while daemon.0.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < T, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Stopping ekho (SIGTERM) shuts the plugin down, which detaches its programs: no forwarding.
+    let t0 = Instant::now();
+    assert!(d.stop(), "clean exit:\n{}", d.log_text());
+    assert!(
+        t0.elapsed() < T,
+        "the daemon took {:?} to stop",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
         topo.xdp_attached_in_r().is_empty(),
         "left attached: {:?}",
         topo.xdp_attached_in_r()
     );
+    let links = topo.ip(&r, "-d link show");
+    assert!(
+        !links.contains("prog/xdp"),
+        "no XDP program left on r's ports:\n{links}"
+    );
     assert_eq!(
         topo.ping_count(&h1, "10.0.2.2", 3),
         0,
-        "forwarded after the daemon stopped"
+        "forwarding must stop with ekho"
     );
-    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// UDP datagrams from `from` to `to`: 5 from each of `flows` source ports (20000 on).
+fn udp_flows_from_ports(topo: &Topo, from: &str, to: &str, flows: u16) {
+    let code = format!(
+        "import socket\nfor p in range(20000, 20000 + {flows}):\n  s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n  s.bind(('0.0.0.0', p))\n  for _ in range(5): s.sendto(b'x'*64, ('{to}', 9))\n  s.close()\n"
+    );
+    topo.exec(from, &[&python(), "-c", &code]);
+}
+
+#[test]
+fn xdp_router_follows_route_changes_made_on_r() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(true);
+    let (h1, r, h2) = (topo.h1.clone(), topo.r.clone(), topo.h2.clone());
+    topo.ip(&h2, "addr add 10.9.0.1/32 dev lo");
+    topo.ip(&r, "route add 10.9.0.0/24 via 10.0.2.2");
+    let dir = TempDir::new();
+    let cfg = host_config(&r, build(), false, XDP_ROUTER_HOST_FILTER);
+    let d = Daemon::start(dir.path(), &cfg);
+    assert!(
+        topo.ping_within(&h1, "10.9.0.1", T),
+        "prefix via p2:\n{}",
+        d.log_text()
+    );
+
+    // Gateway change: the prefix now goes out through p3, arriving on h2's veth1.
+    topo.ip(&r, "route replace 10.9.0.0/24 via 10.0.3.2");
+    d.settle();
+    let before = topo.rx_packets(&h2, "veth1");
+    assert!(
+        topo.ping_within(&h1, "10.9.0.1", T),
+        "after gateway change:\n{}",
+        d.log_text()
+    );
+    udp_flows_from_ports(&topo, &h1, "10.9.0.1", 4);
+    assert!(
+        topo.rx_packets(&h2, "veth1") >= before + 20,
+        "traffic must follow the new gateway"
+    );
+
+    // ECMP across both links: flows spread over veth0 and veth1.
+    topo.ip(
+        &r,
+        "route replace 10.9.0.0/24 nexthop via 10.0.2.2 nexthop via 10.0.3.2",
+    );
+    d.settle();
+    assert!(topo.ping_within(&h1, "10.9.0.1", T));
+    let rx = || (topo.rx_packets(&h2, "veth0"), topo.rx_packets(&h2, "veth1"));
+    let (a0, b0) = rx();
+    udp_flows_from_ports(&topo, &h1, "10.9.0.1", 64);
+    let (a1, b1) = rx();
+    assert!(
+        a1 - a0 >= 20 && b1 - b0 >= 20,
+        "64 flows over two legs: {} via p2, {} via p3",
+        a1 - a0,
+        b1 - b0
+    );
+
+    // Link down on one leg: the kernel drops the leg without a netlink message; the mirror infers
+    // it, and all flows go the other way.
+    topo.ip(&r, "link set p3 down");
+    d.settle();
+    let (a0, b0) = rx();
+    udp_flows_from_ports(&topo, &h1, "10.9.0.1", 32);
+    let (a1, b1) = rx();
+    assert!(
+        a1 - a0 >= 150 && b1 == b0,
+        "after p3 down: {} via p2, {} via p3",
+        a1 - a0,
+        b1 - b0
+    );
+
+    // Neighbour MAC change: a wrong MAC for h2 breaks forwarding, the right one restores it.
+    let mac = topo.netns(&h2).ip_json("link show veth0")[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    topo.ip(
+        &r,
+        "neigh replace 10.0.2.2 lladdr 02:00:00:00:00:99 dev p2 nud permanent",
+    );
+    d.settle();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !topo.ping_once(&h1, "10.0.2.2"),
+        "frames to a wrong MAC must not reach h2"
+    );
+    topo.ip(
+        &r,
+        &format!("neigh replace 10.0.2.2 lladdr {mac} dev p2 nud permanent"),
+    );
+    assert!(
+        topo.ping_within(&h1, "10.0.2.2", T),
+        "the right MAC again:\n{}",
+        d.log_text()
+    );
 }
