@@ -151,7 +151,7 @@ async fn monitor(
     }));
     let result = async {
         while let Some(c) = rx.recv().await {
-            w.write_all(format!("{}\n", change_json(&c)).as_bytes()).await?;
+            w.write_all(format!("{}\n", c.to_json()).as_bytes()).await?;
         }
         if overflow.load(std::sync::atomic::Ordering::Relaxed) {
             let e = json!({"error": format!("this monitor fell more than {MONITOR_BUFFER} changes behind and was cut off; reconnect (ekho dump gives the current state)")});
@@ -162,15 +162,6 @@ async fn monitor(
     .await;
     service.unwatch(id);
     result
-}
-
-/// A change as one JSON record (the shape `ekho monitor --json` and the recorder print).
-pub fn change_json(c: &Change) -> Value {
-    let mut v = json!({"op": c.op(), "kind": c.kind().name(), "object": c.object().to_json()});
-    if let Change::Update { old, .. } = c {
-        v["old"] = old.to_json();
-    }
-    v
 }
 
 /// Client side: sends one request, returns the response.

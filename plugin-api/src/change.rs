@@ -41,4 +41,20 @@ impl Change {
             Change::Remove(_) => "remove",
         }
     }
+
+    /// The change as one JSON record, the shape `ekho monitor --json` and the recorder print:
+    /// `{"op": "update", "kind": "route", "object": {...}, "old": {...}}` (`old` for updates
+    /// only), objects as `ip -j` prints them ([`Object::to_json`]).
+    #[cfg(feature = "json")]
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "op": self.op(),
+            "kind": self.kind().name(),
+            "object": self.object().to_json(),
+        });
+        if let Change::Update { old, .. } = self {
+            v["old"] = old.to_json();
+        }
+        v
+    }
 }

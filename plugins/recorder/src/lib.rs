@@ -84,6 +84,16 @@ impl Recorder {
         let _ = writeln!(self.out, "{v}");
     }
 
+    /// A change record ([`Change::to_json`]) as one line, after its sequence number and stream.
+    fn record(&mut self, stream: &str, record: Value) {
+        self.seq += 1;
+        let mut v = json!({"seq": self.seq, "stream": stream});
+        if let (Value::Object(line), Value::Object(rec)) = (&mut v, record) {
+            line.extend(rec);
+        }
+        let _ = writeln!(self.out, "{v}");
+    }
+
     fn write_view(&self) -> std::io::Result<()> {
         if let Some(p) = &self.cfg.view_path {
             let mut doc = Map::new();
@@ -222,12 +232,9 @@ impl Plugin for Recorder {
             let o = c.object();
             let kind = o.kind();
             let key = key_string(o);
-            let json = o.to_json();
-            let old = match c {
-                Change::Update { old, .. } => Some(old.to_json()),
-                _ => None,
-            };
-            self.line("netlink", c.op(), kind.name(), Some(json.clone()), old);
+            let record = c.to_json();
+            let json = record["object"].clone();
+            self.record("netlink", record);
             *self.counts.entry(kind.plural()).or_default() += 1;
             match c {
                 Change::Remove(_) => {
