@@ -72,6 +72,9 @@ fn api_1_0_is_frozen() {
 
 #[test]
 fn every_snapshot_has_a_layout_file() {
+    if std::env::var_os("EKHO_ABI_BLESS").is_some() {
+        return; // the other tests are writing the missing ones
+    }
     for &(major, minor) in abi::MINORS {
         let f = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("abi")
