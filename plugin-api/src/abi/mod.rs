@@ -36,5 +36,15 @@
 pub mod layout;
 pub mod v1_0;
 
-/// The minors this version of the crate has a snapshot of, oldest first.
-pub const MINORS: &[(u64, u64)] = &[v1_0::MINOR];
+/// One snapshot: its minor and the layout of its root module (from which the freeze check
+/// describes every type crossing the boundary).
+pub struct Snapshot {
+    pub minor: (u64, u64),
+    pub root: fn() -> &'static abi_stable::type_layout::TypeLayout,
+}
+
+/// Every snapshot this version of the crate has, oldest first.
+pub const SNAPSHOTS: &[Snapshot] = &[Snapshot {
+    minor: v1_0::MINOR,
+    root: || <v1_0::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+}];
