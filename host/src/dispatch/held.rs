@@ -31,8 +31,13 @@ impl Hasher for PreHashed {
 
 const TOMBSTONE: u8 = 0xff;
 
+// Every kind of this API version has an index that packs.
+const _: () = assert!(ekho_plugin_api::ObjectKind::ALL.len() <= 63);
+
+/// Kind index in the upper six bits, outcome code in the lower two; 0xff (kind 63, code 3) is
+/// the tombstone, so kind indexes up to 62 fit.
 fn pack(kind: u8, code: u8) -> u8 {
-    debug_assert!(kind < 16 && code < 4);
+    debug_assert!(kind < 63 && code < 4);
     kind << 2 | code
 }
 
