@@ -221,7 +221,27 @@ fn monitor_streams_changes_as_applied() {
             }
         }
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Wait until the monitor streams: a probe route shows on it (a fixed wait was too short for
+    // the CLI's start in an emulated VM).
+    let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    'ready: for i in 0.. {
+        assert!(
+            std::time::Instant::now() < ready_by,
+            "ekho monitor showed no probe route in 30 s"
+        );
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("10.78.{i}.0/24"),
+            "via",
+            "10.1.0.2",
+        ]);
+        while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            if l.contains("10.78.") {
+                break 'ready;
+            }
+        }
+    }
     ns.ip(&["route", "add", "10.77.0.0/16", "via", "10.1.0.2"]);
     ns.ip(&["route", "del", "10.77.0.0/16"]);
     let mut seen = Vec::new();
