@@ -130,4 +130,80 @@ addr add 10.1.0.1/24 dev a0
     let hooks = st["ebpf"]["hooks"].as_array().unwrap();
     assert!(hooks.iter().any(|h| h["state"] == "live"), "{hooks:?}");
     assert!(st["plugins"][0]["events"].as_u64().is_some());
+    status_names_fentry_or_its_fallbacks(&d, hooks);
+}
+
+const FENTRY: [&str; 5] = [
+    "call_fib_notifiers",
+    "call_switchdev_notifiers",
+    "call_switchdev_blocking_notifiers",
+    "call_netevent_notifiers",
+    "call_netdevice_notifiers_info",
+];
+
+/// `ekho status` (JSON and text) says how each notifier chain is hooked on this kernel:
+/// - Debian's 6.1 (the VM suite) allows fentry: all five fentry hooks live;
+/// - a kernel that refuses fentry (the 6.18 development kernel, EPERM): no fentry hook live, the
+///   netevent chain fallen back to the neighbour tracepoints, the others unavailable or fallen
+///   back, each with the kernel's reason.
+fn status_names_fentry_or_its_fallbacks(d: &Daemon, hooks: &[Value]) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let kernel = kernel.trim();
+    let hook = |f: &str| {
+        hooks
+            .iter()
+            .find(|h| h["name"] == format!("fentry/{f}"))
+            .unwrap_or_else(|| panic!("no fentry/{f} in status: {hooks:?}"))
+    };
+    let text = String::from_utf8(d.cli(&["status"]).stdout).unwrap();
+    let line = |f: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("fentry/{f} ")))
+            .unwrap_or_else(|| panic!("no fentry/{f} line in `ekho status`:\n{text}"))
+            .to_string()
+    };
+    if kernel.starts_with("6.1.") && kernel.ends_with("-amd64") {
+        for f in FENTRY {
+            assert_eq!(hook(f)["state"], "live", "kernel {kernel}: {}", hook(f));
+            assert!(line(f).trim_end().ends_with(" live"), "{}", line(f));
+        }
+        return;
+    }
+    if FENTRY.iter().any(|f| hook(f)["state"] == "live") {
+        // Another kernel that allows fentry: the chains it has are all live.
+        for f in FENTRY {
+            assert!(
+                hook(f)["state"] == "live"
+                    || hook(f)["reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not in this kernel's BTF"),
+                "kernel {kernel}: {}",
+                hook(f)
+            );
+        }
+        return;
+    }
+    let ne = hook("call_netevent_notifiers");
+    assert_eq!(ne["state"], "fallen_back", "kernel {kernel}: {ne}");
+    assert_eq!(
+        ne["to"], "tp_btf/neigh_update, tp_btf/neigh_update_done",
+        "{ne}"
+    );
+    assert!(
+        line("call_netevent_notifiers").contains("fallen_back -> tp_btf/neigh_update"),
+        "{}",
+        line("call_netevent_notifiers")
+    );
+    for f in FENTRY {
+        let h = hook(f);
+        assert_ne!(h["state"], "live", "kernel {kernel}: {h}");
+        let reason = h["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("fentry refused by this kernel")
+                || reason.contains("not in this kernel's BTF"),
+            "kernel {kernel}: {h}"
+        );
+        assert!(line(f).contains(reason), "{}", line(f));
+    }
 }

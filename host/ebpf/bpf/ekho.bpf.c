@@ -54,9 +54,14 @@ struct {
 
 /* Types absent from some kernels' BTF (no CONFIG_NET_SWITCHDEV): local CO-RE definitions; code
  * using them is guarded by bpf_core_type_exists() so it is dropped where they do not exist. */
+/* `id` is an enum, as in the kernel: CO-RE refuses an int field for an enum one (the relocation
+ * fails and the loader poisons the read), which first showed on 6.1, the first kernel tested
+ * with CONFIG_NET_SWITCHDEV. Only the kind matters for the match, not the enum's values. */
+enum switchdev_obj_id___ekho { SWITCHDEV_OBJ_ID_UNDEFINED___ekho };
+
 struct switchdev_obj___ekho {
 	struct net_device *orig_dev;
-	int id;
+	enum switchdev_obj_id___ekho id;
 	__u32 flags;
 } __attribute__((preserve_access_index));
 
@@ -79,7 +84,7 @@ struct switchdev_notifier_port_obj_info___ekho {
 
 struct switchdev_attr___ekho {
 	struct net_device *orig_dev;
-	int id;
+	enum switchdev_attr_id id;
 	__u32 flags;
 	union {
 		__u8 stp_state;
@@ -261,11 +266,17 @@ int BPF_PROG(raw_neigh_update_done, struct neighbour *n, int err)
 	return on_neigh_update_done(EKHO_HOOK_TP(EKHO_TP_NEIGH_UPDATE_DONE, 1), n, err);
 }
 
+/* The key argument is `const void *`: 6.1 refuses to load it from a tp_btf context ("arg2 type
+ * UNKNOWN is not a struct": its btf_ctx_access does not see a pointer to const void as a pointer
+ * to void), so it is copied out of the context with a helper instead of a context load; the other
+ * arguments are structs and scalars, loaded as usual. */
 SEC("tp_btf/neigh_create")
-int BPF_PROG(btf_neigh_create, struct neigh_table *tbl, struct net_device *dev, const void *pkey,
-	     const struct neighbour *n, bool exempt)
+int btf_neigh_create(unsigned long long *ctx)
 {
-	return on_neigh_create(EKHO_HOOK_TP(EKHO_TP_NEIGH_CREATE, 0), tbl, dev, pkey, n, exempt);
+	const void *pkey = 0;
+	bpf_probe_read_kernel(&pkey, sizeof(pkey), &ctx[2]);
+	return on_neigh_create(EKHO_HOOK_TP(EKHO_TP_NEIGH_CREATE, 0), (void *)ctx[0],
+			       (void *)ctx[1], pkey, (void *)ctx[3], ctx[4]);
 }
 
 SEC("raw_tp/neigh_create")
@@ -626,10 +637,18 @@ static __always_inline int on_switchdev(__u32 hook, unsigned long event, struct 
 		e->vlan = BPF_CORE_READ(fi, vid);
 		e->flags = BPF_CORE_READ_BITFIELD_PROBED(fi, added_by_user) |
 			   BPF_CORE_READ_BITFIELD_PROBED(fi, is_local) << 1 |
-			   BPF_CORE_READ_BITFIELD_PROBED(fi, locked) << 2 |
 			   BPF_CORE_READ_BITFIELD_PROBED(fi, offloaded) << 3;
+		/* `locked` is newer than 6.1: without the guard its relocation fails there and
+		 * the loader poisons the read (the verifier's `call unknown#195896080`, 0xbad2310);
+		 * guarded, the branch is dead code where the field does not exist. */
+		if (bpf_core_field_exists(fi->locked))
+			e->flags |= BPF_CORE_READ_BITFIELD_PROBED(fi, locked) << 2;
 	} else if (event >= SWITCHDEV_VXLAN_FDB_ADD_TO_BRIDGE &&
-		   event <= SWITCHDEV_VXLAN_FDB_OFFLOADED) {
+		   event <= SWITCHDEV_VXLAN_FDB_OFFLOADED &&
+		   /* Defined by the vxlan driver: where it is a module (Debian's 6.1) the type is
+		    * only in the module's BTF, not vmlinux's, so the record carries the event and
+		    * the device only. */
+		   bpf_core_type_exists(struct switchdev_notifier_vxlan_fdb_info)) {
 		struct switchdev_notifier_vxlan_fdb_info *vi = (void *)info;
 		read_lladdr(e, __builtin_preserve_access_index(&vi->eth_addr), 6);
 		e->value = bpf_ntohl(BPF_CORE_READ(vi, vni));
@@ -647,7 +666,7 @@ static __always_inline int on_switchdev(__u32 hook, unsigned long event, struct 
 		struct switchdev_notifier_port_obj_info___ekho *oi = (void *)info;
 		const struct switchdev_obj___ekho *obj = BPF_CORE_READ(oi, obj);
 		if (obj) {
-			int id = BPF_CORE_READ(obj, id);
+			int id = (int)BPF_CORE_READ(obj, id);
 			e->value = id;
 			e->flags = BPF_CORE_READ(obj, flags);
 			if (id == SWITCHDEV_OBJ_ID_PORT_VLAN) {
@@ -720,12 +739,69 @@ static __always_inline int on_netevent(__u32 hook, unsigned long event, void *pt
 	return 0;
 }
 
-static __always_inline int on_netdev(__u32 hook, unsigned long event,
+/* The netdevice chain's event numbers differ between kernels: 6.1 has no NETDEV_PRE_UNINIT
+ * (18 in the committed vmlinux.h), so every later event is one lower there. Records carry the
+ * committed vmlinux.h's numbers (what src/hooks.rs names); the running kernel's value of each name
+ * comes from a CO-RE enum relocation, and a name the kernel lacks is skipped. A value without a
+ * name here is passed as EKHO_NETDEV_UNNAMED + the kernel's value. */
+#define EKHO_NETDEV_UNNAMED 0x10000
+#define NETDEV_ID(name)                                                                \
+	if (bpf_core_enum_value_exists(enum netdev_cmd, name) &&                       \
+	    event == bpf_core_enum_value(enum netdev_cmd, name))                       \
+	return name
+
+static __always_inline __u32 netdev_event_id(unsigned long event)
+{
+	NETDEV_ID(NETDEV_UP);
+	NETDEV_ID(NETDEV_DOWN);
+	NETDEV_ID(NETDEV_REBOOT);
+	NETDEV_ID(NETDEV_CHANGE);
+	NETDEV_ID(NETDEV_REGISTER);
+	NETDEV_ID(NETDEV_UNREGISTER);
+	NETDEV_ID(NETDEV_CHANGEMTU);
+	NETDEV_ID(NETDEV_CHANGEADDR);
+	NETDEV_ID(NETDEV_PRE_CHANGEADDR);
+	NETDEV_ID(NETDEV_GOING_DOWN);
+	NETDEV_ID(NETDEV_CHANGENAME);
+	NETDEV_ID(NETDEV_FEAT_CHANGE);
+	NETDEV_ID(NETDEV_BONDING_FAILOVER);
+	NETDEV_ID(NETDEV_PRE_UP);
+	NETDEV_ID(NETDEV_PRE_TYPE_CHANGE);
+	NETDEV_ID(NETDEV_POST_TYPE_CHANGE);
+	NETDEV_ID(NETDEV_POST_INIT);
+	NETDEV_ID(NETDEV_PRE_UNINIT);
+	NETDEV_ID(NETDEV_RELEASE);
+	NETDEV_ID(NETDEV_NOTIFY_PEERS);
+	NETDEV_ID(NETDEV_JOIN);
+	NETDEV_ID(NETDEV_CHANGEUPPER);
+	NETDEV_ID(NETDEV_RESEND_IGMP);
+	NETDEV_ID(NETDEV_PRECHANGEMTU);
+	NETDEV_ID(NETDEV_CHANGEINFODATA);
+	NETDEV_ID(NETDEV_BONDING_INFO);
+	NETDEV_ID(NETDEV_PRECHANGEUPPER);
+	NETDEV_ID(NETDEV_CHANGELOWERSTATE);
+	NETDEV_ID(NETDEV_UDP_TUNNEL_PUSH_INFO);
+	NETDEV_ID(NETDEV_UDP_TUNNEL_DROP_INFO);
+	NETDEV_ID(NETDEV_CHANGE_TX_QUEUE_LEN);
+	NETDEV_ID(NETDEV_CVLAN_FILTER_PUSH_INFO);
+	NETDEV_ID(NETDEV_CVLAN_FILTER_DROP_INFO);
+	NETDEV_ID(NETDEV_SVLAN_FILTER_PUSH_INFO);
+	NETDEV_ID(NETDEV_SVLAN_FILTER_DROP_INFO);
+	NETDEV_ID(NETDEV_OFFLOAD_XSTATS_ENABLE);
+	NETDEV_ID(NETDEV_OFFLOAD_XSTATS_DISABLE);
+	NETDEV_ID(NETDEV_OFFLOAD_XSTATS_REPORT_USED);
+	NETDEV_ID(NETDEV_OFFLOAD_XSTATS_REPORT_DELTA);
+	NETDEV_ID(NETDEV_XDP_FEAT_CHANGE);
+	return EKHO_NETDEV_UNNAMED + (__u32)event;
+}
+
+static __always_inline int on_netdev(__u32 hook, unsigned long kernel_event,
 				     struct netdev_notifier_info *info)
 {
 	struct net_device *dev = BPF_CORE_READ(info, dev);
 	if (!dev || !dev_ok(dev))
 		return 0;
+	__u32 event = netdev_event_id(kernel_event);
 	struct ekho_event *e = reserve(EKHO_KIND_NETDEVICE, hook);
 	if (!e)
 		return 0;

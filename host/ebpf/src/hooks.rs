@@ -128,6 +128,7 @@ pub(crate) fn names(hook: u32, event: u32) -> (String, String) {
                 table_name(SWITCHDEV_EVENTS, event)
             }
             HOOK_FENTRY_NETEVENT => table_name(NETEVENT_EVENTS, event),
+            _ if event >= NETDEV_UNNAMED => format!("{}", event - NETDEV_UNNAMED),
             _ => table_name(NETDEV_EVENTS, event),
         };
         return (format!("fentry/{}", f.func), ev);
@@ -193,6 +194,10 @@ const SWITCHDEV_EVENTS: &[(u32, &str)] = &[
 ];
 
 /// `enum netdev_cmd`.
+///
+/// The kernel's numbers change between versions (6.1 has no `NETDEV_PRE_UNINIT`, so its later
+/// events are one lower): the BPF side translates the running kernel's value into these
+/// (committed `vmlinux.h`) numbers by name, with CO-RE enum relocations.
 const NETDEV_EVENTS: &[(u32, &str)] = &[
     (1, "NETDEV_UP"),
     (2, "NETDEV_DOWN"),
@@ -235,6 +240,10 @@ const NETDEV_EVENTS: &[(u32, &str)] = &[
     (39, "NETDEV_OFFLOAD_XSTATS_REPORT_DELTA"),
     (40, "NETDEV_XDP_FEAT_CHANGE"),
 ];
+
+/// A netdevice event the BPF side has no name for arrives as this plus the kernel's value
+/// (`EKHO_NETDEV_UNNAMED`) and is shown as the kernel's number.
+const NETDEV_UNNAMED: u32 = 0x10000;
 
 /// `NotifierKind` from its discriminant (`EKHO_KIND_*`).
 pub(crate) fn kind_from_u8(k: u8) -> Option<NotifierKind> {
@@ -280,6 +289,7 @@ mod tests {
         );
         assert_eq!(names(HOOK_FENTRY_FIB, 0).1, "FIB_EVENT_ENTRY_REPLACE");
         assert_eq!(names(HOOK_FENTRY_NETDEV, 22).1, "NETDEV_CHANGEUPPER");
+        assert_eq!(names(HOOK_FENTRY_NETDEV, NETDEV_UNNAMED + 21).1, "21");
         assert_eq!(
             names(HOOK_FENTRY_SWITCHDEV, 3).1,
             "SWITCHDEV_FDB_ADD_TO_DEVICE"

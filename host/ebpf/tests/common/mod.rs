@@ -128,13 +128,14 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Whether a tracepoint hook is unavailable because this kernel has no such tracepoint at all:
-/// tp_btf found no `btf_trace_NAME` type in the kernel's BTF and raw_tp got ENOENT. Any other
-/// failure (verifier, permissions) is not that.
+/// raw_tp got ENOENT, and tp_btf found no `btf_trace_NAME` type in the kernel's BTF (or was not
+/// tried: `force_raw_tp`). Any other failure (verifier, permissions) is not that.
 pub fn tracepoint_missing(h: &ekho_ebpf::HookStatus) -> bool {
     let tp = h.name.trim_start_matches("tp_btf/");
     match &h.state {
         ekho_ebpf::HookState::Unavailable { reason } => {
-            reason.contains(&format!("Unknown BTF type `btf_trace_{tp}`"))
+            (reason.contains(&format!("Unknown BTF type `btf_trace_{tp}`"))
+                || reason.starts_with("tp_btf: tp_btf skipped (force_raw_tp)"))
                 && reason.contains("raw_tp: ENOENT")
         }
         _ => false,
