@@ -133,14 +133,6 @@ addr add 10.1.0.1/24 dev a0
     status_names_fentry_or_its_fallbacks(&d, hooks);
 }
 
-const FENTRY: [&str; 5] = [
-    "call_fib_notifiers",
-    "call_switchdev_notifiers",
-    "call_switchdev_blocking_notifiers",
-    "call_netevent_notifiers",
-    "call_netdevice_notifiers_info",
-];
-
 /// `ekho status` (JSON and text) says how each notifier chain is hooked on this kernel:
 /// - Debian's 6.1 (the VM suite) allows fentry: all five fentry hooks live;
 /// - a kernel that refuses fentry (the 6.18 development kernel, EPERM): no fentry hook live, the
@@ -163,15 +155,15 @@ fn status_names_fentry_or_its_fallbacks(d: &Daemon, hooks: &[Value]) {
             .to_string()
     };
     if kernel.starts_with("6.1.") && kernel.ends_with("-amd64") {
-        for f in FENTRY {
+        for f in FENTRY_TARGETS {
             assert_eq!(hook(f)["state"], "live", "kernel {kernel}: {}", hook(f));
             assert!(line(f).trim_end().ends_with(" live"), "{}", line(f));
         }
         return;
     }
-    if FENTRY.iter().any(|f| hook(f)["state"] == "live") {
+    if FENTRY_TARGETS.iter().any(|f| hook(f)["state"] == "live") {
         // Another kernel that allows fentry: the chains it has are all live.
-        for f in FENTRY {
+        for f in FENTRY_TARGETS {
             assert!(
                 hook(f)["state"] == "live"
                     || hook(f)["reason"]
@@ -195,7 +187,7 @@ fn status_names_fentry_or_its_fallbacks(d: &Daemon, hooks: &[Value]) {
         "{}",
         line("call_netevent_notifiers")
     );
-    for f in FENTRY {
+    for f in FENTRY_TARGETS {
         let h = hook(f);
         assert_ne!(h["state"], "live", "kernel {kernel}: {h}");
         let reason = h["reason"].as_str().unwrap();

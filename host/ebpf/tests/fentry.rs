@@ -17,6 +17,7 @@ use common::{kernel, privileged, short, v4, Collector, Netns};
 use ekho_ebpf::{verify_fentry_handlers, EbpfConfig, EbpfSource, HookState, StartOptions};
 use ekho_plugin_api::object::{Family, RouteType};
 use ekho_plugin_api::{NotifierEvent, NotifierKind};
+use ekho_testkit::FENTRY_TARGETS as FENTRY;
 use std::time::Duration;
 
 /// Generous: the VM suite runs emulated (10-50x slower than native).
@@ -28,14 +29,6 @@ const BRIDGE_VLAN_INFO_UNTAGGED: u16 = 0x4;
 const SWITCHDEV_OBJ_ID_PORT_VLAN: u64 = 1;
 const SWITCHDEV_ATTR_ID_PORT_STP_STATE: u64 = 1;
 const BR_STATE_BLOCKING: u16 = 4;
-
-const FENTRY: [&str; 5] = [
-    "call_fib_notifiers",
-    "call_switchdev_notifiers",
-    "call_switchdev_blocking_notifiers",
-    "call_netevent_notifiers",
-    "call_netdevice_notifiers_info",
-];
 
 /// The fentry handlers pass the verifier (as raw_tp twins), on every kernel.
 #[test]

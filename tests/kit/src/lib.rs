@@ -24,3 +24,13 @@ pub use daemon::{build, ekho_bin, host_config, workspace, Daemon};
 pub use netns::Netns;
 pub use skip::{kernel, missing_tools, needs_root, say_skip};
 pub use temp::{wait_for, TempDir};
+
+/// The kernel functions ekho's eBPF source hooks with fentry, one per notifier chain: what the
+/// tests expect live where the kernel allows fentry (Debian's 6.1), and fallen back where not.
+pub const FENTRY_TARGETS: [&str; 5] = [
+    "call_fib_notifiers",
+    "call_switchdev_notifiers",
+    "call_switchdev_blocking_notifiers",
+    "call_netevent_notifiers",
+    "call_netdevice_notifiers_info",
+];
