@@ -148,9 +148,12 @@ impl Daemon {
             ..Default::default()
         };
         let result = (|| -> Result<(PluginHandle, ekho_mirror::ListenerId), loader::LoadError> {
-            let path = loader::find(&pc.name, pc.path.as_deref(), &dir)?;
-            status.path = path.display().to_string();
-            let lib = loader::open(&path)?;
+            let checked = loader::find(&pc.name, pc.path.as_deref(), &dir)?;
+            status.path = checked.path.display().to_string();
+            if checked.target != checked.path {
+                tracing::info!(plugin = %pc.name, path = %checked.path.display(), target = %checked.target.display(), "plugin file is a link");
+            }
+            let lib = loader::load(checked)?;
             status.api_version = lib.api_version.clone();
             status.abi = lib.how().describe();
             status.version = lib.info.version.to_string();

@@ -213,6 +213,8 @@ fn check_plugin(
                     "API version"
                 }
                 loader::LoadError::PanicAbort { .. } => "panic strategy",
+                loader::LoadError::Untrusted(_) => "trust",
+                loader::LoadError::Unresolved { .. } => "symbol binding",
                 _ => "pre-flight",
             };
             return fail(stage, e.to_string());

@@ -1,9 +1,15 @@
 //! Finding, checking and loading plugin shared objects.
 //!
-//! Steps, each with its own error: find the file; pre-flight (is it an ELF shared object, does it
-//! export `EKHO_PLUGIN_API_VERSION`, is that version in the accepted range); abi_stable's layout
-//! check of the root module; the plugin's own version against the config's requirement; create
-//! with its config table.
+//! Steps, each with its own error: find the file (by a candidate file name, or by the name a file
+//! declares, read from it); open it once and check it without running any of its code (trust:
+//! owner and mode of the file and every directory above it, sshd-style, symlinks resolved; is it
+//! an ELF shared object, does it export `EKHO_PLUGIN_API_VERSION`, is that version in the
+//! accepted range, is it built to unwind); load that very file through its descriptor with every
+//! symbol bound at once; abi_stable's layout check of the root module; the plugin's own version
+//! against the config's requirement; create with its config table.
+
+mod elf;
+mod trust;
 
 use crate::binding::{self, Bound, How, Module};
 use ekho_plugin_api::plugin::PluginInfo;
@@ -11,18 +17,28 @@ use ekho_plugin_api::version::{
     accepted_range, verdict, Verdict, API_VERSION, PANIC_SYMBOL, VERSION_SYMBOL,
 };
 use ekho_plugin_api::HostHandle;
-use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("plugin {name:?} not found in {dir}: tried {tried}; copy its .so into the plugin dir (the in-tree plugins are built by `cargo build --release` at the workspace root), or set `path` in its [[plugins]] table")]
+    #[error("plugin {name:?} not found in {dir}: tried {tried}{seen}; copy its .so into the plugin dir (the in-tree plugins are built by `cargo build --release` at the workspace root), or set `path` in its [[plugins]] table")]
     NotFound {
         name: String,
         dir: PathBuf,
         tried: String,
+        seen: String,
     },
+    #[error("{0}")]
+    Untrusted(#[from] trust::Untrusted),
+    #[error("{path}: not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error("{path}: unreadable ELF: {reason}")]
+    BadElf { path: PathBuf, reason: String },
+    #[error("{path}: refused: it needs the symbol {symbol}, which neither it nor the libraries it links define (every symbol is bound at load); link the library that defines it, or remove the use")]
+    Unresolved { path: PathBuf, symbol: String },
+    #[error("{path}: not an ekho plugin: it exports EKHO_PLUGIN_API_VERSION but not abi_stable's root module (declare the plugin with ekho_plugin_api::declare_plugin!)")]
+    NoRootModule { path: PathBuf },
     #[error("{path}: cannot read: {source}")]
     Read {
         path: PathBuf,
@@ -106,25 +122,44 @@ pub fn candidate_files(name: &str) -> Vec<String> {
     v
 }
 
+/// A plugin file opened once and checked without running any of its code: trusted (owner and
+/// mode of the file and the directories above it), an ELF shared object exporting an API
+/// version this host accepts, built to unwind. Loading it ([`load`]) loads this very file, by
+/// its descriptor.
+pub struct Checked {
+    /// The path as configured or found.
+    pub path: PathBuf,
+    /// The file it resolves to (symlinks followed).
+    pub target: PathBuf,
+    file: std::fs::File,
+    /// The ekho-plugin-api version it was built against.
+    pub api_version: String,
+    how: Verdict,
+    /// The name it declares in its `.ekho.plugin_name` section, if any.
+    pub declared_name: Option<String>,
+}
+
 /// Finds the file of plugin `name`: `path` if set (relative to `dir`), else a candidate file name
-/// in `dir`, else any `.so` in `dir` whose declared name is `name`.
-pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<PathBuf, LoadError> {
+/// in `dir`, else any `.so` in `dir` that declares the name `name` (read from the file, none of
+/// them loaded). Returns it checked ([`check_file`]).
+pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<Checked, LoadError> {
     if let Some(p) = path {
         let p = if p.is_absolute() {
             p.to_path_buf()
         } else {
             dir.join(p)
         };
-        return Ok(p);
+        return check_file(&p);
     }
     let cands = candidate_files(name);
     for c in &cands {
         let p = dir.join(c);
         if p.is_file() {
-            return Ok(p);
+            return check_file(&p);
         }
     }
-    // Scan: a vendor may name the file anything.
+    // Scan: a vendor may name the file anything; the name is read from each file.
+    let mut seen = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -132,9 +167,19 @@ pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<PathBuf, Load
             .collect();
         files.sort();
         for f in files {
-            if let Ok(lib) = open(&f) {
-                if lib.info.name.as_str() == name {
-                    return Ok(f);
+            let file_name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match check_file(&f) {
+                Ok(c) if c.declared_name.as_deref() == Some(name) => return Ok(c),
+                Ok(c) => seen.push(match c.declared_name {
+                    Some(n) => format!("{file_name} is {n:?}"),
+                    None => format!("{file_name} declares no name"),
+                }),
+                Err(e) => {
+                    tracing::debug!(file = %f.display(), "not a candidate for plugin {name:?}: {e}");
+                    seen.push(format!("{file_name} refused"));
                 }
             }
         }
@@ -143,62 +188,56 @@ pub fn find(name: &str, path: Option<&Path>, dir: &Path) -> Result<PathBuf, Load
         name: name.into(),
         dir: dir.to_path_buf(),
         tried: cands.join(", "),
+        seen: if seen.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (none of its .so files declares that name: {})",
+                seen.join(", ")
+            )
+        },
     })
 }
 
-fn elf_check(path: &Path) -> Result<(), LoadError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|source| LoadError::Read {
-        path: path.into(),
+/// Opens `path` once and checks it without running any of its code: trust (owner and mode of
+/// the file and of every directory above it, symlinks resolved), ELF type, the API version and
+/// panic strategy it exports (read from the file).
+pub fn check_file(path: &Path) -> Result<Checked, LoadError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = trust::resolve(path)?;
+    let read = |source| LoadError::Read {
+        path: target.clone(),
         source,
-    })?;
-    let mut h = [0u8; 18];
-    let n = f.read(&mut h).map_err(|source| LoadError::Read {
-        path: path.into(),
-        source,
-    })?;
-    if n < 18 || &h[..4] != b"\x7fELF" {
-        return Err(LoadError::NotElf { path: path.into() });
-    }
-    let e_type = if h[5] == 2 {
-        u16::from_be_bytes([h[16], h[17]])
-    } else {
-        u16::from_le_bytes([h[16], h[17]])
     };
-    if e_type != 3 {
-        return Err(LoadError::NotSharedObject {
-            path: path.into(),
-            e_type,
-        });
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&target)
+        .map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotRegular { path: target });
     }
-    Ok(())
-}
-
-/// Pre-flight only: ELF check, dlopen, version symbol. Returns the API version and how this
-/// host runs it.
-pub fn preflight(path: &Path) -> Result<(String, Verdict), LoadError> {
-    elf_check(path)?;
-    // SAFETY: loading a shared object runs its initialisers; that is what loading a plugin means.
-    // The library is leaked on purpose (plugins are never unloaded; abi_stable does the same).
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
-        path: path.into(),
-        reason: error_chain(&e),
-    })?;
-    let lib = Box::leak(Box::new(lib));
-    let sym = format!("{VERSION_SYMBOL}\0");
-    // SAFETY: for a data symbol the symbol value is the address of the static, which
-    // `declare_plugin!` defines as a NUL-terminated `VersionTag` (32 bytes).
-    let ptr: *const c_char = unsafe {
-        match lib.get::<*const c_char>(sym.as_bytes()) {
-            Ok(s) => *s,
-            Err(_) => return Err(LoadError::NoVersionSymbol { path: path.into() }),
+    trust::check_meta(&target, &meta)?;
+    match elf::header(&file).map_err(read)? {
+        elf::Header::NotElf => return Err(LoadError::NotElf { path: path.into() }),
+        elf::Header::Elf { e_type: 3 } => {}
+        elf::Header::Elf { e_type } => {
+            return Err(LoadError::NotSharedObject {
+                path: path.into(),
+                e_type,
+            })
         }
+    }
+    let declared =
+        elf::declared(&file, VERSION_SYMBOL, PANIC_SYMBOL).map_err(|e| LoadError::BadElf {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    let Some(v) = declared.api_version else {
+        return Err(LoadError::NoVersionSymbol { path: path.into() });
     };
-    // SAFETY: the tag is 32 bytes with at least one trailing NUL.
-    let v = unsafe { CStr::from_ptr(ptr) }
-        .to_string_lossy()
-        .into_owned();
-    let file = || {
+    let file_name = || {
         path.file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
@@ -207,51 +246,102 @@ pub fn preflight(path: &Path) -> Result<(String, Verdict), LoadError> {
     if how == Verdict::NewerMinor {
         let (major, minor) = ekho_plugin_api::version::major_minor(API_VERSION).unwrap_or((0, 0));
         return Err(LoadError::NewerApi {
-            file: file(),
+            file: file_name(),
             plugin: v,
             host_minor: format!("{major}.{minor}"),
         });
     }
     if !binding::supported(how) {
         return Err(LoadError::IncompatibleApi {
-            file: file(),
+            file: file_name(),
             plugin: v,
             accepted: accepted_range(API_VERSION).unwrap_or_else(|| API_VERSION.into()),
         });
     }
-    let sym = format!("{PANIC_SYMBOL}\0");
-    // SAFETY: a `u8` static defined by `declare_plugin!`; absent in plugins of older API
-    // versions, which are accepted as they are.
-    unsafe {
-        if let Ok(s) = lib.get::<*const u8>(sym.as_bytes()) {
-            if **s == 0 {
-                return Err(LoadError::PanicAbort { path: path.into() });
-            }
-        }
+    // Absent in plugins of older API versions, which are accepted as they are.
+    if declared.panic_unwind == Some(0) {
+        return Err(LoadError::PanicAbort { path: path.into() });
     }
-    Ok((v, how))
+    Ok(Checked {
+        path: path.into(),
+        target,
+        file,
+        api_version: v,
+        how,
+        declared_name: declared.name,
+    })
 }
 
-/// Pre-flight plus abi_stable's layout check against the snapshot of the plugin's minor;
-/// returns the loaded library.
-pub fn open(path: &Path) -> Result<Library, LoadError> {
-    let (api_version, how) = preflight(path)?;
-    let module = abi_stable::library::lib_header_from_path(path)
-        .and_then(|h| Module::load(h, how))
-        .map_err(|e| {
-            let full = e.to_string();
-            LoadError::Layout {
-                path: path.into(),
-                summary: summarize_layout_error(&full),
-                full,
-            }
-        })?;
+/// Loads a checked file through its descriptor (the file checked is the file loaded), every
+/// symbol bound now (an unresolved one is a refusal naming it), then abi_stable's layout check
+/// of the root module against the snapshot of the plugin's minor.
+pub fn load(checked: Checked) -> Result<Library, LoadError> {
+    use std::os::fd::AsRawFd;
+    let path = checked.path.clone();
+    let by_fd = format!("/proc/self/fd/{}", checked.file.as_raw_fd());
+    // SAFETY: loading a shared object runs its initialisers; that is what loading a plugin means.
+    // The library is leaked on purpose (plugins are never unloaded; abi_stable does the same).
+    let lib = unsafe {
+        libloading::os::unix::Library::open(
+            Some(&by_fd),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+        )
+    }
+    .map_err(|e| {
+        let reason = error_chain(&e).replace(&by_fd, &path.display().to_string());
+        match reason.split_once("undefined symbol: ") {
+            Some((_, rest)) => LoadError::Unresolved {
+                path: path.clone(),
+                symbol: rest
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .next()
+                    .unwrap_or(rest)
+                    .to_string(),
+            },
+            None => LoadError::Open {
+                path: path.clone(),
+                reason,
+            },
+        }
+    })?;
+    // The descriptor stays open as long as the library is loaded (for ever): glibc knows the
+    // library by the name it was opened with, and a later `/proc/self/fd/N` of a reused N would
+    // be taken for it.
+    std::mem::forget(checked.file);
+    let lib: &'static libloading::os::unix::Library = Box::leak(Box::new(lib));
+    let layout = |e: abi_stable::library::LibraryError| {
+        let full = e.to_string();
+        LoadError::Layout {
+            path: path.clone(),
+            summary: summarize_layout_error(&full),
+            full,
+        }
+    };
+    // SAFETY: `declare_plugin!` exports this symbol as abi_stable's `LibHeader` static, whose
+    // address is what an `AbiHeaderRef` holds (abi_stable reads it the same way).
+    let header: abi_stable::library::AbiHeaderRef = unsafe {
+        match lib.get::<abi_stable::library::AbiHeaderRef>(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes(),
+        ) {
+            Ok(s) => *s,
+            Err(_) => return Err(LoadError::NoRootModule { path }),
+        }
+    };
+    let module = header
+        .upgrade()
+        .and_then(|h| Module::load(h, checked.how))
+        .map_err(layout)?;
     let info = module.info();
     Ok(Library {
-        api_version,
+        api_version: checked.api_version,
         info,
         module,
     })
+}
+
+/// [`check_file`] then [`load`].
+pub fn open(path: &Path) -> Result<Library, LoadError> {
+    load(check_file(path)?)
 }
 
 /// Checks the plugin's own version against a requirement.
