@@ -70,7 +70,7 @@ impl std::fmt::Display for ConfigSource {
 }
 
 /// `[host]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Network namespace to mirror: a name under /run/netns or a path. Default: the caller's.
@@ -87,7 +87,7 @@ pub struct HostConfig {
 }
 
 /// One `[[plugins]]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub name: String,

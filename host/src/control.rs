@@ -47,6 +47,8 @@ pub enum Request {
     Dump(Option<ObjectKind>),
     /// `ekho monitor`: the changes applied from now on, one line each.
     Monitor,
+    /// `ekho reload`: re-read the config file.
+    Reload,
 }
 
 impl Request {
@@ -67,6 +69,7 @@ impl Request {
                 },
             },
             "monitor" => Ok(Request::Monitor),
+            "reload" => Ok(Request::Reload),
             other => Err(format!("unknown command {other:?}")),
         }
     }
@@ -92,6 +95,8 @@ pub trait Service: Send + Sync + 'static {
     fn watch(&self, sink: ChangeSink) -> WatchId;
     /// Ends a watch.
     fn unwatch(&self, id: WatchId);
+    /// `ekho reload`: what was added, removed, restarted, or `{"error": ...}` (may block).
+    fn reload(&self) -> Value;
 }
 
 /// Serves clients forever.
@@ -120,6 +125,10 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Ok(Request::Plugins) => service.plugins(),
         Ok(Request::Dump(kind)) => service.dump(kind),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
+        Ok(Request::Reload) => {
+            let s = service.clone();
+            tokio::task::spawn_blocking(move || s.reload()).await?
+        }
         Err(e) => json!({ "error": e }),
     };
     w.write_all(format!("{resp}\n").as_bytes()).await?;

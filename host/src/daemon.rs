@@ -29,6 +29,36 @@ pub enum PluginEntry {
     Refused(PluginStatus),
 }
 
+/// A configured plugin: its `[[plugins]]` table and what became of it.
+pub struct Slot {
+    pub config: PluginConfig,
+    pub entry: PluginEntry,
+}
+
+/// Where the daemon is in its life, as `ekho status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading plugins.
+    Starting,
+    /// The initial netlink dump is running.
+    Syncing,
+    /// Synced and serving.
+    Running,
+    /// Shutting down.
+    Stopping,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Syncing => "syncing",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
 /// State of the eBPF source.
 #[allow(clippy::large_enum_variant)] // one value per daemon
 pub enum EbpfEntry {
@@ -52,10 +82,18 @@ impl PluginEntry {
 pub struct Daemon {
     config: Config,
     mirror: Mirror,
-    plugins: Mutex<Vec<PluginEntry>>,
+    plugins: Mutex<Vec<Slot>>,
     ebpf: Mutex<EbpfEntry>,
     started: Instant,
+    phase: Mutex<Phase>,
+    /// Where plugins loaded at any time send their requests.
+    requests: PluginRequests,
+    /// One reload at a time.
+    reloading: Mutex<()>,
 }
+
+/// Longest wait for one plugin's worker to stop.
+const PLUGIN_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where plugins send their requests to the host (plugin name, request).
 type PluginRequests = tokio::sync::mpsc::UnboundedSender<(Arc<str>, Request)>;
@@ -95,24 +133,42 @@ impl HostServices for PluginHost {
 }
 
 impl Daemon {
-    /// A daemon with no plugin loaded yet, over an empty mirror.
-    fn new(config: Config) -> Daemon {
-        Daemon {
+    /// A daemon with no plugin loaded yet, over an empty mirror; with the receiving end of its
+    /// plugins' requests.
+    fn new(
+        config: Config,
+    ) -> (
+        Daemon,
+        tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Request)>,
+    ) {
+        let (requests, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        let d = Daemon {
             config,
             mirror: Mirror::new(),
             plugins: Mutex::new(Vec::new()),
             ebpf: Mutex::new(EbpfEntry::Disabled),
             started: Instant::now(),
-        }
+            phase: Mutex::new(Phase::Starting),
+            requests,
+            reloading: Mutex::new(()),
+        };
+        (d, requests_rx)
+    }
+
+    fn set_phase(&self, p: Phase) {
+        *self.phase.lock().unwrap() = p;
     }
 
     /// Loads the configured plugins before the initial dump: the dump feeds them as it is made
     /// (their initial sync runs alongside the dump, not after it). Returns that feed.
-    fn load_plugins(&self, requests: &PluginRequests) -> Fanout {
+    fn load_plugins(&self) -> Fanout {
         let mut fanout = Fanout::default();
         for pc in &self.config.plugins {
-            let entry = self.load_plugin(pc, requests, Some(&mut fanout));
-            self.plugins.lock().unwrap().push(entry);
+            let entry = self.load_plugin(pc, Some(&mut fanout));
+            self.plugins.lock().unwrap().push(Slot {
+                config: pc.clone(),
+                entry,
+            });
         }
         fanout
     }
@@ -136,12 +192,7 @@ impl Daemon {
 
     /// Loads one plugin and attaches it to the mirror (replay, then increments). A refusal is
     /// returned as a status with state `failed` and the reason.
-    fn load_plugin(
-        &self,
-        pc: &PluginConfig,
-        requests: &PluginRequests,
-        mut fanout: Option<&mut Fanout>,
-    ) -> PluginEntry {
+    fn load_plugin(&self, pc: &PluginConfig, mut fanout: Option<&mut Fanout>) -> PluginEntry {
         let dir = self.config.plugin_dir();
         let mut status = PluginStatus {
             name: pc.name.clone(),
@@ -162,7 +213,7 @@ impl Daemon {
                 abi_stable::std_types::RArc::new(PluginHost {
                     name: pc.name.as_str().into(),
                     netns: self.config.netns_path(),
-                    requests: requests.clone(),
+                    requests: self.requests.clone(),
                 }),
                 abi_stable::sabi_trait::TD_Opaque,
             );
@@ -242,7 +293,7 @@ impl Daemon {
     /// Hands notifier events to every running plugin that takes them.
     pub fn notify(&self, events: &[NotifierEvent]) {
         for p in self.plugins.lock().unwrap().iter() {
-            if let PluginEntry::Running { handle, .. } = p {
+            if let PluginEntry::Running { handle, .. } = &p.entry {
                 handle.queue.push_events(events);
             }
         }
@@ -276,13 +327,113 @@ impl Daemon {
 
     /// Stops every plugin (shutdown called on each).
     pub fn stop_plugins(&self) {
-        let mut plugins = self.plugins.lock().unwrap();
-        for p in plugins.iter_mut() {
-            if let PluginEntry::Running { handle, listener } = p {
-                self.mirror.detach(*listener);
-                handle.stop(Duration::from_secs(10));
+        let slots = std::mem::take(&mut *self.plugins.lock().unwrap());
+        for s in slots {
+            self.stop_entry(s.entry);
+        }
+    }
+
+    /// Detaches a plugin from the mirror and shuts it down.
+    fn stop_entry(&self, entry: PluginEntry) {
+        if let PluginEntry::Running {
+            mut handle,
+            listener,
+        } = entry
+        {
+            self.mirror.detach(listener);
+            handle.stop(PLUGIN_STOP_TIMEOUT);
+            tracing::info!(plugin = %handle.status.lock().unwrap().name, "plugin stopped");
+        }
+    }
+
+    /// Re-reads the config file: plugins added are loaded and replayed, removed ones shut down,
+    /// changed ones (any key of their table) restarted, refused ones tried again; the others and
+    /// the mirror are left alone. A config that does not parse is refused whole and the running
+    /// one stays. `[host]` changes need a restart (reported, not applied).
+    pub fn reload(&self) -> Result<Value, String> {
+        let _one = self.reloading.lock().unwrap();
+        let crate::config::ConfigSource::File(path) = &self.config.source else {
+            return Err("no config file to re-read: this daemon runs the built-in default (start it with --config FILE)".into());
+        };
+        let new =
+            Config::from_file(path).map_err(|e| format!("{e}; the running configuration stays"))?;
+        enum Action {
+            Keep,
+            Restart,
+            Remove,
+        }
+        let plan: Vec<(String, Action)> = self
+            .plugins
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let a = match new.plugins.iter().find(|p| p.name == s.config.name) {
+                    None => Action::Remove,
+                    Some(p) if *p != s.config => Action::Restart,
+                    Some(_) if matches!(s.entry, PluginEntry::Refused(_)) => Action::Restart,
+                    Some(_) => Action::Keep,
+                };
+                (s.config.name.clone(), a)
+            })
+            .collect();
+        let (mut added, mut removed, mut restarted, mut unchanged) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let take = |name: &str| {
+            let mut v = self.plugins.lock().unwrap();
+            let i = v.iter().position(|s| s.config.name == name)?;
+            Some(v.remove(i))
+        };
+        for (name, a) in &plan {
+            match a {
+                Action::Keep => unchanged.push(name.clone()),
+                Action::Remove | Action::Restart => {
+                    if let Some(s) = take(name) {
+                        tracing::info!(plugin = %name, "reload: stopping");
+                        self.stop_entry(s.entry);
+                    }
+                    if matches!(a, Action::Remove) {
+                        removed.push(name.clone());
+                    } else {
+                        restarted.push(name.clone());
+                    }
+                }
             }
         }
+        for pc in &new.plugins {
+            let known = plan.iter().find(|(n, _)| *n == pc.name);
+            if matches!(known, Some((_, Action::Keep))) {
+                continue;
+            }
+            if known.is_none() {
+                added.push(pc.name.clone());
+            }
+            let entry = self.load_plugin(pc, None);
+            self.plugins.lock().unwrap().push(Slot {
+                config: pc.clone(),
+                entry,
+            });
+        }
+        // The config's order, as at start-up.
+        self.plugins.lock().unwrap().sort_by_key(|s| {
+            new.plugins
+                .iter()
+                .position(|p| p.name == s.config.name)
+                .unwrap_or(usize::MAX)
+        });
+        let host_ignored = new.host != self.config.host;
+        if host_ignored {
+            tracing::warn!("reload: [host] changed; its keys take effect at the next start");
+        }
+        tracing::info!(?added, ?removed, ?restarted, "configuration reloaded");
+        Ok(json!({
+            "config": path.display().to_string(),
+            "added": added,
+            "removed": removed,
+            "restarted": restarted,
+            "unchanged": unchanged,
+            "host_changed_needs_restart": host_ignored,
+        }))
     }
 }
 
@@ -296,10 +447,11 @@ impl control::Service for Daemon {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| serde_json::to_value(p.status()).unwrap())
+            .map(|p| serde_json::to_value(p.entry.status()).unwrap())
             .collect();
         json!({
             "ekho": {
+                "state": self.phase.lock().unwrap().name(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "api_version": API_VERSION,
                 "pid": std::process::id(),
@@ -330,8 +482,8 @@ impl control::Service for Daemon {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| {
-                let s = p.status();
+            .map(|slot| {
+                let s = slot.entry.status();
                 let mut v = json!({
                     "name": s.name,
                     "version": s.version,
@@ -340,11 +492,10 @@ impl control::Service for Daemon {
                     "path": s.path,
                     "state": s.state,
                 });
-                match p {
+                match &slot.entry {
                     PluginEntry::Running { handle, .. } => {
-                        let pc = self.config.plugins.iter().find(|c| c.name == s.name);
                         v["capabilities"] =
-                            capabilities_json(&handle.caps, pc.and_then(|c| c.ports.as_deref()));
+                            capabilities_json(&handle.caps, slot.config.ports.as_deref());
                     }
                     PluginEntry::Refused(_) => v["reason"] = s.reason.into(),
                 }
@@ -395,6 +546,14 @@ impl control::Service for Daemon {
     fn unwatch(&self, id: WatchId) {
         self.mirror.detach(ekho_mirror::ListenerId(id.0));
     }
+
+    /// `ekho reload`.
+    fn reload(&self) -> Value {
+        match Daemon::reload(self) {
+            Ok(v) => v,
+            Err(e) => json!({ "error": e }),
+        }
+    }
 }
 
 /// The capabilities as `ekho plugins` shows them.
@@ -427,14 +586,56 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
     })
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// The signals the daemon handles, installed before anything else: from the first moment
+/// SIGTERM and SIGINT stop it cleanly and SIGHUP (a reload) no longer kills it.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    /// Until SIGTERM or SIGINT (during start-up: a SIGHUP there is logged and ignored, the
+    /// config having just been read); its name.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                Some(s) => return s,
+                None => tracing::warn!(
+                    "SIGHUP during start-up: ignored (send it again once `ekho status` says running)"
+                ),
+            }
+        }
+    }
+
+    /// The next signal: `Some(name)` of a stop signal, `None` for SIGHUP.
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            _ = self.term.recv() => Some("SIGTERM"),
+            _ = self.int.recv() => Some("SIGINT"),
+            _ = self.hup.recv() => None,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let socket = config.control_socket();
     control::ensure_not_running(&socket)?;
     // Take the socket first: a second daemon started at the same time fails here, before it
     // touches any plugin.
     let listener = control::bind(&socket).context("control socket")?;
-    let result = run_bound(config, listener, &socket).await;
+    let result = run_bound(config, listener, &socket, &mut signals).await;
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -444,29 +645,55 @@ async fn run_bound(
     config: Config,
     listener: tokio::net::UnixListener,
     socket: &Path,
+    signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let netns = netns_to_mirror(&config)?;
     tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
-    let daemon = Arc::new(Daemon::new(config));
+    let (daemon, requests_rx) = Daemon::new(config);
+    let daemon = Arc::new(daemon);
+    // The control socket answers from now on (`ekho status` says `starting`, then `syncing`).
+    tokio::spawn(control::serve(listener, daemon.clone()));
 
-    let (requests, requests_rx) = tokio::sync::mpsc::unbounded_channel();
-    let fanout = daemon.load_plugins(&requests);
+    let fanout = daemon.load_plugins();
+    daemon.set_phase(Phase::Syncing);
     let source = start_mirror(&daemon, netns.clone(), fanout);
-    if let Err(e) = wait_for_sync(&daemon.mirror, source).await {
-        // The plugins were loaded for the initial dump: let them release what they hold.
-        stop_plugins(&daemon).await?;
-        return Err(e);
+    tokio::select! {
+        r = wait_for_sync(&daemon.mirror, source) => {
+            if let Err(e) = r {
+                // The plugins were loaded for the initial dump: let them release what they hold.
+                stop_plugins(&daemon).await?;
+                return Err(e);
+            }
+        }
+        s = signals.stop() => {
+            tracing::info!("{s} during start-up: stopping");
+            return shutdown(&daemon).await;
+        }
     }
     if daemon.config.host.ebpf.unwrap_or(true) {
         let entry = start_ebpf(&daemon, netns);
         *daemon.ebpf.lock().unwrap() = entry;
     }
     tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
-    // Control socket (bound at start).
-    tokio::spawn(control::serve(listener, daemon.clone()));
+    daemon.set_phase(Phase::Running);
     tracing::info!(socket = %socket.display(), "ekho running");
 
-    wait_for_signal().await?;
+    loop {
+        match signals.next().await {
+            Some(s) => {
+                tracing::info!("{s}: stopping");
+                break;
+            }
+            None => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let d = daemon.clone();
+                match tokio::task::spawn_blocking(move || d.reload()).await? {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("reload refused: {e}"),
+                }
+            }
+        }
+    }
     shutdown(&daemon).await
 }
 
@@ -636,16 +863,6 @@ async fn serve_plugin_requests(
     }
 }
 
-/// Until SIGTERM or SIGINT.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-    }
-    Ok(())
-}
-
 /// Stops every plugin (off the async threads: a plugin's shutdown may block).
 async fn stop_plugins(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
     let d = daemon.clone();
@@ -655,6 +872,7 @@ async fn stop_plugins(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
 
 /// Stops the plugins, then the eBPF source.
 async fn shutdown(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    daemon.set_phase(Phase::Stopping);
     stop_plugins(daemon).await?;
     *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
     tracing::info!("ekho stopped");

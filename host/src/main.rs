@@ -66,6 +66,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the config file: load added plugins, stop removed ones, restart changed ones
+    /// (also sent by SIGHUP); a config that does not parse is refused and the running one stays
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a plugin .so without the daemon: print its ABI, versions and capabilities, or exactly
     /// why the host would refuse it (non-zero exit then)
     CheckPlugin {
@@ -112,7 +118,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => check_plugin(&file, plugin_config.as_deref(), json),
         cmd => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = match Config::load(cli.config.as_deref()) {
+                Ok(c) => c,
+                // The daemon would refuse it the same way: say so without asking it.
+                Err(e) if matches!(cmd, Cmd::Reload { .. }) => {
+                    anyhow::bail!("{e}; not reloaded: the running configuration stays")
+                }
+                Err(e) => return Err(e.into()),
+            };
             let socket = config.control_socket();
             match cmd {
                 Cmd::Run => {
@@ -139,6 +152,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let v = control::request(&socket, &json!({"cmd": "dump", "kind": kind}))?;
                     print_or(json, &v, render::dump);
+                }
+                Cmd::Reload { json } => {
+                    let v = control::request(&socket, &json!({"cmd": "reload"}))?;
+                    print_or(json, &v, render::reload);
                 }
                 Cmd::Monitor { json } => {
                     control::stream(&socket, &json!({"cmd": "monitor"}), |v| {

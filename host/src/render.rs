@@ -321,6 +321,35 @@ pub fn check(v: &Value) -> String {
     out
 }
 
+/// `ekho reload`: one line per change.
+pub fn reload(v: &Value) -> String {
+    let list = |k: &str| -> String {
+        let names: Vec<&str> = v[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names.join(", ")
+        }
+    };
+    let mut out = format!(
+        "reloaded {}\n  added: {}\n  removed: {}\n  restarted: {}\n  unchanged: {}\n",
+        v["config"].as_str().unwrap_or("?"),
+        list("added"),
+        list("removed"),
+        list("restarted"),
+        list("unchanged")
+    );
+    if v["host_changed_needs_restart"] == true {
+        out.push_str("  [host] changed: its keys take effect at the next start\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 //! - `delay_ms`: sleep this long in each `apply` (to simulate a slow backend).
 //! - `panic_after`: panic in `apply` once this many changes have been received (fault injection,
 //!   to test hosts).
+//! - `create_delay_ms`: sleep this long in `create` (a slow start-up, to test hosts).
 //!
 //! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
 //! "begin_sync"|"end_sync"|"sweep","kind":"route"|...,"object":{...}}` with iproute2 field names
@@ -40,6 +41,7 @@ struct Config {
     /// Declared limits per kind, e.g. `limits = { route = 100 }` (to exercise hosts).
     limits: Option<std::collections::BTreeMap<String, u64>>,
     panic_after: Option<u64>,
+    create_delay_ms: Option<u64>,
 }
 
 struct Recorder {
@@ -146,6 +148,9 @@ impl Plugin for Recorder {
     fn create(ctx: CreateContext) -> Result<Self, String> {
         let cfg: Config =
             toml::from_str(&ctx.config).map_err(|e| format!("recorder config: {e}"))?;
+        if let Some(ms) = cfg.create_delay_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let mut caps = Capabilities::new();
         caps = match parse_list(&cfg.kinds, "kind", ObjectKind::from_name)? {
             Some(k) => caps.kinds(k),

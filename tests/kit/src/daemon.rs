@@ -82,6 +82,17 @@ impl Daemon {
 
     /// [`Daemon::start`] with another `ekho` binary (a host built from other sources).
     pub fn start_bin(bin: &Path, dir: &Path, config: &str) -> Daemon {
+        let mut d = Daemon::spawn_bin(bin, dir, config);
+        d.wait_ready();
+        d
+    }
+
+    /// Starts `ekho run` like [`Daemon::start`] without waiting for anything.
+    pub fn spawn(dir: &Path, config: &str) -> Daemon {
+        Daemon::spawn_bin(&ekho_bin(), dir, config)
+    }
+
+    fn spawn_bin(bin: &Path, dir: &Path, config: &str) -> Daemon {
         let socket = dir.join("ekho.sock");
         let cfg_path = dir.join("ekho.toml");
         std::fs::write(
@@ -97,17 +108,17 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             config: cfg_path,
             socket,
             log,
-        };
-        d.wait_ready();
-        d
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the daemon says it is running (synced; older hosts do not say) and every
+    /// plugin left `syncing`.
+    pub fn wait_ready(&mut self) {
         let t0 = Instant::now();
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -117,11 +128,13 @@ impl Daemon {
                 );
             }
             if let Ok(s) = self.try_cli_json(&["status", "--json"]) {
-                let syncing = s["plugins"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["state"] == "syncing");
+                let running = s["ekho"]["state"].as_str().is_none_or(|st| st == "running");
+                let syncing = !running
+                    || s["plugins"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["state"] == "syncing");
                 if !syncing {
                     return;
                 }
