@@ -11,6 +11,10 @@
 //! path = "libekho_recorder.so"       # optional; relative to plugin_dir
 //! version = "^0.1"                   # optional semver requirement on the plugin's version
 //! ports = ["veth*"]                  # optional interface-name globs, overriding the plugin's scope
+//! restart = "on-failure"             # or "never" (default on-failure)
+//! restart_limit = 5                  # restarts in a row before giving up
+//! restart_backoff_ms = 1000          # first delay, doubled per restart in a row, at most 60 s
+//! call_timeout_ms = 30000            # the watchdog: a longer call marks the plugin hung (0: off)
 //! [plugins.config]                   # passed to the plugin verbatim
 //! events_path = "/var/log/ekho/events.jsonl"
 //! ```
@@ -86,8 +90,28 @@ pub struct HostConfig {
     pub netlink_rcvbuf: Option<usize>,
 }
 
+/// What happens to a plugin that failed (panicked, broke the contract).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// It stays failed.
+    Never,
+    /// It is created anew and replayed, after a backoff, at most `restart_limit` times in a row.
+    #[default]
+    OnFailure,
+}
+
+/// Default `restart_limit`.
+pub const DEFAULT_RESTART_LIMIT: u32 = 5;
+/// Default `restart_backoff_ms`: the first delay; each further restart in a row doubles it.
+pub const DEFAULT_RESTART_BACKOFF_MS: u64 = 1000;
+/// The longest restart backoff.
+pub const MAX_RESTART_BACKOFF_MS: u64 = 60_000;
+/// Default `call_timeout_ms`.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 30_000;
+
 /// One `[[plugins]]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub name: String,
@@ -96,12 +120,42 @@ pub struct PluginConfig {
     pub version: Option<String>,
     /// Interface-name globs, overriding the plugin's declared port scope.
     pub ports: Option<Vec<String>>,
+    /// `"on-failure"` (default) or `"never"`.
+    pub restart: Option<RestartPolicy>,
+    /// Restarts in a row before giving up (default 5); a plugin in sync for a minute starts
+    /// counting again.
+    pub restart_limit: Option<u32>,
+    /// The first restart's delay in ms (default 1000), doubled for each further one in a row, at
+    /// most 60 s.
+    pub restart_backoff_ms: Option<u64>,
+    /// A call into the plugin running longer than this (ms) marks it `hung` and it is fed no
+    /// more (default 30000; 0: no watchdog).
+    pub call_timeout_ms: Option<u64>,
     /// Passed to the plugin verbatim, as TOML text.
     #[serde(default)]
     pub config: Option<toml::Table>,
 }
 
 impl PluginConfig {
+    /// The delay before restart number `n + 1` in a row.
+    pub fn restart_backoff(&self, n: u32) -> std::time::Duration {
+        let first = self
+            .restart_backoff_ms
+            .unwrap_or(DEFAULT_RESTART_BACKOFF_MS);
+        let ms = first
+            .saturating_mul(1u64 << n.min(20))
+            .min(MAX_RESTART_BACKOFF_MS.max(first));
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// The watchdog's limit for one call (`None`: off).
+    pub fn call_timeout(&self) -> Option<std::time::Duration> {
+        match self.call_timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
     /// The plugin's own table as TOML text (empty when absent).
     pub fn config_text(&self) -> String {
         self.config
@@ -196,10 +250,7 @@ impl Config {
             host: HostConfig::default(),
             plugins: vec![PluginConfig {
                 name: "recorder".into(),
-                path: None,
-                version: None,
-                ports: None,
-                config: None,
+                ..Default::default()
             }],
             source: ConfigSource::BuiltIn,
         }
@@ -246,6 +297,26 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("/etc/ekho/test.toml"))
+    }
+
+    #[test]
+    fn restart_keys_and_backoff() {
+        let c = parse("[[plugins]]\nname = \"a\"\nrestart = \"never\"\nrestart_backoff_ms = 250\ncall_timeout_ms = 0\n\n[[plugins]]\nname = \"b\"\n").unwrap();
+        let (a, b) = (&c.plugins[0], &c.plugins[1]);
+        assert_eq!(a.restart, Some(RestartPolicy::Never));
+        assert_eq!(b.restart.unwrap_or_default(), RestartPolicy::OnFailure);
+        let ms = |p: &PluginConfig, n| p.restart_backoff(n).as_millis();
+        assert_eq!([ms(a, 0), ms(a, 1), ms(a, 2)], [250, 500, 1000]);
+        assert_eq!([ms(b, 0), ms(b, 5), ms(b, 30)], [1000, 32_000, 60_000]);
+        assert_eq!(a.call_timeout(), None);
+        assert_eq!(b.call_timeout(), Some(std::time::Duration::from_secs(30)));
+        let e = parse("[[plugins]]\nname = \"a\"\nrestart = \"always\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("never") && e.contains("on-failure"),
+            "{e}"
+        );
     }
 
     #[test]

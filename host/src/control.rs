@@ -37,7 +37,7 @@ pub fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 }
 
 /// A request the control socket serves (one JSON line from the CLI: `{"cmd": ...}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `ekho status`.
     Status,
@@ -49,6 +49,8 @@ pub enum Request {
     Monitor,
     /// `ekho reload`: re-read the config file.
     Reload,
+    /// `ekho plugin restart|stop|start NAME`.
+    Plugin { action: String, name: String },
 }
 
 impl Request {
@@ -70,6 +72,13 @@ impl Request {
             },
             "monitor" => Ok(Request::Monitor),
             "reload" => Ok(Request::Reload),
+            "plugin" => match (req["action"].as_str(), req["name"].as_str()) {
+                (Some(a), Some(n)) => Ok(Request::Plugin {
+                    action: a.into(),
+                    name: n.into(),
+                }),
+                _ => Err("plugin: needs \"action\" and \"name\"".into()),
+            },
             other => Err(format!("unknown command {other:?}")),
         }
     }
@@ -97,6 +106,8 @@ pub trait Service: Send + Sync + 'static {
     fn unwatch(&self, id: WatchId);
     /// `ekho reload`: what was added, removed, restarted, or `{"error": ...}` (may block).
     fn reload(&self) -> Value;
+    /// `ekho plugin ACTION NAME`: the plugin's state after it, or `{"error": ...}` (may block).
+    fn plugin_action(&self, action: &str, name: &str) -> Value;
 }
 
 /// Serves clients forever.
@@ -128,6 +139,10 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Ok(Request::Reload) => {
             let s = service.clone();
             tokio::task::spawn_blocking(move || s.reload()).await?
+        }
+        Ok(Request::Plugin { action, name }) => {
+            let s = service.clone();
+            tokio::task::spawn_blocking(move || s.plugin_action(&action, &name)).await?
         }
         Err(e) => json!({ "error": e }),
     };

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, PluginConfig};
 use crate::control::{self, ChangeSink, WatchId};
-use crate::dispatch::{Fanout, MirrorAccess, PluginHandle, PluginState, PluginStatus};
+use crate::dispatch::{Fanout, HungCall, MirrorAccess, PluginHandle, PluginState, PluginStatus};
 use crate::loader;
 use anyhow::Context;
 use ekho_ebpf::{EbpfConfig, EbpfSource, HookState};
@@ -29,11 +29,42 @@ pub enum PluginEntry {
     Refused(PluginStatus),
 }
 
-/// A configured plugin: its `[[plugins]]` table and what became of it.
+/// A configured plugin: its `[[plugins]]` table, what became of it, and its restarts.
 pub struct Slot {
     pub config: PluginConfig,
     pub entry: PluginEntry,
+    /// Restarts after failures in a row (reset once it stayed in sync for a minute, and by
+    /// `ekho plugin restart|start`).
+    pub restarts_in_row: u32,
+    /// Every restart (status `restarts`).
+    pub restarts: u64,
+    /// When the pending automatic restart is due.
+    pub restart_at: Option<Instant>,
+    /// No more automatic restarts (policy `never`, or the limit reached).
+    pub gave_up: bool,
+    /// When it was last (re)created.
+    pub loaded_at: Instant,
 }
+
+impl Slot {
+    fn new(config: PluginConfig, entry: PluginEntry) -> Slot {
+        Slot {
+            config,
+            entry,
+            restarts_in_row: 0,
+            restarts: 0,
+            restart_at: None,
+            gave_up: false,
+            loaded_at: Instant::now(),
+        }
+    }
+}
+
+/// How often the supervisor looks at the plugins (watchdog, restarts).
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+
+/// A plugin in sync this long has its restarts in a row forgotten.
+const RESTARTS_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
 
 /// Where the daemon is in its life, as `ekho status` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +119,7 @@ pub struct Daemon {
     phase: Mutex<Phase>,
     /// Where plugins loaded at any time send their requests.
     requests: PluginRequests,
-    /// One reload at a time.
+    /// One change of the plugin set at a time (reload, restart, stop, start).
     reloading: Mutex<()>,
 }
 
@@ -165,10 +196,10 @@ impl Daemon {
         let mut fanout = Fanout::default();
         for pc in &self.config.plugins {
             let entry = self.load_plugin(pc, Some(&mut fanout));
-            self.plugins.lock().unwrap().push(Slot {
-                config: pc.clone(),
-                entry,
-            });
+            self.plugins
+                .lock()
+                .unwrap()
+                .push(Slot::new(pc.clone(), entry));
         }
         fanout
     }
@@ -325,11 +356,31 @@ impl Daemon {
         }
     }
 
-    /// Stops every plugin (shutdown called on each).
+    /// Stops every plugin, all at once and within [`PLUGIN_STOP_TIMEOUT`] in total: shutdown
+    /// is asked of each, then each is waited for until the common deadline (a hung one is not
+    /// waited for).
     pub fn stop_plugins(&self) {
         let slots = std::mem::take(&mut *self.plugins.lock().unwrap());
+        let mut running = Vec::new();
         for s in slots {
-            self.stop_entry(s.entry);
+            if let PluginEntry::Running { handle, listener } = s.entry {
+                self.mirror.detach(listener);
+                handle.begin_stop();
+                running.push(handle);
+            }
+        }
+        let deadline = Instant::now() + PLUGIN_STOP_TIMEOUT;
+        for mut h in running {
+            let (name, state) = {
+                let st = h.status.lock().unwrap();
+                (st.name.clone(), st.state)
+            };
+            if state == Some(PluginState::Hung) {
+                tracing::warn!(plugin = %name, "plugin hung: not waited for");
+                continue;
+            }
+            h.join_by(deadline);
+            tracing::info!(plugin = %name, "plugin stopped");
         }
     }
 
@@ -341,9 +392,227 @@ impl Daemon {
         } = entry
         {
             self.mirror.detach(listener);
-            handle.stop(PLUGIN_STOP_TIMEOUT);
+            let hung = handle.status.lock().unwrap().state == Some(PluginState::Hung);
+            if hung {
+                handle.begin_stop();
+                tracing::warn!(plugin = %handle.status.lock().unwrap().name, "plugin hung: left in its call");
+            } else {
+                handle.stop(PLUGIN_STOP_TIMEOUT);
+            }
             tracing::info!(plugin = %handle.status.lock().unwrap().name, "plugin stopped");
         }
+    }
+
+    /// One look at every plugin: a call running past its `call_timeout_ms` marks the plugin
+    /// `hung` (fed no more); a failed plugin is restarted by its policy, after its backoff.
+    fn supervise(&self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut slots = self.plugins.lock().unwrap();
+            for slot in slots.iter_mut() {
+                let PluginEntry::Running { handle, listener } = &slot.entry else {
+                    continue;
+                };
+                let state = handle.status.lock().unwrap().state;
+                match state {
+                    Some(PluginState::Failed) => {
+                        if let Some(at) = slot.restart_at {
+                            if now >= at {
+                                due.push(slot.config.name.clone());
+                            }
+                        } else if !slot.gave_up {
+                            self.plan_restart(slot);
+                        }
+                    }
+                    Some(PluginState::Hung) | Some(PluginState::Stopped) => {}
+                    _ => {
+                        if state == Some(PluginState::InSync)
+                            && slot.restarts_in_row > 0
+                            && slot.loaded_at.elapsed() > RESTARTS_FORGOTTEN_AFTER
+                        {
+                            slot.restarts_in_row = 0;
+                        }
+                        let (Some(limit), Some(call)) =
+                            (slot.config.call_timeout(), handle.clock.running())
+                        else {
+                            continue;
+                        };
+                        if call.running_for() <= limit {
+                            continue;
+                        }
+                        let since_unix_ms = call
+                            .since
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0);
+                        let reason = format!(
+                            "hung: its {} call has run for more than {} ms (call_timeout_ms); it is fed no more (`ekho plugin restart {}` creates it anew)",
+                            call.name,
+                            limit.as_millis(),
+                            slot.config.name
+                        );
+                        tracing::error!(plugin = %slot.config.name, call = call.name, "{reason}");
+                        {
+                            let mut st = handle.status.lock().unwrap();
+                            st.state = Some(PluginState::Hung);
+                            st.hung = Some(HungCall {
+                                call: call.name.into(),
+                                since_unix_ms,
+                            });
+                            st.reason = Some(reason);
+                        }
+                        self.mirror.detach(*listener);
+                        handle.stop_feeding();
+                    }
+                }
+            }
+        }
+        for name in due {
+            let _one = self.reloading.lock().unwrap();
+            self.recreate(&name, false);
+        }
+    }
+
+    /// A plugin just failed: schedules its restart by its policy, or gives up.
+    fn plan_restart(&self, slot: &mut Slot) {
+        let PluginEntry::Running { handle, .. } = &slot.entry else {
+            return;
+        };
+        let name = &slot.config.name;
+        let limit = slot
+            .config
+            .restart_limit
+            .unwrap_or(crate::config::DEFAULT_RESTART_LIMIT);
+        let mut st = handle.status.lock().unwrap();
+        let why = st.reason.clone().unwrap_or_default();
+        if slot.config.restart.unwrap_or_default() == crate::config::RestartPolicy::Never {
+            slot.gave_up = true;
+            tracing::error!(plugin = %name, "plugin failed; not restarted (restart = \"never\")");
+            return;
+        }
+        if slot.restarts_in_row >= limit {
+            slot.gave_up = true;
+            st.reason = Some(format!(
+                "{why}; given up after {} restarts in a row (restart_limit = {limit}; `ekho plugin restart {name}` tries again)",
+                slot.restarts_in_row
+            ));
+            tracing::error!(plugin = %name, "plugin failed again; given up after {} restarts in a row", slot.restarts_in_row);
+            return;
+        }
+        let delay = slot.config.restart_backoff(slot.restarts_in_row);
+        slot.restart_at = Some(Instant::now() + delay);
+        st.reason = Some(format!(
+            "{why}; restarting in {} ms (restart {} of {limit})",
+            delay.as_millis(),
+            slot.restarts_in_row + 1
+        ));
+        tracing::warn!(plugin = %name, "plugin failed; restarting in {delay:?} (restart {} of {limit})", slot.restarts_in_row + 1);
+    }
+
+    /// Creates plugin `name` anew (shutting down what runs): its own replay (begin/end sync,
+    /// mark and sweep) reconciles what the old one left. `manual`: asked by the operator, the
+    /// restarts in a row start again. Returns whether such a plugin is configured. The caller
+    /// holds `reloading`.
+    fn recreate(&self, name: &str, manual: bool) -> bool {
+        let (old, config) = {
+            let mut slots = self.plugins.lock().unwrap();
+            let Some(slot) = slots.iter_mut().find(|s| s.config.name == name) else {
+                return false;
+            };
+            let mut placeholder = slot.entry.status();
+            placeholder.state = Some(PluginState::Syncing);
+            placeholder.reason = None;
+            placeholder.hung = None;
+            let old = std::mem::replace(&mut slot.entry, PluginEntry::Refused(placeholder));
+            (old, slot.config.clone())
+        };
+        self.stop_entry(old);
+        tracing::info!(plugin = %name, manual, "plugin restarting: created anew and replayed");
+        let entry = self.load_plugin(&config, None);
+        let mut slots = self.plugins.lock().unwrap();
+        if let Some(slot) = slots.iter_mut().find(|s| s.config.name == name) {
+            slot.restarts += 1;
+            slot.restarts_in_row = if manual { 0 } else { slot.restarts_in_row + 1 };
+            slot.restart_at = None;
+            slot.gave_up = false;
+            slot.loaded_at = Instant::now();
+            match &entry {
+                PluginEntry::Running { handle, .. } => {
+                    handle.status.lock().unwrap().restarts = slot.restarts
+                }
+                PluginEntry::Refused(_) => {}
+            }
+            let mut entry = entry;
+            if let PluginEntry::Refused(st) = &mut entry {
+                st.restarts = slot.restarts;
+            }
+            slot.entry = entry;
+        }
+        true
+    }
+
+    /// `ekho plugin restart|stop|start NAME`.
+    pub fn plugin_action(&self, action: &str, name: &str) -> Result<Value, String> {
+        let _one = self.reloading.lock().unwrap();
+        let state = {
+            let slots = self.plugins.lock().unwrap();
+            let Some(slot) = slots.iter().find(|s| s.config.name == name) else {
+                let known: Vec<&str> = slots.iter().map(|s| s.config.name.as_str()).collect();
+                return Err(format!(
+                    "no plugin {name:?} in the configuration; configured: {}",
+                    known.join(", ")
+                ));
+            };
+            slot.entry.status().state
+        };
+        match action {
+            "restart" => {
+                self.recreate(name, true);
+            }
+            "start" => {
+                if matches!(
+                    state,
+                    Some(PluginState::InSync) | Some(PluginState::Syncing)
+                ) {
+                    return Err(format!(
+                        "plugin {name:?} is running already (`ekho plugin restart {name}` creates it anew)"
+                    ));
+                }
+                self.recreate(name, true);
+            }
+            "stop" => {
+                if state == Some(PluginState::Stopped) {
+                    return Err(format!("plugin {name:?} is stopped already"));
+                }
+                let old = {
+                    let mut slots = self.plugins.lock().unwrap();
+                    let slot = slots.iter_mut().find(|s| s.config.name == name).unwrap();
+                    let mut st = slot.entry.status();
+                    st.state = Some(PluginState::Stopped);
+                    st.reason = Some(format!(
+                        "stopped by `ekho plugin stop` (`ekho plugin start {name}` starts it)"
+                    ));
+                    st.queue_depth = 0;
+                    slot.restart_at = None;
+                    slot.gave_up = true;
+                    std::mem::replace(&mut slot.entry, PluginEntry::Refused(st))
+                };
+                self.stop_entry(old);
+            }
+            other => {
+                return Err(format!(
+                    "unknown plugin action {other:?}; one of: restart, stop, start"
+                ))
+            }
+        }
+        let slots = self.plugins.lock().unwrap();
+        let st = slots
+            .iter()
+            .find(|s| s.config.name == name)
+            .map(|s| s.entry.status())
+            .unwrap_or_default();
+        Ok(json!({"name": name, "action": action, "state": st.state, "reason": st.reason}))
     }
 
     /// Re-reads the config file: plugins added are loaded and replayed, removed ones shut down,
@@ -409,10 +678,10 @@ impl Daemon {
                 added.push(pc.name.clone());
             }
             let entry = self.load_plugin(pc, None);
-            self.plugins.lock().unwrap().push(Slot {
-                config: pc.clone(),
-                entry,
-            });
+            self.plugins
+                .lock()
+                .unwrap()
+                .push(Slot::new(pc.clone(), entry));
         }
         // The config's order, as at start-up.
         self.plugins.lock().unwrap().sort_by_key(|s| {
@@ -547,6 +816,14 @@ impl control::Service for Daemon {
         self.mirror.detach(ekho_mirror::ListenerId(id.0));
     }
 
+    /// `ekho plugin ACTION NAME`.
+    fn plugin_action(&self, action: &str, name: &str) -> Value {
+        match Daemon::plugin_action(self, action, name) {
+            Ok(v) => v,
+            Err(e) => json!({ "error": e }),
+        }
+    }
+
     /// `ekho reload`.
     fn reload(&self) -> Value {
         match Daemon::reload(self) {
@@ -653,6 +930,21 @@ async fn run_bound(
     let daemon = Arc::new(daemon);
     // The control socket answers from now on (`ekho status` says `starting`, then `syncing`).
     tokio::spawn(control::serve(listener, daemon.clone()));
+    // The watchdog and restarts, on a thread of their own (a restart may block).
+    let weak = Arc::downgrade(&daemon);
+    std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            while let Some(d) = weak.upgrade() {
+                if *d.phase.lock().unwrap() == Phase::Stopping {
+                    break;
+                }
+                d.supervise();
+                drop(d);
+                std::thread::sleep(SUPERVISE_EVERY);
+            }
+        })
+        .context("spawning the supervisor thread")?;
 
     let fanout = daemon.load_plugins();
     daemon.set_phase(Phase::Syncing);

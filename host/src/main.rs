@@ -66,6 +66,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Restart, stop or start one plugin of the running daemon
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Re-read the config file: load added plugins, stop removed ones, restart changed ones
     /// (also sent by SIGHUP); a config that does not parse is refused and the running one stays
     Reload {
@@ -83,6 +88,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Create the plugin anew and replay the mirror to it (its restarts in a row start again)
+    Restart { name: String },
+    /// Shut the plugin down; it stays stopped (also across failures) until `start`
+    Stop { name: String },
+    /// Start a stopped or failed plugin
+    Start { name: String },
 }
 
 fn init_logs(format: LogFormat) {
@@ -152,6 +167,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let v = control::request(&socket, &json!({"cmd": "dump", "kind": kind}))?;
                     print_or(json, &v, render::dump);
+                }
+                Cmd::Plugin { action } => {
+                    let (a, name) = match &action {
+                        PluginAction::Restart { name } => ("restart", name),
+                        PluginAction::Stop { name } => ("stop", name),
+                        PluginAction::Start { name } => ("start", name),
+                    };
+                    let v = control::request(
+                        &socket,
+                        &json!({"cmd": "plugin", "action": a, "name": name}),
+                    )?;
+                    println!(
+                        "plugin {name}: {a} done, now {}",
+                        v["state"].as_str().unwrap_or("?")
+                    );
                 }
                 Cmd::Reload { json } => {
                     let v = control::request(&socket, &json!({"cmd": "reload"}))?;

@@ -220,6 +220,17 @@ pub fn status(v: &Value) -> String {
         if let Some(r) = p["reason"].as_str() {
             let _ = writeln!(out, "    reason: {r}");
         }
+        if let Some(h) = p["hung"].as_object() {
+            let _ = writeln!(
+                out,
+                "    hung in {} since {} ms after the epoch",
+                scalar(&h["call"]),
+                scalar(&h["since_unix_ms"])
+            );
+        }
+        if p["restarts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(out, "    restarts: {}", p["restarts"]);
+        }
         for c in p["counters"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,

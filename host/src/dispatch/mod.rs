@@ -16,6 +16,7 @@
 //! - [`held`]: what a plugin holds, with which outcome.
 //! - [`worker`]: the thread calling the plugin (syncs, increments, outcomes).
 //! - [`stream`]: the initial dump fanned out to the plugins loaded at start-up.
+//! - [`watchdog`]: which call into the plugin is running, since when.
 
 mod gate;
 mod held;
@@ -25,10 +26,11 @@ mod ports;
 mod queue;
 mod status;
 mod stream;
+pub mod watchdog;
 mod worker;
 
 pub use queue::Queue;
-pub use status::{PluginState, PluginStatus};
+pub use status::{HungCall, PluginState, PluginStatus};
 pub use stream::{Fanout, StreamFeed};
 
 use crate::binding::Bound;
@@ -73,6 +75,8 @@ pub struct PluginHandle {
     pub status: Arc<Mutex<PluginStatus>>,
     pub queue: Arc<Queue>,
     pub caps: Capabilities,
+    /// The call running in the plugin, for the watchdog.
+    pub clock: Arc<watchdog::CallClock>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -87,6 +91,8 @@ impl PluginHandle {
         mirror: MirrorAccess,
         feed: Option<StreamFeed>,
     ) -> PluginHandle {
+        let clock = Arc::new(watchdog::CallClock::default());
+        let plugin = watchdog::Watched::wrap(plugin, clock.clone());
         let queue = Queue::new(caps.clone(), ports_override);
         if feed.is_none() {
             queue.hold_for_replay();
@@ -111,6 +117,7 @@ impl PluginHandle {
             status,
             queue,
             caps,
+            clock,
             thread: Some(thread),
         }
     }
@@ -123,11 +130,26 @@ impl PluginHandle {
         s
     }
 
+    /// Feeds the plugin nothing more (it is hung): what is pending is dropped.
+    pub fn stop_feeding(&self) {
+        self.queue.close();
+    }
+
     /// Shuts the plugin down and joins its worker (waits at most `timeout`).
     pub fn stop(&mut self, timeout: Duration) {
+        self.begin_stop();
+        self.join_by(Instant::now() + timeout);
+    }
+
+    /// Asks the worker to shut the plugin down (returns at once).
+    pub fn begin_stop(&self) {
         self.queue.shutdown();
+    }
+
+    /// Joins the worker, waiting until `deadline` at most (a plugin hung in a call is left).
+    pub fn join_by(&mut self, deadline: Instant) {
         if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + timeout;
+            let timeout = deadline.saturating_duration_since(Instant::now());
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }

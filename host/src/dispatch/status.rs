@@ -16,6 +16,19 @@ pub enum PluginState {
     InSync,
     /// Refused at load, or failed (panicked / broke the contract); no longer called.
     Failed,
+    /// A call ran past the watchdog's `call_timeout_ms`; no longer fed.
+    Hung,
+    /// Stopped by `ekho plugin stop`.
+    Stopped,
+}
+
+/// The call a hung plugin is stuck in.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HungCall {
+    /// `apply`, `notify`, `begin_sync`, `end_sync`, `stats`, `capabilities`, `shutdown`.
+    pub call: String,
+    /// When it was entered, in ms since the Unix epoch.
+    pub since_unix_ms: u64,
 }
 
 /// A failure kept for `ekho status`.
@@ -57,6 +70,10 @@ pub struct PluginStatus {
     pub events_dropped: u64,
     pub syncs: u64,
     pub last_sync_ms: u64,
+    /// Times it was created anew (after failures, or by `ekho plugin restart`).
+    pub restarts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hung: Option<HungCall>,
     /// Objects held, per kind, by outcome (rendered from `per_outcome` in snapshots).
     pub outcomes: HashMap<String, HashMap<String, u64>>,
     /// Objects held per kind (index: [`ObjectKind::index`]) and outcome code.

@@ -15,6 +15,10 @@
 //! - `panic_after`: panic in `apply` once this many changes have been received (fault injection,
 //!   to test hosts).
 //! - `create_delay_ms`: sleep this long in `create` (a slow start-up, to test hosts).
+//! - `panic_once_flag`: with `panic_after`, panic only while this file does not exist (it is
+//!   created just before the panic): a restarted recorder then carries on.
+//! - `hang_after`: once this many changes have been received, never return from `apply` (a hung
+//!   backend, to test the host's watchdog).
 //!
 //! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
 //! "begin_sync"|"end_sync"|"sweep","kind":"route"|...,"object":{...}}` with iproute2 field names
@@ -42,6 +46,8 @@ struct Config {
     limits: Option<std::collections::BTreeMap<String, u64>>,
     panic_after: Option<u64>,
     create_delay_ms: Option<u64>,
+    panic_once_flag: Option<PathBuf>,
+    hang_after: Option<u64>,
 }
 
 struct Recorder {
@@ -230,8 +236,19 @@ impl Plugin for Recorder {
         for c in changes {
             self.received += 1;
             if let Some(n) = self.cfg.panic_after {
-                if self.received >= n {
+                let once = self.cfg.panic_once_flag.as_ref();
+                if self.received >= n && once.is_none_or(|f| !f.exists()) {
+                    if let Some(f) = once {
+                        let _ = std::fs::write(f, b"panicked\n");
+                    }
                     panic!("recorder: panic_after = {n} reached (fault injection)");
+                }
+            }
+            if let Some(n) = self.cfg.hang_after {
+                if self.received >= n {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
                 }
             }
             let o = c.object();
