@@ -46,6 +46,8 @@ pub enum Event {
     NewVlan(Vec<BridgeVlan>),
     /// Bridge VLAN entries are gone.
     DelVlan(Vec<BridgeVlan>),
+    /// An nftables ruleset change (table, chain, rule, flowtable), or a dumped one.
+    Nft(crate::netlink::nftables::Message),
     /// A message the mirror does not use (bridge port link messages, unknown types...).
     Ignored,
 }

@@ -13,6 +13,12 @@
 //! 5. re-dumps proxy neighbours (never notified by the kernel) periodically and right after the
 //!    link/address events that flush them, and any kinds asked for with
 //!    [`Mirror::request_resync`](crate::Mirror::request_resync).
+//!
+//! The nftables kinds (base chains, flowtables) come the same way from a second pair of
+//! sockets (`NETLINK_NETFILTER`, [`nftables`]): dumped with the other kinds, their events applied
+//! in the same loop, an overrun on either socket resyncing everything.
+
+mod nftables;
 
 use crate::netlink::{self, rtm};
 use crate::state::Snapshot;
@@ -378,6 +384,8 @@ pub struct ReqSocket {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// The nftables socket for dumps of the nftables kinds, opened by the first.
+    nft: Option<Socket>,
 }
 
 impl ReqSocket {
@@ -389,6 +397,7 @@ impl ReqSocket {
             sock,
             seq: 0,
             buf: vec![0; 1 << 18],
+            nft: None,
         })
     }
 
@@ -591,6 +600,7 @@ impl ReqSocket {
             sock: self.clone_in_netns()?,
             seq: 0,
             buf: vec![0; 8192],
+            nft: None,
         };
         s.request(28, NLM_F_CREATE, &b[16..])
     }
@@ -669,7 +679,12 @@ fn dump_outcome(
         Err(e)
             if matches!(
                 k,
-                ObjectKind::Mdb | ObjectKind::Netconf | ObjectKind::Nexthop | ObjectKind::Vlan
+                ObjectKind::Mdb
+                    | ObjectKind::Netconf
+                    | ObjectKind::Nexthop
+                    | ObjectKind::Vlan
+                    | ObjectKind::NfChain
+                    | ObjectKind::NfFlowtable
             ) =>
         {
             tracing::debug!("dump of {k} failed: {e}");
@@ -695,6 +710,13 @@ pub fn snapshot(
         for k in kinds {
             for (t, h) in dump_requests(*k) {
                 let r = req.dump(t, &h, &mut |e| snap.add(e));
+                if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
+                    n += c;
+                    intr |= i;
+                }
+            }
+            if nftables::is_nft(*k) {
+                let r = req.dump_nft(*k, &mut |e| snap.add(e));
                 if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
                     n += c;
                     intr |= i;
@@ -806,6 +828,15 @@ fn snapshot_streamed(
                 }
             }
         }
+        if nftables::is_nft(*k) {
+            let r = req.dump_nft(*k, &mut |e| snap.add(e));
+            if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
+                n += c;
+                if i {
+                    interrupted.insert(*k);
+                }
+            }
+        }
     }
     if !buf.is_empty() || !new_attrs.is_empty() {
         stream.objects(&new_attrs, &mut buf);
@@ -891,6 +922,11 @@ fn thread_main(
         rcvbuf = ev.get_rx_buf_sz().unwrap_or(0),
         "mirror event socket ready"
     );
+    let nft_ev = nftables::event_socket(if cfg.rcvbuf == 0 {
+        DEFAULT_RCVBUF
+    } else {
+        cfg.rcvbuf
+    });
     // SAFETY: creating an eventfd; checked below.
     let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if efd < 0 {
@@ -962,9 +998,15 @@ fn thread_main(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                // A negative descriptor is skipped by poll.
+                fd: nft_ev.as_ref().map_or(-1, |s| s.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: polling two valid descriptors.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: polling valid descriptors (or -1, ignored).
+        unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
         if fds[1].revents != 0 {
             let mut v = 0u64;
             // SAFETY: reading 8 bytes from our eventfd into a u64.
@@ -1000,6 +1042,19 @@ fn thread_main(
                     overrun = true;
                 }
                 Err(e) => return Err(nl_err("event recv", e)),
+            }
+        }
+        if let Some(s) = &nft_ev {
+            match nftables::drain(s, &mut buf, &mut evs) {
+                Ok(c) => count += c,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!(
+                        "nftables event socket overrun (ENOBUFS): messages lost, resyncing"
+                    );
+                    m.count_overrun();
+                    overrun = true;
+                }
+                Err(e) => return Err(nl_err("nftables event recv", e)),
             }
         }
         proxy |= m.apply_events(evs, count);

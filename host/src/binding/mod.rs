@@ -8,6 +8,7 @@
 //! [`ekho_plugin_api::version::verdict`].
 
 mod native;
+mod v1_0;
 
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
@@ -36,9 +37,7 @@ pub type Bound = Box<dyn Binding>;
 pub enum How {
     /// Built against the host's minor: the calls cross as they are.
     Native,
-    /// Built against an older minor: changes converted into its frozen types. (1.0 has no
-    /// older minor; `tests/rehearsal` builds a 1.1 host that drives 1.0 plugins this way.)
-    #[allow(dead_code)]
+    /// Built against an older minor: changes converted into its frozen types.
     Converted { minor: (u64, u64) },
 }
 
@@ -55,6 +54,7 @@ impl How {
 /// A plugin library's root module, of whichever minor it was built against.
 pub enum Module {
     Native(ekho_plugin_api::plugin::PluginModRef),
+    V1_0(ekho_plugin_api::abi::v1_0::PluginModRef),
 }
 
 impl Module {
@@ -66,6 +66,7 @@ impl Module {
     ) -> Result<Module, abi_stable::library::LibraryError> {
         match verdict {
             Verdict::Native => native::load(header).map(Module::Native),
+            Verdict::Converted { minor: (1, 0) } => v1_0::load(header).map(Module::V1_0),
             // A minor this host has no snapshot of cannot pass the pre-flight.
             other => unreachable!("pre-flight lets {other:?} through"),
         }
@@ -75,6 +76,7 @@ impl Module {
     pub fn info(&self) -> PluginInfo {
         match self {
             Module::Native(m) => (m.info())(),
+            Module::V1_0(m) => (m.info())(),
         }
     }
 
@@ -82,12 +84,14 @@ impl Module {
     pub fn create(&self, config: &str, host: HostHandle) -> Result<Bound, String> {
         match self {
             Module::Native(m) => native::create(*m, config, host),
+            Module::V1_0(m) => v1_0::create(*m, config, host),
         }
     }
 
     pub fn how(&self) -> How {
         match self {
             Module::Native(_) => How::Native,
+            Module::V1_0(_) => How::Converted { minor: (1, 0) },
         }
     }
 }
@@ -95,5 +99,8 @@ impl Module {
 /// The minors this host drives: its own natively, older ones of its major through their
 /// snapshots.
 pub fn supported(verdict: Verdict) -> bool {
-    matches!(verdict, Verdict::Native)
+    matches!(
+        verdict,
+        Verdict::Native | Verdict::Converted { minor: (1, 0) }
+    )
 }

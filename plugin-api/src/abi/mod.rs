@@ -35,6 +35,7 @@
 
 pub mod layout;
 pub mod v1_0;
+pub mod v1_1;
 
 /// One snapshot: its minor and the layout of its root module (from which the freeze check
 /// describes every type crossing the boundary).
@@ -44,7 +45,13 @@ pub struct Snapshot {
 }
 
 /// Every snapshot this version of the crate has, oldest first.
-pub const SNAPSHOTS: &[Snapshot] = &[Snapshot {
-    minor: v1_0::MINOR,
-    root: || <v1_0::PluginModRef as abi_stable::StableAbi>::LAYOUT,
-}];
+pub const SNAPSHOTS: &[Snapshot] = &[
+    Snapshot {
+        minor: v1_0::MINOR,
+        root: || <v1_0::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+    },
+    Snapshot {
+        minor: v1_1::MINOR,
+        root: || <v1_1::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+    },
+];

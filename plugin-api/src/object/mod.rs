@@ -12,6 +12,7 @@ pub mod link;
 pub mod neighbour;
 pub mod net;
 pub mod netconf;
+pub mod netfilter;
 pub mod nexthop;
 pub mod route;
 pub mod rule;
@@ -22,6 +23,7 @@ pub use link::Link;
 pub use neighbour::Neighbour;
 pub use net::{Family, IpAddress, IpPrefix, LinkAddr, Protocol, RouteType, Scope};
 pub use netconf::Netconf;
+pub use netfilter::{NfChain, NfFamily, NfFlowtable};
 pub use nexthop::{GroupMember, Nexthop};
 pub use route::{Encap, NextHop, Route, RouteMetric};
 pub use rule::{PortRange, Rule, UidRange};
@@ -47,6 +49,10 @@ crate::open_tag! {
         7 => Mdb("mdb", "mdb"),
         8 => Route("route", "routes"),
         9 => Rule("rule", "rules"),
+        /// An nftables base chain (API 1.1).
+        10 => NfChain("nft_chain", "nft_chains"),
+        /// An nftables flowtable (API 1.1).
+        11 => NfFlowtable("nft_flowtable", "nft_flowtables"),
     }
 }
 
@@ -75,6 +81,10 @@ pub enum Object {
     Mdb(MdbEntry),
     Route(Route),
     Rule(Rule),
+    /// API 1.1.
+    NfChain(NfChain),
+    /// API 1.1.
+    NfFlowtable(NfFlowtable),
 }
 
 /// The identity of an object: two objects with equal keys are versions of the same object.
@@ -141,6 +151,16 @@ pub enum ObjectKey {
         priority: u32,
         selector: RString,
     },
+    NfChain {
+        family: NfFamily,
+        table: RString,
+        name: RString,
+    },
+    NfFlowtable {
+        family: NfFamily,
+        table: RString,
+        name: RString,
+    },
 }
 
 impl ObjectKey {
@@ -157,6 +177,8 @@ impl ObjectKey {
             ObjectKey::Mdb { .. } => ObjectKind::Mdb,
             ObjectKey::Route { .. } => ObjectKind::Route,
             ObjectKey::Rule { .. } => ObjectKind::Rule,
+            ObjectKey::NfChain { .. } => ObjectKind::NfChain,
+            ObjectKey::NfFlowtable { .. } => ObjectKind::NfFlowtable,
         }
     }
 }
@@ -175,6 +197,8 @@ impl Object {
             Object::Mdb(_) => ObjectKind::Mdb,
             Object::Route(_) => ObjectKind::Route,
             Object::Rule(_) => ObjectKind::Rule,
+            Object::NfChain(_) => ObjectKind::NfChain,
+            Object::NfFlowtable(_) => ObjectKind::NfFlowtable,
         }
     }
 
@@ -232,6 +256,16 @@ impl Object {
                 priority: r.priority,
                 selector: r.selector().into(),
             },
+            Object::NfChain(c) => ObjectKey::NfChain {
+                family: c.family,
+                table: c.table.clone(),
+                name: c.name.clone(),
+            },
+            Object::NfFlowtable(f) => ObjectKey::NfFlowtable {
+                family: f.family,
+                table: f.table.clone(),
+                name: f.name.clone(),
+            },
         }
     }
 
@@ -247,6 +281,8 @@ impl Object {
             Object::Neighbour(n) => n.family,
             Object::Route(r) => r.family,
             Object::Rule(r) => r.family,
+            // nftables families are their own set (`NfChain::family`).
+            Object::NfChain(_) | Object::NfFlowtable(_) => Family::UNSPEC,
         }
     }
 
@@ -269,7 +305,8 @@ impl Object {
             Object::Fdb(f) => vec![f.ifindex],
             Object::Mdb(m) => vec![m.port],
             Object::Route(r) => r.nexthops.iter().map(|n| n.ifindex).collect(),
-            Object::Rule(_) => vec![],
+            // Devices named (netdev chains), not referred to by ifindex: every port scope.
+            Object::Rule(_) | Object::NfChain(_) | Object::NfFlowtable(_) => vec![],
         };
         v.into_iter().filter(|&i| i != 0).collect()
     }
@@ -288,6 +325,8 @@ impl Object {
             Object::Mdb(x) => x.to_json(),
             Object::Route(x) => x.to_json(),
             Object::Rule(x) => x.to_json(),
+            Object::NfChain(x) => x.to_json(),
+            Object::NfFlowtable(x) => x.to_json(),
         }
     }
 }
@@ -301,7 +340,7 @@ macro_rules! from_kind {
 }
 from_kind!(Link => Link, Netconf => Netconf, Address => Address, BridgeVlan => Vlan,
     Nexthop => Nexthop, Neighbour => Neighbour, FdbEntry => Fdb, MdbEntry => Mdb,
-    Route => Route, Rule => Rule);
+    Route => Route, Rule => Rule, NfChain => NfChain, NfFlowtable => NfFlowtable);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,9 @@
 //! [`NlasIterator`] over the fixed kernel header structs (`nhmsg`, `netconfmsg`,
 //! `br_port_msg`/`br_mdb_entry`, `br_vlan_msg`). Their message types are in [`rtm`].
 //!
+//! nftables messages (`NETLINK_NETFILTER`, the netfilter state on the forwarding path) are
+//! parsed in [`nftables`].
+//!
 //! [`split`] cuts a received buffer into messages; [`parse`] then [`event`] (or [`decode`], both
 //! at once) turn one into an [`Event`].
 
@@ -17,6 +20,7 @@ pub mod mdb;
 pub mod neighbour;
 pub mod netconf;
 pub mod nexthop;
+pub mod nftables;
 pub mod route;
 pub mod rtm;
 pub mod rule;

@@ -4,7 +4,7 @@
 //! [`State::apply`] hands each event to the file of its object family, which says what the event
 //! changes, including its silent consequences on other families (a link going down takes IPv4
 //! routes and nexthops with it): `links`, `addresses`, `routes`, `nexthops`,
-//! `neighbours`, `bridge` (FDB, MDB, VLANs), `rules`, `netconf`. `batch` tracks what a batch
+//! `neighbours`, `bridge` (FDB, MDB, VLANs), `rules`, `netconf`, `netfilter` (nftables). `batch` tracks what a batch
 //! touched and computes its net changes ([`State::flush`]); `reconcile` brings a dump into the
 //! state (mark and sweep, [`State::reconcile`]).
 
@@ -14,6 +14,7 @@ mod bridge;
 mod links;
 mod neighbours;
 mod netconf;
+pub mod netfilter;
 mod nexthops;
 mod reconcile;
 mod routes;
@@ -55,6 +56,8 @@ pub struct State {
     touched_routes: BTreeMap<RKey, Vec<Object>>,
     /// Set when proxy neighbours may have changed silently (link down/delete, last address).
     pub want_proxy_dump: bool,
+    /// The nftables ruleset the nftables objects are derived from.
+    pub nft: netfilter::Nft,
 }
 
 impl State {
@@ -194,6 +197,7 @@ impl State {
             Event::DelMdb(v) => self.del_mdb(v),
             Event::NewVlan(v) => self.new_vlan(v),
             Event::DelVlan(v) => self.del_vlan(v),
+            Event::Nft(m) => self.apply_nft(m),
             Event::Ignored => {}
         }
     }

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub objs: BTreeMap<ObjectKey, Object>,
     /// Routes.
     pub routes: Routes,
+    /// The nftables ruleset dumped (its objects are in `objs`).
+    pub nft: super::netfilter::Nft,
 }
 
 impl Snapshot {
@@ -63,6 +65,15 @@ impl Snapshot {
                     self.put(x.into())
                 }
             }
+            Event::Nft(m) => {
+                // The table's objects derived again from what was dumped so far.
+                if let Some(t) = self.nft.apply(m) {
+                    self.objs.retain(|_, o| !super::netfilter::in_table(o, &t));
+                    for o in self.nft.objects_of(&t) {
+                        self.put(o);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -82,7 +93,12 @@ impl State {
             links,
             objs,
             routes,
+            nft,
         } = snap;
+        if kinds.contains(&ObjectKind::NfChain) && !partial.contains(&ObjectKind::NfChain) {
+            // Both nftables kinds come from one dump (`source::dump_requests`).
+            self.nft = nft;
+        }
         if kinds.contains(&ObjectKind::Link) {
             let keys: BTreeSet<u32> = self.links.keys().chain(links.keys()).copied().collect();
             for i in keys {
