@@ -12,6 +12,14 @@
 //! - Policy rules: the default rules are `offloaded`; any other rule of a family makes the data
 //!   path hand *all* traffic of that family to the kernel (and the rule is answered `trapped`), so
 //!   a rule can never be bypassed.
+//! - Netfilter: a plugin that forwards in XDP skips every netfilter hook the kernel would run
+//!   (NAT, conntrack, firewall). Any nftables base chain (iptables-nft's included) that could
+//!   act on forwarded traffic (`NfChain::acts_on_forwarding`: on prerouting, forward,
+//!   postrouting or a netdev hook, with a rule or a policy other than accept, table not
+//!   dormant) makes the data path hand all traffic of the families it sees (`ip`: IPv4, `ip6`:
+//!   IPv6, `inet` and `netdev`: both) to the kernel; the chain is answered `trapped`. No rule is
+//!   assumed not to match. While a sync runs (before the plugin knows the whole ruleset) both
+//!   families go to the kernel too. iptables-legacy (x_tables) has no netlink and is not seen.
 //! - Per route: a set of up to 16 legs with weights spread over 128 hash slots; the leg is chosen
 //!   by a flow hash (addresses, protocol, TCP/UDP ports). Legs through ports that are down, dead
 //!   (`RTNH_F_DEAD`) or without carrier are left out; a route without a usable leg, or with a leg
@@ -142,6 +150,8 @@ pub struct XdpRouter {
     nexthops: HashMap<u32, Nexthop>,
     neighbours: HashMap<ObjectKey, Neighbour>,
     rules: HashMap<ObjectKey, Rule>,
+    /// nftables base chains.
+    nf_chains: HashMap<ObjectKey, NfChain>,
     cfg_flags: u32,
     /// Prefixes whose data-path entry could not be written (map full, ...).
     unprogrammed: BTreeSet<PrefixKey>,
@@ -463,10 +473,52 @@ impl XdpRouter {
         }
     }
 
-    /// Families whose traffic must all go to the kernel: non-default policy rules, or a prefix
-    /// that could not be programmed (a missing specific route would let a covering one capture
-    /// its traffic).
+    // ---- netfilter ---------------------------------------------------------------------------
+
+    fn apply_nf_chain(&mut self, change: &Change) -> Outcome {
+        let (c, removed) = match change {
+            Change::Add(Object::NfChain(c))
+            | Change::Update {
+                new: Object::NfChain(c),
+                ..
+            } => (c.clone(), false),
+            Change::Remove(Object::NfChain(c)) => (c.clone(), true),
+            _ => return Outcome::Unsupported,
+        };
+        let key = Object::NfChain(c.clone()).key();
+        if removed {
+            self.nf_chains.remove(&key);
+        } else {
+            self.nf_chains.insert(key, c.clone());
+        }
+        match self.write_config() {
+            Err(e) => Outcome::failed(e),
+            Ok(()) if !removed && c.acts_on_forwarding() => Outcome::Trapped,
+            Ok(()) => Outcome::Offloaded,
+        }
+    }
+
+    /// Families whose traffic nftables chains could act on (see the crate docs).
+    fn nf_punt_flags(&self) -> u32 {
+        let mut flags = 0;
+        for c in self.nf_chains.values().filter(|c| c.acts_on_forwarding()) {
+            if c.family.covers(Family::INET) || c.family == NfFamily::NETDEV {
+                flags |= CFG_PUNT_V4;
+            }
+            if c.family.covers(Family::INET6) || c.family == NfFamily::NETDEV {
+                flags |= CFG_PUNT_V6;
+            }
+        }
+        flags
+    }
+
+    /// Families whose traffic must all go to the kernel: non-default policy rules, netfilter
+    /// chains on the forwarding path, a sync under way, or a prefix that could not be
+    /// programmed (a missing specific route would let a covering one capture its traffic).
     fn punt_flags(&self) -> u32 {
+        if self.sync_seen.is_some() {
+            return CFG_PUNT_V4 | CFG_PUNT_V6;
+        }
         let fam = |f: Family| match f {
             Family::INET => CFG_PUNT_V4,
             Family::INET6 => CFG_PUNT_V6,
@@ -479,7 +531,7 @@ impl XdpRouter {
         for pk in &self.unprogrammed {
             flags |= fam(pk.dst.addr.family());
         }
-        flags
+        flags | self.nf_punt_flags()
     }
 
     fn write_config(&mut self) -> Result<(), String> {
@@ -796,6 +848,7 @@ impl XdpRouter {
             ObjectKind::Nexthop => self.apply_nexthop(c),
             ObjectKind::Route => self.apply_route(c),
             ObjectKind::Rule => self.apply_rule(c),
+            ObjectKind::NfChain => self.apply_nf_chain(c),
             _ => Outcome::Unsupported,
         }
     }
@@ -838,6 +891,7 @@ impl XdpRouter {
             nexthops: HashMap::new(),
             neighbours: HashMap::new(),
             rules: HashMap::new(),
+            nf_chains: HashMap::new(),
             cfg_flags: 0,
             unprogrammed: BTreeSet::new(),
             next_counter: 0,
@@ -891,6 +945,7 @@ impl Plugin for XdpRouter {
                 ObjectKind::Neighbour,
                 ObjectKind::Route,
                 ObjectKind::Rule,
+                ObjectKind::NfChain,
             ])
             .families([Family::INET, Family::INET6])
             .max_ecmp_width(MAX_LEGS as u32)
@@ -916,6 +971,10 @@ impl Plugin for XdpRouter {
 
     fn begin_sync(&mut self) {
         self.sync_seen = Some(HashSet::new());
+        // Until the whole state (netfilter chains included) is known, the kernel forwards.
+        if let Err(e) = self.write_config() {
+            self.log(LogLevel::Warn, format!("punting during the sync: {e}"));
+        }
     }
 
     fn end_sync(&mut self) {
@@ -935,6 +994,12 @@ impl Plugin for XdpRouter {
                 .iter()
                 .filter(|(k, _)| !seen.contains(k))
                 .map(|(_, r)| Object::Rule(r.clone())),
+        );
+        stale.extend(
+            self.nf_chains
+                .iter()
+                .filter(|(k, _)| !seen.contains(k))
+                .map(|(_, c)| Object::NfChain(c.clone())),
         );
         stale.extend(
             self.neighbours
@@ -957,6 +1022,12 @@ impl Plugin for XdpRouter {
         );
         for o in stale {
             self.apply_one(&Change::Remove(o));
+        }
+        if let Err(e) = self.write_config() {
+            self.log(
+                LogLevel::Warn,
+                format!("data path configuration after the sync: {e}"),
+            );
         }
     }
 
@@ -1003,6 +1074,14 @@ impl Plugin for XdpRouter {
         for (n, v) in dp.reasons() {
             s = s.counter("xdp", n, v);
         }
+        let acting = self
+            .nf_chains
+            .values()
+            .filter(|c| c.acts_on_forwarding())
+            .count();
+        s = s
+            .counter("netfilter", "chains", self.nf_chains.len() as u64)
+            .counter("netfilter", "chains_acting", acting as u64);
         s = s
             .counter(
                 "xdp",
@@ -1028,7 +1107,9 @@ impl Plugin for XdpRouter {
             active,
             self.neighbours.values().filter(|n| n.is_valid()).count(),
             self.nexthops.len(),
-            if self.cfg_flags != 0 {
+            if self.nf_punt_flags() != 0 {
+                ", netfilter chains on the forwarding path: family punted to the kernel"
+            } else if self.cfg_flags != 0 {
                 ", policy rules or unprogrammed prefixes: family punted to the kernel"
             } else {
                 ""

@@ -544,3 +544,64 @@ fn shutdown_detaches_everything() {
         1
     );
 }
+
+#[test]
+fn netfilter_chains_on_the_forwarding_path_punt_the_families_they_see() {
+    use ekho_plugin_api::object::netfilter::{hook, verdict};
+    let (mut p, f) = base("");
+    let chain = |family: NfFamily, hook: u32, rules: u32, policy: u32| NfChain {
+        family,
+        table: "t".into(),
+        name: format!("c{}{hook}", family.0).into(),
+        chain_type: "filter".into(),
+        hook,
+        policy,
+        rules,
+        ..Default::default()
+    };
+    // An empty accept chain and an input chain change nothing.
+    let idle = chain(NfFamily::INET, hook::FORWARD, 0, verdict::ACCEPT);
+    let input = chain(NfFamily::INET, hook::INPUT, 5, verdict::DROP);
+    assert_eq!(
+        add(&mut p, vec![idle.clone().into(), input.into()]),
+        vec![Outcome::Offloaded, Outcome::Offloaded]
+    );
+    assert_eq!(f.st().config.flags, 0);
+    // A masquerade rule on ip postrouting: IPv4 to the kernel.
+    let nat = chain(NfFamily::IPV4, hook::POSTROUTING, 1, verdict::ACCEPT);
+    assert_eq!(
+        add(&mut p, vec![nat.clone().into()]),
+        vec![Outcome::Trapped]
+    );
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4);
+    // The idle inet chain gets a drop policy: both families.
+    let drop = NfChain {
+        policy: verdict::DROP,
+        ..idle.clone()
+    };
+    let out = p.apply(&[Change::Update {
+        old: idle.into(),
+        new: drop.clone().into(),
+    }]);
+    assert_eq!(out, vec![Outcome::Trapped]);
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_PUNT_V6);
+    // Both gone: forwarding again.
+    p.apply(&[Change::Remove(drop.into()), Change::Remove(nat.into())]);
+    assert_eq!(f.st().config.flags, 0);
+    // A netdev ingress chain with a rule punts both families.
+    let nd = NfChain {
+        devices: vec!["p1".into()].into(),
+        ..chain(NfFamily::NETDEV, hook::NETDEV_INGRESS, 1, verdict::ACCEPT)
+    };
+    assert_eq!(add(&mut p, vec![nd.into()]), vec![Outcome::Trapped]);
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_PUNT_V6);
+}
+
+#[test]
+fn a_sync_punts_everything_until_it_ends() {
+    let (mut p, f) = base("");
+    p.begin_sync();
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_PUNT_V6);
+    p.end_sync();
+    assert_eq!(f.st().config.flags, 0);
+}

@@ -242,3 +242,128 @@ fn xdp_router_follows_route_changes_made_on_r() {
         d.log_text()
     );
 }
+
+/// The netfilter bypass of issue 13: r forwards in its kernel with conntrack and an nftables
+/// `masquerade` on its h2 side, h2 has no route back to h1. With xdp-router owning r's ports
+/// the transfer must still complete (the kernel NATs it: XDP hands it over), a forward-chain
+/// drop rule must still drop, and once the rules are gone XDP forwards again.
+#[test]
+fn xdp_router_hands_traffic_netfilter_acts_on_to_the_kernel() {
+    if skip() {
+        return;
+    }
+    if let Some(r) = missing_tools(&["nft"], "nftables") {
+        say_skip(&r);
+        return;
+    }
+    let topo = Topo::new(false);
+    let (h1, r, h2) = (topo.h1.clone(), topo.r.clone(), topo.h2.clone());
+    let dir = TempDir::new();
+    let nft = |rules: &str| {
+        let f = dir.path().join("rules.nft");
+        std::fs::write(&f, rules).unwrap();
+        topo.exec(&r, &["nft", "-f", f.to_str().unwrap()]);
+    };
+    topo.exec(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    topo.ip(&h2, "route del default");
+    nft("table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"p2\" masquerade\n }\n}\n");
+    let n = 64 << 20;
+    assert_eq!(
+        topo.tcp_transfer(&h1, &h2, "10.0.2.2", 5201, 1 << 20),
+        Some(1 << 20),
+        "the kernel alone NATs the transfer"
+    );
+
+    let cfg = host_config(&r, build(), true, XDP_ROUTER);
+    let d = Daemon::start(dir.path(), &cfg);
+    let st = d.plugin("xdp-router");
+    assert_eq!(st["state"], "in_sync", "{st}\n{}", d.log_text());
+    // The mirror holds the chain, with its rule.
+    let dump = d.cli_json(&["dump", "nft_chains", "--json"]);
+    let chains = dump["nft_chains"].as_array().cloned().unwrap_or_default();
+    assert!(
+        chains.iter().any(|c| c["family"] == "ip"
+            && c["table"] == "nat"
+            && c["name"] == "post"
+            && c["hook"] == "postrouting"
+            && c["type"] == "nat"
+            && c["prio"] == 100
+            && c["rules"] == 1),
+        "{dump}"
+    );
+    let counter = |d: &Daemon, kind: &str, name: &str| -> u64 {
+        d.plugin("xdp-router")["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == kind && c["name"] == name)
+            .map(|c| c["value"].as_u64().unwrap())
+            .sum()
+    };
+    let acting = wait_for(T, || {
+        let a = counter(&d, "netfilter", "chains_acting");
+        (a == 1).then_some(a)
+    });
+    assert_eq!(acting, Some(1), "{}", d.plugin("xdp-router"));
+    let fwd0 = counter(&d, "port:p1", "forwarded");
+    let punt0 = counter(&d, "xdp", "punt_all");
+    assert_eq!(
+        topo.tcp_transfer(&h1, &h2, "10.0.2.2", 5202, n),
+        Some(n),
+        "64 MiB through r with xdp-router owning its ports and a masquerade rule:\n{}",
+        d.log_text()
+    );
+    // Counters refresh about every second: the punted packets show up, no forwarded one.
+    let punted = wait_for(T, || {
+        let p = counter(&d, "xdp", "punt_all");
+        (p > punt0 + 1000).then_some(p)
+    });
+    assert!(
+        punted.is_some(),
+        "the transfer was handed to the kernel: {}",
+        d.plugin("xdp-router")
+    );
+    assert_eq!(
+        counter(&d, "port:p1", "forwarded"),
+        fwd0,
+        "nothing forwarded by XDP while the masquerade rule exists"
+    );
+
+    // A forward-chain drop rule still drops (with NAT gone, h2 gets its route back).
+    nft("flush ruleset\ntable inet filt {\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  ip daddr 10.0.2.2 drop\n }\n}\n");
+    topo.ip(&h2, "route add default via 10.0.2.1");
+    d.settle();
+    let dropping = wait_for(T, || {
+        let a = counter(&d, "netfilter", "chains_acting");
+        (a == 1).then_some(a)
+    });
+    assert_eq!(dropping, Some(1), "{}", d.plugin("xdp-router"));
+    assert_eq!(
+        topo.ping_count(&h1, "10.0.2.2", 3),
+        0,
+        "the forward-chain drop rule is bypassed"
+    );
+
+    // The rules removed: XDP forwards again.
+    nft("flush ruleset\n");
+    d.settle();
+    let gone = wait_for(T, || {
+        let a = counter(&d, "netfilter", "chains");
+        (a == 0).then_some(a)
+    });
+    assert_eq!(gone, Some(0), "{}", d.plugin("xdp-router"));
+    assert!(topo.ping_within(&h1, "10.0.2.2", T));
+    assert_eq!(
+        topo.tcp_transfer(&h1, &h2, "10.0.2.2", 5203, 2 << 20),
+        Some(2 << 20)
+    );
+    let again = wait_for(T, || {
+        let f = counter(&d, "port:p1", "forwarded");
+        (f > fwd0 + 1000).then_some(f)
+    });
+    assert!(
+        again.is_some(),
+        "XDP forwards again once the rules are gone: {}",
+        d.plugin("xdp-router")
+    );
+}
