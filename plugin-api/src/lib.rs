@@ -1,8 +1,8 @@
 //! # ekho-plugin-api: the ekho vendor SDK
 //!
 //! ekho mirrors the Linux kernel's networking state (links, addresses, routes, nexthops,
-//! neighbours, bridge FDB/VLAN/MDB, rules, netconf) from netlink, captures kernel notifier events
-//! with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
+//! neighbours, bridge FDB/VLAN/MDB, rules, netconf, nftables base chains and flowtables) from
+//! netlink, captures kernel notifier events with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
 //! A plugin sees a stream of [`Change`]s (add / update / remove) for the object kinds, families and
 //! ports it declares in its [`Capabilities`], and answers each with an [`Outcome`] (offloaded,
 //! unsupported, trapped, failed with a reason) — the same words the kernel's offload flags use.
@@ -156,6 +156,14 @@
 //! `..Default::default()`) and `_` arms, and a rebuild against a newer 1.y compiles unchanged.
 //!
 //! ## Changes
+//! - 1.1.0: the netfilter state on the forwarding path, from nftables netlink (iptables-nft
+//!   included): object kinds [`ObjectKind::NfChain`] (a base chain: family, table, name, hook,
+//!   priority, type, policy, devices, rule count, table dormancy;
+//!   [`NfChain::acts_on_forwarding`](object::NfChain::acts_on_forwarding) says whether it could
+//!   change what happens to a forwarded packet) and [`ObjectKind::NfFlowtable`]. A dataplane that
+//!   forwards itself must hand the traffic such a chain could act on to the kernel. 1.0 plugins
+//!   run converted (`abi::v1_0` holds the frozen 1.0 `Object`, `Change`, vtable and root
+//!   module) and never see the new kinds.
 //! - 1.0.0: the first stable release (rebuild 0.x plugins once; from here on, plugins keep
 //!   loading). Kinds ([`ObjectKind`], [`NotifierKind`]) are open `u16` tags instead of closed
 //!   enums; [`Object`], [`ObjectKey`], [`Outcome`] and [`Request`] are non-exhaustive; the

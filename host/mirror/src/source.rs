@@ -15,7 +15,7 @@
 //!    [`Mirror::request_resync`](crate::Mirror::request_resync).
 //!
 //! The nftables kinds (base chains, flowtables) come the same way from a second pair of
-//! sockets (`NETLINK_NETFILTER`, [`nftables`]): dumped with the other kinds, their events applied
+//! sockets (`NETLINK_NETFILTER`, `source/nftables.rs`): dumped with the other kinds, their events applied
 //! in the same loop, an overrun on either socket resyncing everything.
 
 mod nftables;
