@@ -1,7 +1,10 @@
 //! nftables netlink (`NETLINK_NETFILTER`, subsystem `NFNL_SUBSYS_NFTABLES`): tables, chains,
-//! rules (by handle only) and flowtables, parsed here. No crate on crates.io parses these
-//! messages under a licence this project can take: `rustables` is GPL-3.0, `nftnl` binds the C
-//! libnftnl, `netlink-packet-netfilter` 0.4 covers nflog and conntrack only. The payload is a
+//! rules (by handle only) and flowtables, parsed here. Crates checked: `rustables` is GPL-3.0,
+//! `nftnl` binds the C libnftnl; `netlink-packet-netfilter` 0.4 (MIT) has an nftables module
+//! (tables, chains with hooks, rules with their expressions, sets, generations) but gives
+//! flowtables as raw attributes and decodes every rule's expressions, of which the mirror needs
+//! none. This module reads only the identity and hook attributes; moving its table, chain and
+//! rule parsing onto that crate's types (and adding flowtables there) is open. The payload is a
 //! `struct nfgenmsg` (family, version, resource id = low 16 bits of the ruleset generation)
 //! then `NFTA_*` attributes, integers in network byte order.
 //!
