@@ -24,6 +24,7 @@ use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+pub mod conntrack;
 pub mod event;
 pub mod netlink;
 pub mod replay;

@@ -55,7 +55,8 @@ fn u32_of(b: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
 }
 
-fn nlas(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// The attributes of `buf`: (type without flags, value).
+pub(crate) fn nlas(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     NlasIterator::new(buf)
         .filter_map(|r: Result<NlaBuffer<&[u8]>, _>| r.ok())
         .map(|n| {

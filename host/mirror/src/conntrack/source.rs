@@ -1,0 +1,286 @@
+//! The conntrack source: one thread in the mirrored netns with a ctnetlink event socket
+//! (`NFNLGRP_CONNTRACK_NEW`, `_UPDATE`, `_DESTROY`, receive buffer sized) and a dump socket.
+//! It joins the groups first, dumps (`IPCTNL_MSG_CT_GET`, every family) into the [`Table`],
+//! then applies events as they come. On `ENOBUFS` it counts an overrun, drops what is queued
+//! (older than the dump to come), dumps again and reconciles by mark and sweep (counted).
+
+use super::message::{self, Flow, Message};
+use super::Table;
+use crate::netlink;
+use crate::source::{enter_netns, SourceError};
+use netlink_sys::{Socket, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace to mirror (`/run/netns/NAME`), `None` for the caller's.
+    pub netns: Option<PathBuf>,
+    /// Event socket receive buffer, bytes (forced when allowed).
+    pub rcvbuf: usize,
+    /// Most entries held ([`Table::new`]).
+    pub limit: usize,
+}
+
+/// A running conntrack source; dropping it stops the thread.
+pub struct Conntrack {
+    table: Arc<Mutex<Table>>,
+    synced: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), SourceError>>>,
+}
+
+impl Conntrack {
+    /// Starts the source thread.
+    pub fn spawn(cfg: Config) -> Result<Conntrack, SourceError> {
+        let table = Arc::new(Mutex::new(Table::new(cfg.limit)));
+        let synced = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s, st) = (table.clone(), synced.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ekho-conntrack".into())
+            .spawn(move || {
+                let r = run(&cfg, &t, &s, &st);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "conntrack source stopped");
+                }
+                r
+            })
+            .map_err(|e| SourceError::Netlink {
+                op: "spawn conntrack thread".into(),
+                source: e,
+            })?;
+        Ok(Conntrack {
+            table,
+            synced,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The table (locked).
+    pub fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap()
+    }
+
+    /// Whether the first dump is in.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Whether the thread has ended (with its error, if any).
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Conntrack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn nl_err(op: &str, e: std::io::Error) -> SourceError {
+    SourceError::Netlink {
+        op: op.into(),
+        source: e,
+    }
+}
+
+fn socket() -> Result<Socket, SourceError> {
+    let mut s = Socket::new(crate::netlink::nftables::NETLINK_NETFILTER)
+        .map_err(|e| nl_err("ctnetlink socket", e))?;
+    s.bind_auto().map_err(|e| nl_err("ctnetlink bind", e))?;
+    s.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| nl_err("ctnetlink connect", e))?;
+    Ok(s)
+}
+
+fn set_rcvbuf(s: &Socket, size: usize) {
+    let v = size.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt with a valid int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r != 0 {
+        let _ = s.set_rx_buf_sz(v);
+    }
+}
+
+/// One `recv`, non-blocking: `Ok(None)` when nothing is queued.
+fn recv(s: &Socket, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    // SAFETY: receiving into a valid buffer of the given length.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(n as usize))
+}
+
+/// Dumps every entry (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`, `AF_UNSPEC`).
+fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), SourceError> {
+    let ty = (message::SUBSYS << 8) | message::CT_GET as u16;
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&20u32.to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(&(0x301u16).to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    s.send(&b, 0)
+        .map_err(|e| nl_err("ctnetlink dump send", e))?;
+    let mut out = Vec::new();
+    let mut n = 0;
+    loop {
+        // SAFETY: receiving into a valid buffer of the given length (blocking).
+        let got = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(nl_err("ctnetlink dump recv", e));
+        }
+        for (h, payload) in netlink::split(&buf[..got as usize]) {
+            if h.sequence_number != seq {
+                continue;
+            }
+            match h.message_type {
+                netlink_packet_core::NLMSG_DONE => return Ok((out, n)),
+                netlink_packet_core::NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                        .unwrap_or(0);
+                    if code != 0 {
+                        return Err(nl_err(
+                            "ctnetlink dump",
+                            std::io::Error::from_raw_os_error(-code),
+                        ));
+                    }
+                    return Ok((out, n));
+                }
+                t => {
+                    n += 1;
+                    match message::parse(t, payload) {
+                        Ok(Some(Message::New(f))) => out.push(f),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("undecodable conntrack dump message: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run(
+    cfg: &Config,
+    table: &Mutex<Table>,
+    synced: &AtomicBool,
+    stop: &AtomicBool,
+) -> Result<(), SourceError> {
+    if let Some(p) = &cfg.netns {
+        enter_netns(p)?;
+    }
+    let ev = socket()?;
+    set_rcvbuf(&ev, cfg.rcvbuf);
+    for g in message::GROUPS {
+        ev.add_membership(g)
+            .map_err(|e| nl_err("join the conntrack groups", e))?;
+    }
+    let req = socket()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seq = 1;
+    let (flows, n) = dump(&req, &mut buf, seq)?;
+    {
+        let mut t = table.lock().unwrap();
+        t.reconcile(flows);
+        t.stats_mut().messages += n;
+    }
+    synced.store(true, Ordering::SeqCst);
+    let mut overrun = false;
+    while !stop.load(Ordering::SeqCst) {
+        if overrun {
+            // What is queued is older than the dump to come.
+            while let Ok(Some(_)) = recv(&ev, &mut buf) {}
+            seq += 1;
+            let (flows, n) = dump(&req, &mut buf, seq)?;
+            let mut t = table.lock().unwrap();
+            t.reconcile(flows);
+            let st = t.stats_mut();
+            st.messages += n;
+            st.resyncs += 1;
+            overrun = false;
+            continue;
+        }
+        let mut fds = [libc::pollfd {
+            fd: ev.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: polling one valid descriptor.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+        let mut msgs = Vec::new();
+        let mut count = 0;
+        loop {
+            match recv(&ev, &mut buf) {
+                Ok(Some(n)) => {
+                    for (h, payload) in netlink::split(&buf[..n]) {
+                        count += 1;
+                        match message::parse(h.message_type, payload) {
+                            Ok(Some(m)) => msgs.push(m),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("undecodable conntrack event: {e}"),
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("conntrack event socket overrun (ENOBUFS): resyncing");
+                    table.lock().unwrap().stats_mut().overruns += 1;
+                    overrun = true;
+                    break;
+                }
+                Err(e) => return Err(nl_err("conntrack event recv", e)),
+            }
+        }
+        let mut t = table.lock().unwrap();
+        t.stats_mut().messages += count;
+        if !overrun {
+            for m in msgs {
+                t.apply(m);
+            }
+        }
+    }
+    Ok(())
+}
