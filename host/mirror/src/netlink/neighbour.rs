@@ -58,7 +58,7 @@ pub fn convert(msg: &NeighbourMessage, del: bool) -> Event {
     let Some(dst) = dst else {
         return Event::Ignored;
     };
-    if neighbour_is_multicast_map(&dst, state) {
+    if neighbour_is_unannounced_map(&dst, h.ifindex == LOOPBACK_IFINDEX, state) {
         return Event::Ignored;
     }
     let n = Neighbour {
@@ -78,15 +78,20 @@ pub fn convert(msg: &NeighbourMessage, del: bool) -> Event {
     }
 }
 
-/// Whether a neighbour entry is the fixed mapping of a multicast/broadcast address (state
-/// `NOARP`): the kernel creates these on transmit without any notification, and they carry
-/// nothing an offload needs (the MAC derives from the address). Not mirrored.
-pub fn neighbour_is_multicast_map(dst: &IpAddress, state: u16) -> bool {
+/// The loopback device's index, the same in every network namespace (`LOOPBACK_IFINDEX`).
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether a neighbour entry is a fixed mapping the kernel creates on transmit without any
+/// notification (state `NOARP`): of a multicast/broadcast address on any device, or of any
+/// address on the loopback device (`0.0.0.0 dev lo lladdr 00:00:00:00:00:00 NOARP`, seen on
+/// Debian's 6.1, docs/netlink-gaps.md section 7). They carry nothing an offload needs (the MAC
+/// derives from the address, or there is none). Not mirrored.
+pub fn neighbour_is_unannounced_map(dst: &IpAddress, on_loopback: bool, state: u16) -> bool {
     let mc = match dst {
         IpAddress::V4(b) => b[0] & 0xf0 == 0xe0 || *b == [255, 255, 255, 255],
         IpAddress::V6(b) => b[0] == 0xff,
     };
-    mc && state == nud::NOARP
+    (mc || on_loopback) && state == nud::NOARP
 }
 
 /// Whether an FDB entry is a row of a device's unicast/multicast address list (`self permanent`
@@ -113,5 +118,20 @@ mod tests {
         assert_eq!(n.dst, "10.1.0.2".parse().unwrap());
         assert_eq!(n.lladdr.to_string(), "02:00:00:00:00:02");
         assert_eq!((n.state, n.ifindex, n.proxy), (nud::PERMANENT, 3, false));
+    }
+
+    #[test]
+    fn unannounced_noarp_maps() {
+        let st = nud::NOARP;
+        let v4 = |s: &str| -> IpAddress { s.parse().unwrap() };
+        assert!(neighbour_is_unannounced_map(&v4("0.0.0.0"), true, st));
+        assert!(neighbour_is_unannounced_map(&v4("224.0.0.22"), false, st));
+        assert!(neighbour_is_unannounced_map(&v4("ff02::16"), false, st));
+        assert!(!neighbour_is_unannounced_map(&v4("10.0.0.1"), false, st));
+        assert!(!neighbour_is_unannounced_map(
+            &v4("10.0.0.1"),
+            true,
+            nud::PERMANENT
+        ));
     }
 }

@@ -191,6 +191,16 @@ fn onoff(o: &mut Map<String, Value>, k: &str) {
     }
 }
 
+/// For a kernel neighbour in state INCOMPLETE, the same entry in state FAILED.
+fn unresolved_as_failed(kind: ObjectKind, v: &Value) -> Option<Value> {
+    if kind != ObjectKind::Neighbour || v.get("state")? != &serde_json::json!(["INCOMPLETE"]) {
+        return None;
+    }
+    let mut f = v.clone();
+    f["state"] = serde_json::json!(["FAILED"]);
+    Some(f)
+}
+
 /// Canonical form of one entry of `kind` (from either side); `None` drops the entry (rows that
 /// are not objects, like a device's own address-list rows in `bridge fdb show`).
 pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
@@ -286,9 +296,12 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                 .get("state")
                 .and_then(|s| s.as_array())
                 .is_some_and(|s| s.len() == 1 && s[0] == "NOARP");
+            // In a network namespace the loopback device is `lo` (ifindex 1).
+            let on_lo = o.get("dev").and_then(|d| d.as_str()) == Some("lo");
             if dst.is_some_and(|d| {
-                crate::netlink::neighbour::neighbour_is_multicast_map(
+                crate::netlink::neighbour::neighbour_is_unannounced_map(
                     &d,
+                    on_lo,
                     if noarp { 0x40 } else { 0 },
                 )
             }) {
@@ -306,13 +319,10 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                     "state",
                 ],
             );
-            // NUD timer transitions are not notified (docs/netlink-gaps.md section 7): entries
-            // being resolved (INCOMPLETE, never notified) are skipped and REACHABLE/STALE/DELAY
-            // compare as one class of usable dynamic entries.
+            // NUD timer transitions are not notified (docs/netlink-gaps.md section 7):
+            // REACHABLE/STALE/DELAY compare as one class of usable dynamic entries; entries
+            // being resolved (INCOMPLETE, never notified) are matched in [`compare`].
             if let Some(Value::Array(st)) = o.get("state").cloned() {
-                if st.len() == 1 && st[0] == "INCOMPLETE" {
-                    return None;
-                }
                 if st.len() == 1 && ["REACHABLE", "STALE", "DELAY"].iter().any(|x| st[0] == *x) {
                     o.insert("state".into(), serde_json::json!(["REACHABLE|STALE|DELAY"]));
                 }
@@ -498,11 +508,25 @@ pub fn compare(
         let empty = Vec::new();
         let mv = mirror.get(k).unwrap_or(&empty);
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-        for v in kv {
-            *counts.entry(v.to_string()).or_default() += 1;
-        }
         for v in mv {
             *counts.entry(v.to_string()).or_default() -= 1;
+        }
+        for v in kv {
+            match unresolved_as_failed(*k, v) {
+                // An INCOMPLETE entry was never announced (section 7): the mirror holds it as
+                // the FAILED it was announced as before a transmit retried it silently, or not
+                // at all (a new entry), or as dumped.
+                Some(failed) => {
+                    let f = failed.to_string();
+                    let s = v.to_string();
+                    if counts.get(&s).is_some_and(|c| *c < 0) {
+                        *counts.get_mut(&s).unwrap() += 1;
+                    } else if counts.get(&f).is_some_and(|c| *c < 0) {
+                        *counts.get_mut(&f).unwrap() += 1;
+                    }
+                }
+                None => *counts.entry(v.to_string()).or_default() += 1,
+            }
         }
         for (s, c) in counts {
             if c > 0 {
@@ -513,4 +537,40 @@ pub fn compare(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn neigh(v: Vec<Value>) -> BTreeMap<ObjectKind, Vec<Value>> {
+        BTreeMap::from([(ObjectKind::Neighbour, v)])
+    }
+
+    #[test]
+    fn an_incomplete_neighbour_matches_failed_or_nothing() {
+        let inc = json!({"dst": "10.1.0.8", "dev": "va", "state": ["INCOMPLETE"]});
+        let failed = json!({"dst": "10.1.0.8", "dev": "va", "state": ["FAILED"]});
+        let other = json!({"dst": "10.1.0.9", "dev": "va", "state": ["FAILED"]});
+        // Silent FAILED -> INCOMPLETE, a new unannounced entry, or as dumped: no divergence.
+        assert!(compare(&neigh(vec![inc.clone()]), &neigh(vec![failed.clone()])).is_empty());
+        assert!(compare(&neigh(vec![inc.clone()]), &neigh(vec![])).is_empty());
+        assert!(compare(&neigh(vec![inc.clone()]), &neigh(vec![inc.clone()])).is_empty());
+        // A FAILED entry the kernel no longer has, or FAILED in the kernel only, diverges.
+        assert_eq!(
+            compare(&neigh(vec![inc.clone()]), &neigh(vec![other])).len(),
+            1
+        );
+        assert_eq!(compare(&neigh(vec![failed]), &neigh(vec![])).len(), 1);
+        assert_eq!(compare(&neigh(vec![]), &neigh(vec![inc])).len(), 1);
+    }
+
+    #[test]
+    fn noarp_neighbours_on_lo_are_not_compared() {
+        let lo = json!({"dst": "0.0.0.0", "dev": "lo", "lladdr": "00:00:00:00:00:00", "state": ["NOARP"]});
+        assert_eq!(normalize(ObjectKind::Neighbour, lo), None);
+        let va = json!({"dst": "10.0.0.1", "dev": "va", "lladdr": "00:00:00:00:00:00", "state": ["NOARP"]});
+        assert!(normalize(ObjectKind::Neighbour, va).is_some());
+    }
 }
