@@ -8,6 +8,10 @@ use ekho_plugin_api::object::*;
 pub enum Event {
     /// A link appeared or changed (full state).
     NewLink(Link),
+    /// A bridge appeared or changed (full state), with its `mcast_snooping` option: turning it
+    /// off or on changes the host-joined MDB entries without a message (docs/netlink-gaps.md
+    /// section 8).
+    NewBridge(Link, bool),
     /// A link is gone.
     DelLink(Link),
     /// An address appeared or changed.

@@ -228,6 +228,11 @@ impl Mirror {
             g.state.apply(e);
         }
         g.emit();
+        let redump = std::mem::take(&mut g.state.want_redump);
+        if !redump.is_empty() {
+            // The source re-dumps them right after this batch.
+            self.ctl.resync.lock().unwrap().extend(redump);
+        }
         std::mem::take(&mut g.state.want_proxy_dump)
     }
 

@@ -1,7 +1,21 @@
 //! Links (`RTM_NEWLINK`/`RTM_DELLINK`), decoded by netlink-packet-route.
 
 use ekho_plugin_api::object::*;
-use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoBridge, InfoData, LinkAttribute, LinkInfo, LinkMessage};
+
+/// A bridge's `mcast_snooping` option (`IFLA_BR_MCAST_SNOOPING`), for a bridge's link message.
+pub fn mcast_snooping(msg: &LinkMessage) -> Option<bool> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Bridge(opts)) => opts.iter().find_map(|o| match o {
+                InfoBridge::MulticastSnooping(s) => Some(*s),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
 
 /// Converts a link message (family `AF_UNSPEC`). Returns `None` for `AF_BRIDGE` port messages.
 pub fn convert(msg: &LinkMessage) -> Option<Link> {

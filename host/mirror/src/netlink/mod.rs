@@ -132,7 +132,10 @@ pub fn event(p: &Parsed) -> Event {
         }
         Parsed::Rtnl(m, flags) => match m {
             M::NewLink(l) => link::convert(l)
-                .map(Event::NewLink)
+                .map(|x| match link::mcast_snooping(l) {
+                    Some(s) => Event::NewBridge(x, s),
+                    None => Event::NewLink(x),
+                })
                 .unwrap_or(Event::Ignored),
             M::DelLink(l) => link::convert(l)
                 .map(Event::DelLink)

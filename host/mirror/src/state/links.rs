@@ -210,6 +210,7 @@ impl State {
             |o| matches!(o, Object::Netconf(n) if n.ifindex == ifindex as i32),
         );
         self.rules_detach(&l.ifname, true);
+        self.bridge_snooping.remove(&ifindex);
         self.touch(&ObjectKey::Link { ifindex });
         self.links.remove(&ifindex);
     }

@@ -58,6 +58,10 @@ pub struct State {
     pub want_proxy_dump: bool,
     /// The nftables ruleset the nftables objects are derived from.
     pub nft: netfilter::Nft,
+    /// Kinds to re-dump: changed silently in a way the state cannot infer.
+    pub want_redump: std::collections::BTreeSet<ObjectKind>,
+    /// Each bridge's `mcast_snooping` option, by ifindex.
+    bridge_snooping: BTreeMap<u32, bool>,
 }
 
 impl State {
@@ -178,6 +182,10 @@ impl State {
     pub fn apply(&mut self, ev: Event) {
         match ev {
             Event::NewLink(l) => self.new_link(l),
+            Event::NewBridge(l, snooping) => {
+                self.bridge_snooping(l.ifindex, snooping);
+                self.new_link(l)
+            }
             Event::DelLink(l) => self.del_link(l.ifindex),
             Event::NewAddress(a) => self.new_address(a),
             Event::DelAddress(a) => self.del_address(a),

@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub partial: BTreeSet<ObjectKind>,
     /// Links by ifindex.
     pub links: BTreeMap<u32, Link>,
+    /// Bridges' `mcast_snooping`, by ifindex.
+    pub bridge_snooping: BTreeMap<u32, bool>,
     /// Other objects by key.
     pub objs: BTreeMap<ObjectKey, Object>,
     /// Routes.
@@ -34,6 +36,10 @@ impl Snapshot {
     pub fn add(&mut self, ev: Event) {
         match ev {
             Event::NewLink(l) => {
+                self.links.insert(l.ifindex, l);
+            }
+            Event::NewBridge(l, snooping) => {
+                self.bridge_snooping.insert(l.ifindex, snooping);
                 self.links.insert(l.ifindex, l);
             }
             Event::NewRoute(r, _) => {
@@ -91,6 +97,7 @@ impl State {
             proxies_only,
             partial,
             links,
+            bridge_snooping,
             objs,
             routes,
             nft,
@@ -100,6 +107,7 @@ impl State {
             self.nft = nft;
         }
         if kinds.contains(&ObjectKind::Link) {
+            self.bridge_snooping = bridge_snooping;
             let keys: BTreeSet<u32> = self.links.keys().chain(links.keys()).copied().collect();
             for i in keys {
                 let new = links.get(&i);

@@ -11,9 +11,11 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
 
-/// Kinds compared against iproute2 (VLANs: not available on this kernel).
+/// Kinds compared against iproute2 (bridge VLANs: none on a kernel without
+/// CONFIG_BRIDGE_VLAN_FILTERING, where both sides are empty).
 pub const COMPARED: &[ObjectKind] = &[
     ObjectKind::Link,
+    ObjectKind::Vlan,
     ObjectKind::Netconf,
     ObjectKind::Address,
     ObjectKind::Nexthop,
@@ -71,7 +73,24 @@ pub fn kernel_kind(netns: Option<&str>, kind: ObjectKind) -> Result<Vec<Value>, 
             }
             out
         }
-        ObjectKind::Vlan => vec![],
+        ObjectKind::Vlan => {
+            // One entry per port and VLAN (a range `vlan`..`vlanEnd` expanded).
+            let mut out = Vec::new();
+            for p in arr(run(netns, "bridge", &["-j", "vlan", "show"])?) {
+                for v in p.get("vlans").cloned().map(arr).unwrap_or_default() {
+                    let first = v["vlan"].as_u64().unwrap_or(0);
+                    let last = v.get("vlanEnd").and_then(Value::as_u64).unwrap_or(first);
+                    for vid in first..=last {
+                        out.push(serde_json::json!({
+                            "ifname": p["ifname"],
+                            "vlan": vid,
+                            "flags": v.get("flags").cloned().unwrap_or(Value::Array(vec![])),
+                        }));
+                    }
+                }
+            }
+            out
+        }
         ObjectKind::Nexthop => arr(run(netns, "ip", &["-d", "-j", "nexthop", "show"])?),
         ObjectKind::Neighbour => {
             let mut v = arr(run(netns, "ip", &["-j", "neigh", "show", "nud", "all"])?);
@@ -348,6 +367,11 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                     "mac", "ifname", "vlan", "dst", "vni", "flags", "master", "state",
                 ],
             );
+            sort_arr(&mut o, "flags");
+        }
+        ObjectKind::Vlan => {
+            keep(&mut o, &["ifname", "vlan", "flags"]);
+            default(&mut o, "flags", Value::Array(vec![]));
             sort_arr(&mut o, "flags");
         }
         ObjectKind::Mdb => {
