@@ -5,13 +5,19 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// How long the mirror may take to equal the kernel after a step. Only a failing step waits
+/// this long: each comparison runs a dozen `ip`/`bridge` dumps, which take a second or more in
+/// the emulated VM, where 3 s let a state changing mid-comparison (a lifetime expiring) end the
+/// wait with a transient difference.
+const STEP_TIMEOUT: Duration = Duration::from_secs(8);
+
 fn run_steps(tag: &str, setup: &[&str], steps: &[&str]) {
     let Some(ns) = netns(tag) else { return };
     for s in setup {
         apply(&ns, s);
     }
     let r = start(&ns, 0);
-    let d = converge(&ns, &r.mirror, Duration::from_secs(3));
+    let d = converge(&ns, &r.mirror, STEP_TIMEOUT);
     assert!(
         d.is_empty(),
         "[{tag}] after initial sync:\n{}",
@@ -19,7 +25,7 @@ fn run_steps(tag: &str, setup: &[&str], steps: &[&str]) {
     );
     for s in steps {
         apply(&ns, s);
-        let d = converge(&ns, &r.mirror, Duration::from_secs(3));
+        let d = converge(&ns, &r.mirror, STEP_TIMEOUT);
         assert!(d.is_empty(), "[{tag}] after `{s}`:\n{}", d.join("\n"));
     }
     eprintln!(
