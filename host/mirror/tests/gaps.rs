@@ -460,3 +460,150 @@ fn rule_selectors_and_actions() {
         ],
     );
 }
+
+/// `run_steps` where the kernel has `feature` (common::DEVICE_FEATURES); a `SKIP:` line naming
+/// the kernel and the feature otherwise.
+fn run_steps_with(feature: &str, tag: &str, setup: &[&str], steps: &[&str]) {
+    match kernel_has(feature) {
+        Ok(()) => run_steps(tag, setup, steps),
+        Err(reason) => say_skip(&format!("gaps::{tag}: {reason}")),
+    }
+}
+
+#[test]
+fn bridge_vlan_filtering() {
+    // docs/netlink-gaps.md section 14: port VLANs (RTM_NEWVLAN/RTM_DELVLAN), pvid moves,
+    // vlan_filtering toggled, vlan_default_pvid moving the ports still on the old default,
+    // the VLANs of a removed port, VLAN-tagged FDB entries.
+    let mut setup = TOPO.to_vec();
+    setup.extend([
+        "link add br0 type bridge vlan_filtering 1",
+        "link set br0 up",
+        "link set vb master br0",
+        "link set vd master br0",
+    ]);
+    run_steps_with(
+        "bridge VLAN filtering",
+        "brvlan",
+        &setup,
+        &[
+            "bridge vlan add dev vb vid 10",
+            "bridge vlan add dev vd vid 20 pvid untagged",
+            "bridge vlan add dev vb vid 30-32",
+            "bridge vlan add dev br0 vid 30 self",
+            "bridge vlan del dev vb vid 31",
+            "bridge vlan add dev vb vid 32 untagged",
+            "bridge fdb add 02:00:00:00:00:20 dev vb master static vlan 10",
+            "link set br0 type bridge vlan_default_pvid 5",
+            "link set br0 type bridge vlan_filtering 0",
+            "link set br0 type bridge vlan_filtering 1",
+            "link set vd nomaster",
+            "link set vd master br0",
+            "link set br0 type bridge vlan_default_pvid 0",
+            "link set br0 type bridge vlan_default_pvid 7",
+            "link del vb",
+            "link del br0",
+        ],
+    );
+}
+
+#[test]
+fn vlan_8021q_uppers() {
+    // Section 14: the upper follows its lower down (announced), its IPv4 routes vanish
+    // silently (section 1); deleting the lower deletes the upper (section 3).
+    let mut setup = TOPO.to_vec();
+    setup.extend(["link add link va name va.10 type vlan id 10"]);
+    run_steps_with(
+        "802.1Q VLAN devices",
+        "dot1q",
+        &setup,
+        &[
+            "link set va.10 up",
+            "addr add 10.40.0.1/24 dev va.10",
+            "addr add 2001:db8:40::1/64 dev va.10",
+            "route add 10.41.0.0/24 via 10.40.0.2",
+            "link add link va name va.20 type vlan id 20 protocol 802.1ad",
+            "link set va down",
+            "link set va up",
+            "link set va.10 up",
+            "route add 10.41.0.0/24 via 10.40.0.2",
+            "link set va.10 type vlan egress 0:3",
+            "link del va",
+        ],
+    );
+}
+
+#[test]
+fn vrf_tables_and_l3mdev() {
+    // Section 14: the l3mdev rule, connected routes moving between main/local and the VRF's
+    // table on enslave/release (announced), static routes through the device left behind
+    // (silent, section 1), the VRF's table on its deletion.
+    run_steps_with(
+        "VRF devices",
+        "vrf",
+        TOPO,
+        &[
+            "link add vrf1 type vrf table 10",
+            "link set vrf1 up",
+            "route add 10.50.0.0/24 via 10.1.0.2",
+            "link set va master vrf1",
+            "route add 10.51.0.0/24 via 10.1.0.2 vrf vrf1",
+            "-6 route add 2001:db8:51::/64 via 2001:db8:1::2 vrf vrf1",
+            "rule add iif vrf1 table 10 prio 500",
+            "link set va nomaster",
+            "link set va master vrf1",
+            "link set vrf1 down",
+            "link set vrf1 up",
+            "link del vrf1",
+        ],
+    );
+}
+
+#[test]
+fn dummy_devices() {
+    // Section 14: as any device, section 1 on `down` and section 3 on delete.
+    run_steps_with(
+        "dummy devices",
+        "dummy",
+        TOPO,
+        &[
+            "link add d0 type dummy",
+            "link set d0 up",
+            "addr add 10.30.0.1/24 dev d0",
+            "addr add 2001:db8:30::1/64 dev d0",
+            "route add 10.31.0.0/24 via 10.30.0.2",
+            "nexthop add id 30 via 10.30.0.2 dev d0",
+            "route add 10.32.0.0/24 nhid 30",
+            "link set d0 down",
+            "link set d0 up",
+            "route add 10.31.0.0/24 via 10.30.0.2",
+            "link del d0",
+        ],
+    );
+}
+
+#[test]
+fn bonding_enslave_release() {
+    // Section 14: enslaving changes the slave's MAC and flags (announced), releasing takes it
+    // admin down with its IPv4 routes (silent, section 1), deleting the bond (section 3).
+    run_steps_with(
+        "bonding devices",
+        "bond",
+        TOPO,
+        &[
+            "link add bond0 type bond mode active-backup",
+            "link set va down",
+            "link set va master bond0",
+            "link set vc down",
+            "link set vc master bond0",
+            "link set bond0 up",
+            "addr add 10.60.0.1/24 dev bond0",
+            "route add 10.61.0.0/24 via 10.60.0.2",
+            "link set vc nomaster",
+            "link set vc up",
+            "route add 10.62.0.0/24 via 10.2.0.2",
+            "link set va nomaster",
+            "link del bond0",
+        ],
+    );
+}

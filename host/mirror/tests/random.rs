@@ -221,6 +221,86 @@ fn step(r: &mut Rng) -> String {
     }
 }
 
+/// A step on a device kind the kernel may lack (common::DEVICE_FEATURES): bridge VLAN
+/// filtering, 802.1Q uppers, VRFs, dummy and bonding devices. Drawn from their own stream: on a
+/// kernel with the kind, every third step is a device step in place of the base step drawn for
+/// it, and the other base steps of a seed stay the same. Returns (feature, command).
+fn device_step(r: &mut Rng) -> (&'static str, String) {
+    let p = r.pick(3);
+    let vid = 10 + r.pick(4);
+    match r.pick(5) {
+        0 => (
+            "bridge VLAN filtering",
+            match r.pick(6) {
+                0 => format!("ip link set br0 type bridge vlan_filtering {}", r.pick(2)),
+                1 => format!(
+                    "ip link set br0 type bridge vlan_default_pvid {}",
+                    [1, 5, 0][r.pick(3)]
+                ),
+                2 => format!("bridge vlan del dev q{p} vid {vid}"),
+                3 => format!("bridge vlan add dev br0 vid {vid} self"),
+                _ => format!(
+                    "bridge vlan add dev q{p} vid {vid}{}",
+                    ["", " pvid", " untagged", " pvid untagged"][r.pick(4)]
+                ),
+            },
+        ),
+        1 => (
+            "802.1Q VLAN devices",
+            match r.pick(5) {
+                0 => format!("ip link del p{p}.{vid}"),
+                1 => format!("ip link set p{p}.{vid} up"),
+                2 => format!("ip addr add 10.{p}.{vid}.1/24 dev p{p}.{vid}"),
+                3 => format!("ip route add 10.104.{}.0/24 via 10.{p}.{vid}.2", r.pick(8)),
+                _ => format!("ip link add link p{p} name p{p}.{vid} type vlan id {vid}"),
+            },
+        ),
+        2 => {
+            let n = r.pick(2);
+            (
+                "VRF devices",
+                match r.pick(6) {
+                    0 => format!("ip link del vrf{n}"),
+                    1 => format!("ip link set vrf{n} up"),
+                    2 => format!("ip link set p{p} master vrf{n}"),
+                    3 => format!("ip link set p{p} nomaster"),
+                    4 => format!(
+                        "ip route add 10.105.{}.0/24 via 10.{p}.0.{} vrf vrf{n}",
+                        r.pick(8),
+                        2 + r.pick(3)
+                    ),
+                    _ => format!("ip link add vrf{n} type vrf table {}", 1000 + n),
+                },
+            )
+        }
+        3 => {
+            let n = r.pick(2);
+            (
+                "dummy devices",
+                match r.pick(6) {
+                    0 => format!("ip link del d{n}"),
+                    1 => format!("ip link set d{n} {}", ["up", "down"][r.pick(2)]),
+                    2 => format!("ip addr add 10.8{n}.0.1/24 dev d{n}"),
+                    3 => format!("ip route add 10.106.{}.0/24 via 10.8{n}.0.2", r.pick(8)),
+                    _ => format!("ip link add d{n} type dummy"),
+                },
+            )
+        }
+        _ => (
+            "bonding devices",
+            match r.pick(6) {
+                0 => "ip link del bond0".to_string(),
+                1 => format!("ip link set bond0 {}", ["up", "down"][r.pick(2)]),
+                // Enslaving needs the slave down: refused otherwise (a refused step is fine).
+                2 => format!("ip link set p{p} master bond0"),
+                3 => format!("ip link set p{p} nomaster"),
+                4 => "ip addr add 10.107.0.1/24 dev bond0".to_string(),
+                _ => "ip link add bond0 type bond mode active-backup".to_string(),
+            },
+        ),
+    }
+}
+
 #[test]
 fn random_steps_match_kernel() {
     random_run(0, 300);
@@ -281,10 +361,30 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
             move |c: &[Change]| v3.lock().unwrap().apply(c)
         }),
     );
+    // Every third step a device step (device_step) where the kernel has its device kind; the
+    // features it lacks are named once in a SKIP: line each, and their steps stay base steps.
+    let features: BTreeMap<&str, Result<(), String>> = DEVICE_FEATURES
+        .iter()
+        .map(|(f, _)| (*f, kernel_has(f)))
+        .collect();
+    for (f, r) in &features {
+        if let Err(reason) = r {
+            say_skip(&format!("random: the {f} steps: {reason}"));
+        }
+    }
     let mut rng = Rng(seed);
+    let mut dev_rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut applied = 0;
+    let mut device_steps = 0;
     for i in 0..steps {
-        let s = step(&mut rng);
+        let mut s = step(&mut rng);
+        if i % 3 == 2 {
+            let (f, d) = device_step(&mut dev_rng);
+            if features[f].is_ok() {
+                s = d;
+                device_steps += 1;
+            }
+        }
         let mut it = s.split_whitespace();
         let tool = it.next().unwrap();
         let args: Vec<&str> = it.collect();
@@ -353,7 +453,7 @@ fn random_run(default_rcvbuf: usize, default_steps: usize) -> ekho_mirror::Mirro
         }
     }
     eprintln!(
-        "seed {seed}: {steps} steps run ({applied} accepted by the kernel), 0 divergences; {:?}",
+        "seed {seed}: {steps} steps run ({applied} accepted by the kernel, {device_steps} on device kinds), 0 divergences; {:?}",
         run.mirror.stats()
     );
     run.mirror.stats()

@@ -503,6 +503,14 @@ pub fn normalize(kind: ObjectKind, v: Value) -> Option<Value> {
                     o.insert(k.into(), true.into());
                 }
             }
+            // The VRF rule: iproute2 prints `"l3mdev": null` and no table (the kernel's is 0,
+            // the lookup goes to the device's table), to_json `"l3mdev": true, "table": "0"`.
+            if o.contains_key("l3mdev") {
+                o.insert("l3mdev".into(), true.into());
+                if o.get("table").is_some_and(|t| t == "0" || t == "unspec") {
+                    o.remove("table");
+                }
+            }
         }
         _ => {}
     }
