@@ -154,8 +154,12 @@ pub fn event(p: &Parsed) -> Event {
                 .unwrap_or(Event::Ignored),
             M::NewNeighbour(n) => neighbour::convert(n, false),
             M::DelNeighbour(n) => neighbour::convert(n, true),
-            M::NewRule(r) => Event::NewRule(rule::convert(r)),
-            M::DelRule(r) => Event::DelRule(rule::convert(r)),
+            // Only IPv4/IPv6 rules: a VRF also adds its l3mdev rule for the multicast routing
+            // families (RTNL_FAMILY_IPMR 128, IP6MR 129), which `ip rule` does not list and
+            // multicast routing is not mirrored.
+            M::NewRule(r) if rule::is_unicast(r) => Event::NewRule(rule::convert(r)),
+            M::DelRule(r) if rule::is_unicast(r) => Event::DelRule(rule::convert(r)),
+            M::NewRule(_) | M::DelRule(_) => Event::Ignored,
             _ => Event::Ignored,
         },
         Parsed::Ignored => Event::Ignored,

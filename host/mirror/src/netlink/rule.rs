@@ -5,6 +5,12 @@ use ekho_plugin_api::abi_stable::std_types::ROption;
 use ekho_plugin_api::object::*;
 use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
 
+/// Whether a rule message is of IPv4 or IPv6 (not a multicast routing family's).
+pub fn is_unicast(msg: &RuleMessage) -> bool {
+    let f = u8::from(msg.header.family);
+    f == Family::INET.0 || f == Family::INET6.0
+}
+
 /// Converts a rule message.
 pub fn convert(msg: &RuleMessage) -> Rule {
     let h = &msg.header;

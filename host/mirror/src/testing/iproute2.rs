@@ -109,7 +109,13 @@ pub fn kernel_kind(netns: Option<&str>, kind: ObjectKind) -> Result<Vec<Value>, 
         ObjectKind::Fdb => arr(run(netns, "bridge", &["-j", "fdb", "show"])?),
         ObjectKind::Mdb => {
             let mut out = Vec::new();
-            for b in arr(run(netns, "bridge", &["-j", "mdb", "show"])?) {
+            // Before the bridge module is loaded (no bridge yet) the MDB dump is refused
+            // (EOPNOTSUPP, seen on Debian's 6.1): no bridge, no MDB.
+            let mdb = match run(netns, "bridge", &["-j", "mdb", "show"]) {
+                Err(e) if e.contains("Operation not supported") => Value::Array(vec![]),
+                r => r?,
+            };
+            for b in arr(mdb) {
                 out.extend(b.get("mdb").cloned().map(arr).unwrap_or_default());
             }
             out
