@@ -5,6 +5,8 @@
 //! Every test creates its own uniquely named namespace (deleted on drop, also on panic), never
 //! touches the machine's own namespace, and can run in parallel with the others.
 
+pub mod bench;
+
 pub use ekho_testkit::*;
 use serde_json::Value;
 use std::path::Path;
