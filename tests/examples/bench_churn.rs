@@ -187,10 +187,28 @@ fn pyroute2(ws: &std::path::Path, b: &Bench) -> Result<(u64, Duration, u64), Str
 /// Churn with the daemon running `nulls` null plugins: rows for both families.
 fn churn_with(t: &mut Table, b: &Bench, nulls: usize, sets: &[(Family, u32, Written, Written)]) {
     let (d, _) = b.daemon(nulls, "");
+    let mut perf = std::env::var("EKHO_BENCH_PERF")
+        .ok()
+        .filter(|_| nulls == 1)
+        .map(|f| {
+            let c = Command::new("perf")
+                .args(["record", "-g", "-o", &f, "-p"])
+                .arg(Bench::pid(&d).to_string())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            c
+        });
     for (fam, n, add0, del0) in sets {
         let (fam, n) = (*fam, *n);
         let timeout = Duration::from_secs(120);
         let add = churn_phase(b, &d, Op::Add, fam, 0..n, timeout);
+        if let Some(mut c) = perf.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = c.wait();
+        }
         let exact_add = same_routes(b, &d, fam);
         let del = churn_phase(b, &d, Op::Delete, fam, 0..n, timeout);
         let exact_del = same_routes(b, &d, fam);
@@ -263,6 +281,11 @@ fn main() {
     let bin_dir = ws.join("target/release");
     // The kit's CLI calls use the same build.
     std::env::set_var("EKHO_TEST_BUILD_DIR", &bin_dir);
+    // EKHO_BENCH_ONLY=churn,latency,sync,dispatch,peers: a subset of the sections.
+    let only = std::env::var("EKHO_BENCH_ONLY").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only.split(',').any(|x| x == s);
+    // EKHO_BENCH_PERF=FILE: `perf record` the daemon during the first churn phase (IPv4 adds, 1
+    // plugin) into FILE.
     let load0 = loadavg();
     let t0 = Instant::now();
     let mut t = Table(Vec::new());
@@ -282,29 +305,34 @@ fn main() {
         sets.push((fam, n, add0, del0));
     }
     for nulls in [1, 4] {
+        if !want("churn") {
+            break;
+        }
         churn_with(&mut t, &b, nulls, &sets);
         eprintln!("churn with {nulls} plugins done at {:.0?}", t0.elapsed());
     }
 
     // The peer: ip monitor under the same IPv4 churn.
-    let (printed, mon_rate) = ip_monitor(&b, Family::V4, n4);
-    t.row(
-        &format!("`ip monitor route` under V4 add+delete {n4}: events printed"),
-        format!("{printed}"),
-        format!("{} written", 2 * n4 as u64),
-        format!("{:.2}", printed as f64 / (2.0 * n4 as f64)),
-        "(peer)",
-    );
-    t.row(
-        "`ip monitor route` listening: kernel accept rate (V4 add)",
-        krate(mon_rate),
-        format!("{} nobody listening", krate(sets[0].2.rate())),
-        format!("{:.2}", mon_rate / sets[0].2.rate()),
-        "(peer)",
-    );
+    if want("peers") {
+        let (printed, mon_rate) = ip_monitor(&b, Family::V4, n4);
+        t.row(
+            &format!("`ip monitor route` under V4 add+delete {n4}: events printed"),
+            format!("{printed}"),
+            format!("{} written", 2 * n4 as u64),
+            format!("{:.2}", printed as f64 / (2.0 * n4 as f64)),
+            "(peer)",
+        );
+        t.row(
+            "`ip monitor route` listening: kernel accept rate (V4 add)",
+            krate(mon_rate),
+            format!("{} nobody listening", krate(sets[0].2.rate())),
+            format!("{:.2}", mon_rate / sets[0].2.rate()),
+            "(peer)",
+        );
+    }
 
     // Latency, idle then under churn.
-    {
+    if want("latency") {
         let (mut probe, rec) = Probe::new(&b);
         let (d, _) = b.daemon(1, &rec);
         let (idle, missed_idle) = probe.run(&b, 300, Duration::from_millis(3), &|| false);
@@ -354,120 +382,124 @@ fn main() {
     }
 
     // Initial sync and memory on the full table, then on the IPv4 table alone.
-    let idle_ns = Bench::new(&bin_dir);
-    let base1 = {
-        let (d, _) = idle_ns.daemon(1, "");
-        peak_rss_kb(Bench::pid(&d))
-    };
-    let base4 = {
-        let (d, _) = idle_ns.daemon(4, "");
-        peak_rss_kb(Bench::pid(&d))
-    };
-    drop(idle_ns);
-    let mut fams = vec![(Family::V4, n4)];
-    if n6 > 0 {
-        fams.push((Family::V6, n6));
-    }
-    for (fam, n) in &fams {
-        let w = b.write(Op::Add, *fam, 0..*n);
-        assert_eq!(w.refused, 0);
-    }
-    for round in 0..2 {
-        let total: u64 = if round == 0 {
-            fams.iter().map(|(_, n)| *n as u64).sum()
-        } else {
-            n4 as u64
+    if want("sync") {
+        let idle_ns = Bench::new(&bin_dir);
+        let base1 = {
+            let (d, _) = idle_ns.daemon(1, "");
+            peak_rss_kb(Bench::pid(&d))
         };
-        let label = if round == 0 && n6 > 0 {
-            format!("{n4} V4 + {n6} V6")
-        } else {
-            format!("{n4} V4")
+        let base4 = {
+            let (d, _) = idle_ns.daemon(4, "");
+            peak_rss_kb(Bench::pid(&d))
         };
-        let dump = |parse: bool| {
-            best_of(3, || {
-                fams.iter()
-                    .take(if round == 0 { 2 } else { 1 })
-                    .map(|(f, _)| dump_routes(&b.ns.path(), *f, parse).1)
-                    .sum()
-            })
-        };
-        let raw = dump(false);
-        let parsed = dump(true);
-        let mut syncs = Vec::new();
-        for nulls in [1usize, 4] {
-            let (d, took) = b.daemon(nulls, "");
-            let c = counters(&d);
-            assert!(c.routes >= total, "mirror holds {} routes", c.routes);
-            let peak = peak_rss_kb(Bench::pid(&d));
-            let base = if nulls == 1 { base1 } else { base4 };
-            let per = (peak.saturating_sub(base)) as f64 * 1024.0 / total as f64;
-            syncs.push(took);
+        drop(idle_ns);
+        let mut fams = vec![(Family::V4, n4)];
+        if n6 > 0 {
+            fams.push((Family::V6, n6));
+        }
+        for (fam, n) in &fams {
+            let w = b.write(Op::Add, *fam, 0..*n);
+            assert_eq!(w.refused, 0);
+        }
+        for round in 0..2 {
+            let total: u64 = if round == 0 {
+                fams.iter().map(|(_, n)| *n as u64).sum()
+            } else {
+                n4 as u64
+            };
+            let label = if round == 0 && n6 > 0 {
+                format!("{n4} V4 + {n6} V6")
+            } else {
+                format!("{n4} V4")
+            };
+            let dump = |parse: bool| {
+                best_of(3, || {
+                    fams.iter()
+                        .take(if round == 0 { 2 } else { 1 })
+                        .map(|(f, _)| dump_routes(&b.ns.path(), *f, parse).1)
+                        .sum()
+                })
+            };
+            let raw = dump(false);
+            let parsed = dump(true);
+            let mut syncs = Vec::new();
+            for nulls in [1usize, 4] {
+                let (d, took) = b.daemon(nulls, "");
+                let c = counters(&d);
+                assert!(c.routes >= total, "mirror holds {} routes", c.routes);
+                let peak = peak_rss_kb(Bench::pid(&d));
+                let base = if nulls == 1 { base1 } else { base4 };
+                let per = (peak.saturating_sub(base)) as f64 * 1024.0 / total as f64;
+                syncs.push(took);
+                t.row(
+                    &format!("peak RSS per route, {label}, {nulls} plugin(s)"),
+                    format!("{per:.0} B/route ({} MiB)", peak / 1024),
+                    format!("idle daemon {} MiB", base / 1024),
+                    "".into(),
+                    if nulls == 1 && round == 1 {
+                        met(per <= 128.0)
+                    } else {
+                        "(<= 128 at 1M, 1 plugin)"
+                    },
+                );
+            }
             t.row(
-                &format!("peak RSS per route, {label}, {nulls} plugin(s)"),
-                format!("{per:.0} B/route ({} MiB)", peak / 1024),
-                format!("idle daemon {} MiB", base / 1024),
-                "".into(),
-                if nulls == 1 && round == 1 {
-                    met(per <= 128.0)
+                &format!("initial sync {label} -> null in_sync"),
+                secs(syncs[0]),
+                format!("raw dump {}", secs(raw)),
+                format!("{:.2}", syncs[0].as_secs_f64() / raw.as_secs_f64()),
+                if round == 0 {
+                    met(syncs[0] <= 2 * raw)
                 } else {
-                    "(<= 128 at 1M, 1 plugin)"
+                    "(<= 2x raw)"
                 },
             );
-        }
-        t.row(
-            &format!("initial sync {label} -> null in_sync"),
-            secs(syncs[0]),
-            format!("raw dump {}", secs(raw)),
-            format!("{:.2}", syncs[0].as_secs_f64() / raw.as_secs_f64()),
+            t.row(
+                &format!("initial sync {label}, against a parsed dump"),
+                secs(syncs[0]),
+                format!("parsed dump {}", secs(parsed)),
+                format!("{:.2}", syncs[0].as_secs_f64() / parsed.as_secs_f64()),
+                "",
+            );
+            t.row(
+                &format!("initial sync {label} -> 4 null plugins in_sync"),
+                secs(syncs[1]),
+                format!("raw dump {}", secs(raw)),
+                format!("{:.2}", syncs[1].as_secs_f64() / raw.as_secs_f64()),
+                "",
+            );
             if round == 0 {
-                met(syncs[0] <= 2 * raw)
-            } else {
-                "(<= 2x raw)"
-            },
-        );
-        t.row(
-            &format!("initial sync {label}, against a parsed dump"),
-            secs(syncs[0]),
-            format!("parsed dump {}", secs(parsed)),
-            format!("{:.2}", syncs[0].as_secs_f64() / parsed.as_secs_f64()),
-            "",
-        );
-        t.row(
-            &format!("initial sync {label} -> 4 null plugins in_sync"),
-            secs(syncs[1]),
-            format!("raw dump {}", secs(raw)),
-            format!("{:.2}", syncs[1].as_secs_f64() / raw.as_secs_f64()),
-            "",
-        );
-        if round == 0 {
-            if n6 > 0 {
-                b.write(Op::Delete, Family::V6, 0..n6);
-            }
-        } else {
-            match pyroute2(&ws, &b) {
-                Ok((n, took, kb)) => {
-                    t.row(
-                        &format!("pyroute2 get_routes(table=254), {n} routes"),
-                        format!("{}, peak RSS {} MiB", secs(took), kb / 1024),
-                        format!("raw dump {}", secs(raw)),
-                        format!("{:.2}", took.as_secs_f64() / raw.as_secs_f64()),
-                        "(peer)",
-                    );
+                if n6 > 0 {
+                    b.write(Op::Delete, Family::V6, 0..n6);
                 }
-                Err(e) => eprintln!("pyroute2 peer skipped: {e}"),
+            } else {
+                match pyroute2(&ws, &b) {
+                    Ok((n, took, kb)) => {
+                        t.row(
+                            &format!("pyroute2 get_routes(table=254), {n} routes"),
+                            format!("{}, peak RSS {} MiB", secs(took), kb / 1024),
+                            format!("raw dump {}", secs(raw)),
+                            format!("{:.2}", took.as_secs_f64() / raw.as_secs_f64()),
+                            "(peer)",
+                        );
+                    }
+                    Err(e) => eprintln!("pyroute2 peer skipped: {e}"),
+                }
             }
         }
     }
 
     // Dispatch across the ABI.
-    let dc = dispatch_cost(&bin_dir.join("libekho_null.so"), 1_000_000);
-    t.row(
-        &format!("dispatch across the ABI, batches of {DISPATCH_BATCH}"),
-        format!("{:.1} ns/change", dc.per_change(dc.abi)),
-        format!("in-process {:.1} ns/change", dc.per_change(dc.direct)),
-        format!("{:.2}", dc.abi.as_secs_f64() / dc.direct.as_secs_f64()),
-        met(dc.per_change(dc.abi) <= 50.0),
-    );
+    if want("dispatch") {
+        let dc = dispatch_cost(&bin_dir.join("libekho_null.so"), 1_000_000);
+        t.row(
+            &format!("dispatch across the ABI, batches of {DISPATCH_BATCH}"),
+            format!("{:.1} ns/change", dc.per_change(dc.abi)),
+            format!("in-process {:.1} ns/change", dc.per_change(dc.direct)),
+            format!("{:.2}", dc.abi.as_secs_f64() / dc.direct.as_secs_f64()),
+            met(dc.per_change(dc.abi) <= 50.0),
+        );
+    }
 
     println!(
         "\nbench_churn {n4} V4 + {n6} V6 routes, {:.0?}; load average before {load0}, after {}; {} cores",

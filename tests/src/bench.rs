@@ -411,9 +411,21 @@ pub struct Counters {
     pub queued: u64,
 }
 
-/// Reads [`Counters`] from `ekho status --json` (null plugins only: names `null-*`).
+/// The daemon's status, asked on its control socket directly (what `ekho status --json`
+/// prints, without starting a process per poll: the polling must not compete with the daemon).
+pub fn status(d: &Daemon) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", d.socket.display(), d.log_text()));
+    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Reads [`Counters`] from the daemon's status (null plugins only: names `null-*`).
 pub fn counters(d: &Daemon) -> Counters {
-    let s = d.status();
+    let s = status(d);
     let m = &s["mirror"];
     let nulls: Vec<&serde_json::Value> = s["plugins"]
         .as_array()
@@ -450,7 +462,7 @@ pub fn wait_plugins(d: &Daemon, routes: u64, timeout: Duration) -> Option<Instan
         if c.plugin_routes_min == routes && c.plugin_routes_max == routes && c.queued == 0 {
             return Some(Instant::now());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
     None
 }
