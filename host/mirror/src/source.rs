@@ -6,7 +6,8 @@
 //! 1. opens the event socket, sizes its receive buffer (`SO_RCVBUFFORCE`, falling back to
 //!    `SO_RCVBUF`) and joins every group first, so no change between dump and listen is missed;
 //! 2. dumps every kind on a second socket and reconciles the dump into the mirror;
-//! 3. applies notifications as they come, one `recv` batch at a time;
+//! 3. applies notifications as they come: many datagrams per `recvmmsg`, a batch of about 1024
+//!    events applied under one mirror lock and handed to the listeners at once;
 //! 4. on `ENOBUFS` (messages lost) counts an overrun and re-dumps every kind, keeping the event
 //!    socket: the dump is reconciled by mark and sweep (only real differences are emitted), then
 //!    the events queued meanwhile are applied in order;
@@ -325,6 +326,92 @@ fn recv_dgram(fd: i32, buf: &mut Vec<u8>, block: bool) -> std::io::Result<Option
             };
         }
         return Ok(Some(m as usize));
+    }
+}
+
+/// Datagrams read per `recvmmsg` call on the event socket.
+const EVENT_SLOTS: usize = 64;
+/// Room for one notification datagram. The kernel sends one message per notification, sized by
+/// its `*_nlmsg_size()`: a few hundred bytes for a route, a few KiB for a link, up to about
+/// 64 KiB for a route with thousands of legs (one `RTA_MULTIPATH`, whose length is 16 bits). A
+/// datagram that does not fit is reported truncated and treated as lost (counted, resynced).
+const EVENT_SLOT_BYTES: usize = 128 << 10;
+
+/// Reads many notification datagrams per system call (`recvmmsg`) into fixed slots: one call per
+/// wake-up and burst instead of a peek and a receive per datagram. Only the part of a slot the
+/// kernel writes is ever touched, so the slots cost address space more than memory.
+struct EventReader {
+    bufs: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in `iov`/`hdrs` point into `bufs`/`iov`, owned by the same value and
+// never reallocated; the reader is used by one thread at a time.
+unsafe impl Send for EventReader {}
+
+impl EventReader {
+    fn new() -> EventReader {
+        let mut r = EventReader {
+            bufs: vec![0u8; EVENT_SLOTS * EVENT_SLOT_BYTES],
+            iov: Vec::with_capacity(EVENT_SLOTS),
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            hdrs: vec![unsafe { std::mem::zeroed() }; EVENT_SLOTS],
+        };
+        for i in 0..EVENT_SLOTS {
+            r.iov.push(libc::iovec {
+                // SAFETY: in bounds of `bufs`.
+                iov_base: unsafe { r.bufs.as_mut_ptr().add(i * EVENT_SLOT_BYTES) }
+                    as *mut libc::c_void,
+                iov_len: EVENT_SLOT_BYTES,
+            });
+        }
+        for i in 0..EVENT_SLOTS {
+            // SAFETY: in bounds of `iov`, which is never reallocated after this.
+            r.hdrs[i].msg_hdr.msg_iov = unsafe { r.iov.as_mut_ptr().add(i) };
+            r.hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        r
+    }
+
+    /// Receives what is queued, without blocking: the number of datagrams read (0: none).
+    fn recv(&mut self, fd: i32) -> std::io::Result<usize> {
+        for h in self.hdrs.iter_mut() {
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        loop {
+            // SAFETY: the headers describe valid, disjoint buffers owned by `self`.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr(),
+                    EVENT_SLOTS as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.kind() {
+                    std::io::ErrorKind::WouldBlock => Ok(0),
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            return Ok(n as usize);
+        }
+    }
+
+    /// Datagram `i` of the last [`EventReader::recv`], and whether it was truncated.
+    fn datagram(&self, i: usize) -> (&[u8], bool) {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(EVENT_SLOT_BYTES);
+        let at = i * EVENT_SLOT_BYTES;
+        (
+            &self.bufs[at..at + len],
+            h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        )
     }
 }
 
@@ -974,6 +1061,8 @@ fn thread_main(
     );
 
     // 3. Listen.
+    let mut reader = EventReader::new();
+    // The nftables event socket's receive buffer.
     let mut buf = vec![0u8; 1 << 20];
     let mut next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
     loop {
@@ -1014,18 +1103,31 @@ fn thread_main(
         }
         let mut overrun = false;
         let mut proxy = false;
-        // Drain the event socket, applying one batch per `recv` burst.
-        let mut evs = Vec::new();
+        // Drain the event socket, many datagrams per call, applying a batch (one mirror lock,
+        // one hand-off to the plugins) per 1024 events or so.
+        let mut evs = Vec::with_capacity(2 * EVENT_SLOTS);
         let mut count = 0u64;
         loop {
-            match recv_dgram(ev.as_raw_fd(), &mut buf, false) {
-                Ok(Some(n)) => {
-                    for (h, payload) in netlink::split(&buf[..n]) {
-                        count += 1;
-                        match netlink::decode(&h, payload) {
-                            Ok(Event::Ignored) => {}
-                            Ok(e) => evs.push(e),
-                            Err(e) => tracing::warn!("undecodable notification: {e}"),
+            match reader.recv(ev.as_raw_fd()) {
+                Ok(0) => break,
+                Ok(k) => {
+                    for i in 0..k {
+                        let (dgram, truncated) = reader.datagram(i);
+                        if truncated {
+                            tracing::warn!(
+                                "netlink notification larger than {EVENT_SLOT_BYTES} bytes: lost, resyncing"
+                            );
+                            m.count_overrun();
+                            overrun = true;
+                            continue;
+                        }
+                        for (h, payload) in netlink::split(dgram) {
+                            count += 1;
+                            match netlink::decode(&h, payload) {
+                                Ok(Event::Ignored) => {}
+                                Ok(e) => evs.push(e),
+                                Err(e) => tracing::warn!("undecodable notification: {e}"),
+                            }
                         }
                     }
                     if evs.len() >= 1024 {
@@ -1033,7 +1135,6 @@ fn thread_main(
                             m.apply_events(std::mem::take(&mut evs), std::mem::take(&mut count));
                     }
                 }
-                Ok(None) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     tracing::warn!(
                         "netlink event socket overrun (ENOBUFS): messages lost, resyncing"
