@@ -158,8 +158,11 @@ fn pyroute2(ws: &std::path::Path, b: &Bench) -> Result<(u64, Duration, u64), Str
     let script = "import time, resource\nfrom pyroute2 import IPRoute\n\
         with IPRoute() as ip:\n    t = time.monotonic()\n    n = sum(1 for _ in ip.get_routes(family=2, table=254))\n    d = time.monotonic() - t\n\
         print(n, d, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n";
-    let out = Command::new("ip")
+    // Bounded: pyroute2 parses in Python, some 100x slower than a raw dump.
+    let out = Command::new("timeout")
         .args([
+            "300",
+            "ip",
             "netns",
             "exec",
             &b.ns.name,
@@ -169,6 +172,9 @@ fn pyroute2(ws: &std::path::Path, b: &Bench) -> Result<(u64, Duration, u64), Str
         ])
         .output()
         .map_err(|e| e.to_string())?;
+    if out.status.code() == Some(124) {
+        return Err("pyroute2 did not finish its dump in 300 s".into());
+    }
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
