@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Fails if a daemon already answers on `socket`; removes a stale socket file.
@@ -110,10 +111,30 @@ pub trait Service: Send + Sync + 'static {
     fn plugin_action(&self, action: &str, name: &str) -> Value;
 }
 
+/// The longest request line the daemon reads.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Clients served at once (monitors included); one more is answered with an error and closed.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a client may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves clients forever.
 pub async fn serve(listener: tokio::net::UnixListener, service: Arc<dyn Service>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("control socket: more than {MAX_CLIENTS} clients at once; one refused");
+            tokio::spawn(async move {
+                let e = json!({"error": format!("the daemon serves {MAX_CLIENTS} control clients at once; try again")});
+                let _ = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    stream.write_all(format!("{e}\n").as_bytes()),
+                )
+                .await;
+            });
             continue;
         };
         let s = service.clone();
@@ -121,15 +142,45 @@ pub async fn serve(listener: tokio::net::UnixListener, service: Arc<dyn Service>
             if let Err(e) = handle(stream, s).await {
                 tracing::debug!("control client: {e}");
             }
+            drop(permit);
         });
+    }
+}
+
+/// Reads one request line of at most [`MAX_REQUEST`] bytes within [`REQUEST_TIMEOUT`]; the
+/// error is what the client is answered.
+async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Option<String>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut limited = tokio::io::BufReader::new(r.take(MAX_REQUEST as u64 + 1));
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
+        Err(_) => Err(format!(
+            "no complete request line within {} s; closed",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the request: {e}")),
+        Ok(Ok(0)) => Ok(None),
+        Ok(Ok(_)) if buf.len() > MAX_REQUEST => {
+            Err(format!("request larger than {MAX_REQUEST} bytes; closed"))
+        }
+        Ok(Ok(_)) => Ok(Some(String::from_utf8_lossy(&buf).trim_end().to_string())),
     }
 }
 
 async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(r).lines();
-    let Some(line) = lines.next_line().await? else {
-        return Ok(());
+    let line = match read_request(r).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::debug!("control client refused: {e}");
+            let _ = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                w.write_all(format!("{}\n", json!({ "error": e })).as_bytes()),
+            )
+            .await;
+            return Ok(());
+        }
     };
     let resp = match Request::parse(&line) {
         Ok(Request::Status) => service.status(),
@@ -188,12 +239,33 @@ async fn monitor(
     result
 }
 
-/// Client side: sends one request, returns the response.
-pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+/// Client side: sends one request, returns the response; gives up after `timeout`.
+pub fn request(socket: &Path, req: &Value, timeout: Duration) -> anyhow::Result<Value> {
     let mut s = connect(socket)?;
-    s.write_all(format!("{req}\n").as_bytes())?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let timed_out = |e: std::io::Error| -> anyhow::Error {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            anyhow::anyhow!(
+                "the ekho daemon at {} did not answer within {} s (it may be busy or stuck: see its log; --timeout SECS waits longer)",
+                socket.display(),
+                timeout.as_secs_f64()
+            )
+        } else {
+            e.into()
+        }
+    };
+    // A daemon refusing the connection (too many clients) may answer and close before the
+    // request is written: its answer is still there to read.
+    match s.write_all(format!("{req}\n").as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.map_err(timed_out)?,
+    }
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
+    BufReader::new(s).read_line(&mut line).map_err(timed_out)?;
     let v: Value = serde_json::from_str(&line).context("bad response from the daemon")?;
     if let Some(e) = v.get("error").and_then(Value::as_str) {
         anyhow::bail!("{e}");

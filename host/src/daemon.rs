@@ -907,6 +907,12 @@ impl Signals {
 /// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    // One daemon per namespace, whatever its control socket: held until the process ends.
+    let lock = crate::instance::acquire(
+        config.netns_path().as_deref(),
+        Path::new(crate::instance::LOCK_DIR),
+    )?;
+    tracing::debug!(lock = %lock.path.display(), "this daemon's namespace lock");
     let socket = config.control_socket();
     control::ensure_not_running(&socket)?;
     // Take the socket first: a second daemon started at the same time fails here, before it
@@ -963,15 +969,34 @@ async fn run_bound(
         }
     }
     if daemon.config.host.ebpf.unwrap_or(true) {
-        let entry = start_ebpf(&daemon, netns);
+        let entry = start_ebpf(&daemon, netns.clone());
         *daemon.ebpf.lock().unwrap() = entry;
     }
     tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
     daemon.set_phase(Phase::Running);
     tracing::info!(socket = %socket.display(), "ekho running");
 
+    let netns_id = netns.as_deref().and_then(netns_inode);
+    let mut netns_check = tokio::time::interval(NETNS_CHECK_EVERY);
     loop {
-        match signals.next().await {
+        let signal = tokio::select! {
+            s = signals.next() => s,
+            _ = netns_check.tick() => {
+                if let (Some(p), Some(id)) = (&netns, netns_id) {
+                    if netns_inode(p) != Some(id) {
+                        let e = format!(
+                            "the mirrored network namespace {} was deleted (or replaced): stopping, not to mirror a ghost",
+                            p.display()
+                        );
+                        tracing::error!("{e}");
+                        shutdown(&daemon).await?;
+                        anyhow::bail!("{e}");
+                    }
+                }
+                continue;
+            }
+        };
+        match signal {
             Some(s) => {
                 tracing::info!("{s}: stopping");
                 break;
@@ -987,6 +1012,15 @@ async fn run_bound(
         }
     }
     shutdown(&daemon).await
+}
+
+/// How often the daemon checks that the namespace it mirrors still exists.
+const NETNS_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The (device, inode) of the namespace at `path`, if it exists.
+fn netns_inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The namespace to mirror (`None`: the caller's), checked to exist; the netlink and eBPF

@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod dispatch;
+mod instance;
 mod loader;
 mod render;
 
@@ -30,6 +31,10 @@ struct Cli {
     /// Log format (logs go to stderr; filter with RUST_LOG, default info)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// How long the CLI waits for the daemon's answer, in seconds [default: 10; reload and
+    /// plugin actions 120]
+    #[arg(long, global = true)]
+    timeout: Option<f64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -142,6 +147,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             let socket = config.control_socket();
+            let slow = matches!(cmd, Cmd::Reload { .. } | Cmd::Plugin { .. });
+            let timeout = std::time::Duration::from_secs_f64(
+                cli.timeout
+                    .filter(|t| *t > 0.0)
+                    .unwrap_or(if slow { 120.0 } else { 10.0 }),
+            );
             match cmd {
                 Cmd::Run => {
                     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -150,11 +161,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     rt.block_on(daemon::run(config))?;
                 }
                 Cmd::Status { json } => {
-                    let v = control::request(&socket, &json!({"cmd": "status"}))?;
+                    let v = control::request(&socket, &json!({"cmd": "status"}), timeout)?;
                     print_or(json, &v, render::status);
                 }
                 Cmd::Plugins { json } => {
-                    let v = control::request(&socket, &json!({"cmd": "plugins"}))?;
+                    let v = control::request(&socket, &json!({"cmd": "plugins"}), timeout)?;
                     print_or(json, &v, render::plugins);
                 }
                 Cmd::Dump { kind, json } => {
@@ -165,7 +176,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             anyhow::bail!("unknown kind {k:?}; one of: {}", known.join(", "));
                         }
                     }
-                    let v = control::request(&socket, &json!({"cmd": "dump", "kind": kind}))?;
+                    let v =
+                        control::request(&socket, &json!({"cmd": "dump", "kind": kind}), timeout)?;
                     print_or(json, &v, render::dump);
                 }
                 Cmd::Plugin { action } => {
@@ -177,6 +189,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let v = control::request(
                         &socket,
                         &json!({"cmd": "plugin", "action": a, "name": name}),
+                        timeout,
                     )?;
                     println!(
                         "plugin {name}: {a} done, now {}",
@@ -184,7 +197,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 Cmd::Reload { json } => {
-                    let v = control::request(&socket, &json!({"cmd": "reload"}))?;
+                    let v = control::request(&socket, &json!({"cmd": "reload"}), timeout)?;
                     print_or(json, &v, render::reload);
                 }
                 Cmd::Monitor { json } => {
