@@ -367,3 +367,121 @@ fn xdp_router_hands_traffic_netfilter_acts_on_to_the_kernel() {
         d.plugin("xdp-router")
     );
 }
+
+/// The routes of r's main table as the recorder's view shows them, and as the kernel holds them
+/// (`dst` of each, IPv4 and IPv6).
+fn route_sets(topo: &Topo, view: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(view).unwrap_or_default()).unwrap_or(Value::Null);
+    let main = |r: &Value| r["table"].as_str().unwrap_or("main") == "main";
+    let mut mine: Vec<String> = v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| main(r))
+        .map(|r| r["dst"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut kernel = Vec::new();
+    for fam in ["-4", "-6"] {
+        let k: Value =
+            serde_json::from_str(&topo.ip(&topo.r, &format!("{fam} -j route show table main")))
+                .unwrap();
+        kernel.extend(
+            k.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dst"].as_str().unwrap().to_string()),
+        );
+    }
+    mine.sort();
+    mine.dedup();
+    kernel.sort();
+    kernel.dedup();
+    (mine, kernel)
+}
+
+/// The prefixes the xdp-router programmed (its `route:PREFIX` counters).
+fn programmed(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = d.plugin("xdp-router")["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            c["kind"]
+                .as_str()?
+                .strip_prefix("route:")
+                .map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn after_kill_9_a_new_daemon_leaves_no_stale_program_and_matches_the_kernel() {
+    if skip() {
+        return;
+    }
+    let topo = Topo::new(false);
+    let (h1, r, h2) = (topo.h1.clone(), topo.r.clone(), topo.h2.clone());
+    topo.ip(&h2, "addr add 10.9.1.1/32 dev lo");
+    topo.ip(&h2, "addr add 10.9.2.1/32 dev lo");
+    topo.ip(&r, "route add 10.9.1.0/24 via 10.0.2.2");
+    let dir = TempDir::new();
+    let view = dir.path().join("view.json");
+    let plugins = format!(
+        "{XDP_ROUTER}\n[[plugins]]\nname = \"recorder\"\n[plugins.config]\nevents_path = \"{}\"\nview_path = \"{}\"\n",
+        dir.path().join("events.jsonl").display(),
+        view.display()
+    );
+    let cfg = host_config(&r, build(), true, &plugins);
+    let mut d = Daemon::start(dir.path(), &cfg);
+    assert!(topo.ping_within(&h1, "10.9.1.1", T), "{}", d.log_text());
+    // SIGKILL: no shutdown at all.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The programs were held by the process (bpf_links): gone with it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        topo.xdp_attached_in_r().is_empty(),
+        "left attached: {:?}",
+        topo.xdp_attached_in_r()
+    );
+    // Changes while no daemon runs.
+    topo.ip(&r, "route del 10.9.1.0/24");
+    topo.ip(&r, "route add 10.9.2.0/24 via 10.0.2.2");
+    // A new daemon (the old one's socket file is stale, its namespace lock released).
+    let d = Daemon::start(dir.path(), &cfg);
+    assert_eq!(
+        d.plugin("xdp-router")["state"],
+        "in_sync",
+        "{}",
+        d.log_text()
+    );
+    d.settle();
+    let mut attached = topo.xdp_attached_in_r();
+    attached.sort();
+    assert_eq!(
+        attached,
+        vec!["p1", "p2"],
+        "one program per port, no stale one"
+    );
+    assert!(topo.ping_within(&h1, "10.9.2.1", T), "{}", d.log_text());
+    assert!(
+        !topo.ping_once(&h1, "10.9.1.1"),
+        "the deleted prefix is not forwarded"
+    );
+    // The recorder's view is the kernel's; the router programmed the new prefix, not the old.
+    let (mine, kernel) = route_sets(&topo, &view);
+    assert_eq!(mine, kernel);
+    let prog = wait_for(Duration::from_secs(5), || {
+        let p = programmed(&d);
+        p.contains(&"10.9.2.0/24".to_string()).then_some(p)
+    })
+    .unwrap_or_else(|| programmed(&d));
+    assert!(prog.contains(&"10.9.2.0/24".to_string()), "{prog:?}");
+    assert!(!prog.contains(&"10.9.1.0/24".to_string()), "{prog:?}");
+    let _ = h2;
+}
