@@ -88,6 +88,9 @@ pub struct HostConfig {
     pub ebpf: Option<bool>,
     /// Receive buffer of the netlink event socket, in bytes (default 64 MiB).
     pub netlink_rcvbuf: Option<usize>,
+    /// Serve Prometheus metrics at `http://ADDR:PORT/metrics`, e.g. "127.0.0.1:9477" (default:
+    /// not served).
+    pub metrics: Option<String>,
 }
 
 /// What happens to a plugin that failed (panicked, broke the contract).

@@ -932,12 +932,30 @@ async fn run_bound(
 ) -> anyhow::Result<()> {
     let netns = netns_to_mirror(&config)?;
     tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
+    let metrics = match &config.host.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("[host] metrics = {addr:?}: cannot listen there (another process on that port? set another ADDR:PORT)"))?,
+        ),
+        None => None,
+    };
     let (daemon, requests_rx) = Daemon::new(config);
     let daemon = Arc::new(daemon);
+    if let Some(l) = metrics {
+        let d = daemon.clone();
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(
+            l,
+            Arc::new(move || control::Service::status(&*d)),
+        ));
+    }
     // The control socket answers from now on (`ekho status` says `starting`, then `syncing`).
     tokio::spawn(control::serve(listener, daemon.clone()));
     // The watchdog and restarts, on a thread of their own (a restart may block).
+    // It also feeds systemd's watchdog: a daemon stuck there is restarted by systemd.
     let weak = Arc::downgrade(&daemon);
+    let mut watchdog = crate::systemd::Watchdog::from_env();
     std::thread::Builder::new()
         .name("supervisor".into())
         .spawn(move || {
@@ -946,6 +964,10 @@ async fn run_bound(
                     break;
                 }
                 d.supervise();
+                // Armed by systemd once READY=1 is sent (start-up has TimeoutStartSec).
+                if *d.phase.lock().unwrap() == Phase::Running {
+                    watchdog.feed();
+                }
                 drop(d);
                 std::thread::sleep(SUPERVISE_EVERY);
             }
@@ -975,6 +997,7 @@ async fn run_bound(
     tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
     daemon.set_phase(Phase::Running);
     tracing::info!(socket = %socket.display(), "ekho running");
+    crate::systemd::ready();
 
     let netns_id = netns.as_deref().and_then(netns_inode);
     let mut netns_check = tokio::time::interval(NETNS_CHECK_EVERY);
@@ -1003,11 +1026,13 @@ async fn run_bound(
             }
             None => {
                 tracing::info!("SIGHUP: reloading the configuration");
+                crate::systemd::reloading();
                 let d = daemon.clone();
                 match tokio::task::spawn_blocking(move || d.reload()).await? {
                     Ok(_) => {}
                     Err(e) => tracing::error!("reload refused: {e}"),
                 }
+                crate::systemd::ready();
             }
         }
     }
@@ -1199,6 +1224,7 @@ async fn stop_plugins(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
 /// Stops the plugins, then the eBPF source.
 async fn shutdown(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
     daemon.set_phase(Phase::Stopping);
+    crate::systemd::stopping();
     stop_plugins(daemon).await?;
     *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
     tracing::info!("ekho stopped");

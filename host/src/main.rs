@@ -7,7 +7,9 @@ mod daemon;
 mod dispatch;
 mod instance;
 mod loader;
+mod metrics;
 mod render;
+mod systemd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

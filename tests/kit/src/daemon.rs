@@ -92,7 +92,16 @@ impl Daemon {
         Daemon::spawn_bin(&ekho_bin(), dir, config)
     }
 
+    /// [`Daemon::spawn`] with these environment variables set for the daemon.
+    pub fn spawn_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_full(&ekho_bin(), dir, config, env)
+    }
+
     fn spawn_bin(bin: &Path, dir: &Path, config: &str) -> Daemon {
+        Daemon::spawn_full(bin, dir, config, &[])
+    }
+
+    fn spawn_full(bin: &Path, dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("ekho.sock");
         let cfg_path = dir.join("ekho.toml");
         std::fs::write(
@@ -104,6 +113,7 @@ impl Daemon {
         let child = Command::new(bin)
             .args(["--config", cfg_path.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(dir.join("ekho.stdout")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

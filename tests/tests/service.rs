@@ -1,0 +1,215 @@
+//! Operating ekho as a service, through the real daemon: Prometheus metrics at `/metrics`
+//! (checked with `promtool check metrics` where installed), the systemd unit in the repository
+//! (`systemd-analyze verify`), and the notify protocol the unit's `Type=notify` and
+//! `WatchdogSec=` rely on (READY=1 after the first sync, WATCHDOG=1 from the daemon's own loop).
+
+use ekho_tests::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn topology(ns: &Netns) {
+    ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "b0"]);
+    ns.ip(&["link", "set", "a0", "up"]);
+    ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "a0"]);
+    ns.ip(&["route", "add", "10.50.0.0/16", "via", "10.1.0.2"]);
+}
+
+/// `GET path` on `addr`; (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    http_get_accept(addr, path, "*/*")
+}
+
+fn http_get_accept(addr: &str, path: &str, accept: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_text() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    let events = dir.path().join("rec.jsonl");
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        false,
+        &format!(
+            "[[plugins]]\nname = \"rec\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\n\n\
+             [[plugins]]\nname = \"bad\"\npath = \"libekho_recorder.so\"\nrestart = \"never\"\n[plugins.config]\nevents_path = \"{}\"\npanic_after = 1\n",
+            events.display(),
+            dir.path().join("bad.jsonl").display()
+        ),
+    )
+    .replace("ebpf = false", "ebpf = false\nmetrics = \"127.0.0.1:0\"");
+    let d = Daemon::start(dir.path(), &cfg);
+    d.settle();
+    let log = d.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let routes = d.status()["mirror"]["objects"]["routes"].as_u64().unwrap();
+    for line in [
+        format!("ekho_mirror_objects{{kind=\"routes\"}} {routes}"),
+        "ekho_mirror_synced 1".to_string(),
+        "ekho_plugin_state{plugin=\"rec\",state=\"in_sync\"} 1".into(),
+        "ekho_plugin_state{plugin=\"bad\",state=\"failed\"} 1".into(),
+        "ekho_plugin_queue_depth{plugin=\"rec\"} 0".into(),
+        "ekho_plugin_restarts_total{plugin=\"bad\"} 0".into(),
+        "# TYPE ekho_mirror_changes_total counter".into(),
+        "# TYPE ekho_plugin_outcomes_total counter".into(),
+        "# TYPE ekho_plugin_objects gauge".into(),
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
+    let offloaded = d.plugin("rec")["offloaded"].as_u64().unwrap();
+    assert!(offloaded > 0);
+    assert!(
+        body.lines()
+            .any(|l| l == format!(
+                "ekho_plugin_outcomes_total{{plugin=\"rec\",outcome=\"offloaded\"}} {offloaded}"
+            )),
+        "{body}"
+    );
+    // What Prometheus asks for: OpenMetrics.
+    let (status, om) = http_get_accept(
+        &addr,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.lines()
+            .any(|l| l == "# TYPE ekho_mirror_changes counter"),
+        "{om}"
+    );
+    let (status, _) = http_get(&addr, "/other");
+    assert!(status.contains("404"), "{status}");
+    // Names, types and units by Prometheus conventions.
+    if let Some(r) = missing_tools(&["promtool"], "prometheus") {
+        say_skip(&format!("promtool check metrics: {r}"));
+        return;
+    }
+    let f = dir.path().join("metrics.txt");
+    std::fs::write(&f, &body).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("promtool check metrics < {}", f.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if let Some(r) = missing_tools(&["systemd-analyze"], "systemd") {
+        say_skip(&r);
+        return;
+    }
+    let dir = TempDir::new();
+    let unit = std::fs::read_to_string(workspace().join("dist/ekho.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/ekho --config /etc/ekho/ekho.toml run"));
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+    // verify wants the executable to exist: the built one stands in for /usr/bin/ekho.
+    let f = dir.path().join("ekho.service");
+    std::fs::write(
+        &f,
+        unit.replace("/usr/bin/ekho", ekho_bin().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_daemon_notifies_ready_after_the_first_sync_and_feeds_the_watchdog() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    let sock = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        false,
+        "[[plugins]]\nname = \"null\"\npath = \"libekho_null.so\"\n",
+    );
+    let mut d = Daemon::spawn_env(
+        dir.path(),
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY=1 first (the supervisor may have fed the watchdog in the instant between the daemon
+    // saying running and notifying).
+    let mut before = Vec::new();
+    loop {
+        let m = next();
+        if m.trim() == "READY=1" {
+            break;
+        }
+        before.push(m.trim().to_string());
+    }
+    assert!(before.iter().all(|m| m == "WATCHDOG=1"), "{before:?}");
+    assert!(before.len() <= 1, "{before:?}");
+    // Sent once the mirror synced: the daemon says running.
+    assert_eq!(d.status()["ekho"]["state"], "running");
+    let t0 = Instant::now();
+    let mut feeds = 0;
+    while feeds < 3 {
+        if next().trim() == "WATCHDOG=1" {
+            feeds += 1;
+        }
+    }
+    // Fed at half the interval (200 ms): three feeds within about 0.6 s.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(d.stop());
+    let mut rest = Vec::new();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = rx.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
