@@ -907,9 +907,10 @@ impl Signals {
 /// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    let netns = netns_to_mirror(&config)?;
     // One daemon per namespace, whatever its control socket: held until the process ends.
     let lock = crate::instance::acquire(
-        config.netns_path().as_deref(),
+        netns.as_deref(),
         Path::new(crate::instance::LOCK_DIR),
     )?;
     tracing::debug!(lock = %lock.path.display(), "this daemon's namespace lock");
@@ -918,7 +919,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Take the socket first: a second daemon started at the same time fails here, before it
     // touches any plugin.
     let listener = control::bind(&socket).context("control socket")?;
-    let result = run_bound(config, listener, &socket, &mut signals).await;
+    let result = run_bound(config, netns, listener, &socket, &mut signals).await;
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -926,11 +927,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// The daemon's life once its control socket is bound, step by step.
 async fn run_bound(
     config: Config,
+    netns: Option<PathBuf>,
     listener: tokio::net::UnixListener,
     socket: &Path,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
-    let netns = netns_to_mirror(&config)?;
     tracing::info!(config = %config.source, netns = %netns.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(caller's)".into()), plugin_dir = %config.plugin_dir().display(), "ekho starting");
     let metrics = match &config.host.metrics {
         Some(addr) => Some(

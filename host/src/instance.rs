@@ -19,9 +19,9 @@ pub struct InstanceLock {
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot stat the network namespace {ns}: {source}")]
+    #[error("cannot stat the network namespace {ns}")]
     Netns { ns: PathBuf, source: std::io::Error },
-    #[error("cannot open the lock file {path}: {source} (the daemon keeps one per namespace in {LOCK_DIR}; it needs to write there)")]
+    #[error("cannot open the lock file {path} (the daemon keeps one per namespace in {LOCK_DIR}; it needs to write there)")]
     Open {
         path: PathBuf,
         source: std::io::Error,
