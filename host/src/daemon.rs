@@ -909,10 +909,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let netns = netns_to_mirror(&config)?;
     // One daemon per namespace, whatever its control socket: held until the process ends.
-    let lock = crate::instance::acquire(
-        netns.as_deref(),
-        Path::new(crate::instance::LOCK_DIR),
-    )?;
+    let lock = crate::instance::acquire(netns.as_deref(), Path::new(crate::instance::LOCK_DIR))?;
     tracing::debug!(lock = %lock.path.display(), "this daemon's namespace lock");
     let socket = config.control_socket();
     control::ensure_not_running(&socket)?;

@@ -78,8 +78,8 @@ fn metrics_are_served_in_prometheus_text() {
     let offloaded = d.plugin("rec")["offloaded"].as_u64().unwrap();
     assert!(offloaded > 0);
     assert!(
-        body.lines()
-            .any(|l| l == format!(
+        body.lines().any(|l| l
+            == format!(
                 "ekho_plugin_outcomes_total{{plugin=\"rec\",outcome=\"offloaded\"}} {offloaded}"
             )),
         "{body}"
