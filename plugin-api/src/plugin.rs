@@ -243,8 +243,10 @@ pub fn boxed<P: Plugin>(p: P) -> PluginBox {
 }
 
 /// Declares a type implementing [`Plugin`] as this library's ekho plugin: exports the
-/// API-version symbol and the stable-ABI root module. Name and version default to the crate's
-/// `CARGO_PKG_NAME` / `CARGO_PKG_VERSION`.
+/// API-version symbol, the stable-ABI root module and the plugin's name in the file's
+/// `.ekho.plugin_name` section (the host finds a plugin by that name without loading any file).
+/// Name and version default to the crate's `CARGO_PKG_NAME` / `CARGO_PKG_VERSION`; a name given
+/// must be a constant `&str` expression.
 ///
 /// ```ignore
 /// ekho_plugin_api::declare_plugin!(MyPlugin);
@@ -277,6 +279,14 @@ macro_rules! declare_plugin {
         /// boundary), 0 with `panic = "abort"` (a panic would abort the host; it refuses it).
         #[unsafe(no_mangle)]
         pub static EKHO_PLUGIN_PANIC_UNWIND: u8 = if cfg!(panic = "unwind") { 1 } else { 0 };
+
+        /// The plugin's name, NUL-terminated, in the `.ekho.plugin_name` section: the host reads
+        /// it from the file (without loading it) to find a plugin by name whatever the file is
+        /// called. Exported so the linker keeps it.
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = ".ekho.plugin_name")]
+        pub static EKHO_PLUGIN_NAME: [u8; $crate::plugin::name_section_len($name)] =
+            $crate::plugin::name_section($name);
 
         extern "C" fn __ekho_plugin_info() -> $crate::plugin::PluginInfo {
             $crate::plugin::PluginInfo {
@@ -311,8 +321,36 @@ macro_rules! declare_plugin {
     };
 }
 
+/// The size of the `.ekho.plugin_name` section [`declare_plugin!`] writes for `name`: its bytes
+/// and a NUL.
+#[doc(hidden)]
+pub const fn name_section_len(name: &str) -> usize {
+    name.len() + 1
+}
+
+/// The `.ekho.plugin_name` section's contents for `name` (`N` = [`name_section_len`]): its
+/// bytes, then NULs.
+#[doc(hidden)]
+pub const fn name_section<const N: usize>(name: &str) -> [u8; N] {
+    let b = name.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < b.len() && i + 1 < N {
+        out[i] = b[i];
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn name_section_is_the_name_and_a_nul() {
+        const N: usize = super::name_section_len("hello-vendor");
+        let s: [u8; N] = super::name_section("hello-vendor");
+        assert_eq!(&s, b"hello-vendor\0");
+    }
+
     #[test]
     fn declare_plugin_exports_abi_stables_loader_symbol() {
         assert_eq!(

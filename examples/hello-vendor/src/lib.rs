@@ -132,10 +132,3 @@ impl HelloVendor {
 }
 
 ekho_plugin_api::declare_plugin!(HelloVendor, name = "hello-vendor");
-
-/// The plugin's name where the host reads it from the file without loading it (the
-/// `.ekho.plugin_name` section, NUL-terminated): the host then finds this plugin by its name
-/// whatever the file is called. Exported so the linker keeps it.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".ekho.plugin_name")]
-pub static EKHO_PLUGIN_NAME: [u8; 13] = *b"hello-vendor\0";
