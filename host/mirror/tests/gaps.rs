@@ -536,8 +536,9 @@ fn vlan_8021q_uppers() {
 #[test]
 fn vrf_tables_and_l3mdev() {
     // Section 14: the l3mdev rule, connected routes moving between main/local and the VRF's
-    // table on enslave/release (announced), static routes through the device left behind
-    // (silent, section 1), the VRF's table on its deletion.
+    // table on enslave/release (the old ones flushed silently, the new ones announced), static
+    // routes through the device flushed with them (silent, section 1), the VRF's table on its
+    // deletion.
     run_steps_with(
         "VRF devices",
         "vrf",
@@ -547,6 +548,8 @@ fn vrf_tables_and_l3mdev() {
             "link set vrf1 up",
             "route add 10.50.0.0/24 via 10.1.0.2",
             "link set va master vrf1",
+            // Enslaving took va's IPv6 address (addrconf_ifdown, keep_addr_on_down=0: announced).
+            "-6 addr add 2001:db8:1::1/64 dev va nodad",
             "route add 10.51.0.0/24 via 10.1.0.2 vrf vrf1",
             "-6 route add 2001:db8:51::/64 via 2001:db8:1::2 vrf vrf1",
             "rule add iif vrf1 table 10 prio 500",

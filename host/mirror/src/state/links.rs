@@ -46,6 +46,16 @@ impl State {
             }
             self.rules_detach(&l.ifname, false);
         }
+        if let Some(o) = &old {
+            if o.master != l.master && (self.is_l3_master(o.master) || self.is_l3_master(l.master))
+            {
+                // Linked to or unlinked from a VRF: the kernel flushes every IPv4 route through
+                // the device, `local` ones too, without RTM_DELROUTE (fib_netdev_event,
+                // NETDEV_CHANGEUPPER -> fib_disable_ip(force)); the VRF then cycles the device
+                // and the new local routes are announced in its table.
+                self.v4_dev_down(l.ifindex, false, false);
+            }
+        }
         if old.is_some() && was_up && !up {
             self.link_down(l.ifindex, false);
         }
@@ -78,6 +88,15 @@ impl State {
             };
             self.leg_flags(l.ifindex, dead6, linkdown, Some(6));
         }
+    }
+
+    /// Whether `ifindex` is an L3 master device (a VRF).
+    fn is_l3_master(&self, ifindex: u32) -> bool {
+        ifindex != 0
+            && self
+                .links
+                .get(&ifindex)
+                .is_some_and(|m| m.kind.as_str() == "vrf")
     }
 
     fn touch_users(&mut self, ifindex: u32) {
@@ -244,5 +263,42 @@ mod tests {
             [("remove", ObjectKind::Route), ("update", ObjectKind::Link)]
         );
         assert!(gws(&s, "10.8.0.0/24").len() == 1);
+    }
+
+    #[test]
+    fn vrf_enslave_and_release_flush_ipv4_routes_local_ones_too() {
+        let mut s = state();
+        let mut vrf = link(5, "vrf1", true);
+        vrf.kind = "vrf".into();
+        s.apply(Event::NewLink(vrf));
+        let mut local = route("10.0.0.2/32", "0.0.0.0", 2);
+        local.kind = RouteType::LOCAL;
+        local.table = 255;
+        local.nexthops[0].gateway = ekho_plugin_api::prelude::ROption::RNone;
+        s.apply(Event::NewRoute(local.clone(), CREATE | NLM_F_EXCL));
+        s.apply(Event::NewRoute(
+            route("10.9.0.0/24", "10.0.0.1", 3),
+            CREATE | NLM_F_EXCL,
+        ));
+        s.flush();
+        let count = |s: &State| s.routes.keys_where(|_, a| a.uses_dev(2)).len();
+        assert_eq!(count(&s), 1);
+        // An admin down keeps the local route.
+        s.apply(Event::NewLink(link(2, "a", false)));
+        s.apply(Event::NewLink(link(2, "a", true)));
+        assert_eq!(count(&s), 1);
+        // Enslaving to the VRF flushes it, silently in the kernel.
+        let mut enslaved = link(2, "a", true);
+        enslaved.master = 5;
+        s.apply(Event::NewLink(enslaved.clone()));
+        assert_eq!(count(&s), 0);
+        // So does the release of a route added meanwhile (in the VRF's table).
+        local.table = 10;
+        s.apply(Event::NewRoute(local, CREATE | NLM_F_EXCL));
+        assert_eq!(count(&s), 1);
+        s.apply(Event::NewLink(link(2, "a", true)));
+        assert_eq!(count(&s), 0);
+        // Routes through other devices stay.
+        assert_eq!(gws(&s, "10.9.0.0/24").len(), 1);
     }
 }
