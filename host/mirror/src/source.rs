@@ -261,7 +261,9 @@ pub const GROUPS: &[u32] = &[
     33, // RTNLGRP_BRVLAN
 ];
 
-fn set_rcvbuf(s: &Socket, size: usize) {
+/// Sizes a netlink socket's receive buffer: `SO_RCVBUFFORCE` (root), else `SO_RCVBUF` (capped
+/// by `net.core.rmem_max`), with a warning.
+pub(crate) fn set_rcvbuf(s: &Socket, size: usize) {
     let v = size.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: setsockopt with a valid int option value.
     let r = unsafe {

@@ -7,7 +7,7 @@
 use super::message::{self, Flow, Message};
 use super::Table;
 use crate::netlink;
-use crate::source::{enter_netns, SourceError};
+use crate::source::{enter_netns, set_rcvbuf, SourceError};
 use netlink_sys::{Socket, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -100,23 +100,6 @@ fn socket() -> Result<Socket, SourceError> {
     s.connect(&SocketAddr::new(0, 0))
         .map_err(|e| nl_err("ctnetlink connect", e))?;
     Ok(s)
-}
-
-fn set_rcvbuf(s: &Socket, size: usize) {
-    let v = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt with a valid int option value.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &v as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if r != 0 {
-        let _ = s.set_rx_buf_sz(v);
-    }
 }
 
 /// One `recv`, non-blocking: `Ok(None)` when nothing is queued.
