@@ -48,6 +48,18 @@ pub struct Tuple {
     pub zone: u16,
 }
 
+impl Tuple {
+    /// A tuple not yet read (all zero, IPv4 unspecified): replaced by the message's own.
+    pub const UNSET: Tuple = Tuple {
+        src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        zone: 0,
+    };
+}
+
 /// Packets and bytes of one direction (`CTA_COUNTERS_*`, with `nf_conntrack_acct=1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counters {
@@ -235,22 +247,8 @@ pub fn parse(message_type: u16, payload: &[u8]) -> Result<Option<Message>, Parse
     let (mut orig, mut reply) = (None, None);
     let mut f = Flow {
         family,
-        orig: Tuple {
-            src: IpAddr::from([0u8; 4]),
-            dst: IpAddr::from([0u8; 4]),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-            zone: 0,
-        },
-        reply: Tuple {
-            src: IpAddr::from([0u8; 4]),
-            dst: IpAddr::from([0u8; 4]),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-            zone: 0,
-        },
+        orig: Tuple::UNSET,
+        reply: Tuple::UNSET,
         status: 0,
         timeout: 0,
         mark: 0,
