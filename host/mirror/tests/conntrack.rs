@@ -33,7 +33,19 @@ fn skip() -> bool {
 fn tracked_netns() -> Netns {
     let ns = Netns::new();
     ns.ip("link set lo up");
+    // Where conntrack is a module (Debian's 6.1) its sysctls exist once it is loaded; built in
+    // (6.18 here) this does nothing.
+    let _ = std::process::Command::new("modprobe")
+        .args(["-q", "nf_conntrack"])
+        .status();
     ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
+    // Unreplied UDP flows live 30 s by default: a round outlasts that in the emulated VM, and the
+    // flows of the first would expire under the test.
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_udp_timeout=600",
+    ]);
     ns.run(&["nft", "add", "table", "inet", "track"]);
     ns.run(&[
         "nft",
