@@ -128,7 +128,10 @@ fn main() {
             netns: Some(path.clone()),
             rcvbuf: 0,
         },
-        SourceOptions { proxy_poll: None },
+        SourceOptions {
+            proxy_poll: None,
+            ..Default::default()
+        },
     ));
     while !m.stats().synced {
         std::thread::sleep(Duration::from_millis(1));

@@ -33,6 +33,7 @@ pub mod source;
 pub mod state;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod undecodable;
 
 pub use event::Event;
 use state::{Snapshot, State};
@@ -64,6 +65,10 @@ pub struct MirrorStats {
     pub changes: u64,
     /// Distinct shared route attribute sets (next hops etc.) held.
     pub route_attr_sets: usize,
+    /// Initial dumps completed (one per source started: a restarted source's full resync counts).
+    pub syncs: u64,
+    /// Netlink messages that failed to decode, per message type name (see [`undecodable`]).
+    pub undecodable: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -87,9 +92,68 @@ impl Inner {
     }
 }
 
+/// How far a source's initial dump has come (see [`Mirror::dump_progress`]), counted by the
+/// dump's receiving thread as datagrams arrive.
+pub(crate) struct DumpProgress {
+    /// Messages received so far, per kind ([`ObjectKind::index`]).
+    messages: Vec<std::sync::atomic::AtomicU64>,
+    /// The kind being dumped ([`ObjectKind::index`]), `usize::MAX` when no dump runs.
+    dumping: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for DumpProgress {
+    fn default() -> Self {
+        DumpProgress {
+            messages: ObjectKind::ALL.iter().map(|_| Default::default()).collect(),
+            dumping: usize::MAX.into(),
+        }
+    }
+}
+
+impl DumpProgress {
+    /// A new dump starts: counts back to 0.
+    pub(crate) fn reset(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for m in &self.messages {
+            m.store(0, Relaxed);
+        }
+        self.dumping.store(usize::MAX, Relaxed);
+    }
+
+    /// Kind `k` is being dumped from now on (`None`: the dump is over).
+    pub(crate) fn dumping(&self, k: Option<ObjectKind>) {
+        self.dumping.store(
+            k.map_or(usize::MAX, |k| k.index()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// `n` more messages of the kind being dumped.
+    pub(crate) fn add(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(m) = self.messages.get(self.dumping.load(Relaxed)) {
+            m.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// How far the initial dump (of the last source started) has come: the kind being dumped
+/// (`None` once it is over) and the messages received so far per kind, by plural name
+/// (`routes`). Kinds dumped by one request of another kind's (nexthop groups, proxy entries)
+/// are counted under the kind asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// The kind whose dump runs now.
+    pub dumping: Option<ObjectKind>,
+    /// Messages received per kind.
+    pub messages: BTreeMap<&'static str, u64>,
+}
+
 /// Requests from mirror users to the running source.
 #[derive(Default)]
 pub(crate) struct Control {
+    /// The initial dump's progress.
+    pub progress: Arc<DumpProgress>,
     /// Kinds to re-dump.
     pub resync: Mutex<BTreeSet<ObjectKind>>,
     /// Wakes the source thread (an eventfd), when a source runs.
@@ -190,7 +254,28 @@ impl Mirror {
         let mut s = g.stats.clone();
         s.objects = g.state.counts();
         s.route_attr_sets = g.state.routes.interned();
+        s.undecodable = undecodable::counts();
         s
+    }
+
+    /// Initial dumps completed ([`MirrorStats::syncs`]), without computing the other counters.
+    pub fn syncs(&self) -> u64 {
+        self.inner.lock().unwrap().stats.syncs
+    }
+
+    /// How far the initial dump has come (while `ekho status` says `syncing`; after a source
+    /// restart, its full resync).
+    pub fn dump_progress(&self) -> SyncProgress {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.ctl.progress;
+        SyncProgress {
+            dumping: ObjectKind::ALL.get(p.dumping.load(Relaxed)).copied(),
+            messages: ObjectKind::ALL
+                .iter()
+                .zip(&p.messages)
+                .map(|(k, n)| (k.plural(), n.load(Relaxed)))
+                .collect(),
+        }
     }
 
     /// Asks the running source to re-dump `kinds` and reconcile (e.g. after eBPF ring-buffer
@@ -257,6 +342,7 @@ impl Mirror {
     pub(crate) fn set_synced(&self, ms: u64) {
         let mut g = self.inner.lock().unwrap();
         g.stats.synced = true;
+        g.stats.syncs += 1;
         if !g.listeners.is_empty() {
             // Listeners attached with `attach_synced` were given the initial dump by the
             // stream: track every change from here on.

@@ -64,12 +64,18 @@ pub struct SourceOptions {
     /// Period of the proxy-neighbour re-dump (the kernel never notifies proxy entries); `None`
     /// disables the periodic poll (re-dumps after link/address events still happen).
     pub proxy_poll: Option<Duration>,
+    /// Fault injection, for tests of what uses the source: this long after the initial dump the
+    /// event socket's descriptor is replaced by one of `/dev/null` (`dup2`), so that the next
+    /// receive fails as a broken socket would (`ENOTSOCK`) and the source stops with that error,
+    /// through the same path as any fatal socket error. `None` (the default) in production.
+    pub fail_after_sync: Option<Duration>,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             proxy_poll: Some(Duration::from_secs(1)),
+            fail_after_sync: None,
         }
     }
 }
@@ -475,6 +481,8 @@ pub struct ReqSocket {
     buf: Vec<u8>,
     /// The nftables socket for dumps of the nftables kinds, opened by the first.
     nft: Option<Socket>,
+    /// Where the messages received by dumps are counted (the initial dump's progress).
+    progress: Option<Arc<crate::DumpProgress>>,
 }
 
 impl ReqSocket {
@@ -487,7 +495,15 @@ impl ReqSocket {
             seq: 0,
             buf: vec![0; 1 << 18],
             nft: None,
+            progress: None,
         })
+    }
+
+    /// Kind `k`'s dump starts (`None`: the dumps are over), for the progress counted.
+    fn dumping(&self, k: Option<ObjectKind>) {
+        if let Some(p) = &self.progress {
+            p.dumping(k);
+        }
     }
 
     fn send(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<u32, SourceError> {
@@ -524,6 +540,7 @@ impl ReqSocket {
         let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
         let fd = self.sock.as_raw_fd();
         let buf = &mut self.buf;
+        let progress = self.progress.clone();
         // Batches of decoded events (a few thousand: a hand-over per `recv` costs more in wakeups
         // than it saves); a few in flight bound the memory.
         const BATCH: usize = 4096;
@@ -543,6 +560,12 @@ impl ReqSocket {
                     }
                     let (n, truncated) = recv_dump(fd, buf).map_err(|e| nl_err("dump recv", e))?;
                     intr |= truncated;
+                    let counted = count;
+                    let progressed = |count: u64| {
+                        if let Some(p) = &progress {
+                            p.add(count - counted);
+                        }
+                    };
                     for (h, payload) in netlink::split(&buf[..n]) {
                         if h.sequence_number != seq {
                             continue;
@@ -556,16 +579,19 @@ impl ReqSocket {
                                 // DONE (EMSGSIZE: an entry larger than the biggest dump buffer,
                                 // ~32 KiB).
                                 let _ = tx.send(batch);
+                                progressed(count);
                                 return Err(SourceError::Incomplete {
                                     source: std::io::Error::from_raw_os_error(libc::EMSGSIZE),
                                 });
                             }
                             NLMSG_DONE => {
                                 let _ = tx.send(batch);
+                                progressed(count);
                                 return Ok((count, intr));
                             }
                             NLMSG_ERROR => {
                                 let _ = tx.send(batch);
+                                progressed(count);
                                 let code = errno(payload);
                                 if code != 0 {
                                     return Err(refused(format!("dump of type {msg_type}"), code));
@@ -576,11 +602,19 @@ impl ReqSocket {
                                 count += 1;
                                 match netlink::parse(&h, payload) {
                                     Ok(p) => batch.push(p),
-                                    Err(e) => tracing::warn!("undecodable dump message: {e}"),
+                                    Err(e) => {
+                                        crate::undecodable::note(
+                                            crate::undecodable::Protocol::Route,
+                                            h.message_type,
+                                            "dump message",
+                                            &e,
+                                        );
+                                    }
                                 }
                             }
                         }
                     }
+                    progressed(count);
                     if batch.len() >= BATCH
                         && tx
                             .send(std::mem::replace(
@@ -690,6 +724,7 @@ impl ReqSocket {
             seq: 0,
             buf: vec![0; 8192],
             nft: None,
+            progress: None,
         };
         s.request(28, NLM_F_CREATE, &b[16..])
     }
@@ -797,6 +832,7 @@ pub fn snapshot(
         };
         let mut intr = false;
         for k in kinds {
+            req.dumping(Some(*k));
             for (t, h) in dump_requests(*k) {
                 let r = req.dump(t, &h, &mut |e| snap.add(e));
                 if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
@@ -841,6 +877,7 @@ fn snapshot_streamed(
     let mut new_attrs: Vec<Arc<crate::routes::Attrs>> = Vec::new();
     let mut routes_sent = false;
     for k in kinds {
+        req.dumping(Some(*k));
         if *k >= ObjectKind::Route && !routes_sent {
             routes_sent = true;
             stream_objects(&snap, |o| o.kind() < ObjectKind::Route, &mut buf, stream);
@@ -1029,8 +1066,10 @@ fn thread_main(
     *m.control().waker.lock().unwrap() = Some(wfd);
     *m.control().req.lock().unwrap() = Some(ReqSocket::new()?);
 
-    // 2. Dump everything.
+    // 2. Dump everything, its progress counted for `ekho status`.
     let mut req = ReqSocket::new()?;
+    m.control().progress.reset();
+    req.progress = Some(m.control().progress.clone());
     let all: BTreeSet<ObjectKind> = ObjectKind::ALL.iter().copied().collect();
     let t0 = Instant::now();
     let (snap, n) = match stream.as_deref_mut() {
@@ -1050,7 +1089,12 @@ fn thread_main(
             (snap, n)
         }
     };
-    m.reconcile(snap, n, 0, false);
+    // A restarted source's dump (the mirror already synced) is a full resync: reconciled by mark
+    // and sweep, the listeners get only what changed while no source ran.
+    req.dumping(None);
+    req.progress = None;
+    let resync = m.stats().synced;
+    m.reconcile(snap, n, t0.elapsed().as_millis() as u64, resync);
     m.set_synced(t0.elapsed().as_millis() as u64);
     if let Some(s) = stream.as_deref_mut() {
         s.done();
@@ -1067,11 +1111,19 @@ fn thread_main(
     // The nftables event socket's receive buffer.
     let mut buf = vec![0u8; 1 << 20];
     let mut next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
+    let mut fail_at = opts.fail_after_sync.map(|d| Instant::now() + d);
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
+        if fail_at.is_some_and(|t| Instant::now() >= t) {
+            fail_at = None;
+            break_socket(&ev)?;
+        }
         let timeout = next_proxy
+            .into_iter()
+            .chain(fail_at)
+            .min()
             .map(|t| {
                 t.saturating_duration_since(Instant::now())
                     .as_millis()
@@ -1128,7 +1180,12 @@ fn thread_main(
                             match netlink::decode(&h, payload) {
                                 Ok(Event::Ignored) => {}
                                 Ok(e) => evs.push(e),
-                                Err(e) => tracing::warn!("undecodable notification: {e}"),
+                                Err(e) => crate::undecodable::note(
+                                    crate::undecodable::Protocol::Route,
+                                    h.message_type,
+                                    "notification",
+                                    &e,
+                                ),
                             }
                         }
                     }
@@ -1201,6 +1258,17 @@ fn thread_main(
             }
         }
     }
+}
+
+/// [`SourceOptions::fail_after_sync`]: puts `/dev/null` in place of the socket's descriptor.
+fn break_socket(s: &Socket) -> Result<(), SourceError> {
+    tracing::warn!("fault injection (fail_after_sync): breaking the netlink event socket");
+    let null = std::fs::File::open("/dev/null").map_err(|e| nl_err("fault injection", e))?;
+    // SAFETY: dup2 between two valid descriptors; the socket's number keeps being owned by `s`.
+    if unsafe { libc::dup2(null.as_raw_fd(), s.as_raw_fd()) } < 0 {
+        return Err(nl_err("fault injection", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -178,7 +178,12 @@ fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), Source
                     match message::parse(t, payload) {
                         Ok(Some(Message::New(f))) => out.push(f),
                         Ok(_) => {}
-                        Err(e) => tracing::warn!("undecodable conntrack dump message: {e}"),
+                        Err(e) => crate::undecodable::note(
+                            crate::undecodable::Protocol::Netfilter,
+                            t,
+                            "conntrack dump message",
+                            &e,
+                        ),
                     }
                 }
             }
@@ -243,7 +248,12 @@ fn run(
                         match message::parse(h.message_type, payload) {
                             Ok(Some(m)) => msgs.push(m),
                             Ok(None) => {}
-                            Err(e) => tracing::warn!("undecodable conntrack event: {e}"),
+                            Err(e) => crate::undecodable::note(
+                                crate::undecodable::Protocol::Netfilter,
+                                h.message_type,
+                                "conntrack event",
+                                &e,
+                            ),
                         }
                     }
                 }

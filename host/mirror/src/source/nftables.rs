@@ -53,7 +53,12 @@ pub fn drain(s: &Socket, buf: &mut Vec<u8>, evs: &mut Vec<Event>) -> std::io::Re
             match nftables::parse(h.message_type, payload) {
                 Ok(Some(m)) => evs.push(Event::Nft(m)),
                 Ok(None) => {}
-                Err(e) => tracing::warn!("undecodable nftables notification: {e}"),
+                Err(e) => crate::undecodable::note(
+                    crate::undecodable::Protocol::Netfilter,
+                    h.message_type,
+                    "nftables notification",
+                    &e,
+                ),
             }
         }
     }
@@ -135,7 +140,12 @@ impl ReqSocket {
                         match nftables::parse(t, payload) {
                             Ok(Some(m)) => f(Event::Nft(m)),
                             Ok(None) => {}
-                            Err(e) => tracing::warn!("undecodable nftables dump message: {e}"),
+                            Err(e) => crate::undecodable::note(
+                                crate::undecodable::Protocol::Netfilter,
+                                t,
+                                "nftables dump message",
+                                &e,
+                            ),
                         }
                     }
                 }

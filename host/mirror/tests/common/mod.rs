@@ -49,6 +49,7 @@ pub fn start(ns: &Netns, rcvbuf: usize) -> Running {
         rcvbuf,
         SourceOptions {
             proxy_poll: Some(Duration::from_millis(200)),
+            ..Default::default()
         },
     )
 }
