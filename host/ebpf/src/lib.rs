@@ -163,6 +163,11 @@ pub struct EbpfStats {
     pub events: u64,
     /// Events lost because the ring buffer was full (read from the per-CPU drop counter).
     pub lost: u64,
+    /// Events delivered, per hook (`tp_btf/neigh_update`).
+    pub events_by_hook: std::collections::BTreeMap<String, u64>,
+    /// Events lost, per notifier kind (`neighbour`): the kernel side counts failed ring-buffer
+    /// reservations per kind, the hook's record not being written.
+    pub lost_by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Cumulative route-lookup hits of one prefix (IPv4: one destination address, `/32`).
@@ -205,6 +210,8 @@ pub fn enable_bpf_stats() -> Result<OwnedFd, EbpfError> {
 /// State shared between the source and its tasks.
 struct Shared {
     events: AtomicU64,
+    /// Events delivered per hook name.
+    events_by_hook: Mutex<HashMap<String, u64>>,
     lost_map: Mutex<PerCpuArray<MapData, u64>>,
     /// Per-kind loss totals already reported.
     lost_seen: Mutex<[u64; NotifierKind::ALL.len()]>,
@@ -436,6 +443,7 @@ impl EbpfSource {
         )?;
         let shared = Arc::new(Shared {
             events: AtomicU64::new(0),
+            events_by_hook: Default::default(),
             lost_map: Mutex::new(lost_map),
             lost_seen: Mutex::new([0; NotifierKind::ALL.len()]),
         });
@@ -483,9 +491,23 @@ impl EbpfSource {
 
     /// Current counters.
     pub fn stats(&self) -> EbpfStats {
+        let lost = self.shared.lost_by_kind();
         EbpfStats {
             events: self.shared.events.load(Ordering::Relaxed),
-            lost: self.shared.lost_by_kind().iter().sum(),
+            lost: lost.iter().sum(),
+            events_by_hook: self
+                .shared
+                .events_by_hook
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(h, n)| (h.clone(), *n))
+                .collect(),
+            lost_by_kind: NotifierKind::ALL
+                .iter()
+                .zip(lost)
+                .map(|(k, n)| (k.name(), n))
+                .collect(),
         }
     }
 
@@ -936,6 +958,25 @@ async fn read_ring(
     }
 }
 
+/// Counts a batch about to be delivered, in total and per hook.
+fn count(shared: &Shared, batch: &[NotifierEvent]) {
+    shared
+        .events
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut by_hook = shared
+        .events_by_hook
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for ev in batch {
+        match by_hook.get_mut(ev.hook.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                by_hook.insert(ev.hook.to_string(), 1);
+            }
+        }
+    }
+}
+
 fn drain(rb: &mut RingBuf<MapData>, shared: &Shared, events: &EventSink) {
     let mut batch = Vec::new();
     while let Some(item) = rb.next() {
@@ -945,16 +986,12 @@ fn drain(rb: &mut RingBuf<MapData>, shared: &Shared, events: &EventSink) {
         }
         drop(item);
         if batch.len() >= MAX_BATCH {
-            shared
-                .events
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            count(shared, &batch);
             events(std::mem::take(&mut batch));
         }
     }
     if !batch.is_empty() {
-        shared
-            .events
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        count(shared, &batch);
         events(batch);
     }
 }
