@@ -121,6 +121,8 @@ pub struct Daemon {
     requests: PluginRequests,
     /// One change of the plugin set at a time (reload, restart, stop, start).
     reloading: Mutex<()>,
+    /// The netlink source's restarts.
+    source: Mutex<SourceHealth>,
 }
 
 /// Longest wait for one plugin's worker to stop.
@@ -182,6 +184,10 @@ impl Daemon {
             phase: Mutex::new(Phase::Starting),
             requests,
             reloading: Mutex::new(()),
+            source: Mutex::new(SourceHealth {
+                state: "starting",
+                ..Default::default()
+            }),
         };
         (d, requests_rx)
     }
@@ -351,7 +357,14 @@ impl Daemon {
                         }
                     })
                     .collect();
-                json!({"state": "running", "events": st.events, "lost": st.lost, "hooks": hooks})
+                json!({
+                    "state": "running",
+                    "events": st.events,
+                    "lost": st.lost,
+                    "events_by_hook": st.events_by_hook,
+                    "lost_by_kind": st.lost_by_kind,
+                    "hooks": hooks,
+                })
             }
         }
     }
@@ -718,6 +731,16 @@ impl control::Service for Daemon {
             .iter()
             .map(|p| serde_json::to_value(p.entry.status()).unwrap())
             .collect();
+        let source = {
+            let h = self.source.lock().unwrap();
+            json!({
+                "state": h.state,
+                "restarts": h.restarts,
+                "last_error": h.last_error,
+                "last_error_unix_ms": h.last_error_at.map(unix_ms),
+            })
+        };
+        let progress = self.mirror.dump_progress();
         json!({
             "ekho": {
                 "state": self.phase.lock().unwrap().name(),
@@ -738,6 +761,12 @@ impl control::Service for Daemon {
                 "last_resync_ms": ms.last_resync_ms,
                 "changes": ms.changes,
                 "route_attr_sets": ms.route_attr_sets,
+                "undecodable": ms.undecodable,
+                "source": source,
+                "dump_progress": {
+                    "dumping": progress.dumping.map(|k| k.plural()),
+                    "messages": progress.messages,
+                },
             },
             "ebpf": self.ebpf_status(),
             "plugins": plugins,
@@ -974,9 +1003,19 @@ async fn run_bound(
 
     let fanout = daemon.load_plugins();
     daemon.set_phase(Phase::Syncing);
-    let source = start_mirror(&daemon, netns.clone(), fanout);
+    let opts = ekho_mirror::source::SourceOptions {
+        fail_after_sync: std::env::var(FAULT_SOURCE_FAIL_AFTER_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        ..Default::default()
+    };
+    if opts.fail_after_sync.is_some() {
+        tracing::warn!("{FAULT_SOURCE_FAIL_AFTER_MS} is set: the netlink source will be broken after its sync (fault injection for tests)");
+    }
+    let mut source = start_mirror(&daemon, netns.clone(), fanout, opts);
     tokio::select! {
-        r = wait_for_sync(&daemon.mirror, source) => {
+        r = wait_for_sync(&daemon.mirror, &mut source) => {
             if let Err(e) = r {
                 // The plugins were loaded for the initial dump: let them release what they hold.
                 stop_plugins(&daemon).await?;
@@ -997,6 +1036,8 @@ async fn run_bound(
     tracing::info!(socket = %socket.display(), "ekho running");
     crate::systemd::ready();
 
+    daemon.source.lock().unwrap().state = "running";
+    tokio::spawn(supervise_source(daemon.clone(), netns.clone(), source));
     let netns_id = netns.as_deref().and_then(netns_inode);
     let mut netns_check = tokio::time::interval(NETNS_CHECK_EVERY);
     loop {
@@ -1037,6 +1078,101 @@ async fn run_bound(
     shutdown(&daemon).await
 }
 
+/// Environment variable, for tests only (fault injection): the first netlink source's event
+/// socket is broken this many ms after the initial dump
+/// ([`SourceOptions::fail_after_sync`](ekho_mirror::source::SourceOptions::fail_after_sync)), so
+/// that the source fails through the path of a real socket error. Unset in production.
+pub const FAULT_SOURCE_FAIL_AFTER_MS: &str = "EKHO_FAULT_SOURCE_FAIL_AFTER_MS";
+
+/// The wait before the first restart of a failed netlink source; doubled for each failure in a
+/// row, up to [`SOURCE_RESTART_MAX_DELAY`].
+const SOURCE_RESTART_DELAY: Duration = Duration::from_millis(500);
+
+/// The longest wait before restarting a failed netlink source.
+const SOURCE_RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// A source that ran this long after its sync has its failures in a row forgotten.
+const SOURCE_FAILURES_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
+
+/// The netlink source's health, as `ekho status` shows it (`mirror.source`).
+#[derive(Debug, Default)]
+struct SourceHealth {
+    /// `starting`, `running`, `restarting` (failed, its restart pending or resyncing).
+    state: &'static str,
+    /// Restarts after a failure.
+    restarts: u64,
+    /// Why it last failed, and when.
+    last_error: Option<String>,
+    last_error_at: Option<std::time::SystemTime>,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Watches the synced netlink source: should it fail, records why (status `mirror.source`) and
+/// starts a new one (after a delay growing with failures in a row), whose full dump is
+/// reconciled into the mirror by mark and sweep: the plugins get what changed while no source
+/// ran. Runs until the daemon's process ends.
+async fn supervise_source(
+    daemon: Arc<Daemon>,
+    netns: Option<PathBuf>,
+    mut source: tokio::task::JoinHandle<Option<SourceError>>,
+) {
+    let mut failures_in_row = 0u32;
+    let mut synced_at = Instant::now();
+    loop {
+        let why = match (&mut source).await {
+            Ok(Some(e)) => e.to_string(),
+            Ok(None) => "it stopped without an error".into(),
+            Err(e) => format!("its task ended: {e}"),
+        };
+        if synced_at.elapsed() >= SOURCE_FAILURES_FORGOTTEN_AFTER {
+            failures_in_row = 0;
+        }
+        failures_in_row += 1;
+        let delay = SOURCE_RESTART_DELAY
+            .saturating_mul(1 << (failures_in_row - 1).min(16))
+            .min(SOURCE_RESTART_MAX_DELAY);
+        let n = {
+            let mut h = daemon.source.lock().unwrap();
+            h.restarts += 1;
+            h.state = "restarting";
+            h.last_error = Some(why.clone());
+            h.last_error_at = Some(std::time::SystemTime::now());
+            h.restarts
+        };
+        tracing::error!(
+            restart = n,
+            "netlink source failed: {why}; restarting it in {delay:?} with a full resync"
+        );
+        tokio::time::sleep(delay).await;
+        let before = daemon.mirror.syncs();
+        let t0 = Instant::now();
+        source = start_mirror(
+            &daemon,
+            netns.clone(),
+            Fanout::default(),
+            ekho_mirror::source::SourceOptions::default(),
+        );
+        // Until its dump is reconciled (or it fails again: then the loop records that).
+        while daemon.mirror.syncs() == before && !source.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if daemon.mirror.syncs() != before {
+            synced_at = Instant::now();
+            daemon.source.lock().unwrap().state = "running";
+            tracing::info!(
+                restart = n,
+                objects = ?daemon.mirror.stats().objects,
+                "netlink source restarted: resynced in {:?}",
+                t0.elapsed()
+            );
+        }
+    }
+}
+
 /// How often the daemon checks that the namespace it mirrors still exists.
 const NETNS_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -1068,6 +1204,7 @@ fn start_mirror(
     daemon: &Daemon,
     netns: Option<PathBuf>,
     fanout: Fanout,
+    opts: ekho_mirror::source::SourceOptions,
 ) -> tokio::task::JoinHandle<Option<SourceError>> {
     let src_cfg = SourceConfig {
         netns,
@@ -1080,7 +1217,6 @@ fn start_mirror(
         Some(Box::new(fanout))
     };
     tokio::spawn(async move {
-        let opts = ekho_mirror::source::SourceOptions::default();
         match ekho_mirror::source::run_streaming(mirror, src_cfg, opts, stream).await {
             Err(e) => {
                 tracing::error!("netlink source stopped: {e}");
@@ -1095,7 +1231,7 @@ fn start_mirror(
 /// source stopped first.
 async fn wait_for_sync(
     mirror: &Mirror,
-    source: tokio::task::JoinHandle<Option<SourceError>>,
+    source: &mut tokio::task::JoinHandle<Option<SourceError>>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while !mirror.stats().synced {

@@ -5,10 +5,11 @@
 //! as Prometheus does), else in the classic text format 0.0.4 ([`classic`]), which is what
 //! `promtool check metrics` reads.
 //!
-//! Families: `ekho_mirror_*` (objects per kind, messages, changes, overruns, resyncs, synced),
+//! Families: `ekho_mirror_*` (objects per kind, messages, changes, overruns, resyncs, synced,
+//! undecodable messages per type, source restarts and up),
 //! `ekho_plugin_*` (state, queue depth, objects held per kind and outcome, outcomes given,
-//! host refusals, restarts, hung, the plugin's own counters as `ekho_plugin_stat`), `ekho_ebpf_*` (events, losses,
-//! hooks live).
+//! host refusals, restarts, hung, the plugin's own counters as `ekho_plugin_stat`), `ekho_ebpf_*` (events per
+//! hook, losses per notifier kind, hooks live).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +54,11 @@ struct PluginCounter {
     plugin: String,
     kind: String,
     name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MsgType {
+    message_type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,6 +123,32 @@ pub fn encode(status: &Value) -> String {
         "ekho_mirror_overruns",
         "Netlink socket overruns (ENOBUFS)",
         u(&m["overruns"]),
+    );
+    let undecodable = Family::<MsgType, Counter>::default();
+    for (t, n) in m["undecodable"].as_object().into_iter().flatten() {
+        undecodable
+            .get_or_create(&MsgType {
+                message_type: t.clone(),
+            })
+            .inc_by(u(n));
+    }
+    r.register(
+        "ekho_mirror_undecodable",
+        "Netlink messages that failed to decode, per message type",
+        undecodable,
+    );
+    let src = &m["source"];
+    counter(
+        &mut r,
+        "ekho_mirror_source_restarts",
+        "Restarts of the netlink source after a fatal error (each with a full resync)",
+        u(&src["restarts"]),
+    );
+    gauge(
+        &mut r,
+        "ekho_mirror_source_up",
+        "1 while the netlink source runs, 0 while it is restarting after a failure",
+        (src["state"] == "running") as i64,
     );
     counter(
         &mut r,
@@ -251,17 +283,25 @@ pub fn encode(status: &Value) -> String {
         "1 while the eBPF source runs",
         (e["state"] == "running") as i64,
     );
-    counter(
-        &mut r,
+    // Per hook (the one that captured them: a fallen-back hook's events carry the name it fell
+    // back to) and per notifier kind (the kernel side counts lost reservations per kind).
+    let events = Family::<Hook, Counter>::default();
+    for (h, n) in e["events_by_hook"].as_object().into_iter().flatten() {
+        events.get_or_create(&Hook { hook: h.clone() }).inc_by(u(n));
+    }
+    r.register(
         "ekho_ebpf_events",
-        "Notifier events captured by eBPF",
-        u(&e["events"]),
+        "Notifier events captured by eBPF, per hook",
+        events,
     );
-    counter(
-        &mut r,
+    let lost = Family::<Kind, Counter>::default();
+    for (k, n) in e["lost_by_kind"].as_object().into_iter().flatten() {
+        lost.get_or_create(&Kind { kind: k.clone() }).inc_by(u(n));
+    }
+    r.register(
         "ekho_ebpf_lost",
-        "eBPF events lost (ring buffer full)",
-        u(&e["lost"]),
+        "eBPF events lost (ring buffer full), per notifier kind",
+        lost,
     );
     let live = Family::<Hook, Gauge>::default();
     for h in e["hooks"].as_array().into_iter().flatten() {
@@ -386,19 +426,31 @@ mod tests {
     fn families_follow_prometheus_conventions() {
         let st = serde_json::json!({
             "mirror": {"objects": {"routes": 3, "links": 2}, "synced": true, "messages": 10,
-                       "changes": 7, "overruns": 1, "resyncs": 2},
+                       "changes": 7, "overruns": 1, "resyncs": 2,
+                       "undecodable": {"RTM_NEWROUTE": 4},
+                       "source": {"state": "running", "restarts": 1}},
             "plugins": [{"name": "rec", "state": "in_sync", "queue_depth": 0, "offloaded": 5,
                          "unsupported": 1, "trapped": 0, "failed": 0, "applied": 6, "refused": 0,
                          "restarts": 2, "events": 0, "events_dropped": 0,
                          "outcomes": {"route": {"offloaded": 3}},
                          "counters": [{"kind": "route", "name": "entries", "value": 3}]}],
-            "ebpf": {"state": "disabled"}
+            "ebpf": {"state": "running", "events": 5, "lost": 2,
+                     "events_by_hook": {"tp_btf/neigh_update": 4, "tp_btf/fib6_table_lookup": 1},
+                     "lost_by_kind": {"neighbour": 2, "fib": 0},
+                     "hooks": [{"name": "tp_btf/neigh_update", "state": "live"}]}
         });
         let t = encode(&st);
         for line in [
+            "ekho_ebpf_events_total{hook=\"tp_btf/neigh_update\"} 4",
+            "ekho_ebpf_events_total{hook=\"tp_btf/fib6_table_lookup\"} 1",
+            "ekho_ebpf_lost_total{kind=\"neighbour\"} 2",
+            "ekho_ebpf_hook_live{hook=\"tp_btf/neigh_update\"} 1",
             "ekho_mirror_objects{kind=\"routes\"} 3",
             "ekho_mirror_changes_total 7",
             "ekho_mirror_overruns_total 1",
+            "ekho_mirror_undecodable_total{message_type=\"RTM_NEWROUTE\"} 4",
+            "ekho_mirror_source_restarts_total 1",
+            "ekho_mirror_source_up 1",
             "ekho_plugin_state{plugin=\"rec\",state=\"in_sync\"} 1",
             "ekho_plugin_state{plugin=\"rec\",state=\"failed\"} 0",
             "ekho_plugin_restarts_total{plugin=\"rec\"} 2",

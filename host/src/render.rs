@@ -153,6 +153,43 @@ pub fn status(v: &Value) -> String {
         scalar(&e["netns"])
     );
     let m = &v["mirror"];
+    let _ = write!(out, "state: {}", scalar(&e["state"]));
+    let p = &m["dump_progress"];
+    if e["state"] == "syncing" || p["dumping"].is_string() {
+        // The initial dump (or a restarted source's) as it runs.
+        let dumped: Vec<String> = p["messages"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        let _ = write!(
+            out,
+            " (dumping {}; messages so far: {})",
+            p["dumping"].as_str().unwrap_or("-"),
+            if dumped.is_empty() {
+                "none".into()
+            } else {
+                dumped.join(" ")
+            }
+        );
+    }
+    out.push('\n');
+    let src = &m["source"];
+    if src["restarts"].as_u64().unwrap_or(0) > 0 || src["state"] == "restarting" {
+        let _ = writeln!(
+            out,
+            "netlink source: {} restarts={} last error: {}",
+            scalar(&src["state"]),
+            src["restarts"],
+            scalar(&src["last_error"])
+        );
+    }
+    if let Some(u) = m["undecodable"].as_object().filter(|u| !u.is_empty()) {
+        let parts: Vec<String> = u.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "undecodable messages: {}", parts.join(" "));
+    }
     let _ = writeln!(
         out,
         "mirror: synced={} messages={} changes={} overruns={} resyncs={} last_resync={}ms shared_route_attrs={}",
