@@ -213,3 +213,121 @@ fn the_daemon_notifies_ready_after_the_first_sync_and_feeds_the_watchdog() {
     }
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 }
+
+#[test]
+fn ebpf_metrics_count_events_per_hook() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    let events = dir.path().join("rec.jsonl");
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        true,
+        &format!(
+            "[[plugins]]\nname = \"rec\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"link\"]\nnotifiers = [\"neighbour\"]\n",
+            events.display()
+        ),
+    )
+    .replace("ebpf = true", "ebpf = true\nmetrics = \"127.0.0.1:0\"");
+    assert!(cfg.contains("metrics = "), "{cfg}");
+    let d = Daemon::start(dir.path(), &cfg);
+    let st = d.status();
+    if st["ebpf"]["state"] != "running" {
+        say_skip(&format!("eBPF source not running here: {}", st["ebpf"]));
+        return;
+    }
+    for i in 0..10 {
+        ns.ip(&[
+            "neigh",
+            "add",
+            &format!("10.1.0.{}", 100 + i),
+            "lladdr",
+            "02:00:00:00:01:02",
+            "dev",
+            "a0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    // The recorder's eBPF events, per hook.
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let mut by_hook = std::collections::BTreeMap::<String, u64>::new();
+        let mut ours = 0;
+        for e in read_events(&events)
+            .iter()
+            .filter(|e| e["stream"] == "ebpf")
+        {
+            *by_hook
+                .entry(e["object"]["hook"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            ours += (e["object"]["lladdr"] == "02:00:00:00:01:02") as u32;
+        }
+        (ours >= 10).then_some(by_hook)
+    })
+    .unwrap_or_else(|| panic!("no neighbour events:\n{}", d.log_text()));
+    d.settle();
+    let log = d.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let st = d.status();
+    let mut total = 0;
+    for (hook, n) in &recorded {
+        // Every event captured is handed to the recorder (it takes neighbour events only).
+        let line = format!("ekho_ebpf_events_total{{hook=\"{hook}\"}} ");
+        let v: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("{line} missing:\n{body}"))
+            .parse()
+            .unwrap();
+        assert!(v >= *n, "{hook}: {v} counted, {n} recorded\n{body}");
+        assert_eq!(st["ebpf"]["events_by_hook"][hook], v, "{}", st["ebpf"]);
+        total += v;
+    }
+    assert!(total <= st["ebpf"]["events"].as_u64().unwrap());
+    let by_hook: u64 = st["ebpf"]["events_by_hook"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        by_hook,
+        st["ebpf"]["events"].as_u64().unwrap(),
+        "{}",
+        st["ebpf"]
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "# TYPE ekho_ebpf_lost_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("ekho_ebpf_lost_total{kind=\"neighbour\"} ")),
+        "{body}"
+    );
+    if let Some(r) = missing_tools(&["promtool"], "prometheus") {
+        say_skip(&format!("promtool check metrics: {r}"));
+        return;
+    }
+    let f = dir.path().join("metrics.txt");
+    std::fs::write(&f, &body).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("promtool check metrics < {}", f.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
