@@ -17,6 +17,12 @@
 //! call_timeout_ms = 30000            # the watchdog: a longer call marks the plugin hung (0: off)
 //! [plugins.config]                   # passed to the plugin verbatim
 //! events_path = "/var/log/ekho/events.jsonl"
+//!
+//! [flows]                            # conntrack of the mirrored netns (docs/flows.md)
+//! enabled = true                     # default true; without ctnetlink it is a status line
+//! limit = 65536                      # most entries mirrored (about 225 B each); more refused
+//! rcvbuf = 33554432                  # ctnetlink event socket buffer, bytes (default 32 MiB)
+//! refresh_s = 10                     # re-dump and reconcile this often (0: only on overruns)
 //! ```
 
 use serde::Deserialize;
@@ -50,6 +56,8 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// Where this config came from (not a TOML key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -91,6 +99,22 @@ pub struct HostConfig {
     /// Serve Prometheus metrics at `http://ADDR:PORT/metrics`, e.g. "127.0.0.1:9477" (default:
     /// not served).
     pub metrics: Option<String>,
+}
+
+/// `[flows]`: the conntrack table of the mirrored netns (docs/flows.md).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// Mirror conntrack (default true; a netns without ctnetlink is reported, not an error).
+    pub enabled: Option<bool>,
+    /// The most entries mirrored, hence offload candidates (default 65536, about 225 bytes
+    /// each); additions past it are refused and counted (`ekho status`: `refused`).
+    pub limit: Option<usize>,
+    /// Receive buffer of the ctnetlink event socket, bytes (default 32 MiB).
+    pub rcvbuf: Option<usize>,
+    /// Re-dump and reconcile the table every this many seconds (default 10; 0: never): entries
+    /// older than the daemon send no events, counters and timeouts change with none.
+    pub refresh_s: Option<u64>,
 }
 
 /// What happens to a plugin that failed (panicked, broke the contract).
@@ -255,6 +279,7 @@ impl Config {
                 name: "recorder".into(),
                 ..Default::default()
             }],
+            flows: FlowsConfig::default(),
             source: ConfigSource::BuiltIn,
         }
     }

@@ -46,6 +46,8 @@ pub enum Request {
     Plugins,
     /// `ekho dump [KIND]`.
     Dump(Option<ObjectKind>),
+    /// `ekho dump flows [--stats]`: the conntrack table.
+    Flows { stats: bool },
     /// `ekho monitor`: the changes applied from now on, one line each.
     Monitor,
     /// `ekho reload`: re-read the config file.
@@ -63,11 +65,17 @@ impl Request {
             "plugins" => Ok(Request::Plugins),
             "dump" => match req["kind"].as_str() {
                 None => Ok(Request::Dump(None)),
+                Some("flows") => Ok(Request::Flows {
+                    stats: req["stats"].as_bool().unwrap_or(false),
+                }),
                 Some(k) => match ObjectKind::from_name(k) {
                     Some(k) => Ok(Request::Dump(Some(k))),
                     None => {
                         let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
-                        Err(format!("unknown kind {k:?}; one of: {}", known.join(", ")))
+                        Err(format!(
+                            "unknown kind {k:?}; one of: {}, flows",
+                            known.join(", ")
+                        ))
                     }
                 },
             },
@@ -101,6 +109,8 @@ pub trait Service: Send + Sync + 'static {
     fn plugins(&self) -> Value;
     /// `ekho dump --json`: one object keyed by kind (`kind` alone when given).
     fn dump(&self, kind: Option<ObjectKind>) -> Value;
+    /// `ekho dump flows --json`: the conntrack entries (with the table's counters: `stats`).
+    fn flows(&self, stats: bool) -> Value;
     /// Hands `sink` every change applied from now on (no snapshot), until [`Service::unwatch`].
     fn watch(&self, sink: ChangeSink) -> WatchId;
     /// Ends a watch.
@@ -186,6 +196,7 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Ok(Request::Status) => service.status(),
         Ok(Request::Plugins) => service.plugins(),
         Ok(Request::Dump(kind)) => service.dump(kind),
+        Ok(Request::Flows { stats }) => service.flows(stats),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
         Ok(Request::Reload) => {
             let s = service.clone();
@@ -315,6 +326,10 @@ mod tests {
         assert_eq!(
             Request::parse(r#"{"cmd":"dump","kind":"routes"}"#),
             Ok(Request::Dump(Some(ObjectKind::Route)))
+        );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"dump","kind":"flows","stats":true}"#),
+            Ok(Request::Flows { stats: true })
         );
     }
 

@@ -115,6 +115,8 @@ pub struct Daemon {
     mirror: Mirror,
     plugins: Mutex<Vec<Slot>>,
     ebpf: Mutex<EbpfEntry>,
+    /// The conntrack source (started once the mirror is synced).
+    flows: Mutex<crate::flows::Flows>,
     started: Instant,
     phase: Mutex<Phase>,
     /// Where plugins loaded at any time send their requests.
@@ -180,6 +182,7 @@ impl Daemon {
             mirror: Mirror::new(),
             plugins: Mutex::new(Vec::new()),
             ebpf: Mutex::new(EbpfEntry::Disabled),
+            flows: Mutex::new(crate::flows::Flows::Disabled),
             started: Instant::now(),
             phase: Mutex::new(Phase::Starting),
             requests,
@@ -703,9 +706,11 @@ impl Daemon {
                 .position(|p| p.name == s.config.name)
                 .unwrap_or(usize::MAX)
         });
-        let host_ignored = new.host != self.config.host;
+        let host_ignored = new.host != self.config.host || new.flows != self.config.flows;
         if host_ignored {
-            tracing::warn!("reload: [host] changed; its keys take effect at the next start");
+            tracing::warn!(
+                "reload: [host] or [flows] changed; their keys take effect at the next start"
+            );
         }
         tracing::info!(?added, ?removed, ?restarted, "configuration reloaded");
         Ok(json!({
@@ -769,6 +774,7 @@ impl control::Service for Daemon {
                 },
             },
             "ebpf": self.ebpf_status(),
+            "conntrack": self.flows.lock().unwrap().status(),
             "plugins": plugins,
         })
     }
@@ -835,6 +841,11 @@ impl control::Service for Daemon {
             }
         }
         Value::Object(m)
+    }
+
+    /// `ekho dump flows --json`.
+    fn flows(&self, stats: bool) -> Value {
+        self.flows.lock().unwrap().dump(stats)
     }
 
     fn watch(&self, sink: ChangeSink) -> WatchId {
@@ -1031,6 +1042,9 @@ async fn run_bound(
         let entry = start_ebpf(&daemon, netns.clone());
         *daemon.ebpf.lock().unwrap() = entry;
     }
+    let (cfg, ns) = (daemon.config.flows.clone(), netns.clone());
+    let flows = tokio::task::spawn_blocking(move || crate::flows::Flows::start(&cfg, ns)).await?;
+    *daemon.flows.lock().unwrap() = flows;
     tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
     daemon.set_phase(Phase::Running);
     tracing::info!(socket = %socket.display(), "ekho running");
@@ -1361,6 +1375,7 @@ async fn shutdown(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
     crate::systemd::stopping();
     stop_plugins(daemon).await?;
     *daemon.ebpf.lock().unwrap() = EbpfEntry::Disabled;
+    *daemon.flows.lock().unwrap() = crate::flows::Flows::Disabled;
     tracing::info!("ekho stopped");
     Ok(())
 }

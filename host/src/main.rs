@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod dispatch;
+mod flows;
 mod instance;
 mod loader;
 mod metrics;
@@ -62,11 +63,15 @@ enum Cmd {
         json: bool,
     },
     /// Print the daemon's mirror, iproute2-like (KIND: links, addresses, routes, nexthops,
-    /// neighbours, fdb, vlans, mdb, rules, netconf)
+    /// neighbours, fdb, vlans, mdb, rules, netconf), or its conntrack table as
+    /// `conntrack -L -o extended` prints it (KIND: flows)
     Dump {
         kind: Option<String>,
         #[arg(long)]
         json: bool,
+        /// With `flows`: the table's counters (entries, limit, refused, events, overruns, resyncs)
+        #[arg(long)]
+        stats: bool,
     },
     /// Stream changes as the mirror applies them, like `ip monitor`
     Monitor {
@@ -170,12 +175,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let v = control::request(&socket, &json!({"cmd": "plugins"}), timeout)?;
                     print_or(json, &v, render::plugins);
                 }
-                Cmd::Dump { kind, json } => {
+                Cmd::Dump { kind, json, stats } if kind.as_deref() == Some("flows") => {
+                    let v = control::request(
+                        &socket,
+                        &json!({"cmd": "dump", "kind": "flows", "stats": stats}),
+                        timeout,
+                    )?;
+                    print_or(json, &v, render::flows);
+                }
+                Cmd::Dump { stats: true, .. } => {
+                    anyhow::bail!("--stats goes with `ekho dump flows` only")
+                }
+                Cmd::Dump { kind, json, .. } => {
                     if let Some(k) = &kind {
                         if ObjectKind::from_name(k).is_none() {
                             let known: Vec<&str> =
                                 ObjectKind::ALL.iter().map(|k| k.plural()).collect();
-                            anyhow::bail!("unknown kind {k:?}; one of: {}", known.join(", "));
+                            anyhow::bail!(
+                                "unknown kind {k:?}; one of: {}, flows",
+                                known.join(", ")
+                            );
                         }
                     }
                     let v =

@@ -9,7 +9,8 @@
 //! undecodable messages per type, source restarts and up),
 //! `ekho_plugin_*` (state, queue depth, objects held per kind and outcome, outcomes given,
 //! host refusals, restarts, hung, the plugin's own counters as `ekho_plugin_stat`), `ekho_ebpf_*` (events per
-//! hook, losses per notifier kind, hooks live).
+//! hook, losses per notifier kind, hooks live), `ekho_conntrack_*` (up, flows, limit, events, refused,
+//! overruns, resyncs).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -155,6 +156,50 @@ pub fn encode(status: &Value) -> String {
         "ekho_mirror_resyncs",
         "Resyncs done (after overruns, eBPF losses, targeted re-dumps)",
         u(&m["resyncs"]),
+    );
+
+    let c = &status["conntrack"];
+    gauge(
+        &mut r,
+        "ekho_conntrack_up",
+        "1 while the conntrack source runs (0: disabled, unavailable or failed)",
+        matches!(c["state"].as_str(), Some("running") | Some("syncing")) as i64,
+    );
+    gauge(
+        &mut r,
+        "ekho_conntrack_flows",
+        "conntrack entries mirrored",
+        u(&c["flows"]) as i64,
+    );
+    gauge(
+        &mut r,
+        "ekho_conntrack_limit",
+        "The most conntrack entries mirrored ([flows] limit)",
+        u(&c["limit"]) as i64,
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_events",
+        "ctnetlink events read (NEW, UPDATE, DESTROY)",
+        u(&c["events"]),
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_refused",
+        "conntrack entries not mirrored: the table was at its limit",
+        u(&c["refused"]),
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_overruns",
+        "ctnetlink event socket overruns (ENOBUFS)",
+        u(&c["overruns"]),
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_resyncs",
+        "conntrack re-dumps reconciled after overruns",
+        u(&c["resyncs"]),
     );
 
     let state = Family::<PluginState, Gauge>::default();
@@ -437,7 +482,9 @@ mod tests {
             "ebpf": {"state": "running", "events": 5, "lost": 2,
                      "events_by_hook": {"tp_btf/neigh_update": 4, "tp_btf/fib6_table_lookup": 1},
                      "lost_by_kind": {"neighbour": 2, "fib": 0},
-                     "hooks": [{"name": "tp_btf/neigh_update", "state": "live"}]}
+                     "hooks": [{"name": "tp_btf/neigh_update", "state": "live"}]},
+            "conntrack": {"state": "running", "flows": 4, "limit": 10, "refused": 2,
+                          "events": 9, "overruns": 1, "resyncs": 1}
         });
         let t = encode(&st);
         for line in [
@@ -451,6 +498,10 @@ mod tests {
             "ekho_mirror_undecodable_total{message_type=\"RTM_NEWROUTE\"} 4",
             "ekho_mirror_source_restarts_total 1",
             "ekho_mirror_source_up 1",
+            "ekho_conntrack_up 1",
+            "ekho_conntrack_flows 4",
+            "ekho_conntrack_refused_total 2",
+            "ekho_conntrack_events_total 9",
             "ekho_plugin_state{plugin=\"rec\",state=\"in_sync\"} 1",
             "ekho_plugin_state{plugin=\"rec\",state=\"failed\"} 0",
             "ekho_plugin_restarts_total{plugin=\"rec\"} 2",

@@ -224,6 +224,21 @@ pub fn status(v: &Value) -> String {
         }
         out.push('\n');
     }
+    let c = &v["conntrack"];
+    if c.is_object() {
+        let _ = write!(out, "conntrack: {}", scalar(&c["state"]));
+        if let Some(r) = c["reason"].as_str() {
+            let _ = write!(out, " ({r})");
+        }
+        if !c["flows"].is_null() {
+            let _ = write!(
+                out,
+                " flows={} limit={} refused={} events={} overruns={} resyncs={}",
+                c["flows"], c["limit"], c["refused"], c["events"], c["overruns"], c["resyncs"]
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "plugins:");
     let _ = writeln!(
         out,
@@ -394,6 +409,84 @@ pub fn reload(v: &Value) -> String {
     );
     if v["host_changed_needs_restart"] == true {
         out.push_str("  [host] changed: its keys take effect at the next start\n");
+    }
+    out
+}
+
+/// `ekho dump flows`: one line per entry as `conntrack -L -o extended` prints it, from the
+/// JSON form (`flows::flow_json`); with `--stats`, the table's counters last.
+pub fn flows(v: &Value) -> String {
+    let mut out = String::new();
+    for f in v["flows"].as_array().into_iter().flatten() {
+        out.push_str(&flow_line(f));
+        out.push('\n');
+    }
+    let s = &v["stats"];
+    if s.is_object() {
+        let _ = write!(out, "conntrack: {}", scalar(&s["state"]));
+        if let Some(r) = s["reason"].as_str() {
+            let _ = write!(out, " ({r})");
+        }
+        for k in [
+            "flows",
+            "limit",
+            "refused",
+            "events",
+            "messages",
+            "overruns",
+            "resyncs",
+            "refreshes",
+        ] {
+            if !s[k].is_null() {
+                let _ = write!(out, " {k}={}", s[k]);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn flow_tuple(out: &mut String, t: &Value) {
+    for k in [
+        "src", "dst", "sport", "dport", "type", "code", "id", "packets", "bytes",
+    ] {
+        if !t[k].is_null() {
+            let _ = write!(out, " {k}={}", scalar(&t[k]));
+        }
+    }
+}
+
+/// One entry, `conntrack -L -o extended`'s line.
+pub fn flow_line(f: &Value) -> String {
+    let mut out = format!(
+        "{:<8} {} {:<8} {} {}",
+        scalar(&f["family"]),
+        f["l3protonum"],
+        scalar(&f["proto"]),
+        f["protonum"],
+        f["timeout"]
+    );
+    if let Some(s) = f["state"].as_str() {
+        let _ = write!(out, " {s}");
+    }
+    let flags: Vec<&str> = f["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    flow_tuple(&mut out, &f["original"]);
+    if flags.contains(&"UNREPLIED") {
+        out.push_str(" [UNREPLIED]");
+    }
+    flow_tuple(&mut out, &f["reply"]);
+    for fl in flags.iter().filter(|f| **f != "UNREPLIED") {
+        let _ = write!(out, " [{fl}]");
+    }
+    for k in ["mark", "zone", "labels", "use"] {
+        if !f[k].is_null() {
+            let _ = write!(out, " {k}={}", scalar(&f[k]));
+        }
     }
     out
 }

@@ -203,6 +203,7 @@ fn the_mirrored_table_equals_conntrack_after_random_setup_and_teardown() {
         netns: Some(ns.path()),
         rcvbuf: 64 << 20,
         limit: 100_000,
+        refresh: None,
     })
     .unwrap();
     assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
@@ -258,6 +259,7 @@ fn an_overrun_is_counted_and_repaired_by_a_resync() {
         netns: Some(ns.path()),
         rcvbuf: 1,
         limit: 100_000,
+        refresh: None,
     })
     .unwrap();
     assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
@@ -285,6 +287,7 @@ fn the_table_is_bounded_and_refusals_are_counted() {
         netns: Some(ns.path()),
         rcvbuf: 64 << 20,
         limit: 20,
+        refresh: None,
     })
     .unwrap();
     assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());

@@ -16,14 +16,21 @@ use std::collections::HashMap;
 pub struct Stats {
     /// Entries held.
     pub flows: usize,
-    /// Additions refused because the table was full.
+    /// Additions refused because the table was full: by events, and by the first dump (a
+    /// re-dump does not count again what still does not fit: see `over_limit`).
     pub refused: u64,
+    /// Entries of the last dump not held for the limit.
+    pub over_limit: u64,
     /// Event socket overruns (`ENOBUFS`).
     pub overruns: u64,
     /// Re-dumps reconciled after an overrun.
     pub resyncs: u64,
-    /// ctnetlink messages read.
+    /// Periodic re-dumps reconciled ([`source::Config::refresh`]).
+    pub refreshes: u64,
+    /// ctnetlink messages read (dumps and events).
     pub messages: u64,
+    /// Event messages read (NEW, UPDATE, DESTROY).
+    pub events: u64,
 }
 
 /// The mirrored entries, by (zone, original tuple).
@@ -32,6 +39,8 @@ pub struct Table {
     flows: HashMap<(u16, Tuple), Flow>,
     limit: usize,
     stats: Stats,
+    /// A dump was reconciled already.
+    reconciled: bool,
 }
 
 impl Table {
@@ -41,6 +50,7 @@ impl Table {
             flows: HashMap::new(),
             limit,
             stats: Stats::default(),
+            reconciled: false,
         }
     }
 
@@ -74,9 +84,15 @@ impl Table {
         let seen: std::collections::HashSet<(u16, Tuple)> = dump.iter().map(|f| f.key()).collect();
         // Sweep first, so the room of what is gone goes to what the dump adds.
         self.flows.retain(|k, _| seen.contains(k));
+        let before = self.stats.refused;
         for f in dump {
             self.apply(Message::New(f));
         }
+        self.stats.over_limit = self.stats.refused - before;
+        if self.reconciled {
+            self.stats.refused = before;
+        }
+        self.reconciled = true;
     }
 
     /// One entry.
@@ -87,6 +103,11 @@ impl Table {
     /// Every entry.
     pub fn flows(&self) -> impl Iterator<Item = &Flow> {
         self.flows.values()
+    }
+
+    /// The most entries held.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Counters.
@@ -234,6 +255,11 @@ mod tests {
         assert!(t.get(0, &flow(1).orig).is_none());
         assert!(t.get(0, &flow(3).orig).is_some());
         assert_eq!(t.stats().flows, 2);
+        assert_eq!((t.stats().refused, t.stats().over_limit), (1, 0));
+        // A re-dump with one too many: over the limit, not refused again and again.
+        t.reconcile(vec![flow(2), flow(3), flow(4)]);
+        t.reconcile(vec![flow(2), flow(3), flow(4)]);
+        assert_eq!((t.stats().refused, t.stats().over_limit), (1, 1));
     }
 }
 

@@ -3,6 +3,11 @@
 //! It joins the groups first, dumps (`IPCTNL_MSG_CT_GET`, every family) into the [`Table`],
 //! then applies events as they come. On `ENOBUFS` it counts an overrun, drops what is queued
 //! (older than the dump to come), dumps again and reconciles by mark and sweep (counted).
+//!
+//! It also re-dumps every [`Config::refresh`]: with `net.netfilter.nf_conntrack_events = 2`
+//! (the kernel's default, "auto") an entry created before anyone listened has no event cache
+//! and never sends an UPDATE or DESTROY event, so only a dump sees it change or go; a dump also
+//! brings the counters and timeouts, which change with no event.
 
 use super::message::{self, Flow, Message};
 use super::Table;
@@ -23,6 +28,8 @@ pub struct Config {
     pub rcvbuf: usize,
     /// Most entries held ([`Table::new`]).
     pub limit: usize,
+    /// Re-dump and reconcile this often (`None`: only after overruns).
+    pub refresh: Option<std::time::Duration>,
 }
 
 /// A running conntrack source; dropping it stops the thread.
@@ -30,7 +37,8 @@ pub struct Conntrack {
     table: Arc<Mutex<Table>>,
     synced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Result<(), SourceError>>>,
+    failure: Arc<Mutex<Option<SourceError>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Conntrack {
@@ -39,15 +47,15 @@ impl Conntrack {
         let table = Arc::new(Mutex::new(Table::new(cfg.limit)));
         let synced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, s, st) = (table.clone(), synced.clone(), stop.clone());
+        let failure = Arc::new(Mutex::new(None));
+        let (t, s, st, f) = (table.clone(), synced.clone(), stop.clone(), failure.clone());
         let thread = std::thread::Builder::new()
             .name("ekho-conntrack".into())
             .spawn(move || {
-                let r = run(&cfg, &t, &s, &st);
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "conntrack source stopped");
+                if let Err(e) = run(&cfg, &t, &s, &st) {
+                    tracing::debug!(error = %e, "conntrack source stopped");
+                    *f.lock().unwrap() = Some(e);
                 }
-                r
             })
             .map_err(|e| SourceError::Netlink {
                 op: "spawn conntrack thread".into(),
@@ -57,6 +65,7 @@ impl Conntrack {
             table,
             synced,
             stop,
+            failure,
             thread: Some(thread),
         })
     }
@@ -74,6 +83,21 @@ impl Conntrack {
     /// Whether the thread has ended (with its error, if any).
     pub fn finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Why the thread ended, if it failed: ctnetlink missing in the netns (no
+    /// `nf_conntrack_netlink`: the socket or the dump refused), or a socket error later.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().as_ref().map(|e| e.to_string())
+    }
+
+    /// The errno behind the failure, if any.
+    pub fn failure_errno(&self) -> Option<i32> {
+        self.failure
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|e| e.errno())
     }
 }
 
@@ -217,7 +241,20 @@ fn run(
     }
     synced.store(true, Ordering::SeqCst);
     let mut overrun = false;
+    let mut dumped = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if cfg.refresh.is_some_and(|r| dumped.elapsed() >= r) {
+            // Events still queued are older than this dump, and applied after it in order.
+            seq += 1;
+            let (flows, n) = dump(&req, &mut buf, seq)?;
+            let mut t = table.lock().unwrap();
+            t.reconcile(flows);
+            let st = t.stats_mut();
+            st.messages += n;
+            st.refreshes += 1;
+            dumped = std::time::Instant::now();
+            continue;
+        }
         if overrun {
             // What is queued is older than the dump to come.
             while let Ok(Some(_)) = recv(&ev, &mut buf) {}
@@ -229,6 +266,7 @@ fn run(
             st.messages += n;
             st.resyncs += 1;
             overrun = false;
+            dumped = std::time::Instant::now();
             continue;
         }
         let mut fds = [libc::pollfd {
@@ -269,6 +307,7 @@ fn run(
         }
         let mut t = table.lock().unwrap();
         t.stats_mut().messages += count;
+        t.stats_mut().events += count;
         if !overrun {
             for m in msgs {
                 t.apply(m);

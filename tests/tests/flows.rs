@@ -1,0 +1,279 @@
+//! The daemon's conntrack flows, through the real daemon in a private namespace: `ekho dump
+//! flows` against `conntrack -L -o extended` (text) after the start-up dump, events and
+//! deletions, the JSON form's field names, the status and metrics counters, the `[flows]`
+//! limit (refused additions counted) and `enabled = false`.
+
+use ekho_tests::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn skip() -> bool {
+    let r = needs_root("network namespaces, conntrack").or_else(|| {
+        missing_tools(
+            &["ip", "conntrack", "nft", "python3"],
+            "iproute2 conntrack nftables python3",
+        )
+    });
+    match r {
+        Some(r) => {
+            say_skip(&r);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A namespace whose local traffic is tracked (a rule using conntrack registers its hooks),
+/// with per-flow counters on and unreplied UDP flows kept 600 s.
+fn tracked_netns() -> Netns {
+    let ns = Netns::named("ekflows");
+    ns.ip("link set lo up");
+    let _ = std::process::Command::new("modprobe")
+        .args(["-q", "nf_conntrack"])
+        .status();
+    ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_udp_timeout=600",
+    ]);
+    ns.run(&["nft", "add", "table", "inet", "track"]);
+    ns.run(&[
+        "nft",
+        "add chain inet track out { type filter hook output priority 0 ; }",
+    ]);
+    ns.run(&["nft", "add rule inet track out ct state new counter"]);
+    ns
+}
+
+/// One UDP datagram from `ns` to each of `ports` on 127.0.0.1 (one unreplied flow each).
+fn udp_flows(ns: &Netns, ports: &[u16]) {
+    let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let py = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor p in [{}]:\n    s.sendto(b'x', ('127.0.0.1', p))\n",
+        list.join(",")
+    );
+    ns.run(&["python3", "-c", &py]);
+}
+
+fn null_plugin() -> &'static str {
+    "[[plugins]]\nname = \"null\"\npath = \"libekho_null.so\"\n"
+}
+
+/// A `conntrack -L -o extended` line without what changes by itself with no event (the
+/// timeout, the fifth word; the counters; the use count: NEW events carry neither), so both
+/// sides compare.
+fn steady(line: &str) -> String {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    w.iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            *i != 4
+                && !["packets=", "bytes=", "use="]
+                    .iter()
+                    .any(|p| s.starts_with(p))
+        })
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn kernel_lines(ns: &Netns) -> BTreeSet<String> {
+    ns.sh("conntrack -L -o extended 2>/dev/null")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(steady)
+        .collect()
+}
+
+fn daemon_lines(d: &Daemon) -> BTreeSet<String> {
+    let out = d.cli(&["dump", "flows"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(steady)
+        .collect()
+}
+
+/// Waits until `ekho dump flows` prints what `conntrack -L -o extended` does; panics with both.
+fn assert_same(ns: &Netns, d: &Daemon, what: &str) {
+    let mut last = (BTreeSet::new(), BTreeSet::new());
+    let ok = wait_for(Duration::from_secs(10), || {
+        let (k, m) = (kernel_lines(ns), daemon_lines(d));
+        let same = k == m;
+        last = (k, m);
+        same.then_some(())
+    });
+    if ok.is_none() {
+        panic!(
+            "{what}: `ekho dump flows` differs from `conntrack -L -o extended`\nkernel: {:#?}\nekho: {:#?}\n--- log:\n{}",
+            last.0,
+            last.1,
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn dump_flows_prints_what_conntrack_lists() {
+    if skip() {
+        return;
+    }
+    let ns = tracked_netns();
+    // Before the daemon: in its start-up dump. A replied UDP flow and an ICMP echo too.
+    udp_flows(&ns, &[4000, 4001, 4002]);
+    ns.run(&[
+        "python3",
+        "-c",
+        "import socket\nr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nr.bind(('127.0.0.1', 5000))\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'q', ('127.0.0.1', 5000))\nd, a = r.recvfrom(10)\nr.sendto(b'a', a)\ns.recv(10)\n",
+    ]);
+    ns.run(&["ping", "-c1", "-W1", "127.0.0.1"]);
+    let dir = TempDir::new();
+    // Entries older than the daemon send no events (nf_conntrack_events = 2): a deletion of one
+    // is seen by the next refresh.
+    let cfg = format!(
+        "{}\n[flows]\nrefresh_s = 2\n",
+        host_config(&ns.name, build(), false, null_plugin())
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let st = d.status()["conntrack"].clone();
+    assert_eq!(st["state"], "running", "{st}");
+    assert_same(&ns, &d, "after the start-up dump");
+
+    // Events: new flows, then one deleted.
+    udp_flows(&ns, &[4100, 4101]);
+    assert_same(&ns, &d, "after NEW events");
+    ns.sh("conntrack -D -p udp --dport 4100 2>/dev/null");
+    assert_same(&ns, &d, "after conntrack -D (a DESTROY event)");
+    ns.sh("conntrack -D -p udp --dport 4000 2>/dev/null");
+    assert_same(
+        &ns,
+        &d,
+        "after conntrack -D of an entry older than the daemon (a refresh)",
+    );
+    assert!(d.status()["conntrack"]["refreshes"].as_u64().unwrap() >= 1);
+    let st = d.status()["conntrack"].clone();
+    assert!(st["events"].as_u64().unwrap() >= 3, "{st}");
+    assert_eq!(
+        st["flows"].as_u64().unwrap() as usize,
+        kernel_lines(&ns).len(),
+        "{st}"
+    );
+    assert_eq!(
+        (st["refused"].clone(), st["overruns"].clone()),
+        (0.into(), 0.into())
+    );
+
+    // The JSON form: conntrack's field names.
+    let j = d.cli_json(&["dump", "flows", "--json", "--stats"]);
+    let flows = j["flows"].as_array().unwrap();
+    let replied = flows
+        .iter()
+        .find(|f| f["original"]["dport"] == 5000)
+        .expect("the replied UDP flow");
+    assert_eq!(
+        (
+            replied["family"].clone(),
+            replied["proto"].clone(),
+            replied["protonum"].clone()
+        ),
+        ("ipv4".into(), "udp".into(), 17.into())
+    );
+    assert_eq!(replied["reply"]["sport"], 5000);
+    assert_eq!(replied["original"]["packets"], 1);
+    assert!(!replied["flags"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("UNREPLIED")));
+    let unreplied = flows
+        .iter()
+        .find(|f| f["original"]["dport"] == 4101)
+        .unwrap();
+    assert_eq!(unreplied["flags"], serde_json::json!(["UNREPLIED"]));
+    let icmp = flows.iter().find(|f| f["proto"] == "icmp").unwrap();
+    assert_eq!(
+        (
+            icmp["original"]["type"].clone(),
+            icmp["reply"]["type"].clone()
+        ),
+        (8.into(), 0.into())
+    );
+    assert_eq!(j["stats"]["flows"].as_u64().unwrap() as usize, flows.len());
+    // The text form's counters line.
+    let out = d.cli(&["dump", "flows", "--stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("conntrack: running flows=")),
+        "{text}"
+    );
+    // `ekho status` has its line.
+    let out = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("conntrack: running flows="), "{text}");
+}
+
+#[test]
+fn the_limit_refuses_and_counts_and_enabled_false_is_a_status_line() {
+    if skip() {
+        return;
+    }
+    let ns = tracked_netns();
+    udp_flows(&ns, &[4000, 4001, 4002]);
+    let dir = TempDir::new();
+    let cfg = format!(
+        "{}\n[flows]\nlimit = 2\nrefresh_s = 1\n",
+        host_config(&ns.name, build(), false, null_plugin())
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let st = d.status()["conntrack"].clone();
+    assert_eq!(
+        (st["flows"].clone(), st["limit"].clone()),
+        (2.into(), 2.into()),
+        "{st}"
+    );
+    assert_eq!(st["refused"], 1, "{st}");
+    udp_flows(&ns, &[4100]);
+    let refused = wait_for(Duration::from_secs(5), || {
+        let st = d.status()["conntrack"].clone();
+        (st["refused"] == 2).then_some(st)
+    });
+    assert!(refused.is_some(), "{}", d.status()["conntrack"]);
+    // Refreshes re-dump what does not fit: counted over the limit, not refused again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = d.status()["conntrack"].clone();
+    assert!(st["refreshes"].as_u64().unwrap() >= 2, "{st}");
+    assert_eq!(
+        (st["refused"].clone(), st["over_limit"].clone()),
+        (2.into(), 2.into()),
+        "{st}"
+    );
+    assert_eq!(
+        d.cli_json(&["dump", "flows", "--json"])["flows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(d);
+
+    let dir = TempDir::new();
+    let cfg = format!(
+        "{}\n[flows]\nenabled = false\n",
+        host_config(&ns.name, build(), false, null_plugin())
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let st = d.status()["conntrack"].clone();
+    assert_eq!(st["state"], "disabled", "{st}");
+    assert!(d.cli_json(&["dump", "flows", "--json"])["flows"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
