@@ -23,6 +23,10 @@
 //! limit = 65536                      # most entries mirrored (about 225 B each); more refused
 //! rcvbuf = 33554432                  # ctnetlink event socket buffer, bytes (default 32 MiB)
 //! refresh_s = 10                     # re-dump and reconcile this often (0: only on overruns)
+//! [[flows.offload]]                  # offload candidates: ASSURED (TCP: ESTABLISHED) entries
+//! protocols = ["tcp", "udp"]         #   matching any such table (none: tcp and udp, any)
+//! families = ["ipv4", "ipv6"]        # optional filters: zones = [0], mark = "0x10/0xff",
+//! dports = [443, "8000-8999"]        #   sports = [...]
 //! ```
 
 use serde::Deserialize;
@@ -115,6 +119,10 @@ pub struct FlowsConfig {
     /// Re-dump and reconcile the table every this many seconds (default 10; 0: never): entries
     /// older than the daemon send no events, counters and timeouts change with none.
     pub refresh_s: Option<u64>,
+    /// The offload policy: `[[flows.offload]]` tables; an entry matching any is an offload
+    /// candidate (none: the defaults, `crate::flows::policy`).
+    #[serde(default)]
+    pub offload: Vec<crate::flows::policy::Rule>,
 }
 
 /// What happens to a plugin that failed (panicked, broke the contract).
@@ -402,6 +410,26 @@ nested = { a = 1 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_offload_policy_names_file_line_and_column() {
+        let c =
+            parse("[flows]\nlimit = 10\n[[flows.offload]]\nprotocols = [\"udp\"]\ndports = [53]\n")
+                .unwrap();
+        assert_eq!((c.flows.limit, c.flows.offload.len()), (Some(10), 1));
+        let e = parse("[flows]\n\n[[flows.offload]]\nprotocols = [\"tcp\", \"tpc\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/ekho/test.toml"), "{e}");
+        assert!(e.contains("line 4") && e.contains("column"), "{e}");
+        assert!(e.contains("unknown protocol \"tpc\""), "{e}");
+        let e = parse("[[flows.offload]]\ndports = [\"9000-80\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("LO <= HI"), "{e}");
+        let e = parse("[flows]\nlimt = 3\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("limt"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! `zone`, `use`, the flags `UNREPLIED`, `ASSURED`, `OFFLOAD`), TCP states as conntrack prints
 //! them.
 
+pub mod policy;
+
 use crate::config::FlowsConfig;
 use ekho_mirror::conntrack::message::status;
 use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack};
@@ -33,7 +35,12 @@ pub enum Flows {
     /// conntrack cannot be mirrored in this netns (why).
     Unavailable(String),
     /// Running (or failed later: [`Conntrack::failure`]).
-    Running { source: Conntrack, limit: usize },
+    Running {
+        source: Conntrack,
+        limit: usize,
+        /// `[[flows.offload]]`.
+        rules: Vec<policy::Rule>,
+    },
 }
 
 impl Flows {
@@ -70,7 +77,19 @@ impl Flows {
             synced = source.synced(),
             "conntrack mirrored"
         );
-        Flows::Running { source, limit }
+        Flows::Running {
+            source,
+            limit,
+            rules: cfg.offload.clone(),
+        }
+    }
+
+    /// The offload policy in effect (none when not running).
+    fn policy(&self) -> policy::Policy<'_> {
+        match self {
+            Flows::Running { rules, .. } => policy::Policy { rules },
+            _ => policy::Policy { rules: &[] },
+        }
     }
 
     /// `status.conntrack`: state and counters.
@@ -80,8 +99,12 @@ impl Flows {
                 json!({"state": "disabled", "reason": "disabled in config ([flows] enabled = false)"})
             }
             Flows::Unavailable(r) => json!({"state": "unavailable", "reason": r}),
-            Flows::Running { source, limit } => {
-                let st = source.table().stats();
+            Flows::Running { source, limit, .. } => {
+                let (st, candidates) = {
+                    let t = source.table();
+                    let p = self.policy();
+                    (t.stats(), t.flows().filter(|f| p.candidate(f)).count())
+                };
                 let (state, reason) = match source.failure() {
                     Some(why) if source.finished() => ("failed", Some(why)),
                     _ if !source.synced() => ("syncing", None),
@@ -90,6 +113,7 @@ impl Flows {
                 let mut v = json!({
                     "state": state,
                     "flows": st.flows,
+                    "candidates": candidates,
                     "limit": limit,
                     "refused": st.refused,
                     "over_limit": st.over_limit,
@@ -115,7 +139,16 @@ impl Flows {
             _ => Vec::new(),
         };
         flows.sort_by_key(|f| (f.family, f.orig.proto, f.zone, f.orig));
-        let mut v = json!({"flows": flows.iter().map(flow_json).collect::<Vec<_>>()});
+        let p = self.policy();
+        let list: Vec<Value> = flows
+            .iter()
+            .map(|f| {
+                let mut j = flow_json(f);
+                j["candidate"] = p.candidate(f).into();
+                j
+            })
+            .collect();
+        let mut v = json!({ "flows": list });
         if stats {
             v["stats"] = self.status();
         }

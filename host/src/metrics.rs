@@ -173,6 +173,12 @@ pub fn encode(status: &Value) -> String {
     );
     gauge(
         &mut r,
+        "ekho_conntrack_candidates",
+        "conntrack entries the offload policy makes candidates",
+        u(&c["candidates"]) as i64,
+    );
+    gauge(
+        &mut r,
         "ekho_conntrack_limit",
         "The most conntrack entries mirrored ([flows] limit)",
         u(&c["limit"]) as i64,

@@ -233,8 +233,14 @@ pub fn status(v: &Value) -> String {
         if !c["flows"].is_null() {
             let _ = write!(
                 out,
-                " flows={} limit={} refused={} events={} overruns={} resyncs={}",
-                c["flows"], c["limit"], c["refused"], c["events"], c["overruns"], c["resyncs"]
+                " flows={} candidates={} limit={} refused={} events={} overruns={} resyncs={}",
+                c["flows"],
+                c["candidates"],
+                c["limit"],
+                c["refused"],
+                c["events"],
+                c["overruns"],
+                c["resyncs"]
             );
         }
         out.push('\n');
@@ -429,8 +435,10 @@ pub fn flows(v: &Value) -> String {
         }
         for k in [
             "flows",
+            "candidates",
             "limit",
             "refused",
+            "over_limit",
             "events",
             "messages",
             "overruns",

@@ -44,6 +44,11 @@ fn tracked_netns() -> Netns {
         "add chain inet track out { type filter hook output priority 0 ; }",
     ]);
     ns.run(&["nft", "add rule inet track out ct state new counter"]);
+    // Marks the TCP flows to 5201 (the policy test filters on it).
+    ns.run(&[
+        "nft",
+        "add rule inet track out tcp dport 5201 ct mark set 0x13",
+    ]);
     ns
 }
 
@@ -276,4 +281,140 @@ fn the_limit_refuses_and_counts_and_enabled_false_is_a_status_line() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// A process in the namespace, killed on drop (also on panic).
+struct Bg(std::process::Child);
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP connection on 127.0.0.1:5201 held open (ESTABLISHED, ASSURED) until dropped.
+fn held_tcp(ns: &Netns) -> Bg {
+    let py = "import socket, time\n\
+              l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+              l.bind(('127.0.0.1', 5201)); l.listen(1)\n\
+              c = socket.create_connection(('127.0.0.1', 5201)); s, _ = l.accept()\n\
+              c.send(b'x'); s.recv(1); s.send(b'y'); c.recv(1)\n\
+              print('up', flush=True)\n\
+              time.sleep(120)\n";
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", py])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    Bg(child)
+}
+
+/// `(proto, original dport)` of the candidates in `ekho dump flows --json`.
+fn candidates(d: &Daemon) -> BTreeSet<(String, u64)> {
+    d.cli_json(&["dump", "flows", "--json"])["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["candidate"] == true)
+        .map(|f| {
+            (
+                f["proto"].as_str().unwrap().to_string(),
+                f["original"]["dport"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_offload_policy_picks_the_candidates() {
+    if skip() {
+        return;
+    }
+    let ns = tracked_netns();
+    let _tcp = held_tcp(&ns);
+    // UDP 5000: replied, and a packet more than 2 s after the first: ASSURED. UDP 5300: replied
+    // once (not assured). UDP 4000: unreplied. An ICMP echo.
+    ns.run(&[
+        "python3",
+        "-c",
+        "import socket, time\n\
+         r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 5000))\n\
+         q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.bind(('127.0.0.1', 5300))\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for x in (r, q):\n    s.sendto(b'q', x.getsockname()); d, a = x.recvfrom(10); x.sendto(b'a', a); s.recv(10)\n\
+         time.sleep(2.5)\n\
+         s.sendto(b'q', ('127.0.0.1', 5000)); r.recvfrom(10)\n\
+         s.sendto(b'x', ('127.0.0.1', 4000))\n",
+    ]);
+    ns.run(&["ping", "-c1", "-W1", "127.0.0.1"]);
+    let listed = ns.sh("conntrack -L 2>/dev/null");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("dport=5000") && l.contains("[ASSURED]")),
+        "UDP 5000 should be assured by now:\n{listed}"
+    );
+    let dir = TempDir::new();
+    let d = Daemon::start(
+        dir.path(),
+        &host_config(&ns.name, build(), false, null_plugin()),
+    );
+    let want: BTreeSet<(String, u64)> =
+        [("tcp".to_string(), 5201), ("udp".to_string(), 5000)].into();
+    assert_eq!(candidates(&d), want, "the default policy");
+    assert_eq!(d.status()["conntrack"]["candidates"], 2);
+    drop(d);
+
+    // Policies of two tables: UDP to 5000-5100 or 4000, and TCP marked 0x1? (the TCP flow is
+    // marked 0x13 by the nftables rule), resp. 0x2? (no TCP flow).
+    let policy = |mark: &str| {
+        format!(
+            "{}\n[flows]\n[[flows.offload]]\nprotocols = [\"udp\"]\ndports = [\"5000-5100\", 4000]\n[[flows.offload]]\nprotocols = [\"tcp\"]\nmark = \"{mark}\"\n",
+            host_config(&ns.name, build(), false, null_plugin())
+        )
+    };
+    let dir = TempDir::new();
+    let d = Daemon::start(dir.path(), &policy("0x10/0xf0"));
+    assert_eq!(candidates(&d), want, "udp 4000 is not assured");
+    drop(d);
+    let dir = TempDir::new();
+    let d = Daemon::start(dir.path(), &policy("0x20/0xf0"));
+    let udp: BTreeSet<(String, u64)> = [("udp".to_string(), 5000)].into();
+    assert_eq!(candidates(&d), udp, "the TCP flow's mark does not match");
+}
+
+#[test]
+fn a_bad_offload_policy_stops_the_daemon_naming_file_line_and_column() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::named("ekflows");
+    let dir = TempDir::new();
+    let cfg = format!(
+        "{}\n[flows]\n[[flows.offload]]\nprotocols = [\"udp\"]\ndports = [\"90-80\"]\n",
+        host_config(&ns.name, build(), false, null_plugin())
+    );
+    let mut d = Daemon::spawn(dir.path(), &cfg);
+    let st = wait_for(Duration::from_secs(10), || {
+        d.child.as_mut().unwrap().try_wait().unwrap()
+    })
+    .expect("the daemon should refuse the config");
+    d.child = None;
+    assert!(!st.success());
+    let log = d.log_text();
+    assert!(
+        log.contains(&d.config.display().to_string())
+            && log.contains("column")
+            && log.contains("port range \"90-80\" is empty"),
+        "{log}"
+    );
+    let line = cfg.lines().position(|l| l.starts_with("dports")).unwrap() + 1;
+    assert!(log.contains(&format!("line {line}")), "{log}");
 }
