@@ -395,8 +395,11 @@ impl Daemon {
                 tracing::warn!(plugin = %name, "plugin hung: not waited for");
                 continue;
             }
-            h.join_by(deadline);
-            tracing::info!(plugin = %name, "plugin stopped");
+            if h.join_by(deadline) {
+                tracing::info!(plugin = %name, "plugin stopped");
+            } else {
+                tracing::warn!(plugin = %name, "plugin still shutting down at the shutdown bound ({PLUGIN_STOP_TIMEOUT:?} in total): left");
+            }
         }
     }
 

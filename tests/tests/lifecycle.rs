@@ -1,6 +1,7 @@
 //! Plugin lifecycle through the real daemon: a plugin that panics is created anew and replayed
 //! (by its restart policy, with a backoff and a limit), one hung in a call is marked `hung` by
-//! the watchdog and fed no more, and the operator restarts, stops and starts plugins by name.
+//! the watchdog and fed no more (in status and metrics), shutdown asks every plugin at once and
+//! is bounded in total, and the operator restarts, stops and starts plugins by name.
 
 use ekho_tests::*;
 use serde_json::Value;
@@ -139,7 +140,8 @@ fn a_plugin_hung_in_apply_is_marked_hung_and_the_daemon_stops_within_a_bound() {
         false,
         &(recorder("h", &ev, "call_timeout_ms = 500", "hang_after = 2")
             + &recorder("good", &good, "", "")),
-    );
+    )
+    .replace("ebpf = false", "ebpf = false\nmetrics = \"127.0.0.1:0\"");
     let mut d = Daemon::spawn(dir.path(), &cfg);
     let t0 = Instant::now();
     wait_for(Duration::from_secs(10), || {
@@ -185,11 +187,130 @@ fn a_plugin_hung_in_apply_is_marked_hung_and_the_daemon_stops_within_a_bound() {
     let p = d.plugin("h");
     assert_eq!(p["state"], "hung");
     assert_eq!(p["queue_depth"], 0, "{p}");
+    // And in the metrics.
+    let body = metrics(&d);
+    for line in [
+        "ekho_plugin_hung{plugin=\"h\"} 1",
+        "ekho_plugin_state{plugin=\"h\",state=\"hung\"} 1",
+        "ekho_plugin_hung{plugin=\"good\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
     // Shutdown does not wait for it.
     let t0 = Instant::now();
     assert!(d.stop(), "clean exit:\n{}", d.log_text());
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(d.log_text().contains("plugin hung: not waited for"));
+}
+
+/// The daemon's `/metrics` body (its `[host] metrics` address read from its log).
+fn metrics(d: &Daemon) -> String {
+    use std::io::{Read, Write};
+    let log = d.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The daemon's log lines saying plugin `name` stopped.
+fn stopped_lines(d: &Daemon, name: &str) -> usize {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains("plugin stopped") && l.contains(&format!("plugin={name}")))
+        .count()
+}
+
+#[test]
+fn shutdown_stops_the_plugins_all_at_once() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    // Each takes 3 s to shut down: one after the other would take 9 s.
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        false,
+        &(1..=3)
+            .map(|i| {
+                recorder(
+                    &format!("slow{i}"),
+                    &dir.path().join(format!("s{i}.jsonl")),
+                    "",
+                    "shutdown_delay_ms = 3000",
+                )
+            })
+            .collect::<String>(),
+    );
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let t0 = Instant::now();
+    assert!(d.stop(), "clean exit:\n{}", d.log_text());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "{took:?}\n{}",
+        d.log_text()
+    );
+    for i in 1..=3 {
+        assert_eq!(
+            stopped_lines(&d, &format!("slow{i}")),
+            1,
+            "{}",
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn shutdown_is_bounded_in_total_whatever_a_plugin_does() {
+    let ns = Netns::new();
+    topology(&ns);
+    let dir = TempDir::new();
+    // One that would take a minute to shut down, one that takes 2 s.
+    let cfg = host_config(
+        &ns.name,
+        build(),
+        false,
+        &(recorder(
+            "stuck",
+            &dir.path().join("stuck.jsonl"),
+            "",
+            "shutdown_delay_ms = 60000",
+        ) + &recorder(
+            "slow",
+            &dir.path().join("slow.jsonl"),
+            "",
+            "shutdown_delay_ms = 2000",
+        )),
+    );
+    let mut d = Daemon::start(dir.path(), &cfg);
+    let t0 = Instant::now();
+    assert!(d.stop(), "clean exit:\n{}", d.log_text());
+    let took = t0.elapsed();
+    // The bound is 10 s for all plugins together.
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "{took:?}\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert_eq!(stopped_lines(&d, "slow"), 1, "{log}");
+    assert_eq!(stopped_lines(&d, "stuck"), 0, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("plugin=stuck")
+            && l.contains("plugin still shutting down at the shutdown bound")),
+        "{log}"
+    );
+    assert!(log.contains("ekho stopped"), "{log}");
 }
 
 #[test]

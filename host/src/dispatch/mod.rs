@@ -147,7 +147,8 @@ impl PluginHandle {
     }
 
     /// Joins the worker, waiting until `deadline` at most (a plugin hung in a call is left).
-    pub fn join_by(&mut self, deadline: Instant) {
+    /// Whether it stopped.
+    pub fn join_by(&mut self, deadline: Instant) -> bool {
         if let Some(t) = self.thread.take() {
             let timeout = deadline.saturating_duration_since(Instant::now());
             while !t.is_finished() && Instant::now() < deadline {
@@ -157,8 +158,10 @@ impl PluginHandle {
                 let _ = t.join();
             } else {
                 tracing::warn!("plugin worker did not stop within {timeout:?}; leaving it");
+                return false;
             }
         }
+        true
     }
 }
 

@@ -19,6 +19,8 @@
 //!   created just before the panic): a restarted recorder then carries on.
 //! - `hang_after`: once this many changes have been received, never return from `apply` (a hung
 //!   backend, to test the host's watchdog).
+//! - `shutdown_delay_ms`: sleep this long in `shutdown` (a slow release of hardware, to test
+//!   hosts' shutdown bound).
 //!
 //! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
 //! "begin_sync"|"end_sync"|"sweep","kind":"route"|...,"object":{...}}` with iproute2 field names
@@ -48,6 +50,7 @@ struct Config {
     create_delay_ms: Option<u64>,
     panic_once_flag: Option<PathBuf>,
     hang_after: Option<u64>,
+    shutdown_delay_ms: Option<u64>,
 }
 
 struct Recorder {
@@ -320,6 +323,9 @@ impl Plugin for Recorder {
     }
 
     fn shutdown(&mut self) {
+        if let Some(ms) = self.cfg.shutdown_delay_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let _ = self.out.flush();
         let _ = self.write_view();
     }
