@@ -451,4 +451,26 @@ mod example_tests {
         assert_eq!(c.host.netns.as_deref(), Some("r1"));
         assert_eq!(c.plugins.len(), 2);
     }
+
+    #[test]
+    fn installed_config_matches_the_install_layout() {
+        // dist/ekho.toml is installed as /etc/ekho/ekho.toml (README.md, "Installing").
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/ekho.toml");
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.plugin_dir(), Path::new("/usr/lib/ekho/plugins"));
+        assert_eq!(c.control_socket(), Path::new(DEFAULT_CONTROL_SOCKET));
+        assert!(c.netns_path().is_none());
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(c.plugins[0].name, "xdp-router");
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        assert!(readme.contains("install -m 0644 dist/ekho.toml /etc/ekho/ekho.toml"));
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/ekho.service"),
+        )
+        .unwrap();
+        assert!(unit.contains(&format!("--config {DEFAULT_CONFIG_PATH} run")));
+        assert!(unit.contains("RuntimeDirectory=ekho"));
+    }
 }
