@@ -1,6 +1,8 @@
 //! Health of the running daemon, through the real daemon: one daemon per namespace, the control
 //! socket's limits (a huge request, a request that never ends, too many clients), the CLI's
-//! timeout, the mirrored namespace deleted under the daemon.
+//! timeout, the mirrored namespace deleted under the daemon, the netlink source failing after the
+//! sync (restarted with a full resync), undecodable messages (counted per type, logged
+//! rate-limited), the initial dump's progress in `ekho status`, SIGTERM during that dump.
 
 use ekho_tests::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -270,6 +272,13 @@ fn a_failed_netlink_source_is_restarted_with_a_full_resync() {
         .any(|x| x == "10.72.0.0/16")
         .then_some(()))
     .is_some());
+    // `ekho status` says it too.
+    let out = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("netlink source: running restarts=1 last error: netlink: event recv"),
+        "{text}"
+    );
     let log = d.log_text();
     assert!(
         log.contains("netlink source failed: netlink: event recv"),
@@ -394,6 +403,59 @@ fn undecodable_messages_are_counted_per_type_and_logged_rate_limited() {
     );
 }
 
+/// Adds `n` /32 routes (172.16.0.0 on) via 10.1.0.2.
+fn add_routes(ns: &Netns, n: u32) {
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!(
+            "route add 172.{}.{}.{}/32 via 10.1.0.2\n",
+            16 + (i >> 16),
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    ns.ip_batch(&batch);
+}
+
+#[test]
+fn sigterm_during_the_initial_dump_is_a_clean_stop() {
+    let ns = Netns::new();
+    topology(&ns);
+    add_routes(&ns, 200_000);
+    let dir = TempDir::new();
+    let ev = dir.path().join("rec.jsonl");
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &host_config(
+            &ns.name,
+            build(),
+            false,
+            &format!(
+                "[[plugins]]\nname = \"rec\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"link\"]\n",
+                ev.display()
+            ),
+        ),
+    );
+    let s = wait_for(Duration::from_secs(60), || {
+        try_status(&d.socket).filter(|s| s["mirror"]["dump_progress"]["dumping"] == "routes")
+    })
+    .unwrap_or_else(|| panic!("never seen dumping routes:\n{}", d.log_text()));
+    assert_eq!(s["ekho"]["state"], "syncing", "{s}");
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut d, Duration::from_secs(15));
+    let log = d.log_text();
+    assert!(st.success(), "{st}:\n{log}");
+    assert!(log.contains("SIGTERM during start-up: stopping"), "{log}");
+    assert!(
+        !log.contains("ekho running"),
+        "stopped before the sync completed:\n{log}"
+    );
+    assert!(log.contains("plugin stopped plugin=rec"), "{log}");
+    assert!(log.contains("ekho stopped"), "{log}");
+    assert!(!d.socket.exists(), "the socket file is removed");
+}
+
 /// The daemon's status from its control socket (no process per poll), if it answers.
 fn try_status(socket: &std::path::Path) -> Option<serde_json::Value> {
     let mut s = UnixStream::connect(socket).ok()?;
@@ -409,16 +471,7 @@ fn status_shows_the_initial_dumps_progress() {
     topology(&ns);
     // Enough routes for a dump that takes a while.
     const ROUTES: u32 = 200_000;
-    let mut batch = String::new();
-    for i in 0..ROUTES {
-        batch.push_str(&format!(
-            "route add 172.{}.{}.{}/32 via 10.1.0.2\n",
-            16 + (i >> 16),
-            (i >> 8) & 255,
-            i & 255
-        ));
-    }
-    ns.ip_batch(&batch);
+    add_routes(&ns, ROUTES);
     let dir = TempDir::new();
     let mut d = Daemon::spawn(
         dir.path(),
