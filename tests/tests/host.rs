@@ -604,6 +604,19 @@ fn restart_reconciliation_sweeps_stale_and_keeps_live_entries() {
     topology(&ns);
     ns.ip(&["route", "add", "10.91.1.0/24", "via", "10.1.0.2"]);
     ns.ip(&["route", "add", "10.91.2.0/24", "via", "10.1.0.2"]);
+    // The link-local addresses end their duplicate address detection with a route each (table
+    // local), up to a few seconds after the links came up: wait for them, or one appearing while
+    // no daemon runs counts as a route not kept (seen under the full suite's load).
+    assert!(
+        wait_for(Duration::from_secs(20), || ns
+            .ip(&["-6", "addr", "show", "tentative"])
+            .trim()
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "{}",
+        ns.ip(&["-6", "addr", "show"])
+    );
     let dir = TempDir::new();
     let state = dir.path().join("state.json");
     let events = dir.path().join("events.jsonl");
