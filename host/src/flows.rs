@@ -122,6 +122,8 @@ impl Flows {
                     "overruns": st.overruns,
                     "resyncs": st.resyncs,
                     "refreshes": st.refreshes,
+                    "kept_alive": st.kept_alive,
+                    "keep_alive_failed": st.keep_alive_failed,
                 });
                 if let Some(r) = reason {
                     v["reason"] = r.into();

@@ -6,7 +6,7 @@
 //! none) and the use count.
 
 use ekho_mirror::conntrack::message::status;
-use ekho_mirror::conntrack::source::{Config, Conntrack};
+use ekho_mirror::conntrack::source::{Config, Conntrack, KeepAlive};
 use ekho_mirror::conntrack::Flow;
 use ekho_testkit::*;
 use std::collections::BTreeSet;
@@ -300,4 +300,73 @@ fn the_table_is_bounded_and_refusals_are_counted() {
     .unwrap_or_else(|| c.table().stats());
     assert_eq!(st.flows, 20, "{st:?}");
     assert!(st.refused >= 30, "{st:?}");
+}
+
+/// Whether `conntrack -L` lists a UDP IPv4 entry to `port`.
+fn kernel_has(ns: &Netns, port: u16) -> bool {
+    ns.sh(&format!(
+        "conntrack -L -f ipv4 -p udp --dport {port} 2>/dev/null"
+    ))
+    .lines()
+    .any(|l| l.contains(&format!("dport={port} ")))
+}
+
+#[test]
+fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed() {
+    if skip() {
+        return;
+    }
+    let ns = tracked_netns();
+    // Unreplied UDP entries live 3 s here.
+    ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3"]);
+    let c = Conntrack::spawn(Config {
+        netns: Some(ns.path()),
+        rcvbuf: 64 << 20,
+        limit: 1000,
+        refresh: None,
+    })
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    // IPv4 4500 is kept alive; IPv4 4501 and IPv6 4500 (the controls) are not.
+    udp_flows(&ns, &[4500, 4501]);
+    let kept = wait_for(Duration::from_secs(5), || {
+        c.table()
+            .flows()
+            .find(|f| f.orig.dport == 4500 && f.family == 2)
+            .cloned()
+    })
+    .expect("the entry is mirrored");
+    let ka = KeepAlive {
+        family: kept.family,
+        zone: kept.zone,
+        orig: kept.orig,
+        timeout_s: 3,
+    };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(7) {
+        c.keep_alive(&[ka]);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(
+        kernel_has(&ns, 4500),
+        "kept alive for 7 s with a 3 s timeout: still there"
+    );
+    assert!(!kernel_has(&ns, 4501), "the control expired");
+    let st = c.table().stats();
+    assert!(st.kept_alive >= 6, "{st:?}");
+    assert_eq!(st.keep_alive_failed, 0, "{st:?}");
+    // No more refreshes: the kernel's timeout runs again, and the mirror sees it go.
+    let gone = wait_for(Duration::from_secs(10), || {
+        let mirrored = c.table().flows().any(|f| f.orig.dport == 4500);
+        (!kernel_has(&ns, 4500) && !mirrored).then_some(())
+    });
+    assert!(gone.is_some(), "expired in the kernel and in the mirror");
+    // A keep-alive of an entry that is gone creates nothing.
+    let before = c.table().stats().keep_alive_failed;
+    c.keep_alive(&[ka]);
+    let failed = wait_for(Duration::from_secs(5), || {
+        (c.table().stats().keep_alive_failed > before).then_some(())
+    });
+    assert!(failed.is_some(), "{:?}", c.table().stats());
+    assert!(!kernel_has(&ns, 4500), "not created again");
 }

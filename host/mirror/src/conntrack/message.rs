@@ -5,6 +5,7 @@
 //! counters, id, zone, labels and timestamps as `Other`, with no event support: this module
 //! reads all of them, in the crate's layout (one function per nested attribute: tuple, ip,
 //! proto, counters, protoinfo), so it could go upstream. Integers are in network byte order.
+//! What the host sends (`super::request`) is built with the crate's own types.
 
 // Constants, fields and variants are named after the kernel's `CTA_*` / `IPS_*` names.
 #![allow(missing_docs)]

@@ -3,9 +3,11 @@
 //! counted and repaired by a re-dump reconciled by mark and sweep. The table is bounded
 //! ([`Table::new`]'s limit): additions past it are refused and counted, never stored.
 //!
-//! Not yet delivered to plugins: the `flow` kind and its offload policy come next (issue 13).
+//! [`request`] builds what the host asks of ctnetlink (the keep-alive of offloaded entries),
+//! sent by the source's thread ([`source::Conntrack::keep_alive`]).
 
 pub mod message;
+pub mod request;
 pub mod source;
 
 pub use message::{Counters, Flow, Message, Tuple};
@@ -27,6 +29,10 @@ pub struct Stats {
     pub resyncs: u64,
     /// Periodic re-dumps reconciled ([`source::Config::refresh`]).
     pub refreshes: u64,
+    /// Timeouts set on the host's request ([`source::Conntrack::keep_alive`]), acknowledged.
+    pub kept_alive: u64,
+    /// Of those requests, the ones whose entry was gone (`ENOENT`) or refused otherwise.
+    pub keep_alive_failed: u64,
     /// ctnetlink messages read (dumps and events).
     pub messages: u64,
     /// Event messages read (NEW, UPDATE, DESTROY).

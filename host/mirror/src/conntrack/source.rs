@@ -19,6 +19,19 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// One keep-alive request: set the timeout of an entry (by family, zone, original tuple).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// `AF_INET` 2 or `AF_INET6` 10.
+    pub family: u8,
+    /// The entry's zone (`CTA_ZONE`).
+    pub zone: u16,
+    /// Its original tuple.
+    pub orig: super::Tuple,
+    /// Seconds.
+    pub timeout_s: u32,
+}
+
 /// Where and how.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -35,6 +48,8 @@ pub struct Config {
 /// A running conntrack source; dropping it stops the thread.
 pub struct Conntrack {
     table: Arc<Mutex<Table>>,
+    /// Keep-alive requests for the thread to send.
+    pending: Arc<Mutex<Vec<KeepAlive>>>,
     synced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<SourceError>>>,
@@ -48,11 +63,13 @@ impl Conntrack {
         let synced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
+        let pending = Arc::new(Mutex::new(Vec::new()));
         let (t, s, st, f) = (table.clone(), synced.clone(), stop.clone(), failure.clone());
+        let p = pending.clone();
         let thread = std::thread::Builder::new()
             .name("ekho-conntrack".into())
             .spawn(move || {
-                if let Err(e) = run(&cfg, &t, &s, &st) {
+                if let Err(e) = run(&cfg, &t, &p, &s, &st) {
                     tracing::debug!(error = %e, "conntrack source stopped");
                     *f.lock().unwrap() = Some(e);
                 }
@@ -63,6 +80,7 @@ impl Conntrack {
             })?;
         Ok(Conntrack {
             table,
+            pending,
             synced,
             stop,
             failure,
@@ -73,6 +91,14 @@ impl Conntrack {
     /// The table (locked).
     pub fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap()
+    }
+
+    /// Asks the kernel to set these entries' timeouts (`IPCTNL_MSG_CT_NEW` without
+    /// `NLM_F_EXCL`, `CTA_TIMEOUT`: [`super::request::refresh_timeout`]), from the source's
+    /// thread within about 100 ms; counted in [`super::Stats::kept_alive`] and
+    /// `keep_alive_failed` (an entry gone meanwhile is not created again).
+    pub fn keep_alive(&self, entries: &[KeepAlive]) {
+        self.pending.lock().unwrap().extend_from_slice(entries);
     }
 
     /// Whether the first dump is in.
@@ -215,9 +241,75 @@ fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), Source
     }
 }
 
+/// Sends the keep-alive requests and reads their acknowledgements: (acknowledged, failed).
+fn send_keep_alives(
+    s: &Socket,
+    buf: &mut [u8],
+    seq: &mut u32,
+    reqs: &[KeepAlive],
+) -> Result<(u64, u64), SourceError> {
+    let (mut ok, mut failed) = (0, 0);
+    let first = *seq + 1;
+    let mut sent = 0u32;
+    for r in reqs {
+        *seq += 1;
+        match super::request::refresh_timeout(r.family, r.zone, &r.orig, r.timeout_s, *seq) {
+            Some(b) => {
+                s.send(&b, 0)
+                    .map_err(|e| nl_err("ctnetlink keep-alive send", e))?;
+                sent += 1;
+            }
+            None => failed += 1,
+        }
+    }
+    let last = *seq;
+    let mut acked = 0u32;
+    while acked < sent {
+        // SAFETY: receiving into a valid buffer of the given length (blocking).
+        let got = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(nl_err("ctnetlink keep-alive recv", e));
+        }
+        for (h, payload) in netlink::split(&buf[..got as usize]) {
+            if h.message_type != netlink_packet_core::NLMSG_ERROR
+                || !(first..=last).contains(&h.sequence_number)
+            {
+                continue;
+            }
+            acked += 1;
+            let code = payload
+                .get(..4)
+                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                .unwrap_or(0);
+            if code == 0 {
+                ok += 1;
+            } else {
+                failed += 1;
+                tracing::debug!(
+                    "conntrack keep-alive refused: {}",
+                    std::io::Error::from_raw_os_error(-code)
+                );
+            }
+        }
+    }
+    Ok((ok, failed))
+}
+
 fn run(
     cfg: &Config,
     table: &Mutex<Table>,
+    pending: &Mutex<Vec<KeepAlive>>,
     synced: &AtomicBool,
     stop: &AtomicBool,
 ) -> Result<(), SourceError> {
@@ -243,6 +335,14 @@ fn run(
     let mut overrun = false;
     let mut dumped = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        let reqs = std::mem::take(&mut *pending.lock().unwrap());
+        // In chunks: the acknowledgements of one chunk fit the socket's receive buffer.
+        for chunk in reqs.chunks(256) {
+            let (ok, failed) = send_keep_alives(&req, &mut buf, &mut seq, chunk)?;
+            let mut t = table.lock().unwrap();
+            t.stats_mut().kept_alive += ok;
+            t.stats_mut().keep_alive_failed += failed;
+        }
         if cfg.refresh.is_some_and(|r| dumped.elapsed() >= r) {
             // Events still queued are older than this dump, and applied after it in order.
             seq += 1;

@@ -1,0 +1,128 @@
+//! Requests the host makes of ctnetlink, built with netlink-packet-netfilter 0.4's types.
+//!
+//! The keep-alive: `IPCTNL_MSG_CT_NEW` *without* `NLM_F_CREATE | NLM_F_EXCL` on an existing
+//! entry is an update (`ctnetlink_change_conntrack`), and an update carrying `CTA_TIMEOUT` sets
+//! the entry's timeout, the way the kernel's flowtable keeps the entries it offloads alive. The
+//! entry is found by `CTA_TUPLE_ORIG` and `CTA_ZONE` (the crate has no zone attribute: it goes
+//! as a raw attribute, `CTA_ZONE` 18, a big-endian u16, the crate's `Other` way). The kernel
+//! answers `ENOENT` when the entry is gone (deleted, flushed, expired): nothing is created.
+
+use super::message::Tuple;
+use netlink_packet_core::{
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple as NfTuple,
+};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+
+/// `CTA_ZONE`.
+const CTA_ZONE: u16 = 18;
+
+/// The request setting the timeout of the entry of `family` (2, 10), `zone` and original
+/// tuple `orig` to `timeout_s` seconds, with sequence number `seq`; `None` for a protocol
+/// without ports (ICMP entries are not refreshed).
+pub fn refresh_timeout(
+    family: u8,
+    zone: u16,
+    orig: &Tuple,
+    timeout_s: u32,
+    seq: u32,
+) -> Option<Vec<u8>> {
+    if matches!(orig.proto, 1 | 58) {
+        return None;
+    }
+    let mut attrs = vec![
+        ConntrackAttribute::CtaTupleOrig(vec![
+            NfTuple::Ip(vec![
+                IPTuple::SourceAddress(orig.src),
+                IPTuple::DestinationAddress(orig.dst),
+            ]),
+            NfTuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::from(orig.proto)),
+                ProtoTuple::SourcePort(orig.sport),
+                ProtoTuple::DestinationPort(orig.dport),
+            ]),
+        ]),
+        ConntrackAttribute::CtaTimeout(timeout_s),
+    ];
+    if zone != 0 {
+        attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+            CTA_ZONE,
+            zone.to_be_bytes().to_vec(),
+        )));
+    }
+    let nf = NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::from(family), 0, 0),
+        ConntrackMessage::New(attrs),
+    );
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(nf));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::message;
+
+    #[test]
+    fn the_refresh_is_an_update_of_the_original_tuple_with_a_timeout() {
+        let orig = Tuple {
+            src: "10.0.1.2".parse().unwrap(),
+            dst: "10.0.2.2".parse().unwrap(),
+            proto: 17,
+            sport: 40000,
+            dport: 53,
+            zone: 0,
+        };
+        let b = refresh_timeout(2, 7, &orig, 30, 9).unwrap();
+        let v = crate::netlink::split(&b);
+        assert_eq!(v.len(), 1);
+        let (h, payload) = &v[0];
+        assert_eq!(
+            h.message_type,
+            (message::SUBSYS << 8) | message::CT_NEW as u16
+        );
+        assert_eq!(
+            h.flags,
+            NLM_F_REQUEST | NLM_F_ACK,
+            "no NLM_F_CREATE, no NLM_F_EXCL"
+        );
+        assert_eq!(h.sequence_number, 9);
+        assert_eq!(payload[0], 2, "nfgen_family");
+        // The mirror's own parser reads what the crate wrote: the same tuple; CTA_TIMEOUT and
+        // CTA_ZONE as the kernel encodes them (a reply tuple is required by the parser only).
+        let attrs: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(&payload[4..])
+            .map(|(t, v)| (t & 0x7fff, v.to_vec()))
+            .collect();
+        assert_eq!(
+            attrs.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [1, 7, 18],
+            "CTA_TUPLE_ORIG, CTA_TIMEOUT, CTA_ZONE"
+        );
+        assert_eq!(attrs[1].1, 30u32.to_be_bytes());
+        assert_eq!(attrs[2].1, 7u16.to_be_bytes());
+        let mut with_reply = payload.to_vec();
+        let orig_nla = {
+            let total = u16::from_ne_bytes([payload[4], payload[5]]) as usize;
+            payload[4..4 + total].to_vec()
+        };
+        let mut reply = orig_nla.clone();
+        reply[2] = 2; // CTA_TUPLE_REPLY, keeping the nested flag
+        with_reply.extend_from_slice(&reply);
+        let Some(message::Message::New(f)) =
+            message::parse((message::SUBSYS << 8) | message::CT_NEW as u16, &with_reply).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((f.orig, f.timeout, f.zone), (orig, 30, 7));
+        let icmp = Tuple { proto: 1, ..orig };
+        assert!(refresh_timeout(2, 0, &icmp, 30, 1).is_none());
+    }
+}
