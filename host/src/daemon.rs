@@ -366,6 +366,7 @@ impl Daemon {
                     "lost": st.lost,
                     "events_by_hook": st.events_by_hook,
                     "lost_by_kind": st.lost_by_kind,
+                    "lost_by_hook": st.lost_by_hook,
                     "hooks": hooks,
                 })
             }

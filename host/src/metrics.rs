@@ -334,8 +334,8 @@ pub fn encode(status: &Value) -> String {
         "1 while the eBPF source runs",
         (e["state"] == "running") as i64,
     );
-    // Per hook (the one that captured them: a fallen-back hook's events carry the name it fell
-    // back to) and per notifier kind (the kernel side counts lost reservations per kind).
+    // Per hook (the one that captured or lost them: a fallen-back hook's events carry the name
+    // of the hook it fell back to).
     let events = Family::<Hook, Counter>::default();
     for (h, n) in e["events_by_hook"].as_object().into_iter().flatten() {
         events.get_or_create(&Hook { hook: h.clone() }).inc_by(u(n));
@@ -345,13 +345,13 @@ pub fn encode(status: &Value) -> String {
         "Notifier events captured by eBPF, per hook",
         events,
     );
-    let lost = Family::<Kind, Counter>::default();
-    for (k, n) in e["lost_by_kind"].as_object().into_iter().flatten() {
-        lost.get_or_create(&Kind { kind: k.clone() }).inc_by(u(n));
+    let lost = Family::<Hook, Counter>::default();
+    for (h, n) in e["lost_by_hook"].as_object().into_iter().flatten() {
+        lost.get_or_create(&Hook { hook: h.clone() }).inc_by(u(n));
     }
     r.register(
         "ekho_ebpf_lost",
-        "eBPF events lost (ring buffer full), per notifier kind",
+        "eBPF events lost (ring buffer full), per hook",
         lost,
     );
     let live = Family::<Hook, Gauge>::default();
@@ -488,6 +488,7 @@ mod tests {
             "ebpf": {"state": "running", "events": 5, "lost": 2,
                      "events_by_hook": {"tp_btf/neigh_update": 4, "tp_btf/fib6_table_lookup": 1},
                      "lost_by_kind": {"neighbour": 2, "fib": 0},
+                     "lost_by_hook": {"tp_btf/neigh_update": 2, "tp_btf/fib6_table_lookup": 0},
                      "hooks": [{"name": "tp_btf/neigh_update", "state": "live"}]},
             "conntrack": {"state": "running", "flows": 4, "limit": 10, "refused": 2,
                           "events": 9, "overruns": 1, "resyncs": 1}
@@ -496,7 +497,8 @@ mod tests {
         for line in [
             "ekho_ebpf_events_total{hook=\"tp_btf/neigh_update\"} 4",
             "ekho_ebpf_events_total{hook=\"tp_btf/fib6_table_lookup\"} 1",
-            "ekho_ebpf_lost_total{kind=\"neighbour\"} 2",
+            "ekho_ebpf_lost_total{hook=\"tp_btf/neigh_update\"} 2",
+            "ekho_ebpf_lost_total{hook=\"tp_btf/fib6_table_lookup\"} 0",
             "ekho_ebpf_hook_live{hook=\"tp_btf/neigh_update\"} 1",
             "ekho_mirror_objects{kind=\"routes\"} 3",
             "ekho_mirror_changes_total 7",

@@ -309,11 +309,25 @@ fn ebpf_metrics_count_events_per_hook() {
             .any(|l| l == "# TYPE ekho_ebpf_lost_total counter"),
         "{body}"
     );
-    assert!(
-        body.lines()
-            .any(|l| l.starts_with("ekho_ebpf_lost_total{kind=\"neighbour\"} ")),
-        "{body}"
-    );
+    // Losses per hook: every hook that captured events is listed (0 unless the ring was full),
+    // as in status.
+    for hook in recorded.keys() {
+        let line = format!("ekho_ebpf_lost_total{{hook=\"{hook}\"}} ");
+        let v: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("{line} missing:\n{body}"))
+            .parse()
+            .unwrap();
+        assert_eq!(st["ebpf"]["lost_by_hook"][hook], v, "{}", st["ebpf"]);
+    }
+    let lost: u64 = st["ebpf"]["lost_by_hook"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, st["ebpf"]["lost"].as_u64().unwrap(), "{}", st["ebpf"]);
     if let Some(r) = missing_tools(&["promtool"], "prometheus") {
         say_skip(&format!("promtool check metrics: {r}"));
         return;

@@ -44,6 +44,14 @@ struct {
 	__type(value, __u64);
 } LOST SEC(".maps");
 
+/* The same failed reservations, per CPU, indexed by EKHO_HOOK_* (the hook that lost them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EKHO_HOOK_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} LOST_BY_HOOK SEC(".maps");
+
 /* Route lookup hits: IPv6 per matched prefix, IPv4 per destination (see fib_table_lookup). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
@@ -128,6 +136,9 @@ static __always_inline struct ekho_event *reserve(__u8 kind, __u32 hook)
 	if (!e) {
 		__u32 k = kind;
 		__u64 *lost = bpf_map_lookup_elem(&LOST, &k);
+		if (lost)
+			*lost += 1;
+		lost = bpf_map_lookup_elem(&LOST_BY_HOOK, &hook);
 		if (lost)
 			*lost += 1;
 		return 0;

@@ -32,6 +32,8 @@
 #define EKHO_TP_BR_FDB_EXTERNAL_LEARN_ADD 5
 #define EKHO_TP_FDB_DELETE 6
 #define EKHO_HOOK_TP(tp, raw) (EKHO_HOOK_TP_BASE + 2 * (tp) + (raw))
+/* Room for every EKHO_HOOK_* id (the LOST_BY_HOOK map). */
+#define EKHO_HOOK_COUNT 64
 
 #define EKHO_DEV_LEN 16
 #define EKHO_LLADDR_LEN 32

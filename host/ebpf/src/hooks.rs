@@ -114,6 +114,15 @@ pub(crate) const TRACEPOINTS: &[TracepointSpec] = &[
     },
 ];
 
+/// Every hook id a program may report (`EKHO_HOOK_*`): the fentry hooks, then each
+/// tracepoint's `tp_btf` and `raw_tp` program.
+pub(crate) fn ids() -> impl Iterator<Item = u32> {
+    FENTRIES
+        .iter()
+        .map(|f| f.id)
+        .chain((0..2 * TRACEPOINTS.len() as u32).map(|i| HOOK_TP_BASE + i))
+}
+
 /// `tp_btf/NAME` or `raw_tp/NAME`.
 pub(crate) fn tp_hook_name(name: &str, raw: bool) -> String {
     format!("{}/{name}", if raw { "raw_tp" } else { "tp_btf" })
@@ -267,6 +276,21 @@ pub(crate) fn redump_kinds(kind: NotifierKind) -> &'static [ObjectKind] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hook_id_has_a_name_and_a_slot_in_lost_by_hook() {
+        let ids: Vec<u32> = ids().collect();
+        // EKHO_HOOK_COUNT in bpf/ekho.h: the LOST_BY_HOOK map's size.
+        assert!(ids.iter().all(|id| *id < 64), "{ids:?}");
+        let mut names: Vec<String> = ids.iter().map(|id| names(*id, 0).0).collect();
+        assert!(names.iter().all(|n| !n.starts_with("hook")), "{names:?}");
+        assert!(names.contains(&"tp_btf/neigh_update".to_string()));
+        assert!(names.contains(&"raw_tp/fdb_delete".to_string()));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "unique");
+    }
 
     #[test]
     fn kinds_match_plugin_api_discriminants() {

@@ -165,9 +165,10 @@ pub struct EbpfStats {
     pub lost: u64,
     /// Events delivered, per hook (`tp_btf/neigh_update`).
     pub events_by_hook: std::collections::BTreeMap<String, u64>,
-    /// Events lost, per notifier kind (`neighbour`): the kernel side counts failed ring-buffer
-    /// reservations per kind, the hook's record not being written.
+    /// Events lost, per notifier kind (`neighbour`).
     pub lost_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Events lost, per attached hook (`tp_btf/neigh_update`; 0 for a hook that lost none).
+    pub lost_by_hook: std::collections::BTreeMap<String, u64>,
 }
 
 /// Cumulative route-lookup hits of one prefix (IPv4: one destination address, `/32`).
@@ -213,6 +214,8 @@ struct Shared {
     /// Events delivered per hook name.
     events_by_hook: Mutex<HashMap<String, u64>>,
     lost_map: Mutex<PerCpuArray<MapData, u64>>,
+    /// Failed reservations per hook id (`EKHO_HOOK_*`).
+    lost_by_hook_map: Mutex<PerCpuArray<MapData, u64>>,
     /// Per-kind loss totals already reported.
     lost_seen: Mutex<[u64; NotifierKind::ALL.len()]>,
 }
@@ -228,6 +231,19 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// Totals of failed reservations of the hooks with these ids.
+    fn lost_by_hook(&self, ids: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+        let map = self
+            .lost_by_hook_map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ids.map(|id| {
+            let n = map.get(&id, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            (id, n)
+        })
+        .collect()
     }
 
     /// Reports newly lost kinds to `loss`.
@@ -426,6 +442,11 @@ impl EbpfSource {
 
         let ring = take_map(&mut bpf, "EVENTS", RingBuf::try_from)?;
         let lost_map = take_map(&mut bpf, "LOST", PerCpuArray::<MapData, u64>::try_from)?;
+        let lost_by_hook_map = take_map(
+            &mut bpf,
+            "LOST_BY_HOOK",
+            PerCpuArray::<MapData, u64>::try_from,
+        )?;
         let notifier_map = if notifier_live {
             Some(take_map(
                 &mut bpf,
@@ -445,6 +466,7 @@ impl EbpfSource {
             events: AtomicU64::new(0),
             events_by_hook: Default::default(),
             lost_map: Mutex::new(lost_map),
+            lost_by_hook_map: Mutex::new(lost_by_hook_map),
             lost_seen: Mutex::new([0; NotifierKind::ALL.len()]),
         });
         let ring = {
@@ -507,6 +529,13 @@ impl EbpfSource {
                 .iter()
                 .zip(lost)
                 .map(|(k, n)| (k.name(), n))
+                .collect(),
+            lost_by_hook: self
+                .shared
+                .lost_by_hook(hooks::ids())
+                .into_iter()
+                .map(|(id, n)| (hooks::names(id, 0).0, n))
+                .filter(|(name, n)| *n > 0 || self.attached.iter().any(|(h, _)| h == name))
                 .collect(),
         }
     }

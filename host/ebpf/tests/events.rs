@@ -316,7 +316,7 @@ async fn other_namespace_is_filtered_in_kernel() {
     assert_eq!(src_a.stats().lost, 0);
 }
 
-/// A full ring buffer is counted per kind, reported through the loss sink with the object kinds
+/// A full ring buffer is counted per kind and per hook, reported through the loss sink with the object kinds
 /// to re-dump, and shows in the stats; nothing is lost silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_buffer_overflow_is_counted_and_reported() {
@@ -382,6 +382,27 @@ async fn ring_buffer_overflow_is_counted_and_reported() {
         "delivered {delivered} + lost {} < 1200",
         st.lost
     );
+    // Per hook: the losses are the neighbour tracepoints', summing to the total, and so are
+    // the events delivered.
+    let lost_by_hook: u64 = st.lost_by_hook.values().sum();
+    assert_eq!(lost_by_hook, st.lost, "{st:?}");
+    assert!(
+        st.lost_by_hook
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .all(|(h, _)| h.contains("/neigh_")),
+        "{st:?}"
+    );
+    assert_eq!(st.events_by_hook.values().sum::<u64>(), st.events, "{st:?}");
+    for (hook, n) in &st.events_by_hook {
+        let seen = c
+            .snapshot()
+            .iter()
+            .filter(|e| e.hook.as_str() == hook)
+            .count() as u64;
+        assert_eq!(seen, *n, "{hook}");
+    }
+    assert_eq!(st.lost_by_kind.get("neighbour"), Some(&st.lost), "{st:?}");
 }
 
 /// Route lookups are counted in the kernel (not one record per packet) and delivered
