@@ -52,6 +52,8 @@ pub enum Event {
     DelVlan(Vec<BridgeVlan>),
     /// An nftables ruleset change (table, chain, rule, flowtable), or a dumped one.
     Nft(crate::netlink::nftables::Message),
+    /// A tc message (qdisc, class, filter, chain, actions).
+    Tc(crate::netlink::tc::Message),
     /// A message the mirror does not use (bridge port link messages, unknown types...).
     Ignored,
 }

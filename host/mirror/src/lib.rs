@@ -160,6 +160,8 @@ pub(crate) struct Control {
     pub waker: Mutex<Option<std::os::fd::OwnedFd>>,
     /// Socket in the mirrored netns for requests (neighbour resolution).
     pub req: Mutex<Option<source::ReqSocket>>,
+    /// Whether tc is to be re-dumped.
+    pub tc_resync: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -248,6 +250,11 @@ impl Mirror {
         self.len() == 0
     }
 
+    /// The tc state: qdiscs, classes, chains, filters and actions (see [`state::tc`]).
+    pub fn tc(&self) -> state::tc::Tc {
+        self.inner.lock().unwrap().state.tc.clone()
+    }
+
     /// Counters.
     pub fn stats(&self) -> MirrorStats {
         let g = self.inner.lock().unwrap();
@@ -313,6 +320,11 @@ impl Mirror {
             g.state.apply(e);
         }
         g.emit();
+        if std::mem::take(&mut g.state.tc.want_redump) {
+            self.ctl
+                .tc_resync
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let redump = std::mem::take(&mut g.state.want_redump);
         if !redump.is_empty() {
             // The source re-dumps them right after this batch.

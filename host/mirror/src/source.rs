@@ -15,11 +15,16 @@
 //!    link/address events that flush them, and any kinds asked for with
 //!    [`Mirror::request_resync`](crate::Mirror::request_resync).
 //!
+//! tc (qdiscs, classes, chains, filters, actions: `source/tc.rs`) is dumped with every kind
+//! at start and after an overrun, and alone when the state asks for it (a silent change it
+//! cannot infer); its notifications arrive on the event socket.
+//!
 //! The nftables kinds (base chains, flowtables) come the same way from a second pair of
 //! sockets (`NETLINK_NETFILTER`, `source/nftables.rs`): dumped with the other kinds, their events applied
 //! in the same loop, an overrun on either socket resyncing everything.
 
 mod nftables;
+mod tc;
 
 use crate::netlink::{self, rtm};
 use crate::state::Snapshot;
@@ -265,6 +270,7 @@ pub const GROUPS: &[u32] = &[
     26, // RTNLGRP_MDB
     32, // RTNLGRP_NEXTHOP
     33, // RTNLGRP_BRVLAN
+    tc::GROUP,
 ];
 
 /// Sizes a netlink socket's receive buffer: `SO_RCVBUFFORCE` (root), else `SO_RCVBUF` (capped
@@ -1089,9 +1095,17 @@ fn thread_main(
             (snap, n)
         }
     };
+    req.dumping(None);
+    // tc (no kind of the plugin API) after the kinds.
+    let (mut snap, mut n) = (snap, n);
+    let (tc, c, intr) = req.dump_tc()?;
+    n += c;
+    snap.tc = Some(tc);
+    if intr {
+        m.control().tc_resync.store(true, Ordering::SeqCst);
+    }
     // A restarted source's dump (the mirror already synced) is a full resync: reconciled by mark
     // and sweep, the listeners get only what changed while no source ran.
-    req.dumping(None);
     req.progress = None;
     let resync = m.stats().synced;
     m.reconcile(snap, n, t0.elapsed().as_millis() as u64, resync);
@@ -1223,9 +1237,21 @@ fn thread_main(
         if overrun {
             kinds.extend(ObjectKind::ALL);
         }
-        if !kinds.is_empty() {
+        let tc = overrun | m.control().tc_resync.swap(false, Ordering::SeqCst);
+        if !kinds.is_empty() || tc {
             let t = Instant::now();
-            match snapshot(&mut req, &kinds) {
+            let r = snapshot(&mut req, &kinds).and_then(|(mut snap, mut n)| {
+                if tc {
+                    let (state, c, intr) = req.dump_tc()?;
+                    if intr {
+                        m.control().tc_resync.store(true, Ordering::SeqCst);
+                    }
+                    n += c;
+                    snap.tc = Some(state);
+                }
+                Ok((snap, n))
+            });
+            match r {
                 Ok((snap, n)) => {
                     m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
                     // After an overrun this is news; a targeted re-dump (eBPF saw a neighbour
@@ -1239,8 +1265,11 @@ fn thread_main(
                 }
                 Err(e) => {
                     // Not fatal: keep listening and try again shortly.
-                    tracing::warn!(error = %e, ?kinds, "resync failed, retrying");
+                    tracing::warn!(error = %e, ?kinds, tc, "resync failed, retrying");
                     m.control().resync.lock().unwrap().extend(kinds);
+                    if tc {
+                        m.control().tc_resync.store(true, Ordering::SeqCst);
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                     m.control().wake();
                 }

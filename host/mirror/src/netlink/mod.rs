@@ -8,6 +8,9 @@
 //! [`NlasIterator`] over the fixed kernel header structs (`nhmsg`, `netconfmsg`,
 //! `br_port_msg`/`br_mdb_entry`, `br_vlan_msg`). Their message types are in [`rtm`].
 //!
+//! tc messages (qdiscs, classes, filters, chains, actions) are decoded by netlink-packet-route
+//! too, into the mirror's tc objects in [`tc`].
+//!
 //! nftables messages (`NETLINK_NETFILTER`, the netfilter state on the forwarding path) are
 //! parsed in [`nftables`].
 //!
@@ -24,6 +27,7 @@ pub mod nftables;
 pub mod route;
 pub mod rtm;
 pub mod rule;
+pub mod tc;
 pub mod vlan;
 
 use crate::Event;
@@ -94,7 +98,9 @@ pub fn parse(header: &NetlinkHeader, payload: &[u8]) -> Result<Parsed, String> {
         | rtm::DELMDB
         | rtm::NEWVLAN
         | rtm::DELVLAN => Parsed::Raw(t, payload.to_vec()),
-        16..=34 => Parsed::Rtnl(
+        // Links to rules (16..=34), tc (36..=51: qdiscs, classes, filters, actions; 100..=102:
+        // chains).
+        16..=34 | 36..=51 | 100..=102 => Parsed::Rtnl(
             M::deserialize(header, payload).map_err(|e| format!("type {t}: {e}"))?,
             header.flags,
         ),
@@ -160,6 +166,19 @@ pub fn event(p: &Parsed) -> Event {
             M::NewRule(r) if rule::is_unicast(r) => Event::NewRule(rule::convert(r)),
             M::DelRule(r) if rule::is_unicast(r) => Event::DelRule(rule::convert(r)),
             M::NewRule(_) | M::DelRule(_) => Event::Ignored,
+            M::NewQueueDiscipline(q) => Event::Tc(tc::Message::NewQdisc(tc::qdisc(q))),
+            M::DelQueueDiscipline(q) => Event::Tc(tc::Message::DelQdisc(tc::qdisc(q))),
+            M::NewTrafficClass(c) => Event::Tc(tc::Message::NewClass(tc::class(c))),
+            M::DelTrafficClass(c) => Event::Tc(tc::Message::DelClass(tc::class(c))),
+            M::NewTrafficFilter(f) => Event::Tc(tc::Message::NewFilter(tc::filter(f))),
+            M::DelTrafficFilter(f) => Event::Tc(tc::Message::DelFilter(tc::filter(f))),
+            M::NewTrafficChain(c) => Event::Tc(tc::Message::NewChain(tc::chain(c))),
+            M::DelTrafficChain(c) => Event::Tc(tc::Message::DelChain(tc::chain(c))),
+            // Action dump replies carry RTM_GETACTION.
+            M::NewTrafficAction(a) | M::GetTrafficAction(a) => {
+                Event::Tc(tc::Message::NewActions(tc::actions(a)))
+            }
+            M::DelTrafficAction(a) => Event::Tc(tc::Message::DelActions(tc::actions(a))),
             _ => Event::Ignored,
         },
         Parsed::Ignored => Event::Ignored,

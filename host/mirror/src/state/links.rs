@@ -230,6 +230,7 @@ impl State {
         );
         self.rules_detach(&l.ifname, true);
         self.bridge_snooping.remove(&ifindex);
+        self.tc.del_dev(ifindex);
         self.touch(&ObjectKey::Link { ifindex });
         self.links.remove(&ifindex);
     }

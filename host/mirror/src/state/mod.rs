@@ -4,7 +4,7 @@
 //! [`State::apply`] hands each event to the file of its object family, which says what the event
 //! changes, including its silent consequences on other families (a link going down takes IPv4
 //! routes and nexthops with it): `links`, `addresses`, `routes`, `nexthops`,
-//! `neighbours`, `bridge` (FDB, MDB, VLANs), `rules`, `netconf`, `netfilter` (nftables). `batch` tracks what a batch
+//! `neighbours`, `bridge` (FDB, MDB, VLANs), `rules`, `netconf`, `netfilter` (nftables), `tc` (qdiscs, classes, chains, filters, actions). `batch` tracks what a batch
 //! touched and computes its net changes ([`State::flush`]); `reconcile` brings a dump into the
 //! state (mark and sweep, [`State::reconcile`]).
 
@@ -19,6 +19,7 @@ mod nexthops;
 mod reconcile;
 mod routes;
 mod rules;
+pub mod tc;
 
 pub use reconcile::Snapshot;
 
@@ -62,6 +63,8 @@ pub struct State {
     pub want_redump: std::collections::BTreeSet<ObjectKind>,
     /// Each bridge's `mcast_snooping` option, by ifindex.
     bridge_snooping: BTreeMap<u32, bool>,
+    /// tc: qdiscs, classes, chains, filters, actions (not objects of the plugin API yet).
+    pub tc: tc::Tc,
 }
 
 impl State {
@@ -206,6 +209,7 @@ impl State {
             Event::NewVlan(v) => self.new_vlan(v),
             Event::DelVlan(v) => self.del_vlan(v),
             Event::Nft(m) => self.apply_nft(m),
+            Event::Tc(m) => self.tc.apply(m),
             Event::Ignored => {}
         }
     }

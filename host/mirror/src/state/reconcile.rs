@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub routes: Routes,
     /// The nftables ruleset dumped (its objects are in `objs`).
     pub nft: super::netfilter::Nft,
+    /// The tc state dumped, when tc was (`source::dump_tc`).
+    pub tc: Option<super::tc::Tc>,
 }
 
 impl Snapshot {
@@ -71,6 +73,7 @@ impl Snapshot {
                     self.put(x.into())
                 }
             }
+            Event::Tc(m) => self.tc.get_or_insert_default().add_dumped(m),
             Event::Nft(m) => {
                 // The table's objects derived again from what was dumped so far.
                 if let Some(t) = self.nft.apply(m) {
@@ -101,7 +104,12 @@ impl State {
             objs,
             routes,
             nft,
+            tc,
         } = snap;
+        if let Some(tc) = tc {
+            // Not objects of the plugin API (no change is emitted): the dump replaces them.
+            self.tc = tc;
+        }
         if kinds.contains(&ObjectKind::NfChain) && !partial.contains(&ObjectKind::NfChain) {
             // Both nftables kinds come from one dump (`source::dump_requests`).
             self.nft = nft;

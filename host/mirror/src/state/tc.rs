@@ -1,0 +1,441 @@
+//! tc: qdiscs, classes, chains, filters and actions as the kernel announces them, and what it
+//! changes without a message (docs/netlink-gaps.md section "tc"), found by experiment on 6.18:
+//!
+//! - deleting a qdisc announces the qdisc (and each chain of its blocks) only: its classes,
+//!   the qdiscs under them and every filter of its blocks go silently (inferred here);
+//! - deleting a root qdisc brings back the device's default one (`noqueue`, `pfifo_fast`,
+//!   `mq`...) unannounced, and `mq` creates its per-queue children unannounced (re-dumped);
+//! - deleting a device announces nothing of its tc state but its chains (inferred);
+//! - unbinding a shared block from its last qdisc destroys it, its filters silently
+//!   (inferred);
+//! - deleting a classifier instance's last filter (or the whole instance: handle 0) removes the
+//!   instance, whose own dump entry (the line without `fh`) is never announced, nor u32's root
+//!   hash table (`fh 800:`) when the instance is created (the instance inferred; a new u32
+//!   instance re-dumped for its hash table's handle);
+//! - an action's `bind` count is the number of filters holding it and its `ref` count that plus
+//!   the references `tc actions add` took, neither announced when a filter comes or goes: the
+//!   mirror keeps each action's own references and counts the bindings
+//!   ([`Tc::actions`]); an action created inline with a filter lives as long as it is bound.
+//!
+//! Chains are announced (implicit creation by a filter included), but a class's block reports
+//! its chains under its qdisc's handle: one chain key can stand for several chains, so the
+//! mirror counts them.
+
+use crate::netlink::tc::{
+    action_of, filter_actions, Action, Chain, Class, Filter, Message, Qdisc, Target, H_ROOT,
+};
+use std::collections::BTreeMap;
+
+/// (target, parent, chain, prio, handle) of a filter.
+pub type FilterKey = (Target, u32, u32, u16, u32);
+
+fn major(h: u32) -> u32 {
+    h & 0xffff_0000
+}
+
+/// u32's node bits of a filter handle: 0 for a hash table, else a key node.
+fn u32_node(h: u32) -> u32 {
+    h & 0xfff
+}
+
+/// The tc state of one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Tc {
+    /// Qdiscs by (ifindex, parent).
+    pub qdiscs: BTreeMap<(u32, u32), Qdisc>,
+    /// Classes by (ifindex, handle).
+    pub classes: BTreeMap<(u32, u32), Class>,
+    /// Filters, classifier instances (handle 0) included.
+    pub filters: BTreeMap<FilterKey, Filter>,
+    /// Chains, with how many blocks report each key.
+    pub chains: BTreeMap<Chain, u32>,
+    /// Actions as the kernel last reported them (standalone or bound), by (kind, index).
+    pub reported: BTreeMap<(String, u32), Action>,
+    /// Set when the kernel changed something the state cannot infer: the source re-dumps tc.
+    pub want_redump: bool,
+}
+
+fn fkey(f: &Filter) -> FilterKey {
+    (f.target, f.parent, f.chain, f.prio, f.handle)
+}
+
+impl Tc {
+    /// Applies a message.
+    pub fn apply(&mut self, m: Message) {
+        match m {
+            Message::NewQdisc(q) => {
+                if q.parent == H_ROOT && matches!(q.kind.as_str(), "mq" | "mqprio") {
+                    self.want_redump = true;
+                }
+                self.qdiscs.insert((q.ifindex, q.parent), q);
+            }
+            Message::DelQdisc(q) => self.del_qdisc(q.ifindex, q.parent),
+            Message::NewClass(c) => {
+                self.classes.insert((c.ifindex, c.handle), c);
+            }
+            Message::DelClass(c) => {
+                self.classes.remove(&(c.ifindex, c.handle));
+            }
+            Message::NewFilter(f) => self.new_filter(f),
+            Message::DelFilter(f) => self.del_filter(&f),
+            Message::NewChain(c) => *self.chains.entry(c).or_default() += 1,
+            Message::DelChain(c) => {
+                if let Some(n) = self.chains.get_mut(&c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.chains.remove(&c);
+                    }
+                }
+            }
+            Message::NewActions(v) => {
+                for a in v {
+                    if a.index == 0 {
+                        self.want_redump = true;
+                        continue;
+                    }
+                    self.reported.insert((a.kind.clone(), a.index), a);
+                }
+            }
+            Message::DelActions(v) => {
+                for a in v {
+                    if a.index == 0 {
+                        // A flush (`tc actions flush action KIND`): its kind only.
+                        self.want_redump = true;
+                        continue;
+                    }
+                    self.reported.remove(&(a.kind.clone(), a.index));
+                }
+            }
+        }
+    }
+
+    /// Adds a dumped message (dumps list everything, instances and hash tables included:
+    /// nothing to infer).
+    pub fn add_dumped(&mut self, m: Message) {
+        match m {
+            Message::NewQdisc(q) => {
+                self.qdiscs.insert((q.ifindex, q.parent), q);
+            }
+            Message::NewClass(c) => {
+                self.classes.insert((c.ifindex, c.handle), c);
+            }
+            Message::NewFilter(f) => {
+                self.filters.insert(fkey(&f), f);
+            }
+            Message::NewChain(c) => *self.chains.entry(c).or_default() += 1,
+            Message::NewActions(v) => {
+                for a in v {
+                    self.reported.insert((a.kind.clone(), a.index), a);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn new_filter(&mut self, f: Filter) {
+        let tp = (f.target, f.parent, f.chain, f.prio, 0);
+        if f.handle != 0 && !self.filters.contains_key(&tp) {
+            // A new classifier instance: its own entry is never announced.
+            if f.kind == "u32" {
+                // Nor its root hash table, whose handle the kernel picks.
+                self.want_redump = true;
+            }
+            let inst = Filter {
+                handle: 0,
+                options: Vec::new(),
+                attributes: Vec::new(),
+                ..f.clone()
+            };
+            self.filters.insert(tp, inst);
+        }
+        for a in filter_actions(&f).filter_map(action_of) {
+            let k = (a.kind.clone(), a.index);
+            // An inline action: created with the filter (no reference of its own).
+            self.reported.entry(k).or_insert(Action {
+                refcnt: a.bindcnt,
+                ..a
+            });
+        }
+        self.filters.insert(fkey(&f), f);
+    }
+
+    fn del_filter(&mut self, f: &Filter) {
+        let inst =
+            |k: &FilterKey| k.0 == f.target && k.1 == f.parent && k.2 == f.chain && k.3 == f.prio;
+        if f.handle == 0 {
+            self.filters.retain(|k, _| !inst(k));
+            return;
+        }
+        self.filters.remove(&fkey(f));
+        // The instance goes with its last filter.
+        let u32 = f.kind == "u32";
+        let left = self
+            .filters
+            .iter()
+            .any(|(k, _)| inst(k) && k.4 != 0 && (!u32 || u32_node(k.4) != 0));
+        if !left {
+            self.filters.retain(|k, _| !inst(k));
+        }
+    }
+
+    fn del_qdisc(&mut self, ifindex: u32, parent: u32) {
+        let Some(q) = self.qdiscs.remove(&(ifindex, parent)) else {
+            return;
+        };
+        if parent == H_ROOT {
+            self.want_redump = true;
+        }
+        let m = major(q.handle);
+        // Its classes, the qdiscs under them (recursively), its blocks' filters.
+        self.classes
+            .retain(|k, _| !(k.0 == ifindex && major(k.1) == m));
+        let children: Vec<u32> = self
+            .qdiscs
+            .iter()
+            .filter(|(k, c)| k.0 == ifindex && major(c.parent) == m && c.parent != H_ROOT)
+            .map(|(k, _)| k.1)
+            .collect();
+        for c in children {
+            self.del_qdisc(ifindex, c);
+        }
+        self.filters
+            .retain(|k, _| !(k.0 == Target::Dev(ifindex) && major(k.1) == m));
+        for b in [q.ingress_block, q.egress_block].into_iter().flatten() {
+            self.unbound(b);
+        }
+    }
+
+    /// A shared block lost a binding: gone with its filters when it was the last.
+    fn unbound(&mut self, block: u32) {
+        let bound = self
+            .qdiscs
+            .values()
+            .any(|q| q.ingress_block == Some(block) || q.egress_block == Some(block));
+        if !bound {
+            self.filters.retain(|k, _| k.0 != Target::Block(block));
+        }
+    }
+
+    /// A device is gone, with all its tc state.
+    pub fn del_dev(&mut self, ifindex: u32) {
+        let roots: Vec<u32> = self
+            .qdiscs
+            .keys()
+            .filter(|k| k.0 == ifindex)
+            .map(|k| k.1)
+            .collect();
+        let had = !roots.is_empty();
+        for p in roots {
+            self.del_qdisc(ifindex, p);
+        }
+        self.want_redump = false;
+        self.classes.retain(|k, _| k.0 != ifindex);
+        self.filters.retain(|k, _| k.0 != Target::Dev(ifindex));
+        self.chains.retain(|c, _| c.target != Target::Dev(ifindex));
+        // Actions redirecting to the device now name none (mirred's `to_dev *`): re-dumped.
+        if had || !self.reported.is_empty() {
+            self.want_redump = true;
+        }
+    }
+
+    /// Every action as `tc actions list` shows it: those holding references of their own
+    /// (`tc actions add`) and those bound to filters, with `bindcnt` the filters holding it
+    /// and `refcnt` that plus its own references.
+    pub fn actions(&self) -> Vec<Action> {
+        let mut bound: BTreeMap<(String, u32), i32> = BTreeMap::new();
+        for f in self.filters.values() {
+            for a in filter_actions(f).filter_map(action_of) {
+                *bound.entry((a.kind, a.index)).or_default() += 1;
+            }
+        }
+        self.reported
+            .iter()
+            .filter_map(|(k, a)| {
+                let own = a.refcnt - a.bindcnt;
+                let bind = bound.get(k).copied().unwrap_or(0);
+                (own > 0 || bind > 0).then(|| Action {
+                    refcnt: own.max(0) + bind,
+                    bindcnt: bind,
+                    ..a.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// The shared blocks and the (ifindex, hook parent) bound to each.
+    pub fn blocks(&self) -> BTreeMap<u32, Vec<(u32, u32)>> {
+        use crate::netlink::tc::{H_MIN_EGRESS, H_MIN_INGRESS};
+        let mut m: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+        for q in self.qdiscs.values() {
+            if let Some(b) = q.ingress_block {
+                m.entry(b).or_default().push((q.ifindex, H_MIN_INGRESS));
+            }
+            if let Some(b) = q.egress_block {
+                m.entry(b).or_default().push((q.ifindex, H_MIN_EGRESS));
+            }
+        }
+        m
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.qdiscs.is_empty()
+            && self.classes.is_empty()
+            && self.filters.is_empty()
+            && self.chains.is_empty()
+            && self.reported.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::tc::{H_INGRESS, H_MIN_INGRESS};
+
+    fn qdisc(ifindex: u32, handle: u32, parent: u32, kind: &str) -> Qdisc {
+        Qdisc {
+            ifindex,
+            handle,
+            parent,
+            kind: kind.into(),
+            options: vec![],
+            ingress_block: None,
+            egress_block: None,
+            attributes: vec![],
+        }
+    }
+
+    fn filter(target: Target, parent: u32, prio: u16, handle: u32) -> Filter {
+        Filter {
+            target,
+            parent,
+            chain: 0,
+            prio,
+            protocol: 3,
+            handle,
+            kind: "u32".into(),
+            options: vec![],
+            attributes: vec![],
+        }
+    }
+
+    fn handles(t: &Tc) -> Vec<u32> {
+        t.filters.keys().map(|k| k.4).collect()
+    }
+
+    #[test]
+    fn a_qdisc_takes_its_classes_children_and_filters_silently() {
+        let mut t = Tc::default();
+        t.apply(Message::NewQdisc(qdisc(2, 0x1_0000, H_ROOT, "htb")));
+        t.apply(Message::NewClass(Class {
+            ifindex: 2,
+            handle: 0x1_0010,
+            parent: 0x1_0000,
+            kind: "htb".into(),
+            options: vec![],
+            attributes: vec![],
+        }));
+        t.apply(Message::NewQdisc(qdisc(2, 0x10_0000, 0x1_0010, "pfifo")));
+        t.apply(Message::NewQdisc(qdisc(
+            2,
+            0xffff_0000,
+            H_INGRESS,
+            "clsact",
+        )));
+        t.apply(Message::NewFilter(filter(
+            Target::Dev(2),
+            0x1_0000,
+            5,
+            0x8000_0800,
+        )));
+        t.apply(Message::NewFilter(filter(
+            Target::Dev(2),
+            H_MIN_INGRESS,
+            5,
+            0x8000_0800,
+        )));
+        // The instance's own entry is inferred.
+        assert_eq!(t.filters.len(), 4);
+        t.want_redump = false;
+        t.apply(Message::DelQdisc(qdisc(2, 0x1_0000, H_ROOT, "htb")));
+        assert!(t.classes.is_empty());
+        assert_eq!(t.qdiscs.len(), 1, "{:?}", t.qdiscs);
+        assert!(t.filters.keys().all(|k| k.1 == H_MIN_INGRESS));
+        assert!(
+            t.want_redump,
+            "the default root qdisc comes back unannounced"
+        );
+    }
+
+    #[test]
+    fn the_last_filter_takes_its_instance() {
+        let mut t = Tc::default();
+        let d = Target::Dev(2);
+        t.apply(Message::NewFilter(filter(d, 0x1_0000, 5, 0x8000_0800)));
+        t.apply(Message::NewFilter(filter(d, 0x1_0000, 5, 0x8000_0801)));
+        // The root hash table, as a re-dump brings it.
+        t.filters.insert(
+            (d, 0x1_0000, 0, 5, 0x8000_0000),
+            filter(d, 0x1_0000, 5, 0x8000_0000),
+        );
+        t.apply(Message::DelFilter(filter(d, 0x1_0000, 5, 0x8000_0800)));
+        assert_eq!(handles(&t), vec![0, 0x8000_0000, 0x8000_0801]);
+        t.apply(Message::DelFilter(filter(d, 0x1_0000, 5, 0x8000_0801)));
+        assert!(t.filters.is_empty());
+        t.apply(Message::NewFilter(filter(d, 0x1_0000, 5, 0x8000_0800)));
+        t.apply(Message::NewFilter(filter(d, 0x1_0000, 6, 0x8010_0800)));
+        // Deleting an instance (handle 0) takes all its filters.
+        t.apply(Message::DelFilter(filter(d, 0x1_0000, 5, 0)));
+        assert_eq!(handles(&t), vec![0, 0x8010_0800]);
+    }
+
+    #[test]
+    fn a_shared_block_goes_with_its_last_binding_and_a_device_with_everything() {
+        let mut t = Tc::default();
+        for dev in [2, 3] {
+            t.apply(Message::NewQdisc(Qdisc {
+                ingress_block: Some(7),
+                ..qdisc(dev, 0xffff_0000, H_INGRESS, "clsact")
+            }));
+        }
+        t.apply(Message::NewChain(Chain {
+            target: Target::Block(7),
+            parent: 7,
+            index: 0,
+        }));
+        t.apply(Message::NewFilter(filter(
+            Target::Block(7),
+            7,
+            4,
+            0x8000_0800,
+        )));
+        assert_eq!(t.blocks()[&7], vec![(2, H_MIN_INGRESS), (3, H_MIN_INGRESS)]);
+        t.apply(Message::DelQdisc(qdisc(
+            2,
+            0xffff_0000,
+            H_INGRESS,
+            "clsact",
+        )));
+        assert_eq!(t.filters.len(), 2, "still bound to 3");
+        t.del_dev(3);
+        assert!(t.filters.is_empty() && t.qdiscs.is_empty());
+        // Chains are announced, but a device's are inferred too.
+        assert_eq!(t.chains.len(), 1, "the block's chain is announced");
+    }
+
+    #[test]
+    fn class_blocks_report_chains_under_their_qdisc() {
+        let mut t = Tc::default();
+        let c = Chain {
+            target: Target::Dev(2),
+            parent: 0x1_0000,
+            index: 0,
+        };
+        t.apply(Message::NewChain(c));
+        t.apply(Message::NewChain(c));
+        t.apply(Message::DelChain(c));
+        assert_eq!(t.chains[&c], 1);
+        t.apply(Message::DelChain(c));
+        assert!(t.chains.is_empty());
+    }
+}
