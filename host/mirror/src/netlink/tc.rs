@@ -155,6 +155,43 @@ pub enum Message {
     DelActions(Vec<Action>),
 }
 
+/// tc's handle form: `1:`, `1:10`, `ffff:fff1`.
+pub fn handle(h: u32) -> String {
+    let (maj, min) = (h >> 16, h & 0xffff);
+    if min == 0 {
+        format!("{maj:x}:")
+    } else {
+        format!("{maj:x}:{min:x}")
+    }
+}
+
+/// u32's `fh` form (`800:`, `800::800`).
+pub fn u32_handle(h: u32) -> String {
+    let mut s = String::new();
+    if h & 0xfff0_0000 != 0 {
+        s += &format!("{:x}:", h >> 20);
+    }
+    if (h >> 12) & 0xff != 0 {
+        s += &format!("{:x}", (h >> 12) & 0xff);
+    }
+    if h & 0xfff != 0 {
+        s += &format!(":{:x}", h & 0xfff);
+    }
+    s
+}
+
+/// `tc`'s protocol names.
+pub fn protocol(p: u16) -> String {
+    match p {
+        0x0003 => "all".into(),
+        0x0800 => "ip".into(),
+        0x86dd => "ipv6".into(),
+        0x0806 => "arp".into(),
+        0x8100 => "802.1Q".into(),
+        p => format!("0x{p:04x}"),
+    }
+}
+
 fn target(m: &TcMessage) -> Target {
     let ifindex = m.header.index as u32;
     if ifindex == IFINDEX_MAGIC_BLOCK {
@@ -299,7 +336,8 @@ pub fn action_of(a: &TcAction) -> Option<Action> {
     attributes.retain(|x| !matches!(x, TcActionAttribute::Index(_)));
     Some(Action {
         kind: kind?,
-        index: index?,
+        // None in a flush (`tc actions flush action KIND`: the kind alone).
+        index: index.unwrap_or(0),
         refcnt,
         bindcnt,
         attributes,

@@ -28,6 +28,11 @@ impl State {
         };
         let up = l.flags & IFF_UP != 0;
         let carrier = l.flags & IFF_LOWER_UP != 0;
+        // A device's first `up` attaches its default root qdisc, unannounced
+        // (docs/netlink-gaps.md section 15).
+        if up && (old.is_none() || !was_up) {
+            self.tc.link_up(l.ifindex);
+        }
         // A veth peer is announced before its partner is registered, with IFLA_LINK 0, and never
         // again: complete the pair from the second one.
         if old.is_none() && l.kind.as_str() == "veth" && l.link != 0 && l.link_netnsid < 0 {

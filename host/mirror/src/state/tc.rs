@@ -5,6 +5,8 @@
 //!   the qdiscs under them and every filter of its blocks go silently (inferred here);
 //! - deleting a root qdisc brings back the device's default one (`noqueue`, `pfifo_fast`,
 //!   `mq`...) unannounced, and `mq` creates its per-queue children unannounced (re-dumped);
+//! - a device's first `up` attaches its default root qdisc (`noqueue` on veth), unannounced
+//!   (re-dumped when a device without a root qdisc goes up);
 //! - deleting a device announces nothing of its tc state but its chains (inferred);
 //! - unbinding a shared block from its last qdisc destroys it, its filters silently
 //!   (inferred);
@@ -17,9 +19,22 @@
 //!   mirror keeps each action's own references and counts the bindings
 //!   ([`Tc::actions`]); an action created inline with a filter lives as long as it is bound.
 //!
-//! Chains are announced (implicit creation by a filter included), but a class's block reports
-//! its chains under its qdisc's handle: one chain key can stand for several chains, so the
-//! mirror counts them.
+//! u32 keeps its hash tables and key nodes per qdisc (or shared block), and the dump of a u32
+//! instance lists every one of its prio there, whichever chain, class or clsact hook the
+//! instance is in: a key node added through one instance shows under all of that prio (as
+//! `tc filter show` lists them, and the mirror holds them), bound to its actions once. The
+//! instance goes only with the last key node of its qdisc when it is the only u32 instance
+//! there.
+//!
+//! Chains are announced (implicit creation by a filter included), but a class's block (and
+//! clsact's egress hook) reports its chains under its qdisc's handle: one chain key can stand
+//! for several chains, as in `tc chain show`'s output. The mirror keeps the key while any block
+//! it stands for still has a filter in that chain (an explicit empty chain of a second block
+//! under the same key is lost with the first's deletion: not inferred).
+//!
+//! An `ingress` qdisc has a single block, whichever parent a filter names (`ffff:`,
+//! `ingress`, `egress`): notifications carry the parent as requested, dumps the dumped one; the
+//! mirror files them all under `ingress` (`ffff:fff2`).
 
 use crate::netlink::tc::{
     action_of, filter_actions, Action, Chain, Class, Filter, Message, Qdisc, Target, H_ROOT,
@@ -31,6 +46,14 @@ pub type FilterKey = (Target, u32, u32, u16, u32);
 
 fn major(h: u32) -> u32 {
     h & 0xffff_0000
+}
+
+/// What u32 keeps its hash tables in (`tc_u_common`): a shared block, else the qdisc.
+fn u32_common(target: Target, parent: u32) -> (Target, u32) {
+    match target {
+        Target::Block(_) => (target, 0),
+        Target::Dev(_) => (target, major(parent)),
+    }
 }
 
 /// u32's node bits of a filter handle: 0 for a hash table, else a key node.
@@ -47,8 +70,8 @@ pub struct Tc {
     pub classes: BTreeMap<(u32, u32), Class>,
     /// Filters, classifier instances (handle 0) included.
     pub filters: BTreeMap<FilterKey, Filter>,
-    /// Chains, with how many blocks report each key.
-    pub chains: BTreeMap<Chain, u32>,
+    /// Chains, by (target, reported parent, index).
+    pub chains: std::collections::BTreeSet<Chain>,
     /// Actions as the kernel last reported them (standalone or bound), by (kind, index).
     pub reported: BTreeMap<(String, u32), Action>,
     /// Set when the kernel changed something the state cannot infer: the source re-dumps tc.
@@ -76,15 +99,25 @@ impl Tc {
             Message::DelClass(c) => {
                 self.classes.remove(&(c.ifindex, c.handle));
             }
-            Message::NewFilter(f) => self.new_filter(f),
-            Message::DelFilter(f) => self.del_filter(&f),
-            Message::NewChain(c) => *self.chains.entry(c).or_default() += 1,
+            Message::NewFilter(f) => {
+                let f = self.canonical(f);
+                self.new_filter(f)
+            }
+            Message::DelFilter(f) => {
+                let f = self.canonical(f);
+                self.del_filter(&f)
+            }
+            Message::NewChain(c) => {
+                self.chains.insert(c);
+            }
             Message::DelChain(c) => {
-                if let Some(n) = self.chains.get_mut(&c) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.chains.remove(&c);
-                    }
+                let used = self.filters.keys().any(|k| {
+                    k.0 == c.target
+                        && k.2 == c.index
+                        && (matches!(c.target, Target::Block(_)) || major(k.1) == major(c.parent))
+                });
+                if !used {
+                    self.chains.remove(&c);
                 }
             }
             Message::NewActions(v) => {
@@ -120,9 +153,12 @@ impl Tc {
                 self.classes.insert((c.ifindex, c.handle), c);
             }
             Message::NewFilter(f) => {
+                let f = self.canonical(f);
                 self.filters.insert(fkey(&f), f);
             }
-            Message::NewChain(c) => *self.chains.entry(c).or_default() += 1,
+            Message::NewChain(c) => {
+                self.chains.insert(c);
+            }
             Message::NewActions(v) => {
                 for a in v {
                     self.reported.insert((a.kind.clone(), a.index), a);
@@ -132,12 +168,28 @@ impl Tc {
         }
     }
 
+    /// A filter of an `ingress` qdisc under `ingress`, whatever parent it was named by.
+    fn canonical(&self, mut f: Filter) -> Filter {
+        if let Target::Dev(i) = f.target {
+            if major(f.parent) == 0xffff_0000
+                && self
+                    .qdiscs
+                    .get(&(i, crate::netlink::tc::H_INGRESS))
+                    .is_some_and(|q| q.kind == "ingress")
+            {
+                f.parent = crate::netlink::tc::H_MIN_INGRESS;
+            }
+        }
+        f
+    }
+
     fn new_filter(&mut self, f: Filter) {
         let tp = (f.target, f.parent, f.chain, f.prio, 0);
         if f.handle != 0 && !self.filters.contains_key(&tp) {
             // A new classifier instance: its own entry is never announced.
             if f.kind == "u32" {
-                // Nor its root hash table, whose handle the kernel picks.
+                // Nor its root hash table, whose handle the kernel picks, nor the hash tables
+                // of the instances it now lists (see `u32_listers`).
                 self.want_redump = true;
             }
             let inst = Filter {
@@ -156,23 +208,73 @@ impl Tc {
                 ..a
             });
         }
+        if f.kind == "u32" && f.handle != 0 {
+            // Listed under every u32 instance of its prio sharing its hash tables.
+            for at in self.u32_listers(&f) {
+                let mut c = f.clone();
+                (c.target, c.parent, c.chain) = (at.0, at.1, at.2);
+                self.filters.insert(fkey(&c), c);
+            }
+        }
         self.filters.insert(fkey(&f), f);
+    }
+
+    /// The u32 instances (target, parent, chain) whose dump lists a u32 hash table or key
+    /// node of `f`'s prio: u32 keeps its hash tables per qdisc (or shared block), and an
+    /// instance's dump walks every one of its prio, whichever chain or block (class, hook) the
+    /// instance sits in.
+    fn u32_listers(&self, f: &Filter) -> Vec<(Target, u32, u32)> {
+        let c = u32_common(f.target, f.parent);
+        self.filters
+            .iter()
+            .filter(|(k, x)| {
+                k.4 == 0 && x.kind == "u32" && k.3 == f.prio && u32_common(k.0, k.1) == c
+            })
+            .map(|(k, _)| (k.0, k.1, k.2))
+            .collect()
     }
 
     fn del_filter(&mut self, f: &Filter) {
         let inst =
             |k: &FilterKey| k.0 == f.target && k.1 == f.parent && k.2 == f.chain && k.3 == f.prio;
         if f.handle == 0 {
+            let u32 = self
+                .filters
+                .get(&(f.target, f.parent, f.chain, f.prio, 0))
+                .is_some_and(|x| x.kind == "u32");
             self.filters.retain(|k, _| !inst(k));
+            if u32 {
+                // Its hash tables go with it, from the other instances' listings too: which
+                // are its own a dump does not say.
+                self.want_redump = true;
+            }
+            return;
+        }
+        if f.kind == "u32" {
+            // Gone from every listing; the instance goes only when it is the last u32 instance
+            // of its qdisc (or block) and no key node is left there (`u32_delete`).
+            let (c, prio, h) = (u32_common(f.target, f.parent), f.prio, f.handle);
+            self.filters
+                .retain(|k, _| !(k.4 == h && k.3 == prio && u32_common(k.0, k.1) == c));
+            let of_common =
+                |k: &FilterKey, x: &Filter| x.kind == "u32" && u32_common(k.0, k.1) == c;
+            let instances = self
+                .filters
+                .iter()
+                .filter(|(k, x)| k.4 == 0 && of_common(k, x))
+                .count();
+            let knodes = self
+                .filters
+                .iter()
+                .any(|(k, x)| u32_node(k.4) != 0 && of_common(k, x));
+            if instances == 1 && !knodes {
+                self.filters.retain(|k, x| !of_common(k, x));
+            }
             return;
         }
         self.filters.remove(&fkey(f));
         // The instance goes with its last filter.
-        let u32 = f.kind == "u32";
-        let left = self
-            .filters
-            .iter()
-            .any(|(k, _)| inst(k) && k.4 != 0 && (!u32 || u32_node(k.4) != 0));
+        let left = self.filters.iter().any(|(k, _)| inst(k) && k.4 != 0);
         if !left {
             self.filters.retain(|k, _| !inst(k));
         }
@@ -216,6 +318,13 @@ impl Tc {
         }
     }
 
+    /// A device went up: its default root qdisc, attached on the first `up`, is unannounced.
+    pub fn link_up(&mut self, ifindex: u32) {
+        if !self.qdiscs.contains_key(&(ifindex, H_ROOT)) {
+            self.want_redump = true;
+        }
+    }
+
     /// A device is gone, with all its tc state.
     pub fn del_dev(&mut self, ifindex: u32) {
         let roots: Vec<u32> = self
@@ -231,7 +340,7 @@ impl Tc {
         self.want_redump = false;
         self.classes.retain(|k, _| k.0 != ifindex);
         self.filters.retain(|k, _| k.0 != Target::Dev(ifindex));
-        self.chains.retain(|c, _| c.target != Target::Dev(ifindex));
+        self.chains.retain(|c| c.target != Target::Dev(ifindex));
         // Actions redirecting to the device now name none (mirred's `to_dev *`): re-dumped.
         if had || !self.reported.is_empty() {
             self.want_redump = true;
@@ -243,7 +352,12 @@ impl Tc {
     /// and `refcnt` that plus its own references.
     pub fn actions(&self) -> Vec<Action> {
         let mut bound: BTreeMap<(String, u32), i32> = BTreeMap::new();
-        for f in self.filters.values() {
+        // A u32 key node is listed under several instances (`u32_listers`) but bound once.
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, f) in &self.filters {
+            if f.kind == "u32" && !seen.insert((u32_common(k.0, k.1), k.3, k.4)) {
+                continue;
+            }
             for a in filter_actions(f).filter_map(action_of) {
                 *bound.entry((a.kind, a.index)).or_default() += 1;
             }
@@ -431,11 +545,57 @@ mod tests {
             parent: 0x1_0000,
             index: 0,
         };
+        // Chain 0 of 1:'s block and of class 1:10's, both reported as `parent 1:`.
         t.apply(Message::NewChain(c));
+        t.apply(Message::NewFilter(filter(
+            Target::Dev(2),
+            0x1_0000,
+            5,
+            0x8000_0800,
+        )));
         t.apply(Message::NewChain(c));
+        t.apply(Message::NewFilter(filter(
+            Target::Dev(2),
+            0x1_0010,
+            5,
+            0x8010_0800,
+        )));
+        t.apply(Message::DelFilter(filter(Target::Dev(2), 0x1_0000, 5, 0)));
         t.apply(Message::DelChain(c));
-        assert_eq!(t.chains[&c], 1);
+        assert!(
+            t.chains.contains(&c),
+            "the class's chain 0 still holds a filter"
+        );
+        t.apply(Message::DelFilter(filter(Target::Dev(2), 0x1_0010, 5, 0)));
         t.apply(Message::DelChain(c));
         assert!(t.chains.is_empty());
+    }
+
+    #[test]
+    fn an_ingress_qdisc_has_one_block_whatever_the_parent() {
+        let mut t = Tc::default();
+        t.apply(Message::NewQdisc(qdisc(
+            2,
+            0xffff_0000,
+            H_INGRESS,
+            "ingress",
+        )));
+        let egress = filter(
+            Target::Dev(2),
+            crate::netlink::tc::H_MIN_EGRESS,
+            3,
+            0x8000_0800,
+        );
+        t.apply(Message::NewFilter(egress.clone()));
+        t.add_dumped(Message::NewFilter(filter(
+            Target::Dev(2),
+            H_MIN_INGRESS,
+            3,
+            0x8000_0800,
+        )));
+        assert!(t.filters.keys().all(|k| k.1 == H_MIN_INGRESS));
+        assert_eq!(t.filters.len(), 2, "{:?}", t.filters.keys());
+        t.apply(Message::DelFilter(egress));
+        assert!(t.filters.is_empty());
     }
 }

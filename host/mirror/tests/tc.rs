@@ -1,0 +1,196 @@
+//! tc differential test: a seeded random sequence of `tc`/`ip` steps in a private netns (root
+//! qdiscs, htb classes, clsact/ingress, shared blocks, u32 filters with random keys and mirred
+//! actions, chains, standalone actions, deletes of filters, qdiscs and devices); after each, once
+//! quiet, the mirror's tc state must equal `tc -j -d` (`ekho_mirror::testing::tc`).
+//!
+//! Rerun a case with `EKHO_MIRROR_SEED=<seed> EKHO_TC_STEPS=<n> cargo test -p ekho-mirror
+//! --test tc -- --nocapture`.
+
+mod common;
+use common::*;
+use ekho_mirror::testing::tc as oracle;
+use ekho_plugin_api::{Object, ObjectKind};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn names(m: &ekho_mirror::Mirror) -> BTreeMap<u32, String> {
+    m.dump(Some(ObjectKind::Link))
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Link(l) => Some((l.ifindex, l.ifname.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Compares until equal; the divergences once `timeout` passed and two comparisons agree.
+fn converge(ns: &Netns, m: &ekho_mirror::Mirror, timeout: Duration) -> Vec<String> {
+    let t = Instant::now();
+    let mut last = None;
+    loop {
+        let k = oracle::kernel(Some(&ns.name)).expect("tc state");
+        let mi = oracle::mirror(&m.tc(), &names(m));
+        let d = oracle::compare(&k, &mi);
+        if d.is_empty() || (t.elapsed() > timeout && last.as_ref() == Some(&d)) {
+            return d;
+        }
+        last = Some(d);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A shell command line in `ns`: stdout, or stderr on failure.
+fn try_sh(ns: &Netns, cmd: &str) -> Result<String, String> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Whether the kernel has action `kind` (`tc actions add` in a scratch namespace).
+fn has_action(kind: &str, args: &str) -> Result<(), String> {
+    let ns = Netns::try_named("ekho-mir-tcprobe")?;
+    try_sh(&ns, &format!("tc actions add action {kind} {args}"))
+        .map(|_| ())
+        .map_err(|e| format!("kernel {}: no tc action {kind} ({})", kernel(), e.trim()))
+}
+
+fn add_dev(ns: &Netns, i: u64) {
+    ns.sh(&format!(
+        "ip link add d{i} type veth peer name p{i} && ip link set d{i} up && ip link set p{i} up"
+    ));
+}
+
+#[test]
+fn random_tc_steps_match_tc() {
+    let Some(ns) = netns("tc") else { return };
+    let seed: u64 = std::env::var("EKHO_MIRROR_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let steps: usize = std::env::var("EKHO_TC_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(80);
+    eprintln!("seed {seed}, {steps} steps");
+    let gact = match has_action("gact", "drop") {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("SKIP: goto chain and gact steps: {e}");
+            false
+        }
+    };
+    for i in 0..3 {
+        add_dev(&ns, i);
+    }
+    let r = start(&ns, 0);
+    let mut rng = Rng(seed);
+    let mut done = Vec::new();
+    for step in 0..steps {
+        let d = rng.below(3);
+        let p = rng.below(3);
+        let pref = 1 + rng.below(4);
+        let block = 7 + rng.below(2);
+        let hook = match rng.below(5) {
+            0 => format!("dev d{d} ingress"),
+            1 => format!("dev d{d} egress"),
+            2 => format!("dev d{d} parent 1:"),
+            3 => format!("dev d{d} parent 1:1{}", rng.below(3)),
+            _ => format!("block {block}"),
+        };
+        let chain = if rng.below(3) == 0 { rng.below(3) } else { 0 };
+        let action = match rng.below(if gact { 5 } else { 4 }) {
+            0 => String::new(),
+            1 => format!(" action mirred egress redirect dev p{p}"),
+            2 => format!(" action mirred index {}", 20 + rng.below(3)),
+            3 => format!(
+                " action mirred egress mirror dev p{p} index {}",
+                30 + rng.below(3)
+            ),
+            _ => format!(" action goto chain {}", 1 + rng.below(2)),
+        };
+        let cmd = match rng.below(16) {
+            0 => format!(
+                "tc qdisc replace dev d{d} root handle 1: {}",
+                ["htb default 10", "tbf rate 1mbit burst 10k latency 10ms", "pfifo"]
+                    [rng.below(3) as usize]
+            ),
+            1 => format!(
+                "tc class replace dev d{d} parent 1: classid 1:1{} htb rate {}mbit",
+                rng.below(3),
+                1 + rng.below(9)
+            ),
+            2 => format!("tc qdisc add dev d{d} clsact"),
+            3 => format!("tc qdisc add dev d{d} ingress_block {block} clsact"),
+            4 => format!("tc qdisc add dev d{d} ingress"),
+            5..=8 => format!(
+                "tc filter add {hook} pref {pref} chain {chain} protocol {} u32 match ip dst 10.{}.{}.{}/32{action}",
+                ["ip", "all"][rng.below(2) as usize],
+                rng.below(3),
+                rng.below(256),
+                rng.below(256)
+            ),
+            9 => format!("tc chain add {hook} chain {}", 1 + rng.below(3)),
+            10 => format!("tc filter del {hook} pref {pref}"),
+            11 => format!(
+                "tc qdisc del dev d{d} {}",
+                ["root", "clsact", "ingress"][rng.below(3) as usize]
+            ),
+            12 => format!("ip link del d{d} && ip link add d{d} type veth peer name p{d} && ip link set d{d} up && ip link set p{d} up"),
+            13 => format!(
+                "tc actions add action mirred egress redirect dev p{p} index {}",
+                20 + rng.below(3)
+            ),
+            14 => format!("tc actions del action mirred index {}", 20 + rng.below(3)),
+            _ => format!("tc filter del {hook}"),
+        };
+        // Many combinations are refused (no such parent, duplicate): part of the test.
+        let ok = try_sh(&ns, &cmd).is_ok();
+        done.push(format!(
+            "{step}: {cmd}{}",
+            if ok { "" } else { " (refused)" }
+        ));
+        let diff = converge(&ns, &r.mirror, Duration::from_secs(3));
+        assert!(
+            diff.is_empty(),
+            "seed {seed}, after step {step} `{cmd}`: mirror differs from tc:\n{}\nsteps:\n{}\nkernel:\n{}",
+            diff.join("\n"),
+            done.join("\n"),
+            oracle::kernel(Some(&ns.name)).unwrap_or_default().join("\n")
+        );
+    }
+    // The sequence did something and reached a state worth comparing.
+    let refused = done.iter().filter(|l| l.ends_with("(refused)")).count();
+    eprintln!("{} steps taken, {refused} refused by tc", done.len());
+    if std::env::var_os("EKHO_TC_VERBOSE").is_some() {
+        eprintln!("{}", done.join("\n"));
+    }
+    let k = oracle::kernel(Some(&ns.name)).unwrap();
+    eprintln!("final state:\n{}", k.join("\n"));
+    assert!(refused < done.len(), "every step refused");
+    assert!(k.iter().any(|l| l.starts_with("qdisc")), "{k:?}");
+}
