@@ -2,6 +2,7 @@
 //! for `monitor`). The CLI is its client.
 
 use anyhow::Context;
+use ekho_mirror::tcshow::Show;
 use ekho_plugin_api::prelude::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -48,6 +49,8 @@ pub enum Request {
     Dump(Option<ObjectKind>),
     /// `ekho dump flows [--stats]`: the conntrack table.
     Flows { stats: bool },
+    /// `ekho dump qdiscs|classes|filters|chains|actions`: tc's lists.
+    DumpTc(Show),
     /// `ekho monitor`: the changes applied from now on, one line each.
     Monitor,
     /// `ekho reload`: re-read the config file.
@@ -68,15 +71,10 @@ impl Request {
                 Some("flows") => Ok(Request::Flows {
                     stats: req["stats"].as_bool().unwrap_or(false),
                 }),
-                Some(k) => match ObjectKind::from_name(k) {
-                    Some(k) => Ok(Request::Dump(Some(k))),
-                    None => {
-                        let known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
-                        Err(format!(
-                            "unknown kind {k:?}; one of: {}, flows",
-                            known.join(", ")
-                        ))
-                    }
+                Some(k) => match (ObjectKind::from_name(k), Show::from_name(k)) {
+                    (Some(k), _) => Ok(Request::Dump(Some(k))),
+                    (None, Some(t)) => Ok(Request::DumpTc(t)),
+                    (None, None) => Err(format!("unknown kind {k:?}; one of: {}", dump_kinds())),
                 },
             },
             "monitor" => Ok(Request::Monitor),
@@ -91,6 +89,14 @@ impl Request {
             other => Err(format!("unknown command {other:?}")),
         }
     }
+}
+
+/// The kinds `ekho dump` takes: the plugin API's, the conntrack table, tc's lists.
+pub fn dump_kinds() -> String {
+    let mut known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
+    known.push("flows");
+    known.extend(Show::ALL.iter().map(|(n, _)| *n));
+    known.join(", ")
 }
 
 /// Called with every change applied while a monitor watches (under the mirror's lock: must not
@@ -111,6 +117,8 @@ pub trait Service: Send + Sync + 'static {
     fn dump(&self, kind: Option<ObjectKind>) -> Value;
     /// `ekho dump flows --json`: the conntrack entries (with the table's counters: `stats`).
     fn flows(&self, stats: bool) -> Value;
+    /// `ekho dump qdiscs|... --json`: the list as `tc -j` prints it.
+    fn dump_tc(&self, what: Show) -> Value;
     /// Hands `sink` every change applied from now on (no snapshot), until [`Service::unwatch`].
     fn watch(&self, sink: ChangeSink) -> WatchId;
     /// Ends a watch.
@@ -197,6 +205,7 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Ok(Request::Plugins) => service.plugins(),
         Ok(Request::Dump(kind)) => service.dump(kind),
         Ok(Request::Flows { stats }) => service.flows(stats),
+        Ok(Request::DumpTc(what)) => service.dump_tc(what),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
         Ok(Request::Reload) => {
             let s = service.clone();
@@ -331,13 +340,19 @@ mod tests {
             Request::parse(r#"{"cmd":"dump","kind":"flows","stats":true}"#),
             Ok(Request::Flows { stats: true })
         );
+        assert_eq!(
+            Request::parse(r#"{"cmd":"dump","kind":"filters"}"#),
+            Ok(Request::DumpTc(Show::Filters))
+        );
     }
 
     #[test]
     fn bad_requests_say_what_was_wrong() {
         let e = Request::parse(r#"{"cmd":"dump","kind":"bogus"}"#).unwrap_err();
         assert!(
-            e.starts_with(r#"unknown kind "bogus"; one of: links, "#),
+            e.starts_with(r#"unknown kind "bogus"; one of: links, "#)
+                && e.contains(", flows, ")
+                && e.ends_with("qdiscs, classes, filters, chains, actions"),
             "{e}"
         );
         assert_eq!(

@@ -852,6 +852,20 @@ impl control::Service for Daemon {
         self.flows.lock().unwrap().dump(stats)
     }
 
+    /// `ekho dump qdiscs|classes|filters|chains|actions --json`.
+    fn dump_tc(&self, what: ekho_mirror::tcshow::Show) -> Value {
+        let names: ekho_mirror::tcshow::Names = self
+            .mirror
+            .dump(Some(ObjectKind::Link))
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Link(l) => Some((l.ifindex, l.ifname.to_string())),
+                _ => None,
+            })
+            .collect();
+        ekho_mirror::tcshow::json(&self.mirror.tc(), what, &names)
+    }
+
     fn watch(&self, sink: ChangeSink) -> WatchId {
         WatchId(self.mirror.attach_lazy(sink).0)
     }

@@ -15,6 +15,7 @@ mod systemd;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::Config;
+use ekho_mirror::tcshow::{self, Show};
 use ekho_plugin_api::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -63,8 +64,9 @@ enum Cmd {
         json: bool,
     },
     /// Print the daemon's mirror, iproute2-like (KIND: links, addresses, routes, nexthops,
-    /// neighbours, fdb, vlans, mdb, rules, netconf), or its conntrack table as
-    /// `conntrack -L -o extended` prints it (KIND: flows)
+    /// neighbours, fdb, vlans, mdb, rules, netconf, nft_chains, nft_flowtables), its conntrack
+    /// table as `conntrack -L -o extended` prints it (KIND: flows), or one of tc's lists in tc's
+    /// wording (qdiscs, classes, filters, chains, actions)
     Dump {
         kind: Option<String>,
         #[arg(long)]
@@ -187,19 +189,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--stats goes with `ekho dump flows` only")
                 }
                 Cmd::Dump { kind, json, .. } => {
+                    let tc = kind.as_deref().and_then(Show::from_name);
                     if let Some(k) = &kind {
-                        if ObjectKind::from_name(k).is_none() {
-                            let known: Vec<&str> =
-                                ObjectKind::ALL.iter().map(|k| k.plural()).collect();
-                            anyhow::bail!(
-                                "unknown kind {k:?}; one of: {}, flows",
-                                known.join(", ")
-                            );
+                        if ObjectKind::from_name(k).is_none() && tc.is_none() {
+                            anyhow::bail!("unknown kind {k:?}; one of: {}", control::dump_kinds());
                         }
                     }
                     let v =
                         control::request(&socket, &json!({"cmd": "dump", "kind": kind}), timeout)?;
-                    print_or(json, &v, render::dump);
+                    match tc {
+                        // tc's lists: `tc -j`'s array, or tc's own lines.
+                        Some(t) => print_or(json, &v, |v| tcshow::text(v, t)),
+                        None => print_or(json, &v, render::dump),
+                    }
                 }
                 Cmd::Plugin { action } => {
                     let (a, name) = match &action {
@@ -237,7 +239,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_or(json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> String) {
+fn print_or(json: bool, v: &serde_json::Value, human: impl Fn(&serde_json::Value) -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(v).unwrap());
     } else {

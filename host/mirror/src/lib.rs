@@ -31,6 +31,7 @@ pub mod replay;
 pub mod routes;
 pub mod source;
 pub mod state;
+pub mod tcshow;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod undecodable;
