@@ -316,7 +316,7 @@ fn action_text(a: &Value) -> String {
     )
 }
 
-/// One of the lists in tc's text wording (from its [`json`]).
+/// One of the lists in tc's text wording (from its [`json()`]).
 pub fn text(list: &Value, what: Show) -> String {
     let mut out = String::new();
     for e in list.as_array().map(|v| v.as_slice()).unwrap_or(&[]) {
