@@ -1,4 +1,5 @@
-//! Requests the host makes of ctnetlink, built with netlink-packet-netfilter 0.4's types.
+//! Requests the host makes of ctnetlink, built with netlink-packet-netfilter 0.4's types: the
+//! source's dump, and the keep-alive.
 //!
 //! The keep-alive: `IPCTNL_MSG_CT_NEW` *without* `NLM_F_CREATE | NLM_F_EXCL` on an existing
 //! entry is an update (`ctnetlink_change_conntrack`), and an update carrying `CTA_TIMEOUT` sets
@@ -9,7 +10,7 @@
 
 use super::message::Tuple;
 use netlink_packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple as NfTuple,
@@ -18,6 +19,27 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 
 /// `CTA_ZONE`.
 const CTA_ZONE: u16 = 18;
+
+/// The dump of every entry of every family: `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`,
+/// `AF_UNSPEC`, no attribute.
+pub fn dump_all(seq: u32) -> Vec<u8> {
+    let nf = NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+        ConntrackMessage::Get(vec![]),
+    );
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    serialize(header, nf)
+}
+
+fn serialize(header: NetlinkHeader, nf: NetfilterMessage) -> Vec<u8> {
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(nf));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
 
 /// The request setting the timeout of the entry of `family` (2, 10), `zone` and original
 /// tuple `orig` to `timeout_s` seconds, with sequence number `seq`; `None` for a protocol
@@ -59,17 +81,28 @@ pub fn refresh_timeout(
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK;
     header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(nf));
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    Some(buf)
+    Some(serialize(header, nf))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conntrack::message;
+
+    #[test]
+    fn the_dump_request_is_what_the_kernel_expects() {
+        // The 20 bytes the source sent before it used the crate: nlmsghdr (length 20, type
+        // CTNETLINK << 8 | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq 5, pid 0) and
+        // nfgenmsg (AF_UNSPEC, version 0, res_id 0).
+        let mut want = Vec::new();
+        want.extend_from_slice(&20u32.to_ne_bytes());
+        want.extend_from_slice(&((message::SUBSYS << 8) | message::CT_GET as u16).to_ne_bytes());
+        want.extend_from_slice(&0x301u16.to_ne_bytes());
+        want.extend_from_slice(&5u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(dump_all(5), want);
+    }
 
     #[test]
     fn the_refresh_is_an_update_of_the_original_tuple_with_a_timeout() {

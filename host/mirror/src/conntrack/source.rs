@@ -175,14 +175,7 @@ fn recv(s: &Socket, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
 
 /// Dumps every entry (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`, `AF_UNSPEC`).
 fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), SourceError> {
-    let ty = (message::SUBSYS << 8) | message::CT_GET as u16;
-    let mut b = Vec::with_capacity(20);
-    b.extend_from_slice(&20u32.to_ne_bytes());
-    b.extend_from_slice(&ty.to_ne_bytes());
-    b.extend_from_slice(&(0x301u16).to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[0, 0, 0, 0]);
+    let b = super::request::dump_all(seq);
     s.send(&b, 0)
         .map_err(|e| nl_err("ctnetlink dump send", e))?;
     let mut out = Vec::new();
