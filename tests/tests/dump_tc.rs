@@ -253,6 +253,17 @@ link set b1 up
     let cfg = host_config(&ns.name, build(), false, "");
     let d = Daemon::start(dir.path(), &cfg);
     assert_same("initial dump", &ns, &d);
+    // ekho status (and the metrics from it) count tc's entries as the dumps list them.
+    let objects = &d.status()["mirror"]["objects"];
+    for what in ["qdiscs", "classes", "filters", "chains", "actions"] {
+        let n = d
+            .cli_json(&["dump", what, "--json"])
+            .as_array()
+            .unwrap()
+            .len();
+        assert!(n > 0, "{what}");
+        assert_eq!(objects[what].as_u64(), Some(n as u64), "{what}: {objects}");
+    }
 
     // tc's wording.
     let text = String::from_utf8(d.cli(&["dump", "qdiscs"]).stdout).unwrap();

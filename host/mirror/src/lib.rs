@@ -50,7 +50,8 @@ pub struct ListenerId(pub u64);
 /// Counters of the mirror and its source, shown by `ekho status`.
 #[derive(Clone, Debug, Default)]
 pub struct MirrorStats {
-    /// Objects held, per kind (plural kind name -> count).
+    /// Objects held, per kind (plural kind name -> count), and tc's entries per list
+    /// (`qdiscs`, `classes`, `filters`, `chains`, `actions`).
     pub objects: BTreeMap<&'static str, usize>,
     /// Netlink messages received.
     pub messages: u64,
@@ -261,6 +262,7 @@ impl Mirror {
         let g = self.inner.lock().unwrap();
         let mut s = g.stats.clone();
         s.objects = g.state.counts();
+        s.objects.extend(g.state.tc.counts());
         s.route_attr_sets = g.state.routes.interned();
         s.undecodable = undecodable::counts();
         s

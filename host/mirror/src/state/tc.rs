@@ -391,6 +391,18 @@ impl Tc {
         m
     }
 
+    /// Entries per list, as `ekho dump qdiscs|classes|filters|chains|actions` lists them (for
+    /// `ekho status` and the metrics).
+    pub fn counts(&self) -> [(&'static str, usize); 5] {
+        [
+            ("qdiscs", self.qdiscs.len()),
+            ("classes", self.classes.len()),
+            ("filters", self.filters.len()),
+            ("chains", self.chains.len()),
+            ("actions", self.actions().len()),
+        ]
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.qdiscs.is_empty()
@@ -533,6 +545,16 @@ mod tests {
         assert_eq!(t.filters.len(), 2, "still bound to 3");
         t.del_dev(3);
         assert!(t.filters.is_empty() && t.qdiscs.is_empty());
+        assert_eq!(
+            t.counts(),
+            [
+                ("qdiscs", 0),
+                ("classes", 0),
+                ("filters", 0),
+                ("chains", 1),
+                ("actions", 0)
+            ]
+        );
         // Chains are announced, but a device's are inferred too.
         assert_eq!(t.chains.len(), 1, "the block's chain is announced");
     }
