@@ -610,3 +610,53 @@ fn bonding_enslave_release() {
         ],
     );
 }
+
+#[test]
+fn learned_fdb_ageing() {
+    // Learned entries age out after the bridge's ageing_time (10 s here) and come back with the
+    // next frame: both announced (netlink-gaps section 8). IPv6 is off so that only the pings
+    // below make traffic (no router solicitations refreshing the entries).
+    let Some(ns) = netns("age") else { return };
+    for s in [
+        "sysctl net.ipv6.conf.default.disable_ipv6=1",
+        "link add br0 type bridge ageing_time 1000",
+        "link set br0 up",
+        "link add va type veth peer name vb",
+        "link add vc type veth peer name vd",
+        "link set vb master br0",
+        "link set vd master br0",
+        "link set vb up",
+        "link set vd up",
+        "link set va up",
+        "link set vc up",
+        "addr add 10.1.0.1/24 dev va",
+        "addr add 10.2.0.1/24 dev vc",
+    ] {
+        apply(&ns, s);
+    }
+    let r = start(&ns, 0);
+    let learned = || {
+        ns.bridge("-j fdb show br br0")
+            .matches("\"state\":\"\"")
+            .count()
+    };
+    let check = |step: &str| {
+        let d = converge(&ns, &r.mirror, STEP_TIMEOUT);
+        assert!(d.is_empty(), "[age] after {step}:\n{}", d.join("\n"));
+    };
+    // ARP requests from va and vc (nobody answers): one learned entry per port.
+    let arp =
+        || ns.sh("ping -c 1 -W 1 10.1.0.9 >/dev/null; ping -c 1 -W 1 10.2.0.9 >/dev/null; true");
+    check("initial sync");
+    arp();
+    check("learning from ARP");
+    assert_eq!(learned(), 2, "two learned entries expected");
+    std::thread::sleep(Duration::from_secs(13));
+    check("ageing out (RTM_DELNEIGH)");
+    assert_eq!(learned(), 0, "the learned entries should have aged out");
+    arp();
+    check("learning again (RTM_NEWNEIGH)");
+    std::thread::sleep(Duration::from_secs(7));
+    arp();
+    check("traffic again near the expiry (a silent refresh, or aged out and learned again)");
+}
