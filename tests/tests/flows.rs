@@ -8,42 +8,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-fn skip() -> bool {
-    let r = needs_root("network namespaces, conntrack").or_else(|| {
-        missing_tools(
-            &["ip", "conntrack", "nft", "python3"],
-            "iproute2 conntrack nftables python3",
-        )
-    });
-    match r {
-        Some(r) => {
-            say_skip(&r);
-            true
-        }
-        None => false,
-    }
-}
-
-/// A namespace whose local traffic is tracked (a rule using conntrack registers its hooks),
-/// with per-flow counters on and unreplied UDP flows kept 600 s.
-fn tracked_netns() -> Netns {
-    let ns = Netns::named("ekflows");
-    ns.ip("link set lo up");
-    let _ = std::process::Command::new("modprobe")
-        .args(["-q", "nf_conntrack"])
-        .status();
-    ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
-    ns.run(&[
-        "sysctl",
-        "-qw",
-        "net.netfilter.nf_conntrack_udp_timeout=600",
-    ]);
-    ns.run(&["nft", "add", "table", "inet", "track"]);
-    ns.run(&[
-        "nft",
-        "add chain inet track out { type filter hook output priority 0 ; }",
-    ]);
-    ns.run(&["nft", "add rule inet track out ct state new counter"]);
+/// A tracked namespace ([`tracked_netns`]) that also marks the TCP flows to 5201.
+fn tracked_netns_marked() -> Netns {
+    let ns = tracked_netns();
     // Marks the TCP flows to 5201 (the policy test filters on it).
     ns.run(&[
         "nft",
@@ -127,10 +94,10 @@ fn assert_same(ns: &Netns, d: &Daemon, what: &str) {
 
 #[test]
 fn dump_flows_prints_what_conntrack_lists() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
-    let ns = tracked_netns();
+    let ns = tracked_netns_marked();
     // Before the daemon: in its start-up dump. A replied UDP flow and an ICMP echo too.
     udp_flows(&ns, &[4000, 4001, 4002]);
     ns.run(&[
@@ -233,10 +200,10 @@ fn dump_flows_prints_what_conntrack_lists() {
 
 #[test]
 fn the_limit_refuses_and_counts_and_enabled_false_is_a_status_line() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
-    let ns = tracked_netns();
+    let ns = tracked_netns_marked();
     udp_flows(&ns, &[4000, 4001, 4002]);
     let dir = TempDir::new();
     let cfg = format!(
@@ -340,10 +307,10 @@ fn candidates(d: &Daemon) -> BTreeSet<(String, u64)> {
 
 #[test]
 fn the_offload_policy_picks_the_candidates() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
-    let ns = tracked_netns();
+    let ns = tracked_netns_marked();
     let _tcp = held_tcp(&ns);
     // UDP 5000: replied, and a packet more than 2 s after the first: ASSURED. UDP 5300: replied
     // once (not assured). UDP 4000: unreplied. An ICMP echo.
@@ -398,7 +365,7 @@ fn the_offload_policy_picks_the_candidates() {
 
 #[test]
 fn a_bad_offload_policy_stops_the_daemon_naming_file_line_and_column() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
     let ns = Netns::named("ekflows");

@@ -473,7 +473,8 @@ fn new_socket() -> Result<Socket, SourceError> {
     Ok(s)
 }
 
-fn errno(payload: &[u8]) -> i32 {
+/// The error code of an `NLMSG_ERROR` payload (0 for an acknowledgement).
+pub(crate) fn errno(payload: &[u8]) -> i32 {
     payload
         .get(..4)
         .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))

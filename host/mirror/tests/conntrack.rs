@@ -12,49 +12,6 @@ use ekho_testkit::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-fn skip() -> bool {
-    let r = needs_root("network namespaces, conntrack").or_else(|| {
-        missing_tools(
-            &["ip", "conntrack", "nft", "python3"],
-            "iproute2 conntrack nftables python3",
-        )
-    });
-    match r {
-        Some(r) => {
-            say_skip(&r);
-            true
-        }
-        None => false,
-    }
-}
-
-/// A namespace whose local traffic is tracked (a rule using conntrack registers its hooks),
-/// with per-flow counters on.
-fn tracked_netns() -> Netns {
-    let ns = Netns::new();
-    ns.ip("link set lo up");
-    // Where conntrack is a module (Debian's 6.1) its sysctls exist once it is loaded; built in
-    // (6.18 here) this does nothing.
-    let _ = std::process::Command::new("modprobe")
-        .args(["-q", "nf_conntrack"])
-        .status();
-    ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
-    // Unreplied UDP flows live 30 s by default: a round outlasts that in the emulated VM, and the
-    // flows of the first would expire under the test.
-    ns.run(&[
-        "sysctl",
-        "-qw",
-        "net.netfilter.nf_conntrack_udp_timeout=600",
-    ]);
-    ns.run(&["nft", "add", "table", "inet", "track"]);
-    ns.run(&[
-        "nft",
-        "add chain inet track out { type filter hook output priority 0 ; }",
-    ]);
-    ns.run(&["nft", "add rule inet track out ct state new counter"]);
-    ns
-}
-
 /// UDP datagrams from `ns` to each of `ports` on the loopback (IPv4, and IPv6 for every
 /// fourth), one flow each.
 fn udp_flows(ns: &Netns, ports: &[u16]) {
@@ -195,7 +152,7 @@ impl Rng {
 
 #[test]
 fn the_mirrored_table_equals_conntrack_after_random_setup_and_teardown() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
     let ns = tracked_netns();
@@ -250,7 +207,7 @@ fn the_mirrored_table_equals_conntrack_after_random_setup_and_teardown() {
 
 #[test]
 fn an_overrun_is_counted_and_repaired_by_a_resync() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
     let ns = tracked_netns();
@@ -279,7 +236,7 @@ fn an_overrun_is_counted_and_repaired_by_a_resync() {
 
 #[test]
 fn the_table_is_bounded_and_refusals_are_counted() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
     let ns = tracked_netns();
@@ -313,7 +270,7 @@ fn kernel_has(ns: &Netns, port: u16) -> bool {
 
 #[test]
 fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed() {
-    if skip() {
+    if conntrack_unavailable() {
         return;
     }
     let ns = tracked_netns();

@@ -7,6 +7,8 @@
 //! - [`sh`] and the [`Args`] of a command; [`unique`] names; [`TempDir`]; [`wait_for`].
 //! - Skip reasons ([`needs_root`], [`missing_tools`], [`say_skip`], [`kernel`]): a test that cannot
 //!   run here prints `SKIP:` with the reason instead of passing silently.
+//! - [`tracked_netns`]: a namespace whose traffic conntrack tracks ([`conntrack_unavailable`]
+//!   skips where it cannot run).
 //! - [`Daemon`]: `ekho run` built from this workspace ([`build`]), its CLI and status.
 //!
 //! The kit depends on none of ekho's crates (so that any of them can use it); what needs a crate's
@@ -14,12 +16,14 @@
 //! crate's `tests/common`.
 
 mod cmd;
+mod conntrack;
 mod daemon;
 mod netns;
 mod skip;
 mod temp;
 
 pub use cmd::{sh, succeeds, try_sh, unique, Args};
+pub use conntrack::{conntrack_unavailable, tracked_netns};
 pub use daemon::{build, ekho_bin, host_config, workspace, Daemon};
 pub use netns::Netns;
 pub use skip::{kernel, missing_tools, needs_root, say_skip};

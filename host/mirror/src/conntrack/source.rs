@@ -173,13 +173,8 @@ fn recv(s: &Socket, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
-/// Dumps every entry (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`, `AF_UNSPEC`).
-fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), SourceError> {
-    let b = super::request::dump_all(seq);
-    s.send(&b, 0)
-        .map_err(|e| nl_err("ctnetlink dump send", e))?;
-    let mut out = Vec::new();
-    let mut n = 0;
+/// One blocking `recv`, retried when a signal interrupts it.
+fn recv_blocking(s: &Socket, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: receiving into a valid buffer of the given length (blocking).
         let got = unsafe {
@@ -190,24 +185,33 @@ fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), Source
                 0,
             )
         };
-        if got < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(nl_err("ctnetlink dump recv", e));
+        if got >= 0 {
+            return Ok(got as usize);
         }
-        for (h, payload) in netlink::split(&buf[..got as usize]) {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Dumps every entry (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`, `AF_UNSPEC`).
+fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), SourceError> {
+    let b = super::request::dump_all(seq);
+    s.send(&b, 0)
+        .map_err(|e| nl_err("ctnetlink dump send", e))?;
+    let mut out = Vec::new();
+    let mut n = 0;
+    loop {
+        let got = recv_blocking(s, buf).map_err(|e| nl_err("ctnetlink dump recv", e))?;
+        for (h, payload) in netlink::split(&buf[..got]) {
             if h.sequence_number != seq {
                 continue;
             }
             match h.message_type {
                 netlink_packet_core::NLMSG_DONE => return Ok((out, n)),
                 netlink_packet_core::NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                        .unwrap_or(0);
+                    let code = crate::source::errno(payload);
                     if code != 0 {
                         return Err(nl_err(
                             "ctnetlink dump",
@@ -258,33 +262,15 @@ fn send_keep_alives(
     let last = *seq;
     let mut acked = 0u32;
     while acked < sent {
-        // SAFETY: receiving into a valid buffer of the given length (blocking).
-        let got = unsafe {
-            libc::recv(
-                s.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if got < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(nl_err("ctnetlink keep-alive recv", e));
-        }
-        for (h, payload) in netlink::split(&buf[..got as usize]) {
+        let got = recv_blocking(s, buf).map_err(|e| nl_err("ctnetlink keep-alive recv", e))?;
+        for (h, payload) in netlink::split(&buf[..got]) {
             if h.message_type != netlink_packet_core::NLMSG_ERROR
                 || !(first..=last).contains(&h.sequence_number)
             {
                 continue;
             }
             acked += 1;
-            let code = payload
-                .get(..4)
-                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                .unwrap_or(0);
+            let code = crate::source::errno(payload);
             if code == 0 {
                 ok += 1;
             } else {

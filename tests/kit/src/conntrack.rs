@@ -1,0 +1,50 @@
+//! Namespaces whose traffic conntrack tracks, for the conntrack mirror's and the daemon's flow
+//! tests.
+
+use crate::netns::Netns;
+use crate::skip::{missing_tools, needs_root, say_skip};
+
+/// Whether a conntrack test cannot run here (not root, or `ip`, `conntrack`, `nft` or `python3`
+/// missing): prints the `SKIP:` line and returns true then.
+pub fn conntrack_unavailable() -> bool {
+    let r = needs_root("network namespaces, conntrack").or_else(|| {
+        missing_tools(
+            &["ip", "conntrack", "nft", "python3"],
+            "iproute2 conntrack nftables python3",
+        )
+    });
+    match r {
+        Some(r) => {
+            say_skip(&r);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A namespace (named after the test binary, [`Netns::new`]) whose local traffic is tracked (a rule using conntrack
+/// registers its hooks: table `inet track`, chain `out` on the output hook), with per-flow
+/// counters on and unreplied UDP flows kept 600 s.
+pub fn tracked_netns() -> Netns {
+    let ns = Netns::new();
+    // Where conntrack is a module (Debian's 6.1) its sysctls exist once it is loaded; built in
+    // (6.18 here) this does nothing.
+    let _ = std::process::Command::new("modprobe")
+        .args(["-q", "nf_conntrack"])
+        .status();
+    ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
+    // Unreplied UDP flows live 30 s by default: a test's rounds outlast that in the emulated VM,
+    // and the flows of the first would expire under the test.
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_udp_timeout=600",
+    ]);
+    ns.run(&["nft", "add", "table", "inet", "track"]);
+    ns.run(&[
+        "nft",
+        "add chain inet track out { type filter hook output priority 0 ; }",
+    ]);
+    ns.run(&["nft", "add rule inet track out ct state new counter"]);
+    ns
+}
