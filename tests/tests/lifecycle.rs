@@ -203,23 +203,9 @@ fn a_plugin_hung_in_apply_is_marked_hung_and_the_daemon_stops_within_a_bound() {
     assert!(d.log_text().contains("plugin hung: not waited for"));
 }
 
-/// The daemon's `/metrics` body (its `[host] metrics` address read from its log).
+/// The daemon's `/metrics` body.
 fn metrics(d: &Daemon) -> String {
-    use std::io::{Read, Write};
-    let log = d.log_text();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("metrics at /metrics"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    d.scrape("*/*").1
 }
 
 /// The daemon's log lines saying plugin `name` stopped.

@@ -4,7 +4,6 @@
 //! `WatchdogSec=` rely on (READY=1 after the first sync, WATCHDOG=1 from the daemon's own loop).
 
 use ekho_tests::*;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 fn topology(ns: &Netns) {
@@ -12,24 +11,6 @@ fn topology(ns: &Netns) {
     ns.ip(&["link", "set", "a0", "up"]);
     ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "a0"]);
     ns.ip(&["route", "add", "10.50.0.0/16", "via", "10.1.0.2"]);
-}
-
-/// `GET path` on `addr`; (status line, body).
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    http_get_accept(addr, path, "*/*")
-}
-
-fn http_get_accept(addr: &str, path: &str, accept: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 #[test]
@@ -52,14 +33,8 @@ fn metrics_are_served_in_prometheus_text() {
     .replace("ebpf = false", "ebpf = false\nmetrics = \"127.0.0.1:0\"");
     let d = Daemon::start(dir.path(), &cfg);
     d.settle();
-    let log = d.log_text();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("metrics at /metrics"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
-    let (status, body) = http_get(&addr, "/metrics");
+    let addr = d.metrics_addr();
+    let (status, body) = http_get(&addr, "/metrics", "*/*");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     let routes = d.status()["mirror"]["objects"]["routes"].as_u64().unwrap();
     for line in [
@@ -85,7 +60,7 @@ fn metrics_are_served_in_prometheus_text() {
         "{body}"
     );
     // What Prometheus asks for: OpenMetrics.
-    let (status, om) = http_get_accept(
+    let (status, om) = http_get(
         &addr,
         "/metrics",
         "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
@@ -97,7 +72,7 @@ fn metrics_are_served_in_prometheus_text() {
             .any(|l| l == "# TYPE ekho_mirror_changes counter"),
         "{om}"
     );
-    let (status, _) = http_get(&addr, "/other");
+    let (status, _) = http_get(&addr, "/other", "*/*");
     assert!(status.contains("404"), "{status}");
     // Names, types and units by Prometheus conventions.
     promtool_check(dir.path(), &body);
@@ -252,14 +227,8 @@ fn ebpf_metrics_count_events_per_hook() {
     })
     .unwrap_or_else(|| panic!("no neighbour events:\n{}", d.log_text()));
     d.settle();
-    let log = d.log_text();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("metrics at /metrics"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"));
-    let (status, body) = http_get(&addr, "/metrics");
+    let addr = d.metrics_addr();
+    let (status, body) = http_get(&addr, "/metrics", "*/*");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     let st = d.status();
     let mut total = 0;

@@ -163,6 +163,22 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The address its `[host] metrics` endpoint listens on, read from its log (`127.0.0.1:0`
+    /// in a config gives a free port, logged with `metrics at /metrics addr=...`).
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log_text();
+        log.lines()
+            .find(|l| l.contains("metrics at /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"))
+    }
+
+    /// `GET /metrics` from its metrics endpoint: (status line, body).
+    pub fn scrape(&self, accept: &str) -> (String, String) {
+        http_get(&self.metrics_addr(), "/metrics", accept)
+    }
+
     /// Runs an `ekho` CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(ekho_bin())
@@ -270,4 +286,20 @@ pub fn host_config(ns: &str, plugin_dir: &Path, ebpf: bool, plugins: &str) -> St
         "[host]\nnetns = \"{ns}\"\nplugin_dir = \"{}\"\ncontrol_socket = \"{{socket}}\"\nebpf = {ebpf}\n\n{plugins}",
         plugin_dir.display()
     )
+}
+
+/// `GET path` on `addr` (HTTP/1.1, `Accept: accept`), read to the end: (status line, body).
+pub fn http_get(addr: &str, path: &str, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
 }
