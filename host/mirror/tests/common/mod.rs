@@ -85,13 +85,15 @@ pub fn start_with(ns: &Netns, rcvbuf: usize, opts: SourceOptions) -> Running {
 }
 
 /// Compares the mirror with the kernel until they agree; returns the divergences (empty when
-/// equal) once `timeout` has passed and two comparisons in a row found the same ones.
+/// equal) that two comparisons in a row found, once `timeout` has passed and every divergence
+/// of the last comparison was in the one before (or after three times `timeout`, the ones both
+/// found).
 ///
 /// One comparison is not atomic: the kernel's kinds are dumped one `ip`/`bridge` command after
-/// the other (a second or more in the emulated VM), then the mirror is read. A change between
-/// the two (an FDB entry learned from background traffic, a lifetime expiring) shows in that one
-/// comparison only, while a real divergence stays: it is reported when confirmed by the next
-/// comparison (or, under continuous churn, after three times `timeout`).
+/// the other (a second or more in the emulated VM, up to 6 s under load), then the mirror is
+/// read. A change between the two (an FDB entry learned from background traffic or aged out, a
+/// lifetime expiring) shows in that one comparison only, while a real divergence stays in
+/// every one: only divergences confirmed by the next comparison are reported.
 pub fn converge(ns: &Netns, m: &Mirror, timeout: Duration) -> Vec<String> {
     let t = Instant::now();
     let mut last: Option<Vec<String>> = None;
@@ -99,11 +101,14 @@ pub fn converge(ns: &Netns, m: &Mirror, timeout: Duration) -> Vec<String> {
         let k = iproute2::kernel_state(Some(&ns.name)).expect("kernel state");
         let mi = iproute2::mirror_state(&m.dump(None));
         let d = iproute2::compare(&k, &mi);
-        if d.is_empty()
-            || (t.elapsed() > timeout && last.as_ref() == Some(&d))
-            || t.elapsed() > timeout * 3
-        {
+        if d.is_empty() {
             return d;
+        }
+        if let Some(prev) = &last {
+            let both: Vec<String> = d.iter().filter(|x| prev.contains(x)).cloned().collect();
+            if (t.elapsed() > timeout && both.len() == d.len()) || t.elapsed() > timeout * 3 {
+                return both;
+            }
         }
         last = Some(d);
         std::thread::sleep(Duration::from_millis(50));
