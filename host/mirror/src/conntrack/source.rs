@@ -285,6 +285,21 @@ fn send_keep_alives(
     Ok((ok, failed))
 }
 
+/// Dumps the table and reconciles the mirror with it (mark and sweep), counting the dump's
+/// messages; returns the table, still locked, for the caller to count why it dumped.
+fn redump<'t>(
+    req: &Socket,
+    buf: &mut [u8],
+    seq: u32,
+    table: &'t Mutex<Table>,
+) -> Result<std::sync::MutexGuard<'t, Table>, SourceError> {
+    let (flows, n) = dump(req, buf, seq)?;
+    let mut t = table.lock().unwrap();
+    t.reconcile(flows);
+    t.stats_mut().messages += n;
+    Ok(t)
+}
+
 fn run(
     cfg: &Config,
     table: &Mutex<Table>,
@@ -325,12 +340,7 @@ fn run(
         if cfg.refresh.is_some_and(|r| dumped.elapsed() >= r) {
             // Events still queued are older than this dump, and applied after it in order.
             seq += 1;
-            let (flows, n) = dump(&req, &mut buf, seq)?;
-            let mut t = table.lock().unwrap();
-            t.reconcile(flows);
-            let st = t.stats_mut();
-            st.messages += n;
-            st.refreshes += 1;
+            redump(&req, &mut buf, seq, table)?.stats_mut().refreshes += 1;
             dumped = std::time::Instant::now();
             continue;
         }
@@ -338,12 +348,7 @@ fn run(
             // What is queued is older than the dump to come.
             while let Ok(Some(_)) = recv(&ev, &mut buf) {}
             seq += 1;
-            let (flows, n) = dump(&req, &mut buf, seq)?;
-            let mut t = table.lock().unwrap();
-            t.reconcile(flows);
-            let st = t.stats_mut();
-            st.messages += n;
-            st.resyncs += 1;
+            redump(&req, &mut buf, seq, table)?.stats_mut().resyncs += 1;
             overrun = false;
             dumped = std::time::Instant::now();
             continue;
