@@ -48,6 +48,17 @@
 // config_val.flags
 #define CFG_PUNT_V4 1
 #define CFG_PUNT_V6 2
+// The flow path too hands the family to the kernel (non-default policy rules, a sync under way,
+// an unprogrammed prefix: the route lookup after NAT could be wrong). Netfilter chains alone do
+// not set it: an offloaded flow carries the kernel's NAT and verdict.
+#define CFG_NOFLOW_V4 4
+#define CFG_NOFLOW_V6 8
+
+// flow_stats.flags
+#define FLOW_HANDBACK 1
+
+#define FLOW_DIR_ORIG 0
+#define FLOW_DIR_REPLY 1
 
 // Pass / drop reasons (index into REASONS); keep in sync with src/maps.rs REASON_NAMES.
 enum reason {
@@ -70,6 +81,9 @@ enum reason {
 	R_BLACKHOLE,
 	R_REDIRECT_FAILED,
 	R_FORWARDED,
+	R_FLOW_FORWARDED,
+	R_FLOW_TEARDOWN,
+	R_FLOW_HANDED_BACK,
 	R_MAX,
 };
 
@@ -129,6 +143,46 @@ struct port_stats {
 struct route_stats {
 	__u64 packets;
 	__u64 bytes;
+};
+
+// A flow entry's key: the 5-tuple as the packet carries it on ingress (one entry per direction
+// of a conntrack entry: its original tuple and its reply tuple). Addresses and ports in network
+// order, IPv4 addresses in the first 4 bytes (the rest zero).
+struct flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;  // IPPROTO_TCP / IPPROTO_UDP
+	__u8 family; // AF_INET / AF_INET6
+	__u16 _pad;
+};
+
+// What a packet of that direction is rewritten to (the other direction's tuple reversed: SNAT
+// and DNAT in one), the flow's counter id and the direction's index in it.
+struct flow_val {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 id;  // key of FLOW_STATS
+	__u32 dir; // FLOW_DIR_*
+	__u32 _pad;
+};
+
+// Per flow, both directions (shared by the two entries; updated with atomic adds).
+struct flow_stats {
+	__u64 packets[2];
+	__u64 bytes[2];     // IP packet lengths
+	__u64 lastused[2];  // bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet, 0 = none
+	__u32 flags;        // FLOW_*
+	__u32 _pad;
+};
+
+// A FLOW_EVENTS record: the flow saw a TCP FIN or RST and is handed back to the kernel.
+struct flow_event {
+	__u32 id;
+	__u32 dir;
 };
 
 struct config_val {
@@ -213,6 +267,28 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
 } RESOLVE SEC(".maps");
+
+// Offloaded flows: two entries per flow (original and reply direction). 65536 flows.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} FLOWS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct flow_stats);
+} FLOW_STATS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} FLOW_EVENTS SEC(".maps");
 
 static __always_inline void count_reason(__u32 r)
 {
@@ -423,13 +499,240 @@ static __always_inline int route_action(__u32 in_if, const struct route_val *rv,
 	return verdict(in_if, XDP_PASS, R_ROUTE_TRAP);
 }
 
+// ---- flow path (offloaded conntrack flows) ----------------------------------------------------
+
+static __always_inline __u32 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s;
+}
+
+// Adds ~old + new for `n` 16-bit words (RFC 1624: the change of a one's complement sum).
+static __always_inline __u32 csum_words(__u32 sum, const __u16 *old, const __u16 *new, int n)
+{
+#pragma unroll
+	for (int i = 0; i < n; i++) {
+		sum += (__u16)~old[i];
+		sum += new[i];
+	}
+	return sum;
+}
+
+// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), `delta` = sum of (~m + m').
+static __always_inline __u16 csum_replace(__u16 check, __u32 delta)
+{
+	return ~csum_fold(delta + (__u16)~check);
+}
+
+static __always_inline void flow_teardown(struct flow_stats *st, const struct flow_val *fv)
+{
+	if (st->flags & FLOW_HANDBACK)
+		return;
+	st->flags |= FLOW_HANDBACK; // only ever set (racing CPUs set the same bit)
+	struct flow_event *e = bpf_ringbuf_reserve(&FLOW_EVENTS, sizeof(*e), 0);
+	if (!e)
+		return; // the plugin also finds the flag when it reads the flow's stats
+	e->id = fv->id;
+	e->dir = fv->dir;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void flow_count(struct flow_stats *st, const struct flow_val *fv,
+				       __u64 bytes)
+{
+	__u32 d = fv->dir & 1;
+	__sync_fetch_and_add(&st->packets[d], 1);
+	__sync_fetch_and_add(&st->bytes[d], bytes);
+	st->lastused[d] = bpf_ktime_get_ns();
+}
+
+// The checks every flow hit makes before it is forwarded. Returns R_FORWARDED to go on, else the
+// reason to pass the (untouched) packet to the kernel with.
+static __always_inline __u32 flow_admit(struct flow_stats *st, const struct flow_val *fv,
+					struct tcphdr *th, __u32 noflow, __u8 ttl)
+{
+	if (st->flags & FLOW_HANDBACK)
+		return R_FLOW_HANDED_BACK;
+	// The kernel must see the teardown (and a new connection reusing the tuple).
+	if (th && (th->fin || th->rst || th->syn)) {
+		if (th->fin || th->rst)
+			flow_teardown(st, fv);
+		return R_FLOW_TEARDOWN;
+	}
+	if (noflow)
+		return R_PUNT_ALL;
+	if (ttl <= 1)
+		return R_TTL;
+	return R_FORWARDED;
+}
+
+// Returns -1 when the packet is not of an offloaded flow (the route path follows), else the
+// verdict. `l4` is the byte after the IPv4 header (no options).
+static __always_inline int flow_v4(__u32 in_if, struct ethhdr *eth, struct iphdr *iph, void *data_end,
+				   __u32 cfg_flags, __u32 ip_len)
+{
+	__u8 proto = iph->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return -1;
+	struct udphdr *uh = (void *)(iph + 1); // ports at the same offsets for TCP
+	if ((void *)(uh + 1) > data_end)
+		return -1;
+	struct flow_key k = {};
+	__builtin_memcpy(k.src, &iph->saddr, 4);
+	__builtin_memcpy(k.dst, &iph->daddr, 4);
+	k.sport = uh->source;
+	k.dport = uh->dest;
+	k.proto = proto;
+	k.family = AF_INET;
+	const struct flow_val *fv = bpf_map_lookup_elem(&FLOWS, &k);
+	if (!fv)
+		return -1;
+	struct tcphdr *th = 0;
+	if (proto == IPPROTO_TCP) {
+		th = (void *)(iph + 1);
+		if ((void *)(th + 1) > data_end)
+			return verdict(in_if, XDP_PASS, R_MALFORMED);
+	}
+	__u32 id = fv->id;
+	struct flow_stats *st = bpf_map_lookup_elem(&FLOW_STATS, &id);
+	if (!st)
+		return verdict(in_if, XDP_PASS, R_FLOW_HANDED_BACK);
+	__u32 r = flow_admit(st, fv, th, cfg_flags & CFG_NOFLOW_V4, iph->ttl);
+	if (r != R_FORWARDED)
+		return verdict(in_if, XDP_PASS, r);
+
+	// Route the rewritten packet (the kernel routes after DNAT too).
+	__u32 daddr;
+	__builtin_memcpy(&daddr, fv->dst, 4);
+	const struct route_val *rv = lookup_v4(daddr);
+	if (!rv)
+		return verdict(in_if, XDP_PASS, R_NO_ROUTE);
+	if (rv->action != ACT_FORWARD)
+		return route_action(in_if, rv, ip_len);
+	__u32 saddr;
+	__builtin_memcpy(&saddr, fv->src, 4);
+	__u32 h = mix(0x5bd1e995, saddr);
+	h = mix(h, daddr);
+	h = mix(h, proto);
+	h = mix(h, ((__u32)fv->dport << 16) | fv->sport);
+	h = fmix(h);
+	r = prepare_forward(eth, rv, h, AF_INET, fv->dst, ip_len);
+	if (r != R_FORWARDED)
+		return verdict(in_if, XDP_PASS, r);
+
+	// NAT: addresses (IPv4 header and pseudo-header), ports (L4 header).
+	__u32 d3 = csum_words(0, (const __u16 *)&iph->saddr, (const __u16 *)fv->src, 2);
+	d3 = csum_words(d3, (const __u16 *)&iph->daddr, (const __u16 *)fv->dst, 2);
+	__u32 d4 = csum_words(d3, &uh->source, &fv->sport, 1);
+	d4 = csum_words(d4, &uh->dest, &fv->dport, 1);
+	iph->check = csum_replace(iph->check, d3);
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	if (th) {
+		th->check = csum_replace(th->check, d4);
+	} else if (uh->check) { // zero: the sender sent no checksum; keep none
+		__u16 c = csum_replace(uh->check, d4);
+		uh->check = c ? c : 0xffff;
+	}
+	uh->source = fv->sport;
+	uh->dest = fv->dport;
+	__u32 check = iph->check;
+	check += bpf_htons(0x0100);
+	iph->check = (__u16)(check + (check >= 0xFFFF));
+	iph->ttl--;
+
+	flow_count(st, fv, ip_len);
+	count_route(rv, ip_len);
+	count_reason(R_FLOW_FORWARDED);
+	count_port(in_if, XDP_REDIRECT, ip_len);
+	return XDP_REDIRECT;
+}
+
+static __always_inline int flow_v6(__u32 in_if, struct ethhdr *eth, struct ipv6hdr *ip6,
+				   void *data_end, __u32 cfg_flags, __u32 ip_len)
+{
+	__u8 proto = ip6->nexthdr;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return -1;
+	struct udphdr *uh = (void *)(ip6 + 1);
+	if ((void *)(uh + 1) > data_end)
+		return -1;
+	struct flow_key k = {};
+	__builtin_memcpy(k.src, &ip6->saddr, 16);
+	__builtin_memcpy(k.dst, &ip6->daddr, 16);
+	k.sport = uh->source;
+	k.dport = uh->dest;
+	k.proto = proto;
+	k.family = AF_INET6;
+	const struct flow_val *fv = bpf_map_lookup_elem(&FLOWS, &k);
+	if (!fv)
+		return -1;
+	struct tcphdr *th = 0;
+	if (proto == IPPROTO_TCP) {
+		th = (void *)(ip6 + 1);
+		if ((void *)(th + 1) > data_end)
+			return verdict(in_if, XDP_PASS, R_MALFORMED);
+	}
+	__u32 id = fv->id;
+	struct flow_stats *st = bpf_map_lookup_elem(&FLOW_STATS, &id);
+	if (!st)
+		return verdict(in_if, XDP_PASS, R_FLOW_HANDED_BACK);
+	__u32 r = flow_admit(st, fv, th, cfg_flags & CFG_NOFLOW_V6, ip6->hop_limit);
+	if (r != R_FORWARDED)
+		return verdict(in_if, XDP_PASS, r);
+
+	const struct route_val *rv = lookup_v6((const struct in6_addr *)fv->dst);
+	if (!rv)
+		return verdict(in_if, XDP_PASS, R_NO_ROUTE);
+	if (rv->action != ACT_FORWARD)
+		return route_action(in_if, rv, ip_len);
+	const __u32 *s = (const __u32 *)fv->src, *d = (const __u32 *)fv->dst;
+	__u32 h = 0x5bd1e995;
+	h = mix(h, s[0]);
+	h = mix(h, s[1]);
+	h = mix(h, s[2]);
+	h = mix(h, s[3]);
+	h = mix(h, d[0]);
+	h = mix(h, d[1]);
+	h = mix(h, d[2]);
+	h = mix(h, d[3]);
+	h = mix(h, proto);
+	h = mix(h, ((__u32)fv->dport << 16) | fv->sport);
+	h = fmix(h);
+	r = prepare_forward(eth, rv, h, AF_INET6, fv->dst, ip_len);
+	if (r != R_FORWARDED)
+		return verdict(in_if, XDP_PASS, r);
+
+	// NAT: addresses (pseudo-header only: IPv6 has no header checksum), ports.
+	__u32 d4 = csum_words(0, (const __u16 *)&ip6->saddr, (const __u16 *)fv->src, 8);
+	d4 = csum_words(d4, (const __u16 *)&ip6->daddr, (const __u16 *)fv->dst, 8);
+	d4 = csum_words(d4, &uh->source, &fv->sport, 1);
+	d4 = csum_words(d4, &uh->dest, &fv->dport, 1);
+	if (th) {
+		th->check = csum_replace(th->check, d4);
+	} else if (uh->check) { // zero is not valid over IPv6: left for the receiver to drop
+		__u16 c = csum_replace(uh->check, d4);
+		uh->check = c ? c : 0xffff;
+	}
+	__builtin_memcpy(&ip6->saddr, fv->src, 16);
+	__builtin_memcpy(&ip6->daddr, fv->dst, 16);
+	uh->source = fv->sport;
+	uh->dest = fv->dport;
+	ip6->hop_limit--;
+
+	flow_count(st, fv, ip_len);
+	count_route(rv, ip_len);
+	count_reason(R_FLOW_FORWARDED);
+	count_port(in_if, XDP_REDIRECT, ip_len);
+	return XDP_REDIRECT;
+}
+
 static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct iphdr *iph,
 				      void *data_end, __u32 cfg_flags)
 {
 	if ((void *)(iph + 1) > data_end)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
-	if (cfg_flags & CFG_PUNT_V4)
-		return verdict(in_if, XDP_PASS, R_PUNT_ALL);
 	if (iph->version != 4 || iph->ihl < 5)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
 	if (iph->ihl != 5)
@@ -443,6 +746,12 @@ static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct ip
 		return verdict(in_if, XDP_PASS, R_SPECIAL_ADDR);
 
 	__u32 ip_len = bpf_ntohs(iph->tot_len);
+	// Offloaded flows first: they carry the kernel's NAT and netfilter verdict.
+	int fr = flow_v4(in_if, eth, iph, data_end, cfg_flags, ip_len);
+	if (fr >= 0)
+		return fr;
+	if (cfg_flags & CFG_PUNT_V4)
+		return verdict(in_if, XDP_PASS, R_PUNT_ALL);
 	const struct route_val *rv = lookup_v4(daddr);
 	if (!rv)
 		return verdict(in_if, XDP_PASS, R_NO_ROUTE);
@@ -472,8 +781,6 @@ static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ip
 {
 	if ((void *)(ip6 + 1) > data_end)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
-	if (cfg_flags & CFG_PUNT_V6)
-		return verdict(in_if, XDP_PASS, R_PUNT_ALL);
 	if (ip6->version != 6)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
 	if (ip6->nexthdr == 0 /* hop-by-hop */)
@@ -488,6 +795,11 @@ static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ip
 		return verdict(in_if, XDP_PASS, R_SPECIAL_ADDR);
 
 	__u32 ip_len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
+	int fr = flow_v6(in_if, eth, ip6, data_end, cfg_flags, ip_len);
+	if (fr >= 0)
+		return fr;
+	if (cfg_flags & CFG_PUNT_V6)
+		return verdict(in_if, XDP_PASS, R_PUNT_ALL);
 	const struct route_val *rv = lookup_v6(&ip6->daddr);
 	if (!rv)
 		return verdict(in_if, XDP_PASS, R_NO_ROUTE);

@@ -87,6 +87,12 @@ pub trait Backend: Send {
     fn port_counter(&self, ifindex: u32) -> PortStats;
     fn reasons(&self) -> Vec<(&'static str, u64)>;
     fn set_config(&mut self, v: ConfigVal) -> Result<(), Error>;
+    /// Installs a flow: its counters (zeroed) and one `FLOWS` entry per direction.
+    fn set_flow(&mut self, id: u32, entries: &[(FlowKey, FlowVal); 2]) -> Result<(), Error>;
+    /// Removes a flow's entries and counters (absent ones are no error).
+    fn remove_flow(&mut self, id: u32, keys: &[FlowKey; 2]) -> Result<(), Error>;
+    /// A flow's counters; `None` when it has none (not installed).
+    fn flow_stats(&self, id: u32) -> Option<FlowStats>;
     /// Detaches every program.
     fn detach_all(&mut self) -> Vec<(u32, Error)>;
 }
@@ -140,6 +146,15 @@ impl Backend for Dataplane {
     fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {
         Dataplane::set_config(self, v)
     }
+    fn set_flow(&mut self, id: u32, entries: &[(FlowKey, FlowVal); 2]) -> Result<(), Error> {
+        Dataplane::set_flow(self, id, entries)
+    }
+    fn remove_flow(&mut self, id: u32, keys: &[FlowKey; 2]) -> Result<(), Error> {
+        Dataplane::remove_flow(self, id, keys)
+    }
+    fn flow_stats(&self, id: u32) -> Option<FlowStats> {
+        Dataplane::flow_stats(self, id)
+    }
     fn detach_all(&mut self) -> Vec<(u32, Error)> {
         Dataplane::detach_all(self)
     }
@@ -156,6 +171,8 @@ pub struct Dataplane {
     route_stats: PerCpuHashMap<MapData, u32, RouteStats>,
     reasons: PerCpuArray<MapData, u64>,
     config: Array<MapData, ConfigVal>,
+    flows: BpfHashMap<MapData, FlowKey, FlowVal>,
+    flow_stats: BpfHashMap<MapData, u32, FlowStats>,
     links: HashMap<u32, XdpLinkId>,
     netns: Option<PathBuf>,
     mode: XdpMode,
@@ -189,11 +206,12 @@ fn ignore_absent(r: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 impl Dataplane {
-    /// Loads the object and the program (not attached yet). Returns the RESOLVE ring buffer too.
+    /// Loads the object and the program (not attached yet). Returns the RESOLVE and the
+    /// FLOW_EVENTS ring buffers too.
     pub fn load(
         netns: Option<PathBuf>,
         mode: XdpMode,
-    ) -> Result<(Dataplane, RingBuf<MapData>), Error> {
+    ) -> Result<(Dataplane, RingBuf<MapData>, RingBuf<MapData>), Error> {
         let mut ebpf = EbpfLoader::new().load(BPF_OBJECT)?;
         {
             let prog: &mut Xdp = ebpf
@@ -203,6 +221,7 @@ impl Dataplane {
             prog.load()?;
         }
         let ring: RingBuf<MapData> = map(&mut ebpf, "RESOLVE")?;
+        let flow_ring: RingBuf<MapData> = map(&mut ebpf, "FLOW_EVENTS")?;
         let ncpus = aya::util::nr_cpus().map_err(|(s, e)| Error::Other(format!("{s}: {e}")))?;
         let dp = Dataplane {
             routes_v4: map(&mut ebpf, "ROUTES_V4")?,
@@ -214,13 +233,15 @@ impl Dataplane {
             route_stats: map(&mut ebpf, "ROUTE_STATS")?,
             reasons: map(&mut ebpf, "REASONS")?,
             config: map(&mut ebpf, "CONFIG")?,
+            flows: map(&mut ebpf, "FLOWS")?,
+            flow_stats: map(&mut ebpf, "FLOW_STATS")?,
             ebpf,
             links: HashMap::new(),
             netns,
             mode,
             ncpus,
         };
-        Ok((dp, ring))
+        Ok((dp, ring, flow_ring))
     }
 
     fn prog(&mut self) -> Result<&mut Xdp, Error> {
@@ -391,6 +412,106 @@ impl Dataplane {
     pub fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {
         self.config.set(0, v, 0)?;
         Ok(())
+    }
+
+    /// Installs a flow: counters first (zeroed), then both directions' entries, so a packet
+    /// that finds an entry finds its counters. On failure nothing of it is left.
+    pub fn set_flow(&mut self, id: u32, entries: &[(FlowKey, FlowVal); 2]) -> Result<(), Error> {
+        self.flow_stats.insert(id, FlowStats::default(), 0)?;
+        for (k, v) in entries {
+            if let Err(e) = self.flows.insert(k, v, 0) {
+                let _ = self.remove_flow(id, &[entries[0].0, entries[1].0]);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a flow: entries first (no packet forwarded after), then its counters.
+    pub fn remove_flow(&mut self, id: u32, keys: &[FlowKey; 2]) -> Result<(), Error> {
+        for k in keys {
+            ignore_absent(self.flows.remove(k))?;
+        }
+        ignore_absent(self.flow_stats.remove(&id))?;
+        Ok(())
+    }
+
+    pub fn flow_stats(&self, id: u32) -> Option<FlowStats> {
+        self.flow_stats.get(&id, 0).ok()
+    }
+
+    /// Runs the program once on `frame` as if it arrived on `ingress_ifindex`
+    /// (`BPF_PROG_TEST_RUN`, in the configured namespace): returns the verdict and the frame as
+    /// the program left it. Redirects are not carried out. For tests of the data path.
+    pub fn test_run(
+        &mut self,
+        ingress_ifindex: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), Error> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let netns = self.netns.clone();
+        let fd = self.prog()?.fd()?.as_fd().as_raw_fd();
+        let frame = frame.to_vec();
+        netns::run_in(netns.as_deref(), move || {
+            let mut out = vec![0u8; frame.len() + 256];
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+            // egress_ifindex.
+            let mut ctx = [0u32; 6];
+            ctx[1] = frame.len() as u32;
+            ctx[3] = ingress_ifindex;
+            // union bpf_attr, test: prog_fd, retval, data_size_in, data_size_out, data_in,
+            // data_out, repeat, duration, ctx_size_in, ctx_size_out, ctx_in, ctx_out, flags,
+            // cpu, batch_size (BPF_PROG_TEST_RUN = 10).
+            #[repr(C)]
+            #[derive(Default)]
+            struct Attr {
+                prog_fd: u32,
+                retval: u32,
+                data_size_in: u32,
+                data_size_out: u32,
+                data_in: u64,
+                data_out: u64,
+                repeat: u32,
+                duration: u32,
+                ctx_size_in: u32,
+                ctx_size_out: u32,
+                ctx_in: u64,
+                ctx_out: u64,
+                flags: u32,
+                cpu: u32,
+                batch_size: u32,
+                pad: u32,
+            }
+            let mut a = Attr {
+                prog_fd: fd as u32,
+                data_size_in: frame.len() as u32,
+                data_size_out: out.len() as u32,
+                data_in: frame.as_ptr() as u64,
+                data_out: out.as_mut_ptr() as u64,
+                repeat: 1,
+                ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+                ctx_in: ctx.as_ptr() as u64,
+                ..Default::default()
+            };
+            // SAFETY: `a` is a complete, zero-padded bpf_attr prefix; the buffers outlive the
+            // call and their sizes are the ones given.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    10,
+                    &mut a as *mut Attr,
+                    std::mem::size_of::<Attr>(),
+                )
+            };
+            if r != 0 {
+                return Err(Error::Other(format!(
+                    "BPF_PROG_TEST_RUN: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            out.truncate(a.data_size_out as usize);
+            Ok((a.retval, out))
+        })?
     }
 
     /// Detaches every program. Maps and programs are released when `self` is dropped.

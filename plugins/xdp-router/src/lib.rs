@@ -59,6 +59,7 @@
 //! by another run is detached first (see [`stale`]).
 
 pub mod dataplane;
+pub mod flows;
 pub mod maps;
 pub mod netns;
 pub mod resolver;
@@ -515,13 +516,17 @@ impl XdpRouter {
     /// Families whose traffic must all go to the kernel: non-default policy rules, netfilter
     /// chains on the forwarding path, a sync under way, or a prefix that could not be
     /// programmed (a missing specific route would let a covering one capture its traffic).
+    ///
+    /// All but the netfilter chains also stop the flow path (`CFG_NOFLOW_*`): its route lookup
+    /// after NAT could be wrong. An offloaded flow carries the kernel's NAT and netfilter verdict,
+    /// so chains alone leave it running (like the kernel's flowtable).
     fn punt_flags(&self) -> u32 {
         if self.sync_seen.is_some() {
-            return CFG_PUNT_V4 | CFG_PUNT_V6;
+            return CFG_PUNT_V4 | CFG_PUNT_V6 | CFG_NOFLOW_V4 | CFG_NOFLOW_V6;
         }
         let fam = |f: Family| match f {
-            Family::INET => CFG_PUNT_V4,
-            Family::INET6 => CFG_PUNT_V6,
+            Family::INET => CFG_PUNT_V4 | CFG_NOFLOW_V4,
+            Family::INET6 => CFG_PUNT_V6 | CFG_NOFLOW_V6,
             _ => 0,
         };
         let mut flags = 0;
@@ -929,7 +934,8 @@ impl Plugin for XdpRouter {
                 ));
             }
         }
-        let (dp, ring) = Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
+        let (dp, ring, _flow_ring) =
+            Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         let mut p = XdpRouter::build(cfg, ctx.host, Box::new(dp))?;
         p.resolver = Some(
             Resolver::spawn(ring, p.asker.clone()).map_err(|e| format!("resolver thread: {e}"))?,

@@ -21,6 +21,8 @@ struct State {
     config: ConfigVal,
     /// Maximum number of route entries (None: unlimited).
     capacity: Option<usize>,
+    flows: HashMap<FlowKey, FlowVal>,
+    flow_stats: HashMap<u32, FlowStats>,
 }
 
 #[derive(Clone, Default)]
@@ -116,6 +118,25 @@ impl Backend for Fake {
     fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {
         self.st().config = v;
         Ok(())
+    }
+    fn set_flow(&mut self, id: u32, entries: &[(FlowKey, FlowVal); 2]) -> Result<(), Error> {
+        let mut st = self.st();
+        st.flow_stats.insert(id, FlowStats::default());
+        for (k, v) in entries {
+            st.flows.insert(*k, *v);
+        }
+        Ok(())
+    }
+    fn remove_flow(&mut self, id: u32, keys: &[FlowKey; 2]) -> Result<(), Error> {
+        let mut st = self.st();
+        for k in keys {
+            st.flows.remove(k);
+        }
+        st.flow_stats.remove(&id);
+        Ok(())
+    }
+    fn flow_stats(&self, id: u32) -> Option<FlowStats> {
+        self.st().flow_stats.get(&id).copied()
     }
     fn detach_all(&mut self) -> Vec<(u32, Error)> {
         self.st().attached.clear();
@@ -476,7 +497,8 @@ fn policy_rules_punt_their_family() {
         add(&mut p, vec![extra.clone().into()]),
         vec![Outcome::Trapped]
     );
-    assert_eq!(f.st().config.flags, CFG_PUNT_V4);
+    // Policy rules stop the flow path too (its route lookup after NAT would be the main table's).
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_NOFLOW_V4);
     p.apply(&[Change::Remove(extra.into())]);
     assert_eq!(f.st().config.flags, 0);
 }
@@ -494,7 +516,7 @@ fn a_prefix_that_does_not_fit_punts_its_family_until_gone() {
         ],
     );
     assert!(matches!(outs[2], Outcome::Failed(_)), "{outs:?}");
-    assert_eq!(f.st().config.flags, CFG_PUNT_V4);
+    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_NOFLOW_V4);
     p.apply(&[Change::Remove(
         route("10.3.0.0/16", &[("10.0.2.2", 2, 1)]).into(),
     )]);
@@ -601,7 +623,10 @@ fn netfilter_chains_on_the_forwarding_path_punt_the_families_they_see() {
 fn a_sync_punts_everything_until_it_ends() {
     let (mut p, f) = base("");
     p.begin_sync();
-    assert_eq!(f.st().config.flags, CFG_PUNT_V4 | CFG_PUNT_V6);
+    assert_eq!(
+        f.st().config.flags,
+        CFG_PUNT_V4 | CFG_PUNT_V6 | CFG_NOFLOW_V4 | CFG_NOFLOW_V6
+    );
     p.end_sync();
     assert_eq!(f.st().config.flags, 0);
 }

@@ -19,9 +19,19 @@ pub const PORT_UP: u16 = 1;
 
 pub const CFG_PUNT_V4: u32 = 1;
 pub const CFG_PUNT_V6: u32 = 2;
+/// The flow path hands the family to the kernel too (policy rules, sync, unprogrammed prefix).
+pub const CFG_NOFLOW_V4: u32 = 4;
+pub const CFG_NOFLOW_V6: u32 = 8;
+
+/// `FlowStats::flags`: the flow saw a TCP FIN or RST; its packets go to the kernel.
+pub const FLOW_HANDBACK: u32 = 1;
+pub const FLOW_DIR_ORIG: u32 = 0;
+pub const FLOW_DIR_REPLY: u32 = 1;
+/// Flows the data path holds (two `FLOWS` entries each).
+pub const MAX_FLOWS: usize = 65_536;
 
 /// Names of the pass/drop reasons, indexed like `enum reason` in the C source.
-pub const REASON_NAMES: [&str; 19] = [
+pub const REASON_NAMES: [&str; 22] = [
     "not_ip",
     "not_for_us",
     "punt_all",
@@ -41,6 +51,9 @@ pub const REASON_NAMES: [&str; 19] = [
     "blackhole",
     "redirect_failed",
     "forwarded",
+    "flow_forwarded",
+    "flow_teardown",
+    "flow_handed_back",
 ];
 
 /// Data part of the IPv4 LPM key (after `prefixlen`).
@@ -169,6 +182,55 @@ pub struct ConfigVal {
     pub resolve_interval_ms: u32,
 }
 
+/// Key of `FLOWS`: a 5-tuple as a packet carries it (network order; IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+
+/// Value of `FLOWS`: what a packet of that direction is rewritten to, the flow's counter id and
+/// the direction (`FLOW_DIR_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowVal {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub id: u32,
+    pub dir: u32,
+    pub pad: u32,
+}
+
+/// Value of `FLOW_STATS` (per flow, index 0 original, 1 reply direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// `CLOCK_MONOTONIC` nanoseconds of the last packet, 0 = none yet.
+    pub lastused: [u64; 2],
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// A `FLOW_EVENTS` record: flow `id` saw a FIN or RST in direction `dir`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub id: u32,
+    pub dir: u32,
+}
+
 /// A RESOLVE ring buffer event: the neighbour key the data path missed.
 pub type ResolveEvent = NeighKey;
 
@@ -184,6 +246,9 @@ unsafe impl aya::Pod for PortVal {}
 unsafe impl aya::Pod for PortStats {}
 unsafe impl aya::Pod for RouteStats {}
 unsafe impl aya::Pod for ConfigVal {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for FlowVal {}
+unsafe impl aya::Pod for FlowStats {}
 
 #[cfg(test)]
 mod tests {
@@ -226,8 +291,13 @@ mod tests {
             ("port_stats", std::mem::size_of::<PortStats>()),
             ("route_stats", std::mem::size_of::<RouteStats>()),
             ("config_val", std::mem::size_of::<ConfigVal>()),
+            ("flow_key", std::mem::size_of::<FlowKey>()),
+            ("flow_val", std::mem::size_of::<FlowVal>()),
+            ("flow_stats", std::mem::size_of::<FlowStats>()),
         ] {
             assert_eq!(btf.get(name).copied(), Some(size), "struct {name}");
         }
+        // struct flow_event is a ring-buffer record (no map type names it, so no BTF): 2 x u32.
+        assert_eq!(std::mem::size_of::<FlowEvent>(), 8);
     }
 }
