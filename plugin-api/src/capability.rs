@@ -1,7 +1,7 @@
 //! What a plugin can take: the host forwards only what matches.
 
 use crate::event::NotifierKind;
-use crate::object::{Family, ObjectKind};
+use crate::object::{Family, Flow, ObjectKind};
 use abi_stable::std_types::{RString, RVec};
 use abi_stable::StableAbi;
 use std::borrow::Borrow;
@@ -44,6 +44,19 @@ pub struct Features {
     pub routes_all_ports: bool,
 }
 
+/// What a plugin takes of conntrack flows (API 1.2), beside [`ObjectKind::Flow`] in
+/// [`Capabilities::kinds`]. Families are [`Capabilities::families`]; the most flows held is a
+/// [`Limit`] of kind `flow` (additions past it are refused, the flow stays in the kernel).
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
+pub struct FlowCapabilities {
+    /// Whether the dataplane rewrites addresses and ports. Without it, NATed flows
+    /// ([`Flow::is_nat`]) are not offered.
+    pub nat: bool,
+    /// IP protocols taken (6 tcp, 17 udp, ...). Empty: all.
+    pub protocols: RVec<u8>,
+}
+
 /// Everything a plugin declares about what it takes.
 ///
 /// ```
@@ -56,6 +69,14 @@ pub struct Features {
 ///     .max_ecmp_width(64);
 /// assert!(caps.takes_kind(ObjectKind::Route));
 /// assert!(!caps.takes_family(Family::INET6));
+///
+/// // Conntrack flows (API 1.2): TCP and UDP, NAT included, at most 65536.
+/// let caps = Capabilities::new()
+///     .kinds([ObjectKind::Flow])
+///     .flow_nat(true)
+///     .flow_protocols([6, 17])
+///     .limit(ObjectKind::Flow, 65_536);
+/// assert!(caps.takes_kind(ObjectKind::Flow));
 /// ```
 #[repr(C)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
@@ -70,6 +91,8 @@ pub struct Capabilities {
     pub ports: PortScope,
     pub limits: RVec<Limit>,
     pub features: Features,
+    /// API 1.2: what of flows is taken (with [`ObjectKind::Flow`] in `kinds`).
+    pub flows: FlowCapabilities,
 }
 
 impl Capabilities {
@@ -83,12 +106,14 @@ impl Capabilities {
             ..Default::default()
         }
     }
-    /// Every object kind, every family, every notifier, every port, nexthop objects.
+    /// Every object kind, every family, every notifier, every port, nexthop objects, every
+    /// flow (NAT included).
     pub fn everything() -> Capabilities {
         Capabilities::new()
             .kinds(ObjectKind::ALL)
             .notifiers(NotifierKind::ALL)
             .nexthop_objects(true)
+            .flow_nat(true)
     }
     /// Adds object kinds (`[ObjectKind::Route]`, or `ObjectKind::ALL`).
     pub fn kinds<K: Borrow<ObjectKind>>(mut self, k: impl IntoIterator<Item = K>) -> Self {
@@ -136,6 +161,25 @@ impl Capabilities {
     pub fn routes_all_ports(mut self, yes: bool) -> Self {
         self.features.routes_all_ports = yes;
         self
+    }
+
+    /// Whether the dataplane NATs flows (see [`FlowCapabilities::nat`]).
+    pub fn flow_nat(mut self, yes: bool) -> Self {
+        self.flows.nat = yes;
+        self
+    }
+    /// Adds IP protocols of flows taken (see [`FlowCapabilities::protocols`]).
+    pub fn flow_protocols(mut self, p: impl IntoIterator<Item = u8>) -> Self {
+        self.flows.protocols.extend(p);
+        self
+    }
+
+    /// Whether this flow is taken: the kind, its family, its protocol, and NAT if it has any.
+    pub fn takes_flow(&self, f: &Flow) -> bool {
+        self.takes_kind(ObjectKind::Flow)
+            && self.takes_family(f.family)
+            && (self.flows.protocols.is_empty() || self.flows.protocols.contains(&f.protocol))
+            && (self.flows.nat || !f.is_nat())
     }
 
     /// Whether objects of this kind are taken.

@@ -1,6 +1,6 @@
 //! What a plugin can ask of the host: the request channel and logging.
 
-use crate::object::IpAddress;
+use crate::object::{IpAddress, ObjectKey};
 use abi_stable::sabi_trait;
 use abi_stable::std_types::{RArc, RResult, RStr, RString};
 use abi_stable::StableAbi;
@@ -13,6 +13,12 @@ pub enum Request {
     /// Ask the kernel to resolve the neighbour `addr` on device `ifindex` (a next hop the plugin
     /// needs a MAC for). The result arrives later as an ordinary `neighbour` change.
     ResolveNeighbour { ifindex: u32, addr: IpAddress },
+    /// API 1.2: hand a flow back to the kernel (`key`: an [`ObjectKey::Flow`] the plugin was
+    /// given). Send it when the dataplane saw the flow end (a TCP FIN or RST, passed to the
+    /// kernel) or can no longer forward it: it stops forwarding the flow itself at once, the
+    /// host removes the flow from the plugin (a `remove` change follows) and does not offer the
+    /// conntrack entry again; a new entry of the same tuple is offered as any other.
+    ReleaseFlow { key: ObjectKey },
 }
 
 /// Log levels for [`HostServices::log`].

@@ -1,8 +1,8 @@
 //! # ekho-plugin-api: the ekho vendor SDK
 //!
 //! ekho mirrors the Linux kernel's networking state (links, addresses, routes, nexthops,
-//! neighbours, bridge FDB/VLAN/MDB, rules, netconf, nftables base chains and flowtables) from
-//! netlink, captures kernel notifier events with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
+//! neighbours, bridge FDB/VLAN/MDB, rules, netconf, nftables base chains and flowtables,
+//! conntrack flows) from netlink, captures kernel notifier events with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
 //! A plugin sees a stream of [`Change`]s (add / update / remove) for the object kinds, families and
 //! ports it declares in its [`Capabilities`], and answers each with an [`Outcome`] (offloaded,
 //! unsupported, trapped, failed with a reason) — the same words the kernel's offload flags use.
@@ -124,6 +124,78 @@
 //!   and `name = "asic1"`, each with `path` set to the same file and its own config table):
 //!   each gets its own instance, thread and queue.
 //!
+//! ## Flows (API 1.2)
+//! Conntrack entries the operator's offload policy (`[[flows.offload]]` in the host config;
+//! by default established, assured TCP and assured UDP) makes candidates reach a plugin that
+//! takes [`ObjectKind::Flow`] as [`Object::Flow`] additions and removals, in order with the
+//! rest (a flow ranks after routes). Only flows of the mirrored netns, only those its
+//! [`FlowCapabilities`] take (NAT, protocols; families as for other objects), at most its
+//! [`Limit`] of kind `flow`. A flow that stops being a candidate or leaves the kernel's table
+//! (`conntrack -D`, a flush, its timeout) is removed within 100 ms.
+//!
+//! The dataplane counts each flow and answers [`Plugin::object_stats`] (asked about once a
+//! second): while a flow's [`ObjectCounters::lastused`] advances, the host refreshes the
+//! conntrack entry's timeout, since the kernel sees none of its packets; once it stops, the
+//! kernel's timeout runs again. When it sees a flow end (a TCP FIN or RST: pass that packet to
+//! the kernel), the plugin stops forwarding it and sends [`Request::ReleaseFlow`]: the host
+//! removes it and does not offer that entry again.
+//!
+//! ```
+//! use ekho_plugin_api::prelude::*;
+//! use std::collections::HashMap;
+//!
+//! struct FlowBox {
+//!     host: HostHandle,
+//!     flows: HashMap<ObjectKey, (Flow, [ObjectCounters; 2])>,
+//! }
+//!
+//! impl Plugin for FlowBox {
+//!     fn create(ctx: CreateContext) -> Result<Self, String> {
+//!         Ok(FlowBox { host: ctx.host, flows: HashMap::new() })
+//!     }
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::new()
+//!             .kinds([ObjectKind::Flow])
+//!             .families([Family::INET])
+//!             .flow_protocols([6, 17])
+//!             .flow_nat(true)
+//!             .limit(ObjectKind::Flow, 65_536)
+//!     }
+//!     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {
+//!         changes.iter().map(|c| match c {
+//!             Change::Add(Object::Flow(f)) | Change::Update { new: Object::Flow(f), .. } => {
+//!                 // Program it: match `original` and `reply`, rewrite by `snat`/`dnat`.
+//!                 self.flows.insert(c.key(), (f.clone(), Default::default()));
+//!                 Outcome::Offloaded
+//!             }
+//!             Change::Remove(o) => {
+//!                 self.flows.remove(&o.key());
+//!                 Outcome::Offloaded
+//!             }
+//!             _ => Outcome::Unsupported,
+//!         }).collect()
+//!     }
+//!     fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
+//!         if kind != ObjectKind::Flow {
+//!             return vec![];
+//!         }
+//!         self.flows.iter().map(|(k, (_, [o, r]))| ObjectStats::flow(k.clone(), *o, *r)).collect()
+//!     }
+//! }
+//!
+//! impl FlowBox {
+//!     /// The dataplane saw a FIN on this flow (and passed the packet to the kernel).
+//!     fn fin_seen(&mut self, key: &ObjectKey) {
+//!         if self.flows.remove(key).is_some() {
+//!             let _ = self.host.request(Request::ReleaseFlow { key: key.clone() });
+//!         }
+//!     }
+//! }
+//!
+//! ekho_plugin_api::declare_plugin!(FlowBox);
+//! # fn main() {}
+//! ```
+//!
 //! ## Versioning: the 1.x contract
 //! A plugin is built once and keeps working when the operator updates ekho. The host reads the
 //! exported `EKHO_PLUGIN_API_VERSION` symbol before loading and applies [`version::verdict`]:
@@ -156,6 +228,14 @@
 //! `..Default::default()`) and `_` arms, and a rebuild against a newer 1.y compiles unchanged.
 //!
 //! ## Changes
+//! - 1.2.0: conntrack flows: object kind [`ObjectKind::Flow`] ([`Flow`](object::Flow): family,
+//!   protocol, zone, mark, both tuples, NAT derived from them, status bits, conntrack id;
+//!   key: zone and original tuple), [`Capabilities::flows`] ([`FlowCapabilities`]: NAT,
+//!   protocols), per-object counters ([`Plugin::object_stats`]: packets, bytes, drops,
+//!   lastused per direction, keyed by [`ObjectKey`]), [`Request::ReleaseFlow`] to hand a flow
+//!   back to the kernel. 1.0 and 1.1 plugins run converted (`abi::v1_0` and `abi::v1_1` hold
+//!   their frozen types: `Capabilities`, `Request` and the host handle changed since 1.0;
+//!   `Object`, `Change`, the vtable and root module since 1.1) and never see flows.
 //! - 1.1.0: the netfilter state on the forwarding path, from nftables netlink (iptables-nft
 //!   included): object kinds [`ObjectKind::NfChain`] (a base chain: family, table, name, hook,
 //!   priority, type, policy, devices, rule count, table dormancy;
@@ -190,22 +270,24 @@ mod tag;
 pub mod version;
 
 pub use abi_stable;
-pub use capability::{Capabilities, Features, Limit, PortScope};
+pub use capability::{Capabilities, Features, FlowCapabilities, Limit, PortScope};
 pub use change::Change;
 pub use event::{NotifierEvent, NotifierKind};
 pub use host::{DetachedHost, HostHandle, HostServices, LogLevel, Request};
 pub use object::{Object, ObjectKey, ObjectKind};
 pub use outcome::Outcome;
-pub use plugin::{Counter, CreateContext, Plugin, PluginInfo, Stats};
+pub use plugin::{Counter, CreateContext, ObjectCounters, ObjectStats, Plugin, PluginInfo, Stats};
 
 /// Everything a plugin usually needs.
 pub mod prelude {
-    pub use crate::capability::{Capabilities, Features, Limit, PortScope};
+    pub use crate::capability::{Capabilities, Features, FlowCapabilities, Limit, PortScope};
     pub use crate::change::Change;
     pub use crate::event::{NotifierEvent, NotifierKind};
     pub use crate::host::{HostHandle, HostServices, LogLevel, Request};
     pub use crate::object::*;
     pub use crate::outcome::Outcome;
-    pub use crate::plugin::{CreateContext, Plugin, PluginInfo, Stats};
+    pub use crate::plugin::{
+        CreateContext, ObjectCounters, ObjectStats, Plugin, PluginInfo, Stats,
+    };
     pub use abi_stable::std_types::{ROption, RString, RVec};
 }

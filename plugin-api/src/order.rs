@@ -3,9 +3,9 @@
 //!
 //! An object may refer only to objects of a lower [dependency rank](dependency_rank): links
 //! first, then netconf, addresses, bridge VLANs, nexthops (single nexthops before the groups
-//! made of them), neighbours, FDB and MDB entries, routes, rules, nftables base chains and
-//! flowtables. Within one batch ([`Plugin::apply`](crate::Plugin::apply)) changes come in
-//! [`batch_key`] order:
+//! made of them), neighbours, FDB and MDB entries, routes, rules, nftables base chains,
+//! flowtables, conntrack flows. Within one batch ([`Plugin::apply`](crate::Plugin::apply))
+//! changes come in [`batch_key`] order:
 //!
 //! 1. removals of objects nothing depends on (addresses, neighbours, routes, ...), dependents
 //!    first (reverse rank): a route through a nexthop is removed before the nexthop;
@@ -48,6 +48,7 @@ pub const fn kind_rank(kind: ObjectKind) -> u16 {
         ObjectKind::Rule => 9,
         ObjectKind::NfChain => 10,
         ObjectKind::NfFlowtable => 11,
+        ObjectKind::Flow => 12,
         // Kinds added by later minors rank after these unless placed here.
         _ => 100 + kind.raw(),
     }

@@ -5,6 +5,7 @@ use crate::capability::Capabilities;
 use crate::change::Change;
 use crate::event::NotifierEvent;
 use crate::host::HostHandle;
+use crate::object::{ObjectKey, ObjectKind};
 use crate::outcome::Outcome;
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -50,6 +51,45 @@ impl Stats {
             value,
         });
         self
+    }
+}
+
+/// What a dataplane counted for one object in one direction (API 1.2).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ObjectCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets the dataplane dropped (a tc filter's drops, a flow's packets it could not
+    /// forward).
+    pub drops: u64,
+    /// When the last packet was seen: `CLOCK_MONOTONIC` nanoseconds (the clock of
+    /// `bpf_ktime_get_ns()`); 0 when none was.
+    pub lastused: u64,
+}
+
+/// The counters of one object a plugin holds (API 1.2), answered to
+/// [`Plugin::object_stats`]: `counters` has one entry per direction of its kind: a flow two
+/// (original, then reply), every other kind one.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+pub struct ObjectStats {
+    /// The object's key, as [`Object::key`](crate::Object::key) gave it.
+    pub key: ObjectKey,
+    pub counters: RVec<ObjectCounters>,
+}
+
+impl ObjectStats {
+    /// The stats of a flow: original direction, then reply.
+    pub fn flow(key: ObjectKey, original: ObjectCounters, reply: ObjectCounters) -> ObjectStats {
+        ObjectStats {
+            key,
+            counters: vec![original, reply].into(),
+        }
+    }
+    /// The latest `lastused` of any direction.
+    pub fn lastused(&self) -> u64 {
+        self.counters.iter().map(|c| c.lastused).max().unwrap_or(0)
     }
 }
 
@@ -115,6 +155,14 @@ pub trait Plugin: Send + 'static {
         Stats::default()
     }
 
+    /// Per-object counters of the objects of `kind` the plugin holds (API 1.2). The host asks
+    /// for flows about once a second: while a flow's `lastused` advances, it keeps the
+    /// conntrack entry alive (the kernel sees none of its packets), and `ekho dump flows
+    /// --stats` shows the counters beside the kernel's. Objects not listed have no counters.
+    fn object_stats(&self, _kind: ObjectKind) -> Vec<ObjectStats> {
+        Vec::new()
+    }
+
     /// The host is stopping or unloading the plugin: release what you hold.
     fn shutdown(&mut self) {}
 }
@@ -129,6 +177,8 @@ pub trait FfiPlugin: Send {
     fn begin_sync(&mut self) -> RResult<(), RString>;
     fn end_sync(&mut self) -> RResult<(), RString>;
     fn stats(&self) -> RResult<Stats, RString>;
+    /// API 1.2.
+    fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString>;
     #[sabi(last_prefix_field)]
     fn shutdown(&mut self) -> RResult<(), RString>;
 }
@@ -203,6 +253,9 @@ impl<P: Plugin> FfiPlugin for Adapter<P> {
     }
     fn stats(&self) -> RResult<Stats, RString> {
         guard(|| self.0.stats())
+    }
+    fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString> {
+        guard(|| self.0.object_stats(kind).into())
     }
     fn shutdown(&mut self) -> RResult<(), RString> {
         guard(|| self.0.shutdown())

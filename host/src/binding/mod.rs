@@ -9,10 +9,11 @@
 
 mod native;
 mod v1_0;
+mod v1_1;
 
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use ekho_plugin_api::plugin::PluginInfo;
+use ekho_plugin_api::plugin::{ObjectStats, PluginInfo};
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::version::Verdict;
 use ekho_plugin_api::HostHandle;
@@ -26,6 +27,9 @@ pub trait Binding: Send {
     fn begin_sync(&mut self) -> RResult<(), RString>;
     fn end_sync(&mut self) -> RResult<(), RString>;
     fn stats(&self) -> RResult<Stats, RString>;
+    /// Per-object counters (API 1.2; plugins of older minors have none).
+    #[allow(dead_code)] // read by the flow keep-alive, which lands next
+    fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString>;
     fn shutdown(&mut self) -> RResult<(), RString>;
 }
 
@@ -55,6 +59,7 @@ impl How {
 pub enum Module {
     Native(ekho_plugin_api::plugin::PluginModRef),
     V1_0(ekho_plugin_api::abi::v1_0::PluginModRef),
+    V1_1(ekho_plugin_api::abi::v1_1::PluginModRef),
 }
 
 impl Module {
@@ -67,6 +72,7 @@ impl Module {
         match verdict {
             Verdict::Native => native::load(header).map(Module::Native),
             Verdict::Converted { minor: (1, 0) } => v1_0::load(header).map(Module::V1_0),
+            Verdict::Converted { minor: (1, 1) } => v1_1::load(header).map(Module::V1_1),
             // A minor this host has no snapshot of cannot pass the pre-flight.
             other => unreachable!("pre-flight lets {other:?} through"),
         }
@@ -77,6 +83,7 @@ impl Module {
         match self {
             Module::Native(m) => (m.info())(),
             Module::V1_0(m) => (m.info())(),
+            Module::V1_1(m) => (m.info())(),
         }
     }
 
@@ -85,6 +92,7 @@ impl Module {
         match self {
             Module::Native(m) => native::create(*m, config, host),
             Module::V1_0(m) => v1_0::create(*m, config, host),
+            Module::V1_1(m) => v1_1::create(*m, config, host),
         }
     }
 
@@ -92,6 +100,7 @@ impl Module {
         match self {
             Module::Native(_) => How::Native,
             Module::V1_0(_) => How::Converted { minor: (1, 0) },
+            Module::V1_1(_) => How::Converted { minor: (1, 1) },
         }
     }
 }
@@ -101,6 +110,9 @@ impl Module {
 pub fn supported(verdict: Verdict) -> bool {
     matches!(
         verdict,
-        Verdict::Native | Verdict::Converted { minor: (1, 0) }
+        Verdict::Native
+            | Verdict::Converted {
+                minor: (1, 0) | (1, 1)
+            }
     )
 }

@@ -3,7 +3,7 @@
 use super::{Binding, Bound};
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use ekho_plugin_api::plugin::{PluginBox, PluginModRef};
+use ekho_plugin_api::plugin::{ObjectStats, PluginBox, PluginModRef};
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::HostHandle;
 
@@ -39,6 +39,9 @@ impl Binding for Native {
     }
     fn stats(&self) -> RResult<Stats, RString> {
         self.0.stats()
+    }
+    fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString> {
+        self.0.object_stats(kind)
     }
     fn shutdown(&mut self) -> RResult<(), RString> {
         self.0.shutdown()

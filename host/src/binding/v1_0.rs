@@ -1,10 +1,12 @@
-//! Plugins built against API 1.0, on this 1.1 host: checked against the frozen 1.0 types,
-//! changes converted into them before each call (kinds added in 1.1 never reach them).
+//! Plugins built against API 1.0, on this host: checked against the frozen 1.0 types,
+//! changes converted into them before each call (kinds added since never reach them), their
+//! capabilities and requests converted back.
 
 use super::{Binding, Bound};
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use ekho_plugin_api::abi::v1_0;
+use ekho_plugin_api::plugin::ObjectStats;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::HostHandle;
 
@@ -16,7 +18,7 @@ pub fn load(
 
 pub fn create(module: v1_0::PluginModRef, config: &str, host: HostHandle) -> Result<Bound, String> {
     let create = module.create();
-    match create(config.into(), host).into_result() {
+    match create(config.into(), v1_0::host(host)).into_result() {
         Ok(p) => Ok(Box::new(Converted {
             plugin: p,
             buf: Vec::new(),
@@ -36,8 +38,8 @@ struct Converted {
 
 impl Binding for Converted {
     fn capabilities(&self) -> RResult<Capabilities, RString> {
-        // Capabilities did not change in 1.1: a 1.0 plugin can name only 1.0 kinds.
-        self.plugin.capabilities()
+        // A 1.0 plugin can name only 1.0 kinds; it takes no flows.
+        self.plugin.capabilities().map(v1_0::capabilities)
     }
     fn apply(&mut self, changes: RSlice<'_, Change>) -> RResult<RVec<Outcome>, RString> {
         self.buf.clear();
@@ -74,6 +76,9 @@ impl Binding for Converted {
     }
     fn stats(&self) -> RResult<Stats, RString> {
         self.plugin.stats()
+    }
+    fn object_stats(&self, _kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString> {
+        RResult::ROk(RVec::new())
     }
     fn shutdown(&mut self) -> RResult<(), RString> {
         self.plugin.shutdown()

@@ -5,6 +5,7 @@
 
 use crate::binding::{Binding, Bound};
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use ekho_plugin_api::plugin::ObjectStats;
 use ekho_plugin_api::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// A call in progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
-    /// `apply`, `notify`, `begin_sync`, `end_sync`, `stats`, `capabilities`, `shutdown`.
+    /// `apply`, `notify`, `begin_sync`, `end_sync`, `stats`, `object_stats`, `capabilities`,
+    /// `shutdown`.
     pub name: &'static str,
     pub started: Instant,
     /// The same moment on the wall clock (for status).
@@ -92,6 +94,10 @@ impl Binding for Watched {
         let _c = self.clock.enter("stats");
         self.inner.stats()
     }
+    fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString> {
+        let _c = self.clock.enter("object_stats");
+        self.inner.object_stats(kind)
+    }
     fn shutdown(&mut self) -> RResult<(), RString> {
         let _c = self.clock.enter("shutdown");
         self.inner.shutdown()
@@ -122,6 +128,9 @@ mod tests {
         }
         fn stats(&self) -> RResult<Stats, RString> {
             RResult::ROk(Stats::default())
+        }
+        fn object_stats(&self, _: ObjectKind) -> RResult<RVec<ObjectStats>, RString> {
+            RResult::ROk(RVec::new())
         }
         fn shutdown(&mut self) -> RResult<(), RString> {
             RResult::ROk(())

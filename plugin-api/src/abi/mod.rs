@@ -4,7 +4,7 @@
 //! abi_stable checks at load time that every type crossing the boundary has the layout the host
 //! expects, field for field. A host that knew only the newest types would refuse every plugin
 //! built before a field was added. So the host keeps the boundary of every minor it supports:
-//! module `v1_0` for 1.0, `v1_1` for 1.1, ... Each snapshot re-exports what did not change since
+//! module `v1_0` for 1.0, `v1_1` for 1.1, `v1_2` for 1.2, ... Each snapshot re-exports what did not change since
 //! and holds a frozen copy of what did. When it loads a plugin the host reads the API version
 //! the plugin declares ([`version`](crate::version)), checks the plugin's layout against *that*
 //! snapshot (abi_stable's safe equality check), and drives it through it:
@@ -24,18 +24,21 @@
 //! 2. For every type of the previous snapshots that changed *and every type containing it* up to
 //!    the root module (`Route` changed: `Object`, `Change`, the `FfiPlugin` vtable and
 //!    `PluginMod` change with it), replace the re-export in each older snapshot by a frozen
-//!    copy, and write its conversion from the new type.
+//!    copy, and write its conversion from the new type (and back, for what the plugin
+//!    hands the host: capabilities, requests).
 //! 3. Add the new snapshot module re-exporting the crate's types, its `.layout` file
 //!    (`EKHO_ABI_BLESS=1 cargo test -p ekho-plugin-api --test abi_freeze` writes a missing one;
 //!    it never rewrites an existing one) and the host's binding for the older minor.
 //!
 //! The freeze check fails when a snapshot's types no longer describe what its `.layout` file
-//! holds, and `tests/rehearsal/` in the ekho repository rehearses exactly this procedure (a
-//! 1.1 with a new kind and a new `Route` field) against the in-tree plugins built as 1.0.
+//! holds, and `tests/rehearsal/` in the ekho repository rehearses exactly this procedure (the
+//! next minor with a new kind and a new `Route` field) against the in-tree plugins built as
+//! the current one.
 
 pub mod layout;
 pub mod v1_0;
 pub mod v1_1;
+pub mod v1_2;
 
 /// One snapshot: its minor and the layout of its root module (from which the freeze check
 /// describes every type crossing the boundary).
@@ -53,5 +56,9 @@ pub const SNAPSHOTS: &[Snapshot] = &[
     Snapshot {
         minor: v1_1::MINOR,
         root: || <v1_1::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+    },
+    Snapshot {
+        minor: v1_2::MINOR,
+        root: || <v1_2::PluginModRef as abi_stable::StableAbi>::LAYOUT,
     },
 ];

@@ -3,17 +3,21 @@
 //! 1.1 added a variant to `Object` (the nftables kinds), so `Object`, `Change`, the `FfiPlugin`
 //! vtable and `PluginMod` are frozen copies of their 1.0 definitions (same names, fields and
 //! order: the freeze check against `plugin-api/abi/v1.0.layout` proves they are what 1.0
-//! shipped); everything else is re-exported. [`change`] converts a change of the newest minor
-//! into these types, `None` for kinds 1.0 does not have.
+//! shipped); 1.2 appended a field to `Capabilities` (flows) and a variant to `Request`
+//! (`ReleaseFlow`), so they, the `HostServices` vtable and `HostHandle` are frozen copies too
+//! (unchanged in 1.1: `v1_1` re-exports them); everything else is re-exported. [`change`]
+//! converts a change of the newest minor into these types, `None` for kinds 1.0 does not have;
+//! [`capabilities`] and [`host`] convert the other way and back.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 
-pub use crate::capability::{Capabilities, Features, Limit, PortScope};
+pub use crate::capability::{Features, Limit, PortScope};
 pub use crate::event::{NotifierEvent, NotifierKind};
-pub use crate::host::{HostHandle, LogLevel, Request};
+pub use crate::host::LogLevel;
+use crate::object::IpAddress;
 pub use crate::object::{
-    Address, BridgeVlan, FdbEntry, Link, MdbEntry, Neighbour, Netconf, Nexthop, ObjectKind, Route,
-    Rule,
+    Address, BridgeVlan, Family, FdbEntry, Link, MdbEntry, Neighbour, Netconf, Nexthop, ObjectKind,
+    Route, Rule,
 };
 pub use crate::outcome::Outcome;
 pub use crate::plugin::{PluginInfo, Stats};
@@ -21,11 +25,97 @@ pub use crate::plugin::{PluginInfo, Stats};
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RArc, RBox, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// The minor's number.
 pub const MINOR: (u64, u64) = (1, 0);
+
+/// `Capabilities` as 1.0 (and 1.1) defined it.
+#[repr(C)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
+pub struct Capabilities {
+    pub kinds: RVec<ObjectKind>,
+    pub families: RVec<Family>,
+    pub notifiers: RVec<NotifierKind>,
+    pub ports: PortScope,
+    pub limits: RVec<Limit>,
+    pub features: Features,
+}
+
+/// Capabilities of a 1.0 or 1.1 plugin in the newest minor's types (fields added since empty:
+/// no flows).
+pub fn capabilities(c: Capabilities) -> crate::Capabilities {
+    // Exhaustive: a field added to the frozen copy would be a mistake.
+    let Capabilities {
+        kinds,
+        families,
+        notifiers,
+        ports,
+        limits,
+        features,
+    } = c;
+    crate::Capabilities {
+        kinds,
+        families,
+        notifiers,
+        ports,
+        limits,
+        features,
+        ..Default::default()
+    }
+}
+
+/// `Request` as 1.0 (and 1.1) defined it.
+#[repr(u8)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Request {
+    ResolveNeighbour { ifindex: u32, addr: IpAddress },
+}
+
+/// A request of a 1.0 or 1.1 plugin in the newest minor's types.
+pub fn request(r: Request) -> crate::Request {
+    match r {
+        Request::ResolveNeighbour { ifindex, addr } => {
+            crate::Request::ResolveNeighbour { ifindex, addr }
+        }
+    }
+}
+
+/// The host's services as 1.0 (and 1.1) defined them.
+#[sabi_trait]
+pub trait HostServices: Send + Sync + Clone {
+    fn request(&self, req: Request) -> RResult<(), RString>;
+    fn netns(&self) -> RString {
+        RString::new()
+    }
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+}
+
+/// The host handle as 1.0 (and 1.1) plugins hold it.
+pub type HostHandle = HostServices_TO<'static, RArc<()>>;
+
+#[derive(Clone)]
+struct Forward(crate::HostHandle);
+
+impl HostServices for Forward {
+    fn request(&self, req: Request) -> RResult<(), RString> {
+        self.0.request(request(req))
+    }
+    fn netns(&self) -> RString {
+        self.0.netns()
+    }
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.0.log(level, message)
+    }
+}
+
+/// The host's handle as a 1.0 or 1.1 plugin takes it: its calls forwarded to `h`.
+pub fn host(h: crate::HostHandle) -> HostHandle {
+    HostServices_TO::from_ptr(RArc::new(Forward(h)), abi_stable::sabi_trait::TD_Opaque)
+}
 
 /// `Object` as 1.0 defined it.
 #[repr(u8)]
@@ -103,6 +193,8 @@ pub fn object(o: &crate::Object) -> Option<Object> {
         O::Rule(x) => Object::Rule(x.clone()),
         // Added in 1.1.
         O::NfChain(_) | O::NfFlowtable(_) => return None,
+        // Added in 1.2.
+        O::Flow(_) => return None,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod bridge;
+pub mod flow;
 pub mod link;
 pub mod neighbour;
 pub mod net;
@@ -19,6 +20,7 @@ pub mod rule;
 
 pub use address::Address;
 pub use bridge::{BridgeVlan, FdbEntry, MdbEntry};
+pub use flow::{Flow, FlowNat, FlowTuple};
 pub use link::Link;
 pub use neighbour::Neighbour;
 pub use net::{Family, IpAddress, IpPrefix, LinkAddr, Protocol, RouteType, Scope};
@@ -53,6 +55,8 @@ crate::open_tag! {
         10 => NfChain("nft_chain", "nft_chains"),
         /// An nftables flowtable (API 1.1).
         11 => NfFlowtable("nft_flowtable", "nft_flowtables"),
+        /// A conntrack flow offered for offload (API 1.2).
+        12 => Flow("flow", "flows"),
     }
 }
 
@@ -85,6 +89,8 @@ pub enum Object {
     NfChain(NfChain),
     /// API 1.1.
     NfFlowtable(NfFlowtable),
+    /// API 1.2.
+    Flow(Flow),
 }
 
 /// The identity of an object: two objects with equal keys are versions of the same object.
@@ -161,6 +167,13 @@ pub enum ObjectKey {
         table: RString,
         name: RString,
     },
+    /// API 1.2: the kernel's identity of a conntrack entry (zone and original tuple).
+    Flow {
+        family: Family,
+        protocol: u8,
+        zone: u16,
+        original: FlowTuple,
+    },
 }
 
 impl ObjectKey {
@@ -179,6 +192,7 @@ impl ObjectKey {
             ObjectKey::Rule { .. } => ObjectKind::Rule,
             ObjectKey::NfChain { .. } => ObjectKind::NfChain,
             ObjectKey::NfFlowtable { .. } => ObjectKind::NfFlowtable,
+            ObjectKey::Flow { .. } => ObjectKind::Flow,
         }
     }
 }
@@ -199,6 +213,7 @@ impl Object {
             Object::Rule(_) => ObjectKind::Rule,
             Object::NfChain(_) => ObjectKind::NfChain,
             Object::NfFlowtable(_) => ObjectKind::NfFlowtable,
+            Object::Flow(_) => ObjectKind::Flow,
         }
     }
 
@@ -266,6 +281,12 @@ impl Object {
                 table: f.table.clone(),
                 name: f.name.clone(),
             },
+            Object::Flow(f) => ObjectKey::Flow {
+                family: f.family,
+                protocol: f.protocol,
+                zone: f.zone,
+                original: f.original,
+            },
         }
     }
 
@@ -283,6 +304,7 @@ impl Object {
             Object::Rule(r) => r.family,
             // nftables families are their own set (`NfChain::family`).
             Object::NfChain(_) | Object::NfFlowtable(_) => Family::UNSPEC,
+            Object::Flow(f) => f.family,
         }
     }
 
@@ -307,6 +329,8 @@ impl Object {
             Object::Route(r) => r.nexthops.iter().map(|n| n.ifindex).collect(),
             // Devices named (netdev chains), not referred to by ifindex: every port scope.
             Object::Rule(_) | Object::NfChain(_) | Object::NfFlowtable(_) => vec![],
+            // A flow goes where its routes say: every port scope.
+            Object::Flow(_) => vec![],
         };
         v.into_iter().filter(|&i| i != 0).collect()
     }
@@ -327,6 +351,7 @@ impl Object {
             Object::Rule(x) => x.to_json(),
             Object::NfChain(x) => x.to_json(),
             Object::NfFlowtable(x) => x.to_json(),
+            Object::Flow(x) => x.to_json(),
         }
     }
 }
@@ -340,7 +365,7 @@ macro_rules! from_kind {
 }
 from_kind!(Link => Link, Netconf => Netconf, Address => Address, BridgeVlan => Vlan,
     Nexthop => Nexthop, Neighbour => Neighbour, FdbEntry => Fdb, MdbEntry => Mdb,
-    Route => Route, Rule => Rule, NfChain => NfChain, NfFlowtable => NfFlowtable);
+    Route => Route, Rule => Rule, NfChain => NfChain, NfFlowtable => NfFlowtable, Flow => Flow);
 
 #[cfg(test)]
 mod tests {
