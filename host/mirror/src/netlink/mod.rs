@@ -28,6 +28,7 @@ pub mod route;
 pub mod rtm;
 pub mod rule;
 pub mod tc;
+pub mod tc_act;
 pub mod vlan;
 
 use crate::Event;
@@ -210,7 +211,7 @@ pub fn split(buf: &[u8]) -> Vec<(NetlinkHeader, &[u8])> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Messages captured from the kernel (6.18) of this machine in a scratch netns with a raw
     //! `AF_NETLINK` dump socket; hex as received.
     use super::*;

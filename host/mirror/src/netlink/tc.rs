@@ -4,16 +4,19 @@
 //! The crate types the options of the qdiscs `ingress` and `fq_codel`, the classifiers `u32`,
 //! `flower`, `matchall` and `bpf` (the last one's action list stays raw), and the actions
 //! `mirred`, `nat` and `tunnel_key`; everything else (htb, tbf, gact, vlan, ...) arrives as
-//! [`DefaultNla`] attributes, kept as they are so that nothing is lost. Counters and timestamps
+//! [`DefaultNla`] attributes, kept as they are so that nothing is lost. The actions gact, vlan,
+//! police, skbedit, pedit, csum and ct are typed here ([`super::tc_act`]): an [`Action`]
+//! carries its options typed ([`ActionOptions`]). Counters and timestamps
 //! (`TCA_STATS*`, `TCA_XSTATS`, u32's `TCA_U32_PCNT`, an action's `TCA_ACT_STATS` and `tcf_t`)
 //! change without a message and are dropped, as are the reference and binding counts inside an
 //! action's parameters, which the mirror computes (state/tc.rs).
 
+use super::tc_act::ActionOptions;
 use netlink_packet_core::{DefaultNla, Nla};
 use netlink_packet_route::tc::{
-    TcAction, TcActionAttribute, TcActionMessage, TcActionMessageAttribute, TcActionMirrorOption,
-    TcActionNatOption, TcActionOption, TcActionTunnelKeyOption, TcAttribute, TcFilterFlowerOption,
-    TcFilterMatchAllOption, TcFilterU32Option, TcMessage, TcOption,
+    TcAction, TcActionAttribute, TcActionMessage, TcActionMessageAttribute, TcActionOption,
+    TcAttribute, TcFilterFlowerOption, TcFilterMatchAllOption, TcFilterU32Option, TcMessage,
+    TcOption,
 };
 
 /// `TCM_IFINDEX_MAGIC_BLOCK`: a filter or chain of a shared block, `tcm_parent` its index.
@@ -126,7 +129,11 @@ pub struct Action {
     pub refcnt: i32,
     /// Bindings to filters, from the message (`bindcnt`).
     pub bindcnt: i32,
-    /// Its attributes as received, counters, timestamps and reference counts removed.
+    /// Its options, typed by kind where netlink-packet-route or [`super::tc_act`] types it,
+    /// raw attributes otherwise; timestamps removed, reference counts zeroed.
+    pub options: ActionOptions,
+    /// Its other attributes as received (cookie, flags, ...; not the kind, index, options or
+    /// counters).
     pub attributes: Vec<TcActionAttribute>,
 }
 
@@ -188,6 +195,7 @@ pub fn protocol(p: u16) -> String {
         0x86dd => "ipv6".into(),
         0x0806 => "arp".into(),
         0x8100 => "802.1Q".into(),
+        0x88a8 => "802.1ad".into(),
         p => format!("0x{p:04x}"),
     }
 }
@@ -255,42 +263,70 @@ fn zero_gen(v: &mut [u8]) -> Option<(i32, i32)> {
     Some((r, b))
 }
 
+/// The kinds left raw whose parameters are attribute 1 and timestamps attribute 2 (most
+/// others: timestamps 1, parameters 2).
+const PARMS_FIRST: &[&str] = &["connmark", "ife"];
+
+/// The kind of an action.
+fn kind_of(a: &TcAction) -> Option<&str> {
+    a.attributes.iter().find_map(|x| match x {
+        TcActionAttribute::Kind(k) => Some(k.as_str()),
+        _ => None,
+    })
+}
+
+/// The options of an action of a kind left raw (netlink-packet-route's and ours), with the
+/// timestamps removed and the reference counts zeroed by the common layout (`tc_gen` first in
+/// the parameters), and those counts.
+fn clean_raw(kind: &str, opts: &mut Vec<TcActionOption>) -> Option<(i32, i32)> {
+    let (tm, parms) = if PARMS_FIRST.contains(&kind) {
+        (TCA_ACT_TM + 1, TCA_ACT_PARMS - 1)
+    } else {
+        (TCA_ACT_TM, TCA_ACT_PARMS)
+    };
+    opts.retain(|o| !matches!(o, TcActionOption::Other(n) if n.kind() == tm));
+    let mut counts = None;
+    for o in opts.iter_mut() {
+        if let TcActionOption::Other(n) = o {
+            if n.kind() == parms {
+                let mut v = value(n);
+                if let Some(c) = zero_gen(&mut v) {
+                    counts = Some(c);
+                    *n = DefaultNla::new(n.kind(), v);
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// An action's options typed and cleaned: timestamps removed, reference counts zeroed (the
+/// mirror computes them, state/tc.rs), with those counts.
+fn typed(kind: &str, opts: &[TcActionOption]) -> (ActionOptions, Option<(i32, i32)>) {
+    let mut o = ActionOptions::parse(kind, opts);
+    let mut counts = o.clean();
+    if let ActionOptions::Route(v) = &mut o {
+        if let Some(c) = clean_raw(kind, v) {
+            counts = Some(c);
+        }
+    }
+    (o, counts)
+}
+
 /// An action with its counters, timestamps and reference counts removed, and those counts.
 fn clean(a: &TcAction) -> (TcAction, i32, i32) {
+    let kind = kind_of(a).unwrap_or("").to_string();
     let mut counts = (0, 0);
     let mut out = a.clone();
     out.attributes
         .retain(|x| !matches!(x, TcActionAttribute::Stats(_)));
     for x in out.attributes.iter_mut() {
-        let TcActionAttribute::Options(opts) = x else {
-            continue;
-        };
-        opts.retain(|o| {
-            !matches!(
-                o,
-                TcActionOption::Mirror(TcActionMirrorOption::Tm(_))
-                    | TcActionOption::Nat(TcActionNatOption::Tm(_))
-                    | TcActionOption::TunnelKey(TcActionTunnelKeyOption::Tm(_))
-            ) && !matches!(o, TcActionOption::Other(n) if n.kind() == TCA_ACT_TM)
-        });
-        for o in opts.iter_mut() {
-            let g = match o {
-                TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) => &mut p.generic,
-                TcActionOption::Nat(TcActionNatOption::Parms(p)) => &mut p.generic,
-                TcActionOption::TunnelKey(TcActionTunnelKeyOption::Parms(p)) => &mut p.generic,
-                TcActionOption::Other(n) if n.kind() == TCA_ACT_PARMS => {
-                    let mut v = value(n);
-                    if let Some(c) = zero_gen(&mut v) {
-                        counts = c;
-                        *n = DefaultNla::new(n.kind(), v);
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            counts = (g.refcnt, g.bindcnt);
-            g.refcnt = 0;
-            g.bindcnt = 0;
+        if let TcActionAttribute::Options(opts) = x {
+            let (o, c) = typed(&kind, opts);
+            if let Some(c) = c {
+                counts = c;
+            }
+            *opts = o.to_route();
         }
     }
     (out, counts.0, counts.1)
@@ -300,46 +336,46 @@ fn clean_action(a: &TcAction) -> TcAction {
     clean(a).0
 }
 
-/// The kind and index of an action as a filter's list carries it.
+/// The kind and index of an action as a filter's list carries it, its options typed.
 pub fn action_of(a: &TcAction) -> Option<Action> {
-    let (clean, refcnt, bindcnt) = clean(a);
-    let mut kind = None;
+    let kind = kind_of(a)?.to_string();
     let mut index = None;
-    for x in &clean.attributes {
+    let mut options = ActionOptions::default();
+    let (mut refcnt, mut bindcnt) = (0, 0);
+    let mut attributes = Vec::new();
+    for x in &a.attributes {
         match x {
-            TcActionAttribute::Kind(k) => kind = Some(k.clone()),
             TcActionAttribute::Index(i) => index = Some(*i),
+            TcActionAttribute::Stats(_) => {}
             TcActionAttribute::Options(opts) => {
-                for o in opts {
-                    let i = match o {
-                        TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) => p.generic.index,
-                        TcActionOption::Nat(TcActionNatOption::Parms(p)) => p.generic.index,
-                        TcActionOption::TunnelKey(TcActionTunnelKeyOption::Parms(p)) => {
-                            p.generic.index
-                        }
-                        TcActionOption::Other(n) if n.kind() == TCA_ACT_PARMS => {
-                            match value(n).get(..4) {
-                                Some(b) => u32::from_ne_bytes(b.try_into().ok()?),
-                                None => continue,
-                            }
-                        }
-                        _ => continue,
-                    };
+                let raw_index = opts.iter().find_map(|o| match o {
+                    TcActionOption::Other(n) if n.kind() == TCA_ACT_PARMS => {
+                        Some(u32::from_ne_bytes(value(n).get(..4)?.try_into().ok()?))
+                    }
+                    _ => None,
+                });
+                let (o, c) = typed(&kind, opts);
+                if let Some(c) = c {
+                    (refcnt, bindcnt) = c;
+                }
+                let i = o.generic().map(|g| g.index).or(raw_index);
+                if let Some(i) = i {
                     index.get_or_insert(i);
                 }
+                options = o;
             }
-            _ => {}
+            // The order (`tab`) is the action's place in a list, not part of the action.
+            x => attributes.push(x.clone()),
         }
     }
-    let mut attributes = clean.attributes;
-    // The order (`tab`) is the action's place in a list, not part of the action.
-    attributes.retain(|x| !matches!(x, TcActionAttribute::Index(_)));
+    attributes.retain(|x| !matches!(x, TcActionAttribute::Kind(_)));
     Some(Action {
-        kind: kind?,
+        kind,
         // None in a flush (`tc actions flush action KIND`: the kind alone).
         index: index.unwrap_or(0),
         refcnt,
         bindcnt,
+        options,
         attributes,
     })
 }
@@ -514,6 +550,7 @@ mod tests {
         assert_eq!((acts[0].refcnt, acts[0].bindcnt), (0, 0));
         assert!(!format!("{:?}", kn.options).contains("Pnct"));
         assert!(!format!("{:?}", acts[0].attributes).contains("Stats"));
+        assert!(!format!("{:?}", acts[0].options).contains("Tm("));
     }
 
     #[test]
@@ -530,14 +567,8 @@ mod tests {
         // The same parameters as the filter carries (an action dump adds `used_hw_stats`).
         let kn = filter_of(KNODE);
         let inline: Vec<Action> = filter_actions(&kn).filter_map(action_of).collect();
-        let opts = |a: &Action| {
-            a.attributes
-                .iter()
-                .find(|x| matches!(x, TcActionAttribute::Options(_)))
-                .cloned()
-        };
-        assert!(opts(&a[0]).is_some());
-        assert_eq!(opts(&inline[0]), opts(&a[0]));
+        assert!(a[0].options.generic().is_some());
+        assert_eq!(inline[0].options, a[0].options);
         let v = tc(CLSACT);
         let [Message::NewQdisc(q)] = &v[..] else {
             panic!("{v:?}")

@@ -12,10 +12,9 @@ use crate::netlink::tc::{
     action_of, filter_actions, handle, protocol, u32_handle, Target, H_MIN_EGRESS, H_MIN_INGRESS,
     H_ROOT,
 };
+use crate::netlink::tc_act::ActionOptions;
 use crate::state::tc::Tc;
-use netlink_packet_route::tc::{
-    TcActionAttribute, TcActionMirrorOption, TcActionOption, TcFilterU32Option, TcOption,
-};
+use netlink_packet_route::tc::{TcActionMirrorOption, TcActionOption, TcFilterU32Option, TcOption};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -312,12 +311,10 @@ pub fn mirror(t: &Tc, names: &BTreeMap<u32, String>) -> Vec<String> {
     lines.extend(chains);
     for a in t.actions() {
         let mut to = "-".to_string();
-        for x in &a.attributes {
-            if let TcActionAttribute::Options(v) = x {
-                for o in v {
-                    if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = o {
-                        to = names.get(&p.ifindex).cloned().unwrap_or_else(|| "*".into());
-                    }
+        if let ActionOptions::Route(v) = &a.options {
+            for o in v {
+                if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = o {
+                    to = names.get(&p.ifindex).cloned().unwrap_or_else(|| "*".into());
                 }
             }
         }
