@@ -11,9 +11,14 @@
 
 use crate::dataplane::{Backend, Error};
 use crate::maps::*;
-use std::collections::HashMap;
+use aya::maps::{MapData, RingBuf};
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -57,7 +62,10 @@ pub enum FlowError {
 pub struct FlowCounters {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    /// Time since the last packet of each direction forwarded in XDP (`None`: none yet).
+    /// `CLOCK_MONOTONIC` nanoseconds of the last packet of each direction forwarded in XDP
+    /// (0: none yet).
+    pub lastused: [u64; 2],
+    /// Time since then (`None`: none yet).
     pub idle: [Option<Duration>; 2],
     /// The flow saw a FIN or RST: its packets go to the kernel, it should be handed back.
     pub handed_back: bool,
@@ -140,7 +148,8 @@ struct Installed {
 pub struct FlowTable<K> {
     flows: HashMap<K, Installed>,
     by_tuple: HashMap<FlowKey, K>,
-    by_id: HashMap<u32, K>,
+    /// Counter id -> key; shared with the [`FlowEvents`] thread.
+    by_id: Arc<Mutex<HashMap<u32, K>>>,
     next_id: u32,
     max: usize,
 }
@@ -160,7 +169,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         FlowTable {
             flows: HashMap::new(),
             by_tuple: HashMap::new(),
-            by_id: HashMap::new(),
+            by_id: Default::default(),
             next_id: 0,
             max,
         }
@@ -198,12 +207,17 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
             return Err(FlowError::Full(self.max));
         }
         // max < u32::MAX: a free id exists.
-        let id = loop {
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.by_id.contains_key(&self.next_id) {
-                break self.next_id;
+        let id = {
+            let ids = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next_id;
+            loop {
+                next = next.wrapping_add(1).max(1);
+                if !ids.contains_key(&next) {
+                    break next;
+                }
             }
         };
+        self.next_id = id;
         let entries = spec.entries(id)?;
         for (name, (k, _)) in ["original", "reply"].iter().zip(entries.iter()) {
             if self.by_tuple.contains_key(k) {
@@ -218,7 +232,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         for k in keys {
             self.by_tuple.insert(k, key.clone());
         }
-        self.by_id.insert(id, key.clone());
+        self.ids().insert(id, key.clone());
         self.flows.insert(key, Installed { id, keys });
         Ok(())
     }
@@ -231,7 +245,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         for k in &f.keys {
             self.by_tuple.remove(k);
         }
-        self.by_id.remove(&f.id);
+        self.ids().remove(&f.id);
         dp.remove_flow(f.id, &f.keys)?;
         Ok(true)
     }
@@ -240,7 +254,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
     pub fn clear(&mut self) {
         self.flows.clear();
         self.by_tuple.clear();
-        self.by_id.clear();
+        self.ids().clear();
     }
 
     /// The counters of flow `key`, `None` when it is not installed.
@@ -252,14 +266,29 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         Some(FlowCounters {
             packets: s.packets,
             bytes: s.bytes,
+            lastused: s.lastused,
             idle: [idle(s.lastused[0]), idle(s.lastused[1])],
             handed_back: s.flags & FLOW_HANDBACK != 0,
         })
     }
 
+    fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<u32, K>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The key of the flow with counter id `id` (for FLOW_EVENTS records).
-    pub fn key_of_id(&self, id: u32) -> Option<&K> {
-        self.by_id.get(&id)
+    pub fn key_of_id(&self, id: u32) -> Option<K> {
+        self.ids().get(&id).cloned()
+    }
+
+    /// The counter id -> key map, for the [`FlowEvents`] thread.
+    pub fn shared_ids(&self) -> Arc<Mutex<HashMap<u32, K>>> {
+        self.by_id.clone()
+    }
+
+    /// The counter id of flow `key`.
+    pub fn id_of(&self, key: &K) -> Option<u32> {
+        self.flows.get(key).map(|f| f.id)
     }
 
     /// Flows the data path marked for hand-back (saw FIN or RST).
@@ -272,6 +301,111 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
             })
             .map(|(k, _)| k.clone())
             .collect()
+    }
+}
+
+/// Hand-backs: which flows were released to the host already (by the [`FlowEvents`] thread or a
+/// later scan of the flags), so each is released once.
+pub struct Releaser<K> {
+    release: Box<dyn Fn(&K) -> Result<(), String> + Send + Sync>,
+    done: Mutex<HashSet<u32>>,
+    pub released: AtomicU64,
+    pub release_failed: AtomicU64,
+}
+
+impl<K> Releaser<K> {
+    pub fn new(release: impl Fn(&K) -> Result<(), String> + Send + Sync + 'static) -> Releaser<K> {
+        Releaser {
+            release: Box::new(release),
+            done: Mutex::new(HashSet::new()),
+            released: AtomicU64::new(0),
+            release_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn done(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Releases flow `id` (key `key`) unless it was already.
+    pub fn release(&self, id: u32, key: &K) {
+        if !self.done().insert(id) {
+            return;
+        }
+        match (self.release)(key) {
+            Ok(()) => self.released.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.release_failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// The flow `id` was removed: a later flow may reuse the id.
+    pub fn forget(&self, id: u32) {
+        self.done().remove(&id);
+    }
+}
+
+/// The thread draining FLOW_EVENTS: each record (a flow saw FIN or RST) is released at once.
+pub struct FlowEvents {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FlowEvents {
+    pub fn spawn<K: Clone + Send + 'static>(
+        mut ring: RingBuf<MapData>,
+        ids: Arc<Mutex<HashMap<u32, K>>>,
+        releaser: Arc<Releaser<K>>,
+    ) -> std::io::Result<FlowEvents> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("xdp-router-flows".into())
+            .spawn(move || {
+                let fd = ring.as_raw_fd();
+                while !s.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    while let Some(item) = ring.next() {
+                        if item.len() < std::mem::size_of::<FlowEvent>() {
+                            continue;
+                        }
+                        // SAFETY: length checked; read_unaligned copes with any alignment.
+                        let ev: FlowEvent =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
+                        drop(item);
+                        let key = ids
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&ev.id)
+                            .cloned();
+                        if let Some(k) = key {
+                            releaser.release(ev.id, &k);
+                        }
+                    }
+                }
+            })?;
+        Ok(FlowEvents {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for FlowEvents {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
