@@ -142,6 +142,7 @@ impl FlowSpec {
 struct Installed {
     id: u32,
     keys: [FlowKey; 2],
+    spec: FlowSpec,
 }
 
 /// The flows programmed into the data path, by the host's key for them.
@@ -191,15 +192,20 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         self.flows.keys()
     }
 
-    /// Installs (or replaces) the flow `key`. Its counters start at zero.
+    /// Installs (or replaces) the flow `key`; its counters start at zero. The same flow again
+    /// (an update of other fields) is left as it is, counters and hand-back mark included.
+    /// Returns whether the data path was written.
     pub fn install(
         &mut self,
         dp: &mut dyn Backend,
         key: K,
         spec: &FlowSpec,
-    ) -> Result<(), FlowError> {
+    ) -> Result<bool, FlowError> {
         // Validate before touching anything.
         spec.entries(0)?;
+        if self.flows.get(&key).is_some_and(|f| f.spec == *spec) {
+            return Ok(false);
+        }
         if self.flows.contains_key(&key) {
             self.remove(dp, &key)?;
         }
@@ -233,8 +239,15 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
             self.by_tuple.insert(k, key.clone());
         }
         self.ids().insert(id, key.clone());
-        self.flows.insert(key, Installed { id, keys });
-        Ok(())
+        self.flows.insert(
+            key,
+            Installed {
+                id,
+                keys,
+                spec: *spec,
+            },
+        );
+        Ok(true)
     }
 
     /// Removes the flow `key` (no error when it is not installed).
@@ -306,8 +319,11 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
 
 /// Hand-backs: which flows were released to the host already (by the [`FlowEvents`] thread or a
 /// later scan of the flags), so each is released once.
+/// Sends one hand-back to the host.
+pub type ReleaseFn<K> = Box<dyn Fn(&K) -> Result<(), String> + Send + Sync>;
+
 pub struct Releaser<K> {
-    release: Box<dyn Fn(&K) -> Result<(), String> + Send + Sync>,
+    release: ReleaseFn<K>,
     done: Mutex<HashSet<u32>>,
     pub released: AtomicU64,
     pub release_failed: AtomicU64,

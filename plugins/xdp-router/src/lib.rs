@@ -59,6 +59,7 @@
 //! by another run is detached first (see [`stale`]).
 
 pub mod dataplane;
+pub mod flow_api;
 pub mod flows;
 pub mod maps;
 pub mod netns;
@@ -74,10 +75,13 @@ use dataplane::{Backend, Dataplane, XdpMode};
 use ekho_plugin_api::object::neighbour::nud;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
 use ekho_plugin_api::prelude::*;
+use flows::{FlowEvents, FlowTable, Releaser};
 use maps::*;
 use resolver::{Asker, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The plugin's own configuration table.
@@ -158,6 +162,13 @@ pub struct XdpRouter {
     unprogrammed: BTreeSet<PrefixKey>,
     next_counter: u32,
     sync_seen: Option<HashSet<ObjectKey>>,
+    /// Offloaded conntrack flows.
+    flows: FlowTable<ObjectKey>,
+    /// Flows the data path saw FIN/RST on, handed back to the host once each.
+    releaser: Arc<Releaser<ObjectKey>>,
+    flow_events: Option<FlowEvents>,
+    /// Flows not taken (table full, a duplicate tuple, a protocol or family not run).
+    flows_refused: u64,
 }
 
 fn addr16(a: &IpAddress) -> (u8, [u8; 16]) {
@@ -854,6 +865,7 @@ impl XdpRouter {
             ObjectKind::Route => self.apply_route(c),
             ObjectKind::Rule => self.apply_rule(c),
             ObjectKind::NfChain => self.apply_nf_chain(c),
+            ObjectKind::Flow => self.apply_flow(c),
             _ => Outcome::Unsupported,
         }
     }
@@ -881,6 +893,10 @@ impl XdpRouter {
             host.clone(),
             Duration::from_millis(cfg.resolve_interval_ms as u64),
         );
+        let release_host = host.clone();
+        let releaser = Arc::new(Releaser::new(move |k: &ObjectKey| {
+            flow_api::release(&release_host, k)
+        }));
         let mut p = XdpRouter {
             cfg,
             globs,
@@ -901,9 +917,78 @@ impl XdpRouter {
             unprogrammed: BTreeSet::new(),
             next_counter: 0,
             sync_seen: None,
+            flows: FlowTable::new(MAX_FLOWS),
+            releaser,
+            flow_events: None,
+            flows_refused: 0,
         };
         p.write_config()?;
         Ok(p)
+    }
+
+    // ---- flows -------------------------------------------------------------------------------
+
+    fn apply_flow(&mut self, change: &Change) -> Outcome {
+        let Some((f, removed)) = flow_api::flow_of(change) else {
+            return Outcome::Unsupported;
+        };
+        let key = Object::Flow(f.clone()).key();
+        if removed {
+            let id = self.flows.id_of(&key);
+            let res = match self.dp.as_mut() {
+                Some(dp) => self.flows.remove(&mut **dp, &key),
+                None => Ok(false),
+            };
+            if let Some(id) = id {
+                self.releaser.forget(id);
+            }
+            return match res {
+                Ok(_) => Outcome::Offloaded,
+                Err(e) => Outcome::failed(e.to_string()),
+            };
+        }
+        let spec = match flow_api::spec_of(f) {
+            Ok(s) => s,
+            Err(e) => {
+                self.flows_refused += 1;
+                return Outcome::failed(e.to_string());
+            }
+        };
+        // An update that changes the tuples replaces the entries and starts the counters
+        // again; one of other fields (status, mark) leaves them.
+        let old_id = self.flows.id_of(&key);
+        let Some(dp) = self.dp.as_mut() else {
+            return Outcome::failed("data path is shut down");
+        };
+        match self.flows.install(&mut **dp, key, &spec) {
+            Ok(written) => {
+                if let (true, Some(id)) = (written, old_id) {
+                    self.releaser.forget(id);
+                }
+                Outcome::Offloaded
+            }
+            Err(e) => {
+                self.flows_refused += 1;
+                Outcome::failed(e.to_string())
+            }
+        }
+    }
+
+    /// Offloaded flows whose FIN/RST the event thread missed (ring full) are released here.
+    fn release_marked_flows(&self) {
+        let Some(dp) = self.dp.as_ref() else {
+            return;
+        };
+        for k in self.flows.handed_back(&**dp) {
+            if let Some(id) = self.flows.id_of(&k) {
+                self.releaser.release(id, &k);
+            }
+        }
+    }
+
+    /// Number of flows in the data path.
+    pub fn offloaded_flows(&self) -> usize {
+        self.flows.len()
     }
 
     /// Ifindexes with the program attached.
@@ -934,11 +1019,15 @@ impl Plugin for XdpRouter {
                 ));
             }
         }
-        let (dp, ring, _flow_ring) =
+        let (dp, ring, flow_ring) =
             Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         let mut p = XdpRouter::build(cfg, ctx.host, Box::new(dp))?;
         p.resolver = Some(
             Resolver::spawn(ring, p.asker.clone()).map_err(|e| format!("resolver thread: {e}"))?,
+        );
+        p.flow_events = Some(
+            FlowEvents::spawn(flow_ring, p.flows.shared_ids(), p.releaser.clone())
+                .map_err(|e| format!("flow events thread: {e}"))?,
         );
         Ok(p)
     }
@@ -952,8 +1041,14 @@ impl Plugin for XdpRouter {
                 ObjectKind::Route,
                 ObjectKind::Rule,
                 ObjectKind::NfChain,
+                ObjectKind::Flow,
             ])
             .families([Family::INET, Family::INET6])
+            // Flows: TCP and UDP, NAT (SNAT and DNAT, addresses and ports), as many as the
+            // data path's FLOWS map holds.
+            .flow_nat(true)
+            .flow_protocols([flows::IPPROTO_TCP, flows::IPPROTO_UDP])
+            .limit(ObjectKind::Flow, MAX_FLOWS as u64)
             .max_ecmp_width(MAX_LEGS as u32)
             // No route limit on purpose: a route the host refused would be invisible, and a
             // covering route could capture its traffic. A route the maps cannot hold (65536
@@ -1001,6 +1096,21 @@ impl Plugin for XdpRouter {
                 .filter(|(k, _)| !seen.contains(k))
                 .map(|(_, r)| Object::Rule(r.clone())),
         );
+        // Flows are removed by key (the sweep needs no object beyond its key).
+        let stale_flows: Vec<ObjectKey> = self
+            .flows
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .cloned()
+            .collect();
+        if let Some(dp) = self.dp.as_mut() {
+            for k in stale_flows {
+                if let Some(id) = self.flows.id_of(&k) {
+                    self.releaser.forget(id);
+                }
+                let _ = self.flows.remove(&mut **dp, &k);
+            }
+        }
         stale.extend(
             self.nf_chains
                 .iter()
@@ -1086,6 +1196,19 @@ impl Plugin for XdpRouter {
             .filter(|c| c.acts_on_forwarding())
             .count();
         s = s
+            .counter("flows", "offloaded", self.flows.len() as u64)
+            .counter("flows", "refused", self.flows_refused)
+            .counter(
+                "flows",
+                "released",
+                self.releaser.released.load(Ordering::Relaxed),
+            )
+            .counter(
+                "flows",
+                "release_failed",
+                self.releaser.release_failed.load(Ordering::Relaxed),
+            );
+        s = s
             .counter("netfilter", "chains", self.nf_chains.len() as u64)
             .counter("netfilter", "chains_acting", acting as u64);
         s = s
@@ -1125,10 +1248,33 @@ impl Plugin for XdpRouter {
         s
     }
 
+    fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
+        if kind != ObjectKind::Flow {
+            return Vec::new();
+        }
+        let Some(dp) = self.dp.as_ref() else {
+            return Vec::new();
+        };
+        // The host asks about once a second: a good time to release what the event thread
+        // could not (its ring full).
+        self.release_marked_flows();
+        self.flows
+            .keys()
+            .filter_map(|k| {
+                let c = self.flows.counters(&**dp, k)?;
+                Some(flow_api::object_stats(k.clone(), &c))
+            })
+            .collect()
+    }
+
     fn shutdown(&mut self) {
         if let Some(mut r) = self.resolver.take() {
             r.stop();
         }
+        if let Some(mut e) = self.flow_events.take() {
+            e.stop();
+        }
+        self.flows.clear();
         if let Some(mut dp) = self.dp.take() {
             for (i, e) in dp.detach_all() {
                 self.log(LogLevel::Warn, format!("detach XDP from ifindex {i}: {e}"));
@@ -1145,6 +1291,9 @@ impl Drop for XdpRouter {
     fn drop(&mut self) {
         if let Some(mut r) = self.resolver.take() {
             r.stop();
+        }
+        if let Some(mut e) = self.flow_events.take() {
+            e.stop();
         }
         self.dp.take();
     }

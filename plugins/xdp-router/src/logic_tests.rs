@@ -630,3 +630,170 @@ fn a_sync_punts_everything_until_it_ends() {
     p.end_sync();
     assert_eq!(f.st().config.flags, 0);
 }
+
+// ---- flows -----------------------------------------------------------------------------------
+
+/// A host that records the flows handed back.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<ObjectKey>>>);
+
+impl ekho_plugin_api::HostServices for Recorder {
+    fn request(
+        &self,
+        req: Request,
+    ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
+        match req {
+            Request::ReleaseFlow { key } => {
+                self.0.lock().unwrap().push(key);
+                abi_stable::std_types::RResult::ROk(())
+            }
+            r => abi_stable::std_types::RResult::RErr(format!("{r:?}").into()),
+        }
+    }
+    fn netns(&self) -> abi_stable::std_types::RString {
+        "".into()
+    }
+    fn log(&self, _level: LogLevel, _message: abi_stable::std_types::RStr<'_>) {}
+}
+
+fn flow(sport: u16, nat_port: u16) -> Flow {
+    let a = |s: &str| s.parse::<IpAddress>().unwrap();
+    Flow::new(
+        6,
+        FlowTuple {
+            src: a("10.0.1.2"),
+            dst: a("10.0.2.2"),
+            sport,
+            dport: 5201,
+        },
+        FlowTuple {
+            src: a("10.0.2.2"),
+            dst: a("10.0.2.1"),
+            sport: 5201,
+            dport: nat_port,
+        },
+    )
+}
+
+#[test]
+fn flows_are_declared_installed_updated_and_removed() {
+    let (mut p, f) = base("");
+    let caps = p.capabilities();
+    assert!(caps.takes_kind(ObjectKind::Flow));
+    assert!(caps.flows.nat);
+    assert!(caps.takes_flow(&flow(1, 2)));
+    assert!(!caps.takes_flow(&Flow {
+        protocol: 1,
+        ..flow(1, 2)
+    }));
+    let fl = flow(40000, 61000);
+    assert_eq!(
+        add(&mut p, vec![fl.clone().into()]),
+        vec![Outcome::Offloaded]
+    );
+    assert_eq!(f.st().flows.len(), 2, "one entry per direction");
+    assert_eq!(f.st().flow_stats.len(), 1);
+    // Counters as the data path leaves them: an update of other fields keeps them.
+    let id = *f.st().flow_stats.keys().next().unwrap();
+    f.st().flow_stats.get_mut(&id).unwrap().packets = [5, 3];
+    let upd = Flow {
+        status: fl.status | 4,
+        ..fl.clone()
+    };
+    let out = p.apply(&[Change::Update {
+        old: fl.clone().into(),
+        new: upd.clone().into(),
+    }]);
+    assert_eq!(out, vec![Outcome::Offloaded]);
+    let st = p.object_stats(ObjectKind::Flow);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].key, Object::Flow(fl.clone()).key());
+    assert_eq!(
+        st[0].counters.iter().map(|c| c.packets).collect::<Vec<_>>(),
+        vec![5, 3]
+    );
+    assert!(p.object_stats(ObjectKind::Route).is_empty());
+    // A changed reply tuple (another NAT port) replaces the entries, counters from zero.
+    let moved = flow(40000, 61001);
+    p.apply(&[Change::Update {
+        old: upd.into(),
+        new: moved.clone().into(),
+    }]);
+    assert_eq!(f.st().flows.len(), 2);
+    assert!(f.st().flows.keys().any(|k| u16::from_be(k.dport) == 61001));
+    assert_eq!(p.object_stats(ObjectKind::Flow)[0].counters[0].packets, 0);
+    p.apply(&[Change::Remove(moved.into())]);
+    assert!(f.st().flows.is_empty() && f.st().flow_stats.is_empty());
+}
+
+#[test]
+fn flows_it_cannot_run_fail_and_are_counted() {
+    let (mut p, f) = base("");
+    let icmp = Flow {
+        protocol: 1,
+        ..flow(1, 1)
+    };
+    let a = flow(40000, 61000);
+    // Same tuples as `a` in another zone: the data path has no zones.
+    let other_zone = Flow {
+        zone: 7,
+        ..a.clone()
+    };
+    let outs = add(&mut p, vec![icmp.into(), a.into(), other_zone.into()]);
+    assert!(
+        matches!(&outs[0], Outcome::Failed(m) if m.contains("TCP and UDP")),
+        "{outs:?}"
+    );
+    assert_eq!(outs[1], Outcome::Offloaded);
+    assert!(
+        matches!(&outs[2], Outcome::Failed(m) if m.contains("same")),
+        "{outs:?}"
+    );
+    assert_eq!(f.st().flows.len(), 2);
+    let refused = p
+        .stats()
+        .counters
+        .iter()
+        .find(|c| c.kind.as_str() == "flows" && c.name.as_str() == "refused")
+        .map(|c| c.value);
+    assert_eq!(refused, Some(2));
+}
+
+#[test]
+fn a_flow_marked_in_the_data_path_is_released_once_and_swept_by_a_sync() {
+    let fake = Fake::default();
+    let rec = Recorder::default();
+    let host = ekho_plugin_api::host::HostServices_TO::from_ptr(
+        abi_stable::std_types::RArc::new(rec.clone()),
+        abi_stable::sabi_trait::TD_Opaque,
+    );
+    let mut p = XdpRouter::with_backend("", host, Box::new(fake.clone())).unwrap();
+    let (a, b) = (flow(40000, 61000), flow(40001, 61001));
+    add(&mut p, vec![a.clone().into(), b.clone().into()]);
+    let key_a = Object::Flow(a.clone()).key();
+    // The data path saw a FIN on `a` (and the event thread is not running here).
+    let id_a = {
+        let st = fake.st();
+        st.flows
+            .iter()
+            .find(|(k, _)| u16::from_be(k.sport) == 40000)
+            .map(|(_, v)| v.id)
+            .unwrap()
+    };
+    fake.st().flow_stats.get_mut(&id_a).unwrap().flags = FLOW_HANDBACK;
+    p.object_stats(ObjectKind::Flow);
+    p.object_stats(ObjectKind::Flow);
+    assert_eq!(*rec.0.lock().unwrap(), vec![key_a.clone()], "released once");
+    // The host removes it; a new entry of the same tuple is a new flow.
+    p.apply(&[Change::Remove(a.clone().into())]);
+    add(&mut p, vec![a.clone().into()]);
+    p.object_stats(ObjectKind::Flow);
+    assert_eq!(rec.0.lock().unwrap().len(), 1, "the new flow is not marked");
+    // A resync that replays only `a` sweeps `b`.
+    p.begin_sync();
+    add(&mut p, vec![a.into()]);
+    p.end_sync();
+    assert_eq!(p.offloaded_flows(), 1);
+    assert_eq!(fake.st().flows.len(), 2);
+    assert_eq!(p.object_stats(ObjectKind::Flow)[0].key, key_a);
+}

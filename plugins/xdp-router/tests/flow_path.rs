@@ -339,7 +339,7 @@ fn nat_both_directions_tcp_udp_v4_v6() {
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
             n += 1;
             let spec = masq(proto, v6);
-            table.install(&mut rig.dp, n, &spec).unwrap();
+            assert!(table.install(&mut rig.dp, n, &spec).unwrap());
             // Original direction: SNAT to r:61000.
             let p = rig.pkt(proto, &spec.orig, false, b"hello, h2");
             let (v, out) = rig.run(&p, false);
@@ -465,7 +465,7 @@ fn fin_and_rst_hand_the_flow_back_and_ttl_expiry_goes_to_the_kernel() {
             reply: tuple("10.0.2.2", 5001, "10.0.2.1", 61000 + n as u16),
             ..masq(IPPROTO_TCP, false)
         };
-        table.install(&mut rig.dp, n, &spec).unwrap();
+        assert!(table.install(&mut rig.dp, n, &spec).unwrap());
         let mut p = rig.pkt(IPPROTO_TCP, &spec.orig, false, b"data");
         // TTL 1: to the kernel untouched, the flow stays.
         p.ttl = 1;
