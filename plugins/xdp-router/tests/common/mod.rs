@@ -4,6 +4,8 @@
 //! the plugin the changes and performs its neighbour-resolution requests with `ip neigh ... use`.
 #![allow(dead_code)]
 
+pub mod nat;
+
 use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
 use ekho_plugin_api::host::HostServices_TO;
 use ekho_plugin_api::object::rule::{PortRange, UidRange, FIB_RULE_INVERT};
@@ -811,11 +813,13 @@ pub fn diff(old: &BTreeMap<ObjectKey, Object>, new: &BTreeMap<ObjectKey, Object>
 // ---- host services ---------------------------------------------------------------------------
 
 /// A host for tests: performs `ResolveNeighbour` with `ip -n NS neigh replace ADDR dev DEV use`
-/// (NTF_USE: the kernel starts resolution), records requests and log lines.
+/// (NTF_USE: the kernel starts resolution), records requests (`ReleaseFlow` in `released`) and
+/// log lines.
 #[derive(Clone)]
 pub struct TestHost {
     pub ns: String,
     pub requests: Arc<Mutex<Vec<(u32, IpAddress)>>>,
+    pub released: Arc<Mutex<Vec<(ObjectKey, Instant)>>>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -824,6 +828,7 @@ impl TestHost {
         TestHost {
             ns: ns.into(),
             requests: Default::default(),
+            released: Default::default(),
             logs: Default::default(),
         }
     }
@@ -834,8 +839,13 @@ impl TestHost {
 
 impl HostServices for TestHost {
     fn request(&self, req: Request) -> RResult<(), RString> {
-        let Request::ResolveNeighbour { ifindex, addr } = req else {
-            return RResult::RErr(format!("test host: {req:?} not handled").into());
+        let (ifindex, addr) = match req {
+            Request::ResolveNeighbour { ifindex, addr } => (ifindex, addr),
+            Request::ReleaseFlow { key } => {
+                self.released.lock().unwrap().push((key, Instant::now()));
+                return RResult::ROk(());
+            }
+            req => return RResult::RErr(format!("test host: {req:?} not handled").into()),
         };
         self.requests.lock().unwrap().push((ifindex, addr));
         let links = json(&self.ns, "link show");
