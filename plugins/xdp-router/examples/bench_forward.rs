@@ -11,8 +11,14 @@
 //!    via h2 is then applied to the plugin (`Plugin::apply`, in-process) and the time to the first
 //!    packet received in h2 is measured (h2 accepts 10.88.0.0/16 as local).
 //!
+//! 4. NAT: r with conntrack and an nftables masquerade on p2; the same traffic (both sources)
+//!    forwarded by the kernel (conntrack and NAT) versus XDP with the conntrack entries the kernel
+//!    made offloaded as flows (`Change::Add(Object::Flow)`, in-process; SNAT in XDP), alternating
+//!    rounds in the same run.
+//!
 //! Run (root): `cargo run --release -p ekho-xdp-router --example bench_forward [-- SECONDS ROUNDS SENDERS]`
-//! (defaults 3 s, 3 rounds, 1 sender thread). Env: BENCH_SKIP_SOCKET=1 skips part 1,
+//! (defaults 3 s, 3 rounds, 1 sender thread). Env: BENCH_SKIP_SOCKET=1 skips part 1 and the
+//! socket half of part 4, BENCH_NAT_ONLY=1 runs part 4 alone,
 //! BENCH_DIAG=1 prints the veths' ethtool counters after each live-frame round. All forwarding work runs in softirq on the sending
 //! CPU (veth), so the figures are "packets one sending core gets through r to h2".
 
@@ -246,11 +252,9 @@ fn main() {
 
     // ---- 1. forwarding rate ----
     let (mut native, mut generic, mut kern) = (Vec::new(), Vec::new(), Vec::new());
-    let socket_rounds = if std::env::var_os("BENCH_SKIP_SOCKET").is_some() {
-        0
-    } else {
-        rounds
-    };
+    let skip_socket = std::env::var_os("BENCH_SKIP_SOCKET").is_some();
+    let nat_only = std::env::var_os("BENCH_NAT_ONLY").is_some();
+    let socket_rounds = if skip_socket || nat_only { 0 } else { rounds };
     for round in 0..socket_rounds {
         for (mode, out) in [("native", &mut native), ("skb", &mut generic)] {
             sysctl(&topo, "net.ipv4.ip_forward", "0");
@@ -283,6 +287,10 @@ fn main() {
     // ---- 2. the same with XDP frames offered to r (as from a NIC) ----
     // Receiving XDP frames on p1 needs NAPI there also without our program: GRO on.
     topo.exec(&topo.r, &["ethtool", "-K", "p1", "gro", "on"]);
+    if nat_only {
+        bench_nat(&topo, secs, rounds, senders, skip_socket);
+        return;
+    }
     let (mut lnative, mut lgeneric, mut lkern) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         for (mode, out) in [("native", &mut lnative), ("skb", &mut lgeneric)] {
@@ -416,4 +424,103 @@ fn main() {
         pct(&mut apply, 1.0)
     );
     assert_eq!(missed, 0, "a route change was never forwarded");
+
+    bench_nat(&topo, secs, rounds, senders, skip_socket);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// r's UDP conntrack entries from h1 (the benchmark's flows).
+fn udp_entries(topo: &Topo) -> Vec<common::nat::CtEntry> {
+    let out = topo.exec(
+        &topo.r,
+        &[
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "-s",
+            "10.0.1.2",
+            "-o",
+            "extended,id",
+        ],
+    );
+    out.lines()
+        .filter_map(common::nat::parse_ct_line)
+        .filter(|e| e.proto == "udp")
+        .collect()
+}
+
+/// Part 4: the forwarding rate of offloaded NAT flows in XDP against the kernel forwarding the
+/// same flows with conntrack and masquerade.
+fn bench_nat(topo: &Topo, secs: f64, rounds: usize, senders: usize, skip_socket: bool) {
+    let dir = TempDir::new();
+    common::nat::nft(topo, dir.path(), common::nat::NAT_RULES);
+    let (mut k_live, mut x_live, mut k_sock, mut x_sock) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // The kernel first: it also makes the conntrack entries the XDP round offloads.
+        sysctl(topo, "net.ipv4.ip_forward", "1");
+        let (rx, gen) = measure_live(topo, secs);
+        println!("round {round}: NAT, live frames, kernel (conntrack + masquerade) delivered {rx:>9.0} pps (offered {gen:>9.0} pps)");
+        k_live.push(rx);
+        if !skip_socket {
+            let (rx, tx) = measure(topo, secs, senders);
+            println!("round {round}: NAT, socket,      kernel (conntrack + masquerade) delivered {rx:>9.0} pps (sender {tx:>9.0} pps)");
+            k_sock.push(rx);
+        }
+        let entries = udp_entries(topo);
+        assert!(
+            entries.iter().all(|e| e.reply.1 == "10.0.2.1"),
+            "masqueraded behind r's p2: {entries:?}"
+        );
+        sysctl(topo, "net.ipv4.ip_forward", "0");
+        let mut m = start_plugin(topo, "xdp_mode = \"native\"");
+        let changes: Vec<Change> = entries
+            .iter()
+            .map(|e| Change::Add(Object::Flow(e.flow())))
+            .collect();
+        let outs = m.plugin.as_mut().unwrap().apply(&changes);
+        assert!(
+            outs.iter().all(|o| *o == Outcome::Offloaded),
+            "flows offloaded: {outs:?}"
+        );
+        let (rx, gen) = measure_live(topo, secs);
+        println!("round {round}: NAT, live frames, XDP flows ({} offloaded)          delivered {rx:>9.0} pps (offered {gen:>9.0} pps)", changes.len());
+        x_live.push(rx);
+        if !skip_socket {
+            let (rx, tx) = measure(topo, secs, senders);
+            println!("round {round}: NAT, socket,      XDP flows                         delivered {rx:>9.0} pps (sender {tx:>9.0} pps)");
+            x_sock.push(rx);
+        }
+        let flow_pkts: u64 = m
+            .plugin
+            .as_ref()
+            .unwrap()
+            .object_stats(ObjectKind::Flow)
+            .iter()
+            .flat_map(|s| s.counters.iter().map(|c| c.packets))
+            .sum();
+        let fwd = m.counter("xdp", "flow_forwarded");
+        m.shutdown();
+        assert!(
+            flow_pkts > 0 && fwd >= flow_pkts,
+            "the flows forwarded the traffic: flow counters {flow_pkts}, flow_forwarded {fwd}"
+        );
+    }
+    let (kl, xl) = (median(&mut k_live), median(&mut x_live));
+    println!(
+        "NAT forwarding rate, XDP frames offered (median of {rounds} x {secs} s): offloaded flow in XDP native {xl:.0} pps, kernel conntrack + masquerade {kl:.0} pps; ratio XDP/kernel = {:.2}",
+        xl / kl
+    );
+    if !skip_socket {
+        let (ks, xs) = (median(&mut k_sock), median(&mut x_sock));
+        println!(
+            "NAT forwarding rate, socket traffic (median of {rounds} x {secs} s, {senders} sender(s), 64 flows): offloaded flows in XDP native {xs:.0} pps, kernel conntrack + masquerade {ks:.0} pps; ratio XDP/kernel = {:.2}",
+            xs / ks
+        );
+    }
 }
