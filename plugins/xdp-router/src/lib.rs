@@ -6,6 +6,15 @@
 //! port forwards what it can and hands everything else to the kernel untouched (`XDP_PASS`).
 //!
 //! ## Data path (`bpf/xdp_router.bpf.c`)
+//! - Offloaded conntrack flows first (kind `flow`, API 1.2; [`flows`], [`flow_api`]): a TCP/UDP
+//!   packet whose 5-tuple is a flow's original or reply tuple is NATed to the other tuple
+//!   reversed (SNAT and DNAT, addresses and ports, checksums updated incrementally), its TTL /
+//!   hop limit decremented and it is routed by its new destination as below; counted per flow
+//!   and direction. This runs before the netfilter punt (the kernel applied NAT and verdict when
+//!   the flow was set up, as for its own flowtable). A TCP FIN or RST is passed to the kernel and
+//!   the flow marked (every later packet of it passed too) and handed back
+//!   (`Request::ReleaseFlow`). SYN, TTL expiry, over-MTU and missing routes or neighbours pass
+//!   the packet, the flow staying offloaded.
 //! - Lookup order = the kernel's default rules: table local (255), main (254), default (253); one
 //!   LPM trie per family keyed by (table, prefix). Routes in other tables are answered
 //!   `unsupported` (only policy rules can reach them, see below).
@@ -51,7 +60,9 @@
 //! ## Stats
 //! `port:<name>` forwarded / passed / dropped / forwarded_bytes (ingress), `route:<prefix>`
 //! (`route:<prefix>@<table>` outside main) packets / bytes (above 1000 prefixes only those with
-//! hits), `xdp` per pass/drop reason and resolution requests.
+//! hits), `xdp` per pass/drop reason and resolution requests, `flows` offloaded / refused /
+//! released / release_failed; per flow through `Plugin::object_stats` (packets, bytes, lastused
+//! of each direction).
 //!
 //! ## Lifecycle
 //! Programs are attached as `bpf_link`s owned by the plugin: `shutdown` (or drop, or the process
