@@ -63,6 +63,10 @@ impl Slot {
 /// How often the supervisor looks at the plugins (watchdog, restarts).
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
+/// How often the flows plugins report active have their conntrack timeouts refreshed (the
+/// plugins' counters are read about as often).
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// A plugin in sync this long has its restarts in a row forgotten.
 const RESTARTS_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
 
@@ -421,6 +425,28 @@ impl Daemon {
             }
             tracing::info!(plugin = %handle.status.lock().unwrap().name, "plugin stopped");
         }
+    }
+
+    /// The running plugins' per-flow counters, as their workers last read them.
+    fn plugin_flow_stats(&self) -> crate::flows::PluginFlowStats {
+        self.plugins
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|slot| match &slot.entry {
+                PluginEntry::Running { handle, .. } => {
+                    let s = handle.status.lock().unwrap();
+                    (!s.flow_stats.is_empty()).then(|| (s.name.clone(), s.flow_stats.clone()))
+                }
+                PluginEntry::Refused(_) => None,
+            })
+            .collect()
+    }
+
+    /// Refreshes the conntrack timeouts of the flows plugins report active.
+    fn keep_flows_alive(&self, ka: &mut crate::flows::KeepAlive) {
+        let stats = self.plugin_flow_stats();
+        self.flows.lock().unwrap().keep_alive(&stats, ka);
     }
 
     /// One look at every plugin: a call running past its `call_timeout_ms` marks the plugin
@@ -849,7 +875,12 @@ impl control::Service for Daemon {
 
     /// `ekho dump flows --json`.
     fn flows(&self, stats: bool) -> Value {
-        self.flows.lock().unwrap().dump(stats)
+        let plugins = if stats {
+            self.plugin_flow_stats()
+        } else {
+            Vec::new()
+        };
+        self.flows.lock().unwrap().dump(stats, &plugins)
     }
 
     /// `ekho dump qdiscs|classes|filters|chains|actions --json`.
@@ -1015,11 +1046,17 @@ async fn run_bound(
     std::thread::Builder::new()
         .name("supervisor".into())
         .spawn(move || {
+            let mut ka = crate::flows::KeepAlive::default();
+            let mut ka_at = Instant::now();
             while let Some(d) = weak.upgrade() {
                 if *d.phase.lock().unwrap() == Phase::Stopping {
                     break;
                 }
                 d.supervise();
+                if ka_at.elapsed() >= KEEP_ALIVE_EVERY {
+                    ka_at = Instant::now();
+                    d.keep_flows_alive(&mut ka);
+                }
                 // Armed by systemd once READY=1 is sent (start-up has TimeoutStartSec).
                 if *d.phase.lock().unwrap() == Phase::Running {
                     watchdog.feed();
@@ -1061,9 +1098,11 @@ async fn run_bound(
         *daemon.ebpf.lock().unwrap() = entry;
     }
     let (cfg, ns) = (daemon.config.flows.clone(), netns.clone());
-    let flows = tokio::task::spawn_blocking(move || crate::flows::Flows::start(&cfg, ns)).await?;
+    let mirror = daemon.mirror.clone();
+    let flows =
+        tokio::task::spawn_blocking(move || crate::flows::Flows::start(&cfg, ns, &mirror)).await?;
     *daemon.flows.lock().unwrap() = flows;
-    tokio::spawn(serve_plugin_requests(daemon.mirror.clone(), requests_rx));
+    tokio::spawn(serve_plugin_requests(daemon.clone(), requests_rx));
     daemon.set_phase(Phase::Running);
     tracing::info!(socket = %socket.display(), "ekho running");
     crate::systemd::ready();
@@ -1353,14 +1392,28 @@ fn log_hooks(src: &EbpfSource) {
     );
 }
 
-/// Carries out the plugins' requests to the host (next-hop resolution), until every plugin's
-/// sender is gone.
+/// Carries out the plugins' requests to the host (next-hop resolution, flows handed back),
+/// until every plugin's sender is gone.
 async fn serve_plugin_requests(
-    mirror: Mirror,
+    daemon: Arc<Daemon>,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Request)>,
 ) {
+    let mirror = daemon.mirror.clone();
     while let Some((plugin, req)) = requests.recv().await {
         match req {
+            Request::ReleaseFlow { key } => {
+                let d = daemon.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let r = d.flows.lock().unwrap().release(&key);
+                    (r, key)
+                })
+                .await;
+                match r {
+                    Ok((Ok(()), key)) => tracing::debug!(%plugin, ?key, "flow handed back"),
+                    Ok((Err(e), _)) => tracing::debug!(%plugin, "flow not handed back: {e}"),
+                    Err(e) => tracing::warn!(%plugin, "release task: {e}"),
+                }
+            }
             Request::ResolveNeighbour { ifindex, addr } => {
                 let m = mirror.clone();
                 let r =

@@ -8,11 +8,15 @@
 pub mod policy;
 
 use crate::config::FlowsConfig;
-use ekho_mirror::conntrack::message::status;
-use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack};
-use ekho_mirror::conntrack::{Flow, Tuple};
-use serde_json::{json, Map, Value};
+use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack, Observer};
+use ekho_mirror::conntrack::{Flow, Table, Tuple};
+use ekho_mirror::Mirror;
+use ekho_plugin_api::object::flow::FlowTuple;
+use ekho_plugin_api::{ObjectKey, ObjectStats};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Default `[flows] limit`: the most conntrack entries mirrored (about 225 bytes each, so about
@@ -40,26 +44,179 @@ pub enum Flows {
         limit: usize,
         /// `[[flows.offload]]`.
         rules: Vec<policy::Rule>,
+        /// Entries handed back by a plugin (`Request::ReleaseFlow`), by key, with their
+        /// conntrack id: not offered again while that entry lives.
+        released: Released,
+        /// Where the candidates go.
+        mirror: Mirror,
+        /// The timeouts the keep-alive sets.
+        timeouts: Timeouts,
     },
 }
 
+/// The timeouts the kernel gives an entry on each packet, read from the mirrored netns's
+/// sysctls at start: the keep-alive sets what the kernel would have set had it seen the
+/// plugin's packets, so once they stop the entry expires as it would in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `nf_conntrack_tcp_timeout_established`.
+    pub tcp: u32,
+    /// `nf_conntrack_udp_timeout_stream` (an assured UDP entry's).
+    pub udp: u32,
+    /// `nf_conntrack_generic_timeout`.
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    /// The kernel's defaults.
+    fn default() -> Timeouts {
+        Timeouts {
+            tcp: 432_000,
+            udp: 120,
+            other: 600,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Read in `netns` (the kernel's defaults for what cannot be read).
+    pub fn read(netns: Option<PathBuf>) -> Timeouts {
+        let read = move || {
+            if let Some(p) = &netns {
+                ekho_mirror::source::enter_netns(p).ok()?;
+            }
+            let get = |name: &str| -> Option<u32> {
+                std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let d = Timeouts::default();
+            Some(Timeouts {
+                tcp: get("nf_conntrack_tcp_timeout_established").unwrap_or(d.tcp),
+                udp: get("nf_conntrack_udp_timeout_stream").unwrap_or(d.udp),
+                other: get("nf_conntrack_generic_timeout").unwrap_or(d.other),
+            })
+        };
+        // On a thread of its own: entering the netns changes the calling thread's.
+        std::thread::spawn(read)
+            .join()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn of(&self, protocol: u8) -> u32 {
+        match protocol {
+            6 => self.tcp,
+            17 | 136 => self.udp,
+            _ => self.other,
+        }
+    }
+}
+
+/// The keep-alive's memory: each flow's latest `lastused` over the plugins, as last read.
+#[derive(Default)]
+pub struct KeepAlive {
+    last: HashMap<ObjectKey, u64>,
+}
+
+/// The plugins' per-flow counters as last read: (plugin name, its stats).
+pub type PluginFlowStats = Vec<(String, Arc<Vec<ObjectStats>>)>;
+
+/// Entries handed back, by (zone, original tuple), with the id of the entry handed back.
+type Released = Arc<Mutex<HashMap<(u16, Tuple), u32>>>;
+
+/// The plugin API's flow of a conntrack entry (the one conversion): what a dataplane needs,
+/// nothing that changes by itself (timeout, counters), so an entry's refresh emits no change.
+pub fn api_flow(f: &Flow) -> ekho_plugin_api::object::Flow {
+    let mut a =
+        ekho_plugin_api::object::Flow::new(f.orig.proto, api_tuple(&f.orig), api_tuple(&f.reply));
+    a.family = ekho_plugin_api::object::Family(f.family);
+    a.zone = f.zone;
+    a.mark = f.mark;
+    a.status = f.status;
+    a.id = f.id;
+    a
+}
+
+fn api_tuple(t: &Tuple) -> FlowTuple {
+    FlowTuple {
+        src: t.src.into(),
+        dst: t.dst.into(),
+        sport: t.sport,
+        dport: t.dport,
+    }
+}
+
+/// The plugin API's key of the entry under (zone, original tuple).
+pub fn flow_key(zone: u16, orig: &Tuple) -> ObjectKey {
+    ObjectKey::Flow {
+        family: ekho_plugin_api::object::IpAddress::from(orig.src).family(),
+        protocol: orig.proto,
+        zone,
+        original: api_tuple(orig),
+    }
+}
+
+/// What the conntrack source tells of each batch: the candidates among the touched entries go
+/// to the mirror as flows, the others (gone, no longer candidates, handed back) leave it.
+fn observer(rules: Vec<policy::Rule>, released: Released, mirror: Mirror) -> Observer {
+    Box::new(move |t: &Table, keys: Vec<(u16, Tuple)>| {
+        let p = policy::Policy { rules: &rules };
+        let mut rel = released.lock().unwrap();
+        let (mut put, mut del) = (Vec::new(), Vec::new());
+        let mut seen = HashSet::with_capacity(keys.len());
+        for k in keys {
+            if !seen.insert(k) {
+                continue;
+            }
+            match t.get(k.0, &k.1) {
+                Some(f) => {
+                    // A new entry of a tuple handed back is offered as any other.
+                    if rel.get(&k).is_some_and(|id| *id != f.id) {
+                        rel.remove(&k);
+                    }
+                    if p.candidate(f) && !rel.contains_key(&k) {
+                        put.push(api_flow(f));
+                    } else {
+                        del.push(flow_key(k.0, &k.1));
+                    }
+                }
+                None => {
+                    rel.remove(&k);
+                    del.push(flow_key(k.0, &k.1));
+                }
+            }
+        }
+        mirror.update_flows(put, del);
+    })
+}
+
 impl Flows {
-    /// Starts the source in `netns` by `cfg`; waits a little for its first dump, so that a
-    /// netns without ctnetlink says so at once.
-    pub fn start(cfg: &FlowsConfig, netns: Option<PathBuf>) -> Flows {
+    /// Starts the source in `netns` by `cfg`, its offload candidates kept in `mirror` as flows;
+    /// waits a little for its first dump, so that a netns without ctnetlink says so at once.
+    pub fn start(cfg: &FlowsConfig, netns: Option<PathBuf>, mirror: &Mirror) -> Flows {
         if !cfg.enabled.unwrap_or(true) {
             return Flows::Disabled;
         }
         let limit = cfg.limit.unwrap_or(DEFAULT_LIMIT);
-        let source = match Conntrack::spawn(SourceConfig {
-            netns,
-            rcvbuf: cfg.rcvbuf.unwrap_or(DEFAULT_RCVBUF),
-            limit,
-            refresh: match cfg.refresh_s.unwrap_or(DEFAULT_REFRESH_S) {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
+        let released = Released::default();
+        let timeouts = Timeouts::read(netns.clone());
+        let obs = observer(cfg.offload.clone(), released.clone(), mirror.clone());
+        let source = match Conntrack::spawn_observed(
+            SourceConfig {
+                netns,
+                rcvbuf: cfg.rcvbuf.unwrap_or(DEFAULT_RCVBUF),
+                limit,
+                refresh: match cfg.refresh_s.unwrap_or(DEFAULT_REFRESH_S) {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                },
             },
-        }) {
+            Some(obs),
+        ) {
             Ok(s) => s,
             Err(e) => return Flows::Unavailable(unavailable(&e.to_string(), e.errno())),
         };
@@ -81,6 +238,115 @@ impl Flows {
             source,
             limit,
             rules: cfg.offload.clone(),
+            released,
+            mirror: mirror.clone(),
+            timeouts,
+        }
+    }
+
+    /// The keep-alive, once a second: every flow whose `lastused` advanced in some plugin
+    /// since the last reading has its conntrack timeout set to what the kernel would set
+    /// ([`Timeouts`]); a flow no plugin reports active is left to the kernel's timeout.
+    /// Returns how many were refreshed.
+    pub fn keep_alive(&self, stats: &PluginFlowStats, ka: &mut KeepAlive) -> usize {
+        let Flows::Running {
+            source, timeouts, ..
+        } = self
+        else {
+            return 0;
+        };
+        let mut latest: HashMap<ObjectKey, u64> = HashMap::new();
+        for (_, v) in stats {
+            for s in v.iter() {
+                let e = latest.entry(s.key.clone()).or_default();
+                *e = (*e).max(s.lastused());
+            }
+        }
+        let mut reqs = Vec::new();
+        for (k, &lu) in &latest {
+            let ObjectKey::Flow {
+                family,
+                protocol,
+                zone,
+                original,
+            } = k
+            else {
+                continue;
+            };
+            if lu > ka.last.get(k).copied().unwrap_or(0) {
+                reqs.push(ekho_mirror::conntrack::source::KeepAlive {
+                    family: family.0,
+                    zone: *zone,
+                    orig: Tuple {
+                        src: original.src.into(),
+                        dst: original.dst.into(),
+                        proto: *protocol,
+                        sport: original.sport,
+                        dport: original.dport,
+                        zone: 0,
+                    },
+                    timeout_s: timeouts.of(*protocol),
+                });
+            }
+        }
+        ka.last = latest;
+        if !reqs.is_empty() {
+            source.keep_alive(&reqs);
+        }
+        reqs.len()
+    }
+
+    /// A plugin hands the flow `key` back to the kernel (`Request::ReleaseFlow`): it leaves
+    /// every plugin and is not offered again while this conntrack entry lives. `Err` says why
+    /// not (not a flow key, no such entry).
+    pub fn release(&self, key: &ObjectKey) -> Result<(), String> {
+        let Flows::Running {
+            source,
+            released,
+            mirror,
+            ..
+        } = self
+        else {
+            return Err("conntrack is not mirrored".into());
+        };
+        let ObjectKey::Flow {
+            zone,
+            original,
+            protocol,
+            ..
+        } = key
+        else {
+            return Err(format!("not a flow's key: {key:?}"));
+        };
+        let t = source.table();
+        let orig = Tuple {
+            src: original.src.into(),
+            dst: original.dst.into(),
+            proto: *protocol,
+            sport: original.sport,
+            dport: original.dport,
+            zone: 0,
+        };
+        // A tuple with a zone of its own direction (`CTA_TUPLE_ZONE`) is found by a scan.
+        let f = t
+            .get(*zone, &orig)
+            .or_else(|| {
+                t.flows().find(|f| {
+                    f.zone == *zone && f.orig.proto == *protocol && api_tuple(&f.orig) == *original
+                })
+            })
+            .ok_or_else(|| format!("no conntrack entry for {key:?} (gone already)"))?;
+        let k = f.key();
+        released.lock().unwrap().insert(k, f.id);
+        mirror.update_flows(Vec::new(), vec![flow_key(k.0, &k.1)]);
+        Ok(())
+    }
+
+    /// Entries handed back and still in the table.
+    pub fn released(&self) -> usize {
+        match self {
+            Flows::Running { released, .. } => released.lock().unwrap().len(),
+            _ => 0,
         }
     }
 
@@ -122,6 +388,7 @@ impl Flows {
                     "overruns": st.overruns,
                     "resyncs": st.resyncs,
                     "refreshes": st.refreshes,
+                    "released": self.released(),
                     "kept_alive": st.kept_alive,
                     "keep_alive_failed": st.keep_alive_failed,
                 });
@@ -134,8 +401,18 @@ impl Flows {
     }
 
     /// `ekho dump flows --json`: `{"flows": [...]}` in a stable order (family, protocol,
-    /// original tuple), with `"stats"` (the status counters) when asked.
-    pub fn dump(&self, stats: bool) -> Value {
+    /// original tuple), with `"stats"` (the status counters) and each offloaded flow's
+    /// `"offload"` (the plugins' counters, beside the kernel's) when asked.
+    pub fn dump(&self, stats: bool, plugins: &PluginFlowStats) -> Value {
+        let mut by_key: HashMap<&ObjectKey, Vec<(&str, &ObjectStats)>> = HashMap::new();
+        if stats {
+            for (name, v) in plugins {
+                for s in v.iter() {
+                    by_key.entry(&s.key).or_default().push((name, s));
+                }
+            }
+        }
+        let now = monotonic_ns();
         let mut flows: Vec<Flow> = match self {
             Flows::Running { source, .. } => source.table().flows().cloned().collect(),
             _ => Vec::new(),
@@ -147,6 +424,13 @@ impl Flows {
             .map(|f| {
                 let mut j = flow_json(f);
                 j["candidate"] = p.candidate(f).into();
+                if let Some(v) = by_key.get(&flow_key(f.zone, &f.orig)) {
+                    j["offload"] = v
+                        .iter()
+                        .map(|(name, s)| offload_json(name, s, now))
+                        .collect::<Vec<_>>()
+                        .into();
+                }
                 j
             })
             .collect();
@@ -158,6 +442,34 @@ impl Flows {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `ObjectCounters::lastused`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writing into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One plugin's counters of a flow: `{"plugin", "original": {"packets", "bytes", "drops",
+/// "last_used"}, "reply": {...}}`, `last_used` in seconds ago as `tc -s` says it (absent:
+/// never).
+fn offload_json(plugin: &str, s: &ObjectStats, now: u64) -> Value {
+    let dir = |i: usize| -> Value {
+        let Some(c) = s.counters.get(i) else {
+            return Value::Null;
+        };
+        let mut m = json!({"packets": c.packets, "bytes": c.bytes, "drops": c.drops});
+        if c.lastused != 0 {
+            m["last_used"] = (now.saturating_sub(c.lastused) / 1_000_000_000).into();
+        }
+        m
+    };
+    json!({"plugin": plugin, "original": dir(0), "reply": dir(1)})
+}
+
 fn unavailable(why: &str, errno: Option<i32>) -> String {
     let hint = match errno {
         Some(libc::EPROTONOSUPPORT) | Some(libc::EOPNOTSUPP) | Some(libc::ENOENT) => {
@@ -167,21 +479,6 @@ fn unavailable(why: &str, errno: Option<i32>) -> String {
         _ => "",
     };
     format!("conntrack cannot be mirrored: {why}{hint}")
-}
-
-/// conntrack's name of an IP protocol (`conntrack -L`'s first column; the number otherwise).
-pub fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        33 => "dccp".into(),
-        47 => "gre".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        136 => "udplite".into(),
-        n => n.to_string(),
-    }
 }
 
 /// conntrack's name of a TCP state (`CTA_PROTOINFO_TCP_STATE`).
@@ -201,62 +498,21 @@ pub fn tcp_state_name(s: u8) -> &'static str {
     }
 }
 
-/// The flags `conntrack -L` prints in brackets, in its order.
-pub fn flags(status_bits: u32) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if status_bits & status::SEEN_REPLY == 0 {
-        v.push("UNREPLIED");
-    }
-    if status_bits & status::ASSURED != 0 {
-        v.push("ASSURED");
-    }
-    if status_bits & status::OFFLOAD != 0 {
-        v.push("OFFLOAD");
-    }
-    v
-}
-
-fn tuple_json(t: &Tuple, c: Option<ekho_mirror::conntrack::Counters>) -> Value {
-    let mut m = Map::new();
-    m.insert("src".into(), t.src.to_string().into());
-    m.insert("dst".into(), t.dst.to_string().into());
-    if t.proto == 1 || t.proto == 58 {
-        m.insert("type".into(), (t.dport >> 8).into());
-        m.insert("code".into(), (t.dport & 0xff).into());
-        m.insert("id".into(), t.sport.into());
-    } else {
-        m.insert("sport".into(), t.sport.into());
-        m.insert("dport".into(), t.dport.into());
-    }
-    if let Some(c) = c {
-        m.insert("packets".into(), c.packets.into());
-        m.insert("bytes".into(), c.bytes.into());
-    }
-    Value::Object(m)
-}
-
-/// One entry in JSON, conntrack's field names (the one JSON form of a flow).
+/// One entry in JSON, conntrack's field names (the one JSON form of a flow): the plugin API's
+/// form of the flow ([`api_flow`], `Flow::to_json`) with what the kernel alone knows: timeout,
+/// TCP state, counters, labels, use count.
 pub fn flow_json(f: &Flow) -> Value {
-    let mut m = Map::new();
-    let (fam, famnum) = if f.family == 10 {
-        ("ipv6", 10)
-    } else {
-        ("ipv4", 2)
-    };
-    m.insert("family".into(), fam.into());
-    m.insert("l3protonum".into(), famnum.into());
-    m.insert("proto".into(), proto_name(f.orig.proto).into());
-    m.insert("protonum".into(), f.orig.proto.into());
+    let mut v = api_flow(f).to_json();
+    let m = v.as_object_mut().expect("a flow's JSON is an object");
     m.insert("timeout".into(), f.timeout.into());
     if let Some(s) = f.tcp_state {
         m.insert("state".into(), tcp_state_name(s).into());
     }
-    m.insert("original".into(), tuple_json(&f.orig, f.counters_orig));
-    m.insert("reply".into(), tuple_json(&f.reply, f.counters_reply));
-    m.insert("flags".into(), flags(f.status).into());
-    m.insert("mark".into(), f.mark.into());
-    if f.zone != 0 {
-        m.insert("zone".into(), f.zone.into());
+    for (dir, c) in [("original", f.counters_orig), ("reply", f.counters_reply)] {
+        if let (Some(c), Some(t)) = (c, m.get_mut(dir).and_then(Value::as_object_mut)) {
+            t.insert("packets".into(), c.packets.into());
+            t.insert("bytes".into(), c.bytes.into());
+        }
     }
     if let Some(l) = f.labels {
         let hex: String = l.iter().map(|b| format!("{b:02x}")).collect();
@@ -266,13 +522,13 @@ pub fn flow_json(f: &Flow) -> Value {
     if f.use_count != 0 {
         m.insert("use".into(), f.use_count.into());
     }
-    m.insert("id".into(), f.id.into());
-    Value::Object(m)
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ekho_mirror::conntrack::message::status;
 
     fn flow() -> Flow {
         let a = |s: &str| s.parse().unwrap();

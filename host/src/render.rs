@@ -233,14 +233,16 @@ pub fn status(v: &Value) -> String {
         if !c["flows"].is_null() {
             let _ = write!(
                 out,
-                " flows={} candidates={} limit={} refused={} events={} overruns={} resyncs={}",
+                " flows={} candidates={} limit={} refused={} events={} overruns={} resyncs={} kept_alive={} released={}",
                 c["flows"],
                 c["candidates"],
                 c["limit"],
                 c["refused"],
                 c["events"],
                 c["overruns"],
-                c["resyncs"]
+                c["resyncs"],
+                c["kept_alive"],
+                c["released"]
             );
         }
         out.push('\n');
@@ -288,6 +290,9 @@ pub fn status(v: &Value) -> String {
         }
         if p["restarts"].as_u64().unwrap_or(0) > 0 {
             let _ = writeln!(out, "    restarts: {}", p["restarts"]);
+        }
+        if p["flows_offloaded"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(out, "    flows offloaded: {}", p["flows_offloaded"]);
         }
         for c in p["counters"].as_array().into_iter().flatten() {
             let _ = writeln!(
@@ -494,6 +499,18 @@ pub fn flow_line(f: &Value) -> String {
     for k in ["mark", "zone", "labels", "use"] {
         if !f[k].is_null() {
             let _ = write!(out, " {k}={}", scalar(&f[k]));
+        }
+    }
+    // `--stats`: each plugin's counters of the flow, after the kernel's, in the same words.
+    for o in f["offload"].as_array().into_iter().flatten() {
+        let _ = write!(out, " [OFFLOAD {}]", scalar(&o["plugin"]));
+        for dir in ["original", "reply"] {
+            let d = &o[dir];
+            for k in ["packets", "bytes", "drops", "last_used"] {
+                if !d[k].is_null() {
+                    let _ = write!(out, " {k}={}", scalar(&d[k]));
+                }
+            }
         }
     }
     out

@@ -252,6 +252,27 @@ impl Mirror {
         self.len() == 0
     }
 
+    /// Sets the conntrack flows offered to plugins (kind `flow`): `put` adds or replaces (an
+    /// unchanged flow emits nothing), `del` removes (absent keys are ignored), and the net
+    /// changes go to the listeners in one batch. The daemon's offload policy calls this from
+    /// the conntrack source's thread: flows are not in the rtnetlink dump, and its resyncs
+    /// never sweep them.
+    pub fn update_flows(&self, put: Vec<ekho_plugin_api::object::Flow>, del: Vec<ObjectKey>) {
+        let mut g = self.inner.lock().unwrap();
+        for k in &del {
+            if k.kind() == ObjectKind::Flow {
+                g.state.del(k);
+            }
+        }
+        for f in put {
+            let o = Object::Flow(f);
+            if g.state.objs.get(&o.key()) != Some(&o) {
+                g.state.put(o);
+            }
+        }
+        g.emit();
+    }
+
     /// The tc state: qdiscs, classes, chains, filters and actions (see [`state::tc`]).
     pub fn tc(&self) -> state::tc::Tc {
         self.inner.lock().unwrap().state.tc.clone()

@@ -28,7 +28,6 @@ pub trait Binding: Send {
     fn end_sync(&mut self) -> RResult<(), RString>;
     fn stats(&self) -> RResult<Stats, RString>;
     /// Per-object counters (API 1.2; plugins of older minors have none).
-    #[allow(dead_code)] // read by the flow keep-alive, which lands next
     fn object_stats(&self, kind: ObjectKind) -> RResult<RVec<ObjectStats>, RString>;
     fn shutdown(&mut self) -> RResult<(), RString>;
 }

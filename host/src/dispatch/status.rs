@@ -85,6 +85,16 @@ pub struct PluginStatus {
     pub stats_text: String,
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub recent_failures: VecDeque<FailureRecord>,
+    /// Conntrack flows held with outcome `offloaded` (rendered from `per_outcome`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flows_offloaded: u64,
+    /// The plugin's per-flow counters, as last read (`object_stats`, about once a second).
+    #[serde(skip)]
+    pub flow_stats: std::sync::Arc<Vec<ekho_plugin_api::ObjectStats>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PluginStatus {
@@ -120,6 +130,7 @@ impl PluginStatus {
 
     /// Renders `outcomes` (by kind and outcome name) from `per_outcome`, for a snapshot.
     pub(super) fn fill_outcomes(&mut self) {
+        self.flows_offloaded = self.per_outcome[ObjectKind::Flow.index()][0];
         let per_outcome = &self.per_outcome;
         self.outcomes = ObjectKind::ALL
             .iter()

@@ -116,6 +116,10 @@ impl Worker {
             if let Err(reason) = result {
                 self.fail(reason);
             }
+            // Counters go on being read under load too (flows' keep-alive depends on them).
+            if self.last_stats.elapsed() >= STATS_EVERY {
+                self.refresh_stats();
+            }
         }
         // Failed: never call the plugin again, not even shutdown; wait to be stopped.
         self.queue.wait_shutdown();
@@ -338,6 +342,12 @@ impl Worker {
                 s.stats_text = st.text.to_string();
             }
             Err(e) => self.fail(e.to_string()),
+        }
+        if self.caps.takes_kind(ObjectKind::Flow) && !self.failed {
+            match self.plugin.object_stats(ObjectKind::Flow).into_result() {
+                Ok(v) => self.status.lock().unwrap().flow_stats = Arc::new(v.into_vec()),
+                Err(e) => self.fail(e.to_string()),
+            }
         }
         let depth = self.queue.depth();
         let dropped = self.queue.events_dropped();

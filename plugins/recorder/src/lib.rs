@@ -21,6 +21,13 @@
 //!   backend, to test the host's watchdog).
 //! - `shutdown_delay_ms`: sleep this long in `shutdown` (a slow release of hardware, to test
 //!   hosts' shutdown bound).
+//! - `flows_active_path`: while this file exists, every flow held is reported active by
+//!   `object_stats` (one packet of 100 bytes more each way per call, `lastused` now), as a
+//!   dataplane forwarding it would; otherwise its counters stay (idle).
+//! - `release_flows_path`: once this file exists, every flow held is handed back to the kernel
+//!   (`Request::ReleaseFlow`, as a dataplane that saw a FIN would), once each.
+//!
+//! Flows (API 1.2) are taken NAT included unless `kinds` leaves them out.
 //!
 //! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
 //! "begin_sync"|"end_sync"|"sweep","kind":"route"|...,"object":{...}}` with iproute2 field names
@@ -51,6 +58,26 @@ struct Config {
     panic_once_flag: Option<PathBuf>,
     hang_after: Option<u64>,
     shutdown_delay_ms: Option<u64>,
+    flows_active_path: Option<PathBuf>,
+    release_flows_path: Option<PathBuf>,
+}
+
+/// A flow held: its counters (both directions alike) and whether it was handed back.
+#[derive(Default, Clone, Copy)]
+struct HeldFlow {
+    counters: ObjectCounters,
+    released: bool,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `ObjectCounters::lastused`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writing into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 struct Recorder {
@@ -66,6 +93,9 @@ struct Recorder {
     kept: u64,
     swept: u64,
     counts: BTreeMap<&'static str, u64>,
+    host: HostHandle,
+    /// Flows held, by key (counters change in `object_stats`, which takes `&self`).
+    flows: std::sync::Mutex<BTreeMap<ObjectKey, HeldFlow>>,
 }
 
 fn key_string(o: &Object) -> String {
@@ -73,6 +103,24 @@ fn key_string(o: &Object) -> String {
 }
 
 impl Recorder {
+    /// Hands every flow held back, once each, when `release_flows_path` exists.
+    fn release_flows(&self) {
+        if !self
+            .cfg
+            .release_flows_path
+            .as_ref()
+            .is_some_and(|p| p.exists())
+        {
+            return;
+        }
+        for (k, f) in self.flows.lock().unwrap().iter_mut() {
+            if !f.released {
+                f.released = true;
+                let _ = self.host.request(Request::ReleaseFlow { key: k.clone() });
+            }
+        }
+    }
+
     fn line(
         &mut self,
         stream: &str,
@@ -180,7 +228,7 @@ impl Plugin for Recorder {
         if let Some(p) = &cfg.ports {
             caps = caps.port_names(p.clone());
         }
-        caps = caps.nexthop_objects(true);
+        caps = caps.nexthop_objects(true).flow_nat(true);
         for (k, n) in cfg.limits.iter().flatten() {
             let kind = ObjectKind::from_name(k)
                 .ok_or_else(|| format!("unknown kind {k:?} in recorder limits"))?;
@@ -224,6 +272,8 @@ impl Plugin for Recorder {
             kept: 0,
             swept: 0,
             counts: BTreeMap::new(),
+            host: ctx.host,
+            flows: Default::default(),
         })
     }
 
@@ -261,6 +311,13 @@ impl Plugin for Recorder {
             let json = record["object"].clone();
             self.record("netlink", record);
             *self.counts.entry(kind.plural()).or_default() += 1;
+            if kind == ObjectKind::Flow {
+                let mut flows = self.flows.lock().unwrap();
+                match c {
+                    Change::Remove(o) => flows.remove(&o.key()),
+                    _ => flows.insert(o.key(), HeldFlow::default()),
+                };
+            }
             match c {
                 Change::Remove(_) => {
                     self.view.remove(&key);
@@ -282,7 +339,34 @@ impl Plugin for Recorder {
         if let Err(e) = self.write_view() {
             let _ = writeln!(std::io::stderr(), "recorder: cannot write view: {e}");
         }
+        self.release_flows();
         out
+    }
+
+    fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
+        if kind != ObjectKind::Flow {
+            return Vec::new();
+        }
+        self.release_flows();
+        let active = self
+            .cfg
+            .flows_active_path
+            .as_ref()
+            .is_some_and(|p| p.exists());
+        let now = monotonic_ns();
+        let mut flows = self.flows.lock().unwrap();
+        flows
+            .iter_mut()
+            .filter(|(_, f)| !f.released)
+            .map(|(k, f)| {
+                if active {
+                    f.counters.packets += 1;
+                    f.counters.bytes += 100;
+                    f.counters.lastused = now;
+                }
+                ObjectStats::flow(k.clone(), f.counters, f.counters)
+            })
+            .collect()
     }
 
     fn notify(&mut self, events: &[NotifierEvent]) {

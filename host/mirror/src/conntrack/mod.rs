@@ -47,6 +47,8 @@ pub struct Table {
     stats: Stats,
     /// A dump was reconciled already.
     reconciled: bool,
+    /// Keys added, changed or removed since [`Table::take_touched`], when tracked.
+    touched: Option<Vec<(u16, Tuple)>>,
 }
 
 impl Table {
@@ -57,6 +59,27 @@ impl Table {
             limit,
             stats: Stats::default(),
             reconciled: false,
+            touched: None,
+        }
+    }
+
+    /// Records the keys of what changes from now on, for [`Table::take_touched`].
+    pub fn track(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// The keys of entries added, changed or removed since the last call (tracked only after
+    /// [`Table::track`]; a key may come more than once).
+    pub fn take_touched(&mut self) -> Vec<(u16, Tuple)> {
+        self.touched
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn touch(&mut self, k: (u16, Tuple)) {
+        if let Some(t) = self.touched.as_mut() {
+            t.push(k);
         }
     }
 
@@ -72,11 +95,15 @@ impl Table {
                         f.counters_orig = old.counters_orig;
                         f.counters_reply = old.counters_reply;
                     }
-                    *old = f;
+                    if *old != f {
+                        *old = f;
+                        self.touch(k);
+                    }
                 } else if self.flows.len() >= self.limit {
                     self.stats.refused += 1;
                 } else {
                     self.flows.insert(k, f);
+                    self.touch(k);
                 }
             }
             Message::Delete(f) => {
@@ -91,6 +118,7 @@ impl Table {
                     .is_some_and(|held| f.id == 0 || held.id == 0 || held.id == f.id)
                 {
                     self.flows.remove(&k);
+                    self.touch(k);
                 }
             }
         }
@@ -100,7 +128,16 @@ impl Table {
     pub fn reconcile(&mut self, dump: Vec<Flow>) {
         let seen: std::collections::HashSet<(u16, Tuple)> = dump.iter().map(|f| f.key()).collect();
         // Sweep first, so the room of what is gone goes to what the dump adds.
-        self.flows.retain(|k, _| seen.contains(k));
+        let gone: Vec<(u16, Tuple)> = self
+            .flows
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.flows.remove(&k);
+            self.touch(k);
+        }
         let before = self.stats.refused;
         for f in dump {
             self.apply(Message::New(f));
@@ -282,6 +319,36 @@ mod tests {
         t.reconcile(vec![flow(2), flow(3), flow(4)]);
         t.reconcile(vec![flow(2), flow(3), flow(4)]);
         assert_eq!((t.stats().refused, t.stats().over_limit), (1, 1));
+    }
+
+    #[test]
+    fn tracked_tables_tell_what_events_and_sweeps_touched() {
+        let Message::New(f) = one(DUMP_V4) else {
+            panic!()
+        };
+        let flow = |port: u16| Flow {
+            orig: Tuple {
+                sport: port,
+                ..f.orig
+            },
+            ..f.clone()
+        };
+        let key = |port: u16| (0, flow(port).orig);
+        let mut t = Table::new(10);
+        t.apply(Message::New(flow(1)));
+        assert!(t.take_touched().is_empty(), "not tracked yet");
+        t.track();
+        t.apply(Message::New(flow(2)));
+        // The same entry again: nothing changed, nothing to tell.
+        t.apply(Message::New(flow(1)));
+        assert_eq!(t.take_touched(), vec![key(2)]);
+        t.apply(Message::Delete(flow(2)));
+        assert_eq!(t.take_touched(), vec![key(2)]);
+        // A re-dump without 1 and with 3: the sweep and the addition.
+        t.reconcile(vec![flow(3)]);
+        let mut touched = t.take_touched();
+        touched.sort();
+        assert_eq!(touched, vec![key(1), key(3)]);
     }
 }
 

@@ -45,6 +45,11 @@ pub struct Config {
     pub refresh: Option<std::time::Duration>,
 }
 
+/// Told, on the source's thread with the table locked, the keys of the entries added, changed
+/// or removed by each batch of events or dump (look them up in the table: gone when absent).
+/// Must not block for long: events wait meanwhile.
+pub type Observer = Box<dyn FnMut(&Table, Vec<(u16, super::Tuple)>) + Send>;
+
 /// A running conntrack source; dropping it stops the thread.
 pub struct Conntrack {
     table: Arc<Mutex<Table>>,
@@ -59,7 +64,19 @@ pub struct Conntrack {
 impl Conntrack {
     /// Starts the source thread.
     pub fn spawn(cfg: Config) -> Result<Conntrack, SourceError> {
-        let table = Arc::new(Mutex::new(Table::new(cfg.limit)));
+        Conntrack::spawn_observed(cfg, None)
+    }
+
+    /// Starts the source thread, telling `observer` what changes (from the first dump on).
+    pub fn spawn_observed(
+        cfg: Config,
+        mut observer: Option<Observer>,
+    ) -> Result<Conntrack, SourceError> {
+        let mut table = Table::new(cfg.limit);
+        if observer.is_some() {
+            table.track();
+        }
+        let table = Arc::new(Mutex::new(table));
         let synced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
@@ -69,7 +86,7 @@ impl Conntrack {
         let thread = std::thread::Builder::new()
             .name("ekho-conntrack".into())
             .spawn(move || {
-                if let Err(e) = run(&cfg, &t, &p, &s, &st) {
+                if let Err(e) = run(&cfg, &t, &p, &s, &st, &mut observer) {
                     tracing::debug!(error = %e, "conntrack source stopped");
                     *f.lock().unwrap() = Some(e);
                 }
@@ -300,12 +317,21 @@ fn redump<'t>(
     Ok(t)
 }
 
+/// Tells the observer what the last batch touched.
+fn observe(t: &mut Table, observer: &mut Option<Observer>) {
+    let keys = t.take_touched();
+    if let (Some(o), false) = (observer.as_mut(), keys.is_empty()) {
+        o(t, keys);
+    }
+}
+
 fn run(
     cfg: &Config,
     table: &Mutex<Table>,
     pending: &Mutex<Vec<KeepAlive>>,
     synced: &AtomicBool,
     stop: &AtomicBool,
+    observer: &mut Option<Observer>,
 ) -> Result<(), SourceError> {
     if let Some(p) = &cfg.netns {
         enter_netns(p)?;
@@ -324,6 +350,7 @@ fn run(
         let mut t = table.lock().unwrap();
         t.reconcile(flows);
         t.stats_mut().messages += n;
+        observe(&mut t, observer);
     }
     synced.store(true, Ordering::SeqCst);
     let mut overrun = false;
@@ -340,7 +367,10 @@ fn run(
         if cfg.refresh.is_some_and(|r| dumped.elapsed() >= r) {
             // Events still queued are older than this dump, and applied after it in order.
             seq += 1;
-            redump(&req, &mut buf, seq, table)?.stats_mut().refreshes += 1;
+            let mut t = redump(&req, &mut buf, seq, table)?;
+            t.stats_mut().refreshes += 1;
+            observe(&mut t, observer);
+            drop(t);
             dumped = std::time::Instant::now();
             continue;
         }
@@ -348,7 +378,10 @@ fn run(
             // What is queued is older than the dump to come.
             while let Ok(Some(_)) = recv(&ev, &mut buf) {}
             seq += 1;
-            redump(&req, &mut buf, seq, table)?.stats_mut().resyncs += 1;
+            let mut t = redump(&req, &mut buf, seq, table)?;
+            t.stats_mut().resyncs += 1;
+            observe(&mut t, observer);
+            drop(t);
             overrun = false;
             dumped = std::time::Instant::now();
             continue;
@@ -396,6 +429,7 @@ fn run(
             for m in msgs {
                 t.apply(m);
             }
+            observe(&mut t, observer);
         }
     }
     Ok(())

@@ -129,7 +129,9 @@ impl State {
             }
         }
         let covered = |k: &ObjectKey, o: &Object| -> bool {
-            kinds.contains(&k.kind())
+            // Flows come from the conntrack source (`Mirror::update_flows`), never a dump here.
+            k.kind() != ObjectKind::Flow
+                && kinds.contains(&k.kind())
                 && !partial.contains(&k.kind())
                 && (!proxies_only || matches!(o, Object::Neighbour(n) if n.proxy))
                 && !matches!(o, Object::Netconf(_) if !kinds.contains(&ObjectKind::Netconf))
