@@ -99,16 +99,23 @@ fn candidates_reach_flow_plugins_only_and_leave_them_when_deleted_or_handed_back
         )
     );
     let d = Daemon::start(dir.path(), &cfg);
-    // Two established TCP flows (candidates), an unreplied UDP one (not).
+    // Three established TCP flows (candidates), an unreplied UDP one (not); in another
+    // namespace, a flow the daemon does not mirror.
     let _a = held_tcp(&ns, 5201);
     let _b = held_tcp(&ns, 5202);
+    let c = held_tcp(&ns, 5203);
+    let other = tracked_netns();
+    let _o = held_tcp(&other, 5999);
     ns.run(&[
         "python3",
         "-c",
         "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 4000))\n",
     ]);
     let got = wait_for(Duration::from_secs(10), || {
-        (last_op_is(&evf, 5201, "add") && last_op_is(&evf, 5202, "add")).then_some(())
+        [5201, 5202, 5203]
+            .iter()
+            .all(|&p| last_op_is(&evf, p, "add"))
+            .then_some(())
     });
     assert!(
         got.is_some(),
@@ -128,8 +135,19 @@ fn candidates_reach_flow_plugins_only_and_leave_them_when_deleted_or_handed_back
         "a plugin without the flow capability got flows"
     );
     assert!(read_events(&evr).iter().any(|e| e["kind"] == "route"));
+    assert!(
+        !evs.iter().any(|e| e["object"]["original"]["dport"] == 5999),
+        "a flow of another namespace reached the plugin"
+    );
     let p = d.plugin("recflow");
-    assert_eq!(p["flows_offloaded"], 2, "{p}");
+    assert_eq!(p["flows_offloaded"], 3, "{p}");
+
+    // No longer a candidate: the connection closes (FIN: TIME_WAIT).
+    drop(c);
+    let closed = wait_for(Duration::from_secs(5), || {
+        last_op_is(&evf, 5203, "remove").then_some(())
+    });
+    assert!(closed.is_some(), "{:?}", flow_events(&evf));
     assert!(d.plugin("recroutes")["flows_offloaded"].is_null());
 
     // conntrack -D: the plugin is told at once (an event, no re-dump runs).
