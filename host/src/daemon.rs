@@ -949,6 +949,10 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
             "nexthop_objects": c.features.nexthop_objects,
             "routes_all_ports": c.features.routes_all_ports,
         },
+        "flows": {
+            "nat": c.flows.nat,
+            "protocols": c.flows.protocols.iter().map(|p| ekho_plugin_api::object::flow::proto_name(*p)).collect::<Vec<_>>(),
+        },
     })
 }
 

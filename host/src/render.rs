@@ -342,6 +342,12 @@ fn caps(out: &mut String, c: &Value) {
     let _ = writeln!(out, "    ports:     {ports} (from {})", scalar(&p["from"]));
     let _ = writeln!(out, "    limits:    {}", or_none(scalar(&c["limits"])));
     let _ = writeln!(out, "    features:  {}", scalar(&c["features"]));
+    if c["kinds"]
+        .as_array()
+        .is_some_and(|k| k.iter().any(|k| k == "flow"))
+    {
+        let _ = writeln!(out, "    flows:     {}", scalar(&c["flows"]));
+    }
 }
 
 /// `ekho plugins`.
