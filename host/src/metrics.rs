@@ -9,7 +9,7 @@
 //! undecodable messages per type, source restarts and up),
 //! `ekho_plugin_*` (state, queue depth, objects held per kind and outcome, outcomes given,
 //! host refusals, restarts, hung, the plugin's own counters as `ekho_plugin_stat`), `ekho_ebpf_*` (events per
-//! hook, losses per notifier kind, hooks live), `ekho_conntrack_*` (up, flows, limit, events, refused,
+//! hook, losses per notifier kind, hooks live), `ekho_conntrack_*` (up, flows, limit, events, refused, kept_alive, keep_alive_failed, released,
 //! overruns, resyncs).
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -206,6 +206,24 @@ pub fn encode(status: &Value) -> String {
         "ekho_conntrack_resyncs",
         "conntrack re-dumps reconciled after overruns",
         u(&c["resyncs"]),
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_kept_alive",
+        "conntrack timeouts refreshed for flows plugins report active (acknowledged)",
+        u(&c["kept_alive"]),
+    );
+    counter(
+        &mut r,
+        "ekho_conntrack_keep_alive_failed",
+        "keep-alive refreshes refused (the entry gone meanwhile)",
+        u(&c["keep_alive_failed"]),
+    );
+    gauge(
+        &mut r,
+        "ekho_conntrack_released",
+        "conntrack entries plugins handed back, still in the table (not offered again)",
+        u(&c["released"]) as i64,
     );
 
     let state = Family::<PluginState, Gauge>::default();

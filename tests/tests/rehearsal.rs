@@ -113,16 +113,18 @@ fn plugins_built_against_1_2_run_unchanged_on_a_1_3_host() {
         std::fs::copy(&from, pdir.join(to)).unwrap();
     }
     let ev12 = dir.path().join("rec12.jsonl");
+    let release = dir.path().join("release-flows");
     let ev13 = dir.path().join("rec13.jsonl");
     let cfg = host_config(
         &ns.name,
         &pdir,
         false,
         &format!(
-            "[[plugins]]\nname = \"rec12\"\npath = \"librec12.so\"\n[plugins.config]\nevents_path = \"{}\"\n\n\
+            "[[plugins]]\nname = \"rec12\"\npath = \"librec12.so\"\n[plugins.config]\nevents_path = \"{}\"\nrelease_flows_path = \"{}\"\n\n\
              [[plugins]]\nname = \"hello12\"\npath = \"libhello12.so\"\n\n\
              [[plugins]]\nname = \"rec13\"\npath = \"librec13.so\"\n[plugins.config]\nevents_path = \"{}\"\n",
             ev12.display(),
+            release.display(),
             ev13.display()
         ),
     );
@@ -218,6 +220,56 @@ fn plugins_built_against_1_2_run_unchanged_on_a_1_3_host() {
                 .then_some(())
         });
         assert!(seen.is_some(), "rec12 {:?}", kinds_seen(&events_of(&ev12)));
+    }
+
+    // A 1.2 kind through the conversion: a conntrack flow reaches the 1.2 recorder, and its
+    // hand-back (a 1.2 request) reaches the 1.3 host.
+    if missing_tools(
+        &["nft", "conntrack", "python3"],
+        "nftables conntrack python3",
+    )
+    .is_none()
+    {
+        ns.run(&["nft", "add", "table", "inet", "track"]);
+        ns.run(&[
+            "nft",
+            "add chain inet track out { type filter hook output priority 0 ; }",
+        ]);
+        ns.run(&["nft", "add rule inet track out ct state new counter"]);
+        let py = "import socket, time\n\
+                  l = socket.socket(); l.bind(('127.0.0.1', 5201)); l.listen(1)\n\
+                  c = socket.create_connection(('127.0.0.1', 5201)); s, _ = l.accept()\n\
+                  c.send(b'x'); s.recv(1); s.send(b'y'); c.recv(1)\n\
+                  time.sleep(60)\n";
+        let mut held = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", py])
+            .spawn()
+            .unwrap();
+        let flow = |op: &str| {
+            events_of(&ev12)
+                .iter()
+                .rev()
+                .find(|e| e["kind"] == "flow")
+                .is_some_and(|e| e["op"] == op && e["object"]["original"]["dport"] == 5201)
+        };
+        let seen = wait_for(Duration::from_secs(10), || flow("add").then_some(()));
+        std::fs::write(&release, b"").unwrap();
+        let back =
+            seen.and_then(|()| wait_for(Duration::from_secs(10), || flow("remove").then_some(())));
+        let _ = held.kill();
+        let _ = held.wait();
+        assert!(
+            seen.is_some(),
+            "rec12 {:?}\n{}",
+            kinds_seen(&events_of(&ev12)),
+            d.log_text()
+        );
+        assert!(
+            back.is_some(),
+            "the 1.2 hand-back did not reach the host\n{}",
+            d.log_text()
+        );
+        assert_eq!(d.status()["conntrack"]["released"], 1);
     }
 
     // The vendor's self-check on the 1.3 host says how it would run.
