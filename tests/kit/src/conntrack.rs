@@ -27,6 +27,12 @@ pub fn conntrack_unavailable() -> bool {
 /// counters on and unreplied UDP flows kept 600 s.
 pub fn tracked_netns() -> Netns {
     let ns = Netns::new();
+    track(&ns);
+    ns
+}
+
+/// Makes `ns`'s local traffic tracked, as [`tracked_netns`] does.
+pub fn track(ns: &Netns) {
     // Where conntrack is a module (Debian's 6.1) its sysctls exist once it is loaded; built in
     // (6.18 here) this does nothing.
     let _ = std::process::Command::new("modprobe")
@@ -46,5 +52,4 @@ pub fn tracked_netns() -> Netns {
         "add chain inet track out { type filter hook output priority 0 ; }",
     ]);
     ns.run(&["nft", "add rule inet track out ct state new counter"]);
-    ns
 }
