@@ -274,7 +274,12 @@ fn xdp_router_hands_traffic_netfilter_acts_on_to_the_kernel() {
         "the kernel alone NATs the transfer"
     );
 
-    let cfg = host_config(&r, build(), true, XDP_ROUTER);
+    // Flows are not offered here (`[flows] enabled = false`): this is the guard alone, every
+    // packet the rules could act on goes to the kernel (daemon_flows.rs offloads the flow).
+    let cfg = format!(
+        "{}\n[flows]\nenabled = false\n",
+        host_config(&r, build(), true, XDP_ROUTER)
+    );
     let d = Daemon::start(dir.path(), &cfg);
     let st = d.plugin("xdp-router");
     assert_eq!(st["state"], "in_sync", "{st}\n{}", d.log_text());
