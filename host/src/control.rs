@@ -68,7 +68,7 @@ impl Request {
             "plugins" => Ok(Request::Plugins),
             "dump" => match req["kind"].as_str() {
                 None => Ok(Request::Dump(None)),
-                Some("flows") => Ok(Request::Flows {
+                Some("flows" | "flow") => Ok(Request::Flows {
                     stats: req["stats"].as_bool().unwrap_or(false),
                 }),
                 Some(k) => match (ObjectKind::from_name(k), Show::from_name(k)) {

@@ -177,7 +177,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let v = control::request(&socket, &json!({"cmd": "plugins"}), timeout)?;
                     print_or(json, &v, render::plugins);
                 }
-                Cmd::Dump { kind, json, stats } if kind.as_deref() == Some("flows") => {
+                Cmd::Dump { kind, json, stats }
+                    if matches!(kind.as_deref(), Some("flows" | "flow")) =>
+                {
                     let v = control::request(
                         &socket,
                         &json!({"cmd": "dump", "kind": "flows", "stats": stats}),
