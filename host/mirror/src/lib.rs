@@ -395,3 +395,63 @@ impl Mirror {
         &self.ctl
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ekho_plugin_api::object::{Flow, FlowTuple};
+
+    fn flow(sport: u16) -> Flow {
+        let a = |s: &str| s.parse().unwrap();
+        let t = FlowTuple {
+            src: a("10.0.0.1"),
+            dst: a("10.0.0.2"),
+            sport,
+            dport: 80,
+        };
+        let r = FlowTuple {
+            src: t.dst,
+            dst: t.src,
+            sport: 80,
+            dport: sport,
+        };
+        Flow::new(6, t, r)
+    }
+
+    #[test]
+    fn flows_are_put_and_deleted_and_a_full_resync_keeps_them() {
+        let m = Mirror::new();
+        let seen: Arc<Mutex<Vec<String>>> = Default::default();
+        let s = seen.clone();
+        m.attach(
+            |_| {},
+            Box::new(move |cs| {
+                s.lock()
+                    .unwrap()
+                    .extend(cs.iter().map(|c| format!("{} {}", c.op(), c.kind())))
+            }),
+        );
+        m.update_flows(vec![flow(1), flow(2)], vec![]);
+        // Unchanged: nothing emitted.
+        m.update_flows(vec![flow(1)], vec![]);
+        let k2 = Object::Flow(flow(2)).key();
+        m.update_flows(vec![], vec![k2.clone()]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["add flow", "add flow", "remove flow"]
+        );
+        // An rtnetlink resync of every kind sweeps what its dump lacks, never flows.
+        m.reconcile(
+            Snapshot {
+                kinds: ObjectKind::ALL.iter().copied().collect(),
+                ..Default::default()
+            },
+            0,
+            0,
+            true,
+        );
+        assert!(m.get(&Object::Flow(flow(1)).key()).is_some());
+        assert!(m.get(&k2).is_none());
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+}
