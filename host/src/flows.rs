@@ -246,11 +246,17 @@ impl Flows {
 
     /// The keep-alive, once a second: every flow whose `lastused` advanced in some plugin
     /// since the last reading has its conntrack timeout set to what the kernel would set
-    /// ([`Timeouts`]); a flow no plugin reports active is left to the kernel's timeout.
-    /// Returns how many were refreshed.
+    /// ([`Timeouts`]); a flow no plugin reports active is left to the kernel's timeout. Only
+    /// entries still candidates are refreshed: one that just left `ESTABLISHED` (a FIN the
+    /// plugin passed) must not be given an established flow's timeout. Returns how many were
+    /// refreshed.
     pub fn keep_alive(&self, stats: &PluginFlowStats, ka: &mut KeepAlive) -> usize {
         let Flows::Running {
-            source, timeouts, ..
+            source,
+            timeouts,
+            rules,
+            released,
+            ..
         } = self
         else {
             return 0;
@@ -263,6 +269,9 @@ impl Flows {
             }
         }
         let mut reqs = Vec::new();
+        let p = policy::Policy { rules };
+        let t = source.table();
+        let rel = released.lock().unwrap();
         for (k, &lu) in &latest {
             let ObjectKey::Flow {
                 family,
@@ -273,22 +282,27 @@ impl Flows {
             else {
                 continue;
             };
-            if lu > ka.last.get(k).copied().unwrap_or(0) {
+            let orig = Tuple {
+                src: original.src.into(),
+                dst: original.dst.into(),
+                proto: *protocol,
+                sport: original.sport,
+                dport: original.dport,
+                zone: 0,
+            };
+            let candidate = t
+                .get(*zone, &orig)
+                .is_some_and(|f| p.candidate(f) && !rel.contains_key(&f.key()));
+            if candidate && lu > ka.last.get(k).copied().unwrap_or(0) {
                 reqs.push(ekho_mirror::conntrack::source::KeepAlive {
                     family: family.0,
                     zone: *zone,
-                    orig: Tuple {
-                        src: original.src.into(),
-                        dst: original.dst.into(),
-                        proto: *protocol,
-                        sport: original.sport,
-                        dport: original.dport,
-                        zone: 0,
-                    },
+                    orig,
                     timeout_s: timeouts.of(*protocol),
                 });
             }
         }
+        drop((rel, t));
         ka.last = latest;
         if !reqs.is_empty() {
             source.keep_alive(&reqs);
