@@ -29,7 +29,7 @@ ACTIONS = {
            "ct clear index 4", "ct zone 3 index 5"],
 }
 
-RTM_GETACTION, RTM_GETTFILTER = 50, 44
+RTM_GETACTION, RTM_GETTFILTER = 50, 46
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 
 
@@ -80,13 +80,18 @@ def main():
          "action vlan push id 5 action skbedit mark 7 action gact drop")
     r = sh(c)
     print(f"# {c}" + (f"  FAILED: {r.stderr.strip()}" if r.returncode else ""))
+    c2 = "tc filter add dev d0 egress pref 2 protocol all matchall action mirred egress redirect dev d0"
+    r = sh(c2)
+    print(f"# {c2}" + (f"  FAILED: {r.stderr.strip()}" if r.returncode else ""))
     ifindex = socket.if_nametoindex("d0")
-    body = struct.pack("=BxHiIII", 0, 0, ifindex, 0, 0xFFFFFFF2, 0)
-    for m in dump(RTM_GETTFILTER, body):
-        print("hex", m.hex())
-    print("json", sh("tc -j filter show dev d0 ingress").stdout.strip())
-    for line in sh("tc filter show dev d0 ingress").stdout.splitlines():
-        print("text", line)
+    for hook, parent in (("ingress", 0xFFFFFFF2), ("egress", 0xFFFFFFF3)):
+        print(f"# filters of d0 {hook}")
+        body = struct.pack("=BxHiIII", 0, 0, ifindex, 0, parent, 0)
+        for m in dump(RTM_GETTFILTER, body):
+            print("hex", m.hex())
+        print("json", sh(f"tc -j filter show dev d0 {hook}").stdout.strip())
+        for line in sh(f"tc filter show dev d0 {hook}").stdout.splitlines():
+            print("text", line)
 
 
 if __name__ == "__main__":

@@ -537,16 +537,12 @@ pub fn filter_json(
         return Value::Object(m);
     }
     let mut o = Map::new();
-    let u32 = f.kind == "u32";
-    o.insert(
-        "fh".into(),
-        if u32 {
-            u32_handle(f.handle)
-        } else {
-            format!("0x{:x}", f.handle)
-        }
-        .into(),
-    );
+    if f.kind == "u32" {
+        o.insert("fh".into(), u32_handle(f.handle).into());
+    } else {
+        // tc's JSON: `handle` (a number) for the other classifiers.
+        o.insert("handle".into(), f.handle.into());
+    }
     let mut actions = Vec::new();
     for x in &f.options {
         match x {
@@ -828,6 +824,8 @@ pub fn text(list: &Value, what: Show) -> String {
                 let o = &e["options"];
                 if let Some(fh) = o["fh"].as_str() {
                     l += &format!(" fh {fh}");
+                } else if let Some(h) = o["handle"].as_u64() {
+                    l += &format!(" handle 0x{h:x}");
                 }
                 if let Some(d) = o["ht_divisor"].as_u64() {
                     l += &format!(" ht divisor {d}");
@@ -906,6 +904,65 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    /// The captured flower filter (`action vlan push id 5 action skbedit mark 7 action gact
+    /// drop`): its handle and its actions as `tc -j filter show` printed them.
+    #[test]
+    fn a_flower_filters_typed_actions_render_as_tc_prints_them() {
+        use crate::netlink::tc::Message;
+        use crate::netlink::tc_act::tests::VECTORS;
+        let at = VECTORS.find("# tc filter add").unwrap();
+        let rest = &VECTORS[at..];
+        let filters: Vec<Filter> = rest
+            .lines()
+            .filter_map(|l| l.strip_prefix("hex "))
+            .map(crate::netlink::tests::hex)
+            .flat_map(|m| {
+                crate::netlink::split(&m)
+                    .into_iter()
+                    .filter_map(|(h, p)| match crate::netlink::decode(&h, p) {
+                        Ok(crate::Event::Tc(Message::NewFilter(f))) => Some(f),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let theirs: Value = rest
+            .lines()
+            .find_map(|l| l.strip_prefix("json "))
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap();
+        let f = filters.iter().find(|f| f.handle != 0).expect("the filter");
+        let t = &theirs[1]["options"];
+        let ours = filter_json(f, &BTreeMap::new(), &Names::new());
+        let o = &ours["options"];
+        assert_eq!(o["handle"], t["handle"]);
+        let (oa, ta) = (
+            o["actions"].as_array().unwrap(),
+            t["actions"].as_array().unwrap(),
+        );
+        assert_eq!(oa.len(), 3);
+        assert_eq!(oa.len(), ta.len());
+        for (a, b) in oa.iter().zip(ta) {
+            for (k, v) in b.as_object().unwrap() {
+                // ref and bind: the mirror's counts, from the state (none given here).
+                if !["ref", "bind", "not_in_hw"].contains(&k.as_str()) {
+                    assert_eq!(&a[k], v, "{k}: ours {a}, tc's {b}");
+                }
+            }
+        }
+        // The text as tc prints it (its action lines; tc indents the index line one space more).
+        let txt = text(&Value::Array(vec![ours.clone()]), Show::Filters);
+        for line in [
+            "flower chain 0 handle 0x1",
+            "action order 1: vlan  push id 5 protocol 802.1Q priority 0 pipe",
+            "action order 2: skbedit mark 7 pipe",
+            "action order 3: gact action drop",
+            "random type none pass val 0",
+        ] {
+            assert!(txt.contains(line), "{line:?} not in {txt}");
+        }
     }
 
     #[test]

@@ -73,6 +73,18 @@ fn has_action(kind: &str, args: &str) -> Result<(), String> {
         .map_err(|e| format!("kernel {}: no tc action {kind} ({})", kernel(), e.trim()))
 }
 
+/// Whether the kernel has the flower classifier (a filter added in a scratch namespace).
+fn has_flower() -> Result<(), String> {
+    let ns = Netns::try_named("ekho-mir-tcprobe")?;
+    try_sh(
+        &ns,
+        "ip link add x0 type veth peer name x1 && tc qdisc add dev x0 clsact && \
+         tc filter add dev x0 ingress protocol ip flower dst_ip 10.0.0.1",
+    )
+    .map(|_| ())
+    .map_err(|e| format!("kernel {}: no tc flower ({})", kernel(), e.trim()))
+}
+
 fn add_dev(ns: &Netns, i: u64) {
     ns.sh(&format!(
         "ip link add d{i} type veth peer name p{i} && ip link set d{i} up && ip link set p{i} up"
@@ -104,6 +116,16 @@ fn random_tc_steps_match_tc() {
             false
         }
     };
+    // The typed actions (netlink/tc_act) and the classifiers flower and matchall, where the
+    // kernel has them (6.1: yes; 6.18 here: no).
+    let typed = gact
+        && match has_action("vlan", "pop").and_then(|()| has_flower()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("SKIP: flower, matchall and typed-action steps: {e}");
+                false
+            }
+        };
     for i in 0..3 {
         add_dev(&ns, i);
     }
@@ -123,7 +145,14 @@ fn random_tc_steps_match_tc() {
             _ => format!("block {block}"),
         };
         let chain = if rng.below(3) == 0 { rng.below(3) } else { 0 };
-        let action = match rng.below(if gact { 5 } else { 4 }) {
+        let kinds = if typed {
+            12
+        } else if gact {
+            5
+        } else {
+            4
+        };
+        let action = match rng.below(kinds) {
             0 => String::new(),
             1 => format!(" action mirred egress redirect dev p{p}"),
             2 => format!(" action mirred index {}", 20 + rng.below(3)),
@@ -131,7 +160,37 @@ fn random_tc_steps_match_tc() {
                 " action mirred egress mirror dev p{p} index {}",
                 30 + rng.below(3)
             ),
-            _ => format!(" action goto chain {}", 1 + rng.below(2)),
+            4 => format!(" action goto chain {}", 1 + rng.below(2)),
+            5 => format!(
+                " action vlan push id {} protocol {}",
+                1 + rng.below(4094),
+                ["802.1Q", "802.1ad"][rng.below(2) as usize]
+            ),
+            6 => " action vlan pop action gact pass random determ drop 3".into(),
+            7 => format!(" action skbedit mark {} pipe", rng.below(100)),
+            8 => format!(
+                " action police rate {}mbit burst 10k conform-exceed drop/pipe",
+                1 + rng.below(9)
+            ),
+            9 => " action csum iph and tcp".into(),
+            10 => format!(" action pedit ex munge ip ttl set {}", 1 + rng.below(255)),
+            _ => format!(" action ct zone {}", rng.below(4)),
+        };
+        let classifier = match rng.below(if typed { 4 } else { 1 }) {
+            0 | 1 => format!(
+                "protocol {} u32 match ip dst 10.{}.{}.{}/32",
+                ["ip", "all"][rng.below(2) as usize],
+                rng.below(3),
+                rng.below(256),
+                rng.below(256)
+            ),
+            2 => format!(
+                "protocol ip flower dst_ip 10.{}.{}.{}",
+                rng.below(3),
+                rng.below(256),
+                rng.below(256)
+            ),
+            _ => "protocol all matchall".into(),
         };
         let cmd = match rng.below(16) {
             0 => format!(
@@ -147,13 +206,7 @@ fn random_tc_steps_match_tc() {
             2 => format!("tc qdisc add dev d{d} clsact"),
             3 => format!("tc qdisc add dev d{d} ingress_block {block} clsact"),
             4 => format!("tc qdisc add dev d{d} ingress"),
-            5..=8 => format!(
-                "tc filter add {hook} pref {pref} chain {chain} protocol {} u32 match ip dst 10.{}.{}.{}/32{action}",
-                ["ip", "all"][rng.below(2) as usize],
-                rng.below(3),
-                rng.below(256),
-                rng.below(256)
-            ),
+            5..=8 => format!("tc filter add {hook} pref {pref} chain {chain} {classifier}{action}"),
             9 => format!("tc chain add {hook} chain {}", 1 + rng.below(3)),
             10 => format!("tc filter del {hook} pref {pref}"),
             11 => format!(

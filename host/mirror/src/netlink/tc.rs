@@ -585,6 +585,27 @@ mod tests {
         );
     }
 
+    /// `tc filter add dev d2 egress pref 1 protocol all matchall action mirred egress redirect
+    /// dev p2` on Debian's 6.1 (an `ingress` qdisc on d2): the one RTM_NEWTFILTER announced,
+    /// received on RTNLGRP_TC in the VM, has handle 0 and no options; the filter (handle 1, its
+    /// action) is only in the dump.
+    const MATCHALL_61: &str = "3c0000002c00050647cd0f6bf8000000000000000300000000000000f3ffffff000301000d0001006d61746368616c6c0000000008000b0000000000";
+
+    #[test]
+    fn a_filter_announced_without_its_handle_is_re_dumped() {
+        let mut t = crate::state::tc::Tc::default();
+        let v = tc(MATCHALL_61);
+        let [Message::NewFilter(f)] = &v[..] else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            (f.kind.as_str(), f.handle, f.options.len()),
+            ("matchall", 0, 0)
+        );
+        t.apply(v[0].clone());
+        assert!(t.want_redump);
+    }
+
     #[test]
     fn the_bound_action_counts_are_computed_from_the_filters() {
         let mut t = crate::state::tc::Tc::default();

@@ -18,6 +18,8 @@
 //!   the references `tc actions add` took, neither announced when a filter comes or goes: the
 //!   mirror keeps each action's own references and counts the bindings
 //!   ([`Tc::actions`]); an action created inline with a filter lives as long as it is bound.
+//! - on 6.1, adding a matchall filter announces one RTM_NEWTFILTER with handle 0 and no options,
+//!   not the filter (re-dumped on any RTM_NEWTFILTER with handle 0).
 //!
 //! u32 keeps its hash tables and key nodes per qdisc (or shared block), and the dump of a u32
 //! instance lists every one of its prio there, whichever chain, class or clsact hook the
@@ -100,6 +102,11 @@ impl Tc {
                 self.classes.remove(&(c.ifindex, c.handle));
             }
             Message::NewFilter(f) => {
+                if f.handle == 0 {
+                    // An instance's own entry is never announced, but 6.1 announces a new
+                    // matchall filter so: handle 0, no options. The filter is in the dump.
+                    self.want_redump = true;
+                }
                 let f = self.canonical(f);
                 self.new_filter(f)
             }

@@ -5,7 +5,9 @@
 //! Compared: qdiscs (device, kind, handle, parent, shared blocks), classes (device, kind,
 //! handle, parent), filters of every block (target, hook or parent, protocol, pref, kind, chain,
 //! `fh`, u32's first key and the kind and index of each action), chains (one line per
-//! target, reported parent and index), actions of `tc actions list` (kind, index, ref, bind, mirred's target). Not
+//! target, reported parent and index), actions of `tc actions list` (kind, index, ref, bind,
+//! mirred's target, the parameters `tc -j` prints of the kinds typed in
+//! [`crate::netlink::tc_act`]). Not
 //! compared: the options of qdiscs and classes (raw in netlink-packet-route 0.34), counters.
 
 use crate::netlink::tc::{
@@ -97,6 +99,59 @@ fn hooks(qdiscs: &[KernelQdisc]) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// The action kinds compared: mirred and those typed in [`crate::netlink::tc_act`].
+const ACTION_KINDS: [&str; 8] = [
+    "mirred", "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct",
+];
+
+/// The parameters of an action of tc's JSON (`tc -j actions list`, or the mirror's
+/// [`crate::tcshow::action_json`]) compared: the fields `tc -j` prints for the typed kinds.
+/// tc prints police's `control_action` twice (exceed, then conform) and a JSON parser keeps
+/// the last: the mirror's `conform_action`, when it has one, stands for it.
+fn params(a: &Value) -> String {
+    const FIELDS: &[&str] = &[
+        "control_action",
+        "prob",
+        "vlan_action",
+        "id",
+        "protocol",
+        "priority",
+        "queue_mapping",
+        "mark",
+        "mask",
+        "ptype",
+        "nkeys",
+        "keys",
+        "csum",
+        "action",
+        "mark_mask",
+        "zone",
+        "nat",
+        "pkts_rate",
+        "pkts_burst",
+        "overhead",
+    ];
+    let mut out = String::new();
+    for f in FIELDS {
+        let mut v = &a[*f];
+        if *f == "control_action" && !a["conform_action"].is_null() {
+            v = &a["conform_action"];
+        }
+        if !v.is_null() {
+            out += &format!(" {f}={v}");
+        }
+    }
+    out
+}
+
+/// A filter's `fh` as the oracle compares it: u32's as tc prints it, the others' `handle`.
+fn kernel_fh(o: &Value) -> String {
+    match (&o["fh"], o["handle"].as_u64()) {
+        (Value::Null, Some(h)) => format!("0x{h:x}"),
+        (fh, _) => s(fh),
+    }
+}
+
 /// The kernel's tc state in `netns`, canonical lines (sorted).
 pub fn kernel(netns: Option<&str>) -> Result<Vec<String>, String> {
     let mut lines = Vec::new();
@@ -177,7 +232,7 @@ pub fn kernel(netns: Option<&str>) -> Result<Vec<String>, String> {
                 s(&f["pref"]),
                 s(&f["kind"]),
                 s(&f["chain"]),
-                s(&o["fh"]),
+                kernel_fh(o),
                 acts.join(",")
             ));
         }
@@ -206,18 +261,19 @@ pub fn kernel(netns: Option<&str>) -> Result<Vec<String>, String> {
         }
     }
     lines.extend(chains);
-    for kind in ["mirred", "gact", "vlan"] {
+    for kind in ACTION_KINDS {
         let Ok(v) = tc_json(netns, &["-j", "actions", "list", "action", kind]) else {
             continue;
         };
         for x in v.iter().filter_map(|x| x["actions"].as_array()).flatten() {
             lines.push(format!(
-                "action {} index {} ref {} bind {} to_dev {}",
+                "action {} index {} ref {} bind {} to_dev {}{}",
                 s(&x["kind"]),
                 s(&x["index"]),
                 s(&x["ref"]),
                 s(&x["bind"]),
-                s(&x["to_dev"])
+                s(&x["to_dev"]),
+                params(x)
             ));
         }
     }
@@ -318,9 +374,16 @@ pub fn mirror(t: &Tc, names: &BTreeMap<u32, String>) -> Vec<String> {
                 }
             }
         }
+        if !ACTION_KINDS.contains(&a.kind.as_str()) {
+            continue;
+        }
         lines.push(format!(
-            "action {} index {} ref {} bind {} to_dev {to}",
-            a.kind, a.index, a.refcnt, a.bindcnt
+            "action {} index {} ref {} bind {} to_dev {to}{}",
+            a.kind,
+            a.index,
+            a.refcnt,
+            a.bindcnt,
+            params(&crate::tcshow::action_json(0, &a, names))
         ));
     }
     lines.sort();
