@@ -37,6 +37,31 @@ fn tc(netns: Option<&str>, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `tc -j -force -b -` on `script` (commands, one a line): its output, whatever the status
+/// (`-force` goes on past failing commands).
+fn tc_batch(netns: Option<&str>, script: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut c = Command::new("tc");
+    if let Some(n) = netns {
+        c.args(["-n", n]);
+    }
+    c.args(["-j", "-force", "-b", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("tc -b: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("tc -b: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("tc -b: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn tc_json(netns: Option<&str>, args: &[&str]) -> Result<Vec<Value>, String> {
     let s = tc(netns, args)?;
     if s.trim().is_empty() {
@@ -261,10 +286,19 @@ pub fn kernel(netns: Option<&str>) -> Result<Vec<String>, String> {
         }
     }
     lines.extend(chains);
-    for kind in ACTION_KINDS {
-        let Ok(v) = tc_json(netns, &["-j", "actions", "list", "action", kind]) else {
-            continue;
-        };
+    // One tc for every kind (`-b`: one JSON array per command; `-force`: past a kind whose
+    // module the kernel lacks). Each action names its kind.
+    let script: String = ACTION_KINDS
+        .iter()
+        .map(|k| format!("actions list action {k}\n"))
+        .collect();
+    let lists: Vec<Value> = tc_batch(netns, &script)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .collect();
+    {
+        let v = lists;
         for x in v.iter().filter_map(|x| x["actions"].as_array()).flatten() {
             lines.push(format!(
                 "action {} index {} ref {} bind {} to_dev {}{}",
