@@ -160,13 +160,27 @@ pub fn flow_key(zone: u16, orig: &Tuple) -> ObjectKey {
     }
 }
 
+/// Where an observer queues keep-alive requests (set once the source exists).
+type Queue = Arc<std::sync::OnceLock<ekho_mirror::conntrack::source::KeepAliveQueue>>;
+
 /// What the conntrack source tells of each batch: the candidates among the touched entries go
-/// to the mirror as flows, the others (gone, no longer candidates, handed back) leave it.
-fn observer(rules: Vec<policy::Rule>, released: Released, mirror: Mirror) -> Observer {
+/// to the mirror as flows, the others (gone, no longer candidates, handed back) leave it. A TCP
+/// candidate offered for the first time gets a keep-alive at once: it marks the entry's window
+/// tracking liberal (as the kernel's flowtable does on offload), so the packets the kernel sees
+/// again after the offload (the FIN handed back) are not INVALID.
+fn observer(
+    rules: Vec<policy::Rule>,
+    released: Released,
+    mirror: Mirror,
+    queue: Queue,
+    timeouts: Timeouts,
+) -> Observer {
+    let mut offered: HashSet<(u16, Tuple, u32)> = HashSet::new();
     Box::new(move |t: &Table, keys: Vec<(u16, Tuple)>| {
         let p = policy::Policy { rules: &rules };
         let mut rel = released.lock().unwrap();
         let (mut put, mut del) = (Vec::new(), Vec::new());
+        let mut liberal = Vec::new();
         let mut seen = HashSet::with_capacity(keys.len());
         for k in keys {
             if !seen.insert(k) {
@@ -180,15 +194,27 @@ fn observer(rules: Vec<policy::Rule>, released: Released, mirror: Mirror) -> Obs
                     }
                     if p.candidate(f) && !rel.contains_key(&k) {
                         put.push(api_flow(f));
+                        if f.orig.proto == 6 && offered.insert((k.0, k.1, f.id)) {
+                            liberal.push(ekho_mirror::conntrack::source::KeepAlive {
+                                family: f.family,
+                                zone: k.0,
+                                orig: k.1,
+                                timeout_s: timeouts.of(6),
+                            });
+                        }
                     } else {
                         del.push(flow_key(k.0, &k.1));
                     }
                 }
                 None => {
                     rel.remove(&k);
+                    offered.retain(|(z, o, _)| (*z, *o) != k);
                     del.push(flow_key(k.0, &k.1));
                 }
             }
+        }
+        if let (Some(q), false) = (queue.get(), liberal.is_empty()) {
+            q.push(&liberal);
         }
         mirror.update_flows(put, del);
     })
@@ -204,7 +230,14 @@ impl Flows {
         let limit = cfg.limit.unwrap_or(DEFAULT_LIMIT);
         let released = Released::default();
         let timeouts = Timeouts::read(netns.clone());
-        let obs = observer(cfg.offload.clone(), released.clone(), mirror.clone());
+        let queue: Queue = Default::default();
+        let obs = observer(
+            cfg.offload.clone(),
+            released.clone(),
+            mirror.clone(),
+            queue.clone(),
+            timeouts,
+        );
         let source = match Conntrack::spawn_observed(
             SourceConfig {
                 netns,
@@ -220,6 +253,7 @@ impl Flows {
             Ok(s) => s,
             Err(e) => return Flows::Unavailable(unavailable(&e.to_string(), e.errno())),
         };
+        let _ = queue.set(source.keep_alive_queue());
         let t0 = Instant::now();
         while !source.synced() && !source.finished() && t0.elapsed() < FIRST_DUMP_WAIT {
             std::thread::sleep(Duration::from_millis(5));

@@ -205,3 +205,50 @@ fn masqueraded_transfer_is_offloaded_kept_alive_and_handed_back() {
         counter(&d, "xdp", "flow_forwarded")
     );
 }
+
+/// An unpaced transfer (the flow offloaded after its first hundred packets, everything else in
+/// XDP, at full speed) completes with the kernel's default TCP window tracking: the host marks
+/// the entry liberal when it offers it, so the FIN handed back is NATed. (Before it did, such a
+/// transfer hung at its FIN: the kernel's window was far behind, the FIN INVALID, not NATed.)
+#[test]
+fn unpaced_transfers_complete_with_default_window_tracking() {
+    if skip() {
+        return;
+    }
+    if let Some(r) = missing_tools(&["conntrack", "nft"], "conntrack nftables") {
+        say_skip(&r);
+        return;
+    }
+    let topo = Topo::new(false);
+    let dir = TempDir::new();
+    make_nat_router(&topo, dir.path());
+    let cfg = host_config(&topo.r, build(), true, XDP_ROUTER);
+    let d = Daemon::start(dir.path(), &cfg);
+    let bytes = 64 << 20;
+    for i in 0..3 {
+        let fwd0 = counter(&d, "xdp", "flow_forwarded");
+        let xfer = Transfer::start(&topo, PORT + 10 + i, bytes, 1e12);
+        assert_eq!(
+            xfer.finish(),
+            Ok(bytes),
+            "unpaced transfer {i}: {}\n{}",
+            d.plugin("xdp-router"),
+            d.log_text()
+        );
+        let fwd = wait_for(T, || {
+            let f = counter(&d, "xdp", "flow_forwarded");
+            (f > fwd0 + 10_000).then_some(f)
+        });
+        assert!(
+            fwd.is_some(),
+            "transfer {i} went through the flow path: {}",
+            d.plugin("xdp-router")
+        );
+    }
+    // Each FIN handed back (the counters reach `ekho status` about once a second).
+    let released = wait_for(T, || {
+        let r = counter(&d, "flows", "released");
+        (r >= 3).then_some(r)
+    });
+    assert!(released.is_some(), "{}", d.plugin("xdp-router"));
+}

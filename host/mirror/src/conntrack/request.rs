@@ -7,18 +7,29 @@
 //! entry is found by `CTA_TUPLE_ORIG` and `CTA_ZONE` (the crate has no zone attribute: it goes
 //! as a raw attribute, `CTA_ZONE` 18, a big-endian u16, the crate's `Other` way). The kernel
 //! answers `ENOENT` when the entry is gone (deleted, flushed, expired): nothing is created.
+//!
+//! A TCP entry's keep-alive also marks both directions `IP_CT_TCP_FLAG_BE_LIBERAL`
+//! (`CTA_PROTOINFO` / `CTA_PROTOINFO_TCP` / `CTA_PROTOINFO_TCP_FLAGS_ORIGINAL` and `_REPLY`, flag
+//! and mask 0x08), as the kernel's flowtable does for the entries it offloads: conntrack sees
+//! none of an offloaded flow's packets, its tracked window goes stale, and the packets it sees
+//! again (the FIN a dataplane hands back, the rest after a hand-back) would be out of window,
+//! INVALID and not NATed: a masqueraded connection hung at its FIN without it (xdp-router).
 
 use super::message::Tuple;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple as NfTuple,
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Protocol,
+    TCPFlags, Tuple as NfTuple,
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 
 /// `CTA_ZONE`.
 const CTA_ZONE: u16 = 18;
+
+/// `IP_CT_TCP_FLAG_BE_LIBERAL`: window tracking accepts out-of-window packets.
+const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
 
 /// The dump of every entry of every family: `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`,
 /// `AF_UNSPEC`, no attribute.
@@ -42,8 +53,8 @@ fn serialize(header: NetlinkHeader, nf: NetfilterMessage) -> Vec<u8> {
 }
 
 /// The request setting the timeout of the entry of `family` (2, 10), `zone` and original
-/// tuple `orig` to `timeout_s` seconds, with sequence number `seq`; `None` for a protocol
-/// without ports (ICMP entries are not refreshed).
+/// tuple `orig` to `timeout_s` seconds (a TCP one also liberal window tracking both ways), with
+/// sequence number `seq`; `None` for a protocol without ports (ICMP entries are not refreshed).
 pub fn refresh_timeout(
     family: u8,
     zone: u16,
@@ -68,6 +79,19 @@ pub fn refresh_timeout(
         ]),
         ConntrackAttribute::CtaTimeout(timeout_s),
     ];
+    if orig.proto == 6 {
+        // TCPFlags is non_exhaustive: built by parsing its two bytes (flags, mask).
+        let liberal = || {
+            TCPFlags::parse(&[IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL])
+                .expect("two bytes")
+        };
+        attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+            vec![
+                ProtoInfoTCP::OriginalFlags(liberal()),
+                ProtoInfoTCP::ReplyFlags(liberal()),
+            ],
+        )]));
+    }
     if zone != 0 {
         attrs.push(ConntrackAttribute::Other(DefaultNla::new(
             CTA_ZONE,
@@ -157,5 +181,41 @@ mod tests {
         assert_eq!((f.orig, f.timeout, f.zone), (orig, 30, 7));
         let icmp = Tuple { proto: 1, ..orig };
         assert!(refresh_timeout(2, 0, &icmp, 30, 1).is_none());
+    }
+
+    #[test]
+    fn a_tcp_refresh_marks_both_directions_liberal() {
+        let orig = Tuple {
+            src: "10.0.1.2".parse().unwrap(),
+            dst: "10.0.2.2".parse().unwrap(),
+            proto: 6,
+            sport: 40000,
+            dport: 5201,
+            zone: 0,
+        };
+        let b = refresh_timeout(2, 0, &orig, 30, 1).unwrap();
+        let v = crate::netlink::split(&b);
+        let payload = &v[0].1;
+        let attrs: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(&payload[4..])
+            .map(|(t, v)| (t, v.to_vec()))
+            .collect();
+        assert_eq!(
+            attrs.iter().map(|(t, _)| t & 0x7fff).collect::<Vec<_>>(),
+            [1, 7, 4],
+            "CTA_TUPLE_ORIG, CTA_TIMEOUT, CTA_PROTOINFO"
+        );
+        // CTA_PROTOINFO (nested) > CTA_PROTOINFO_TCP 1 (nested) > FLAGS_ORIGINAL 4, FLAGS_REPLY 5,
+        // each struct nf_ct_tcp_flags { flags, mask } = { 0x08, 0x08 }, as the kernel parses it.
+        // (The crate sets no NLA_F_NESTED; ctnetlink parses these nests without requiring it.)
+        let info = &attrs[2].1;
+        let tcp: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(info)
+            .map(|(t, v)| (t, v.to_vec()))
+            .collect();
+        assert_eq!(tcp.len(), 1);
+        assert_eq!(tcp[0].0 & 0x7fff, 1, "CTA_PROTOINFO_TCP");
+        let flags: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(&tcp[0].1)
+            .map(|(t, v)| (t & 0x7fff, v.to_vec()))
+            .collect();
+        assert_eq!(flags, vec![(4, vec![0x08, 0x08]), (5, vec![0x08, 0x08])]);
     }
 }

@@ -32,6 +32,20 @@ pub struct KeepAlive {
     pub timeout_s: u32,
 }
 
+/// Queues keep-alive requests for the source's thread ([`Conntrack::keep_alive_queue`]).
+#[derive(Clone)]
+pub struct KeepAliveQueue(Arc<Mutex<Vec<KeepAlive>>>);
+
+impl KeepAliveQueue {
+    /// Queues `entries` (sent from the source's thread within about 100 ms).
+    pub fn push(&self, entries: &[KeepAlive]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(entries);
+    }
+}
+
 /// Where and how.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -116,6 +130,13 @@ impl Conntrack {
     /// `keep_alive_failed` (an entry gone meanwhile is not created again).
     pub fn keep_alive(&self, entries: &[KeepAlive]) {
         self.pending.lock().unwrap().extend_from_slice(entries);
+    }
+
+    /// A handle queueing keep-alive requests like [`Conntrack::keep_alive`], for code that runs
+    /// before the source exists or on its thread (an observer offering a TCP flow marks its
+    /// window tracking liberal at once: [`super::request::refresh_timeout`]).
+    pub fn keep_alive_queue(&self) -> KeepAliveQueue {
+        KeepAliveQueue(self.pending.clone())
     }
 
     /// Whether the first dump is in.

@@ -18,18 +18,9 @@ pub const NAT_RULES: &str = "table ip nat {\n chain post {\n  type nat hook post
 /// first.
 pub const INPUT_RULES: &str = "table inet filt {\n chain input {\n  type filter hook input priority filter; policy accept;\n  iifname \"p2\" ct state new tcp flags & (syn | ack) != syn drop\n }\n}\n";
 
-/// Makes r a NAT router: forwarding on, conntrack counters on, TCP window tracking liberal (see
-/// below), the masquerade rule and the input filter; h2 loses its route back to h1.
-///
-/// `nf_conntrack_tcp_be_liberal = 1`: conntrack sees none of an offloaded TCP flow's packets, so
-/// its window tracking stays where it was at the offload; the packets it sees again (the FIN
-/// handed back, everything after a hand-back or `conntrack -D`) can be out of that window, are
-/// then INVALID and not NATed, and the connection stalls at its FIN. Seen with an unpaced 64 MiB
-/// transfer (the kernel forwarded its first ~27 MB before the offload): without the sysctl it
-/// hung at the end, with it it completed; paced transfers happened to pass either way. The
-/// kernel's own flowtable marks the entries it offloads `IP_CT_TCP_FLAG_BE_LIBERAL` for this
-/// reason; ekho's host does not yet (a `CTA_PROTOINFO_TCP_FLAGS_*` update when it offers a TCP
-/// flow), so the namespace's sysctl stands in for it.
+/// Makes r a NAT router: forwarding on, conntrack counters on, the masquerade rule and the
+/// input filter; h2 loses its route back to h1. TCP window tracking stays the kernel's default
+/// (`nf_conntrack_tcp_be_liberal = 0`): the host marks the entries it offers liberal.
 pub fn make_nat_router(topo: &Topo, dir: &std::path::Path) {
     let r = &topo.r;
     let _ = Command::new("modprobe")
