@@ -336,6 +336,19 @@ impl Bench {
     /// text) and waits (polling every 5 ms) until the mirror is synced and no plugin is syncing.
     /// Returns it with the time from start to then.
     pub fn daemon(&self, nulls: usize, extra: &str) -> (Daemon, Duration) {
+        self.daemon_under(&[], "", nulls, extra)
+    }
+
+    /// [`Bench::daemon`] run under `wrapper` (a command and its arguments the daemon's command
+    /// line is appended to, e.g. `valgrind --tool=callgrind`; empty: none), with `host` lines
+    /// added to the config's `[host]` table.
+    pub fn daemon_under(
+        &self,
+        wrapper: &[String],
+        host: &str,
+        nulls: usize,
+        extra: &str,
+    ) -> (Daemon, Duration) {
         let mut plugins = String::new();
         for i in 0..nulls {
             plugins.push_str(&format!(
@@ -348,11 +361,21 @@ impl Bench {
         let socket = dir.join("ekho.sock");
         let config = dir.join("ekho.toml");
         let text = host_config(&self.ns.name, &self.bin_dir, false, &plugins)
-            .replace("{socket}", &socket.display().to_string());
+            .replace("{socket}", &socket.display().to_string())
+            .replacen("[host]\n", &format!("[host]\n{host}"), 1);
         std::fs::write(&config, text).unwrap();
         let log = dir.join("ekho.log");
         let t = Instant::now();
-        let child = std::process::Command::new(self.bin_dir.join("ekho"))
+        let ekho = self.bin_dir.join("ekho");
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = std::process::Command::new(w);
+                c.args(args).arg(&ekho);
+                c
+            }
+            None => std::process::Command::new(&ekho),
+        };
+        let child = cmd
             .args(["--config", config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "warn")
             .stdout(std::fs::File::create(dir.join("ekho.stdout")).unwrap())

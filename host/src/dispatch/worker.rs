@@ -7,14 +7,13 @@ mod sync;
 use super::held::Held;
 use super::keys::key_hash;
 use super::limits::{host_refusal, Refused};
-use super::queue::{Pending, Queue, Work};
+use super::queue::{PendingMap, Queue, Work};
 use super::status::{outcome_code, PluginState, PluginStatus};
 use super::stream::StreamFeed;
 use super::{Lookup, MirrorAccess, ReplaySource, Size, BATCH, KINDS};
 use crate::binding::Bound;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::{order, ObjectKey};
-use indexmap::IndexMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -140,7 +139,7 @@ impl Worker {
 
     fn step(
         &mut self,
-        batch: IndexMap<ObjectKey, Pending>,
+        mut batch: PendingMap,
         events: VecDeque<NotifierEvent>,
     ) -> Result<(), String> {
         if !events.is_empty() {
@@ -155,7 +154,7 @@ impl Worker {
         // Turn pending entries into changes, answering refusals ourselves.
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
         let mut refused = 0u64;
-        for (key, p) in batch {
+        for (key, p) in batch.drain(..) {
             let delivered = self.held.contains(key_hash(&key));
             match (p.base, p.target) {
                 (base, None) => {
@@ -191,6 +190,9 @@ impl Worker {
                 }
             }
         }
+        // The emptied map goes back to the queue with its capacity: a burst does not regrow it
+        // (and copy every pending entry again) each time the worker takes one.
+        self.queue.recycle(batch);
         // held_per_kind was bumped for additions to enforce limits within the batch; undo, the
         // outcomes below recount.
         for c in &changes {

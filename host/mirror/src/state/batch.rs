@@ -5,7 +5,6 @@ use super::State;
 use crate::routes::RKey;
 use ekho_plugin_api::object::*;
 use ekho_plugin_api::{order, Change};
-use std::collections::BTreeSet;
 
 impl State {
     pub(super) fn touch(&mut self, k: &ObjectKey) {
@@ -25,8 +24,66 @@ impl State {
     /// change) as touched.
     pub(super) fn touch_route(&mut self, k: &RKey) {
         if self.tracking && !self.touched_routes.contains_key(k) {
-            let old: Vec<Object> = self
-                .route_objects(k)
+            let old = self.named_route_objects(k, self.routes.get(k));
+            self.touched_routes.insert(*k, old);
+        }
+    }
+
+    /// [`State::touch_route`] with the aliases under `k` at hand (one lookup of the route table
+    /// fewer per route event).
+    pub(super) fn touch_route_of(
+        &mut self,
+        k: &RKey,
+        aliases: &[std::sync::Arc<crate::routes::Attrs>],
+    ) {
+        if self.tracking && !self.touched_routes.contains_key(k) {
+            let old = self.named_route_objects(k, aliases);
+            self.touched_routes.insert(*k, old);
+        }
+    }
+
+    fn named_route_objects(
+        &self,
+        k: &RKey,
+        aliases: &[std::sync::Arc<crate::routes::Attrs>],
+    ) -> Vec<Object> {
+        self.route_objects_of(k, aliases)
+            .into_iter()
+            .map(|r| {
+                let mut o = Object::Route(r);
+                self.name(&mut o);
+                o
+            })
+            .collect()
+    }
+
+    /// Ends a batch: the net change of every touched object, in batch order
+    /// ([`ekho_plugin_api::order`]).
+    ///
+    /// Routes are paired per route key: the objects under a key before the batch against those
+    /// under it now, rendered and named once each (no second lookup per object), in the order
+    /// the batch first touched their keys (the kernel's order of events; a route key's objects
+    /// in plugin-api key order). The other kinds come in key order.
+    pub fn flush(&mut self) -> Vec<Change> {
+        let touched = std::mem::take(&mut self.touched);
+        // Drained, not taken: the table keeps its capacity for the next batch (no regrowth).
+        let touched_routes: Vec<(RKey, Vec<Object>)> = self.touched_routes.drain(..).collect();
+        let mut up = Vec::with_capacity(touched.len() + touched_routes.len());
+        let mut rm = Vec::new();
+        let mut diff = |old: Option<Object>, new: Option<Object>| match (old, new) {
+            (None, Some(n)) => up.push(Change::Add(n)),
+            (Some(o), Some(n)) if o != n => up.push(Change::Update { old: o, new: n }),
+            (Some(o), None) => rm.push(Change::Remove(o)),
+            _ => {}
+        };
+        for (k, old) in touched {
+            let new = self.get(&k);
+            diff(old, new);
+        }
+        let mut pairs: Vec<(ObjectKey, Option<Object>, Option<Object>)> = Vec::new();
+        for (rk, olds) in touched_routes {
+            let mut news: Vec<Object> = self
+                .route_objects(&rk)
                 .into_iter()
                 .map(|r| {
                     let mut o = Object::Route(r);
@@ -34,36 +91,32 @@ impl State {
                     o
                 })
                 .collect();
-            self.touched_routes.insert(*k, old);
-        }
-    }
-
-    /// Ends a batch: the net change of every touched object, in batch order
-    /// ([`ekho_plugin_api::order`]).
-    pub fn flush(&mut self) -> Vec<Change> {
-        let mut touched = std::mem::take(&mut self.touched);
-        for (rk, olds) in std::mem::take(&mut self.touched_routes) {
-            let mut seen = BTreeSet::new();
-            for o in olds {
-                seen.insert(o.key());
-                touched.insert(o.key(), Some(o));
-            }
-            for r in self.route_objects(&rk) {
-                let k = Object::Route(r).key();
-                if seen.insert(k.clone()) {
-                    touched.insert(k, None);
+            if olds.len() <= 1 && news.len() <= 1 {
+                // The usual case: one object under the key before and/or after.
+                let (o, n) = (olds.into_iter().next(), news.pop());
+                match (o, n) {
+                    // Another device (the key's `dev`): a removal and an addition.
+                    (Some(o), Some(n)) if o.key() != n.key() => {
+                        diff(Some(o), None);
+                        diff(None, Some(n));
+                    }
+                    (o, n) => diff(o, n),
                 }
+                continue;
             }
-        }
-        let mut up = Vec::new();
-        let mut rm = Vec::new();
-        for (k, old) in touched {
-            let new = self.get(&k);
-            match (old, new) {
-                (None, Some(n)) => up.push(Change::Add(n)),
-                (Some(o), Some(n)) if o != n => up.push(Change::Update { old: o, new: n }),
-                (Some(o), None) => rm.push(Change::Remove(o)),
-                _ => {}
+            pairs.clear();
+            for o in olds {
+                let k = o.key();
+                let n = news
+                    .iter()
+                    .position(|n| n.key() == k)
+                    .map(|i| news.remove(i));
+                pairs.push((k, Some(o), n));
+            }
+            pairs.extend(news.into_iter().map(|n| (n.key(), None, Some(n))));
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            for (_, o, n) in pairs.drain(..) {
+                diff(o, n);
             }
         }
         up.extend(rm);

@@ -54,7 +54,8 @@ pub struct State {
     /// Keys touched in the current batch, with their (named) state before the batch.
     touched: BTreeMap<ObjectKey, Option<Object>>,
     /// Route keys touched in the current batch, with their (named) objects before the batch.
-    touched_routes: BTreeMap<RKey, Vec<Object>>,
+    /// In the order first touched (the kernel's order of events), hashed: one lookup per touch.
+    touched_routes: indexmap::IndexMap<RKey, Vec<Object>, foldhash::fast::RandomState>,
     /// Set when proxy neighbours may have changed silently (link down/delete, last address).
     pub want_proxy_dump: bool,
     /// The nftables ruleset the nftables objects are derived from.

@@ -252,12 +252,13 @@ impl State {
 
     pub(super) fn new_route(&mut self, r: Route, flags: u16) {
         let k = RKey::of(&r);
-        let a = self.routes.intern(Attrs::of(&r));
+        let a = self.routes.intern_route(&r);
         let mut v = self.routes.get(&k).to_vec();
         let v4 = matches!(k, RKey::V4(_));
         if v.iter().any(|x| Arc::ptr_eq(x, &a)) && flags & NLM_F_REPLACE == 0 {
             return; // the kernel never holds two identical entries
         }
+        self.touch_route_of(&k, &v);
         if flags & NLM_F_REPLACE != 0 || v.is_empty() {
             if v.is_empty() {
                 v.push(a);
@@ -311,7 +312,6 @@ impl State {
                 None => v.push(a),
             }
         }
-        self.touch_route(&k);
         self.routes.set(k, v);
     }
 
@@ -323,6 +323,7 @@ impl State {
             return;
         }
         if matches!(k, RKey::V4(_)) {
+            self.touch_route_of(&k, &v);
             let i = v
                 .iter()
                 .position(|x| **x == d)
@@ -337,6 +338,7 @@ impl State {
                 .or_else(|| v.iter().position(|x| shares_leg(x, &d)))
                 .or_else(|| v.iter().position(|x| x.kind == d.kind));
             let Some(i) = i else { return };
+            self.touch_route_of(&k, &v);
             let mut n = (*v[i]).clone();
             if d.nhid.is_some() || d.nexthops.is_empty() {
                 v.remove(i);
@@ -354,7 +356,6 @@ impl State {
                 }
             }
         }
-        self.touch_route(&k);
         self.routes.set(k, v);
     }
 }
