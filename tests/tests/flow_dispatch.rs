@@ -10,40 +10,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-struct Bg(std::process::Child);
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A TCP connection on 127.0.0.1:`port` held open (ESTABLISHED, ASSURED) until dropped.
-fn held_tcp(ns: &Netns, port: u16) -> Bg {
-    let py = format!(
-        "import socket, time\n\
-         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('127.0.0.1', {port})); l.listen(1)\n\
-         c = socket.create_connection(('127.0.0.1', {port})); s, _ = l.accept()\n\
-         c.send(b'x'); s.recv(1); s.send(b'y'); c.recv(1)\n\
-         print('up', flush=True)\n\
-         time.sleep(120)\n"
-    );
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3", "-c", &py])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
-    Bg(child)
-}
-
 /// The flow records (`kind` `flow`) of a recorder's events file.
 fn flow_events(path: &Path) -> Vec<Value> {
     read_events(path)
@@ -221,7 +187,7 @@ fn a_flush_removes_every_flow_from_the_plugin() {
         host_config(&ns.name, build(), false, &recorder("rec", &ev, ""))
     );
     let d = Daemon::start(dir.path(), &cfg);
-    let conns: Vec<Bg> = (0..4).map(|i| held_tcp(&ns, 5300 + i)).collect();
+    let conns: Vec<Background> = (0..4).map(|i| held_tcp(&ns, 5300 + i)).collect();
     let all = |op: &str| (0..4).all(|i| last_op_is(&ev, 5300 + i, op));
     assert!(
         wait_for(Duration::from_secs(10), || all("add").then_some(())).is_some(),

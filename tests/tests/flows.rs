@@ -256,39 +256,6 @@ fn the_limit_refuses_and_counts_and_enabled_false_is_a_status_line() {
         .is_empty());
 }
 
-/// A process in the namespace, killed on drop (also on panic).
-struct Bg(std::process::Child);
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A TCP connection on 127.0.0.1:5201 held open (ESTABLISHED, ASSURED) until dropped.
-fn held_tcp(ns: &Netns) -> Bg {
-    let py = "import socket, time\n\
-              l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-              l.bind(('127.0.0.1', 5201)); l.listen(1)\n\
-              c = socket.create_connection(('127.0.0.1', 5201)); s, _ = l.accept()\n\
-              c.send(b'x'); s.recv(1); s.send(b'y'); c.recv(1)\n\
-              print('up', flush=True)\n\
-              time.sleep(120)\n";
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3", "-c", py])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
-    Bg(child)
-}
-
 /// `(proto, original dport)` of the candidates in `ekho dump flows --json`.
 fn candidates(d: &Daemon) -> BTreeSet<(String, u64)> {
     d.cli_json(&["dump", "flows", "--json"])["flows"]
@@ -311,7 +278,7 @@ fn the_offload_policy_picks_the_candidates() {
         return;
     }
     let ns = tracked_netns_marked();
-    let _tcp = held_tcp(&ns);
+    let _tcp = held_tcp(&ns, 5201);
     // UDP 5000: replied, and a packet more than 2 s after the first: ASSURED. UDP 5300: replied
     // once (not assured). UDP 4000: unreplied. An ICMP echo.
     ns.run(&[

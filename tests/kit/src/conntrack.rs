@@ -53,3 +53,41 @@ pub fn track(ns: &Netns) {
     ]);
     ns.run(&["nft", "add rule inet track out ct state new counter"]);
 }
+
+/// A process in a namespace, killed on drop (also on panic).
+pub struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP connection on 127.0.0.1:`port` in `ns` held open (`ESTABLISHED`, `ASSURED`: a byte
+/// each way) until dropped; returns once it is up.
+pub fn held_tcp(ns: &Netns, port: u16) -> Background {
+    let py = format!(
+        "import socket, time\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', {port})); l.listen(1)\n\
+         c = socket.create_connection(('127.0.0.1', {port})); s, _ = l.accept()\n\
+         c.send(b'x'); s.recv(1); s.send(b'y'); c.recv(1)\n\
+         print('up', flush=True)\n\
+         time.sleep(120)\n"
+    );
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", &py])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let bg = Background(child);
+    assert_eq!(line.trim(), "up", "the held TCP connection did not come up");
+    bg
+}

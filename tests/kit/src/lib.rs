@@ -23,7 +23,7 @@ mod skip;
 mod temp;
 
 pub use cmd::{sh, succeeds, try_sh, unique, Args};
-pub use conntrack::{conntrack_unavailable, track, tracked_netns};
+pub use conntrack::{conntrack_unavailable, held_tcp, track, tracked_netns, Background};
 pub use daemon::{build, ekho_bin, host_config, http_get, workspace, Daemon};
 pub use netns::Netns;
 pub use skip::{kernel, missing_tools, needs_root, say_skip};
