@@ -160,6 +160,30 @@ pub fn flow_key(zone: u16, orig: &Tuple) -> ObjectKey {
     }
 }
 
+/// The inverse of [`flow_key`]: (family, zone, original tuple) of a flow's key; `None` for
+/// another kind's key. The tuple's own zone is 0: a direction zone (`CTA_TUPLE_ZONE`) is not
+/// in the key.
+fn key_tuple(key: &ObjectKey) -> Option<(u8, u16, Tuple)> {
+    let ObjectKey::Flow {
+        family,
+        protocol,
+        zone,
+        original,
+    } = key
+    else {
+        return None;
+    };
+    let orig = Tuple {
+        src: original.src.into(),
+        dst: original.dst.into(),
+        proto: *protocol,
+        sport: original.sport,
+        dport: original.dport,
+        zone: 0,
+    };
+    Some((family.0, *zone, orig))
+}
+
 /// Where an observer queues keep-alive requests (set once the source exists).
 type Queue = Arc<std::sync::OnceLock<ekho_mirror::conntrack::source::KeepAliveQueue>>;
 
@@ -307,32 +331,18 @@ impl Flows {
         let t = source.table();
         let rel = released.lock().unwrap();
         for (k, &lu) in &latest {
-            let ObjectKey::Flow {
-                family,
-                protocol,
-                zone,
-                original,
-            } = k
-            else {
+            let Some((family, zone, orig)) = key_tuple(k) else {
                 continue;
             };
-            let orig = Tuple {
-                src: original.src.into(),
-                dst: original.dst.into(),
-                proto: *protocol,
-                sport: original.sport,
-                dport: original.dport,
-                zone: 0,
-            };
             let candidate = t
-                .get(*zone, &orig)
+                .get(zone, &orig)
                 .is_some_and(|f| p.candidate(f) && !rel.contains_key(&f.key()));
             if candidate && lu > ka.last.get(k).copied().unwrap_or(0) {
                 reqs.push(ekho_mirror::conntrack::source::KeepAlive {
-                    family: family.0,
-                    zone: *zone,
+                    family,
+                    zone,
+                    timeout_s: timeouts.of(orig.proto),
                     orig,
-                    timeout_s: timeouts.of(*protocol),
                 });
             }
         }
@@ -357,31 +367,16 @@ impl Flows {
         else {
             return Err("conntrack is not mirrored".into());
         };
-        let ObjectKey::Flow {
-            zone,
-            original,
-            protocol,
-            ..
-        } = key
-        else {
+        let Some((_, zone, orig)) = key_tuple(key) else {
             return Err(format!("not a flow's key: {key:?}"));
         };
         let t = source.table();
-        let orig = Tuple {
-            src: original.src.into(),
-            dst: original.dst.into(),
-            proto: *protocol,
-            sport: original.sport,
-            dport: original.dport,
-            zone: 0,
-        };
         // A tuple with a zone of its own direction (`CTA_TUPLE_ZONE`) is found by a scan.
         let f = t
-            .get(*zone, &orig)
+            .get(zone, &orig)
             .or_else(|| {
-                t.flows().find(|f| {
-                    f.zone == *zone && f.orig.proto == *protocol && api_tuple(&f.orig) == *original
-                })
+                t.flows()
+                    .find(|f| f.zone == zone && Tuple { zone: 0, ..f.orig } == orig)
             })
             .ok_or_else(|| format!("no conntrack entry for {key:?} (gone already)"))?;
         let k = f.key();
