@@ -4,9 +4,12 @@
 //! [natively](native): the calls cross as they are. A plugin of an older minor of the same
 //! major is driven through the frozen types of its minor (`ekho_plugin_api::abi::v1_N`), the
 //! changes converted into them before each call, its capabilities, outcomes and stats
-//! converted back: one module here per supported older minor. Which one is chosen by
+//! converted back: one module here per supported older minor, each made by `converted!`
+//! (`converted.rs`). Which one is chosen by
 //! [`ekho_plugin_api::version::verdict`].
 
+#[macro_use]
+mod converted;
 mod native;
 mod v1_0;
 mod v1_1;
