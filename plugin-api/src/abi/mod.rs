@@ -28,7 +28,8 @@
 //!    hands the host: capabilities, requests).
 //! 3. Add the new snapshot module re-exporting the crate's types, its `.layout` file
 //!    (`EKHO_ABI_BLESS=1 cargo test -p ekho-plugin-api --test abi_freeze` writes a missing one;
-//!    it never rewrites an existing one) and the host's binding for the older minor.
+//!    it never rewrites an existing one) and the host's binding for the older minor (in ekho:
+//!    `host/src/binding/v1_N.rs`, one `converted!` call).
 //!
 //! The freeze check fails when a snapshot's types no longer describe what its `.layout` file
 //! holds, and `tests/rehearsal/` in the ekho repository rehearses exactly this procedure (the
