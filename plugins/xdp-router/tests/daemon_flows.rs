@@ -65,11 +65,7 @@ fn counter(d: &Daemon, kind: &str, name: &str) -> u64 {
 
 #[test]
 fn masqueraded_transfer_is_offloaded_kept_alive_and_handed_back() {
-    if skip() {
-        return;
-    }
-    if let Some(r) = missing_tools(&["conntrack", "nft"], "conntrack nftables") {
-        say_skip(&r);
+    if skip_nat() {
         return;
     }
     let topo = Topo::new(false);
@@ -212,11 +208,7 @@ fn masqueraded_transfer_is_offloaded_kept_alive_and_handed_back() {
 /// transfer hung at its FIN: the kernel's window was far behind, the FIN INVALID, not NATed.)
 #[test]
 fn unpaced_transfers_complete_with_default_window_tracking() {
-    if skip() {
-        return;
-    }
-    if let Some(r) = missing_tools(&["conntrack", "nft"], "conntrack nftables") {
-        say_skip(&r);
+    if skip_nat() {
         return;
     }
     let topo = Topo::new(false);

@@ -51,17 +51,6 @@ fn flow_counters(m: &MiniHost, key: &ObjectKey) -> Option<(u64, u64)> {
         })
 }
 
-fn skip_nat() -> bool {
-    if skip() {
-        return true;
-    }
-    if let Some(r) = missing_tools(&["conntrack", "nft"], "conntrack nftables") {
-        say_skip(&r);
-        return true;
-    }
-    false
-}
-
 #[test]
 fn masqueraded_tcp_flow_runs_in_xdp_and_goes_back_to_the_kernel() {
     if skip_nat() {

@@ -308,6 +308,19 @@ impl Drop for Transfer {
     }
 }
 
+/// Whether a NAT test cannot run here (the XDP tests' reasons, or conntrack or nft missing):
+/// prints the `SKIP:` line and returns true then.
+pub fn skip_nat() -> bool {
+    if skip() {
+        return true;
+    }
+    if let Some(r) = missing_tools(&["conntrack", "nft"], "conntrack nftables") {
+        say_skip(&r);
+        return true;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
