@@ -10,21 +10,14 @@
 //! builds the release `null` plugin).
 
 use ekho_tests::bench::{dispatch_cost, DISPATCH_BATCH};
-use std::process::Command;
 
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let ws = ekho_tests::workspace();
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args(["build", "--release", "-p", "ekho-null"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let d = dispatch_cost(&ws.join("target/release/libekho_null.so"), n);
+    let bin_dir = ekho_tests::bench::release_build(&["ekho-null"]);
+    let d = dispatch_cost(&bin_dir.join("libekho_null.so"), n);
     println!("{n} route additions in batches of {DISPATCH_BATCH}, best of 3:");
     println!(
         "  across the ABI into libekho_null.so: {:.1} ns/change ({:.2?})",

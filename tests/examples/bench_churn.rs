@@ -269,24 +269,7 @@ fn main() {
     let n4: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let n6: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(230_000);
     let ws = ekho_tests::workspace();
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ekho",
-            "-p",
-            "ekho-null",
-            "-p",
-            "ekho-recorder",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bin_dir = ws.join("target/release");
-    // The kit's CLI calls use the same build.
-    std::env::set_var("EKHO_TEST_BUILD_DIR", &bin_dir);
+    let bin_dir = ekho_tests::bench::release_build(&["ekho", "ekho-null", "ekho-recorder"]);
     // EKHO_BENCH_ONLY=churn,latency,sync,dispatch,peers: a subset of the sections.
     let only = std::env::var("EKHO_BENCH_ONLY").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only.split(',').any(|x| x == s);

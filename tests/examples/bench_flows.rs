@@ -174,15 +174,7 @@ fn main() {
                 .expect("RATES: set-ups per second, comma-separated (0: unpaced)")
         })
         .collect();
-    let ws = ekho_tests::workspace();
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args(["build", "--release", "-p", "ekho", "-p", "ekho-null"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bin_dir = ws.join("target/release");
-    std::env::set_var("EKHO_TEST_BUILD_DIR", &bin_dir);
+    let bin_dir = ekho_tests::bench::release_build(&["ekho", "ekho-null"]);
     if ekho_tests::conntrack_unavailable() {
         return;
     }

@@ -132,14 +132,8 @@ fn main() {
     let mut a = std::env::args().skip(1);
     let n: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let gws: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(4).max(1);
-    let ws = ekho_tests::workspace();
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args(["build", "--release", "-p", "ekho", "-p", "ekho-null"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bin = ws.join("target/release/ekho");
+    let bin_dir = ekho_tests::bench::release_build(&["ekho", "ekho-null"]);
+    let bin = bin_dir.join("ekho");
     let dir = TempDir::new();
 
     // Baseline: the daemon on an empty namespace.

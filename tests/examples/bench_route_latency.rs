@@ -42,14 +42,8 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let ws = ekho_tests::workspace();
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args(["build", "--release", "-p", "ekho", "-p", "ekho-xdp-router"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bin = ws.join("target/release/ekho");
+    let bin_dir = ekho_tests::bench::release_build(&["ekho", "ekho-xdp-router"]);
+    let bin = bin_dir.join("ekho");
 
     let (h1, r, h2) = (Netns::new(), Netns::new(), Netns::new());
     r.ip(&[

@@ -68,14 +68,7 @@ fn main() {
         .next()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| ws.join("target/callgrind"));
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&ws)
-        .args(["build", "--release", "-p", "ekho", "-p", "ekho-null"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bin_dir = ws.join("target/release");
-    std::env::set_var("EKHO_TEST_BUILD_DIR", &bin_dir);
+    let bin_dir = ekho_tests::bench::release_build(&["ekho", "ekho-null"]);
     std::fs::create_dir_all(&out).unwrap();
     let stem = out.join(format!("churn-{fam:?}-{n}-{nulls}p"));
     for e in std::fs::read_dir(&out).unwrap().flatten() {

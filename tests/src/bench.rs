@@ -109,6 +109,26 @@ fn route_msg(b: &mut Vec<u8>, op: Op, fam: Family, i: u32, ifindex: u32) {
     b[start..start + 4].copy_from_slice(&n.to_ne_bytes());
 }
 
+/// Builds the release `packages` of this workspace (`cargo build --release -p ...`, as the
+/// benchmarks run them) and returns `target/release`; the kit's CLI calls use that build too
+/// (`EKHO_TEST_BUILD_DIR`).
+pub fn release_build(packages: &[&str]) -> PathBuf {
+    let ws = crate::workspace();
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    let st = std::process::Command::new(env!("CARGO"))
+        .current_dir(&ws)
+        .args(&args)
+        .status()
+        .expect("running cargo build");
+    assert!(st.success(), "cargo {}: {st}", args.join(" "));
+    let dir = ws.join("target/release");
+    std::env::set_var("EKHO_TEST_BUILD_DIR", &dir);
+    dir
+}
+
 /// Runs `f` on a scratch thread inside the netns at `path` (the caller's netns is untouched).
 pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
     let p = path.to_path_buf();
