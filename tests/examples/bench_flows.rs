@@ -17,6 +17,14 @@
 //! - the final table against the kernel's (`conntrack -C`);
 //! - the daemon's resident memory per flow held (RSS growth over the daemon before the flows)
 //!   against the mirror table's own cost per entry.
+//!
+//! Then offload candidates into a plugin: a ctnetlink writer of its own (`IPCTNL_MSG_CT_NEW`
+//! and `_DELETE` requests, about 32 KiB per `send`, no ack) creates FLOWS `ESTABLISHED`
+//! `ASSURED` TCP entries and deletes them, once with nobody listening (the reference) and once
+//! with the daemon (its `null` plugin takes flows) and `conntrack -E` listening: the kernel's
+//! accept rate with against without, the time from the writer's last `send` until the plugin
+//! holds the final set (every flow; none), changes/s into the plugin, overruns and resyncs,
+//! and `conntrack -E`'s lines against made. `RATES` empty (`""`) runs only this part.
 
 use ekho_tests::bench::*;
 use std::io::{BufRead, BufReader};
@@ -112,6 +120,105 @@ fn make_flows(ns: &std::path::Path, n: u32, rate: u32) -> Duration {
     })
 }
 
+/// The conntrack writer's requests for TCP entries `0..n` (original 10.1.x.y:sport ->
+/// 10.2.0.1:80, the reply reversed), about 32 KiB per chunk, no acknowledgement asked:
+/// `create`, entries in `ESTABLISHED` with `ASSURED` and `SEEN_REPLY` and a 600 s timeout (what
+/// `conntrack -I` makes, one offload candidate each by the default policy), or their deletes.
+/// The status also carries `CONFIRMED`, as `conntrack -I` sends it: the kernel refuses a status
+/// without it with `EBUSY` (it would clear a bit user space may not change).
+fn ct_requests(n: u32, create: bool) -> Vec<Vec<u8>> {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    };
+    use netlink_packet_netfilter::conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
+        Protocol, Status, Tuple,
+    };
+    use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+    let tuple = |src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16| {
+        vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(src.into()),
+                IPTuple::DestinationAddress(dst.into()),
+            ]),
+            Tuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::Tcp),
+                ProtoTuple::SourcePort(sport),
+                ProtoTuple::DestinationPort(dport),
+            ]),
+        ]
+    };
+    let mut chunks = Vec::new();
+    let mut b: Vec<u8> = Vec::with_capacity(33 << 10);
+    for i in 0..n {
+        let src = std::net::Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8);
+        let dst = std::net::Ipv4Addr::new(10, 2, 0, 1);
+        let (sport, dport) = (1024 + (i >> 16) as u16, 80);
+        let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple(
+            src, dst, sport, dport,
+        ))];
+        if create {
+            attrs.push(ConntrackAttribute::CtaTupleReply(tuple(
+                dst, src, dport, sport,
+            )));
+            attrs.push(ConntrackAttribute::CtaStatus(
+                Status::Assured | Status::SeenReply | Status::Confirmed,
+            ));
+            attrs.push(ConntrackAttribute::CtaTimeout(600));
+            attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+                vec![
+                    ProtoInfoTCP::State(3), // TCP_CONNTRACK_ESTABLISHED
+                ],
+            )]));
+        }
+        let nf = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::from(2u8), 0, 0),
+            if create {
+                ConntrackMessage::New(attrs)
+            } else {
+                ConntrackMessage::Delete(attrs)
+            },
+        );
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | if create { NLM_F_CREATE | NLM_F_EXCL } else { 0 };
+        header.sequence_number = i + 1;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(nf));
+        msg.finalize();
+        let at = b.len();
+        b.resize(at + msg.buffer_len(), 0);
+        msg.serialize(&mut b[at..]);
+        if b.len() >= 32 << 10 {
+            chunks.push(std::mem::replace(&mut b, Vec::with_capacity(33 << 10)));
+        }
+    }
+    if !b.is_empty() {
+        chunks.push(b);
+    }
+    chunks
+}
+
+/// The flows held for the `null` plugin.
+fn offloaded(d: &ekho_tests::Daemon) -> u64 {
+    status(d)["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "null-0")
+        .and_then(|p| p["flows_offloaded"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Polls (every 2 ms) until the `null` plugin holds `flows` flows; when that was first seen.
+fn wait_offloaded(d: &ekho_tests::Daemon, flows: u64, timeout: Duration) -> Option<Instant> {
+    ekho_tests::wait_for(timeout, || {
+        if offloaded(d) == flows {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        None
+    })
+}
+
 /// conntrack's own count of the namespace's entries.
 fn kernel_count(ns: &str) -> u64 {
     let out = Command::new("ip")
@@ -169,6 +276,7 @@ fn main() {
         .next()
         .unwrap_or_else(|| "25000,50000,0".into())
         .split(',')
+        .filter(|r| !r.is_empty())
         .map(|r| {
             r.parse()
                 .expect("RATES: set-ups per second, comma-separated (0: unpaced)")
@@ -207,8 +315,10 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    println!("| set-up rate asked | reached | ekho NEW read / made | `conntrack -E` NEW / made (its ENOBUFS reports) | overruns, resyncs (set-up) | table = kernel | flush: ekho DESTROY / made | `conntrack -E` DESTROY / made (ENOBUFS) | overruns, resyncs (flush) | RSS per flow (table entry {table_entry} B) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    if !rates.is_empty() {
+        println!("| set-up rate asked | reached | ekho NEW read / made | `conntrack -E` NEW / made (its ENOBUFS reports) | overruns, resyncs (set-up) | table = kernel | flush: ekho DESTROY / made | `conntrack -E` DESTROY / made (ENOBUFS) | overruns, resyncs (flush) | RSS per flow (table entry {table_entry} B) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
     for rate in rates {
         let extra = format!("[flows]\nlimit = {}\nrefresh_s = 0\n", u64::from(n) * 2);
         let (d, _) = b.daemon(1, &extra);
@@ -274,4 +384,106 @@ fn main() {
         );
         drop(d);
     }
+
+    // Candidates into a plugin: the conntrack writer creates then deletes ESTABLISHED
+    // ASSURED TCP entries, nobody listening (the reference), then with the daemon and its
+    // `null` plugin (which takes flows) and `conntrack -E` listening.
+    let netfilter = libc::NETLINK_NETFILTER;
+    let reference = [true, false].map(|create| {
+        let w = send_requests(
+            &b.ns.path(),
+            netfilter,
+            ct_requests(n, create),
+            u64::from(n),
+        );
+        assert_eq!(w.refused, 0, "the kernel refused requests: {w:?}");
+        w
+    });
+    let extra = format!("[flows]\nlimit = {}\nrefresh_s = 0\n", u64::from(n) * 2);
+    let (d, _) = b.daemon(1, &extra);
+    ekho_tests::wait_for(Duration::from_secs(30), || {
+        (ct(&d)["state"] == "running").then_some(())
+    })
+    .expect("the daemon's conntrack source runs");
+    let peer_err = b.dir.path().join("conntrack-E-tcp.err");
+    let mut cells = Vec::new();
+    for (i, create) in [true, false].into_iter().enumerate() {
+        let before = ct(&d);
+        let peer = Peer::start(
+            &b.ns.name,
+            if create { "NEW" } else { "DESTROY" },
+            &peer_err,
+        );
+        let w = send_requests(
+            &b.ns.path(),
+            netfilter,
+            ct_requests(n, create),
+            u64::from(n),
+        );
+        assert_eq!(w.refused, 0, "the kernel refused requests: {w:?}");
+        let want = if create { u64::from(n) } else { 0 };
+        let held = wait_offloaded(&d, want, Duration::from_secs(300));
+        let after = ct(&d);
+        let printed = peer.stop();
+        let enobufs = std::fs::read_to_string(&peer_err)
+            .unwrap_or_default()
+            .matches("ENOBUFS")
+            .count();
+        cells.push((w, reference[i], held, before, after, printed, enobufs));
+    }
+    println!();
+    println!("| {n} TCP entries by a ctnetlink writer (batched, no ack), one `null` plugin | create | delete |");
+    println!("|---|---|---|");
+    let row =
+        |what: &str, f: &dyn Fn(usize) -> String| println!("| {what} | {} | {} |", f(0), f(1));
+    row("kernel accept rate, ekho listening / nobody", &|i| {
+        let (w, r, ..) = &cells[i];
+        format!(
+            "{:.0}k/s / {:.0}k/s = {:.2}",
+            w.rate() / 1e3,
+            r.rate() / 1e3,
+            w.rate() / r.rate()
+        )
+    });
+    row(
+        "the plugin holds the final set, after the writer's last send",
+        &|i| {
+            let (w, _, held, ..) = &cells[i];
+            match (held, w.ended) {
+                (Some(h), Some(e)) => format!(
+                    "{:.0} ms",
+                    h.saturating_duration_since(e).as_secs_f64() * 1e3
+                ),
+                _ => "NOT REACHED in 300 s".into(),
+            }
+        },
+    );
+    row(
+        "changes/s into the plugin (writer start to plugin holding all)",
+        &|i| {
+            let (w, _, held, ..) = &cells[i];
+            match (held, w.ended) {
+                (Some(h), Some(e)) => format!(
+                    "{:.0}k/s",
+                    f64::from(n) / (w.took + h.saturating_duration_since(e)).as_secs_f64() / 1e3
+                ),
+                _ => "-".into(),
+            }
+        },
+    );
+    row("overruns, resyncs (0, 0: zero loss)", &|i| {
+        let (_, _, _, before, after, ..) = &cells[i];
+        format!(
+            "{}, {}",
+            num(after, "overruns") - num(before, "overruns"),
+            num(after, "resyncs") - num(before, "resyncs")
+        )
+    });
+    row(
+        "`conntrack -E` under the same writer: printed / made",
+        &|i| {
+            let (.., printed, enobufs) = &cells[i];
+            format!("{:.2} ({enobufs} ENOBUFS)", *printed as f64 / f64::from(n))
+        },
+    );
 }

@@ -140,13 +140,13 @@ pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + '
     .expect("netns thread panicked")
 }
 
-fn route_socket() -> OwnedFd {
+fn netlink_socket(protocol: i32) -> OwnedFd {
     // SAFETY: plain socket call; checked below.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     };
     assert!(
@@ -213,9 +213,15 @@ pub fn write_routes(
     if !b.is_empty() {
         chunks.push(b);
     }
-    let requests = range.len() as u64;
+    send_requests(ns, libc::NETLINK_ROUTE, chunks, range.len() as u64)
+}
+
+/// Sends `chunks` (each a run of requests, no acknowledgement asked) on a fresh netlink socket
+/// of `protocol` in the netns at `ns`, as fast as the kernel takes them, then counts the error
+/// replies (the refusals). `requests` is how many the chunks hold.
+pub fn send_requests(ns: &Path, protocol: i32, chunks: Vec<Vec<u8>>, requests: u64) -> Written {
     in_netns(ns, move || {
-        let fd = route_socket();
+        let fd = netlink_socket(protocol);
         set_int_opt(&fd, libc::SO_RCVBUFFORCE, 64 << 20);
         set_int_opt(&fd, libc::SO_SNDBUFFORCE, 4 << 20);
         let t = Instant::now();
@@ -677,7 +683,7 @@ impl Probe {
         gap: Duration,
         stop: &dyn Fn() -> bool,
     ) -> (Vec<Duration>, u32) {
-        let fd = in_netns(&b.ns.path(), route_socket);
+        let fd = in_netns(&b.ns.path(), || netlink_socket(libc::NETLINK_ROUTE));
         let mut lat = Vec::new();
         let mut missed = 0;
         for _ in 0..rounds {
