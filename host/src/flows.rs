@@ -199,7 +199,9 @@ fn observer(
     queue: Queue,
     timeouts: Timeouts,
 ) -> Observer {
-    let mut offered: HashSet<(u16, Tuple, u32)> = HashSet::new();
+    // The TCP entries offered so far: key -> conntrack id (a new entry of the key is offered
+    // anew); by key, so that a deletion is one lookup, not a scan (a flush deletes them all).
+    let mut offered: HashMap<(u16, Tuple), u32> = HashMap::new();
     Box::new(move |t: &Table, keys: Vec<(u16, Tuple)>| {
         let p = policy::Policy { rules: &rules };
         let mut rel = released.lock().unwrap();
@@ -218,7 +220,7 @@ fn observer(
                     }
                     if p.candidate(f) && !rel.contains_key(&k) {
                         put.push(api_flow(f));
-                        if f.orig.proto == 6 && offered.insert((k.0, k.1, f.id)) {
+                        if f.orig.proto == 6 && offered.insert(k, f.id) != Some(f.id) {
                             liberal.push(ekho_mirror::conntrack::source::KeepAlive {
                                 family: f.family,
                                 zone: k.0,
@@ -232,7 +234,7 @@ fn observer(
                 }
                 None => {
                     rel.remove(&k);
-                    offered.retain(|(z, o, _)| (*z, *o) != k);
+                    offered.remove(&k);
                     del.push(flow_key(k.0, &k.1));
                 }
             }
