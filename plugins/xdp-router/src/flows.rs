@@ -11,14 +11,13 @@
 
 use crate::dataplane::{Backend, Error};
 use crate::maps::*;
+use crate::ring::RingReader;
 use aya::maps::{MapData, RingBuf};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -149,7 +148,7 @@ struct Installed {
 pub struct FlowTable<K> {
     flows: HashMap<K, Installed>,
     by_tuple: HashMap<FlowKey, K>,
-    /// Counter id -> key; shared with the [`FlowEvents`] thread.
+    /// Counter id -> key; shared with the FLOW_EVENTS thread ([`spawn_events`]).
     by_id: Arc<Mutex<HashMap<u32, K>>>,
     next_id: u32,
     max: usize,
@@ -294,7 +293,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
         self.ids().get(&id).cloned()
     }
 
-    /// The counter id -> key map, for the [`FlowEvents`] thread.
+    /// The counter id -> key map, for the FLOW_EVENTS thread ([`spawn_events`]).
     pub fn shared_ids(&self) -> Arc<Mutex<HashMap<u32, K>>> {
         self.by_id.clone()
     }
@@ -317,7 +316,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
     }
 }
 
-/// Hand-backs: which flows were released to the host already (by the [`FlowEvents`] thread or a
+/// Hand-backs: which flows were released to the host already (by the FLOW_EVENTS thread or a
 /// later scan of the flags), so each is released once.
 /// Sends one hand-back to the host.
 pub type ReleaseFn<K> = Box<dyn Fn(&K) -> Result<(), String> + Send + Sync>;
@@ -361,68 +360,21 @@ impl<K> Releaser<K> {
 }
 
 /// The thread draining FLOW_EVENTS: each record (a flow saw FIN or RST) is released at once.
-pub struct FlowEvents {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl FlowEvents {
-    pub fn spawn<K: Clone + Send + 'static>(
-        mut ring: RingBuf<MapData>,
-        ids: Arc<Mutex<HashMap<u32, K>>>,
-        releaser: Arc<Releaser<K>>,
-    ) -> std::io::Result<FlowEvents> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("xdp-router-flows".into())
-            .spawn(move || {
-                let fd = ring.as_raw_fd();
-                while !s.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    while let Some(item) = ring.next() {
-                        if item.len() < std::mem::size_of::<FlowEvent>() {
-                            continue;
-                        }
-                        // SAFETY: length checked; read_unaligned copes with any alignment.
-                        let ev: FlowEvent =
-                            unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
-                        drop(item);
-                        let key = ids
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get(&ev.id)
-                            .cloned();
-                        if let Some(k) = key {
-                            releaser.release(ev.id, &k);
-                        }
-                    }
-                }
-            })?;
-        Ok(FlowEvents {
-            stop,
-            handle: Some(handle),
-        })
-    }
-
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+pub fn spawn_events<K: Clone + Send + 'static>(
+    ring: RingBuf<MapData>,
+    ids: Arc<Mutex<HashMap<u32, K>>>,
+    releaser: Arc<Releaser<K>>,
+) -> std::io::Result<RingReader> {
+    RingReader::spawn("xdp-router-flows", ring, move |ev: FlowEvent| {
+        let key = ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ev.id)
+            .cloned();
+        if let Some(k) = key {
+            releaser.release(ev.id, &k);
         }
-    }
-}
-
-impl Drop for FlowEvents {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    })
 }
 
 #[cfg(test)]

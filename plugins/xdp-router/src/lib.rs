@@ -75,6 +75,7 @@ pub mod flows;
 pub mod maps;
 pub mod netns;
 pub mod resolver;
+pub mod ring;
 pub mod stale;
 
 #[cfg(test)]
@@ -86,9 +87,10 @@ use dataplane::{Backend, Dataplane, XdpMode};
 use ekho_plugin_api::object::neighbour::nud;
 use ekho_plugin_api::object::route::{RTNH_F_DEAD, RTNH_F_LINKDOWN};
 use ekho_plugin_api::prelude::*;
-use flows::{FlowEvents, FlowTable, Releaser};
+use flows::{FlowTable, Releaser};
 use maps::*;
-use resolver::{Asker, Resolver};
+use resolver::Asker;
+use ring::RingReader;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -156,7 +158,7 @@ pub struct XdpRouter {
     globs: Vec<glob::Pattern>,
     host: HostHandle,
     dp: Option<Box<dyn Backend>>,
-    resolver: Option<Resolver>,
+    resolver: Option<RingReader>,
     asker: Asker,
     links: HashMap<u32, Link>,
     owned: BTreeSet<u32>,
@@ -177,7 +179,7 @@ pub struct XdpRouter {
     flows: FlowTable<ObjectKey>,
     /// Flows the data path saw FIN/RST on, handed back to the host once each.
     releaser: Arc<Releaser<ObjectKey>>,
-    flow_events: Option<FlowEvents>,
+    flow_events: Option<RingReader>,
     /// Flows not taken (table full, a duplicate tuple, a protocol or family not run).
     flows_refused: u64,
 }
@@ -1034,10 +1036,10 @@ impl Plugin for XdpRouter {
             Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         let mut p = XdpRouter::build(cfg, ctx.host, Box::new(dp))?;
         p.resolver = Some(
-            Resolver::spawn(ring, p.asker.clone()).map_err(|e| format!("resolver thread: {e}"))?,
+            resolver::spawn(ring, p.asker.clone()).map_err(|e| format!("resolver thread: {e}"))?,
         );
         p.flow_events = Some(
-            FlowEvents::spawn(flow_ring, p.flows.shared_ids(), p.releaser.clone())
+            flows::spawn_events(flow_ring, p.flows.shared_ids(), p.releaser.clone())
                 .map_err(|e| format!("flow events thread: {e}"))?,
         );
         Ok(p)

@@ -4,13 +4,12 @@
 //! programs.
 
 use crate::maps::ResolveEvent;
+use crate::ring::RingReader;
 use aya::maps::{MapData, RingBuf};
 use ekho_plugin_api::prelude::*;
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Sends resolution requests to the host, at most one per next hop per `interval`.
@@ -79,62 +78,14 @@ impl Asker {
     }
 }
 
-/// The thread draining the RESOLVE ring buffer.
-pub struct Resolver {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Resolver {
-    pub fn spawn(mut ring: RingBuf<MapData>, asker: Asker) -> std::io::Result<Resolver> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("xdp-router-resolve".into())
-            .spawn(move || {
-                let fd = ring.as_raw_fd();
-                while !s.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    while let Some(item) = ring.next() {
-                        if item.len() < std::mem::size_of::<ResolveEvent>() {
-                            continue;
-                        }
-                        // SAFETY: length checked; read_unaligned copes with any alignment.
-                        let ev: ResolveEvent = unsafe {
-                            std::ptr::read_unaligned(item.as_ptr() as *const ResolveEvent)
-                        };
-                        let addr = if ev.family == 2 {
-                            IpAddress::V4([ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]])
-                        } else {
-                            IpAddress::V6(ev.addr)
-                        };
-                        drop(item);
-                        asker.ask(ev.ifindex, addr);
-                    }
-                }
-            })?;
-        Ok(Resolver {
-            stop,
-            handle: Some(handle),
-        })
-    }
-
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for Resolver {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The thread draining the RESOLVE ring buffer: each record is asked of the host.
+pub fn spawn(ring: RingBuf<MapData>, asker: Asker) -> std::io::Result<RingReader> {
+    RingReader::spawn("xdp-router-resolve", ring, move |ev: ResolveEvent| {
+        let addr = if ev.family == 2 {
+            IpAddress::V4([ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]])
+        } else {
+            IpAddress::V6(ev.addr)
+        };
+        asker.ask(ev.ifindex, addr);
+    })
 }
