@@ -113,8 +113,9 @@ pub trait Service: Send + Sync + 'static {
     fn status(&self) -> Value;
     /// `ekho plugins --json`.
     fn plugins(&self) -> Value;
-    /// `ekho dump --json`: one object keyed by kind (`kind` alone when given).
-    fn dump(&self, kind: Option<ObjectKind>) -> Value;
+    /// `ekho dump --json`: one object keyed by kind (`kind` alone when given), written to `out`
+    /// as it is serialised (an error from `out`, the client gone, ends it).
+    fn dump(&self, kind: Option<ObjectKind>, out: &mut dyn Write) -> std::io::Result<()>;
     /// `ekho dump flows --json`: the conntrack entries (with the table's counters: `stats`).
     fn flows(&self, stats: bool) -> Value;
     /// `ekho dump qdiscs|... --json`: the list as `tc -j` prints it.
@@ -203,7 +204,7 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
     let resp = match Request::parse(&line) {
         Ok(Request::Status) => service.status(),
         Ok(Request::Plugins) => service.plugins(),
-        Ok(Request::Dump(kind)) => service.dump(kind),
+        Ok(Request::Dump(kind)) => return dump(w, service, kind).await,
         Ok(Request::Flows { stats }) => service.flows(stats),
         Ok(Request::DumpTc(what)) => service.dump_tc(what),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
@@ -218,6 +219,66 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Err(e) => json!({ "error": e }),
     };
     w.write_all(format!("{resp}\n").as_bytes()).await?;
+    Ok(())
+}
+
+/// A dump's bytes go to the client in chunks of this size, at most [`DUMP_CHUNKS`] of them
+/// serialised ahead of the socket.
+const DUMP_CHUNK: usize = 256 * 1024;
+const DUMP_CHUNKS: usize = 4;
+
+/// Hands what is written to it to the async side in [`DUMP_CHUNK`]s.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(DUMP_CHUNK));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= DUMP_CHUNK {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// `ekho dump`: serialised on a blocking thread while the bytes already made are written, so
+/// the client hears from the daemon at once however large the table (its timeout is how long
+/// the daemon may stay silent) and neither side holds the whole document.
+async fn dump(
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    service: Arc<dyn Service>,
+    kind: Option<ObjectKind>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(DUMP_CHUNKS);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            buf: Vec::with_capacity(DUMP_CHUNK),
+            tx,
+        };
+        service.dump(kind, &mut out)?;
+        out.write_all(b"\n")?;
+        out.flush()
+    });
+    while let Some(chunk) = rx.recv().await {
+        w.write_all(&chunk).await?;
+    }
+    // The client gone: the producer saw its channel closed and stopped.
+    producer.await?.context("ekho dump")?;
     Ok(())
 }
 
@@ -291,6 +352,91 @@ pub fn request(socket: &Path, req: &Value, timeout: Duration) -> anyhow::Result<
         anyhow::bail!("{e}");
     }
     Ok(v)
+}
+
+/// What [`request_dump`] hands on, in the order the daemon sent it.
+pub enum DumpEvent {
+    /// A kind's list begins (plural name: `routes`).
+    Kind(String),
+    /// One object of the current kind.
+    Object(Value),
+    /// The current kind's list ended.
+    End,
+}
+
+/// Client side of `ekho dump`: sends the request and hands on each object as it is read (a
+/// full BGP table is never one value in the CLI either); gives up when the daemon sends
+/// nothing for `timeout`. An error from `each` (stdout closed) ends it.
+pub fn request_dump(
+    socket: &Path,
+    req: &Value,
+    timeout: Duration,
+    mut each: impl FnMut(DumpEvent) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    struct Top<'a, F>(&'a mut F);
+    struct List<'a, F>(&'a mut F);
+    impl<'de, F: FnMut(DumpEvent) -> std::io::Result<()>> Visitor<'de> for Top<'_, F> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of lists by kind")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Option<String>, A::Error> {
+            while let Some(key) = m.next_key::<String>()? {
+                if key == "error" {
+                    let e: Value = m.next_value()?;
+                    return Ok(Some(e.as_str().map_or_else(|| e.to_string(), String::from)));
+                }
+                (self.0)(DumpEvent::Kind(key)).map_err(A::Error::custom)?;
+                m.next_value_seed(List(&mut *self.0))?;
+                (self.0)(DumpEvent::End).map_err(A::Error::custom)?;
+            }
+            Ok(None)
+        }
+    }
+    impl<'de, F: FnMut(DumpEvent) -> std::io::Result<()>> DeserializeSeed<'de> for List<'_, F> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, F: FnMut(DumpEvent) -> std::io::Result<()>> Visitor<'de> for List<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            while let Some(v) = s.next_element::<Value>()? {
+                (self.0)(DumpEvent::Object(v)).map_err(A::Error::custom)?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut s = connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("{req}\n").as_bytes())?;
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(256 * 1024, s));
+    let r = de.deserialize_map(Top(&mut each));
+    match r {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => anyhow::bail!("{e}"),
+        Err(e)
+            if e.is_io()
+                && matches!(
+                    e.io_error_kind(),
+                    Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                ) =>
+        {
+            anyhow::bail!(
+                "the ekho daemon at {} sent nothing for {} s in the middle of a dump (it may be busy or stuck: see its log; --timeout SECS waits longer)",
+                socket.display(),
+                timeout.as_secs_f64()
+            )
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("reading the dump from the daemon")),
+    }
 }
 
 /// Client side: connects, with a message that says what to do when nothing listens.

@@ -840,16 +840,18 @@ impl control::Service for Daemon {
     }
 
     /// `ekho dump --json`: one object keyed by kind.
-    fn dump(&self, kind: Option<ObjectKind>) -> Value {
-        let mut m = serde_json::Map::new();
-        for &k in ObjectKind::ALL {
+    fn dump(&self, kind: Option<ObjectKind>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        // The kinds in their order, each with its list (empty lists too), written one object
+        // at a time: a full BGP table never exists as one JSON value.
+        let kinds: Vec<ObjectKind> = ObjectKind::ALL
+            .iter()
+            .copied()
             // Flows (the offload candidates) are `ekho dump flows`, in conntrack's wording
             // with what the kernel alone knows (timeouts, counters, every entry).
-            if k != ObjectKind::Flow && kind.is_none_or(|x| x == k) {
-                m.insert(k.plural().into(), Value::Array(vec![]));
-            }
-        }
-        let objects = self.mirror.dump(kind);
+            .filter(|&k| k != ObjectKind::Flow && kind.is_none_or(|x| x == k))
+            .collect();
+        let mut objects = self.mirror.dump(kind);
+        objects.sort_by_key(|o| o.kind().index());
         let names: std::collections::HashMap<u32, String> = objects
             .iter()
             .filter_map(|o| match o {
@@ -857,8 +859,19 @@ impl control::Service for Daemon {
                 _ => None,
             })
             .collect();
-        for o in &objects {
-            if let Some(Value::Array(a)) = m.get_mut(o.kind().plural()) {
+        let mut objects = objects.iter().peekable();
+        out.write_all(b"{")?;
+        for (i, k) in kinds.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, k.plural())?;
+            out.write_all(b":[")?;
+            let mut first = true;
+            while let Some(o) = objects.next_if(|o| o.kind().index() <= k.index()) {
+                if o.kind() != *k {
+                    continue;
+                }
                 let mut j = o.to_json();
                 // Like iproute2: a lower device (veth peer) in the same netns is named.
                 if let Object::Link(l) = o {
@@ -869,10 +882,15 @@ impl control::Service for Daemon {
                         obj.insert("link".into(), name.as_str().into());
                     }
                 }
-                a.push(j);
+                if !first {
+                    out.write_all(b",")?;
+                }
+                first = false;
+                serde_json::to_writer(&mut *out, &j)?;
             }
+            out.write_all(b"]")?;
         }
-        Value::Object(m)
+        out.write_all(b"}")
     }
 
     /// `ekho dump flows --json`.

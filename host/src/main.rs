@@ -36,7 +36,8 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     /// How long the CLI waits for the daemon's answer, in seconds [default: 10; reload and
-    /// plugin actions 120]
+    /// plugin actions 120]; a dump streams, so this is how long the daemon may stay silent in
+    /// the middle of it (a full table takes longer in all, not before its first byte)
     #[arg(long, global = true)]
     timeout: Option<f64>,
     #[command(subcommand)]
@@ -197,12 +198,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             anyhow::bail!("unknown kind {k:?}; one of: {}", control::dump_kinds());
                         }
                     }
-                    let v =
-                        control::request(&socket, &json!({"cmd": "dump", "kind": kind}), timeout)?;
+                    let req = json!({"cmd": "dump", "kind": kind});
                     match tc {
                         // tc's lists: `tc -j`'s array, or tc's own lines.
-                        Some(t) => print_or(json, &v, |v| tcshow::text(v, t)),
-                        None => print_or(json, &v, render::dump),
+                        Some(t) => {
+                            let v = control::request(&socket, &req, timeout)?;
+                            print_or(json, &v, |v| tcshow::text(v, t))
+                        }
+                        // Streamed: a full table is printed as it arrives.
+                        None => {
+                            let stdout = std::io::stdout().lock();
+                            let mut p = render::DumpPrinter::new(
+                                std::io::BufWriter::with_capacity(256 * 1024, stdout),
+                                json,
+                            );
+                            control::request_dump(&socket, &req, timeout, |e| p.event(e))?;
+                            p.finish()?;
+                        }
                     }
                 }
                 Cmd::Plugin { action } => {

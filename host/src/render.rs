@@ -113,19 +113,76 @@ fn object_fields(m: &serde_json::Map<String, Value>) -> String {
     out
 }
 
-/// `ekho dump`.
-pub fn dump(v: &Value) -> String {
-    let mut out = String::new();
-    if let Some(m) = v.as_object() {
-        for (kind, list) in m {
-            let list = list.as_array().cloned().unwrap_or_default();
-            let _ = writeln!(out, "# {kind} ({})", list.len());
-            for o in &list {
-                let _ = writeln!(out, "{}", object(o));
-            }
+/// `ekho dump` as it streams in: the JSON as `serde_json::to_string_pretty` prints the whole
+/// document, or the human lines (`# kind (n)`, then one line per object).
+pub struct DumpPrinter<W: std::io::Write> {
+    out: W,
+    json: bool,
+    kinds: usize,
+    kind: String,
+    n: usize,
+    lines: String,
+}
+
+impl<W: std::io::Write> DumpPrinter<W> {
+    pub fn new(out: W, json: bool) -> Self {
+        DumpPrinter {
+            out,
+            json,
+            kinds: 0,
+            kind: String::new(),
+            n: 0,
+            lines: String::new(),
         }
     }
-    out
+
+    pub fn event(&mut self, e: crate::control::DumpEvent) -> std::io::Result<()> {
+        use crate::control::DumpEvent;
+        match e {
+            DumpEvent::Kind(k) => {
+                if self.json {
+                    let open = if self.kinds == 0 { "{" } else { "," };
+                    write!(self.out, "{open}\n  {}: [", Value::from(k.as_str()))?;
+                }
+                self.kinds += 1;
+                self.kind = k;
+                self.n = 0;
+                self.lines.clear();
+            }
+            DumpEvent::Object(v) if self.json => {
+                self.out
+                    .write_all(if self.n == 0 { b"\n" } else { b",\n" })?;
+                let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
+                for (i, line) in text.lines().enumerate() {
+                    let sep = if i == 0 { "" } else { "\n" };
+                    write!(self.out, "{sep}    {line}")?;
+                }
+                self.n += 1;
+            }
+            DumpEvent::Object(v) => {
+                let _ = writeln!(self.lines, "{}", object(&v));
+                self.n += 1;
+            }
+            DumpEvent::End if self.json => {
+                self.out
+                    .write_all(if self.n == 0 { b"]" } else { b"\n  ]" })?;
+            }
+            DumpEvent::End => {
+                writeln!(self.out, "# {} ({})", self.kind, self.n)?;
+                self.out.write_all(self.lines.as_bytes())?;
+                self.lines = String::new();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if self.json {
+            self.out
+                .write_all(if self.kinds == 0 { b"{}\n" } else { b"\n}\n" })?;
+        }
+        self.out.flush()
+    }
 }
 
 /// `ekho monitor` (human).
@@ -525,6 +582,46 @@ pub fn flow_line(f: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `doc` to a printer as the client reads it from the daemon.
+    fn streamed(doc: &Value, json: bool) -> String {
+        use crate::control::DumpEvent;
+        let mut out = Vec::new();
+        let mut p = DumpPrinter::new(&mut out, json);
+        for (k, list) in doc.as_object().unwrap() {
+            p.event(DumpEvent::Kind(k.clone())).unwrap();
+            for o in list.as_array().unwrap() {
+                p.event(DumpEvent::Object(o.clone())).unwrap();
+            }
+            p.event(DumpEvent::End).unwrap();
+        }
+        p.finish().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_streamed_dump_prints_as_the_whole_document_would() {
+        let doc = serde_json::json!({
+            "links": [{"ifindex": 1, "ifname": "lo", "flags": ["UP"], "mtu": 65536}],
+            "addresses": [],
+            "routes": [
+                {"dst": "10.0.0.0/24", "dev": "a0", "nested": {"x": [1, 2]}},
+                {"dst": "10.0.1.0/24", "gateway": "10.0.0.1", "dev": "a0"}
+            ]
+        });
+        assert_eq!(
+            streamed(&doc, true),
+            format!("{}\n", serde_json::to_string_pretty(&doc).unwrap())
+        );
+        let empty = serde_json::json!({});
+        assert_eq!(streamed(&empty, true), "{}\n");
+        let text = streamed(&doc, false);
+        assert!(
+            text.starts_with("# links (1)\n1: lo: <UP> mtu 65536\n# addresses (0)\n# routes (2)\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 6, "{text}");
+    }
 
     #[test]
     fn links_read_like_ip_link() {
