@@ -4,13 +4,12 @@ use crate::maps::*;
 use crate::netns;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{
-    Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray,
-    PerCpuHashMap, PerCpuValues, RingBuf,
+    Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap,
+    PerCpuValues, RingBuf,
 };
-use aya::programs::xdp::XdpLinkId;
-use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
-use std::collections::HashMap;
+use ekho_xdp_common::{ignore_absent, take_map as map, xdp_prog, Attachments};
+pub use ekho_xdp_common::{Error, XdpMode};
 use std::path::PathBuf;
 
 /// The BPF object built by `bpf/build.sh` and committed (so `cargo build` needs no clang).
@@ -18,45 +17,6 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/xdp_router.bp
 
 /// Name of the XDP program (the C function; also the kernel's program name, 15 chars).
 pub const PROG_NAME: &str = "ekho_xdp_router";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("loading the BPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("BPF program: {0}")]
-    Program(#[from] ProgramError),
-    #[error("BPF map: {0}")]
-    Map(#[from] MapError),
-    #[error("devmap: {0}")]
-    DevMap(#[from] aya::maps::xdp::XdpMapError),
-    #[error("network namespace: {0}")]
-    Netns(#[from] std::io::Error),
-    #[error("{0}")]
-    Other(String),
-}
-
-/// How XDP programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Let the kernel choose (native when the driver supports it).
-    #[default]
-    Auto,
-    /// Driver (native) mode only.
-    Native,
-    /// Generic (skb) mode.
-    Skb,
-}
-
-impl XdpMode {
-    fn flags(self) -> XdpFlags {
-        match self {
-            XdpMode::Auto => XdpFlags::default(),
-            XdpMode::Native => XdpFlags::DRV_MODE,
-            XdpMode::Skb => XdpFlags::SKB_MODE,
-        }
-    }
-}
 
 /// What the plugin's logic needs from the data path: the BPF maps and the attachments.
 /// [`Dataplane`] is the real one; unit tests use an in-memory fake.
@@ -173,36 +133,8 @@ pub struct Dataplane {
     config: Array<MapData, ConfigVal>,
     flows: BpfHashMap<MapData, FlowKey, FlowVal>,
     flow_stats: BpfHashMap<MapData, u32, FlowStats>,
-    links: HashMap<u32, XdpLinkId>,
-    netns: Option<PathBuf>,
-    mode: XdpMode,
+    att: Attachments,
     ncpus: usize,
-}
-
-fn map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, Error>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let m = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Other(format!("map {name} missing from the object")))?;
-    Ok(T::try_from(m)?)
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound | MapError::ElementNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
-/// Removal that tolerates an absent key.
-fn ignore_absent(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(e) if is_not_found(&e) => Ok(()),
-        r => r,
-    }
 }
 
 impl Dataplane {
@@ -213,13 +145,7 @@ impl Dataplane {
         mode: XdpMode,
     ) -> Result<(Dataplane, RingBuf<MapData>, RingBuf<MapData>), Error> {
         let mut ebpf = EbpfLoader::new().load(BPF_OBJECT)?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(PROG_NAME)
-                .ok_or_else(|| Error::Other(format!("program {PROG_NAME} missing")))?
-                .try_into()?;
-            prog.load()?;
-        }
+        xdp_prog(&mut ebpf, PROG_NAME)?.load()?;
         let ring: RingBuf<MapData> = map(&mut ebpf, "RESOLVE")?;
         let flow_ring: RingBuf<MapData> = map(&mut ebpf, "FLOW_EVENTS")?;
         let ncpus = aya::util::nr_cpus().map_err(|(s, e)| Error::Other(format!("{s}: {e}")))?;
@@ -236,72 +162,27 @@ impl Dataplane {
             flows: map(&mut ebpf, "FLOWS")?,
             flow_stats: map(&mut ebpf, "FLOW_STATS")?,
             ebpf,
-            links: HashMap::new(),
-            netns,
-            mode,
+            att: Attachments::new(PROG_NAME, netns, mode),
             ncpus,
         };
         Ok((dp, ring, flow_ring))
     }
 
-    fn prog(&mut self) -> Result<&mut Xdp, Error> {
-        Ok(self
-            .ebpf
-            .program_mut(PROG_NAME)
-            .ok_or_else(|| Error::Other(format!("program {PROG_NAME} missing")))?
-            .try_into()?)
-    }
-
-    /// Attaches the program to `ifindex` (in the configured namespace). Before attaching, an
-    /// ekho program left on the port by an earlier run is detached. In `auto` mode a port whose
-    /// driver refuses native XDP gets generic XDP.
-    /// Returns a note when something stale was removed or the mode fell back.
+    /// Attaches the program to `ifindex` (in the configured namespace): see
+    /// [`Attachments::attach`]. Returns a note when something stale was removed or the mode
+    /// fell back.
     pub fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error> {
-        if self.links.contains_key(&ifindex) {
-            return Ok(None);
-        }
-        let mode = self.mode;
-        let netns = self.netns.clone();
-        let prog = self.prog()?;
-        let (stale, id, fell_back) = netns::run_in(netns.as_deref(), move || {
-            let stale = crate::stale::detach_stale(ifindex, PROG_NAME);
-            let mut id = prog.attach_to_if_index(ifindex, mode.flags());
-            let mut fell_back = None;
-            // auto: when the driver refuses native mode (no support, MTU too large for XDP),
-            // generic mode still works.
-            if let (Err(e), XdpMode::Auto) = (&id, mode) {
-                fell_back = Some(e.to_string());
-                id = prog.attach_to_if_index(ifindex, XdpFlags::SKB_MODE);
-            }
-            (stale, id, fell_back)
-        })?;
-        let id = id?;
-        self.links.insert(ifindex, id);
-        let mut notes = Vec::new();
-        match stale {
-            Ok(Some(n)) => notes.push(n),
-            Ok(None) => {}
-            Err(e) => notes.push(format!("checking for a stale program failed: {e}")),
-        }
-        if let Some(e) = fell_back {
-            notes.push(format!(
-                "native XDP refused ({e}); attached in generic (skb) mode"
-            ));
-        }
-        Ok((!notes.is_empty()).then(|| notes.join("; ")))
+        self.att.attach(&mut self.ebpf, ifindex)
     }
 
     /// Detaches the program from `ifindex` (no error when it was not attached or the device is
-    /// gone: the kernel releases the link with the device).
+    /// gone).
     pub fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
-        if let Some(id) = self.links.remove(&ifindex) {
-            self.prog()?.detach(id)?;
-        }
-        Ok(())
+        self.att.detach(&mut self.ebpf, ifindex)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
-        self.links.keys().copied()
+        self.att.attached()
     }
 
     pub fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error> {
@@ -311,7 +192,7 @@ impl Dataplane {
                 // The kernel resolves a devmap entry's ifindex in the network namespace of the
                 // *updating thread*: from the host's namespace it would bind another device.
                 let tx = &mut self.tx_ports;
-                netns::run_in(self.netns.as_deref(), move || {
+                netns::run_in(self.att.netns(), move || {
                     tx.insert(ifindex, ifindex, None, 0)
                 })??;
             }
@@ -448,82 +329,13 @@ impl Dataplane {
         ingress_ifindex: u32,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), Error> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let netns = self.netns.clone();
-        let fd = self.prog()?.fd()?.as_fd().as_raw_fd();
-        let frame = frame.to_vec();
-        netns::run_in(netns.as_deref(), move || {
-            let mut out = vec![0u8; frame.len() + 256];
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-            // egress_ifindex.
-            let mut ctx = [0u32; 6];
-            ctx[1] = frame.len() as u32;
-            ctx[3] = ingress_ifindex;
-            // union bpf_attr, test: prog_fd, retval, data_size_in, data_size_out, data_in,
-            // data_out, repeat, duration, ctx_size_in, ctx_size_out, ctx_in, ctx_out, flags,
-            // cpu, batch_size (BPF_PROG_TEST_RUN = 10).
-            #[repr(C)]
-            #[derive(Default)]
-            struct Attr {
-                prog_fd: u32,
-                retval: u32,
-                data_size_in: u32,
-                data_size_out: u32,
-                data_in: u64,
-                data_out: u64,
-                repeat: u32,
-                duration: u32,
-                ctx_size_in: u32,
-                ctx_size_out: u32,
-                ctx_in: u64,
-                ctx_out: u64,
-                flags: u32,
-                cpu: u32,
-                batch_size: u32,
-                pad: u32,
-            }
-            let mut a = Attr {
-                prog_fd: fd as u32,
-                data_size_in: frame.len() as u32,
-                data_size_out: out.len() as u32,
-                data_in: frame.as_ptr() as u64,
-                data_out: out.as_mut_ptr() as u64,
-                repeat: 1,
-                ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-                ctx_in: ctx.as_ptr() as u64,
-                ..Default::default()
-            };
-            // SAFETY: `a` is a complete, zero-padded bpf_attr prefix; the buffers outlive the
-            // call and their sizes are the ones given.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    10,
-                    &mut a as *mut Attr,
-                    std::mem::size_of::<Attr>(),
-                )
-            };
-            if r != 0 {
-                return Err(Error::Other(format!(
-                    "BPF_PROG_TEST_RUN: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
-            out.truncate(a.data_size_out as usize);
-            Ok((a.retval, out))
-        })?
+        let prog = xdp_prog(&mut self.ebpf, PROG_NAME)?;
+        ekho_xdp_common::test_run(prog, self.att.netns(), ingress_ifindex, frame)
     }
 
     /// Detaches every program. Maps and programs are released when `self` is dropped.
     pub fn detach_all(&mut self) -> Vec<(u32, Error)> {
-        let mut errs = Vec::new();
-        let ids: Vec<u32> = self.links.keys().copied().collect();
-        for i in ids {
-            if let Err(e) = self.detach(i) {
-                errs.push((i, e));
-            }
-        }
-        errs
+        self.att.detach_all(&mut self.ebpf)
     }
 }
 

@@ -73,13 +73,10 @@ pub mod dataplane;
 pub mod flow_api;
 pub mod flows;
 pub mod maps;
-pub mod netns;
 pub mod resolver;
 pub mod ring;
-pub mod stale;
+pub use ekho_xdp_common::{netns, stale};
 
-#[cfg(test)]
-mod btf_sizes;
 #[cfg(test)]
 mod logic_tests;
 

@@ -279,7 +279,7 @@ mod tests {
     fn layouts_match_the_bpf_object() {
         // Sizes as recorded in the object's BTF (bpftool btf dump file xdp_router.bpf.o).
         let obj = crate::dataplane::BPF_OBJECT;
-        let btf = crate::btf_sizes::struct_sizes(obj).expect("BTF in the committed object");
+        let btf = ekho_xdp_common::btf::struct_sizes(obj).expect("BTF in the committed object");
         for (name, size) in [
             ("lpm_v4_key", 4 + std::mem::size_of::<LpmV4>()),
             ("lpm_v6_key", 4 + std::mem::size_of::<LpmV6>()),

@@ -1,5 +1,5 @@
-//! Test helper: struct sizes from the `.BTF` section of a BPF ELF object, to check that the Rust
-//! mirrors in [`crate::maps`] match the C structs of the committed object.
+//! Struct sizes from the `.BTF` section of a BPF ELF object, so a plugin's unit test can check
+//! that its Rust mirrors of the map structs match the C structs of its committed object.
 
 use std::collections::HashMap;
 
