@@ -9,9 +9,8 @@ pub mod policy;
 
 use crate::config::FlowsConfig;
 use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack, Observer};
-use ekho_mirror::conntrack::{Flow, Table, Tuple};
+use ekho_mirror::conntrack::{Entry, Table};
 use ekho_mirror::Mirror;
-use ekho_plugin_api::object::flow::FlowTuple;
 use ekho_plugin_api::{ObjectKey, ObjectStats};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -19,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Default `[flows] limit`: the most conntrack entries mirrored (about 225 bytes each, so about
+/// Default `[flows] limit`: the most conntrack entries mirrored (about 217 bytes each, so about
 /// 15 MiB at the limit); additions past it are refused and counted.
 pub const DEFAULT_LIMIT: usize = 65_536;
 /// Default `[flows] rcvbuf`: the ctnetlink event socket's receive buffer, bytes.
@@ -44,8 +43,8 @@ pub enum Flows {
         limit: usize,
         /// `[[flows.offload]]`.
         rules: Vec<policy::Rule>,
-        /// Entries handed back by a plugin (`Request::ReleaseFlow`), by key, with their
-        /// conntrack id: not offered again while that entry lives.
+        /// Entries handed back by a plugin (`Request::ReleaseFlow`), by their flow's key, with
+        /// their conntrack id: not offered again while that entry lives.
         released: Released,
         /// Where the candidates go.
         mirror: Mirror,
@@ -125,64 +124,8 @@ pub struct KeepAlive {
 /// The plugins' per-flow counters as last read: (plugin name, its stats).
 pub type PluginFlowStats = Vec<(String, Arc<Vec<ObjectStats>>)>;
 
-/// Entries handed back, by (zone, original tuple), with the id of the entry handed back.
-type Released = Arc<Mutex<HashMap<(u16, Tuple), u32>>>;
-
-/// The plugin API's flow of a conntrack entry (the one conversion): what a dataplane needs,
-/// nothing that changes by itself (timeout, counters), so an entry's refresh emits no change.
-pub fn api_flow(f: &Flow) -> ekho_plugin_api::object::Flow {
-    let mut a =
-        ekho_plugin_api::object::Flow::new(f.orig.proto, api_tuple(&f.orig), api_tuple(&f.reply));
-    a.family = ekho_plugin_api::object::Family(f.family);
-    a.zone = f.zone;
-    a.mark = f.mark;
-    a.status = f.status;
-    a.id = f.id;
-    a
-}
-
-fn api_tuple(t: &Tuple) -> FlowTuple {
-    FlowTuple {
-        src: t.src.into(),
-        dst: t.dst.into(),
-        sport: t.sport,
-        dport: t.dport,
-    }
-}
-
-/// The plugin API's key of the entry under (zone, original tuple).
-pub fn flow_key(zone: u16, orig: &Tuple) -> ObjectKey {
-    ObjectKey::Flow {
-        family: ekho_plugin_api::object::IpAddress::from(orig.src).family(),
-        protocol: orig.proto,
-        zone,
-        original: api_tuple(orig),
-    }
-}
-
-/// The inverse of [`flow_key`]: (family, zone, original tuple) of a flow's key; `None` for
-/// another kind's key. The tuple's own zone is 0: a direction zone (`CTA_TUPLE_ZONE`) is not
-/// in the key.
-fn key_tuple(key: &ObjectKey) -> Option<(u8, u16, Tuple)> {
-    let ObjectKey::Flow {
-        family,
-        protocol,
-        zone,
-        original,
-    } = key
-    else {
-        return None;
-    };
-    let orig = Tuple {
-        src: original.src.into(),
-        dst: original.dst.into(),
-        proto: *protocol,
-        sport: original.sport,
-        dport: original.dport,
-        zone: 0,
-    };
-    Some((family.0, *zone, orig))
-}
+/// Entries handed back, by their flow's key, with the id of the entry handed back.
+type Released = Arc<Mutex<HashMap<ObjectKey, u32>>>;
 
 /// Where an observer queues keep-alive requests (set once the source exists).
 type Queue = Arc<std::sync::OnceLock<ekho_mirror::conntrack::source::KeepAliveQueue>>;
@@ -201,43 +144,44 @@ fn observer(
 ) -> Observer {
     // The TCP entries offered so far: key -> conntrack id (a new entry of the key is offered
     // anew); by key, so that a deletion is one lookup, not a scan (a flush deletes them all).
-    let mut offered: HashMap<(u16, Tuple), u32> = HashMap::new();
-    Box::new(move |t: &Table, keys: Vec<(u16, Tuple)>| {
+    let mut offered: HashMap<ObjectKey, u32> = HashMap::new();
+    Box::new(move |t: &Table, keys: Vec<ObjectKey>| {
         let p = policy::Policy { rules: &rules };
         let mut rel = released.lock().unwrap();
         let (mut put, mut del) = (Vec::new(), Vec::new());
         let mut liberal = Vec::new();
         let mut seen = HashSet::with_capacity(keys.len());
         for k in keys {
-            if !seen.insert(k) {
+            if seen.contains(&k) {
                 continue;
             }
-            match t.get(k.0, &k.1) {
-                Some(f) => {
+            match t.get(&k) {
+                Some(e) => {
+                    let id = e.flow.id;
                     // A new entry of a tuple handed back is offered as any other.
-                    if rel.get(&k).is_some_and(|id| *id != f.id) {
+                    if rel.get(&k).is_some_and(|held| *held != id) {
                         rel.remove(&k);
                     }
-                    if p.candidate(f) && !rel.contains_key(&k) {
-                        put.push(api_flow(f));
-                        if f.orig.proto == 6 && offered.insert(k, f.id) != Some(f.id) {
+                    if p.candidate(e) && !rel.contains_key(&k) {
+                        put.push(e.flow.clone());
+                        if e.protocol() == 6 && offered.get(&k) != Some(&id) {
+                            offered.insert(k.clone(), id);
                             liberal.push(ekho_mirror::conntrack::source::KeepAlive {
-                                family: f.family,
-                                zone: k.0,
-                                orig: k.1,
+                                key: k.clone(),
                                 timeout_s: timeouts.of(6),
                             });
                         }
                     } else {
-                        del.push(flow_key(k.0, &k.1));
+                        del.push(k.clone());
                     }
                 }
                 None => {
                     rel.remove(&k);
                     offered.remove(&k);
-                    del.push(flow_key(k.0, &k.1));
+                    del.push(k.clone());
                 }
             }
+            seen.insert(k);
         }
         if let (Some(q), false) = (queue.get(), liberal.is_empty()) {
             q.push(&liberal);
@@ -333,18 +277,13 @@ impl Flows {
         let t = source.table();
         let rel = released.lock().unwrap();
         for (k, &lu) in &latest {
-            let Some((family, zone, orig)) = key_tuple(k) else {
+            let Some(e) = t.get(k) else {
                 continue;
             };
-            let candidate = t
-                .get(zone, &orig)
-                .is_some_and(|f| p.candidate(f) && !rel.contains_key(&f.key()));
-            if candidate && lu > ka.last.get(k).copied().unwrap_or(0) {
+            if p.candidate(e) && !rel.contains_key(k) && lu > ka.last.get(k).copied().unwrap_or(0) {
                 reqs.push(ekho_mirror::conntrack::source::KeepAlive {
-                    family,
-                    zone,
-                    timeout_s: timeouts.of(orig.proto),
-                    orig,
+                    key: k.clone(),
+                    timeout_s: timeouts.of(e.protocol()),
                 });
             }
         }
@@ -369,21 +308,15 @@ impl Flows {
         else {
             return Err("conntrack is not mirrored".into());
         };
-        let Some((_, zone, orig)) = key_tuple(key) else {
+        if !matches!(key, ObjectKey::Flow { .. }) {
             return Err(format!("not a flow's key: {key:?}"));
-        };
+        }
         let t = source.table();
-        // A tuple with a zone of its own direction (`CTA_TUPLE_ZONE`) is found by a scan.
-        let f = t
-            .get(zone, &orig)
-            .or_else(|| {
-                t.flows()
-                    .find(|f| f.zone == zone && Tuple { zone: 0, ..f.orig } == orig)
-            })
+        let e = t
+            .get(key)
             .ok_or_else(|| format!("no conntrack entry for {key:?} (gone already)"))?;
-        let k = f.key();
-        released.lock().unwrap().insert(k, f.id);
-        mirror.update_flows(Vec::new(), vec![flow_key(k.0, &k.1)]);
+        released.lock().unwrap().insert(key.clone(), e.flow.id);
+        mirror.update_flows(Vec::new(), vec![key.clone()]);
         Ok(())
     }
 
@@ -414,7 +347,7 @@ impl Flows {
                 let (st, candidates) = {
                     let t = source.table();
                     let p = self.policy();
-                    (t.stats(), t.flows().filter(|f| p.candidate(f)).count())
+                    (t.stats(), t.entries().filter(|e| p.candidate(e)).count())
                 };
                 let (state, reason) = match source.failure() {
                     Some(why) if source.finished() => ("failed", Some(why)),
@@ -458,18 +391,18 @@ impl Flows {
             }
         }
         let now = monotonic_ns();
-        let mut flows: Vec<Flow> = match self {
-            Flows::Running { source, .. } => source.table().flows().cloned().collect(),
+        let mut entries: Vec<Entry> = match self {
+            Flows::Running { source, .. } => source.table().entries().cloned().collect(),
             _ => Vec::new(),
         };
-        flows.sort_by_key(|f| (f.family, f.orig.proto, f.zone, f.orig));
+        entries.sort_by_key(|e| (e.flow.family, e.flow.protocol, e.flow.zone, e.flow.original));
         let p = self.policy();
-        let list: Vec<Value> = flows
+        let list: Vec<Value> = entries
             .iter()
-            .map(|f| {
-                let mut j = flow_json(f);
-                j["candidate"] = p.candidate(f).into();
-                if let Some(v) = by_key.get(&flow_key(f.zone, &f.orig)) {
+            .map(|e| {
+                let mut j = flow_json(e);
+                j["candidate"] = p.candidate(e).into();
+                if let Some(v) = by_key.get(&e.key()) {
                     j["offload"] = v
                         .iter()
                         .map(|(name, s)| offload_json(name, s, now))
@@ -544,28 +477,40 @@ pub fn tcp_state_name(s: u8) -> &'static str {
 }
 
 /// One entry in JSON, conntrack's field names (the one JSON form of a flow): the plugin API's
-/// form of the flow ([`api_flow`], `Flow::to_json`) with what the kernel alone knows: timeout,
-/// TCP state, counters, labels, use count.
-pub fn flow_json(f: &Flow) -> Value {
-    let mut v = api_flow(f).to_json();
+/// form of the flow (`Flow::to_json`) with what the kernel alone knows: timeout, TCP state,
+/// counters, labels, use count, zones of one direction (`zone-orig`, `zone-reply`).
+pub fn flow_json(e: &Entry) -> Value {
+    let mut v = e.flow.to_json();
     let m = v.as_object_mut().expect("a flow's JSON is an object");
-    m.insert("timeout".into(), f.timeout.into());
-    if let Some(s) = f.tcp_state {
+    // The flow's zone is the original direction's: `zone` when it covers both directions.
+    if e.tuple_zones != [0, 0] {
+        m.remove("zone");
+        for (k, z) in [
+            ("zone-orig", e.tuple_zones[0]),
+            ("zone-reply", e.tuple_zones[1]),
+        ] {
+            if z != 0 {
+                m.insert(k.into(), z.into());
+            }
+        }
+    }
+    m.insert("timeout".into(), e.timeout.into());
+    if let Some(s) = e.tcp_state {
         m.insert("state".into(), tcp_state_name(s).into());
     }
-    for (dir, c) in [("original", f.counters_orig), ("reply", f.counters_reply)] {
+    for (dir, c) in [("original", e.counters_orig), ("reply", e.counters_reply)] {
         if let (Some(c), Some(t)) = (c, m.get_mut(dir).and_then(Value::as_object_mut)) {
             t.insert("packets".into(), c.packets.into());
             t.insert("bytes".into(), c.bytes.into());
         }
     }
-    if let Some(l) = f.labels {
+    if let Some(l) = e.labels {
         let hex: String = l.iter().map(|b| format!("{b:02x}")).collect();
         m.insert("labels".into(), format!("0x{hex}").into());
     }
     // Events carry no use count: 0 is "not known yet" (a live entry is used at least once).
-    if f.use_count != 0 {
-        m.insert("use".into(), f.use_count.into());
+    if e.use_count != 0 {
+        m.insert("use".into(), e.use_count.into());
     }
     v
 }
@@ -574,33 +519,31 @@ pub fn flow_json(f: &Flow) -> Value {
 mod tests {
     use super::*;
     use ekho_mirror::conntrack::message::status;
+    use ekho_mirror::conntrack::{Flow, FlowTuple};
 
-    fn flow() -> Flow {
+    fn flow() -> Entry {
         let a = |s: &str| s.parse().unwrap();
-        Flow {
-            family: 2,
-            orig: Tuple {
+        let mut flow = Flow::new(
+            6,
+            FlowTuple {
                 src: a("10.0.1.2"),
                 dst: a("10.0.2.2"),
-                proto: 6,
                 sport: 40000,
                 dport: 5201,
-                zone: 0,
             },
-            reply: Tuple {
+            FlowTuple {
                 src: a("10.0.2.2"),
                 dst: a("10.0.2.1"),
-                proto: 6,
                 sport: 5201,
                 dport: 40000,
-                zone: 0,
             },
-            status: status::SEEN_REPLY | status::ASSURED | status::CONFIRMED | status::SRC_NAT,
+        );
+        flow.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED | status::SRC_NAT;
+        flow.zone = 3;
+        flow.id = 7;
+        Entry {
+            flow,
             timeout: 431999,
-            mark: 0,
-            zone: 3,
-            labels: None,
-            id: 7,
             use_count: 1,
             tcp_state: Some(3),
             counters_orig: Some(ekho_mirror::conntrack::Counters {
@@ -608,6 +551,8 @@ mod tests {
                 bytes: 180,
             }),
             counters_reply: None,
+            labels: None,
+            tuple_zones: [0, 0],
         }
     }
 
@@ -623,11 +568,11 @@ mod tests {
         assert_eq!(v["flags"], json!(["ASSURED"]));
         assert_eq!((v["zone"].clone(), v["use"].clone()), (json!(3), json!(1)));
         let mut icmp = flow();
-        icmp.orig.proto = 1;
-        icmp.orig.dport = 8 << 8;
-        icmp.orig.sport = 99;
+        icmp.flow.protocol = 1;
+        icmp.flow.original.dport = 8 << 8;
+        icmp.flow.original.sport = 99;
         icmp.tcp_state = None;
-        icmp.status = 0;
+        icmp.flow.status = 0;
         let v = flow_json(&icmp);
         assert_eq!(
             (v["original"]["type"].clone(), v["original"]["code"].clone()),
@@ -636,5 +581,12 @@ mod tests {
         assert_eq!(v["original"]["id"], 99);
         assert!(v.get("state").is_none());
         assert_eq!(v["flags"], json!(["UNREPLIED"]));
+        // A zone of the original direction only: conntrack's `zone-orig`, not `zone`.
+        let mut dir = flow();
+        dir.tuple_zones = [3, 0];
+        let v = flow_json(&dir);
+        assert!(v.get("zone").is_none());
+        assert_eq!(v["zone-orig"], 3);
+        assert!(v.get("zone-reply").is_none());
     }
 }

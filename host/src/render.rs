@@ -559,7 +559,7 @@ pub fn flow_line(f: &Value) -> String {
     for fl in flags.iter().filter(|f| **f != "UNREPLIED") {
         let _ = write!(out, " [{fl}]");
     }
-    for k in ["mark", "zone", "labels", "use"] {
+    for k in ["mark", "zone", "zone-orig", "zone-reply", "labels", "use"] {
         if !f[k].is_null() {
             let _ = write!(out, " {k}={}", scalar(&f[k]));
         }

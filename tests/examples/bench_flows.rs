@@ -305,10 +305,7 @@ fn main() {
         "add chain inet track in { type filter hook input priority 0 ; }",
     ]);
     b.ns.run(&["nft", "add rule inet track in udp dport 1000-61000 drop"]);
-    let table_entry = std::mem::size_of::<(
-        (u16, ekho_mirror::conntrack::Tuple),
-        ekho_mirror::conntrack::Flow,
-    )>() + 1;
+    let table_entry = ekho_mirror::conntrack::Table::ENTRY_BYTES + 1;
     println!(
         "flows: {n} per round; load average at start: {}",
         std::fs::read_to_string("/proc/loadavg")

@@ -7,7 +7,7 @@
 
 use ekho_mirror::conntrack::message::status;
 use ekho_mirror::conntrack::source::{Config, Conntrack, KeepAlive};
-use ekho_mirror::conntrack::Flow;
+use ekho_mirror::conntrack::Entry;
 use ekho_testkit::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -29,8 +29,10 @@ fn udp_flows(ns: &Netns, ports: &[u16]) {
 }
 
 /// One entry as both sides are compared.
-fn line_of_flow(f: &Flow) -> String {
-    let fam = if f.family == 10 { "ipv6" } else { "ipv4" };
+fn line_of_flow(e: &Entry) -> String {
+    let f = &e.flow;
+    let (o, r) = (&f.original, &f.reply);
+    let fam = if f.family.0 == 10 { "ipv6" } else { "ipv4" };
     let mut flags = String::new();
     if f.status & status::SEEN_REPLY == 0 {
         flags.push_str(" [UNREPLIED]");
@@ -40,15 +42,15 @@ fn line_of_flow(f: &Flow) -> String {
     }
     format!(
         "{fam} {} src={} dst={} sport={} dport={}{flags} src={} dst={} sport={} dport={} mark={} zone={}",
-        f.orig.proto,
-        f.orig.src,
-        f.orig.dst,
-        f.orig.sport,
-        f.orig.dport,
-        f.reply.src,
-        f.reply.dst,
-        f.reply.sport,
-        f.reply.dport,
+        f.protocol,
+        o.src,
+        o.dst,
+        o.sport,
+        o.dport,
+        r.src,
+        r.dst,
+        r.sport,
+        r.dport,
         f.mark,
         f.zone
     )
@@ -112,8 +114,8 @@ fn kernel_lines(ns: &Netns) -> BTreeSet<String> {
 
 fn mirror_lines(c: &Conntrack) -> BTreeSet<String> {
     c.table()
-        .flows()
-        .filter(|f| f.orig.proto == 17)
+        .entries()
+        .filter(|e| e.protocol() == 17)
         .map(line_of_flow)
         .collect()
 }
@@ -288,20 +290,18 @@ fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed(
     udp_flows(&ns, &[4500, 4501]);
     let kept = wait_for(Duration::from_secs(5), || {
         c.table()
-            .flows()
-            .find(|f| f.orig.dport == 4500 && f.family == 2)
+            .entries()
+            .find(|e| e.flow.original.dport == 4500 && e.flow.family.0 == 2)
             .cloned()
     })
     .expect("the entry is mirrored");
     let ka = KeepAlive {
-        family: kept.family,
-        zone: kept.zone,
-        orig: kept.orig,
+        key: kept.key(),
         timeout_s: 3,
     };
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(7) {
-        c.keep_alive(&[ka]);
+        c.keep_alive(std::slice::from_ref(&ka));
         std::thread::sleep(Duration::from_millis(1000));
     }
     assert!(
@@ -314,7 +314,7 @@ fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed(
     assert_eq!(st.keep_alive_failed, 0, "{st:?}");
     // No more refreshes: the kernel's timeout runs again, and the mirror sees it go.
     let gone = wait_for(Duration::from_secs(10), || {
-        let mirrored = c.table().flows().any(|f| f.orig.dport == 4500);
+        let mirrored = c.table().entries().any(|e| e.flow.original.dport == 4500);
         (!kernel_has(&ns, 4500) && !mirrored).then_some(())
     });
     assert!(gone.is_some(), "expired in the kernel and in the mirror");

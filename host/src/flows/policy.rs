@@ -8,7 +8,7 @@
 //! and column of the value (the TOML reader's span).
 
 use ekho_mirror::conntrack::message::status;
-use ekho_mirror::conntrack::Flow;
+use ekho_mirror::conntrack::Entry;
 use serde::Deserialize;
 
 /// `ESTABLISHED` in `CTA_PROTOINFO_TCP_STATE`.
@@ -187,14 +187,15 @@ impl TryFrom<NameOrNumber> for PortRange {
 
 impl Rule {
     /// Whether the entry matches every key given.
-    pub fn matches(&self, f: &Flow) -> bool {
+    pub fn matches(&self, e: &Entry) -> bool {
+        let f = &e.flow;
         let fam = self
             .families
             .as_ref()
-            .is_none_or(|v| v.iter().any(|x| x.number() == f.family));
+            .is_none_or(|v| v.iter().any(|x| x.number() == f.family.0));
         let proto = match &self.protocols {
-            Some(v) => v.iter().any(|p| p.0 == f.orig.proto),
-            None => f.orig.proto == 6 || f.orig.proto == 17,
+            Some(v) => v.iter().any(|p| p.0 == f.protocol),
+            None => f.protocol == 6 || f.protocol == 17,
         };
         let zone = self.zones.as_ref().is_none_or(|v| v.contains(&f.zone));
         let mark = self.mark.is_none_or(|m| f.mark & m.mask == m.value);
@@ -205,8 +206,8 @@ impl Rule {
         fam && proto
             && zone
             && mark
-            && ports(&self.dports, f.orig.dport)
-            && ports(&self.sports, f.orig.sport)
+            && ports(&self.dports, f.original.dport)
+            && ports(&self.sports, f.original.sport)
     }
 }
 
@@ -218,56 +219,60 @@ pub struct Policy<'a> {
 
 impl Policy<'_> {
     /// Whether the entry is an offload candidate.
-    pub fn candidate(&self, f: &Flow) -> bool {
-        if f.status & status::ASSURED == 0 || f.status & status::DYING != 0 {
+    pub fn candidate(&self, e: &Entry) -> bool {
+        let st = e.flow.status;
+        if st & status::ASSURED == 0 || st & status::DYING != 0 {
             return false;
         }
-        if f.orig.proto == 6 && f.tcp_state != Some(TCP_ESTABLISHED) {
+        if e.protocol() == 6 && e.tcp_state != Some(TCP_ESTABLISHED) {
             return false;
         }
         if self.rules.is_empty() {
-            return Rule::default().matches(f);
+            return Rule::default().matches(e);
         }
-        self.rules.iter().any(|r| r.matches(f))
+        self.rules.iter().any(|r| r.matches(e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ekho_mirror::conntrack::Tuple;
+    use ekho_mirror::conntrack::{Flow, FlowTuple};
 
-    fn flow(proto: u8, dport: u16, state: Option<u8>, st: u32) -> Flow {
+    fn flow(proto: u8, dport: u16, state: Option<u8>, st: u32) -> Entry {
         let a = |s: &str| s.parse().unwrap();
-        let t = Tuple {
+        let t = FlowTuple {
             src: a("10.0.1.2"),
             dst: a("10.0.2.2"),
-            proto,
             sport: 40000,
             dport,
-            zone: 0,
         };
-        Flow {
-            family: 2,
-            orig: t,
-            reply: Tuple {
-                src: t.dst,
-                dst: t.src,
-                sport: dport,
-                dport: 40000,
-                ..t
-            },
-            status: st,
+        let r = FlowTuple {
+            src: t.dst,
+            dst: t.src,
+            sport: dport,
+            dport: 40000,
+        };
+        let mut flow = Flow::new(proto, t, r);
+        flow.status = st;
+        flow.id = 1;
+        Entry {
+            flow,
             timeout: 100,
-            mark: 0,
-            zone: 0,
-            labels: None,
-            id: 1,
             use_count: 1,
             tcp_state: state,
             counters_orig: None,
             counters_reply: None,
+            labels: None,
+            tuple_zones: [0, 0],
         }
+    }
+
+    /// `e` with its flow changed by `f`.
+    fn with(e: &Entry, f: impl FnOnce(&mut Flow)) -> Entry {
+        let mut e = e.clone();
+        f(&mut e.flow);
+        e
     }
 
     const ASSURED: u32 = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
@@ -306,38 +311,22 @@ mod tests {
             "[[offload]]\nfamilies = [\"ipv4\"]\nprotocols = [\"udp\", 132]\nzones = [0, 7]\nmark = \"0x10/0xf0\"\ndports = [53, \"5000-5100\"]\n",
         );
         let p = Policy { rules: &r };
-        let mut f = flow(17, 5050, None, ASSURED);
-        f.mark = 0x13;
+        let f = with(&flow(17, 5050, None, ASSURED), |f| f.mark = 0x13);
         assert!(p.candidate(&f));
+        assert!(!p.candidate(&with(&f, |f| f.mark = 0x23)), "mark");
+        assert!(!p.candidate(&with(&f, |f| f.zone = 3)), "zone");
         assert!(
-            !p.candidate(&Flow {
-                mark: 0x23,
-                ..f.clone()
-            }),
-            "mark"
-        );
-        assert!(
-            !p.candidate(&Flow {
-                zone: 3,
-                ..f.clone()
-            }),
-            "zone"
-        );
-        assert!(
-            !p.candidate(&Flow {
-                family: 10,
-                ..f.clone()
-            }),
+            !p.candidate(&with(&f, |f| f.family =
+                ekho_mirror::conntrack::message::Family::INET6)),
             "family"
         );
-        let mut g = f.clone();
-        g.orig.dport = 5101;
+        let mut g = with(&f, |f| f.original.dport = 5101);
         assert!(!p.candidate(&g), "port");
-        g.orig.dport = 53;
+        g.flow.original.dport = 53;
         assert!(p.candidate(&g));
-        g.orig.proto = 132;
+        g.flow.protocol = 132;
         assert!(p.candidate(&g), "sctp by number");
-        g.orig.proto = 6;
+        g.flow.protocol = 6;
         g.tcp_state = Some(3);
         assert!(!p.candidate(&g), "tcp not listed");
         // Any table matching is enough; sports.
@@ -346,7 +335,7 @@ mod tests {
         assert!(p.candidate(&flow(6, 1, Some(3), ASSURED)));
         assert!(p.candidate(&flow(17, 1, None, ASSURED)));
         let mut h = flow(6, 1, Some(3), ASSURED);
-        h.orig.sport = 1;
+        h.flow.original.sport = 1;
         assert!(!p.candidate(&h));
     }
 

@@ -1,5 +1,7 @@
 //! ctnetlink messages (`NFNL_SUBSYS_CTNETLINK`): `IPCTNL_MSG_CT_NEW` (dump replies, NEW and
-//! UPDATE events) and `IPCTNL_MSG_CT_DELETE` (DESTROY events), parsed into a [`Flow`].
+//! UPDATE events) and `IPCTNL_MSG_CT_DELETE` (DESTROY events), parsed into an [`Entry`]: the
+//! plugin API's [`Flow`] (the one object model of a flow, as the route mirror holds the API's
+//! routes) and the kernel's bookkeeping beside it.
 //!
 //! netlink-packet-netfilter 0.4 parses tuples, protoinfo, status, timeout and mark, and leaves
 //! counters, id, zone, labels and timestamps as `Other`, with no event support: this module
@@ -10,7 +12,7 @@
 // Constants, fields and variants are named after the kernel's `CTA_*` / `IPS_*` names.
 #![allow(missing_docs)]
 
-use std::net::IpAddr;
+pub use ekho_plugin_api::object::{Family, Flow, FlowTuple, IpAddress, ObjectKey};
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 pub const SUBSYS: u16 = 1;
@@ -23,42 +25,11 @@ pub const CT_DELETE: u8 = 2;
 /// `NFNLGRP_CONNTRACK_NEW`, `_UPDATE`, `_DESTROY`.
 pub const GROUPS: [u32; 3] = [1, 2, 3];
 
-/// `IPS_*` status bits used here.
+/// `IPS_*` status bits: the plugin API's, and those only the host looks at.
 pub mod status {
-    pub const SEEN_REPLY: u32 = 1 << 1;
-    pub const ASSURED: u32 = 1 << 2;
-    pub const CONFIRMED: u32 = 1 << 3;
-    pub const SRC_NAT: u32 = 1 << 4;
-    pub const DST_NAT: u32 = 1 << 5;
+    pub use ekho_plugin_api::object::flow::status::*;
+    /// The entry is being destroyed.
     pub const DYING: u32 = 1 << 9;
-    pub const OFFLOAD: u32 = 1 << 14;
-}
-
-/// One direction of a connection: addresses, protocol and ports (or ICMP id/type/code).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tuple {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6, ...).
-    pub proto: u8,
-    /// Source port, or the ICMP id.
-    pub sport: u16,
-    /// Destination port, or `type << 8 | code` for ICMP.
-    pub dport: u16,
-    /// `CTA_TUPLE_ZONE` (a zone of this direction only), 0 when absent.
-    pub zone: u16,
-}
-
-impl Tuple {
-    /// A tuple not yet read (all zero, IPv4 unspecified): replaced by the message's own.
-    pub const UNSET: Tuple = Tuple {
-        src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        proto: 0,
-        sport: 0,
-        dport: 0,
-        zone: 0,
-    };
 }
 
 /// Packets and bytes of one direction (`CTA_COUNTERS_*`, with `nf_conntrack_acct=1`).
@@ -68,47 +39,52 @@ pub struct Counters {
     pub bytes: u64,
 }
 
-/// A conntrack entry as ctnetlink reports it.
+/// A conntrack entry as ctnetlink reports it: the plugin API's [`Flow`] (family, protocol,
+/// zone, mark, both tuples, NAT derived from them, status, id: what a dataplane is handed, and
+/// the entry's identity, [`key`]), and beside it only what the API's flow does not carry, the
+/// kernel's own bookkeeping, which changes by itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// `AF_INET` 2 or `AF_INET6` 10 (`nfgen_family`).
-    pub family: u8,
-    pub orig: Tuple,
-    pub reply: Tuple,
-    pub status: u32,
+pub struct Entry {
+    /// The flow. Its `zone` is the zone the original direction is tracked in: `CTA_ZONE` (a
+    /// zone of both directions) or else the original tuple's `CTA_TUPLE_ZONE`, so that the
+    /// flow's key is the kernel's identity of the entry.
+    pub flow: Flow,
     /// Seconds left (`CTA_TIMEOUT`); changes by itself.
     pub timeout: u32,
-    pub mark: u32,
-    /// `CTA_ZONE`.
-    pub zone: u16,
-    /// `CTA_LABELS` (128 bits), when set.
-    pub labels: Option<[u8; 16]>,
-    /// `CTA_ID`.
-    pub id: u32,
     /// `CTA_USE`.
     pub use_count: u32,
     /// TCP state (`CTA_PROTOINFO_TCP_STATE`: 1 syn_sent ... 3 established ... 7 close).
     pub tcp_state: Option<u8>,
     pub counters_orig: Option<Counters>,
     pub counters_reply: Option<Counters>,
+    /// `CTA_LABELS` (128 bits), when set.
+    pub labels: Option<[u8; 16]>,
+    /// `CTA_TUPLE_ZONE` of the original and the reply tuple (0: absent): a zone of that
+    /// direction only (`conntrack -L`'s `zone-orig=`, `zone-reply=`).
+    pub tuple_zones: [u16; 2],
 }
 
-impl Flow {
-    /// The identity the kernel tells entries apart by: zone and original tuple.
-    pub fn key(&self) -> (u16, Tuple) {
-        (self.zone, self.orig)
+impl Entry {
+    /// The entry's identity, the kernel's (zone and original tuple): the plugin API's key of
+    /// its flow.
+    pub fn key(&self) -> ObjectKey {
+        key(&self.flow)
     }
 
-    /// Source NAT, derived from the tuples: the reply is not addressed to the original source.
-    pub fn snat(&self) -> Option<(IpAddr, u16)> {
-        (self.reply.dst != self.orig.src || self.reply.dport != self.orig.sport)
-            .then_some((self.reply.dst, self.reply.dport))
+    /// The IP protocol number.
+    pub fn protocol(&self) -> u8 {
+        self.flow.protocol
     }
+}
 
-    /// Destination NAT, derived: the reply does not come from the original destination.
-    pub fn dnat(&self) -> Option<(IpAddr, u16)> {
-        (self.reply.src != self.orig.dst || self.reply.sport != self.orig.dport)
-            .then_some((self.reply.src, self.reply.sport))
+/// The plugin API's key of a flow (`ObjectKey::Flow`: family, protocol, zone, original
+/// tuple), without wrapping it in an `Object`.
+pub fn key(f: &Flow) -> ObjectKey {
+    ObjectKey::Flow {
+        family: f.family,
+        protocol: f.protocol,
+        zone: f.zone,
+        original: f.original,
     }
 }
 
@@ -116,9 +92,9 @@ impl Flow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// A dumped entry, a new one (`NLM_F_CREATE`) or an update.
-    New(Flow),
+    New(Entry),
     /// A destroyed entry.
-    Delete(Flow),
+    Delete(Entry),
 }
 
 /// Why a message could not be parsed.
@@ -145,14 +121,14 @@ fn be64(v: &[u8]) -> Option<u64> {
 }
 
 /// `CTA_TUPLE_IP`: (src, dst).
-fn ip(v: &[u8]) -> Option<(IpAddr, IpAddr)> {
+fn ip(v: &[u8]) -> Option<(IpAddress, IpAddress)> {
     let (mut s, mut d) = (None, None);
     for (a, x) in nlas(v) {
         match a {
-            1 => s = Some(IpAddr::from(<[u8; 4]>::try_from(x).ok()?)),
-            2 => d = Some(IpAddr::from(<[u8; 4]>::try_from(x).ok()?)),
-            3 => s = Some(IpAddr::from(<[u8; 16]>::try_from(x).ok()?)),
-            4 => d = Some(IpAddr::from(<[u8; 16]>::try_from(x).ok()?)),
+            1 => s = Some(IpAddress::V4(x.try_into().ok()?)),
+            2 => d = Some(IpAddress::V4(x.try_into().ok()?)),
+            3 => s = Some(IpAddress::V6(x.try_into().ok()?)),
+            4 => d = Some(IpAddress::V6(x.try_into().ok()?)),
             _ => {}
         }
     }
@@ -180,8 +156,9 @@ fn proto(v: &[u8]) -> Option<(u8, u16, u16)> {
     Some((p, sp, dp))
 }
 
-/// `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY`.
-fn tuple(v: &[u8]) -> Option<Tuple> {
+/// `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY`: the tuple, its protocol and its `CTA_TUPLE_ZONE` (0
+/// when absent).
+fn tuple(v: &[u8]) -> Option<(FlowTuple, u8, u16)> {
     let (mut addrs, mut pr, mut zone) = (None, None, 0);
     for (a, x) in nlas(v) {
         match a {
@@ -192,14 +169,16 @@ fn tuple(v: &[u8]) -> Option<Tuple> {
         }
     }
     let ((src, dst), (proto, sport, dport)) = (addrs?, pr?);
-    Some(Tuple {
-        src,
-        dst,
+    Some((
+        FlowTuple {
+            src,
+            dst,
+            sport,
+            dport,
+        },
         proto,
-        sport,
-        dport,
         zone,
-    })
+    ))
 }
 
 /// `CTA_COUNTERS_ORIG` / `_REPLY`.
@@ -229,6 +208,14 @@ fn protoinfo(v: &[u8]) -> Option<u8> {
     None
 }
 
+/// A tuple not read yet, replaced by the message's own.
+const UNSET: FlowTuple = FlowTuple {
+    src: IpAddress::V4([0; 4]),
+    dst: IpAddress::V4([0; 4]),
+    sport: 0,
+    dport: 0,
+};
+
 /// Parses one message of the ctnetlink subsystem; `Ok(None)` for other types (expectations,
 /// stats) and subsystems.
 pub fn parse(message_type: u16, payload: &[u8]) -> Result<Option<Message>, ParseError> {
@@ -246,43 +233,47 @@ pub fn parse(message_type: u16, payload: &[u8]) -> Result<Option<Message>, Parse
     let bad = |what| ParseError::Bad { ty, what };
     let family = payload[0];
     let (mut orig, mut reply) = (None, None);
-    let mut f = Flow {
-        family,
-        orig: Tuple::UNSET,
-        reply: Tuple::UNSET,
-        status: 0,
+    let (mut status, mut mark, mut zone, mut id) = (0, 0, None, 0);
+    let mut e = Entry {
+        flow: Flow::new(0, UNSET, UNSET),
         timeout: 0,
-        mark: 0,
-        zone: 0,
-        labels: None,
-        id: 0,
         use_count: 0,
         tcp_state: None,
         counters_orig: None,
         counters_reply: None,
+        labels: None,
+        tuple_zones: [0, 0],
     };
     for (a, x) in nlas(&payload[4..]) {
         match a {
             1 => orig = Some(tuple(x).ok_or_else(|| bad("CTA_TUPLE_ORIG"))?),
             2 => reply = Some(tuple(x).ok_or_else(|| bad("CTA_TUPLE_REPLY"))?),
-            3 => f.status = be32(x).ok_or_else(|| bad("CTA_STATUS"))?,
-            4 => f.tcp_state = protoinfo(x),
-            7 => f.timeout = be32(x).ok_or_else(|| bad("CTA_TIMEOUT"))?,
-            8 => f.mark = be32(x).ok_or_else(|| bad("CTA_MARK"))?,
-            9 => f.counters_orig = counters(x),
-            10 => f.counters_reply = counters(x),
-            11 => f.use_count = be32(x).ok_or_else(|| bad("CTA_USE"))?,
-            12 => f.id = be32(x).ok_or_else(|| bad("CTA_ID"))?,
-            18 => f.zone = be16(x).ok_or_else(|| bad("CTA_ZONE"))?,
-            22 => f.labels = Some(<[u8; 16]>::try_from(x).map_err(|_| bad("CTA_LABELS"))?),
+            3 => status = be32(x).ok_or_else(|| bad("CTA_STATUS"))?,
+            4 => e.tcp_state = protoinfo(x),
+            7 => e.timeout = be32(x).ok_or_else(|| bad("CTA_TIMEOUT"))?,
+            8 => mark = be32(x).ok_or_else(|| bad("CTA_MARK"))?,
+            9 => e.counters_orig = counters(x),
+            10 => e.counters_reply = counters(x),
+            11 => e.use_count = be32(x).ok_or_else(|| bad("CTA_USE"))?,
+            12 => id = be32(x).ok_or_else(|| bad("CTA_ID"))?,
+            18 => zone = Some(be16(x).ok_or_else(|| bad("CTA_ZONE"))?),
+            22 => e.labels = Some(<[u8; 16]>::try_from(x).map_err(|_| bad("CTA_LABELS"))?),
             _ => {}
         }
     }
-    f.orig = orig.ok_or_else(|| bad("CTA_TUPLE_ORIG"))?;
-    f.reply = reply.ok_or_else(|| bad("CTA_TUPLE_REPLY"))?;
+    let (orig, proto, orig_zone) = orig.ok_or_else(|| bad("CTA_TUPLE_ORIG"))?;
+    let (reply, _, reply_zone) = reply.ok_or_else(|| bad("CTA_TUPLE_REPLY"))?;
+    // NAT derived from the tuples the one way the API defines it.
+    e.flow = Flow::new(proto, orig, reply);
+    e.flow.family = Family(family);
+    e.flow.zone = zone.unwrap_or(orig_zone);
+    e.flow.mark = mark;
+    e.flow.status = status;
+    e.flow.id = id;
+    e.tuple_zones = [orig_zone, reply_zone];
     Ok(Some(if m == CT_NEW {
-        Message::New(f)
+        Message::New(e)
     } else {
-        Message::Delete(f)
+        Message::Delete(e)
     }))
 }

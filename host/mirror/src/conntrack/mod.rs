@@ -10,8 +10,8 @@ pub mod message;
 pub mod request;
 pub mod source;
 
-pub use message::{Counters, Flow, Message, Tuple};
-use std::collections::HashMap;
+pub use message::{key, Counters, Entry, Flow, FlowTuple, Message, ObjectKey};
+use std::hash::BuildHasher;
 
 /// Counters of the table and its source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,28 +39,64 @@ pub struct Stats {
     pub events: u64,
 }
 
-/// The mirrored entries, by (zone, original tuple).
-#[derive(Debug)]
+/// The mirrored entries, by their flow's key ([`Entry::key`]: the plugin API's
+/// `ObjectKey::Flow`, the kernel's identity of an entry). The key is not stored beside the
+/// entry: it is the flow's own fields.
 pub struct Table {
-    flows: HashMap<(u16, Tuple), Flow>,
+    entries: hashbrown::HashTable<Entry>,
+    hasher: foldhash::fast::FixedState,
     limit: usize,
     stats: Stats,
     /// A dump was reconciled already.
     reconciled: bool,
     /// Keys added, changed or removed since [`Table::take_touched`], when tracked.
-    touched: Option<Vec<(u16, Tuple)>>,
+    touched: Option<Vec<ObjectKey>>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("entries", &self.entries.len())
+            .field("limit", &self.limit)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Whether `e` is the entry of `k`, a flow's key.
+fn is(e: &Entry, k: &ObjectKey) -> bool {
+    let ObjectKey::Flow {
+        family,
+        protocol,
+        zone,
+        original,
+    } = k
+    else {
+        return false;
+    };
+    let f = &e.flow;
+    f.original == *original && f.zone == *zone && f.protocol == *protocol && f.family == *family
 }
 
 impl Table {
     /// An empty table holding at most `limit` entries.
     pub fn new(limit: usize) -> Table {
         Table {
-            flows: HashMap::new(),
+            entries: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x6374_6b65),
             limit,
             stats: Stats::default(),
             reconciled: false,
             touched: None,
         }
+    }
+
+    /// Bytes one held entry takes in the table (it is stored inline, nothing is allocated per
+    /// entry), before the hash table's load factor (at most 8/7) and its control byte.
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+    fn hash(&self, k: &ObjectKey) -> u64 {
+        self.hasher.hash_one(k)
     }
 
     /// Records the keys of what changes from now on, for [`Table::take_touched`].
@@ -70,54 +106,64 @@ impl Table {
 
     /// The keys of entries added, changed or removed since the last call (tracked only after
     /// [`Table::track`]; a key may come more than once).
-    pub fn take_touched(&mut self) -> Vec<(u16, Tuple)> {
+    pub fn take_touched(&mut self) -> Vec<ObjectKey> {
         self.touched
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
     }
 
-    fn touch(&mut self, k: (u16, Tuple)) {
+    fn touch(&mut self, k: ObjectKey) {
         if let Some(t) = self.touched.as_mut() {
             t.push(k);
+        }
+    }
+
+    fn remove(&mut self, k: &ObjectKey) -> Option<Entry> {
+        let h = self.hash(k);
+        match self.entries.find_entry(h, |e| is(e, k)) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
         }
     }
 
     /// Applies one message.
     pub fn apply(&mut self, m: Message) {
         match m {
-            Message::New(f) => {
-                let k = f.key();
-                if let Some(old) = self.flows.get_mut(&k) {
+            Message::New(mut e) => {
+                let k = e.key();
+                let h = self.hash(&k);
+                if let Some(old) = self.entries.find_mut(h, |x| is(x, &k)) {
                     // Events carry what changed: keep the counters an update left out.
-                    let mut f = f;
-                    if f.counters_orig.is_none() {
-                        f.counters_orig = old.counters_orig;
-                        f.counters_reply = old.counters_reply;
+                    if e.counters_orig.is_none() {
+                        e.counters_orig = old.counters_orig;
+                        e.counters_reply = old.counters_reply;
                     }
-                    if *old != f {
-                        *old = f;
+                    if *old != e {
+                        *old = e;
                         self.touch(k);
                     }
-                } else if self.flows.len() >= self.limit {
+                } else if self.entries.len() >= self.limit {
                     self.stats.refused += 1;
                 } else {
-                    self.flows.insert(k, f);
+                    let hasher = &self.hasher;
+                    self.entries
+                        .insert_unique(h, e, |x| hasher.hash_one(x.key()));
                     self.touch(k);
                 }
             }
-            Message::Delete(f) => {
+            Message::Delete(e) => {
                 // Only the entry the event is about: the kernel redelivers a DESTROY it failed
                 // to deliver (ENOBUFS) later, from its dying list, by when a new entry with the
                 // same tuple may be mirrored already (found by the overrun test: an entry of a
                 // flushed burst took its successor with it). An id of 0 is unknown.
-                let k = f.key();
+                let k = e.key();
+                let id = e.flow.id;
                 if self
-                    .flows
                     .get(&k)
-                    .is_some_and(|held| f.id == 0 || held.id == 0 || held.id == f.id)
+                    .is_some_and(|held| id == 0 || held.flow.id == 0 || held.flow.id == id)
                 {
-                    self.flows.remove(&k);
+                    self.remove(&k);
                     self.touch(k);
                 }
             }
@@ -125,22 +171,25 @@ impl Table {
     }
 
     /// Makes the table equal to a complete dump (mark and sweep; the limit holds).
-    pub fn reconcile(&mut self, dump: Vec<Flow>) {
-        let seen: std::collections::HashSet<(u16, Tuple)> = dump.iter().map(|f| f.key()).collect();
+    pub fn reconcile(&mut self, dump: Vec<Entry>) {
+        let seen: std::collections::HashSet<ObjectKey, foldhash::fast::RandomState> =
+            dump.iter().map(Entry::key).collect();
         // Sweep first, so the room of what is gone goes to what the dump adds.
-        let gone: Vec<(u16, Tuple)> = self
-            .flows
-            .keys()
-            .filter(|k| !seen.contains(k))
-            .copied()
-            .collect();
+        let mut gone = Vec::new();
+        self.entries.retain(|e| {
+            let k = e.key();
+            let keep = seen.contains(&k);
+            if !keep {
+                gone.push(k);
+            }
+            keep
+        });
         for k in gone {
-            self.flows.remove(&k);
             self.touch(k);
         }
         let before = self.stats.refused;
-        for f in dump {
-            self.apply(Message::New(f));
+        for e in dump {
+            self.apply(Message::New(e));
         }
         self.stats.over_limit = self.stats.refused - before;
         if self.reconciled {
@@ -149,14 +198,14 @@ impl Table {
         self.reconciled = true;
     }
 
-    /// One entry.
-    pub fn get(&self, zone: u16, orig: &Tuple) -> Option<&Flow> {
-        self.flows.get(&(zone, *orig))
+    /// The entry of a flow's key (`None` for another kind's key).
+    pub fn get(&self, k: &ObjectKey) -> Option<&Entry> {
+        self.entries.find(self.hash(k), |e| is(e, k))
     }
 
     /// Every entry.
-    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.values()
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
     }
 
     /// The most entries held.
@@ -167,7 +216,7 @@ impl Table {
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {
-            flows: self.flows.len(),
+            flows: self.entries.len(),
             ..self.stats
         }
     }
@@ -213,21 +262,20 @@ mod tests {
         let Message::New(f) = one(DUMP_V4) else {
             panic!()
         };
-        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(f.family, 2);
+        let lo: message::IpAddress = "127.0.0.1".parse().unwrap();
+        assert_eq!(f.flow.family, message::Family::INET);
+        let o = f.flow.original;
         assert_eq!(
-            (
-                f.orig.src,
-                f.orig.dst,
-                f.orig.proto,
-                f.orig.sport,
-                f.orig.dport
-            ),
+            (o.src, o.dst, f.flow.protocol, o.sport, o.dport),
             (lo, lo, 17, 47405, 4000)
         );
-        assert_eq!((f.reply.sport, f.reply.dport), (4000, 47405));
-        assert_eq!((f.timeout, f.mark, f.use_count, f.zone), (28, 0, 1, 0));
-        assert_eq!(f.status & message::status::SEEN_REPLY, 0, "UNREPLIED");
+        assert_eq!((f.flow.reply.sport, f.flow.reply.dport), (4000, 47405));
+        assert_eq!(
+            (f.timeout, f.flow.mark, f.use_count, f.flow.zone),
+            (28, 0, 1, 0)
+        );
+        assert_eq!(f.tuple_zones, [0, 0]);
+        assert_eq!(f.flow.status & message::status::SEEN_REPLY, 0, "UNREPLIED");
         assert_eq!(
             f.counters_orig,
             Some(Counters {
@@ -242,8 +290,8 @@ mod tests {
                 bytes: 0
             })
         );
-        assert_eq!(f.id, 0xb161e43b);
-        assert_eq!((f.snat(), f.dnat()), (None, None));
+        assert_eq!(f.flow.id, 0xb161e43b);
+        assert!(!f.flow.is_nat());
     }
 
     #[test]
@@ -251,8 +299,11 @@ mod tests {
         let Message::New(n) = one(NEW_V6) else {
             panic!()
         };
-        assert_eq!(n.family, 10);
-        assert_eq!((n.orig.sport, n.orig.dport), (33471, 4001));
+        assert_eq!(n.flow.family, message::Family::INET6);
+        assert_eq!(
+            (n.flow.original.sport, n.flow.original.dport),
+            (33471, 4001)
+        );
         assert_eq!(n.counters_orig, None, "NEW events carry no counters");
         let mut t = Table::new(10);
         t.apply(Message::New(n.clone()));
@@ -270,7 +321,7 @@ mod tests {
         );
         // A late DESTROY of an earlier entry with the same tuple leaves its successor.
         let mut late = d.clone();
-        late.id = d.id.wrapping_add(1);
+        late.flow.id = d.flow.id.wrapping_add(1);
         t.apply(Message::Delete(late));
         assert_eq!(t.stats().flows, 1, "another entry's DESTROY");
         t.apply(Message::Delete(d));
@@ -279,14 +330,66 @@ mod tests {
 
     #[test]
     fn nat_is_derived_from_the_tuples() {
-        let Message::New(mut f) = one(DUMP_V4) else {
+        // The reply addressed to 192.0.2.1:61000: masqueraded. The parser derives NAT as the
+        // API does (Flow::new), from the bytes.
+        let b = hex(DUMP_V4);
+        let mut b = b.clone();
+        // The reply tuple's CTA_IP_V4_DST (127.0.0.1, the second address of the second tuple)
+        // and CTA_PROTO_DST_PORT (47405 = 0xb92d, its second port).
+        let at = |b: &[u8], pat: &[u8], nth: usize| {
+            b.windows(pat.len())
+                .enumerate()
+                .filter(|(_, w)| *w == pat)
+                .nth(nth)
+                .unwrap()
+                .0
+        };
+        let ip = at(&b, &[127, 0, 0, 1], 3);
+        b[ip..ip + 4].copy_from_slice(&[192, 0, 2, 1]);
+        let port = at(&b, &[0xb9, 0x2d], 1);
+        b[port..port + 2].copy_from_slice(&61000u16.to_be_bytes());
+        let v = split(&b);
+        let Some(Message::New(f)) = message::parse(v[0].0.message_type, v[0].1).unwrap() else {
             panic!()
         };
-        let pub_ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        f.reply.dst = pub_ip;
-        f.reply.dport = 61000;
-        assert_eq!(f.snat(), Some((pub_ip, 61000)));
-        assert_eq!(f.dnat(), None);
+        let pub_ip: message::IpAddress = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            f.flow.snat.into_option(),
+            Some(ekho_plugin_api::object::FlowNat {
+                addr: pub_ip,
+                port: 61000
+            })
+        );
+        assert!(f.flow.dnat.is_none());
+    }
+
+    #[test]
+    fn a_zone_of_the_original_direction_only_is_the_flows_zone() {
+        // DUMP_V4 with CTA_TUPLE_ZONE 5 in its original tuple (as `-j CT --zone-orig 5` makes
+        // it; the kernel then sends no CTA_ZONE): appended to that nest (at 20, 52 bytes).
+        let mut b = hex(DUMP_V4);
+        let zone_nla = [6, 0, 3, 0, 0, 5, 0, 0];
+        b.splice(72..72, zone_nla);
+        let nest = u16::from_ne_bytes([b[20], b[21]]) + 8;
+        b[20..22].copy_from_slice(&nest.to_ne_bytes());
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) + 8;
+        b[0..4].copy_from_slice(&len.to_ne_bytes());
+        let v = split(&b);
+        let Some(Message::New(z)) = message::parse(v[0].0.message_type, v[0].1).unwrap() else {
+            panic!()
+        };
+        assert_eq!((z.flow.zone, z.tuple_zones), (5, [5, 0]));
+        // Another entry than the same tuple in zone 0 (the kernel tells them apart by the zone
+        // of the original direction): both held.
+        let Message::New(plain) = one(DUMP_V4) else {
+            panic!()
+        };
+        assert_ne!(z.key(), plain.key());
+        let mut t = Table::new(10);
+        t.apply(Message::New(plain));
+        t.apply(Message::New(z.clone()));
+        assert_eq!(t.stats().flows, 2);
+        assert_eq!(t.get(&z.key()), Some(&z));
     }
 
     #[test]
@@ -295,24 +398,24 @@ mod tests {
             panic!()
         };
         let mut t = Table::new(2);
-        let flow = |port: u16| Flow {
-            orig: Tuple {
-                sport: port,
-                ..f.orig
-            },
-            ..f.clone()
+        let flow = |port: u16| {
+            let mut e = f.clone();
+            e.flow.original.sport = port;
+            e
         };
         for p in 1..=3 {
             t.apply(Message::New(flow(p)));
         }
         assert_eq!((t.stats().flows, t.stats().refused), (2, 1));
         // An update of a held entry is never refused.
-        t.apply(Message::New(Flow { mark: 9, ..flow(1) }));
-        assert_eq!(t.get(0, &flow(1).orig).unwrap().mark, 9);
+        let mut marked = flow(1);
+        marked.flow.mark = 9;
+        t.apply(Message::New(marked));
+        assert_eq!(t.get(&flow(1).key()).unwrap().flow.mark, 9);
         // A dump without 1: swept; 3 fits now.
         t.reconcile(vec![flow(2), flow(3)]);
-        assert!(t.get(0, &flow(1).orig).is_none());
-        assert!(t.get(0, &flow(3).orig).is_some());
+        assert!(t.get(&flow(1).key()).is_none());
+        assert!(t.get(&flow(3).key()).is_some());
         assert_eq!(t.stats().flows, 2);
         assert_eq!((t.stats().refused, t.stats().over_limit), (1, 0));
         // A re-dump with one too many: over the limit, not refused again and again.
@@ -326,14 +429,12 @@ mod tests {
         let Message::New(f) = one(DUMP_V4) else {
             panic!()
         };
-        let flow = |port: u16| Flow {
-            orig: Tuple {
-                sport: port,
-                ..f.orig
-            },
-            ..f.clone()
+        let flow = |port: u16| {
+            let mut e = f.clone();
+            e.flow.original.sport = port;
+            e
         };
-        let key = |port: u16| (0, flow(port).orig);
+        let key = |port: u16| flow(port).key();
         let mut t = Table::new(10);
         t.apply(Message::New(flow(1)));
         assert!(t.take_touched().is_empty(), "not tracked yet");
@@ -346,9 +447,9 @@ mod tests {
         assert_eq!(t.take_touched(), vec![key(2)]);
         // A re-dump without 1 and with 3: the sweep and the addition.
         t.reconcile(vec![flow(3)]);
-        let mut touched = t.take_touched();
-        touched.sort();
-        assert_eq!(touched, vec![key(1), key(3)]);
+        let touched = t.take_touched();
+        assert_eq!(touched.len(), 2);
+        assert!(touched.contains(&key(1)) && touched.contains(&key(3)));
     }
 }
 
@@ -356,11 +457,12 @@ mod tests {
 mod size {
     use super::*;
 
-    /// Memory per held entry: key and value inline in the hash table, plus its control byte
-    /// (hashbrown), at most 8/7 of that with the load factor. Nothing is allocated per entry.
+    /// Memory per held entry: the entry inline in the hash table (its key is the flow's own
+    /// fields, not stored again), plus its control byte (hashbrown), at most 8/7 of that with
+    /// the load factor. Nothing is allocated per entry.
     #[test]
     fn an_entry_costs_a_fixed_size() {
-        let per = std::mem::size_of::<((u16, Tuple), Flow)>() + 1;
+        let per = Table::ENTRY_BYTES + 1;
         eprintln!("conntrack table: {per} bytes per entry (before the load factor)");
         assert!(per <= 256, "{per}");
     }

@@ -15,7 +15,7 @@
 //! again (the FIN a dataplane hands back, the rest after a hand-back) would be out of window,
 //! INVALID and not NATed: a masqueraded connection hung at its FIN without it (xdp-router).
 
-use super::message::Tuple;
+use super::message::ObjectKey;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -52,34 +52,42 @@ fn serialize(header: NetlinkHeader, nf: NetfilterMessage) -> Vec<u8> {
     buf
 }
 
-/// The request setting the timeout of the entry of `family` (2, 10), `zone` and original
-/// tuple `orig` to `timeout_s` seconds (a TCP one also liberal window tracking both ways), with
-/// sequence number `seq`; `None` for a protocol without ports (ICMP entries are not refreshed).
-pub fn refresh_timeout(
-    family: u8,
-    zone: u16,
-    orig: &Tuple,
-    timeout_s: u32,
-    seq: u32,
-) -> Option<Vec<u8>> {
-    if matches!(orig.proto, 1 | 58) {
+/// The request setting the timeout of the entry of `key` (a flow's key: family, protocol,
+/// zone, original tuple) to `timeout_s` seconds (a TCP one also liberal window tracking both
+/// ways), with sequence number `seq`; `None` for another kind's key or a protocol without
+/// ports (ICMP entries are not refreshed).
+///
+/// The zone goes as `CTA_ZONE`: the key's is the zone the original direction is tracked in,
+/// and the kernel finds an entry by its original tuple in the zone of that direction
+/// (`nf_ct_zone_equal`), whether the entry's zone covers both directions or the original only.
+pub fn refresh_timeout(key: &ObjectKey, timeout_s: u32, seq: u32) -> Option<Vec<u8>> {
+    let ObjectKey::Flow {
+        family,
+        protocol,
+        zone,
+        original: orig,
+    } = *key
+    else {
+        return None;
+    };
+    if matches!(protocol, 1 | 58) {
         return None;
     }
     let mut attrs = vec![
         ConntrackAttribute::CtaTupleOrig(vec![
             NfTuple::Ip(vec![
-                IPTuple::SourceAddress(orig.src),
-                IPTuple::DestinationAddress(orig.dst),
+                IPTuple::SourceAddress(orig.src.into()),
+                IPTuple::DestinationAddress(orig.dst.into()),
             ]),
             NfTuple::Proto(vec![
-                ProtoTuple::Protocol(Protocol::from(orig.proto)),
+                ProtoTuple::Protocol(Protocol::from(protocol)),
                 ProtoTuple::SourcePort(orig.sport),
                 ProtoTuple::DestinationPort(orig.dport),
             ]),
         ]),
         ConntrackAttribute::CtaTimeout(timeout_s),
     ];
-    if orig.proto == 6 {
+    if protocol == 6 {
         // TCPFlags is non_exhaustive: built by parsing its two bytes (flags, mask).
         let liberal = || {
             TCPFlags::parse(&[IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL])
@@ -99,7 +107,7 @@ pub fn refresh_timeout(
         )));
     }
     let nf = NetfilterMessage::new(
-        NetfilterHeader::new(NetfilterProtoFamily::from(family), 0, 0),
+        NetfilterHeader::new(NetfilterProtoFamily::from(family.0), 0, 0),
         ConntrackMessage::New(attrs),
     );
     let mut header = NetlinkHeader::default();
@@ -111,7 +119,21 @@ pub fn refresh_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::message;
+    use crate::conntrack::message::{self, Family, FlowTuple};
+
+    fn key(protocol: u8, zone: u16, dport: u16) -> ObjectKey {
+        ObjectKey::Flow {
+            family: Family::INET,
+            protocol,
+            zone,
+            original: FlowTuple {
+                src: "10.0.1.2".parse().unwrap(),
+                dst: "10.0.2.2".parse().unwrap(),
+                sport: 40000,
+                dport,
+            },
+        }
+    }
 
     #[test]
     fn the_dump_request_is_what_the_kernel_expects() {
@@ -130,15 +152,8 @@ mod tests {
 
     #[test]
     fn the_refresh_is_an_update_of_the_original_tuple_with_a_timeout() {
-        let orig = Tuple {
-            src: "10.0.1.2".parse().unwrap(),
-            dst: "10.0.2.2".parse().unwrap(),
-            proto: 17,
-            sport: 40000,
-            dport: 53,
-            zone: 0,
-        };
-        let b = refresh_timeout(2, 7, &orig, 30, 9).unwrap();
+        let k = key(17, 7, 53);
+        let b = refresh_timeout(&k, 30, 9).unwrap();
         let v = crate::netlink::split(&b);
         assert_eq!(v.len(), 1);
         let (h, payload) = &v[0];
@@ -178,22 +193,17 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((f.orig, f.timeout, f.zone), (orig, 30, 7));
-        let icmp = Tuple { proto: 1, ..orig };
-        assert!(refresh_timeout(2, 0, &icmp, 30, 1).is_none());
+        assert_eq!((f.key(), f.timeout), (k, 30));
+        assert!(refresh_timeout(&key(1, 0, 0x800), 30, 1).is_none());
+        assert!(
+            refresh_timeout(&ObjectKey::Link { ifindex: 1 }, 30, 1).is_none(),
+            "not a flow"
+        );
     }
 
     #[test]
     fn a_tcp_refresh_marks_both_directions_liberal() {
-        let orig = Tuple {
-            src: "10.0.1.2".parse().unwrap(),
-            dst: "10.0.2.2".parse().unwrap(),
-            proto: 6,
-            sport: 40000,
-            dport: 5201,
-            zone: 0,
-        };
-        let b = refresh_timeout(2, 0, &orig, 30, 1).unwrap();
+        let b = refresh_timeout(&key(6, 0, 5201), 30, 1).unwrap();
         let v = crate::netlink::split(&b);
         let payload = &v[0].1;
         let attrs: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(&payload[4..])

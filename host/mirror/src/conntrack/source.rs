@@ -9,7 +9,7 @@
 //! and never sends an UPDATE or DESTROY event, so only a dump sees it change or go; a dump also
 //! brings the counters and timeouts, which change with no event.
 
-use super::message::{self, Flow, Message};
+use super::message::{self, Entry, Message};
 use super::Table;
 use crate::netlink;
 use crate::source::{enter_netns, set_rcvbuf, SourceError};
@@ -19,15 +19,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// One keep-alive request: set the timeout of an entry (by family, zone, original tuple).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One keep-alive request: set the timeout of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepAlive {
-    /// `AF_INET` 2 or `AF_INET6` 10.
-    pub family: u8,
-    /// The entry's zone (`CTA_ZONE`).
-    pub zone: u16,
-    /// Its original tuple.
-    pub orig: super::Tuple,
+    /// The entry's key ([`super::Entry::key`]: family, protocol, zone, original tuple).
+    pub key: super::ObjectKey,
     /// Seconds.
     pub timeout_s: u32,
 }
@@ -62,7 +58,7 @@ pub struct Config {
 /// Told, on the source's thread with the table locked, the keys of the entries added, changed
 /// or removed by each batch of events or dump (look them up in the table: gone when absent).
 /// Must not block for long: events wait meanwhile.
-pub type Observer = Box<dyn FnMut(&Table, Vec<(u16, super::Tuple)>) + Send>;
+pub type Observer = Box<dyn FnMut(&Table, Vec<super::ObjectKey>) + Send>;
 
 /// A running conntrack source; dropping it stops the thread.
 pub struct Conntrack {
@@ -234,7 +230,7 @@ fn recv_blocking(s: &Socket, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Dumps every entry (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`, `AF_UNSPEC`).
-fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Flow>, u64), SourceError> {
+fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Entry>, u64), SourceError> {
     let b = super::request::dump_all(seq);
     s.send(&b, 0)
         .map_err(|e| nl_err("ctnetlink dump send", e))?;
@@ -288,7 +284,7 @@ fn send_keep_alives(
     let mut sent = 0u32;
     for r in reqs {
         *seq += 1;
-        match super::request::refresh_timeout(r.family, r.zone, &r.orig, r.timeout_s, *seq) {
+        match super::request::refresh_timeout(&r.key, r.timeout_s, *seq) {
             Some(b) => {
                 s.send(&b, 0)
                     .map_err(|e| nl_err("ctnetlink keep-alive send", e))?;
