@@ -459,22 +459,7 @@ fn unavailable(why: &str, errno: Option<i32>) -> String {
     format!("conntrack cannot be mirrored: {why}{hint}")
 }
 
-/// conntrack's name of a TCP state (`CTA_PROTOINFO_TCP_STATE`).
-pub fn tcp_state_name(s: u8) -> &'static str {
-    match s {
-        0 => "NONE",
-        1 => "SYN_SENT",
-        2 => "SYN_RECV",
-        3 => "ESTABLISHED",
-        4 => "FIN_WAIT",
-        5 => "CLOSE_WAIT",
-        6 => "LAST_ACK",
-        7 => "TIME_WAIT",
-        8 => "CLOSE",
-        9 => "SYN_SENT2",
-        _ => "UNKNOWN",
-    }
-}
+pub use ekho_mirror::conntrack::message::tcp_state_name;
 
 /// One entry in JSON, conntrack's field names (the one JSON form of a flow): the plugin API's
 /// form of the flow (`Flow::to_json`) with what the kernel alone knows: timeout, TCP state,

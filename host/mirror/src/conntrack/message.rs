@@ -88,6 +88,23 @@ pub fn key(f: &Flow) -> ObjectKey {
     }
 }
 
+/// conntrack's name of a TCP state (`CTA_PROTOINFO_TCP_STATE`).
+pub fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        0 => "NONE",
+        1 => "SYN_SENT",
+        2 => "SYN_RECV",
+        3 => "ESTABLISHED",
+        4 => "FIN_WAIT",
+        5 => "CLOSE_WAIT",
+        6 => "LAST_ACK",
+        7 => "TIME_WAIT",
+        8 => "CLOSE",
+        9 => "SYN_SENT2",
+        _ => "UNKNOWN",
+    }
+}
+
 /// One ctnetlink message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {

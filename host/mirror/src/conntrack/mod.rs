@@ -134,10 +134,23 @@ impl Table {
                 let k = e.key();
                 let h = self.hash(&k);
                 if let Some(old) = self.entries.find_mut(h, |x| is(x, &k)) {
-                    // Events carry what changed: keep the counters an update left out.
+                    // Events carry what changed (ctnetlink_conntrack_event): an update leaves
+                    // out the counters, `CTA_USE`, and the protocol info and labels unless
+                    // those changed. Keep what it left out. Seen on 6.18: the update that
+                    // marks a picked-up TCP entry ASSURED has no CTA_PROTOINFO; replaced
+                    // whole, the entry lost its ESTABLISHED and stopped being a candidate.
                     if e.counters_orig.is_none() {
                         e.counters_orig = old.counters_orig;
                         e.counters_reply = old.counters_reply;
+                    }
+                    if e.tcp_state.is_none() {
+                        e.tcp_state = old.tcp_state;
+                    }
+                    if e.labels.is_none() {
+                        e.labels = old.labels;
+                    }
+                    if e.use_count == 0 {
+                        e.use_count = old.use_count;
                     }
                     if *old != e {
                         *old = e;
@@ -422,6 +435,46 @@ mod tests {
         t.reconcile(vec![flow(2), flow(3), flow(4)]);
         t.reconcile(vec![flow(2), flow(3), flow(4)]);
         assert_eq!((t.stats().refused, t.stats().over_limit), (1, 1));
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_leaves_out() {
+        let Message::New(f) = one(DUMP_V4) else {
+            panic!()
+        };
+        let mut held = f.clone();
+        held.flow.protocol = 6;
+        held.tcp_state = Some(3);
+        held.labels = Some([7; 16]);
+        held.use_count = 1;
+        let mut t = Table::new(8);
+        t.apply(Message::New(held.clone()));
+        // The ASSURED update of a picked-up entry: status and timeout, no protoinfo, labels,
+        // use or counters.
+        let mut update = held.clone();
+        update.flow.status |= message::status::ASSURED;
+        update.timeout = 432000;
+        update.tcp_state = None;
+        update.labels = None;
+        update.use_count = 0;
+        update.counters_orig = None;
+        update.counters_reply = None;
+        t.apply(Message::New(update));
+        let now = t.get(&held.key()).unwrap();
+        assert_eq!(
+            now.flow.status & message::status::ASSURED,
+            message::status::ASSURED
+        );
+        assert_eq!(now.timeout, 432000);
+        assert_eq!(now.tcp_state, Some(3));
+        assert_eq!(now.labels, Some([7; 16]));
+        assert_eq!(now.use_count, 1);
+        assert_eq!(now.counters_orig, held.counters_orig);
+        // What an update carries replaces what was held.
+        let mut closing = held.clone();
+        closing.tcp_state = Some(6);
+        t.apply(Message::New(closing));
+        assert_eq!(t.get(&held.key()).unwrap().tcp_state, Some(6));
     }
 
     #[test]
