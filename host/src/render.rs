@@ -564,17 +564,29 @@ pub fn flow_line(f: &Value) -> String {
             let _ = write!(out, " {k}={}", scalar(&f[k]));
         }
     }
-    // `--stats`: each plugin's counters of the flow, after the kernel's, in the same words.
+    // `--stats`: each plugin's counters of the flow, after the kernel's, in the same words,
+    // per direction, and when it last saw a packet as `tc -s` says it (`used 3s`).
     for o in f["offload"].as_array().into_iter().flatten() {
-        let _ = write!(out, " [OFFLOAD {}]", scalar(&o["plugin"]));
+        let _ = write!(out, " [OFFLOAD {}", scalar(&o["plugin"]));
         for dir in ["original", "reply"] {
             let d = &o[dir];
-            for k in ["packets", "bytes", "drops", "last_used"] {
+            if d.is_null() {
+                continue;
+            }
+            let _ = write!(out, " {dir}:");
+            for k in ["packets", "bytes", "drops"] {
                 if !d[k].is_null() {
                     let _ = write!(out, " {k}={}", scalar(&d[k]));
                 }
             }
+            match d["last_used"].as_u64() {
+                Some(s) => {
+                    let _ = write!(out, " used {s}s");
+                }
+                None => out.push_str(" unused"),
+            }
         }
+        out.push(']');
     }
     out
 }
@@ -582,6 +594,26 @@ pub fn flow_line(f: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_line_names_the_directions_of_a_plugins_counters() {
+        let f = serde_json::json!({
+            "family": "ipv4", "l3protonum": 2, "proto": "tcp", "protonum": 6, "timeout": 300,
+            "state": "ESTABLISHED", "flags": ["ASSURED"], "mark": 0,
+            "original": {"src": "10.1.0.2", "dst": "10.2.0.2", "sport": 40000, "dport": 5001},
+            "reply": {"src": "10.2.0.2", "dst": "10.2.0.1", "sport": 5001, "dport": 40000},
+            "offload": [{"plugin": "xdp-router",
+                "original": {"packets": 10, "bytes": 15000, "drops": 0, "last_used": 0},
+                "reply": {"packets": 4, "bytes": 240, "drops": 0}}]
+        });
+        assert_eq!(
+            flow_line(&f),
+            "ipv4     2 tcp      6 300 ESTABLISHED src=10.1.0.2 dst=10.2.0.2 sport=40000 \
+             dport=5001 src=10.2.0.2 dst=10.2.0.1 sport=5001 dport=40000 [ASSURED] mark=0 \
+             [OFFLOAD xdp-router original: packets=10 bytes=15000 drops=0 used 0s \
+             reply: packets=4 bytes=240 drops=0 unused]"
+        );
+    }
 
     /// Feeds `doc` to a printer as the client reads it from the daemon.
     fn streamed(doc: &Value, json: bool) -> String {
