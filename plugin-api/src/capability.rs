@@ -1,7 +1,7 @@
 //! What a plugin can take: the host forwards only what matches.
 
 use crate::event::NotifierKind;
-use crate::object::{Family, Flow, ObjectKind};
+use crate::object::{Family, Flow, ObjectKind, TcCapabilities, TcFilter, TcUnsupported};
 use abi_stable::std_types::{RString, RVec};
 use abi_stable::StableAbi;
 use std::borrow::Borrow;
@@ -93,6 +93,9 @@ pub struct Capabilities {
     pub features: Features,
     /// API 1.2: what of flows is taken (with [`ObjectKind::Flow`] in `kinds`).
     pub flows: FlowCapabilities,
+    /// API 1.3: what of tc filters is run (with [`ObjectKind::TcFilter`] in `kinds`); see
+    /// [`Capabilities::takes_filter`]. Empty: no filter.
+    pub tc: TcCapabilities,
 }
 
 impl Capabilities {
@@ -107,13 +110,14 @@ impl Capabilities {
         }
     }
     /// Every object kind, every family, every notifier, every port, nexthop objects, every
-    /// flow (NAT included).
+    /// flow (NAT included), every tc filter (but `skip_hw` ones: [`TcCapabilities::all`]).
     pub fn everything() -> Capabilities {
         Capabilities::new()
             .kinds(ObjectKind::ALL)
             .notifiers(NotifierKind::ALL)
             .nexthop_objects(true)
             .flow_nat(true)
+            .tc(TcCapabilities::everything())
     }
     /// Adds object kinds (`[ObjectKind::Route]`, or `ObjectKind::ALL`).
     pub fn kinds<K: Borrow<ObjectKind>>(mut self, k: impl IntoIterator<Item = K>) -> Self {
@@ -172,6 +176,35 @@ impl Capabilities {
     pub fn flow_protocols(mut self, p: impl IntoIterator<Item = u8>) -> Self {
         self.flows.protocols.extend(p);
         self
+    }
+
+    /// What of tc filters is run (API 1.3; see [`TcCapabilities`]).
+    pub fn tc(mut self, tc: TcCapabilities) -> Self {
+        self.tc = tc;
+        self
+    }
+
+    /// Whether a tc filter can be run whole (API 1.3), or the first reason it cannot
+    /// ([`TcCapabilities::takes_filter`]: `owned` says whether the plugin owns an ifindex, for
+    /// mirred targets). The one definition: the host's dispatch, `ekho check-plugin` and a
+    /// plugin's own tests use it. The kind ([`ObjectKind::TcFilter`] in `kinds`) is not
+    /// checked here: a plugin not taking filters gets none, and no reason either.
+    ///
+    /// ```
+    /// use ekho_plugin_api::prelude::*;
+    /// let caps = Capabilities::new().kinds([ObjectKind::TcFilter])
+    ///     .tc(TcCapabilities::new().classifiers(["matchall"]).actions(["gact"]).ingress(true));
+    /// let mut f = TcFilter::new(TcTarget::Dev(2), TC_H_MIN_INGRESS, 1, 1);
+    /// f.kind = "u32".into();
+    /// let why = caps.takes_filter(&f, &|_| true).unwrap_err();
+    /// assert_eq!(why.to_string(), "classifier u32 not supported");
+    /// ```
+    pub fn takes_filter(
+        &self,
+        f: &TcFilter,
+        owned: &dyn Fn(u32) -> bool,
+    ) -> Result<(), TcUnsupported> {
+        self.tc.takes_filter(f, owned)
     }
 
     /// Whether this flow is taken: the kind, its family, its protocol, and NAT if it has any.

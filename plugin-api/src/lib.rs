@@ -2,7 +2,7 @@
 //!
 //! ekho mirrors the Linux kernel's networking state (links, addresses, routes, nexthops,
 //! neighbours, bridge FDB/VLAN/MDB, rules, netconf, nftables base chains and flowtables,
-//! conntrack flows) from netlink, captures kernel notifier events with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
+//! conntrack flows, tc qdiscs, classes, filters and actions) from netlink, captures kernel notifier events with eBPF, and hands both to offload backends: shared-object plugins built against this crate.
 //! A plugin sees a stream of [`Change`]s (add / update / remove) for the object kinds, families and
 //! ports it declares in its [`Capabilities`], and answers each with an [`Outcome`] (offloaded,
 //! unsupported, trapped, failed with a reason) — the same words the kernel's offload flags use.
@@ -196,6 +196,75 @@
 //! # fn main() {}
 //! ```
 //!
+//! ## tc (API 1.3)
+//! The tc state (`tc qdisc|class|filter|actions show`) reaches a plugin that takes the tc kinds:
+//! [`ObjectKind::Qdisc`], [`ObjectKind::TcClass`], [`ObjectKind::TcAction`],
+//! [`ObjectKind::TcFilter`] (ranked in that order after flows). A filter
+//! ([`TcFilter`](object::TcFilter)) carries its classifier's match ([`TcMatch`](object::TcMatch):
+//! flower keys with their masks, u32's selector, matchall, bpf's program id; other classifiers
+//! raw) and its ordered actions with their full parameters
+//! ([`TcActionSpec`](object::TcActionSpec)): a filter object alone says what to do. The host
+//! hands a plugin only the filters it can run whole, as its
+//! [`TcCapabilities`] ([`Capabilities::tc`]) say: classifiers, flower
+//! keys, action kinds, mirred operations, hooks, shared blocks, goto chain. Each other filter
+//! is reported `unsupported` with the first reason
+//! [`Capabilities::takes_filter`] gives, in tc's words (`action pedit not supported`), in the
+//! plugin's status and `ekho dump filters`; the kernel keeps running it in software. A device's
+//! filter passes the port scope when its device is owned; a shared block's when every device
+//! the block is bound to is ([`TcFilter::bindings`](object::TcFilter::bindings)). Replacing an
+//! action shared by index (`tc actions replace action police index 5 ...`) re-sends every filter
+//! holding it. Per-filter counters go through [`Plugin::object_stats`]
+//! ([`ObjectStats::tc_filter`]); `ekho dump filters --stats` shows them beside the kernel's
+//! software counters. The host never sets `skip_sw`, and never hands over a `skip_hw` filter.
+//!
+//! ```
+//! use ekho_plugin_api::prelude::*;
+//! use std::collections::HashMap;
+//!
+//! /// Drops in its dataplane what ingress matchall/flower filters with `action drop` match.
+//! struct Dropper { filters: HashMap<ObjectKey, TcFilter>, hits: HashMap<ObjectKey, ObjectCounters> }
+//!
+//! impl Plugin for Dropper {
+//!     fn create(_ctx: CreateContext) -> Result<Self, String> {
+//!         Ok(Dropper { filters: HashMap::new(), hits: HashMap::new() })
+//!     }
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::new()
+//!             .kinds([ObjectKind::TcFilter])
+//!             .port_names(["v*"])
+//!             .tc(TcCapabilities::new()
+//!                 .classifiers(["matchall", "flower"])
+//!                 .flower_keys([FlowerKey::EthType, FlowerKey::IpProto, FlowerKey::DstIp])
+//!                 .actions(["gact"])
+//!                 .ingress(true))
+//!     }
+//!     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {
+//!         changes.iter().map(|c| match c {
+//!             Change::Add(Object::TcFilter(f)) | Change::Update { new: Object::TcFilter(f), .. } => {
+//!                 // Every filter here passed `takes_filter`: gact only, ingress, known keys.
+//!                 self.filters.insert(c.key(), f.clone());
+//!                 Outcome::Offloaded
+//!             }
+//!             Change::Remove(o) => {
+//!                 self.filters.remove(&o.key());
+//!                 self.hits.remove(&o.key());
+//!                 Outcome::Offloaded
+//!             }
+//!             _ => Outcome::Unsupported,
+//!         }).collect()
+//!     }
+//!     fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
+//!         if kind != ObjectKind::TcFilter {
+//!             return vec![];
+//!         }
+//!         self.hits.iter().map(|(k, c)| ObjectStats::tc_filter(k.clone(), *c)).collect()
+//!     }
+//! }
+//!
+//! ekho_plugin_api::declare_plugin!(Dropper);
+//! # fn main() {}
+//! ```
+//!
 //! ## Versioning: the 1.x contract
 //! A plugin is built once and keeps working when the operator updates ekho. The host reads the
 //! exported `EKHO_PLUGIN_API_VERSION` symbol before loading and applies [`version::verdict`]:
@@ -228,6 +297,18 @@
 //! `..Default::default()`) and `_` arms, and a rebuild against a newer 1.y compiles unchanged.
 //!
 //! ## Changes
+//! - 1.3.0: tc: object kinds [`ObjectKind::Qdisc`], [`ObjectKind::TcClass`],
+//!   [`ObjectKind::TcAction`] and [`ObjectKind::TcFilter`] (keys: device and parent; device and
+//!   handle; kind and index; target, parent, chain, prio and handle), the filter's typed match
+//!   ([`TcMatch`](object::TcMatch), [`FlowerKeys`](object::FlowerKeys), u32, matchall, bpf) and
+//!   actions ([`TcActionSpec`](object::TcActionSpec), [`TcControl`](object::TcControl),
+//!   [`TcActionParams`](object::TcActionParams): gact, mirred, vlan, police in bytes, skbedit,
+//!   pedit, csum, ct, tunnel_key, nat; others raw), [`Capabilities::tc`]
+//!   ([`TcCapabilities`]) and [`Capabilities::takes_filter`] (the
+//!   reason a filter is not taken, [`TcUnsupported`](object::TcUnsupported)),
+//!   [`ObjectStats::tc_filter`]. 1.0, 1.1 and 1.2 plugins run converted (`abi::v1_2` holds the
+//!   frozen 1.2 `Object`, `Change`, `ObjectKey`, `ObjectStats`, `Request`, `Capabilities`, host
+//!   handle, vtable and root module) and never see tc objects.
 //! - 1.2.0: conntrack flows: object kind [`ObjectKind::Flow`] ([`Flow`](object::Flow): family,
 //!   protocol, zone, mark, both tuples, NAT derived from them, status bits, conntrack id;
 //!   key: zone and original tuple), [`Capabilities::flows`] ([`FlowCapabilities`]: NAT,
@@ -274,6 +355,7 @@ pub use capability::{Capabilities, Features, FlowCapabilities, Limit, PortScope}
 pub use change::Change;
 pub use event::{NotifierEvent, NotifierKind};
 pub use host::{DetachedHost, HostHandle, HostServices, LogLevel, Request};
+pub use object::TcCapabilities;
 pub use object::{Object, ObjectKey, ObjectKind};
 pub use outcome::Outcome;
 pub use plugin::{Counter, CreateContext, ObjectCounters, ObjectStats, Plugin, PluginInfo, Stats};

@@ -4,7 +4,7 @@
 //! An object may refer only to objects of a lower [dependency rank](dependency_rank): links
 //! first, then netconf, addresses, bridge VLANs, nexthops (single nexthops before the groups
 //! made of them), neighbours, FDB and MDB entries, routes, rules, nftables base chains,
-//! flowtables, conntrack flows. Within one batch ([`Plugin::apply`](crate::Plugin::apply))
+//! flowtables, conntrack flows, then tc: qdiscs, classes, actions, filters. Within one batch ([`Plugin::apply`](crate::Plugin::apply))
 //! changes come in [`batch_key`] order:
 //!
 //! 1. removals of objects nothing depends on (addresses, neighbours, routes, ...), dependents
@@ -49,6 +49,10 @@ pub const fn kind_rank(kind: ObjectKind) -> u16 {
         ObjectKind::NfChain => 10,
         ObjectKind::NfFlowtable => 11,
         ObjectKind::Flow => 12,
+        ObjectKind::Qdisc => 13,
+        ObjectKind::TcClass => 14,
+        ObjectKind::TcAction => 15,
+        ObjectKind::TcFilter => 16,
         // Kinds added by later minors rank after these unless placed here.
         _ => 100 + kind.raw(),
     }
@@ -61,12 +65,17 @@ pub fn dependency_rank(o: &Object) -> u16 {
     kind_rank(o.kind()) + group as u16
 }
 
-/// Whether other objects refer to objects of this kind (links, bridge VLANs, nexthops): their
-/// removal waits until a batch's additions are done.
+/// Whether other objects refer to objects of this kind (links, bridge VLANs, nexthops, tc
+/// qdiscs, classes and actions): their removal waits until a batch's additions are done.
 pub const fn is_referenced(kind: ObjectKind) -> bool {
     matches!(
         kind,
-        ObjectKind::Link | ObjectKind::Vlan | ObjectKind::Nexthop
+        ObjectKind::Link
+            | ObjectKind::Vlan
+            | ObjectKind::Nexthop
+            | ObjectKind::Qdisc
+            | ObjectKind::TcClass
+            | ObjectKind::TcAction
     )
 }
 

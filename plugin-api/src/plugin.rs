@@ -87,6 +87,14 @@ impl ObjectStats {
             counters: vec![original, reply].into(),
         }
     }
+    /// The stats of a tc filter (API 1.3; `key`: its [`ObjectKey::TcFilter`]): one entry,
+    /// what the dataplane matched (packets, bytes), dropped, and when it last matched.
+    pub fn tc_filter(key: ObjectKey, counters: ObjectCounters) -> ObjectStats {
+        ObjectStats {
+            key,
+            counters: vec![counters].into(),
+        }
+    }
     /// The latest `lastused` of any direction.
     pub fn lastused(&self) -> u64 {
         self.counters.iter().map(|c| c.lastused).max().unwrap_or(0)

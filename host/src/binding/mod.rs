@@ -13,6 +13,7 @@ mod converted;
 mod native;
 mod v1_0;
 mod v1_1;
+mod v1_2;
 
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
@@ -62,6 +63,7 @@ pub enum Module {
     Native(ekho_plugin_api::plugin::PluginModRef),
     V1_0(ekho_plugin_api::abi::v1_0::PluginModRef),
     V1_1(ekho_plugin_api::abi::v1_1::PluginModRef),
+    V1_2(ekho_plugin_api::abi::v1_2::PluginModRef),
 }
 
 impl Module {
@@ -75,6 +77,7 @@ impl Module {
             Verdict::Native => native::load(header).map(Module::Native),
             Verdict::Converted { minor: (1, 0) } => v1_0::load(header).map(Module::V1_0),
             Verdict::Converted { minor: (1, 1) } => v1_1::load(header).map(Module::V1_1),
+            Verdict::Converted { minor: (1, 2) } => v1_2::load(header).map(Module::V1_2),
             // A minor this host has no snapshot of cannot pass the pre-flight.
             other => unreachable!("pre-flight lets {other:?} through"),
         }
@@ -86,6 +89,7 @@ impl Module {
             Module::Native(m) => (m.info())(),
             Module::V1_0(m) => (m.info())(),
             Module::V1_1(m) => (m.info())(),
+            Module::V1_2(m) => (m.info())(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Module {
             Module::Native(m) => native::create(*m, config, host),
             Module::V1_0(m) => v1_0::create(*m, config, host),
             Module::V1_1(m) => v1_1::create(*m, config, host),
+            Module::V1_2(m) => v1_2::create(*m, config, host),
         }
     }
 
@@ -103,6 +108,7 @@ impl Module {
             Module::Native(_) => How::Native,
             Module::V1_0(_) => How::Converted { minor: (1, 0) },
             Module::V1_1(_) => How::Converted { minor: (1, 1) },
+            Module::V1_2(_) => How::Converted { minor: (1, 2) },
         }
     }
 }
@@ -114,7 +120,7 @@ pub fn supported(verdict: Verdict) -> bool {
         verdict,
         Verdict::Native
             | Verdict::Converted {
-                minor: (1, 0) | (1, 1)
+                minor: (1, 0) | (1, 1) | (1, 2)
             }
     )
 }

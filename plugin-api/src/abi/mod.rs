@@ -4,7 +4,7 @@
 //! abi_stable checks at load time that every type crossing the boundary has the layout the host
 //! expects, field for field. A host that knew only the newest types would refuse every plugin
 //! built before a field was added. So the host keeps the boundary of every minor it supports:
-//! module `v1_0` for 1.0, `v1_1` for 1.1, `v1_2` for 1.2, ... Each snapshot re-exports what did not change since
+//! module `v1_0` for 1.0, `v1_1` for 1.1, `v1_2` for 1.2, `v1_3` for 1.3, ... Each snapshot re-exports what did not change since
 //! and holds a frozen copy of what did. When it loads a plugin the host reads the API version
 //! the plugin declares ([`version`](crate::version)), checks the plugin's layout against *that*
 //! snapshot (abi_stable's safe equality check), and drives it through it:
@@ -40,6 +40,7 @@ pub mod layout;
 pub mod v1_0;
 pub mod v1_1;
 pub mod v1_2;
+pub mod v1_3;
 
 /// One snapshot: its minor and the layout of its root module (from which the freeze check
 /// describes every type crossing the boundary).
@@ -61,5 +62,9 @@ pub const SNAPSHOTS: &[Snapshot] = &[
     Snapshot {
         minor: v1_2::MINOR,
         root: || <v1_2::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+    },
+    Snapshot {
+        minor: v1_3::MINOR,
+        root: || <v1_3::PluginModRef as abi_stable::StableAbi>::LAYOUT,
     },
 ];

@@ -195,6 +195,8 @@ pub fn object(o: &crate::Object) -> Option<Object> {
         O::NfChain(_) | O::NfFlowtable(_) => return None,
         // Added in 1.2.
         O::Flow(_) => return None,
+        // Added in 1.3.
+        O::Qdisc(_) | O::TcClass(_) | O::TcAction(_) | O::TcFilter(_) => return None,
     })
 }
 

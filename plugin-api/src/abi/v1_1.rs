@@ -111,6 +111,8 @@ pub fn object(o: &crate::Object) -> Option<Object> {
         O::NfFlowtable(x) => Object::NfFlowtable(x.clone()),
         // Added in 1.2.
         O::Flow(_) => return None,
+        // Added in 1.3.
+        O::Qdisc(_) | O::TcClass(_) | O::TcAction(_) | O::TcFilter(_) => return None,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod netfilter;
 pub mod nexthop;
 pub mod route;
 pub mod rule;
+pub mod tc;
 
 pub use address::Address;
 pub use bridge::{BridgeVlan, FdbEntry, MdbEntry};
@@ -29,6 +30,13 @@ pub use netfilter::{NfChain, NfFamily, NfFlowtable};
 pub use nexthop::{GroupMember, Nexthop};
 pub use route::{Encap, NextHop, Route, RouteMetric};
 pub use rule::{PortRange, Rule, UidRange};
+pub use tc::{
+    FlowerKey, FlowerKeys, MaskBits, Masked, Qdisc, TcAction, TcActionParams, TcActionSpec,
+    TcBinding, TcBpf, TcCapabilities, TcClass, TcControl, TcCt, TcCtNat, TcFilter, TcFilterFlags,
+    TcGactProb, TcHook, TcMatch, TcMirredAction, TcPeditKey, TcPolice, TcRawAttr, TcTarget,
+    TcTunnelKey, TcU32, TcU32Key, TcU32Selector, TcUnsupported, TcVlanOp, TC_H_INGRESS,
+    TC_H_MIN_EGRESS, TC_H_MIN_INGRESS, TC_H_ROOT,
+};
 
 use abi_stable::std_types::{ROption, RString};
 use abi_stable::StableAbi;
@@ -57,6 +65,14 @@ crate::open_tag! {
         11 => NfFlowtable("nft_flowtable", "nft_flowtables"),
         /// A conntrack flow offered for offload (API 1.2).
         12 => Flow("flow", "flows"),
+        /// A tc qdisc (API 1.3).
+        13 => Qdisc("qdisc", "qdiscs"),
+        /// A class of a classful qdisc (API 1.3).
+        14 => TcClass("class", "classes"),
+        /// A tc action, standalone or bound (API 1.3).
+        15 => TcAction("action", "actions"),
+        /// A tc filter (API 1.3).
+        16 => TcFilter("filter", "filters"),
     }
 }
 
@@ -91,6 +107,14 @@ pub enum Object {
     NfFlowtable(NfFlowtable),
     /// API 1.2.
     Flow(Flow),
+    /// API 1.3.
+    Qdisc(Qdisc),
+    /// API 1.3.
+    TcClass(TcClass),
+    /// API 1.3.
+    TcAction(TcAction),
+    /// API 1.3.
+    TcFilter(TcFilter),
 }
 
 /// The identity of an object: two objects with equal keys are versions of the same object.
@@ -174,6 +198,29 @@ pub enum ObjectKey {
         zone: u16,
         original: FlowTuple,
     },
+    /// API 1.3: a qdisc's device and parent.
+    Qdisc {
+        ifindex: u32,
+        parent: u32,
+    },
+    /// API 1.3: a class's device and handle.
+    TcClass {
+        ifindex: u32,
+        handle: u32,
+    },
+    /// API 1.3: an action's kind and index.
+    TcAction {
+        kind: RString,
+        index: u32,
+    },
+    /// API 1.3: where a filter is (device or shared block, parent), its chain, prio and handle.
+    TcFilter {
+        target: TcTarget,
+        parent: u32,
+        chain: u32,
+        prio: u16,
+        handle: u32,
+    },
 }
 
 impl ObjectKey {
@@ -193,6 +240,10 @@ impl ObjectKey {
             ObjectKey::NfChain { .. } => ObjectKind::NfChain,
             ObjectKey::NfFlowtable { .. } => ObjectKind::NfFlowtable,
             ObjectKey::Flow { .. } => ObjectKind::Flow,
+            ObjectKey::Qdisc { .. } => ObjectKind::Qdisc,
+            ObjectKey::TcClass { .. } => ObjectKind::TcClass,
+            ObjectKey::TcAction { .. } => ObjectKind::TcAction,
+            ObjectKey::TcFilter { .. } => ObjectKind::TcFilter,
         }
     }
 }
@@ -214,6 +265,10 @@ impl Object {
             Object::NfChain(_) => ObjectKind::NfChain,
             Object::NfFlowtable(_) => ObjectKind::NfFlowtable,
             Object::Flow(_) => ObjectKind::Flow,
+            Object::Qdisc(_) => ObjectKind::Qdisc,
+            Object::TcClass(_) => ObjectKind::TcClass,
+            Object::TcAction(_) => ObjectKind::TcAction,
+            Object::TcFilter(_) => ObjectKind::TcFilter,
         }
     }
 
@@ -287,6 +342,19 @@ impl Object {
                 zone: f.zone,
                 original: f.original,
             },
+            Object::Qdisc(q) => ObjectKey::Qdisc {
+                ifindex: q.ifindex,
+                parent: q.parent,
+            },
+            Object::TcClass(c) => ObjectKey::TcClass {
+                ifindex: c.ifindex,
+                handle: c.handle,
+            },
+            Object::TcAction(a) => ObjectKey::TcAction {
+                kind: a.spec.kind.clone(),
+                index: a.spec.index,
+            },
+            Object::TcFilter(f) => f.key(),
         }
     }
 
@@ -305,6 +373,9 @@ impl Object {
             // nftables families are their own set (`NfChain::family`).
             Object::NfChain(_) | Object::NfFlowtable(_) => Family::UNSPEC,
             Object::Flow(f) => f.family,
+            Object::Qdisc(_) | Object::TcClass(_) | Object::TcAction(_) | Object::TcFilter(_) => {
+                Family::UNSPEC
+            }
         }
     }
 
@@ -331,6 +402,12 @@ impl Object {
             Object::Rule(_) | Object::NfChain(_) | Object::NfFlowtable(_) => vec![],
             // A flow goes where its routes say: every port scope.
             Object::Flow(_) => vec![],
+            Object::Qdisc(q) => vec![q.ifindex],
+            Object::TcClass(c) => vec![c.ifindex],
+            // Held by filters on any device: every port scope.
+            Object::TcAction(_) => vec![],
+            // A shared block's: every device it is bound to.
+            Object::TcFilter(f) => f.devices(),
         };
         v.into_iter().filter(|&i| i != 0).collect()
     }
@@ -352,6 +429,10 @@ impl Object {
             Object::NfChain(x) => x.to_json(),
             Object::NfFlowtable(x) => x.to_json(),
             Object::Flow(x) => x.to_json(),
+            Object::Qdisc(x) => x.to_json(),
+            Object::TcClass(x) => x.to_json(),
+            Object::TcAction(x) => x.to_json(),
+            Object::TcFilter(x) => x.to_json(),
         }
     }
 }
@@ -365,7 +446,8 @@ macro_rules! from_kind {
 }
 from_kind!(Link => Link, Netconf => Netconf, Address => Address, BridgeVlan => Vlan,
     Nexthop => Nexthop, Neighbour => Neighbour, FdbEntry => Fdb, MdbEntry => Mdb,
-    Route => Route, Rule => Rule, NfChain => NfChain, NfFlowtable => NfFlowtable, Flow => Flow);
+    Route => Route, Rule => Rule, NfChain => NfChain, NfFlowtable => NfFlowtable, Flow => Flow,
+    Qdisc => Qdisc, TcClass => TcClass, TcAction => TcAction, TcFilter => TcFilter);
 
 #[cfg(test)]
 mod tests {
