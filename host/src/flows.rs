@@ -390,7 +390,7 @@ impl Flows {
                 }
             }
         }
-        let now = monotonic_ns();
+        let now = ekho_plugin_api::monotonic_ns();
         let mut entries: Vec<Entry> = match self {
             Flows::Running { source, .. } => source.table().entries().cloned().collect(),
             _ => Vec::new(),
@@ -418,17 +418,6 @@ impl Flows {
         }
         v
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `ObjectCounters::lastused`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writing into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One plugin's counters of a flow: `{"plugin", "original": {"packets", "bytes", "drops",

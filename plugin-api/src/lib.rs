@@ -358,7 +358,9 @@ pub use host::{DetachedHost, HostHandle, HostServices, LogLevel, Request};
 pub use object::TcCapabilities;
 pub use object::{Object, ObjectKey, ObjectKind};
 pub use outcome::Outcome;
-pub use plugin::{Counter, CreateContext, ObjectCounters, ObjectStats, Plugin, PluginInfo, Stats};
+pub use plugin::{
+    monotonic_ns, Counter, CreateContext, ObjectCounters, ObjectStats, Plugin, PluginInfo, Stats,
+};
 
 /// Everything a plugin usually needs.
 pub mod prelude {

@@ -54,6 +54,21 @@ impl Stats {
     }
 }
 
+/// Now on `CLOCK_MONOTONIC`, in nanoseconds: the clock of [`ObjectCounters::lastused`] (and of
+/// `bpf_ktime_get_ns()`), for a dataplane that stamps its counters in software or ages what a
+/// BPF program stamped. A plain function, not part of the ABI.
+///
+/// ```
+/// let (a, b) = (ekho_plugin_api::monotonic_ns(), ekho_plugin_api::monotonic_ns());
+/// assert!(a > 0 && b >= a);
+/// ```
+pub fn monotonic_ns() -> u64 {
+    // clock_gettime fails only for an unknown clock or a bad pointer: neither can happen here.
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 /// What a dataplane counted for one object in one direction (API 1.2).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -64,7 +79,7 @@ pub struct ObjectCounters {
     /// forward).
     pub drops: u64,
     /// When the last packet was seen: `CLOCK_MONOTONIC` nanoseconds (the clock of
-    /// `bpf_ktime_get_ns()`); 0 when none was.
+    /// `bpf_ktime_get_ns()`, read by [`monotonic_ns`]); 0 when none was.
     pub lastused: u64,
 }
 

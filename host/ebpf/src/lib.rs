@@ -1048,7 +1048,7 @@ async fn poll_fib_hits(
     loop {
         tick.tick().await;
         let now = read_fib_hits(&map);
-        let ts = monotonic_ns();
+        let ts = ekho_plugin_api::monotonic_ns();
         let mut batch = Vec::new();
         let mut next = HashMap::with_capacity(now.len());
         for (k, total) in now {
@@ -1095,17 +1095,6 @@ async fn poll_fib_hits(
             events(batch);
         }
     }
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ async fn neighbour_lifecycle(raw: bool) {
         }
     }
     let v0 = ns.ifindex("v0");
-    let before = common::monotonic_ns();
+    let before = ekho_plugin_api::monotonic_ns();
 
     ns.ip("neigh add 10.9.0.2 lladdr 02:00:00:00:00:01 dev v0 nud permanent");
     let e = c
@@ -100,7 +100,7 @@ async fn neighbour_lifecycle(raw: bool) {
     assert_eq!(e.lladdr.to_string(), "02:00:00:00:00:01");
     assert_eq!(e.state, NUD_PERMANENT);
     assert!(
-        e.timestamp_ns >= before && e.timestamp_ns <= common::monotonic_ns(),
+        e.timestamp_ns >= before && e.timestamp_ns <= ekho_plugin_api::monotonic_ns(),
         "{}",
         e.timestamp_ns
     );

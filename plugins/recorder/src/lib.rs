@@ -69,17 +69,6 @@ struct HeldFlow {
     released: bool,
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `ObjectCounters::lastused`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writing into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 struct Recorder {
     cfg: Config,
     caps: Capabilities,
@@ -353,7 +342,7 @@ impl Plugin for Recorder {
             .flows_active_path
             .as_ref()
             .is_some_and(|p| p.exists());
-        let now = monotonic_ns();
+        let now = ekho_plugin_api::monotonic_ns();
         let mut flows = self.flows.lock().unwrap();
         flows
             .iter_mut()

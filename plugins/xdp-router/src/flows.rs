@@ -154,16 +154,6 @@ pub struct FlowTable<K> {
     max: usize,
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl<K: Clone + Eq + Hash> FlowTable<K> {
     pub fn new(max: usize) -> FlowTable<K> {
         FlowTable {
@@ -273,7 +263,7 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
     pub fn counters(&self, dp: &dyn Backend, key: &K) -> Option<FlowCounters> {
         let f = self.flows.get(key)?;
         let s = dp.flow_stats(f.id).unwrap_or_default();
-        let now = monotonic_ns();
+        let now = ekho_plugin_api::monotonic_ns();
         let idle = |t: u64| (t != 0).then(|| Duration::from_nanos(now.saturating_sub(t)));
         Some(FlowCounters {
             packets: s.packets,

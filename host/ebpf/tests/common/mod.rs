@@ -116,17 +116,6 @@ pub fn v4(s: &str) -> ekho_plugin_api::object::IpAddress {
     s.parse().unwrap()
 }
 
-/// CLOCK_MONOTONIC now, ns (the clock of event timestamps).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Whether a tracepoint hook is unavailable because this kernel has no such tracepoint at all:
 /// raw_tp got ENOENT, and tp_btf found no `btf_trace_NAME` type in the kernel's BTF (or was not
 /// tried: `force_raw_tp`). Any other failure (verifier, permissions) is not that.
