@@ -71,9 +71,11 @@ impl Request {
                 Some("flows" | "flow") => Ok(Request::Flows {
                     stats: req["stats"].as_bool().unwrap_or(false),
                 }),
-                Some(k) => match (ObjectKind::from_name(k), Show::from_name(k)) {
-                    (Some(k), _) => Ok(Request::Dump(Some(k))),
-                    (None, Some(t)) => Ok(Request::DumpTc(t)),
+                // tc's lists (`qdiscs`, `filters`, ...) are tc's view, in its wording, though
+                // the plugin API's tc kinds share their names.
+                Some(k) => match (Show::from_name(k), ObjectKind::from_name(k)) {
+                    (Some(t), _) => Ok(Request::DumpTc(t)),
+                    (None, Some(k)) => Ok(Request::Dump(Some(k))),
                     (None, None) => Err(format!("unknown kind {k:?}; one of: {}", dump_kinds())),
                 },
             },
@@ -93,7 +95,11 @@ impl Request {
 
 /// The kinds `ekho dump` takes: the plugin API's, the conntrack table, tc's lists.
 pub fn dump_kinds() -> String {
-    let mut known: Vec<&str> = ObjectKind::ALL.iter().map(|k| k.plural()).collect();
+    let mut known: Vec<&str> = ObjectKind::ALL
+        .iter()
+        .map(|k| k.plural())
+        .filter(|k| Show::from_name(k).is_none())
+        .collect();
     known.push("flows");
     known.extend(Show::ALL.iter().map(|(n, _)| *n));
     known.join(", ")

@@ -847,8 +847,9 @@ impl control::Service for Daemon {
             .iter()
             .copied()
             // Flows (the offload candidates) are `ekho dump flows`, in conntrack's wording
-            // with what the kernel alone knows (timeouts, counters, every entry).
-            .filter(|&k| k != ObjectKind::Flow && kind.is_none_or(|x| x == k))
+            // with what the kernel alone knows (timeouts, counters, every entry); tc's kinds
+            // are `ekho dump qdiscs|classes|filters|actions`, in tc's.
+            .filter(|&k| !skipped_in_dump(k) && kind.is_none_or(|x| x == k))
             .collect();
         let mut objects = self.mirror.dump(kind);
         objects.sort_by_key(|o| o.kind().index());
@@ -1495,4 +1496,17 @@ fn config_table_location(config: &Config, name: &str) -> String {
         }
     }
     String::new()
+}
+
+/// Kinds `ekho dump` (the whole state) leaves to their own views: flows (`ekho dump flows`)
+/// and tc's (`ekho dump qdiscs|classes|filters|actions`).
+fn skipped_in_dump(k: ObjectKind) -> bool {
+    matches!(
+        k,
+        ObjectKind::Flow
+            | ObjectKind::Qdisc
+            | ObjectKind::TcClass
+            | ObjectKind::TcAction
+            | ObjectKind::TcFilter
+    )
 }
