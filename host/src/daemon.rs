@@ -301,10 +301,10 @@ impl Daemon {
             let listener = if let Some(f) = fanout {
                 f.bind(handle.queue.clone());
                 self.mirror
-                    .attach_synced(Box::new(move |changes| q.push_changes(changes)))
+                    .attach_synced_shared(Box::new(move |changes| q.push_shared(changes)))
             } else {
                 self.mirror
-                    .attach_lazy(Box::new(move |changes| q.push_changes(changes)))
+                    .attach_lazy_shared(Box::new(move |changes| q.push_shared(changes)))
             };
             if !streamed {
                 handle.queue.request_replay();

@@ -43,6 +43,74 @@ use state::{Snapshot, State};
 /// return).
 pub type Listener = Box<dyn FnMut(&[Change]) + Send>;
 
+/// A listener of mirror changes whose objects it keeps ([`SharedChange`]: one allocation per
+/// object for every such listener, not a copy each). Called with the mirror's lock held, after
+/// the [`Listener`]s: must not block.
+pub type SharedListener = Box<dyn FnMut(&[SharedChange]) + Send>;
+
+/// A [`Change`] whose objects are reference-counted: the per-plugin queues of a batch hold the
+/// same objects, and the last one to hand an object on moves it instead of copying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SharedChange {
+    /// A new object.
+    Add(Arc<Object>),
+    /// An object changed.
+    Update {
+        /// As it was.
+        old: Arc<Object>,
+        /// As it is.
+        new: Arc<Object>,
+    },
+    /// An object is gone (as it was).
+    Remove(Arc<Object>),
+}
+
+impl SharedChange {
+    /// The version before the change (`None`: an addition).
+    pub fn before(&self) -> Option<&Arc<Object>> {
+        match self {
+            SharedChange::Add(_) => None,
+            SharedChange::Update { old, .. } | SharedChange::Remove(old) => Some(old),
+        }
+    }
+
+    /// The version after the change (`None`: a removal).
+    pub fn after(&self) -> Option<&Arc<Object>> {
+        match self {
+            SharedChange::Add(new) | SharedChange::Update { new, .. } => Some(new),
+            SharedChange::Remove(_) => None,
+        }
+    }
+
+    /// The object as it is after the change (for a removal, as it was), as
+    /// [`Change::object`].
+    pub fn object(&self) -> &Object {
+        match self {
+            SharedChange::Add(o) | SharedChange::Remove(o) => o,
+            SharedChange::Update { new, .. } => new,
+        }
+    }
+}
+
+impl From<Change> for SharedChange {
+    fn from(c: Change) -> SharedChange {
+        match c {
+            Change::Add(o) => SharedChange::Add(Arc::new(o)),
+            Change::Update { old, new } => SharedChange::Update {
+                old: Arc::new(old),
+                new: Arc::new(new),
+            },
+            Change::Remove(o) => SharedChange::Remove(Arc::new(o)),
+        }
+    }
+}
+
+/// A listener of either form.
+enum AnyListener {
+    Plain(Listener),
+    Shared(SharedListener),
+}
+
 /// Identifies an attached listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(pub u64);
@@ -76,7 +144,9 @@ pub struct MirrorStats {
 #[derive(Default)]
 struct Inner {
     state: State,
-    listeners: Vec<(ListenerId, Listener)>,
+    listeners: Vec<(ListenerId, AnyListener)>,
+    /// A shared batch's buffer, kept with its capacity.
+    shared: Vec<SharedChange>,
     next_id: u64,
     stats: MirrorStats,
 }
@@ -88,9 +158,32 @@ impl Inner {
             return;
         }
         self.stats.changes += changes.len() as u64;
+        let mut any_shared = false;
         for (_, l) in self.listeners.iter_mut() {
-            l(&changes);
+            match l {
+                AnyListener::Plain(l) => l(&changes),
+                AnyListener::Shared(_) => any_shared = true,
+            }
         }
+        if any_shared {
+            // Moved, not copied: the batch's objects are the shared listeners' from here.
+            let mut shared = std::mem::take(&mut self.shared);
+            shared.extend(changes.into_iter().map(SharedChange::from));
+            for (_, l) in self.listeners.iter_mut() {
+                if let AnyListener::Shared(l) = l {
+                    l(&shared);
+                }
+            }
+            shared.clear();
+            self.shared = shared;
+        }
+    }
+
+    fn push_listener(&mut self, l: AnyListener) -> ListenerId {
+        self.next_id += 1;
+        let id = ListenerId(self.next_id);
+        self.listeners.push((id, l));
+        id
     }
 }
 
@@ -197,9 +290,7 @@ impl Mirror {
         let mut g = self.inner.lock().unwrap();
         let objs = g.state.all(None, false);
         init(objs);
-        g.next_id += 1;
-        let id = ListenerId(g.next_id);
-        g.listeners.push((id, listener));
+        let id = g.push_listener(AnyListener::Plain(listener));
         g.state.tracking = true;
         id
     }
@@ -209,10 +300,17 @@ impl Mirror {
     /// [`InitialStream`](source::InitialStream). Call before the source starts; until the
     /// initial dump is installed no change is computed for them.
     pub fn attach_synced(&self, listener: Listener) -> ListenerId {
+        self.attach_synced_any(AnyListener::Plain(listener))
+    }
+
+    /// [`Mirror::attach_synced`] for a listener that keeps the objects.
+    pub fn attach_synced_shared(&self, listener: SharedListener) -> ListenerId {
+        self.attach_synced_any(AnyListener::Shared(listener))
+    }
+
+    fn attach_synced_any(&self, listener: AnyListener) -> ListenerId {
         let mut g = self.inner.lock().unwrap();
-        g.next_id += 1;
-        let id = ListenerId(g.next_id);
-        g.listeners.push((id, listener));
+        let id = g.push_listener(listener);
         if g.stats.synced {
             g.state.tracking = true;
         }

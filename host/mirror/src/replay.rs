@@ -11,7 +11,7 @@
 //! listener agree at every instant.
 
 use crate::routes::RKey;
-use crate::{Listener, ListenerId, Mirror};
+use crate::{AnyListener, Listener, ListenerId, Mirror, SharedListener};
 use ekho_plugin_api::{Change, Object, ObjectKey, ObjectKind};
 use std::ops::Bound::{Excluded, Unbounded};
 
@@ -44,10 +44,17 @@ impl Mirror {
     /// Registers `listener` for every later change, without a snapshot: pair with
     /// [`Mirror::replay_chunk_into`].
     pub fn attach_lazy(&self, listener: Listener) -> ListenerId {
+        self.attach_lazy_any(AnyListener::Plain(listener))
+    }
+
+    /// [`Mirror::attach_lazy`] for a listener that keeps the objects.
+    pub fn attach_lazy_shared(&self, listener: SharedListener) -> ListenerId {
+        self.attach_lazy_any(AnyListener::Shared(listener))
+    }
+
+    fn attach_lazy_any(&self, listener: AnyListener) -> ListenerId {
         let mut g = self.inner.lock().unwrap();
-        g.next_id += 1;
-        let id = ListenerId(g.next_id);
-        g.listeners.push((id, listener));
+        let id = g.push_listener(listener);
         g.state.tracking = true;
         id
     }

@@ -3,7 +3,7 @@
 //! it has handed out are increments, queued as usual.
 
 use ekho_mirror::replay::replay_position;
-use ekho_plugin_api::{Change, ObjectKey};
+use ekho_plugin_api::ObjectKey;
 
 /// Where a plugin's replay stands. The queue owns it: set when a replay is asked for, moved by
 /// the replay's reader under the mirror's lock, consulted for every change queued.
@@ -30,14 +30,15 @@ impl ReplayGate {
         self.running.is_some()
     }
 
-    /// Whether `c` is left to the running replay (to an object it has not read yet).
+    /// Whether a change of `key` is left to the running replay (to an object it has not read
+    /// yet).
     #[inline]
-    pub(super) fn leaves_to_replay(&self, c: &Change) -> bool {
+    pub(super) fn leaves_to_replay(&self, key: &ObjectKey) -> bool {
         match &self.running {
             None => false,
             Some(cursor) => cursor
                 .as_ref()
-                .is_none_or(|cur| replay_position(&c.key()) > *cur),
+                .is_none_or(|cur| replay_position(key) > *cur),
         }
     }
 }
@@ -46,6 +47,7 @@ impl ReplayGate {
 mod tests {
     use super::*;
     use crate::dispatch::test_objects::{link, route};
+    use ekho_plugin_api::Change;
 
     #[test]
     fn the_gate_follows_the_replay() {
@@ -53,19 +55,24 @@ mod tests {
         let b = Change::Remove(route("10.2.0.0/24", 1, "10.9.0.1"));
         let mut g = ReplayGate::default();
         assert!(!g.is_running());
-        assert!(!g.leaves_to_replay(&a), "no replay: nothing left to it");
+        assert!(
+            !g.leaves_to_replay(&a.key()),
+            "no replay: nothing left to it"
+        );
         g.start();
         assert!(g.is_running());
-        assert!(g.leaves_to_replay(&a) && g.leaves_to_replay(&Change::Add(link(1, "x"))));
+        assert!(
+            g.leaves_to_replay(&a.key()) && g.leaves_to_replay(&Change::Add(link(1, "x")).key())
+        );
         g.passed(Some(&replay_position(&a.key())), false);
         assert!(g.is_running());
-        assert!(!g.leaves_to_replay(&a), "handed out: an increment");
+        assert!(!g.leaves_to_replay(&a.key()), "handed out: an increment");
         assert!(
-            g.leaves_to_replay(&b),
+            g.leaves_to_replay(&b.key()),
             "after the cursor: left to the replay"
         );
         g.passed(Some(&replay_position(&b.key())), true);
         assert!(!g.is_running());
-        assert!(!g.leaves_to_replay(&b));
+        assert!(!g.leaves_to_replay(&b.key()));
     }
 }

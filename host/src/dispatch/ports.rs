@@ -74,27 +74,23 @@ impl PortFilter {
         self.links.contains_key(&ifindex)
     }
 
-    /// Follows a change of the link table.
-    pub(super) fn observe(&mut self, c: &Change) {
-        match c {
-            Change::Add(Object::Link(l))
-            | Change::Update {
-                new: Object::Link(l),
-                ..
-            } => {
+    /// Follows a change of the link table (`old` to `new`; `None`: absent).
+    pub(super) fn observe(&mut self, old: Option<&Object>, new: Option<&Object>) {
+        match (old, new) {
+            (_, Some(Object::Link(l))) => {
                 self.links
                     .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
             }
-            Change::Remove(Object::Link(l)) => {
+            (Some(Object::Link(l)), None) => {
                 self.links.remove(&l.ifindex);
             }
             _ => {}
         }
     }
 
-    /// For a link change: whether that link is owned now (`None` for other kinds).
-    pub(super) fn link_owned(&self, c: &Change) -> Option<bool> {
-        match c.object() {
+    /// For a link: whether that link is owned now (`None` for other kinds).
+    pub(super) fn link_owned(&self, o: &Object) -> Option<bool> {
+        match o {
             Object::Link(l) => Some(self.links.contains_key(&l.ifindex) && self.owns(l.ifindex)),
             _ => None,
         }

@@ -3,6 +3,7 @@
 
 use super::gate::ReplayGate;
 use super::ports::{takes, PortFilter};
+use ekho_mirror::SharedChange;
 use ekho_plugin_api::object::Link;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::ObjectKey;
@@ -15,10 +16,12 @@ use std::time::Duration;
 pub const EVENT_QUEUE: usize = 65_536;
 
 /// One object's pending change: the version the plugin was given last (`base`, as far as the
-/// queue knows) and the latest version (`target`); `None`: absent.
+/// queue knows) and the latest version (`target`); `None`: absent. The objects are the mirror's
+/// batch's, shared with the other plugins' queues (the worker copies one only if another queue
+/// still holds it).
 pub(super) struct Pending {
-    pub(super) base: Option<Object>,
-    pub(super) target: Option<Object>,
+    pub(super) base: Option<Arc<Object>>,
+    pub(super) target: Option<Arc<Object>>,
 }
 
 /// Pending changes by key, in the order first queued (hashed with foldhash: SipHash cost a tenth
@@ -64,44 +67,52 @@ impl QueueState {
             || self.reevaluate
     }
 
-    fn push_change(&mut self, c: &Change) {
+    fn push_change(&mut self, c: &SharedChange) {
+        let (old, new) = (c.before(), c.after());
         // An update that changes identity (a device route moved to another device) is, for a
         // plugin, the removal of one object and the addition of another.
-        if let Change::Update { old, new } = c {
-            if old.key() != new.key() {
-                self.push_change(&Change::Remove(old.clone()));
-                self.push_change(&Change::Add(new.clone()));
+        if let (Some(o), Some(n)) = (old, new) {
+            let (ko, kn) = (o.key(), n.key());
+            if ko != kn {
+                self.push_one(Some(o), None, ko, false);
+                self.push_one(None, Some(n), kn, false);
                 return;
             }
+            return self.push_one(old, new, kn, true);
         }
-        let (old, new) = match c {
-            Change::Add(o) => (None, Some(o)),
-            Change::Update { old, new } => (Some(old), Some(new)),
-            Change::Remove(o) => (Some(o), None),
-        };
+        self.push_one(old, new, c.object().key(), false);
+    }
+
+    /// One change of the object `key` from `old` to `new` (`update`: both there, same key).
+    fn push_one(
+        &mut self,
+        old: Option<&Arc<Object>>,
+        new: Option<&Arc<Object>>,
+        key: ObjectKey,
+        update: bool,
+    ) {
         // The old version is judged with the port table as it was, the new one as it is now: a
         // renamed port changes ownership of the link itself.
-        // Cloned only when a new entry needs it (a pending entry keeps its base).
         let base = old.filter(|o| self.takes(o));
-        let owned_before = self.ports.link_owned(c);
-        self.ports.observe(c);
-        if matches!(c, Change::Update { .. })
+        let changed = new.or(old).map(|o| &**o);
+        let owned_before = changed.and_then(|o| self.ports.link_owned(o));
+        self.ports.observe(old.map(|o| &**o), new.map(|o| &**o));
+        if update
             && !self.ports.owns_all()
-            && owned_before != self.ports.link_owned(c)
+            && owned_before != changed.and_then(|o| self.ports.link_owned(o))
             && !self.gate.is_running()
         {
             // A port entered or left the plugin's scope (renamed, or its driver changed): what
             // is attached to it must follow. The worker re-evaluates the whole state.
             self.reevaluate = true;
         }
-        if self.gate.leaves_to_replay(c) {
+        if self.gate.leaves_to_replay(&key) {
             return;
         }
         let target = new.filter(|o| self.takes(o)).cloned();
         if base.is_none() && target.is_none() {
             return;
         }
-        let key = c.key();
         match self.pending.entry(key) {
             indexmap::map::Entry::Occupied(mut e) => e.get_mut().target = target,
             indexmap::map::Entry::Vacant(e) => {
@@ -211,8 +222,17 @@ impl Queue {
         self.st.lock().unwrap().takes(o)
     }
 
-    /// Enqueues changes (filtered, coalesced). Never blocks on the plugin.
+    /// Enqueues changes (filtered, coalesced), copied into shared ones (the mirror hands the
+    /// dispatch [`SharedChange`]s: [`Queue::push_shared`]).
+    #[cfg(test)]
     pub fn push_changes(&self, changes: &[Change]) {
+        let shared: Vec<SharedChange> = changes.iter().cloned().map(Into::into).collect();
+        self.push_shared(&shared);
+    }
+
+    /// Enqueues changes (filtered, coalesced): the queue keeps the batch's objects, shared.
+    /// Never blocks on the plugin.
+    pub fn push_shared(&self, changes: &[SharedChange]) {
         let mut st = self.st.lock().unwrap();
         if st.closed {
             return;
@@ -354,8 +374,40 @@ mod tests {
         let st = q.st.lock().unwrap();
         assert_eq!(st.pending.len(), 1);
         let p = st.pending.values().next().unwrap();
-        assert_eq!(p.base.as_ref(), Some(&a));
-        assert_eq!(p.target.as_ref(), Some(&c));
+        assert_eq!(p.base.as_deref(), Some(&a));
+        assert_eq!(p.target.as_deref(), Some(&c));
+    }
+
+    #[test]
+    fn queues_share_the_batch_objects() {
+        let (q1, q2) = (
+            Queue::new(Capabilities::everything(), None),
+            Queue::new(Capabilities::everything(), None),
+        );
+        let batch: Vec<SharedChange> =
+            vec![Change::Add(route("10.0.0.0/24", 1, "10.1.0.1")).into()];
+        q1.push_shared(&batch);
+        q2.push_shared(&batch);
+        let t = |q: &Queue| {
+            q.st.lock()
+                .unwrap()
+                .pending
+                .values()
+                .next()
+                .unwrap()
+                .target
+                .clone()
+                .unwrap()
+        };
+        assert!(
+            Arc::ptr_eq(&t(&q1), &t(&q2)),
+            "one object, not a copy per queue"
+        );
+        assert_eq!(
+            Arc::strong_count(&t(&q1)),
+            3 + 1,
+            "the batch, both queues (and this one)"
+        );
     }
 
     #[test]
@@ -416,7 +468,7 @@ mod tests {
         }]);
         let st = q.st.lock().unwrap();
         let p = st.pending.values().next().unwrap();
-        assert_eq!(p.base.as_ref(), Some(&a));
+        assert_eq!(p.base.as_deref(), Some(&a));
         assert!(p.target.is_none());
     }
 

@@ -156,11 +156,14 @@ impl Worker {
         let mut refused = 0u64;
         for (key, p) in batch.drain(..) {
             let delivered = self.held.contains(key_hash(&key));
+            // The objects are shared with the other plugins' queues: copied only while another
+            // still holds them, moved by the last.
+            let owned = |o: Arc<Object>| Arc::unwrap_or_clone(o);
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused.forget(&key);
                     if let (true, Some(old)) = (delivered, base) {
-                        changes.push(Change::Remove(old));
+                        changes.push(Change::Remove(owned(old)));
                     }
                 }
                 (base, Some(t)) => {
@@ -169,7 +172,7 @@ impl Worker {
                     {
                         if delivered {
                             if let Some(b) = base {
-                                changes.push(Change::Remove(b));
+                                changes.push(Change::Remove(owned(b)));
                             }
                         }
                         refused += 1;
@@ -180,11 +183,14 @@ impl Worker {
                     }
                     match (delivered, base) {
                         (true, Some(b)) if b == t => {}
-                        (true, Some(b)) => changes.push(Change::Update { old: b, new: t }),
+                        (true, Some(b)) => changes.push(Change::Update {
+                            old: owned(b),
+                            new: owned(t),
+                        }),
                         _ => {
                             // Count it now so the limit check sees additions of this batch.
                             self.held_per_kind[t.kind().index()] += 1;
-                            changes.push(Change::Add(t));
+                            changes.push(Change::Add(owned(t)));
                         }
                     }
                 }
