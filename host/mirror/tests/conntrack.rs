@@ -172,20 +172,27 @@ impl Rng {
     }
 }
 
+/// The conntrack mirror of `ns` (socket buffer `rcvbuf`, at most `limit` entries, no periodic
+/// re-dump), once it has synced.
+fn synced_mirror(ns: &Netns, rcvbuf: usize, limit: usize) -> Conntrack {
+    let c = Conntrack::spawn(Config {
+        netns: Some(ns.path()),
+        rcvbuf,
+        limit,
+        refresh: None,
+    })
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    c
+}
+
 #[test]
 fn the_mirrored_table_equals_conntrack_after_random_setup_and_teardown() {
     if conntrack_unavailable() {
         return;
     }
     let ns = tracked_netns();
-    let c = Conntrack::spawn(Config {
-        netns: Some(ns.path()),
-        rcvbuf: 64 << 20,
-        limit: 100_000,
-        refresh: None,
-    })
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let c = synced_mirror(&ns, 64 << 20, 100_000);
     let mut rng = Rng(0x5eed_0013);
     let mut live: BTreeSet<u16> = BTreeSet::new();
     for round in 0..3 {
@@ -260,14 +267,7 @@ fn tcp_states_and_a_picked_up_entry_equal_conntrack() {
         return;
     }
     let ns = tracked_netns();
-    let c = Conntrack::spawn(Config {
-        netns: Some(ns.path()),
-        rcvbuf: 64 << 20,
-        limit: 100_000,
-        refresh: None,
-    })
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let c = synced_mirror(&ns, 64 << 20, 100_000);
     let py = TCP_SCRIPT.replace("@PORT@", "5301").replace("@N@", "8");
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.name, "python3", "-c", &py])
@@ -339,14 +339,7 @@ fn an_overrun_is_counted_and_repaired_by_a_resync() {
     }
     let ns = tracked_netns();
     // The smallest buffer the kernel allows: a burst overruns it.
-    let c = Conntrack::spawn(Config {
-        netns: Some(ns.path()),
-        rcvbuf: 1,
-        limit: 100_000,
-        refresh: None,
-    })
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let c = synced_mirror(&ns, 1, 100_000);
     let ports: Vec<u16> = (30_000..33_000).collect();
     udp_flows(&ns, &ports);
     ns.sh("conntrack -F >/dev/null 2>&1");
@@ -367,14 +360,7 @@ fn the_table_is_bounded_and_refusals_are_counted() {
         return;
     }
     let ns = tracked_netns();
-    let c = Conntrack::spawn(Config {
-        netns: Some(ns.path()),
-        rcvbuf: 64 << 20,
-        limit: 20,
-        refresh: None,
-    })
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let c = synced_mirror(&ns, 64 << 20, 20);
     let ports: Vec<u16> = (40_000..40_050).collect();
     udp_flows(&ns, &ports);
     let st = wait_for(Duration::from_secs(10), || {
@@ -403,14 +389,7 @@ fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed(
     let ns = tracked_netns();
     // Unreplied UDP entries live 3 s here.
     ns.run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3"]);
-    let c = Conntrack::spawn(Config {
-        netns: Some(ns.path()),
-        rcvbuf: 64 << 20,
-        limit: 1000,
-        refresh: None,
-    })
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let c = synced_mirror(&ns, 64 << 20, 1000);
     // IPv4 4500 is kept alive; IPv4 4501 and IPv6 4500 (the controls) are not.
     udp_flows(&ns, &[4500, 4501]);
     let kept = wait_for(Duration::from_secs(5), || {
