@@ -10,9 +10,11 @@
 //! - map helpers ([`take_map`], [`ignore_absent`]) and [`test_run`] (`BPF_PROG_TEST_RUN` of a
 //!   program on one frame, for the plugins' data-path tests);
 //! - [`btf`]: struct sizes from an object's BTF, for the unit tests that check the Rust mirrors
-//!   of the map structs.
+//!   of the map structs;
+//! - [`live`]: the benchmarks' traffic generator (XDP frames offered to a port, as from a NIC).
 
 pub mod btf;
+pub mod live;
 pub mod netns;
 pub mod stale;
 

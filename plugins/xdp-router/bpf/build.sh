@@ -7,8 +7,8 @@ set -eu
 cd "$(dirname "$0")"
 CLANG=${CLANG:-$(command -v clang || command -v clang-14)}
 ARCH_INC=/usr/include/$(uname -m)-linux-gnu
-# xdp_router: the plugin's data path; bench_gen: the benchmark's traffic generator.
-for obj in xdp_router bench_gen; do
+# xdp_router: the plugin's data path (the benchmarks' generator is plugins/xdp-common/bpf's).
+for obj in xdp_router; do
     # Debug info without the checkout path, so the object is the same in every clone.
     "$CLANG" -target bpf -O2 -g -fdebug-prefix-map="$(pwd)"=. -fdebug-compilation-dir=. -Wall -Werror \
         -I"$ARCH_INC" \
@@ -17,4 +17,4 @@ for obj in xdp_router bench_gen; do
 done
 # Keep CLANG_VERSION (the major version the committed object was built with) in step.
 "$CLANG" --version | head -1 | sed -n "s/.*clang version \([0-9]*\).*/\1/p" > CLANG_VERSION
-echo "built $(pwd)/xdp_router.bpf.o and bench_gen.bpf.o ($("$CLANG" --version | head -1))"
+echo "built $(pwd)/xdp_router.bpf.o ($("$CLANG" --version | head -1))"

@@ -1,8 +1,8 @@
 #!/bin/sh
 # CI check for the xdp-router BPF object:
 #   plugins/xdp-router/bpf/check.sh
-# 1. The committed objects (xdp_router.bpf.o, bench_gen.bpf.o) must be exactly what build.sh
-#    produces from the sources
+# 1. The committed object (xdp_router.bpf.o) must be exactly what build.sh produces from the
+#    source
 #    with the clang major version recorded in CLANG_VERSION (another major only gets a warning:
 #    code generation differs between versions). The committed files are left untouched.
 # 2. cargo test: the Rust mirrors of the map structs must match the object's BTF (unit test); the
@@ -18,14 +18,14 @@ else
     want=$(cat "$here/CLANG_VERSION")
     have=$("$CLANG" --version | head -1 | sed -n 's/.*clang version \([0-9]*\).*/\1/p')
     tmp=$(mktemp -d)
-    cp "$here/xdp_router.bpf.o" "$here/bench_gen.bpf.o" "$here/CLANG_VERSION" "$tmp/"
-    restore() { cp "$tmp/xdp_router.bpf.o" "$tmp/bench_gen.bpf.o" "$tmp/CLANG_VERSION" "$here/"; rm -rf "$tmp"; }
+    cp "$here/xdp_router.bpf.o" "$here/CLANG_VERSION" "$tmp/"
+    restore() { cp "$tmp/xdp_router.bpf.o" "$tmp/CLANG_VERSION" "$here/"; rm -rf "$tmp"; }
     trap restore EXIT
     CLANG="$CLANG" "$here/build.sh" >/dev/null
-    if cmp -s "$here/xdp_router.bpf.o" "$tmp/xdp_router.bpf.o" && cmp -s "$here/bench_gen.bpf.o" "$tmp/bench_gen.bpf.o"; then
-        echo "check.sh: committed objects are up to date (clang $have)"
+    if cmp -s "$here/xdp_router.bpf.o" "$tmp/xdp_router.bpf.o"; then
+        echo "check.sh: committed object is up to date (clang $have)"
     elif [ "$have" = "$want" ]; then
-        echo "check.sh: a committed object is stale: run plugins/xdp-router/bpf/build.sh and commit it" >&2
+        echo "check.sh: the committed object is stale: run plugins/xdp-router/bpf/build.sh and commit it" >&2
         exit 1
     else
         echo "check.sh: warning: clang $have differs from the recorded clang $want; object not compared" >&2

@@ -4,7 +4,7 @@
 //!    routed by r via h2; packets delivered = RX packets on h2's veth0 (h2 drops them cheaply:
 //!    not for it, forwarding off). XDP (plugin running, r's forwarding off) versus the kernel's own
 //!    forwarding (plugin stopped, r's forwarding on), alternating rounds in the same run.
-//! 2. The same with XDP frames offered to r: an in-kernel generator (bpf/bench_gen.bpf.c, run by
+//! 2. The same with XDP frames offered to r: an in-kernel generator (ekho_xdp_common::live, run by
 //!    BPF_PROG_TEST_RUN with live frames in h1) redirects frames into h1's veth, so they reach r's
 //!    port as XDP frames, without an skb, as they would from a NIC.
 //! 3. Route-change latency: a paced sender in h1 targets 10.88.<i>.1; the route 10.88.<i>.0/24
@@ -29,7 +29,7 @@ use common::*;
 use ekho_plugin_api::prelude::*;
 use std::fs::File;
 use std::net::UdpSocket;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -115,9 +115,6 @@ fn measure(topo: &Topo, secs: f64, senders: usize) -> (f64, f64) {
     ((rx1 - rx0) as f64 / dt, (s1 - s0) as f64 / dt)
 }
 
-/// The generator object (bpf/bench_gen.bpf.c, built by bpf/build.sh).
-static GEN_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/bench_gen.bpf.o");
-
 fn ipv4_checksum(h: &[u8]) -> u16 {
     let mut sum: u32 = h
         .chunks(2)
@@ -165,58 +162,18 @@ fn measure_live(topo: &Topo, secs: f64) -> (f64, f64) {
     let data = frame(&p1_mac, &h1_mac);
     let rx0 = topo.rx_packets(&topo.h2, "veth0");
     let t0 = Instant::now();
-    let mut headers = [0u8; 42];
-    headers.copy_from_slice(&data[..42]);
-    let gen = spawn_in(&topo.h1, move || {
-        let mut ebpf = aya::EbpfLoader::new()
-            .set_global("target_ifindex", &veth0, true)
-            .set_global("headers", &headers, true)
-            .load(GEN_OBJECT)
-            .expect("load generator");
-        let prog: &mut aya::programs::Xdp =
-            ebpf.program_mut("xdp_gen").unwrap().try_into().unwrap();
-        prog.load().expect("load xdp_gen");
-        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
-        let mut total = 0u64;
-        let start = Instant::now();
-        while start.elapsed().as_secs_f64() < secs {
-            const REPEAT: u32 = 1 << 18;
-            // union bpf_attr, BPF_PROG_TEST_RUN (cmd 10): prog_fd, retval, data_size_in,
-            // data_size_out, data_in, data_out, repeat, duration, ctx sizes/pointers, flags,
-            // cpu, batch_size.
-            let mut a = [0u64; 16];
-            a[0] = fd as u32 as u64;
-            a[1] = data.len() as u64; // data_size_in (low half of word 1)
-            a[2] = data.as_ptr() as u64;
-            a[4] = REPEAT as u64;
-            a[8] = 1 << 1; // BPF_F_TEST_XDP_LIVE_FRAMES
-                           // SAFETY: attr is large enough and zeroed; data outlives the call.
-            let r = unsafe {
-                libc::syscall(libc::SYS_bpf, 10, a.as_mut_ptr(), std::mem::size_of_val(&a))
-            };
-            assert!(
-                r == 0,
-                "BPF_PROG_TEST_RUN live frames: {}",
-                std::io::Error::last_os_error()
-            );
-            total += REPEAT as u64;
-        }
-        GENERATED.store(total, Ordering::Relaxed);
-    });
-    gen.join().unwrap();
+    let ns = std::path::PathBuf::from(format!("/run/netns/{}", topo.h1));
+    let done = move || t0.elapsed().as_secs_f64() >= secs;
+    let generated = ekho_xdp_common::live::generate(Some(&ns), veth0, &data, 1 << 18, &done)
+        .expect("live-frame generator");
     let dt = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(100));
     let rx = topo.rx_packets(&topo.h2, "veth0") - rx0;
     if std::env::var_os("BENCH_DIAG").is_some() {
         eprintln!("{}", topo.diag());
     }
-    (
-        rx as f64 / dt,
-        GENERATED.load(Ordering::Relaxed) as f64 / dt,
-    )
+    (rx as f64 / dt, generated as f64 / dt)
 }
-
-static GENERATED: AtomicU64 = AtomicU64::new(0);
 
 fn sysctl(topo: &Topo, k: &str, v: &str) {
     topo.exec(&topo.r, &["sysctl", "-qw", &format!("{k}={v}")]);
