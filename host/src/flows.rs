@@ -8,7 +8,7 @@
 pub mod policy;
 
 use crate::config::FlowsConfig;
-use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack, Observer};
+use ekho_mirror::conntrack::source::{Config as SourceConfig, Conntrack, Observer, Requests};
 use ekho_mirror::conntrack::{Entry, Table};
 use ekho_mirror::Mirror;
 use ekho_plugin_api::{ObjectKey, ObjectStats};
@@ -48,14 +48,18 @@ pub enum Flows {
         released: Released,
         /// Where the candidates go.
         mirror: Mirror,
-        /// The timeouts the keep-alive sets.
-        timeouts: Timeouts,
+        /// The timeouts the keep-alive sets, as last read from `sysctls` (shared with the
+        /// observer, whose liberal mark of a TCP entry is a keep-alive too).
+        timeouts: Arc<Mutex<Timeouts>>,
+        /// Where they are read from.
+        sysctls: TimeoutSysctls,
     },
 }
 
 /// The timeouts the kernel gives an entry on each packet, read from the mirrored netns's
-/// sysctls at start: the keep-alive sets what the kernel would have set had it seen the
-/// plugin's packets, so once they stop the entry expires as it would in the kernel.
+/// sysctls ([`TimeoutSysctls`], each keep-alive): the keep-alive sets what the kernel would have
+/// set had it seen the plugin's packets, so once they stop the entry expires as it would in the
+/// kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// `nf_conntrack_tcp_timeout_established`.
@@ -77,35 +81,66 @@ impl Default for Timeouts {
     }
 }
 
-impl Timeouts {
-    /// Read in `netns` (the kernel's defaults for what cannot be read).
-    pub fn read(netns: Option<PathBuf>) -> Timeouts {
-        let read = move || {
+/// The sysctls the [`Timeouts`] come from, opened once in the mirrored netns: an open file of
+/// `/proc/sys/net` stays the netns's it was opened in, so they are read again, each keep-alive
+/// (once a second), from the daemon's own thread. A change (`sysctl -w` in the netns) is
+/// followed within about a second; there is no event for one.
+pub struct TimeoutSysctls {
+    files: [Option<std::fs::File>; 3],
+}
+
+impl TimeoutSysctls {
+    /// `/proc/sys/net/netfilter/` names, in [`Timeouts`]' order: tcp, udp, other.
+    const NAMES: [&'static str; 3] = [
+        "nf_conntrack_tcp_timeout_established",
+        "nf_conntrack_udp_timeout_stream",
+        "nf_conntrack_generic_timeout",
+    ];
+
+    /// Opens them in `netns` (what cannot be opened reads as the kernel's default).
+    pub fn open(netns: Option<PathBuf>) -> TimeoutSysctls {
+        let open = move || {
             if let Some(p) = &netns {
-                ekho_mirror::source::enter_netns(p).ok()?;
+                if let Err(e) = ekho_mirror::source::enter_netns(p) {
+                    tracing::warn!("conntrack timeouts not read (kernel defaults used): {e}");
+                    return TimeoutSysctls {
+                        files: [None, None, None],
+                    };
+                }
             }
-            let get = |name: &str| -> Option<u32> {
-                std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()
-            };
-            let d = Timeouts::default();
-            Some(Timeouts {
-                tcp: get("nf_conntrack_tcp_timeout_established").unwrap_or(d.tcp),
-                udp: get("nf_conntrack_udp_timeout_stream").unwrap_or(d.udp),
-                other: get("nf_conntrack_generic_timeout").unwrap_or(d.other),
-            })
+            TimeoutSysctls {
+                files: Self::NAMES.map(|n| {
+                    let path = format!("/proc/sys/net/netfilter/{n}");
+                    std::fs::File::open(&path)
+                        .map_err(|e| tracing::warn!("{path}: {e} (the kernel's default used)"))
+                        .ok()
+                }),
+            }
         };
         // On a thread of its own: entering the netns changes the calling thread's.
-        std::thread::spawn(read)
-            .join()
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        std::thread::spawn(open).join().unwrap_or(TimeoutSysctls {
+            files: [None, None, None],
+        })
     }
 
+    /// The timeouts now (the kernel's defaults for what cannot be read).
+    pub fn read(&self) -> Timeouts {
+        use std::os::unix::fs::FileExt;
+        let get = |i: usize| -> Option<u32> {
+            let mut buf = [0u8; 32];
+            let n = self.files[i].as_ref()?.read_at(&mut buf, 0).ok()?;
+            std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+        };
+        let d = Timeouts::default();
+        Timeouts {
+            tcp: get(0).unwrap_or(d.tcp),
+            udp: get(1).unwrap_or(d.udp),
+            other: get(2).unwrap_or(d.other),
+        }
+    }
+}
+
+impl Timeouts {
     fn of(&self, protocol: u8) -> u32 {
         match protocol {
             6 => self.tcp,
@@ -127,67 +162,81 @@ pub type PluginFlowStats = Vec<(String, Arc<Vec<ObjectStats>>)>;
 /// Entries handed back, by their flow's key, with the id of the entry handed back.
 type Released = Arc<Mutex<HashMap<ObjectKey, u32>>>;
 
-/// Where an observer queues keep-alive requests (set once the source exists).
-type Queue = Arc<std::sync::OnceLock<ekho_mirror::conntrack::source::KeepAliveQueue>>;
-
 /// What the conntrack source tells of each batch: the candidates among the touched entries go
 /// to the mirror as flows, the others (gone, no longer candidates, handed back) leave it. A TCP
-/// candidate offered for the first time gets a keep-alive at once: it marks the entry's window
+/// candidate offered for the first time gets a keep-alive first, sent and acknowledged before
+/// the flow goes to the mirror, hence before any plugin has it: it marks the entry's window
 /// tracking liberal (as the kernel's flowtable does on offload), so the packets the kernel sees
-/// again after the offload (the FIN handed back) are not INVALID.
+/// again after the offload (the FIN handed back) are not INVALID. One the kernel refused (the
+/// entry gone meanwhile) is not offered.
 fn observer(
     rules: Vec<policy::Rule>,
     released: Released,
     mirror: Mirror,
-    queue: Queue,
-    timeouts: Timeouts,
+    timeouts: Arc<Mutex<Timeouts>>,
 ) -> Observer {
     // The TCP entries offered so far: key -> conntrack id (a new entry of the key is offered
     // anew); by key, so that a deletion is one lookup, not a scan (a flush deletes them all).
     let mut offered: HashMap<ObjectKey, u32> = HashMap::new();
-    Box::new(move |t: &Table, keys: Vec<ObjectKey>| {
-        let p = policy::Policy { rules: &rules };
-        let mut rel = released.lock().unwrap();
-        let (mut put, mut del) = (Vec::new(), Vec::new());
-        let mut liberal = Vec::new();
-        let mut seen = HashSet::with_capacity(keys.len());
-        for k in keys {
-            if seen.contains(&k) {
-                continue;
-            }
-            match t.get(&k) {
-                Some(e) => {
-                    let id = e.flow.id;
-                    // A new entry of a tuple handed back is offered as any other.
-                    if rel.get(&k).is_some_and(|held| *held != id) {
-                        rel.remove(&k);
-                    }
-                    if p.candidate(e) && !rel.contains_key(&k) {
-                        put.push(e.flow.clone());
-                        if e.protocol() == 6 && offered.get(&k) != Some(&id) {
-                            offered.insert(k.clone(), id);
-                            liberal.push(ekho_mirror::conntrack::source::KeepAlive {
-                                key: k.clone(),
-                                timeout_s: timeouts.of(6),
-                            });
+    Box::new(
+        move |t: &Table, keys: Vec<ObjectKey>, req: &mut Requests<'_>| {
+            let p = policy::Policy { rules: &rules };
+            let mut rel = released.lock().unwrap();
+            let (mut put, mut del) = (Vec::new(), Vec::new());
+            // TCP flows offered for the first time, held back until marked liberal.
+            let (mut liberal, mut new_tcp) = (Vec::new(), Vec::new());
+            let mut seen = HashSet::with_capacity(keys.len());
+            for k in keys {
+                if seen.contains(&k) {
+                    continue;
+                }
+                match t.get(&k) {
+                    Some(e) => {
+                        let id = e.flow.id;
+                        // A new entry of a tuple handed back is offered as any other.
+                        if rel.get(&k).is_some_and(|held| *held != id) {
+                            rel.remove(&k);
                         }
-                    } else {
+                        if p.candidate(e) && !rel.contains_key(&k) {
+                            if e.protocol() == 6 && offered.get(&k) != Some(&id) {
+                                liberal.push(ekho_mirror::conntrack::source::KeepAlive {
+                                    key: k.clone(),
+                                    timeout_s: timeouts.lock().unwrap().of(6),
+                                });
+                                new_tcp.push((e.flow.clone(), id));
+                            } else {
+                                put.push(e.flow.clone());
+                            }
+                        } else {
+                            del.push(k.clone());
+                        }
+                    }
+                    None => {
+                        rel.remove(&k);
+                        offered.remove(&k);
                         del.push(k.clone());
                     }
                 }
-                None => {
-                    rel.remove(&k);
-                    offered.remove(&k);
-                    del.push(k.clone());
+                seen.insert(k);
+            }
+            if !liberal.is_empty() {
+                let done = req.keep_alive(&liberal);
+                for ((flow, id), ok) in new_tcp.into_iter().zip(done) {
+                    let k = ekho_mirror::conntrack::key(&flow);
+                    if ok {
+                        offered.insert(k, id);
+                        put.push(flow);
+                    } else {
+                        // Gone meanwhile (its DESTROY follows) or refused: not offered unmarked;
+                        // a later event of the entry tries again.
+                        offered.remove(&k);
+                        del.push(k);
+                    }
                 }
             }
-            seen.insert(k);
-        }
-        if let (Some(q), false) = (queue.get(), liberal.is_empty()) {
-            q.push(&liberal);
-        }
-        mirror.update_flows(put, del);
-    })
+            mirror.update_flows(put, del);
+        },
+    )
 }
 
 impl Flows {
@@ -199,14 +248,13 @@ impl Flows {
         }
         let limit = cfg.limit.unwrap_or(DEFAULT_LIMIT);
         let released = Released::default();
-        let timeouts = Timeouts::read(netns.clone());
-        let queue: Queue = Default::default();
+        let sysctls = TimeoutSysctls::open(netns.clone());
+        let timeouts = Arc::new(Mutex::new(sysctls.read()));
         let obs = observer(
             cfg.offload.clone(),
             released.clone(),
             mirror.clone(),
-            queue.clone(),
-            timeouts,
+            timeouts.clone(),
         );
         let source = match Conntrack::spawn_observed(
             SourceConfig {
@@ -223,7 +271,6 @@ impl Flows {
             Ok(s) => s,
             Err(e) => return Flows::Unavailable(unavailable(&e.to_string(), e.errno())),
         };
-        let _ = queue.set(source.keep_alive_queue());
         let t0 = Instant::now();
         while !source.synced() && !source.finished() && t0.elapsed() < FIRST_DUMP_WAIT {
             std::thread::sleep(Duration::from_millis(5));
@@ -245,6 +292,7 @@ impl Flows {
             released,
             mirror: mirror.clone(),
             timeouts,
+            sysctls,
         }
     }
 
@@ -258,6 +306,7 @@ impl Flows {
         let Flows::Running {
             source,
             timeouts,
+            sysctls,
             rules,
             released,
             ..
@@ -265,6 +314,9 @@ impl Flows {
         else {
             return 0;
         };
+        // Read again each time: the operator may have changed them.
+        let now = sysctls.read();
+        *timeouts.lock().unwrap() = now;
         let mut latest: HashMap<ObjectKey, u64> = HashMap::new();
         for (_, v) in stats {
             for s in v.iter() {
@@ -283,7 +335,7 @@ impl Flows {
             if p.candidate(e) && !rel.contains_key(k) && lu > ka.last.get(k).copied().unwrap_or(0) {
                 reqs.push(ekho_mirror::conntrack::source::KeepAlive {
                     key: k.clone(),
-                    timeout_s: timeouts.of(e.protocol()),
+                    timeout_s: now.of(e.protocol()),
                 });
             }
         }
@@ -520,6 +572,7 @@ mod tests {
             timeout: 431999,
             use_count: 1,
             tcp_state: Some(3),
+            tcp_flags: [0, 0],
             counters_orig: Some(ekho_mirror::conntrack::Counters {
                 packets: 3,
                 bytes: 180,

@@ -267,6 +267,29 @@ fn the_keep_alive_holds_an_active_flow_past_its_timeout_and_lets_it_expire_after
     );
     let st = d.status()["conntrack"].clone();
     assert!(st["kept_alive"].as_u64().unwrap() >= 3, "{st}");
+    // The operator changes the timeout: the keep-alive follows, up and back down (the entry's
+    // timeout as `conntrack -L` shows it, third column).
+    let timeout = || -> Option<u64> {
+        let l = listed();
+        let line = l.lines().find(|l| l.contains("dport=5000"))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    for (value, holds) in [
+        (30u64, (|t: u64| t > 10) as fn(u64) -> bool),
+        (4, |t| t <= 4),
+    ] {
+        ns.run(&[
+            "sysctl",
+            "-qw",
+            &format!("net.netfilter.nf_conntrack_udp_timeout_stream={value}"),
+        ]);
+        let followed = wait_for(Duration::from_secs(5), || timeout().filter(|t| holds(*t)));
+        assert!(
+            followed.is_some(),
+            "the keep-alive follows nf_conntrack_udp_timeout_stream={value}: timeout {:?}",
+            timeout()
+        );
+    }
     // The plugin's counters beside the kernel's.
     let dump = d.cli_json(&["dump", "flows", "--stats", "--json"]);
     let f = dump["flows"]
@@ -281,7 +304,7 @@ fn the_keep_alive_holds_an_active_flow_past_its_timeout_and_lets_it_expire_after
     assert!(o["original"]["packets"].as_u64().unwrap() >= 3, "{f}");
     assert!(o["reply"]["last_used"].as_u64().unwrap() <= 2, "{f}");
     let text = String::from_utf8_lossy(&d.cli(&["dump", "flows", "--stats"]).stdout).to_string();
-    assert!(text.contains("[OFFLOAD rec] packets="), "{text}");
+    assert!(text.contains("[OFFLOAD rec original: packets="), "{text}");
 
     // The plugin stops seeing packets: the kernel's timeout runs again.
     std::fs::remove_file(&active).unwrap();

@@ -431,3 +431,69 @@ fn a_kept_alive_entry_outlives_its_timeout_and_expires_once_no_longer_refreshed(
     assert!(failed.is_some(), "{:?}", c.table().stats());
     assert!(!kernel_has(&ns, 4500), "not created again");
 }
+
+#[test]
+fn an_observer_marks_a_tcp_entry_liberal_before_it_hands_it_on() {
+    use ekho_mirror::conntrack::message::TCP_FLAG_BE_LIBERAL;
+    use ekho_mirror::conntrack::source::Observer;
+    use ekho_mirror::conntrack::ObjectKey;
+    use std::sync::{Arc, Mutex};
+    if conntrack_unavailable() {
+        return;
+    }
+    let ns = tracked_netns();
+    // What the observer did for the established TCP entry: its key, its flags before, whether
+    // the kernel applied the mark before the call returned, and how long the call took.
+    type Marked = Option<(ObjectKey, [u8; 2], bool, Duration)>;
+    let marked: Arc<Mutex<Marked>> = Default::default();
+    let m = marked.clone();
+    let obs: Observer = Box::new(move |t, keys, req| {
+        for k in keys {
+            let Some(e) = t.get(&k) else { continue };
+            let established = e.protocol() == 6 && e.tcp_state == Some(3);
+            if established && e.flow.original.dport == 5301 && m.lock().unwrap().is_none() {
+                let t0 = std::time::Instant::now();
+                let done = req.keep_alive(&[KeepAlive {
+                    key: k.clone(),
+                    timeout_s: 300,
+                }]);
+                *m.lock().unwrap() = Some((k, e.tcp_flags, done[0], t0.elapsed()));
+            }
+        }
+    });
+    let c = Conntrack::spawn_observed(
+        Config {
+            netns: Some(ns.path()),
+            rcvbuf: 64 << 20,
+            limit: 1000,
+            refresh: None,
+        },
+        Some(obs),
+    )
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || c.synced().then_some(())).is_some());
+    let _conn = held_tcp(&ns, 5301);
+    let (key, before, applied, took) =
+        wait_for(Duration::from_secs(10), || marked.lock().unwrap().clone())
+            .expect("the observer saw the established entry");
+    assert!(
+        before.iter().all(|f| f & TCP_FLAG_BE_LIBERAL == 0),
+        "not liberal before (nf_conntrack_tcp_be_liberal = 0): {before:?}"
+    );
+    assert!(
+        applied,
+        "the kernel applied the mark: {:?}",
+        c.table().stats()
+    );
+    eprintln!("liberal mark acknowledged {took:?} after it was asked, before the observer went on");
+    // The kernel's UPDATE event of the change carries both directions' flags and the timeout.
+    let e = wait_for(Duration::from_secs(5), || {
+        c.table()
+            .get(&key)
+            .filter(|e| e.tcp_flags.iter().all(|f| f & TCP_FLAG_BE_LIBERAL != 0))
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("not marked liberal: {:?}", c.table().get(&key)));
+    assert!(e.timeout > 200 && e.timeout <= 300, "timeout {}", e.timeout);
+    assert_eq!(c.table().stats().kept_alive, 1);
+}

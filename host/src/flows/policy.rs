@@ -261,6 +261,7 @@ mod tests {
             timeout: 100,
             use_count: 1,
             tcp_state: state,
+            tcp_flags: [0, 0],
             counters_orig: None,
             counters_reply: None,
             labels: None,

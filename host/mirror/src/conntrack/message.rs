@@ -39,6 +39,9 @@ pub struct Counters {
     pub bytes: u64,
 }
 
+/// `IP_CT_TCP_FLAG_BE_LIBERAL`: window tracking accepts out-of-window packets.
+pub const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
+
 /// A conntrack entry as ctnetlink reports it: the plugin API's [`Flow`] (family, protocol,
 /// zone, mark, both tuples, NAT derived from them, status, id: what a dataplane is handed, and
 /// the entry's identity, [`key`]), and beside it only what the API's flow does not carry, the
@@ -55,6 +58,9 @@ pub struct Entry {
     pub use_count: u32,
     /// TCP state (`CTA_PROTOINFO_TCP_STATE`: 1 syn_sent ... 3 established ... 7 close).
     pub tcp_state: Option<u8>,
+    /// TCP window tracking flags of the original and reply direction (`IP_CT_TCP_FLAG_*`:
+    /// [`TCP_FLAG_BE_LIBERAL`] once the host marked an offered entry); 0 when not reported.
+    pub tcp_flags: [u8; 2],
     pub counters_orig: Option<Counters>,
     pub counters_reply: Option<Counters>,
     /// `CTA_LABELS` (128 bits), when set.
@@ -211,18 +217,24 @@ fn counters(v: &[u8]) -> Option<Counters> {
     Some(c)
 }
 
-/// `CTA_PROTOINFO`: the TCP state, when TCP.
-fn protoinfo(v: &[u8]) -> Option<u8> {
+/// `CTA_PROTOINFO`, when TCP (`CTA_PROTOINFO_TCP`): the state and the window tracking flags
+/// of each direction (`CTA_PROTOINFO_TCP_FLAGS_ORIGINAL`, `_REPLY`: `struct nf_ct_tcp_flags`,
+/// the flags first).
+fn protoinfo(v: &[u8]) -> (Option<u8>, [u8; 2]) {
+    let (mut state, mut flags) = (None, [0, 0]);
     for (a, x) in nlas(v) {
         if a == 1 {
             for (b, y) in nlas(x) {
-                if b == 1 {
-                    return y.first().copied();
+                match b {
+                    1 => state = y.first().copied(),
+                    4 => flags[0] = y.first().copied().unwrap_or(0),
+                    5 => flags[1] = y.first().copied().unwrap_or(0),
+                    _ => {}
                 }
             }
         }
     }
-    None
+    (state, flags)
 }
 
 /// A tuple not read yet, replaced by the message's own.
@@ -256,6 +268,7 @@ pub fn parse(message_type: u16, payload: &[u8]) -> Result<Option<Message>, Parse
         timeout: 0,
         use_count: 0,
         tcp_state: None,
+        tcp_flags: [0, 0],
         counters_orig: None,
         counters_reply: None,
         labels: None,
@@ -266,7 +279,7 @@ pub fn parse(message_type: u16, payload: &[u8]) -> Result<Option<Message>, Parse
             1 => orig = Some(tuple(x).ok_or_else(|| bad("CTA_TUPLE_ORIG"))?),
             2 => reply = Some(tuple(x).ok_or_else(|| bad("CTA_TUPLE_REPLY"))?),
             3 => status = be32(x).ok_or_else(|| bad("CTA_STATUS"))?,
-            4 => e.tcp_state = protoinfo(x),
+            4 => (e.tcp_state, e.tcp_flags) = protoinfo(x),
             7 => e.timeout = be32(x).ok_or_else(|| bad("CTA_TIMEOUT"))?,
             8 => mark = be32(x).ok_or_else(|| bad("CTA_MARK"))?,
             9 => e.counters_orig = counters(x),

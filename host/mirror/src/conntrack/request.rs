@@ -28,8 +28,7 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 /// `CTA_ZONE`.
 const CTA_ZONE: u16 = 18;
 
-/// `IP_CT_TCP_FLAG_BE_LIBERAL`: window tracking accepts out-of-window packets.
-const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
+use super::message::TCP_FLAG_BE_LIBERAL as IP_CT_TCP_FLAG_BE_LIBERAL;
 
 /// The dump of every entry of every family: `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`,
 /// `AF_UNSPEC`, no attribute.

@@ -28,20 +28,6 @@ pub struct KeepAlive {
     pub timeout_s: u32,
 }
 
-/// Queues keep-alive requests for the source's thread ([`Conntrack::keep_alive_queue`]).
-#[derive(Clone)]
-pub struct KeepAliveQueue(Arc<Mutex<Vec<KeepAlive>>>);
-
-impl KeepAliveQueue {
-    /// Queues `entries` (sent from the source's thread within about 100 ms).
-    pub fn push(&self, entries: &[KeepAlive]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(entries);
-    }
-}
-
 /// Where and how.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -56,9 +42,50 @@ pub struct Config {
 }
 
 /// Told, on the source's thread with the table locked, the keys of the entries added, changed
-/// or removed by each batch of events or dump (look them up in the table: gone when absent).
-/// Must not block for long: events wait meanwhile.
-pub type Observer = Box<dyn FnMut(&Table, Vec<super::ObjectKey>) + Send>;
+/// or removed by each batch of events or dump (look them up in the table: gone when absent),
+/// with [`Requests`] to change entries in the kernel before going on. Must not block for long:
+/// events wait meanwhile.
+pub type Observer = Box<dyn FnMut(&Table, Vec<super::ObjectKey>, &mut Requests<'_>) + Send>;
+
+/// Requests an [`Observer`] sends to the kernel at once, on the source's own request socket,
+/// before it returns: what it does next (handing a flow on) comes after the kernel applied them.
+pub struct Requests<'a> {
+    sock: &'a Socket,
+    buf: &'a mut [u8],
+    seq: &'a mut u32,
+    ok: u64,
+    failed: u64,
+    error: Option<SourceError>,
+}
+
+impl Requests<'_> {
+    /// Sends these keep-alive requests ([`super::request::refresh_timeout`]: the timeout, and
+    /// for TCP the liberal window tracking) and waits for the kernel's answers: for each,
+    /// whether the kernel applied it (`false`: the entry is gone, or it was refused). Counted
+    /// as [`Conntrack::keep_alive`]'s are.
+    pub fn keep_alive(&mut self, reqs: &[KeepAlive]) -> Vec<bool> {
+        let mut done = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(256) {
+            if self.error.is_some() {
+                done.resize(reqs.len(), false);
+                break;
+            }
+            match send_keep_alives(self.sock, self.buf, self.seq, chunk) {
+                Ok(v) => {
+                    let ok = v.iter().filter(|d| **d).count() as u64;
+                    self.ok += ok;
+                    self.failed += v.len() as u64 - ok;
+                    done.extend(v);
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    done.resize(done.len() + chunk.len(), false);
+                }
+            }
+        }
+        done
+    }
+}
 
 /// A running conntrack source; dropping it stops the thread.
 pub struct Conntrack {
@@ -126,13 +153,6 @@ impl Conntrack {
     /// `keep_alive_failed` (an entry gone meanwhile is not created again).
     pub fn keep_alive(&self, entries: &[KeepAlive]) {
         self.pending.lock().unwrap().extend_from_slice(entries);
-    }
-
-    /// A handle queueing keep-alive requests like [`Conntrack::keep_alive`], for code that runs
-    /// before the source exists or on its thread (an observer offering a TCP flow marks its
-    /// window tracking liberal at once: [`super::request::refresh_timeout`]).
-    pub fn keep_alive_queue(&self) -> KeepAliveQueue {
-        KeepAliveQueue(self.pending.clone())
     }
 
     /// Whether the first dump is in.
@@ -272,25 +292,23 @@ fn dump(s: &Socket, buf: &mut [u8], seq: u32) -> Result<(Vec<Entry>, u64), Sourc
     }
 }
 
-/// Sends the keep-alive requests and reads their acknowledgements: (acknowledged, failed).
+/// Sends the keep-alive requests and reads their acknowledgements: for each request, whether
+/// the kernel applied it.
 fn send_keep_alives(
     s: &Socket,
     buf: &mut [u8],
     seq: &mut u32,
     reqs: &[KeepAlive],
-) -> Result<(u64, u64), SourceError> {
-    let (mut ok, mut failed) = (0, 0);
+) -> Result<Vec<bool>, SourceError> {
+    let mut done = vec![false; reqs.len()];
     let first = *seq + 1;
     let mut sent = 0u32;
     for r in reqs {
         *seq += 1;
-        match super::request::refresh_timeout(&r.key, r.timeout_s, *seq) {
-            Some(b) => {
-                s.send(&b, 0)
-                    .map_err(|e| nl_err("ctnetlink keep-alive send", e))?;
-                sent += 1;
-            }
-            None => failed += 1,
+        if let Some(b) = super::request::refresh_timeout(&r.key, r.timeout_s, *seq) {
+            s.send(&b, 0)
+                .map_err(|e| nl_err("ctnetlink keep-alive send", e))?;
+            sent += 1;
         }
     }
     let last = *seq;
@@ -306,9 +324,8 @@ fn send_keep_alives(
             acked += 1;
             let code = crate::source::errno(payload);
             if code == 0 {
-                ok += 1;
+                done[(h.sequence_number - first) as usize] = true;
             } else {
-                failed += 1;
                 tracing::debug!(
                     "conntrack keep-alive refused: {}",
                     std::io::Error::from_raw_os_error(-code)
@@ -316,7 +333,7 @@ fn send_keep_alives(
             }
         }
     }
-    Ok((ok, failed))
+    Ok(done)
 }
 
 /// Dumps the table and reconciles the mirror with it (mark and sweep), counting the dump's
@@ -334,12 +351,32 @@ fn redump<'t>(
     Ok(t)
 }
 
-/// Tells the observer what the last batch touched.
-fn observe(t: &mut Table, observer: &mut Option<Observer>) {
+/// Tells the observer what the last batch touched, with the request socket for what it asks
+/// of the kernel first.
+fn observe(
+    t: &mut Table,
+    observer: &mut Option<Observer>,
+    req: &Socket,
+    buf: &mut [u8],
+    seq: &mut u32,
+) -> Result<(), SourceError> {
     let keys = t.take_touched();
-    if let (Some(o), false) = (observer.as_mut(), keys.is_empty()) {
-        o(t, keys);
-    }
+    let (Some(o), false) = (observer.as_mut(), keys.is_empty()) else {
+        return Ok(());
+    };
+    let mut r = Requests {
+        sock: req,
+        buf,
+        seq,
+        ok: 0,
+        failed: 0,
+        error: None,
+    };
+    o(t, keys, &mut r);
+    let (ok, failed, error) = (r.ok, r.failed, r.error);
+    t.stats_mut().kept_alive += ok;
+    t.stats_mut().keep_alive_failed += failed;
+    error.map_or(Ok(()), Err)
 }
 
 fn run(
@@ -367,7 +404,7 @@ fn run(
         let mut t = table.lock().unwrap();
         t.reconcile(flows);
         t.stats_mut().messages += n;
-        observe(&mut t, observer);
+        observe(&mut t, observer, &req, &mut buf, &mut seq)?;
     }
     synced.store(true, Ordering::SeqCst);
     let mut overrun = false;
@@ -376,17 +413,18 @@ fn run(
         let reqs = std::mem::take(&mut *pending.lock().unwrap());
         // In chunks: the acknowledgements of one chunk fit the socket's receive buffer.
         for chunk in reqs.chunks(256) {
-            let (ok, failed) = send_keep_alives(&req, &mut buf, &mut seq, chunk)?;
+            let done = send_keep_alives(&req, &mut buf, &mut seq, chunk)?;
+            let ok = done.iter().filter(|d| **d).count() as u64;
             let mut t = table.lock().unwrap();
             t.stats_mut().kept_alive += ok;
-            t.stats_mut().keep_alive_failed += failed;
+            t.stats_mut().keep_alive_failed += done.len() as u64 - ok;
         }
         if cfg.refresh.is_some_and(|r| dumped.elapsed() >= r) {
             // Events still queued are older than this dump, and applied after it in order.
             seq += 1;
             let mut t = redump(&req, &mut buf, seq, table)?;
             t.stats_mut().refreshes += 1;
-            observe(&mut t, observer);
+            observe(&mut t, observer, &req, &mut buf, &mut seq)?;
             drop(t);
             dumped = std::time::Instant::now();
             continue;
@@ -397,7 +435,7 @@ fn run(
             seq += 1;
             let mut t = redump(&req, &mut buf, seq, table)?;
             t.stats_mut().resyncs += 1;
-            observe(&mut t, observer);
+            observe(&mut t, observer, &req, &mut buf, &mut seq)?;
             drop(t);
             overrun = false;
             dumped = std::time::Instant::now();
@@ -446,7 +484,7 @@ fn run(
             for m in msgs {
                 t.apply(m);
             }
-            observe(&mut t, observer);
+            observe(&mut t, observer, &req, &mut buf, &mut seq)?;
         }
     }
     Ok(())
