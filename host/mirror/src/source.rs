@@ -8,7 +8,7 @@
 //! 2. dumps every kind on a second socket and reconciles the dump into the mirror;
 //! 3. applies notifications as they come: many datagrams per `recvmmsg`, a batch of about 1024
 //!    events applied under one mirror lock and handed to the listeners at once;
-//! 4. on `ENOBUFS` (messages lost) counts an overrun and re-dumps every kind, keeping the event
+//! 4. on `ENOBUFS` (messages lost) counts an overrun and re-dumps every kind of that socket, keeping the event
 //!    socket: the dump is reconciled by mark and sweep (only real differences are emitted), then
 //!    the events queued meanwhile are applied in order;
 //! 5. re-dumps proxy neighbours (never notified by the kernel) periodically and right after the
@@ -21,7 +21,8 @@
 //!
 //! The nftables kinds (base chains, flowtables) come the same way from a second pair of
 //! sockets (`NETLINK_NETFILTER`, `source/nftables.rs`): dumped with the other kinds, their events applied
-//! in the same loop, an overrun on either socket resyncing everything.
+//! in the same loop, an overrun on either socket resyncing the kinds that socket carries (the
+//! rtnetlink socket's: every other kind and tc).
 
 mod nftables;
 mod tc;
@@ -1170,7 +1171,10 @@ fn thread_main(
             // SAFETY: reading 8 bytes from our eventfd into a u64.
             unsafe { libc::read(efd_raw, &mut v as *mut u64 as *mut libc::c_void, 8) };
         }
+        // Overruns of the rtnetlink and the nftables event socket: each resyncs the kinds its
+        // socket carries, not the other's.
         let mut overrun = false;
+        let mut nft_overrun = false;
         let mut proxy = false;
         // Drain the event socket, many datagrams per call, applying a batch (one mirror lock,
         // one hand-off to the plugins) per 1024 events or so.
@@ -1224,10 +1228,10 @@ fn thread_main(
                 Ok(c) => count += c,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     tracing::warn!(
-                        "nftables event socket overrun (ENOBUFS): messages lost, resyncing"
+                        "nftables event socket overrun (ENOBUFS): messages lost, resyncing the nftables kinds"
                     );
                     m.count_overrun();
-                    overrun = true;
+                    nft_overrun = true;
                 }
                 Err(e) => return Err(nl_err("nftables event recv", e)),
             }
@@ -1236,9 +1240,14 @@ fn thread_main(
         let mut kinds: BTreeSet<ObjectKind> =
             std::mem::take(&mut *m.control().resync.lock().unwrap());
         if overrun {
-            kinds.extend(ObjectKind::ALL);
+            kinds.extend(ObjectKind::ALL.iter().filter(|k| !nftables::is_nft(**k)));
         }
+        if nft_overrun {
+            kinds.extend(ObjectKind::ALL.iter().filter(|k| nftables::is_nft(**k)));
+        }
+        // tc's notifications come on the rtnetlink socket.
         let tc = overrun | m.control().tc_resync.swap(false, Ordering::SeqCst);
+        let overrun = overrun | nft_overrun;
         if !kinds.is_empty() || tc {
             let t = Instant::now();
             let r = snapshot(&mut req, &kinds).and_then(|(mut snap, mut n)| {
