@@ -68,12 +68,14 @@ impl State {
         let touched = std::mem::take(&mut self.touched);
         // Drained, not taken: the table keeps its capacity for the next batch (no regrowth).
         let touched_routes: Vec<(RKey, Vec<Object>)> = self.touched_routes.drain(..).collect();
+        // Removals go in the same vector: the stable sort by batch key below puts them where
+        // they belong and keeps the order of equal keys, as a separate vector appended would
+        // (which cost a regrowth and a second move of each removal).
         let mut up = Vec::with_capacity(touched.len() + touched_routes.len());
-        let mut rm = Vec::new();
         let mut diff = |old: Option<Object>, new: Option<Object>| match (old, new) {
             (None, Some(n)) => up.push(Change::Add(n)),
             (Some(o), Some(n)) if o != n => up.push(Change::Update { old: o, new: n }),
-            (Some(o), None) => rm.push(Change::Remove(o)),
+            (Some(o), None) => up.push(Change::Remove(o)),
             _ => {}
         };
         for (k, old) in touched {
@@ -119,7 +121,6 @@ impl State {
                 diff(o, n);
             }
         }
-        up.extend(rm);
         order::sort_batch(&mut up);
         up
     }
