@@ -1,7 +1,7 @@
 //! The compiler: one tc filter ([`TcFilter`], as the host hands it) into one data-path rule
 //! ([`Rule`]: a masked [`FKey`], port ranges, up to [`MAX_ACTIONS`] actions), or the reason, in
 //! tc's words, it cannot run in XDP exactly (`key enc_opts not supported`). What
-//! [`crate::capabilities`] declares is what this compiles; the checks here that capabilities
+//! [`tc_capabilities`] declares is what this compiles; the checks here that capabilities
 //! cannot express (a vlan rewrite whose packet would reach the kernel, a jump backwards) make
 //! the plugin answer `unsupported` itself.
 
