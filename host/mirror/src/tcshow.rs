@@ -178,10 +178,7 @@ pub fn size(sz: u64) -> String {
     }
 }
 
-/// psched ticks (64 ns) at a rate (per second) as an amount (tc's `tc_calc_xmitsize`).
-fn ticks_at(rate: u64, ticks: u64) -> u64 {
-    ((rate as u128 * ticks as u128 * 64) / 1_000_000_000) as u64
-}
+use crate::netlink::tc_act::police::ticks_at;
 
 /// The fields tc's JSON gives an action of a kind typed here (and mirred), beside `order`,
 /// `kind`, `index`, `ref` and `bind`.

@@ -774,7 +774,7 @@ pub enum TcActionParams {
     Pedit {
         keys: RVec<TcPeditKey>,
     },
-    /// `TCA_CSUM_UPDATE_FLAG_*` (iph 1, igmp 2, tcp 4, udp 8, icmp 16, udplite 32, sctp 64).
+    /// `TCA_CSUM_UPDATE_FLAG_*` (iph 1, icmp 2, igmp 4, tcp 8, udp 16, udplite 32, sctp 64).
     Csum {
         flags: u32,
     },

@@ -29,6 +29,7 @@ pub mod rtm;
 pub mod rule;
 pub mod tc;
 pub mod tc_act;
+pub mod tc_objects;
 pub mod vlan;
 
 use crate::Event;

@@ -64,8 +64,11 @@ pub struct State {
     pub want_redump: std::collections::BTreeSet<ObjectKind>,
     /// Each bridge's `mcast_snooping` option, by ifindex.
     bridge_snooping: BTreeMap<u32, bool>,
-    /// tc: qdiscs, classes, chains, filters, actions (not objects of the plugin API yet).
+    /// tc: qdiscs, classes, chains, filters, actions, from which the plugin API's tc objects
+    /// (in `objs`) are derived at each flush ([`State::sync_tc`]).
     pub tc: tc::Tc,
+    /// Set when `tc` changed since the tc objects were last derived.
+    tc_dirty: bool,
 }
 
 impl State {
@@ -210,7 +213,10 @@ impl State {
             Event::NewVlan(v) => self.new_vlan(v),
             Event::DelVlan(v) => self.del_vlan(v),
             Event::Nft(m) => self.apply_nft(m),
-            Event::Tc(m) => self.tc.apply(m),
+            Event::Tc(m) => {
+                self.tc.apply(m);
+                self.tc_dirty = true;
+            }
             Event::Ignored => {}
         }
     }

@@ -107,8 +107,10 @@ impl State {
             tc,
         } = snap;
         if let Some(tc) = tc {
-            // Not objects of the plugin API (no change is emitted): the dump replaces them.
+            // The dump replaces tc's lists; the plugin API's tc objects are derived from them
+            // at the flush (`State::sync_tc`), so only what differs is emitted.
             self.tc = tc;
+            self.tc_dirty = true;
         }
         if kinds.contains(&ObjectKind::NfChain) && !partial.contains(&ObjectKind::NfChain) {
             // Both nftables kinds come from one dump (`source::dump_requests`).
@@ -131,6 +133,7 @@ impl State {
         let covered = |k: &ObjectKey, o: &Object| -> bool {
             // Flows come from the conntrack source (`Mirror::update_flows`), never a dump here.
             k.kind() != ObjectKind::Flow
+                && !super::tc::is_tc_kind(k.kind())
                 && kinds.contains(&k.kind())
                 && !partial.contains(&k.kind())
                 && (!proxies_only || matches!(o, Object::Neighbour(n) if n.proxy))

@@ -209,11 +209,22 @@ impl Tc {
         }
         for a in filter_actions(&f).filter_map(action_of) {
             let k = (a.kind.clone(), a.index);
-            // An inline action: created with the filter (no reference of its own).
-            self.reported.entry(k).or_insert(Action {
-                refcnt: a.bindcnt,
-                ..a
-            });
+            match self.reported.entry(k) {
+                // The filter's copy is the action as it is now (newer than the last action
+                // message: a filter replaced with an inline action of a reused index).
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let e = e.get_mut();
+                    e.options = a.options;
+                    e.attributes = a.attributes;
+                }
+                // An inline action: created with the filter (no reference of its own).
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Action {
+                        refcnt: a.bindcnt,
+                        ..a
+                    });
+                }
+            }
         }
         if f.kind == "u32" && f.handle != 0 {
             // Listed under every u32 instance of its prio sharing its hash tables.
@@ -381,6 +392,41 @@ impl Tc {
                 })
             })
             .collect()
+    }
+
+    /// The state as the plugin API's tc objects (API 1.3; [`crate::netlink::tc_objects`]):
+    /// qdiscs, classes, the actions `tc actions list` shows, and the filters (not the
+    /// classifier instances), each with its actions as they are now and, for a shared block's,
+    /// the devices bound to it. u32 key nodes listed under several instances are one filter
+    /// each where the kernel holds them.
+    pub fn objects(&self) -> Vec<ekho_plugin_api::Object> {
+        use crate::netlink::tc_objects as conv;
+        use ekho_plugin_api::Object;
+        let mut out = Vec::new();
+        out.extend(self.qdiscs.values().map(|q| Object::Qdisc(conv::qdisc(q))));
+        out.extend(
+            self.classes
+                .values()
+                .map(|c| Object::TcClass(conv::class(c))),
+        );
+        out.extend(
+            self.actions()
+                .iter()
+                .map(|a| Object::TcAction(conv::action(a))),
+        );
+        let blocks = self.blocks();
+        let latest =
+            |kind: &str, index: u32| self.reported.get(&(kind.to_string(), index)).cloned();
+        for f in self.filters.values() {
+            let bindings = match f.target {
+                Target::Block(b) => blocks.get(&b).map(Vec::as_slice).unwrap_or(&[]),
+                Target::Dev(_) => &[],
+            };
+            if let Some(o) = conv::filter(f, bindings, &latest) {
+                out.push(Object::TcFilter(o));
+            }
+        }
+        out
     }
 
     /// The shared blocks and the (ifindex, hook parent) bound to each.
@@ -626,5 +672,144 @@ mod tests {
         assert_eq!(t.filters.len(), 2, "{:?}", t.filters.keys());
         t.apply(Message::DelFilter(egress));
         assert!(t.filters.is_empty());
+    }
+}
+
+/// The plugin API's tc kinds (API 1.3), derived from [`Tc`].
+pub fn is_tc_kind(k: ekho_plugin_api::ObjectKind) -> bool {
+    use ekho_plugin_api::ObjectKind as K;
+    matches!(k, K::Qdisc | K::TcClass | K::TcAction | K::TcFilter)
+}
+
+impl super::State {
+    /// Brings the tc objects in `objs` in line with `tc` when it changed: each is derived anew
+    /// ([`Tc::objects`]) and only what differs is touched, so a batch emits exactly the tc
+    /// objects it changed (an action replaced: every filter holding it). One pass over the tc
+    /// state per batch that changed it.
+    pub(super) fn sync_tc(&mut self) {
+        if !std::mem::take(&mut self.tc_dirty) {
+            return;
+        }
+        let new = self.tc.objects();
+        let keep: std::collections::BTreeSet<ekho_plugin_api::ObjectKey> =
+            new.iter().map(|o| o.key()).collect();
+        let gone: Vec<ekho_plugin_api::ObjectKey> = self
+            .objs
+            .keys()
+            .filter(|k| is_tc_kind(k.kind()) && !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.del(&k);
+        }
+        for o in new {
+            if self.objs.get(&o.key()) != Some(&o) {
+                self.put(o);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use crate::netlink::tc::{Message, H_INGRESS, H_MIN_INGRESS};
+    use crate::netlink::tc_objects::tests::filters;
+    use crate::state::tests::state;
+    use crate::Event;
+    use ekho_plugin_api::object::tc::TcActionParams;
+    use ekho_plugin_api::{Change, Object, ObjectKind};
+
+    fn kinds(c: &[Change]) -> Vec<(&'static str, ObjectKind)> {
+        c.iter()
+            .map(|c| {
+                let op = match c {
+                    Change::Add(_) => "add",
+                    Change::Update { .. } => "update",
+                    Change::Remove(_) => "remove",
+                };
+                (op, c.key().kind())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tc_messages_become_the_api_objects_and_an_action_replace_updates_its_filter() {
+        let mut s = state();
+        let clsact = crate::netlink::tc::Qdisc {
+            ifindex: 2,
+            handle: 0xffff_0000,
+            parent: H_INGRESS,
+            kind: "clsact".into(),
+            options: vec![],
+            ingress_block: None,
+            egress_block: None,
+            attributes: vec![],
+        };
+        s.apply(Event::Tc(Message::NewQdisc(clsact.clone())));
+        let mut f = filters("d0 ingress")[1].clone();
+        f.target = crate::netlink::tc::Target::Dev(2);
+        assert_eq!(f.parent, H_MIN_INGRESS);
+        s.apply(Event::Tc(Message::NewFilter(f.clone())));
+        let c = s.flush();
+        // The qdisc, the three inline actions, the filter (not its classifier instance).
+        assert_eq!(
+            kinds(&c),
+            [
+                ("add", ObjectKind::Qdisc),
+                ("add", ObjectKind::TcAction),
+                ("add", ObjectKind::TcAction),
+                ("add", ObjectKind::TcAction),
+                ("add", ObjectKind::TcFilter)
+            ]
+        );
+        // Nothing changed: nothing emitted.
+        s.apply(Event::Tc(Message::NewFilter(f.clone())));
+        assert_eq!(s.flush(), vec![]);
+        // `tc actions replace action vlan ... index 4`: the action and the filter holding it.
+        let mut vlan = crate::netlink::tc::filter_actions(&f)
+            .find_map(|a| crate::netlink::tc::action_of(a).filter(|a| a.kind == "vlan"))
+            .unwrap();
+        if let crate::netlink::tc_act::ActionOptions::Vlan(v) = &mut vlan.options {
+            for o in v.iter_mut() {
+                if let crate::netlink::tc_act::TcActionVlanOption::PushVlanId(id) = o {
+                    *id = 9;
+                }
+            }
+        }
+        vlan.refcnt = 1;
+        vlan.bindcnt = 1;
+        s.apply(Event::Tc(Message::NewActions(vec![vlan])));
+        let c = s.flush();
+        assert_eq!(
+            kinds(&c),
+            [
+                ("update", ObjectKind::TcAction),
+                ("update", ObjectKind::TcFilter)
+            ]
+        );
+        let Change::Update {
+            new: Object::TcFilter(nf),
+            ..
+        } = &c[1]
+        else {
+            panic!("{c:?}")
+        };
+        assert!(matches!(
+            nf.actions[0].params,
+            TcActionParams::Vlan { id: 9, .. }
+        ));
+        // The qdisc deleted: its filter and inline actions go silently, and are removed.
+        s.apply(Event::Tc(Message::DelQdisc(clsact)));
+        let c = s.flush();
+        assert_eq!(
+            kinds(&c),
+            [
+                ("remove", ObjectKind::TcFilter),
+                ("remove", ObjectKind::TcAction),
+                ("remove", ObjectKind::TcAction),
+                ("remove", ObjectKind::TcAction),
+                ("remove", ObjectKind::Qdisc)
+            ]
+        );
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! Unlike the other actions, police's parameters (`tc_police`) do not start with `tc_gen`.
 
+/// psched ticks (64 ns) at a rate (per second) as an amount (tc's `tc_calc_xmitsize`): a
+/// police burst in bytes (at `rate` bytes per second) or packets (at `pkts_rate`).
+pub fn ticks_at(rate: u64, ticks: u64) -> u64 {
+    ((rate as u128 * ticks as u128 * 64) / 1_000_000_000) as u64
+}
+
 use netlink_packet_core::{
     parse_u32, parse_u64, DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, Parseable,
 };
