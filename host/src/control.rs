@@ -49,8 +49,9 @@ pub enum Request {
     Dump(Option<ObjectKind>),
     /// `ekho dump flows [--stats]`: the conntrack table.
     Flows { stats: bool },
-    /// `ekho dump qdiscs|classes|filters|chains|actions`: tc's lists.
-    DumpTc(Show),
+    /// `ekho dump qdiscs|classes|filters|chains|actions`: tc's lists (`filters --stats`: with
+    /// the kernel's software counters and the plugins' beside each filter).
+    DumpTc { what: Show, stats: bool },
     /// `ekho monitor`: the changes applied from now on, one line each.
     Monitor,
     /// `ekho reload`: re-read the config file.
@@ -74,7 +75,10 @@ impl Request {
                 // tc's lists (`qdiscs`, `filters`, ...) are tc's view, in its wording, though
                 // the plugin API's tc kinds share their names.
                 Some(k) => match (Show::from_name(k), ObjectKind::from_name(k)) {
-                    (Some(t), _) => Ok(Request::DumpTc(t)),
+                    (Some(t), _) => Ok(Request::DumpTc {
+                        what: t,
+                        stats: req["stats"].as_bool().unwrap_or(false),
+                    }),
                     (None, Some(k)) => Ok(Request::Dump(Some(k))),
                     (None, None) => Err(format!("unknown kind {k:?}; one of: {}", dump_kinds())),
                 },
@@ -125,7 +129,7 @@ pub trait Service: Send + Sync + 'static {
     /// `ekho dump flows --json`: the conntrack entries (with the table's counters: `stats`).
     fn flows(&self, stats: bool) -> Value;
     /// `ekho dump qdiscs|... --json`: the list as `tc -j` prints it.
-    fn dump_tc(&self, what: Show) -> Value;
+    fn dump_tc(&self, what: Show, stats: bool) -> Value;
     /// Hands `sink` every change applied from now on (no snapshot), until [`Service::unwatch`].
     fn watch(&self, sink: ChangeSink) -> WatchId;
     /// Ends a watch.
@@ -212,7 +216,7 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
         Ok(Request::Plugins) => service.plugins(),
         Ok(Request::Dump(kind)) => return dump(w, service, kind).await,
         Ok(Request::Flows { stats }) => service.flows(stats),
-        Ok(Request::DumpTc(what)) => service.dump_tc(what),
+        Ok(Request::DumpTc { what, stats }) => service.dump_tc(what, stats),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
         Ok(Request::Reload) => {
             let s = service.clone();
@@ -494,7 +498,10 @@ mod tests {
         );
         assert_eq!(
             Request::parse(r#"{"cmd":"dump","kind":"filters"}"#),
-            Ok(Request::DumpTc(Show::Filters))
+            Ok(Request::DumpTc {
+                what: Show::Filters,
+                stats: false
+            })
         );
     }
 

@@ -443,6 +443,60 @@ impl Daemon {
             .collect()
     }
 
+    /// What every running plugin that takes tc filters made of them, and its counters.
+    fn tc_filter_views(&self) -> Vec<TcFilterView> {
+        self.plugins
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|slot| match &slot.entry {
+                PluginEntry::Running { handle, .. }
+                    if handle.caps.takes_kind(ObjectKind::TcFilter) =>
+                {
+                    let s = handle.status.lock().unwrap();
+                    Some(TcFilterView {
+                        plugin: s.name.clone(),
+                        refused: s.tc_refused.clone(),
+                        outcomes: s.tc_outcomes.clone(),
+                        stats: s
+                            .tc_stats
+                            .iter()
+                            .map(|st| {
+                                (
+                                    st.key.clone(),
+                                    st.counters.first().copied().unwrap_or_default(),
+                                )
+                            })
+                            .collect(),
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The kernel's software counters of every filter now (a fresh `RTM_GETTFILTER` dump in
+    /// the mirrored netns), `None` when it could not be read.
+    fn filter_counters(&self, tc: &ekho_mirror::state::tc::Tc) -> Option<FilterCounters> {
+        let netns = self.config.netns_path();
+        let tc = tc.clone();
+        let read = move || -> Option<FilterCounters> {
+            if let Some(p) = &netns {
+                ekho_mirror::source::enter_netns(p).ok()?;
+            }
+            let mut req = ekho_mirror::source::ReqSocket::new().ok()?;
+            match req.filter_counters(&tc) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the filters' software counters");
+                    None
+                }
+            }
+        };
+        // On a thread of its own: entering the netns changes the calling thread's.
+        std::thread::spawn(read).join().ok().flatten()
+    }
+
     /// Refreshes the conntrack timeouts of the flows plugins report active.
     fn keep_flows_alive(&self, ka: &mut crate::flows::KeepAlive) {
         let stats = self.plugin_flow_stats();
@@ -904,8 +958,11 @@ impl control::Service for Daemon {
         self.flows.lock().unwrap().dump(stats, &plugins)
     }
 
-    /// `ekho dump qdiscs|classes|filters|chains|actions --json`.
-    fn dump_tc(&self, what: ekho_mirror::tcshow::Show) -> Value {
+    /// `ekho dump qdiscs|classes|filters|chains|actions --json`; each filter with what every
+    /// plugin taking filters made of it (`ekho_offload`), and with `stats` the kernel's software
+    /// counters read now (tc's `-s` `stats`, per action) and the plugins' (`ekho_stats`).
+    fn dump_tc(&self, what: ekho_mirror::tcshow::Show, stats: bool) -> Value {
+        use ekho_mirror::tcshow::Show;
         let names: ekho_mirror::tcshow::Names = self
             .mirror
             .dump(Some(ObjectKind::Link))
@@ -915,7 +972,18 @@ impl control::Service for Daemon {
                 _ => None,
             })
             .collect();
-        ekho_mirror::tcshow::json(&self.mirror.tc(), what, &names)
+        let tc = self.mirror.tc();
+        let mut v = ekho_mirror::tcshow::json(&tc, what, &names);
+        if what == Show::Filters {
+            let kernel = stats.then(|| self.filter_counters(&tc));
+            let plugins = self.tc_filter_views();
+            if let Some(list) = v.as_array_mut() {
+                for (f, e) in tc.filters.values().zip(list.iter_mut()) {
+                    annotate_filter(f, e, &plugins, kernel.as_ref(), stats);
+                }
+            }
+        }
+        v
     }
 
     fn watch(&self, sink: ChangeSink) -> WatchId {
@@ -1509,4 +1577,75 @@ fn skipped_in_dump(k: ObjectKind) -> bool {
             | ObjectKind::TcAction
             | ObjectKind::TcFilter
     )
+}
+
+/// The kernel's software counters per filter (mirror key), per action.
+type FilterCounters = std::collections::BTreeMap<
+    ekho_mirror::state::tc::FilterKey,
+    Vec<ekho_mirror::source::SwCounters>,
+>;
+
+/// One plugin's view of the tc filters, for `ekho dump filters`.
+struct TcFilterView {
+    plugin: String,
+    refused: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, crate::dispatch::TcRefusal>,
+    outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, String>,
+    stats: std::collections::HashMap<ekho_plugin_api::ObjectKey, ekho_plugin_api::ObjectCounters>,
+}
+
+/// Adds to a filter's `tc -j` entry what the plugins made of it (`ekho_offload`: plugin,
+/// outcome, the reason of an `unsupported`) and, with `stats`, the kernel's counters per action
+/// (`stats`, tc's `-s -j` names) and the plugins' (`ekho_stats`).
+fn annotate_filter(
+    f: &ekho_mirror::netlink::tc::Filter,
+    e: &mut Value,
+    plugins: &[TcFilterView],
+    kernel: Option<&Option<FilterCounters>>,
+    stats: bool,
+) {
+    if f.handle == 0 {
+        return;
+    }
+    let key = ObjectKey::TcFilter {
+        target: ekho_mirror::netlink::tc_objects::target(f.target),
+        parent: f.parent,
+        chain: f.chain,
+        prio: f.prio,
+        handle: f.handle,
+    };
+    let mut offload = Vec::new();
+    let mut ekho_stats = Vec::new();
+    let now = ekho_plugin_api::monotonic_ns();
+    for p in plugins {
+        if let Some(r) = p.refused.get(&key) {
+            offload.push(json!({"plugin": p.plugin, "outcome": "unsupported", "reason": r.reason}));
+        } else if let Some(o) = p.outcomes.get(&key) {
+            offload.push(json!({"plugin": p.plugin, "outcome": o}));
+        }
+        if let (true, Some(c)) = (stats, p.stats.get(&key)) {
+            let mut s = json!({"plugin": p.plugin, "packets": c.packets, "bytes": c.bytes,
+                "drops": c.drops, "lastused": c.lastused});
+            if c.lastused != 0 {
+                s["last_used"] = (now.saturating_sub(c.lastused) / 1_000_000_000).into();
+            }
+            ekho_stats.push(s);
+        }
+    }
+    if !offload.is_empty() {
+        e["ekho_offload"] = offload.into();
+    }
+    if !stats {
+        return;
+    }
+    e["ekho_stats"] = ekho_stats.into();
+    let Some(Some(kernel)) = kernel else {
+        return;
+    };
+    let counters = kernel.get(&(f.target, f.parent, f.chain, f.prio, f.handle));
+    if let (Some(counters), Some(actions)) = (counters, e["options"]["actions"].as_array_mut()) {
+        for (a, c) in actions.iter_mut().zip(counters) {
+            a["stats"] = json!({"bytes": c.bytes, "packets": c.packets, "drops": c.drops,
+                "overlimits": c.overlimits, "requeues": 0, "backlog": 0, "qlen": 0});
+        }
+    }
 }

@@ -72,7 +72,8 @@ enum Cmd {
         kind: Option<String>,
         #[arg(long)]
         json: bool,
-        /// With `flows`: the table's counters (entries, limit, refused, events, overruns, resyncs)
+        /// With `flows`: the table's counters (entries, limit, refused, events, overruns, resyncs);
+        /// with `filters`: the kernel's software counters and each plugin's beside each filter
         #[arg(long)]
         stats: bool,
     },
@@ -188,17 +189,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?;
                     print_or(json, &v, render::flows);
                 }
-                Cmd::Dump { stats: true, .. } => {
-                    anyhow::bail!("--stats goes with `ekho dump flows` only")
+                Cmd::Dump {
+                    stats: true, kind, ..
+                } if kind.as_deref() != Some("filters") => {
+                    anyhow::bail!(
+                        "--stats goes with `ekho dump flows` and `ekho dump filters` only"
+                    )
                 }
-                Cmd::Dump { kind, json, .. } => {
+                Cmd::Dump { kind, json, stats } => {
                     let tc = kind.as_deref().and_then(Show::from_name);
                     if let Some(k) = &kind {
                         if ObjectKind::from_name(k).is_none() && tc.is_none() {
                             anyhow::bail!("unknown kind {k:?}; one of: {}", control::dump_kinds());
                         }
                     }
-                    let req = json!({"cmd": "dump", "kind": kind});
+                    let req = json!({"cmd": "dump", "kind": kind, "stats": stats});
                     match tc {
                         // tc's lists: `tc -j`'s array, or tc's own lines.
                         Some(t) => {

@@ -360,6 +360,14 @@ pub fn status(v: &Value) -> String {
                 c["value"]
             );
         }
+        for t in p["tc_unsupported"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    unsupported filter {}: {}",
+                scalar(&t["filter"]),
+                scalar(&t["reason"])
+            );
+        }
         for f in p["recent_failures"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,

@@ -26,6 +26,7 @@
 
 mod nftables;
 mod tc;
+pub use tc::SwCounters;
 
 use crate::netlink::{self, rtm};
 use crate::state::Snapshot;
@@ -674,6 +675,45 @@ impl ReqSocket {
                 count += 1;
                 if parse {
                     std::hint::black_box(RouteNetlinkMessage::deserialize(&h, payload).ok());
+                }
+            }
+        }
+    }
+
+    /// Dumps `msg_type` with the given family header, calling `f` with every message as
+    /// netlink-packet-route decodes it, on this thread (for the few dumps whose messages carry
+    /// what the mirror's events drop: tc's counters). Returns the message count.
+    pub fn dump_messages(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        f: &mut dyn FnMut(RouteNetlinkMessage),
+    ) -> Result<u64, SourceError> {
+        use netlink_packet_core::NetlinkDeserializable;
+        let seq = self.send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, header)?;
+        let fd = self.sock.as_raw_fd();
+        let mut count = 0;
+        loop {
+            let (n, _) = recv_dump(fd, &mut self.buf).map_err(|e| nl_err("dump recv", e))?;
+            for (h, payload) in netlink::split(&self.buf[..n]) {
+                if h.sequence_number != seq {
+                    continue;
+                }
+                match h.message_type {
+                    NLMSG_DONE => return Ok(count),
+                    NLMSG_ERROR => {
+                        let code = errno(payload);
+                        if code != 0 {
+                            return Err(refused(format!("dump of type {msg_type}"), code));
+                        }
+                        return Ok(count);
+                    }
+                    _ => {
+                        count += 1;
+                        if let Ok(m) = RouteNetlinkMessage::deserialize(&h, payload) {
+                            f(m);
+                        }
+                    }
                 }
             }
         }

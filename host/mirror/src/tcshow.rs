@@ -841,6 +841,47 @@ pub fn text(list: &Value, what: Show) -> String {
                 }
                 for a in o["actions"].as_array().map(|v| v.as_slice()).unwrap_or(&[]) {
                     l += &format!("\n\t{}", action_text(a));
+                    // `--stats`: the kernel's software counters of the action, as `tc -s`.
+                    let st = &a["stats"];
+                    if st.is_object() {
+                        l += &format!(
+                            "\n\tSent {} bytes {} pkt (dropped {}, overlimits {} requeues {})",
+                            st["bytes"],
+                            st["packets"],
+                            st["drops"],
+                            st["overlimits"],
+                            st["requeues"]
+                        );
+                    }
+                }
+                // What the plugins counted (ekho's own keys: `--stats`).
+                for p in e["ekho_stats"]
+                    .as_array()
+                    .map(|v| v.as_slice())
+                    .unwrap_or(&[])
+                {
+                    l += &format!(
+                        "\n\t{}: {} bytes {} pkt (dropped {})",
+                        p["plugin"].as_str().unwrap_or(""),
+                        p["bytes"],
+                        p["packets"],
+                        p["drops"]
+                    );
+                    if let Some(u) = p["last_used"].as_u64() {
+                        l += &format!(" used {u}s");
+                    }
+                }
+                // What the plugins made of the filter.
+                for p in e["ekho_offload"]
+                    .as_array()
+                    .map(|v| v.as_slice())
+                    .unwrap_or(&[])
+                {
+                    l += &format!("\n\toffload: {}", p["outcome"].as_str().unwrap_or(""));
+                    if let Some(r) = p["reason"].as_str() {
+                        l += &format!(" ({r})");
+                    }
+                    l += &format!(" [{}]", p["plugin"].as_str().unwrap_or(""));
                 }
                 l
             }

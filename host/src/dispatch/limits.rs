@@ -1,8 +1,11 @@
 //! What the host refuses on a plugin's behalf without calling it: routes wider than its ECMP
-//! width, additions beyond its declared per-kind limits. Additions refused at a limit are
-//! remembered and offered again when room frees up, so a smaller table converges to what fits.
+//! width, additions beyond its declared per-kind limits, tc filters it cannot run whole
+//! ([`tc_refusal`]). Additions refused at a limit are remembered and offered again when room
+//! frees up, so a smaller table converges to what fits.
 
+use super::ports::PortFilter;
 use super::KINDS;
+use ekho_plugin_api::object::{TcTarget, TcUnsupported};
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::ObjectKey;
 use std::collections::BTreeSet;
@@ -36,6 +39,31 @@ pub(super) fn host_refusal(
         }
     }
     None
+}
+
+/// Why a tc filter that passed the kind and port filters is not taken (API 1.3), the host's
+/// `unsupported`: a shared block also bound to a port the plugin does not own (it could run the
+/// filter on some of the block's devices only), or the first reason
+/// [`Capabilities::takes_filter`] gives (a mirred target must be an owned port).
+pub(super) fn tc_refusal(
+    caps: &Capabilities,
+    o: &Object,
+    ports: &PortFilter,
+) -> Option<TcUnsupported> {
+    let Object::TcFilter(f) = o else {
+        return None;
+    };
+    if let Err(why) = caps.takes_filter(f, &|i| ports.owns(i)) {
+        return Some(why);
+    }
+    match f.target {
+        TcTarget::Block(block) => f
+            .devices()
+            .into_iter()
+            .find(|&i| !ports.owns(i))
+            .map(|ifindex| TcUnsupported::BlockPort { block, ifindex }),
+        TcTarget::Dev(_) => None,
+    }
 }
 
 /// Additions refused at a declared limit, to offer again when room frees up.
@@ -134,6 +162,62 @@ mod tests {
             Some(Outcome::Unsupported)
         );
         assert!(host_refusal(&caps, &held, &link(1, "a"), true).is_none());
+    }
+
+    #[test]
+    fn tc_filters_refused_with_tc_s_reasons_and_a_block_on_an_unowned_port() {
+        use ekho_plugin_api::object::{
+            Link, TcActionSpec, TcBinding, TcCapabilities, TcControl, TcFilter, TC_H_MIN_INGRESS,
+        };
+        let caps = Capabilities::new()
+            .kinds([ObjectKind::TcFilter])
+            .port_names(["v*"])
+            .tc(TcCapabilities::new()
+                .classifiers(["matchall"])
+                .actions(["gact"])
+                .ingress(true)
+                .shared_blocks(true));
+        let mut ports = PortFilter::new(&caps.ports, None);
+        for (i, n) in [(2, "v0"), (3, "p3")] {
+            ports.note_link(&Link {
+                ifindex: i,
+                ifname: n.into(),
+                ..Default::default()
+            });
+        }
+        let mut f = TcFilter::new(TcTarget::Dev(2), TC_H_MIN_INGRESS, 1, 1);
+        f.kind = "matchall".into();
+        f.actions.push(TcActionSpec::gact(TcControl::Shot));
+        assert_eq!(
+            tc_refusal(&caps, &Object::TcFilter(f.clone()), &ports),
+            None
+        );
+        let mut pedit = f.clone();
+        pedit
+            .actions
+            .push(TcActionSpec::raw("pedit", 1, TcControl::Pipe));
+        let why = tc_refusal(&caps, &Object::TcFilter(pedit), &ports).unwrap();
+        assert_eq!(why.to_string(), "action pedit not supported");
+        let mut block = f.clone();
+        block.target = TcTarget::Block(7);
+        block.bindings = vec![
+            TcBinding {
+                ifindex: 2,
+                egress: false,
+            },
+            TcBinding {
+                ifindex: 3,
+                egress: false,
+            },
+        ]
+        .into();
+        let why = tc_refusal(&caps, &Object::TcFilter(block), &ports).unwrap();
+        assert_eq!(
+            why.describe(&|i| ports.name(i)),
+            "block 7 is bound to p3, not an owned port"
+        );
+        // Not a filter: nothing to say.
+        assert_eq!(tc_refusal(&caps, &link(2, "v0"), &ports), None);
     }
 
     #[test]

@@ -96,6 +96,11 @@ impl PortFilter {
         }
     }
 
+    /// The name of the link `ifindex`, when known.
+    pub fn name(&self, ifindex: u32) -> Option<String> {
+        self.links.get(&ifindex).map(|(n, _)| n.clone())
+    }
+
     /// Whether the port `ifindex` is owned.
     #[inline]
     pub fn owns(&self, ifindex: u32) -> bool {

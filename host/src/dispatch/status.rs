@@ -91,6 +91,51 @@ pub struct PluginStatus {
     /// The plugin's per-flow counters, as last read (`object_stats`, about once a second).
     #[serde(skip)]
     pub flow_stats: std::sync::Arc<Vec<ekho_plugin_api::ObjectStats>>,
+    /// tc filters (API 1.3) the host does not hand the plugin, each with the reason in tc's
+    /// words (rendered into `tc_unsupported` in snapshots).
+    #[serde(skip)]
+    pub tc_refused: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, TcRefusal>,
+    /// The outcome the plugin gave each tc filter it holds (`offloaded`, `failed: ...`).
+    #[serde(skip)]
+    pub tc_outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, String>,
+    /// [`PluginStatus::tc_refused`], as `ekho status --json` lists it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tc_unsupported: Vec<TcRefusal>,
+    /// The plugin's per-filter counters, as last read (`object_stats`, about once a second).
+    #[serde(skip)]
+    pub tc_stats: std::sync::Arc<Vec<ekho_plugin_api::ObjectStats>>,
+}
+
+/// A tc filter the host does not hand a plugin: where it is (`dev v0 ingress pref 1 chain 0
+/// handle 0x1`, tc's words) and why (`action pedit not supported`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TcRefusal {
+    pub filter: String,
+    pub reason: String,
+}
+
+/// tc's words for where a filter is (`dev v0 ingress pref 1 chain 0 handle 0x1`, `block 7 pref
+/// 2 chain 0 handle 0x1`), device names by `name`.
+pub fn tc_filter_place(
+    f: &ekho_plugin_api::object::TcFilter,
+    name: &dyn Fn(u32) -> Option<String>,
+) -> String {
+    use ekho_plugin_api::object::{tc, TcTarget};
+    let at = match f.target {
+        TcTarget::Dev(i) => format!(
+            "dev {} {}",
+            name(i).unwrap_or_else(|| format!("if{i}")),
+            match f.parent {
+                tc::TC_H_MIN_INGRESS | tc::TC_H_MIN_EGRESS => tc::parent_name(f.parent),
+                p => format!("parent {}", tc::handle_name(p)),
+            }
+        ),
+        TcTarget::Block(b) => format!("block {b}"),
+    };
+    format!(
+        "{at} pref {} chain {} handle 0x{:x}",
+        f.prio, f.chain, f.handle
+    )
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -128,8 +173,10 @@ impl PluginStatus {
         });
     }
 
-    /// Renders `outcomes` (by kind and outcome name) from `per_outcome`, for a snapshot.
+    /// Renders `outcomes` (by kind and outcome name) from `per_outcome`, and `tc_unsupported`,
+    /// for a snapshot.
     pub(super) fn fill_outcomes(&mut self) {
+        self.tc_unsupported = self.tc_refused.values().cloned().collect();
         self.flows_offloaded = self.per_outcome[ObjectKind::Flow.index()][0];
         let per_outcome = &self.per_outcome;
         self.outcomes = ObjectKind::ALL

@@ -6,7 +6,8 @@ mod sync;
 
 use super::held::Held;
 use super::keys::key_hash;
-use super::limits::{host_refusal, Refused};
+use super::limits::{host_refusal, tc_refusal, Refused};
+use super::ports::PortFilter;
 use super::queue::{PendingMap, Queue, Work};
 use super::status::{outcome_code, PluginState, PluginStatus};
 use super::stream::StreamFeed;
@@ -153,6 +154,7 @@ impl Worker {
 
         // Turn pending entries into changes, answering refusals ourselves.
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
+        let ports = self.tc_ports();
         let mut refused = 0u64;
         for (key, p) in batch.drain(..) {
             let delivered = self.held.contains(key_hash(&key));
@@ -162,14 +164,13 @@ impl Worker {
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused.forget(&key);
+                    self.forget_tc(&key);
                     if let (true, Some(old)) = (delivered, base) {
                         changes.push(Change::Remove(owned(old)));
                     }
                 }
                 (base, Some(t)) => {
-                    if let Some(refusal) =
-                        host_refusal(&self.caps, &self.held_per_kind, &t, !delivered)
-                    {
+                    if let Some(refusal) = self.refusal(ports.as_ref(), &t, !delivered) {
                         if delivered {
                             if let Some(b) = base {
                                 changes.push(Change::Remove(owned(b)));
@@ -178,7 +179,9 @@ impl Worker {
                         refused += 1;
                         self.refused
                             .remember(&self.caps, &self.held_per_kind, &t, delivered);
-                        self.record_failure(&t, "add", &refusal);
+                        if !matches!(t, Object::TcFilter(_)) {
+                            self.record_failure(&t, "add", &refusal);
+                        }
                         continue;
                     }
                     match (delivered, base) {
@@ -328,6 +331,72 @@ impl Worker {
         s.count(outcomes);
         s.objects = self.held.len() as u64;
         s.per_outcome = self.per_outcome;
+        for (c, o) in chunk.iter().zip(outcomes) {
+            if c.kind() != ObjectKind::TcFilter {
+                continue;
+            }
+            match c {
+                Change::Remove(_) => {
+                    s.tc_outcomes.remove(&c.key());
+                }
+                _ => {
+                    let text = match o {
+                        Outcome::Failed(r) => format!("failed ({r})"),
+                        o => o.name().to_string(),
+                    };
+                    s.tc_outcomes.insert(c.key(), text);
+                }
+            }
+        }
+    }
+
+    /// The port scope as of now, for plugins that take tc filters (whose mirred targets and
+    /// shared blocks' devices must be owned ports).
+    pub(super) fn tc_ports(&self) -> Option<PortFilter> {
+        self.caps
+            .takes_kind(ObjectKind::TcFilter)
+            .then(|| self.queue.port_scope())
+    }
+
+    /// The host's answer for the plugin when it refuses `o` without calling it: declared
+    /// limits, ECMP width, a tc filter the plugin cannot run whole (its reason kept in the
+    /// status, or dropped once it is taken).
+    pub(super) fn refusal(
+        &self,
+        ports: Option<&PortFilter>,
+        o: &Object,
+        adding: bool,
+    ) -> Option<Outcome> {
+        if let (Some(p), Object::TcFilter(f)) = (ports, o) {
+            let why = tc_refusal(&self.caps, o, p);
+            let mut s = self.status.lock().unwrap();
+            match why {
+                Some(why) => {
+                    let name = |i: u32| p.name(i);
+                    s.tc_refused.insert(
+                        o.key(),
+                        super::status::TcRefusal {
+                            filter: super::status::tc_filter_place(f, &name),
+                            reason: why.describe(&name),
+                        },
+                    );
+                    return Some(Outcome::Unsupported);
+                }
+                None => {
+                    s.tc_refused.remove(&o.key());
+                }
+            }
+        }
+        host_refusal(&self.caps, &self.held_per_kind, o, adding)
+    }
+
+    /// A tc filter is gone (or out of the port scope): nothing more to say about it.
+    fn forget_tc(&self, key: &ObjectKey) {
+        if key.kind() == ObjectKind::TcFilter {
+            let mut s = self.status.lock().unwrap();
+            s.tc_refused.remove(key);
+            s.tc_outcomes.remove(key);
+        }
     }
 
     fn record_failure(&self, o: &Object, op: &str, outcome: &Outcome) {
@@ -354,6 +423,12 @@ impl Worker {
         if self.caps.takes_kind(ObjectKind::Flow) && !self.failed {
             match self.plugin.object_stats(ObjectKind::Flow).into_result() {
                 Ok(v) => self.status.lock().unwrap().flow_stats = Arc::new(v.into_vec()),
+                Err(e) => self.fail(e.to_string()),
+            }
+        }
+        if self.caps.takes_kind(ObjectKind::TcFilter) && !self.failed {
+            match self.plugin.object_stats(ObjectKind::TcFilter).into_result() {
+                Ok(v) => self.status.lock().unwrap().tc_stats = Arc::new(v.into_vec()),
                 Err(e) => self.fail(e.to_string()),
             }
         }

@@ -27,6 +27,16 @@
 //! - `release_flows_path`: once this file exists, every flow held is handed back to the kernel
 //!   (`Request::ReleaseFlow`, as a dataplane that saw a FIN would), once each.
 //!
+//! - `tc`: what of tc filters it runs (API 1.3; default: every filter), a table of
+//!   [`TcCapabilities`]'s fields: `classifiers`, `actions`, `flower_keys` (default: every key
+//!   this version knows), `mirred` (`"egress redirect"`, ...; default: all), `ingress`,
+//!   `egress`, `shared_blocks`, `goto_chain` (default: true), e.g.
+//!   `tc = { classifiers = ["flower"], actions = ["gact"] }`: the host then hands it only
+//!   such filters and reports the others unsupported with the reason.
+//! - `filters_active_path`: while this file exists, every tc filter held counts one packet of
+//!   100 bytes (dropped, if its last action is a drop) more per `object_stats` call, `lastused`
+//!   now, as a dataplane running it would; otherwise its counters stay.
+//!
 //! Flows (API 1.2) are taken NAT included unless `kinds` leaves them out.
 //!
 //! Line format: `{"seq":N,"stream":"netlink"|"ebpf","op":"add"|"update"|"remove"|"event"|
@@ -60,6 +70,60 @@ struct Config {
     shutdown_delay_ms: Option<u64>,
     flows_active_path: Option<PathBuf>,
     release_flows_path: Option<PathBuf>,
+    tc: Option<TcConfig>,
+    filters_active_path: Option<PathBuf>,
+}
+
+/// The `tc` table: [`TcCapabilities`] by tc's names.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TcConfig {
+    classifiers: Option<Vec<String>>,
+    actions: Option<Vec<String>>,
+    flower_keys: Option<Vec<String>>,
+    mirred: Option<Vec<String>>,
+    ingress: Option<bool>,
+    egress: Option<bool>,
+    shared_blocks: Option<bool>,
+    goto_chain: Option<bool>,
+}
+
+impl TcConfig {
+    fn capabilities(&self) -> Result<TcCapabilities, String> {
+        let name = |what: &str, s: &str, all: &[&'static str]| {
+            all.iter()
+                .position(|n| *n == s)
+                .ok_or_else(|| format!("unknown {what} {s:?} in recorder tc config"))
+        };
+        let keys: Vec<FlowerKey> = match &self.flower_keys {
+            None => FlowerKey::ALL.to_vec(),
+            Some(v) => {
+                let names: Vec<&'static str> = FlowerKey::ALL.iter().map(|k| k.name()).collect();
+                v.iter()
+                    .map(|s| name("flower key", s, &names).map(|i| FlowerKey::ALL[i]))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let mirred: Vec<TcMirredAction> = match &self.mirred {
+            None => vec![],
+            Some(v) => {
+                let names: Vec<&'static str> =
+                    TcMirredAction::ALL.iter().map(|k| k.name()).collect();
+                v.iter()
+                    .map(|s| name("mirred operation", s, &names).map(|i| TcMirredAction::ALL[i]))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(TcCapabilities::new()
+            .classifiers(self.classifiers.clone().unwrap_or_default())
+            .actions(self.actions.clone().unwrap_or_default())
+            .flower_keys(keys)
+            .mirred(mirred)
+            .ingress(self.ingress.unwrap_or(true))
+            .egress(self.egress.unwrap_or(true))
+            .shared_blocks(self.shared_blocks.unwrap_or(true))
+            .goto_chain(self.goto_chain.unwrap_or(true)))
+    }
 }
 
 /// A flow held: its counters (both directions alike) and whether it was handed back.
@@ -85,6 +149,8 @@ struct Recorder {
     host: HostHandle,
     /// Flows held, by key (counters change in `object_stats`, which takes `&self`).
     flows: std::sync::Mutex<BTreeMap<ObjectKey, HeldFlow>>,
+    /// tc filters held, by key: whether the last action drops, and the counters.
+    filters: std::sync::Mutex<BTreeMap<ObjectKey, (bool, ObjectCounters)>>,
 }
 
 fn key_string(o: &Object) -> String {
@@ -218,6 +284,10 @@ impl Plugin for Recorder {
             caps = caps.port_names(p.clone());
         }
         caps = caps.nexthop_objects(true).flow_nat(true);
+        caps = match &cfg.tc {
+            Some(t) => caps.tc(t.capabilities()?),
+            None => caps.tc(TcCapabilities::everything()),
+        };
         for (k, n) in cfg.limits.iter().flatten() {
             let kind = ObjectKind::from_name(k)
                 .ok_or_else(|| format!("unknown kind {k:?} in recorder limits"))?;
@@ -263,6 +333,7 @@ impl Plugin for Recorder {
             counts: BTreeMap::new(),
             host: ctx.host,
             flows: Default::default(),
+            filters: Default::default(),
         })
     }
 
@@ -307,6 +378,27 @@ impl Plugin for Recorder {
                     _ => flows.insert(o.key(), HeldFlow::default()),
                 };
             }
+            if kind == ObjectKind::TcFilter {
+                let mut filters = self.filters.lock().unwrap();
+                match c {
+                    Change::Remove(o) => {
+                        filters.remove(&o.key());
+                    }
+                    Change::Add(Object::TcFilter(f))
+                    | Change::Update {
+                        new: Object::TcFilter(f),
+                        ..
+                    } => {
+                        let drops = f
+                            .actions
+                            .last()
+                            .is_some_and(|a| a.control == TcControl::Shot);
+                        let e = filters.entry(c.key()).or_default();
+                        e.0 = drops;
+                    }
+                    _ => {}
+                }
+            }
             match c {
                 Change::Remove(_) => {
                     self.view.remove(&key);
@@ -333,6 +425,27 @@ impl Plugin for Recorder {
     }
 
     fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
+        if kind == ObjectKind::TcFilter {
+            let active = self
+                .cfg
+                .filters_active_path
+                .as_ref()
+                .is_some_and(|p| p.exists());
+            let now = ekho_plugin_api::monotonic_ns();
+            let mut filters = self.filters.lock().unwrap();
+            return filters
+                .iter_mut()
+                .map(|(k, (drops, c))| {
+                    if active {
+                        c.packets += 1;
+                        c.bytes += 100;
+                        c.drops += *drops as u64;
+                        c.lastused = now;
+                    }
+                    ObjectStats::tc_filter(k.clone(), *c)
+                })
+                .collect();
+        }
         if kind != ObjectKind::Flow {
             return Vec::new();
         }

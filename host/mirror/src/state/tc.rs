@@ -176,7 +176,8 @@ impl Tc {
     }
 
     /// A filter of an `ingress` qdisc under `ingress`, whatever parent it was named by.
-    fn canonical(&self, mut f: Filter) -> Filter {
+    /// The filter as the mirror keeps it (an `ingress` qdisc's filters under `ingress`).
+    pub fn canonical(&self, mut f: Filter) -> Filter {
         if let Target::Dev(i) = f.target {
             if major(f.parent) == 0xffff_0000
                 && self

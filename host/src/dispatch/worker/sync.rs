@@ -4,7 +4,6 @@
 use super::Worker;
 use crate::dispatch::held::Held;
 use crate::dispatch::keys::key_hash;
-use crate::dispatch::limits::host_refusal;
 use crate::dispatch::ports::takes;
 use crate::dispatch::status::PluginState;
 use crate::dispatch::stream::{StreamEnd, StreamFeed};
@@ -120,7 +119,13 @@ impl Worker {
     /// Begin-sync; the plugin shows as syncing. Returns when the sync started.
     fn begin_sync(&mut self) -> Result<Instant, String> {
         let started = Instant::now();
-        self.status.lock().unwrap().state = Some(PluginState::Syncing);
+        {
+            // The sync hands over (or refuses) every tc filter anew.
+            let mut s = self.status.lock().unwrap();
+            s.state = Some(PluginState::Syncing);
+            s.tc_refused.clear();
+            s.tc_outcomes.clear();
+        }
         self.plugin
             .begin_sync()
             .into_result()
@@ -166,15 +171,18 @@ impl Worker {
         // Count this chunk's additions as they go, so a limit holds within the chunk.
         let mut keep = vec![true; changes.len()];
         let mut any_refused = false;
+        let ports = self.tc_ports();
         for (i, c) in changes.iter().enumerate() {
             let o = c.object();
-            if let Some(refusal) = host_refusal(&self.caps, &self.held_per_kind, o, true) {
+            if let Some(refusal) = self.refusal(ports.as_ref(), o, true) {
                 *refused += 1;
                 any_refused = true;
                 keep[i] = false;
                 self.refused
                     .remember(&self.caps, &self.held_per_kind, o, false);
-                self.record_failure(o, "add", &refusal);
+                if !matches!(o, Object::TcFilter(_)) {
+                    self.record_failure(o, "add", &refusal);
+                }
                 continue;
             }
             self.held_per_kind[c.kind().index()] += 1;
