@@ -179,7 +179,7 @@ impl Worker {
                         refused += 1;
                         self.refused
                             .remember(&self.caps, &self.held_per_kind, &t, delivered);
-                        if !matches!(t, Object::TcFilter(_)) {
+                        if !matches!(*t, Object::TcFilter(_)) {
                             self.record_failure(&t, "add", &refusal);
                         }
                         continue;
