@@ -131,6 +131,8 @@ struct port_val {
 	__u8 mac[6];
 	__u16 flags; // PORT_*
 	__u32 mtu;
+	__u16 zone; // conntrack zone of the packets it receives (the operator's `ct zone set`)
+	__u16 _pad;
 };
 
 struct port_stats {
@@ -146,8 +148,9 @@ struct route_stats {
 };
 
 // A flow entry's key: the 5-tuple as the packet carries it on ingress (one entry per direction
-// of a conntrack entry: its original tuple and its reply tuple). Addresses and ports in network
-// order, IPv4 addresses in the first 4 bytes (the rest zero).
+// of a conntrack entry: its original tuple and its reply tuple) and the conntrack zone, the
+// ingress port's (two zones may hold the same tuple, as conntrack tells them apart by zone).
+// Addresses and ports in network order, IPv4 addresses in the first 4 bytes (the rest zero).
 struct flow_key {
 	__u8 src[16];
 	__u8 dst[16];
@@ -155,7 +158,7 @@ struct flow_key {
 	__u16 dport;
 	__u8 proto;  // IPPROTO_TCP / IPPROTO_UDP
 	__u8 family; // AF_INET / AF_INET6
-	__u16 _pad;
+	__u16 zone;
 };
 
 // What a packet of that direction is rewritten to (the other direction's tuple reversed: SNAT
@@ -570,7 +573,7 @@ static __always_inline __u32 flow_admit(struct flow_stats *st, const struct flow
 // Returns -1 when the packet is not of an offloaded flow (the route path follows), else the
 // verdict. `l4` is the byte after the IPv4 header (no options).
 static __always_inline int flow_v4(__u32 in_if, struct ethhdr *eth, struct iphdr *iph, void *data_end,
-				   __u32 cfg_flags, __u32 ip_len)
+				   __u32 cfg_flags, __u32 ip_len, __u16 zone)
 {
 	__u8 proto = iph->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
@@ -585,6 +588,7 @@ static __always_inline int flow_v4(__u32 in_if, struct ethhdr *eth, struct iphdr
 	k.dport = uh->dest;
 	k.proto = proto;
 	k.family = AF_INET;
+	k.zone = zone;
 	const struct flow_val *fv = bpf_map_lookup_elem(&FLOWS, &k);
 	if (!fv)
 		return -1;
@@ -650,7 +654,7 @@ static __always_inline int flow_v4(__u32 in_if, struct ethhdr *eth, struct iphdr
 }
 
 static __always_inline int flow_v6(__u32 in_if, struct ethhdr *eth, struct ipv6hdr *ip6,
-				   void *data_end, __u32 cfg_flags, __u32 ip_len)
+				   void *data_end, __u32 cfg_flags, __u32 ip_len, __u16 zone)
 {
 	__u8 proto = ip6->nexthdr;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
@@ -665,6 +669,7 @@ static __always_inline int flow_v6(__u32 in_if, struct ethhdr *eth, struct ipv6h
 	k.dport = uh->dest;
 	k.proto = proto;
 	k.family = AF_INET6;
+	k.zone = zone;
 	const struct flow_val *fv = bpf_map_lookup_elem(&FLOWS, &k);
 	if (!fv)
 		return -1;
@@ -729,7 +734,7 @@ static __always_inline int flow_v6(__u32 in_if, struct ethhdr *eth, struct ipv6h
 }
 
 static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct iphdr *iph,
-				      void *data_end, __u32 cfg_flags)
+				      void *data_end, __u32 cfg_flags, __u16 zone)
 {
 	if ((void *)(iph + 1) > data_end)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
@@ -747,7 +752,7 @@ static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct ip
 
 	__u32 ip_len = bpf_ntohs(iph->tot_len);
 	// Offloaded flows first: they carry the kernel's NAT and netfilter verdict.
-	int fr = flow_v4(in_if, eth, iph, data_end, cfg_flags, ip_len);
+	int fr = flow_v4(in_if, eth, iph, data_end, cfg_flags, ip_len, zone);
 	if (fr >= 0)
 		return fr;
 	if (cfg_flags & CFG_PUNT_V4)
@@ -777,7 +782,7 @@ static __always_inline int forward_v4(__u32 in_if, struct ethhdr *eth, struct ip
 }
 
 static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ipv6hdr *ip6,
-				      void *data_end, __u32 cfg_flags)
+				      void *data_end, __u32 cfg_flags, __u16 zone)
 {
 	if ((void *)(ip6 + 1) > data_end)
 		return verdict(in_if, XDP_PASS, R_MALFORMED);
@@ -795,7 +800,7 @@ static __always_inline int forward_v6(__u32 in_if, struct ethhdr *eth, struct ip
 		return verdict(in_if, XDP_PASS, R_SPECIAL_ADDR);
 
 	__u32 ip_len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
-	int fr = flow_v6(in_if, eth, ip6, data_end, cfg_flags, ip_len);
+	int fr = flow_v6(in_if, eth, ip6, data_end, cfg_flags, ip_len, zone);
 	if (fr >= 0)
 		return fr;
 	if (cfg_flags & CFG_PUNT_V6)
@@ -857,8 +862,10 @@ int ekho_xdp_router(struct xdp_md *ctx)
 		cfg_flags = cfg->flags;
 
 	if (proto == bpf_htons(ETH_P_IP))
-		return forward_v4(in_if, eth, (struct iphdr *)(eth + 1), data_end, cfg_flags);
-	return forward_v6(in_if, eth, (struct ipv6hdr *)(eth + 1), data_end, cfg_flags);
+		return forward_v4(in_if, eth, (struct iphdr *)(eth + 1), data_end, cfg_flags,
+				  in_port->zone);
+	return forward_v6(in_if, eth, (struct ipv6hdr *)(eth + 1), data_end, cfg_flags,
+			  in_port->zone);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -16,6 +16,7 @@ pub fn spec_of(f: &Flow) -> Result<FlowSpec, FlowError> {
     };
     let spec = FlowSpec {
         proto: f.protocol,
+        zone: f.zone,
         orig: t(&f.original),
         reply: t(&f.reply),
     };

@@ -37,6 +37,8 @@ pub struct Tuple {
 pub struct FlowSpec {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
+    /// The conntrack zone: packets are matched in the zone of the port they arrive on.
+    pub zone: u16,
     pub orig: Tuple,
     pub reply: Tuple,
 }
@@ -50,7 +52,7 @@ pub enum FlowError {
     Family(Box<FlowSpec>),
     #[error("the flow table is full ({0} flows): the flow stays in the kernel")]
     Full(usize),
-    #[error("another offloaded flow has the same {0} tuple (another conntrack zone?): the flow stays in the kernel")]
+    #[error("another offloaded flow has the same {0} tuple in the same zone: the flow stays in the kernel")]
     Duplicate(&'static str),
     #[error("data path: {0}")]
     Dataplane(#[from] Error),
@@ -79,7 +81,7 @@ fn addr16(a: IpAddr) -> [u8; 16] {
     out
 }
 
-fn key_of(proto: u8, t: &Tuple) -> FlowKey {
+fn key_of(proto: u8, zone: u16, t: &Tuple) -> FlowKey {
     FlowKey {
         src: addr16(t.src),
         dst: addr16(t.dst),
@@ -87,7 +89,7 @@ fn key_of(proto: u8, t: &Tuple) -> FlowKey {
         dport: t.dport.to_be(),
         proto,
         family: if t.src.is_ipv4() { 2 } else { 10 },
-        pad: 0,
+        zone,
     }
 }
 
@@ -119,11 +121,11 @@ impl FlowSpec {
         }
         Ok([
             (
-                key_of(self.proto, &self.orig),
+                key_of(self.proto, self.zone, &self.orig),
                 val_of(&self.reply, id, FLOW_DIR_ORIG),
             ),
             (
-                key_of(self.proto, &self.reply),
+                key_of(self.proto, self.zone, &self.reply),
                 val_of(&self.orig, id, FLOW_DIR_REPLY),
             ),
         ])
@@ -384,6 +386,7 @@ mod tests {
     fn masquerade_rewrites_both_directions() {
         let spec = FlowSpec {
             proto: IPPROTO_TCP,
+            zone: 0,
             orig: t("10.0.1.2", 40000, "10.0.2.2", 5001),
             reply: t("10.0.2.2", 5001, "10.0.2.1", 61000),
         };
@@ -391,7 +394,17 @@ mod tests {
         let [(k0, v0), (k1, v1)] = spec.entries(7).unwrap();
         assert_eq!(&k0.src[..4], &[10, 0, 1, 2]);
         assert_eq!(u16::from_be(k0.sport), 40000);
-        assert_eq!(k0.family, 2);
+        assert_eq!((k0.family, k0.zone, k1.zone), (2, 0, 0));
+        // The same tuples in another conntrack zone: other keys (no collision), same rewrite.
+        let [(z0, w0), (z1, _)] = FlowSpec { zone: 7, ..spec }.entries(7).unwrap();
+        assert_eq!((z0.zone, z1.zone), (7, 7));
+        assert_ne!(z0, k0);
+        assert_eq!(
+            FlowKey { zone: 0, ..z0 },
+            k0,
+            "only the zone tells them apart"
+        );
+        assert_eq!(w0, v0);
         // original direction leaves as r:61000 -> h2:5001
         assert_eq!(&v0.src[..4], &[10, 0, 2, 1]);
         assert_eq!(&v0.dst[..4], &[10, 0, 2, 2]);
@@ -411,6 +424,7 @@ mod tests {
     fn plain_flows_rewrite_to_themselves() {
         let spec = FlowSpec {
             proto: IPPROTO_UDP,
+            zone: 0,
             orig: t("fd00:1::2", 1, "fd00:2::2", 2),
             reply: t("fd00:2::2", 2, "fd00:1::2", 1),
         };
@@ -431,6 +445,7 @@ mod tests {
     fn refuses_what_it_cannot_run() {
         let mut spec = FlowSpec {
             proto: 1,
+            zone: 0,
             orig: t("10.0.1.2", 0, "10.0.2.2", 0),
             reply: t("10.0.2.2", 0, "10.0.1.2", 0),
         };

@@ -49,6 +49,8 @@
 //! ports = ["eth*", "swp*"]      # globs of ports to own; default: every Ethernet port received
 //! xdp_mode = "auto"             # auto | native | skb
 //! resolve_interval_ms = 1000    # at most one resolution request per next hop per interval
+//! zones = { p1 = 1, p3 = 1 }     # conntrack zone of each port's packets (default 0), as the
+//!                               # operator's `iif NAME ct zone set N` rules set it
 //! ```
 //! Own ports with the `ports` key *here*. The plugin declares every port in its capabilities on
 //! purpose: the host drops objects tied only to ports outside a plugin's scope, and a router
@@ -109,6 +111,13 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval_ms: u32,
+    /// The conntrack zone of each port's packets, by port name, as the operator's rules set it
+    /// (`iif NAME ct zone set N` in a raw prerouting chain); a port not listed is in zone 0.
+    /// The flow path matches a packet against the flows of its ingress port's zone, so flows
+    /// of two zones with the same tuple do not collide, and a flow of a zone no owned port is
+    /// in is not taken (it stays in the kernel).
+    #[serde(default)]
+    pub zones: BTreeMap<String, u16>,
 }
 
 fn default_resolve_interval() -> u32 {
@@ -316,6 +325,12 @@ impl XdpRouter {
                 } else {
                     0
                 };
+                let zone = self
+                    .cfg
+                    .zones
+                    .get(link.ifname.as_str())
+                    .copied()
+                    .unwrap_or(0);
                 self.dp()?
                     .set_port(
                         ifindex,
@@ -323,6 +338,8 @@ impl XdpRouter {
                             mac,
                             flags,
                             mtu: link.mtu,
+                            zone,
+                            pad: 0,
                         }),
                     )
                     .map_err(|e| e.to_string())?;
@@ -964,6 +981,13 @@ impl XdpRouter {
                 return Outcome::failed(e.to_string());
             }
         };
+        if !self.zone_served(spec.zone) {
+            self.flows_refused += 1;
+            return Outcome::failed(format!(
+                "conntrack zone {}: no port of this plugin is in it (its `zones` config maps port names to zones): the flow stays in the kernel",
+                spec.zone
+            ));
+        }
         // An update that changes the tuples replaces the entries and starts the counters
         // again; one of other fields (status, mark) leaves them.
         let old_id = self.flows.id_of(&key);
@@ -982,6 +1006,12 @@ impl XdpRouter {
                 Outcome::failed(e.to_string())
             }
         }
+    }
+
+    /// Whether packets of conntrack zone `zone` can arrive on a port: a zone `zones` gives
+    /// some port, or 0 (the zone of the ports it does not list).
+    fn zone_served(&self, zone: u16) -> bool {
+        zone == 0 || self.cfg.zones.values().any(|v| *v == zone)
     }
 
     /// Offloaded flows whose FIN/RST the event thread missed (ring full) are released here.

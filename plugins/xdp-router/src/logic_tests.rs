@@ -734,7 +734,7 @@ fn flows_it_cannot_run_fail_and_are_counted() {
         ..flow(1, 1)
     };
     let a = flow(40000, 61000);
-    // Same tuples as `a` in another zone: the data path has no zones.
+    // Same tuples as `a` in a zone no port is in (no `zones` config): stays in the kernel.
     let other_zone = Flow {
         zone: 7,
         ..a.clone()
@@ -746,7 +746,7 @@ fn flows_it_cannot_run_fail_and_are_counted() {
     );
     assert_eq!(outs[1], Outcome::Offloaded);
     assert!(
-        matches!(&outs[2], Outcome::Failed(m) if m.contains("same")),
+        matches!(&outs[2], Outcome::Failed(m) if m.contains("zone 7") && m.contains("zones")),
         "{outs:?}"
     );
     assert_eq!(f.st().flows.len(), 2);
@@ -796,4 +796,29 @@ fn a_flow_marked_in_the_data_path_is_released_once_and_swept_by_a_sync() {
     assert_eq!(p.offloaded_flows(), 1);
     assert_eq!(fake.st().flows.len(), 2);
     assert_eq!(p.object_stats(ObjectKind::Flow)[0].key, key_a);
+}
+
+#[test]
+fn ports_carry_their_zone_and_flows_of_two_zones_do_not_collide() {
+    let (mut p, f) = base("zones = { p1 = 7, p2 = 7 }");
+    assert_eq!(f.st().ports[&1].zone, 7);
+    assert_eq!(f.st().ports[&3].zone, 0, "not listed: zone 0");
+    let a = flow(40000, 61000);
+    let b = Flow {
+        zone: 7,
+        ..a.clone()
+    };
+    assert_eq!(
+        add(&mut p, vec![a.into(), b.into()]),
+        vec![Outcome::Offloaded, Outcome::Offloaded]
+    );
+    let st = f.st();
+    assert_eq!(st.flows.len(), 4, "two entries per flow, keyed by zone too");
+    let mut zones: Vec<u16> = st.flows.keys().map(|k| k.zone).collect();
+    zones.sort();
+    assert_eq!(zones, vec![0, 0, 7, 7]);
+    assert!(
+        crate::Config::parse("zones = { p1 = 70000 }").is_err(),
+        "a zone is 16 bits"
+    );
 }

@@ -157,6 +157,10 @@ pub struct PortVal {
     pub mac: [u8; 6],
     pub flags: u16,
     pub mtu: u32,
+    /// The conntrack zone of the packets the port receives: the flow path looks flows up in
+    /// it (`Config::zones`).
+    pub zone: u16,
+    pub pad: u16,
 }
 
 #[repr(C)]
@@ -182,7 +186,8 @@ pub struct ConfigVal {
     pub resolve_interval_ms: u32,
 }
 
-/// Key of `FLOWS`: a 5-tuple as a packet carries it (network order; IPv4 in the first 4 bytes).
+/// Key of `FLOWS`: a 5-tuple as a packet carries it (network order; IPv4 in the first 4 bytes)
+/// and the conntrack zone (the ingress port's, [`PortVal::zone`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -194,7 +199,7 @@ pub struct FlowKey {
     pub dport: u16,
     pub proto: u8,
     pub family: u8,
-    pub pad: u16,
+    pub zone: u16,
 }
 
 /// Value of `FLOWS`: what a packet of that direction is rewritten to, the flow's counter id and

@@ -1,9 +1,10 @@
 //! The BPF flow path run on crafted frames (`BPF_PROG_TEST_RUN`, `Dataplane::test_run`): NAT of
 //! both directions for TCP and UDP over IPv4 and IPv6, the output compared byte for byte with the
 //! expected frame built from scratch (checksums recomputed in full, so the incremental updates
-//! are checked against a recomputation), TTL, FIN/RST hand-back, per-direction counters, the
-//! netfilter punt the flow path overrides and the ones it obeys. Needs root (a namespace with a
-//! veth pair: the program's ingress and egress ports); prints `SKIP:` otherwise.
+//! are checked against a recomputation), TTL, FIN/RST hand-back, per-direction counters, flows
+//! keyed by conntrack zone, the netfilter punt the flow path overrides and the ones it obeys.
+//! Needs root (a namespace with a veth pair: the program's ingress and egress ports); prints
+//! `SKIP:` otherwise.
 
 use ekho_testkit::*;
 use ekho_xdp_router::dataplane::{Dataplane, XdpMode};
@@ -212,6 +213,8 @@ fn rig() -> Option<Rig> {
                 mac: m,
                 flags: PORT_UP,
                 mtu: 1500,
+                zone: 0,
+                pad: 0,
             }),
         )
         .unwrap();
@@ -261,12 +264,25 @@ fn masq(proto: u8, v6: bool) -> FlowSpec {
     };
     FlowSpec {
         proto,
+        zone: 0,
         orig: tuple(h1, 40000, h2, 5001),
         reply: tuple(h2, 5001, r, 61000),
     }
 }
 
 impl Rig {
+    /// Puts port `port` (ifindex, MAC) in conntrack zone `zone`.
+    fn set_zone(&mut self, port: (u32, [u8; 6]), zone: u16) {
+        let v = PortVal {
+            mac: port.1,
+            flags: PORT_UP,
+            mtu: 1500,
+            zone,
+            pad: 0,
+        };
+        self.dp.set_port(port.0, Some(v)).unwrap();
+    }
+
     /// A packet of `t` entering from h1 (dir 0) or h2 (dir 1).
     fn pkt(&self, proto: u8, t: &Tuple, from_h2: bool, payload: &[u8]) -> Pkt {
         let (port, smac) = if from_h2 {
@@ -400,6 +416,7 @@ fn checksums_match_a_recomputation_for_random_flows() {
         };
         let spec = FlowSpec {
             proto,
+            zone: 0,
             orig: tuple(&h1, r as u16, &h2, (r >> 16) as u16),
             reply: tuple(&h2, (r >> 16) as u16, &nat, (r >> 32) as u16),
         };
@@ -559,4 +576,58 @@ fn netfilter_punt_leaves_flows_running_policy_punt_stops_them() {
         &v4("10.0.1.2"),
         "removed flow: not NATed"
     );
+}
+
+/// Two conntrack zones holding the same tuple (overlapping customer networks): each packet
+/// meets the flow of its ingress port's zone, with that flow's NAT; a zone without a flow is
+/// not NATed by the flow path (it takes the route path).
+#[test]
+fn the_same_tuple_in_two_zones_are_two_flows() {
+    let Some(mut rig) = rig() else { return };
+    let mut table: FlowTable<u32> = FlowTable::new(MAX_FLOWS);
+    let base = masq(IPPROTO_UDP, false);
+    let z1 = FlowSpec { zone: 1, ..base };
+    let z2 = FlowSpec {
+        zone: 2,
+        reply: tuple("10.0.2.2", 5001, "10.0.2.1", 62000),
+        ..base
+    };
+    assert!(table.install(&mut rig.dp, 1, &z1).unwrap());
+    assert!(
+        table.install(&mut rig.dp, 2, &z2).unwrap(),
+        "the same original tuple in another zone is another flow"
+    );
+    let p = rig.pkt(IPPROTO_UDP, &base.orig, false, b"which zone?");
+    for (zone, spec, n) in [(1, &z1, 1u32), (2, &z2, 2)] {
+        rig.set_zone(rig.a, zone);
+        let (v, out) = rig.run(&p, false);
+        assert_eq!(v, XDP_REDIRECT, "zone {zone}");
+        assert_frame(
+            &out,
+            &rig.expected(&p, &spec.reply, false),
+            &format!("zone {zone}"),
+        );
+        assert_eq!(
+            table.counters(&rig.dp, &n).unwrap().packets,
+            [1, 0],
+            "zone {zone}"
+        );
+    }
+    // The reply of zone 2's flow, entering b in zone 2, goes back to h1.
+    rig.set_zone(rig.b, 2);
+    let q = rig.pkt(IPPROTO_UDP, &z2.reply, true, b"from zone 2");
+    let (v, out) = rig.run(&q, true);
+    assert_eq!(v, XDP_REDIRECT);
+    assert_frame(&out, &rig.expected(&q, &z2.orig, true), "zone 2 reply");
+    // Zone 3 has no flow: routed as it is (not NATed), no flow counts it.
+    rig.set_zone(rig.a, 3);
+    let (_, out) = rig.run(&p, false);
+    assert_ne!(
+        out,
+        rig.expected(&p, &z1.reply, false),
+        "zone 3 must not meet zone 1's flow"
+    );
+    assert_ne!(out, rig.expected(&p, &z2.reply, false));
+    assert_eq!(table.counters(&rig.dp, &1).unwrap().packets, [1, 0]);
+    assert_eq!(table.counters(&rig.dp, &2).unwrap().packets, [1, 1]);
 }
