@@ -6,7 +6,8 @@
 //! plugin's, in `ekho dump flows --stats`, grow); the entry outlives its idle timeout (5 s here)
 //! while the transfer runs (the host's keep-alive follows the plugin's lastused); `conntrack -D`
 //! removes the offload (the time until the kernel forwards the flow again is printed) and the
-//! transfer carries on through the kernel; the FIN tears the flow down in the kernel.
+//! transfer carries on through the kernel; the FIN tears the flow down in the kernel. The same
+//! through an IPv6 masquerade (an `ip6` nat table).
 //!
 //! Needs root, iproute2, ethtool, python3, conntrack and nft; prints `SKIP:` otherwise.
 
@@ -257,6 +258,79 @@ fn unpaced_transfers_complete_with_default_window_tracking() {
     assert!(done.is_some(), "{}", d.plugin("xdp-router"));
     println!(
         "flow_teardown {}, released {}",
+        counter(&d, "xdp", "flow_teardown"),
+        counter(&d, "flows", "released")
+    );
+}
+
+/// The IPv6 masquerade end to end, as the IPv4 transfer above: r masquerades IPv6 behind
+/// fd00:2::1 (an `ip6` nat table), a paced transfer h1 -> [fd00:2::2] creates one IPv6 entry
+/// the plugin offloads with its NAT; the kernel's counters stay still while the plugin's grow,
+/// the transfer arrives intact and its FIN goes to the kernel.
+#[test]
+fn ipv6_masqueraded_transfer_is_offloaded_with_its_nat() {
+    if skip_nat() {
+        return;
+    }
+    let port = PORT + 100;
+    let topo = Topo::new(false);
+    let dir = TempDir::new();
+    make_nat6_router(&topo, dir.path());
+    let cfg = host_config(&topo.r, build(), true, XDP_ROUTER);
+    let d = Daemon::start(dir.path(), &cfg);
+    let bytes = 32 << 20;
+    let mut xfer = Transfer::start_to(&topo, "fd00:2::2", port, bytes, 4.0 * (1 << 20) as f64);
+    let ct = wait_for(T, || {
+        ct_entries_of(&topo, "ipv6", port)
+            .into_iter()
+            .find(|e| e.state == "ESTABLISHED" && e.assured)
+    })
+    .expect("an ESTABLISHED, ASSURED IPv6 conntrack entry");
+    assert_eq!(
+        (ct.reply.0.as_str(), ct.reply.1.as_str()),
+        ("fd00:2::2", "fd00:2::1"),
+        "masqueraded behind r: {ct:?}"
+    );
+    let on = wait_for(T, || (offloaded(&d) == 1).then_some(()));
+    assert!(
+        on.is_some(),
+        "the IPv6 flow is offloaded: {}\n{}",
+        d.plugin("xdp-router"),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let k0 = ct_entries_of(&topo, "ipv6", port)[0].clone();
+    let f0 = counter(&d, "xdp", "flow_forwarded");
+    std::thread::sleep(Duration::from_millis(2500));
+    let k1 = ct_entries_of(&topo, "ipv6", port)[0].clone();
+    let f1 = counter(&d, "xdp", "flow_forwarded");
+    assert!(xfer.running(), "the transfer still runs");
+    assert_eq!(
+        k1.packets(),
+        k0.packets(),
+        "the kernel's conntrack counters grew while offloaded: {k0:?} -> {k1:?}"
+    );
+    assert!(
+        f1 > f0 + 500,
+        "the flow path forwards it: flow_forwarded {f0} -> {f1}"
+    );
+    let res = xfer.finish();
+    assert_eq!(res, Ok(bytes), "the transfer is intact\n{}", d.log_text());
+    let closed = wait_for(T, || {
+        ct_entries_of(&topo, "ipv6", port)
+            .into_iter()
+            .find(|e| e.state != "ESTABLISHED")
+    });
+    assert!(
+        closed.is_some(),
+        "the FIN tears the entry down in the kernel: {:?}",
+        ct_entries_of(&topo, "ipv6", port)
+    );
+    let none = wait_for(T, || (offloaded(&d) == 0).then_some(()));
+    assert!(none.is_some(), "no flow left: {}", d.plugin("xdp-router"));
+    println!(
+        "ipv6: flow_forwarded {}, flow_teardown {}, released {}",
+        counter(&d, "xdp", "flow_forwarded"),
         counter(&d, "xdp", "flow_teardown"),
         counter(&d, "flows", "released")
     );

@@ -33,6 +33,26 @@ pub fn make_nat_router(topo: &Topo, dir: &std::path::Path) {
     topo.ip(&topo.h2, "route del default");
 }
 
+/// The IPv6 masquerade table on r (`ip6 nat6`, chain `post`).
+pub const NAT6_RULES: &str = "table ip6 nat6 {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"p2\" masquerade\n }\n}\n";
+
+/// [`make_nat_router`] for IPv6: forwarding on, conntrack counters on, the IPv6 masquerade
+/// rule and the input filter (an `inet` table); h2 loses its IPv6 route back to h1.
+pub fn make_nat6_router(topo: &Topo, dir: &std::path::Path) {
+    let r = &topo.r;
+    let _ = Command::new("modprobe")
+        .args(["-q", "nf_conntrack"])
+        .status();
+    for kv in [
+        "net.ipv6.conf.all.forwarding=1",
+        "net.netfilter.nf_conntrack_acct=1",
+    ] {
+        topo.exec(r, &["sysctl", "-qw", kv]);
+    }
+    nft(topo, dir, &format!("{NAT6_RULES}{INPUT_RULES}"));
+    topo.ip(&topo.h2, "-6 route del default");
+}
+
 /// Loads `rules` into r's nftables (`nft -f`).
 pub fn nft(topo: &Topo, dir: &std::path::Path, rules: &str) {
     let f = dir.join("rules.nft");
@@ -152,10 +172,25 @@ pub fn parse_ct_line(line: &str) -> Option<CtEntry> {
     Some(e)
 }
 
-/// r's TCP conntrack entries to `dport` (original direction).
+/// r's IPv4 TCP conntrack entries to `dport` (original direction).
 pub fn ct_entries(topo: &Topo, dport: u16) -> Vec<CtEntry> {
+    ct_entries_of(topo, "ipv4", dport)
+}
+
+/// r's TCP conntrack entries of `family` (`ipv4`, `ipv6`) to `dport`.
+pub fn ct_entries_of(topo: &Topo, family: &str, dport: u16) -> Vec<CtEntry> {
     let out = Command::new("ip")
-        .args(["netns", "exec", &topo.r, "conntrack", "-L", "-p", "tcp"])
+        .args([
+            "netns",
+            "exec",
+            &topo.r,
+            "conntrack",
+            "-L",
+            "-f",
+            family,
+            "-p",
+            "tcp",
+        ])
         .args(["--dport", &dport.to_string(), "-o", "extended,id"])
         .stderr(Stdio::null())
         .output()
@@ -198,7 +233,7 @@ pub struct Transfer {
 
 const SERVER: &str = r#"
 import hashlib, socket, sys
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
@@ -246,9 +281,14 @@ print(sent, h.hexdigest(), flush=True)
 
 impl Transfer {
     pub fn start(topo: &Topo, port: u16, bytes: usize, rate: f64) -> Transfer {
+        Transfer::start_to(topo, "10.0.2.2", port, bytes, rate)
+    }
+
+    /// [`Transfer::start`] to h2's address `addr` (IPv4 or IPv6).
+    pub fn start_to(topo: &Topo, addr: &str, port: u16, bytes: usize, rate: f64) -> Transfer {
         let py = python();
         let mut server = Command::new("ip")
-            .args(["netns", "exec", &topo.h2, &py, "-c", SERVER, "10.0.2.2"])
+            .args(["netns", "exec", &topo.h2, &py, "-c", SERVER, addr])
             .arg(port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -259,7 +299,7 @@ impl Transfer {
         server_out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready", "transfer server");
         let client = Command::new("ip")
-            .args(["netns", "exec", &topo.h1, &py, "-c", CLIENT, "10.0.2.2"])
+            .args(["netns", "exec", &topo.h1, &py, "-c", CLIENT, addr])
             .args([port.to_string(), bytes.to_string(), rate.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
