@@ -20,7 +20,7 @@
 //!
 //! [flows]                            # conntrack of the mirrored netns (docs/flows.md)
 //! enabled = true                     # default true; without ctnetlink it is a status line
-//! limit = 65536                      # most entries mirrored (about 217 B each); more refused
+//! limit = 65536                      # most entries mirrored (about 225 B each); more refused
 //! rcvbuf = 33554432                  # ctnetlink event socket buffer, bytes (default 32 MiB)
 //! refresh_s = 10                     # re-dump and reconcile this often (0: only on overruns)
 //! [[flows.offload]]                  # offload candidates: ASSURED (TCP: ESTABLISHED) entries
@@ -111,7 +111,7 @@ pub struct HostConfig {
 pub struct FlowsConfig {
     /// Mirror conntrack (default true; a netns without ctnetlink is reported, not an error).
     pub enabled: Option<bool>,
-    /// The most entries mirrored, hence offload candidates (default 65536, about 217 bytes
+    /// The most entries mirrored, hence offload candidates (default 65536, about 225 bytes
     /// each); additions past it are refused and counted (`ekho status`: `refused`).
     pub limit: Option<usize>,
     /// Receive buffer of the ctnetlink event socket, bytes (default 32 MiB).

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Default `[flows] limit`: the most conntrack entries mirrored (about 217 bytes each, so about
+/// Default `[flows] limit`: the most conntrack entries mirrored (about 225 bytes each, so about
 /// 15 MiB at the limit); additions past it are refused and counted.
 pub const DEFAULT_LIMIT: usize = 65_536;
 /// Default `[flows] rcvbuf`: the ctnetlink event socket's receive buffer, bytes.

@@ -65,7 +65,7 @@ pub struct State {
     /// Each bridge's `mcast_snooping` option, by ifindex.
     bridge_snooping: BTreeMap<u32, bool>,
     /// tc: qdiscs, classes, chains, filters, actions, from which the plugin API's tc objects
-    /// (in `objs`) are derived at each flush ([`State::sync_tc`]).
+    /// (in `objs`) are derived at each flush (`State::sync_tc`).
     pub tc: tc::Tc,
     /// Set when `tc` changed since the tc objects were last derived.
     tc_dirty: bool,
