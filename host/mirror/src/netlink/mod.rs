@@ -189,6 +189,28 @@ pub fn event(p: &Parsed) -> Event {
 
 /// Decodes one message into a mirror event ([`parse`], then [`event`]).
 pub fn decode(header: &NetlinkHeader, payload: &[u8]) -> Result<Event, String> {
+    // Route notifications of the common shape skip netlink-packet-route (`route::fast`).
+    const NEWROUTE: u16 = 24;
+    const DELROUTE: u16 = 25;
+    let t = header.message_type;
+    let fast = match t {
+        NEWROUTE | DELROUTE => route::fast(payload),
+        _ => None,
+    };
+    if let Some(r) = fast {
+        let e = if t == NEWROUTE {
+            Event::NewRoute(r, header.flags)
+        } else {
+            Event::DelRoute(r)
+        };
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            Ok(&e),
+            parse(header, payload).map(|p| event(&p)).as_ref(),
+            "route::fast differs from the full decode of {payload:02x?}"
+        );
+        return Ok(e);
+    }
     Ok(event(&parse(header, payload)?))
 }
 
