@@ -1642,7 +1642,11 @@ fn annotate_filter(
         return;
     };
     let counters = kernel.get(&(f.target, f.parent, f.chain, f.prio, f.handle));
-    if let (Some(counters), Some(actions)) = (counters, e["options"]["actions"].as_array_mut()) {
+    let actions = e
+        .get_mut("options")
+        .and_then(|o| o.get_mut("actions"))
+        .and_then(|a| a.as_array_mut());
+    if let (Some(counters), Some(actions)) = (counters, actions) {
         for (a, c) in actions.iter_mut().zip(counters) {
             a["stats"] = json!({"bytes": c.bytes, "packets": c.packets, "drops": c.drops,
                 "overlimits": c.overlimits, "requeues": 0, "backlog": 0, "qlen": 0});

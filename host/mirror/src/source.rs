@@ -1138,7 +1138,7 @@ fn thread_main(
         }
     };
     req.dumping(None);
-    // tc (no kind of the plugin API) after the kinds.
+    // tc after the other kinds (its API objects are derived from this dump).
     let (mut snap, mut n) = (snap, n);
     let (tc, c, intr) = req.dump_tc()?;
     n += c;
@@ -1151,8 +1151,28 @@ fn thread_main(
     req.progress = None;
     let resync = m.stats().synced;
     m.reconcile(snap, n, t0.elapsed().as_millis() as u64, resync);
+    // The plugin API's tc objects are derived from the tc dump at the reconcile: the stream
+    // gets them last (they rank last), before the changes that follow (this thread applies
+    // them, after `done`).
+    let tc_objects: Vec<Initial> = match stream.is_some() {
+        true => [
+            ObjectKind::Qdisc,
+            ObjectKind::TcClass,
+            ObjectKind::TcAction,
+            ObjectKind::TcFilter,
+        ]
+        .into_iter()
+        .flat_map(|k| m.dump(Some(k)))
+        .map(|o| Initial::Object(Box::new(Change::Add(o))))
+        .collect(),
+        false => Vec::new(),
+    };
     m.set_synced(t0.elapsed().as_millis() as u64);
     if let Some(s) = stream.as_deref_mut() {
+        if !tc_objects.is_empty() {
+            let mut chunk = tc_objects;
+            s.objects(&[], &mut chunk);
+        }
         s.done();
     }
     drop(stream);

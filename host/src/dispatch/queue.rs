@@ -210,6 +210,11 @@ impl Queue {
         self.st.lock().unwrap().ports.scope_only()
     }
 
+    /// The port filter as of now, with the links it knows (their names).
+    pub(super) fn ports(&self) -> PortFilter {
+        self.st.lock().unwrap().ports.clone()
+    }
+
     /// Runs `f` with what the plugin takes as of now (under the queue's lock: `f` must not
     /// block).
     pub(super) fn with_filter<R>(&self, f: impl FnOnce(&dyn Fn(&Object) -> bool) -> R) -> R {

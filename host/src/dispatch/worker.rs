@@ -355,7 +355,7 @@ impl Worker {
     pub(super) fn tc_ports(&self) -> Option<PortFilter> {
         self.caps
             .takes_kind(ObjectKind::TcFilter)
-            .then(|| self.queue.port_scope())
+            .then(|| self.queue.ports())
     }
 
     /// The host's answer for the plugin when it refuses `o` without calling it: declared

@@ -683,7 +683,8 @@ pub struct TcPolice {
     pub conform: TcControl,
 }
 
-/// One pedit key (`struct tc_pedit_key` and its extended header type and command).
+/// One pedit key (`struct tc_pedit_key` and its extended header type and command): `val` and
+/// `mask` as the kernel holds them (network byte order, like [`TcU32Key`]'s).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct TcPeditKey {

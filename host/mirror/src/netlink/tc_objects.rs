@@ -776,7 +776,7 @@ fn raw_actions(n: &DefaultNla) -> Vec<TcAction> {
         .collect()
 }
 
-/// A filter (handle 0, a classifier instance, is not one: `None`), with the devices its shared
+/// A filter (handle 0, a classifier instance, is not one: `None`; nor a u32 hash table), with the devices its shared
 /// block is bound to (`(ifindex, hook parent)`, [`crate::state::tc::Tc::blocks`]). An action
 /// the kernel reported since (`latest`, by kind and index: `tc actions replace` changes every
 /// filter holding it without a filter message) replaces the filter's copy of it.
@@ -785,7 +785,9 @@ pub fn filter(
     block_bindings: &[(u32, u32)],
     latest: &dyn Fn(&str, u32) -> Option<Action>,
 ) -> Option<api::TcFilter> {
-    if f.handle == 0 {
+    // Nor is a u32 hash table (`fh 800:`, node bits 0): a key node matches, its `link` names
+    // the table it continues in.
+    if f.handle == 0 || (f.kind == "u32" && f.handle & 0xfff == 0) {
         return None;
     }
     let mut out = api::TcFilter {
@@ -847,9 +849,11 @@ pub fn filter(
                             keys: s
                                 .keys
                                 .iter()
+                                // netlink-packet-route gives them in host order; the API's
+                                // are the kernel's (network order).
                                 .map(|k| api::TcU32Key {
-                                    mask: k.mask,
-                                    val: k.val,
+                                    mask: k.mask.to_be(),
+                                    val: k.val.to_be(),
                                     off: k.off,
                                     offmask: k.offmask,
                                 })

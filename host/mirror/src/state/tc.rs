@@ -19,7 +19,10 @@
 //!   mirror keeps each action's own references and counts the bindings
 //!   ([`Tc::actions`]); an action created inline with a filter lives as long as it is bound.
 //! - on 6.1, adding a matchall filter announces one RTM_NEWTFILTER with handle 0 and no options,
-//!   not the filter (re-dumped on any RTM_NEWTFILTER with handle 0).
+//!   not the filter (re-dumped on any RTM_NEWTFILTER with handle 0);
+//! - on 6.18, replacing a u32 key node (`tc filter replace ... handle 800::800 u32 ...`)
+//!   announces it with its old actions (`tc monitor` prints `replaced filter ...` with the
+//!   replaced action's index and target): a filter announced again is re-dumped.
 //!
 //! u32 keeps its hash tables and key nodes per qdisc (or shared block), and the dump of a u32
 //! instance lists every one of its prio there, whichever chain, class or clsact hook the
@@ -192,6 +195,12 @@ impl Tc {
     }
 
     fn new_filter(&mut self, f: Filter) {
+        if f.handle != 0 && self.filters.contains_key(&fkey(&f)) {
+            // A replace (`tc filter replace`): 6.18 announces a u32 key node replaced with its
+            // old actions (`replaced filter ... index 1` while the kernel now holds index 2),
+            // so the replacement is read from a dump. Other classifiers alike, to be safe.
+            self.want_redump = true;
+        }
         let tp = (f.target, f.parent, f.chain, f.prio, 0);
         if f.handle != 0 && !self.filters.contains_key(&tp) {
             // A new classifier instance: its own entry is never announced.
