@@ -1042,6 +1042,17 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
             "nat": c.flows.nat,
             "protocols": c.flows.protocols.iter().map(|p| ekho_plugin_api::object::flow::proto_name(*p)).collect::<Vec<_>>(),
         },
+        "tc": {
+            "all": c.tc.all,
+            "classifiers": c.tc.classifiers.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "flower_keys": c.tc.flower_keys.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "actions": c.tc.actions.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "mirred": c.tc.mirred.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "ingress": c.tc.ingress,
+            "egress": c.tc.egress,
+            "shared_blocks": c.tc.shared_blocks,
+            "goto_chain": c.tc.goto_chain,
+        },
     })
 }
 

@@ -413,6 +413,35 @@ fn caps(out: &mut String, c: &Value) {
     {
         let _ = writeln!(out, "    flows:     {}", scalar(&c["flows"]));
     }
+    if c["kinds"]
+        .as_array()
+        .is_some_and(|k| k.iter().any(|k| k == "filter"))
+    {
+        let t = &c["tc"];
+        let tc = if t["all"] == true {
+            "every filter".to_string()
+        } else {
+            let hooks: Vec<&str> = [
+                ("ingress", "ingress"),
+                ("egress", "egress"),
+                ("shared_blocks", "shared blocks"),
+                ("goto_chain", "goto chain"),
+            ]
+            .iter()
+            .filter(|(k, _)| t[*k] == true)
+            .map(|(_, n)| *n)
+            .collect();
+            format!(
+                "classifiers [{}] actions [{}] flower keys [{}] mirred [{}] {}",
+                scalar(&t["classifiers"]),
+                scalar(&t["actions"]),
+                scalar(&t["flower_keys"]),
+                or_none(scalar(&t["mirred"])).replace("none", "all"),
+                hooks.join(", ")
+            )
+        };
+        let _ = writeln!(out, "    tc:        {tc}");
+    }
 }
 
 /// `ekho plugins`.
