@@ -49,6 +49,8 @@ pub fn build() -> &'static Path {
                 "hello-vendor",
                 "-p",
                 "ekho-xdp-router",
+                "-p",
+                "ekho-flower-xdp",
             ])
             .status()
             .expect("running cargo build");
