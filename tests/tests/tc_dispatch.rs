@@ -278,6 +278,34 @@ fn u32_filters_reach_the_plugins_that_run_them_and_the_others_say_why() {
     assert!(gone.is_some(), "{:?}", read_events(&ev("u32_v")));
     assert_eq!(refusals(&d, "u32_v").len(), 1);
 
+    // The redirect's port renamed into the scope: the filter is added; renamed back out of it:
+    // removed, with the reason again.
+    let rename = |from: &str, to: &str| {
+        ns.ip_batch(&format!(
+            "link set {from} down\nlink set {from} name {to}\nlink set {to} up\n"
+        ))
+    };
+    rename("p0", "v9");
+    let got = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev("u32_v")), 1)
+    });
+    assert!(got.is_some(), "{:?}", refusals(&d, "u32_v"));
+    assert!(refusals(&d, "u32_v").is_empty());
+    rename("v9", "p0");
+    let gone = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev("u32_v")), 1)
+            .is_none()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", read_events(&ev("u32_v")));
+    assert_eq!(
+        refusals(&d, "u32_v"),
+        [(
+            place.to_string(),
+            "mirred to p0 (not an owned port)".to_string()
+        )]
+    );
+
     // Deleted: gone from every plugin, nothing left to say.
     tc(&ns, "filter del dev v0 ingress pref 1").unwrap();
     d.settle();

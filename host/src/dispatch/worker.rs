@@ -235,8 +235,9 @@ impl Worker {
             }
             cursor = next;
             let held = &mut self.held;
-            let mut changes = self.queue.with_filter(move |takes| {
+            let (mut changes, kept_filters) = self.queue.with_filter(move |takes| {
                 let mut changes = Vec::new();
+                let mut kept_filters = Vec::new();
                 for c in chunk {
                     let o = match c {
                         Change::Add(o) => o,
@@ -246,11 +247,27 @@ impl Worker {
                     match (takes(&o), is_held) {
                         (true, false) => changes.push(Change::Add(o)),
                         (false, true) => changes.push(Change::Remove(o)),
+                        (true, true) if o.kind() == ObjectKind::TcFilter => kept_filters.push(o),
                         _ => {}
                     }
                 }
-                changes
+                (changes, kept_filters)
             });
+            // The host's refusals with the ports as they are now: a tc filter the plugin
+            // cannot run whole (a mirred target or a block's device that left the scope) is not
+            // added, or removed if held; its reason is kept.
+            let ports = self.tc_ports();
+            if ports.is_some() {
+                changes.retain(|c| match c {
+                    Change::Add(o) => self.refusal(ports.as_ref(), o, true).is_none(),
+                    _ => true,
+                });
+                for o in kept_filters {
+                    if self.refusal(ports.as_ref(), &o, false).is_some() {
+                        changes.push(Change::Remove(o));
+                    }
+                }
+            }
             order::sort_batch(&mut changes);
             self.apply_in_batches(&changes)?;
         }
