@@ -432,6 +432,44 @@ impl ParamsName for TcActionSpec {
     }
 }
 
+/// The rule that stands for a filter held but not run here (refused by [`compile`]): at the
+/// filter's place in the order, a frame it may match goes to the kernel untouched, so no later
+/// filter run in XDP decides a frame tc would have given to this one first. Its keys when they
+/// compile, else every frame (of its protocol).
+pub fn trap(f: &TcFilter) -> Rule {
+    let (key, mask, r) = compile_match(f).unwrap_or_else(|_| {
+        let mut key = FKey::default();
+        let mut mask = FKey::default();
+        if f.protocol != ETH_P_ALL {
+            key.proto = f.protocol.to_be_bytes();
+            mask.proto = [0xff; 2];
+        }
+        (key, mask, [0; 4])
+    });
+    let mut rule = Rule {
+        key,
+        mask,
+        sport_min: r[0],
+        sport_max: r[1],
+        dport_min: r[2],
+        dport_max: r[3],
+        n_actions: 1,
+        ..Default::default()
+    };
+    rule.actions[0] = Action {
+        kind: A_GACT,
+        control: C_KERNEL,
+        ..Default::default()
+    };
+    rule
+}
+
+/// Whether a filter held but refused still stands in the order of `ifindex`'s ingress hook (a
+/// trap rule): it runs there in the kernel.
+pub fn traps_on(f: &TcFilter, ifindex: u32) -> bool {
+    f.devices().contains(&ifindex) && f.hooks().iter().all(|h| *h == TcHook::Ingress)
+}
+
 /// Compiles a whole filter: first what [`tc_capabilities`] says (the API's `takes_filter`,
 /// the host's own check: skip_hw, classifier, hook, keys, actions, mirred), then the devices
 /// (every one owned) and what only the compiler sees.

@@ -42,9 +42,12 @@
 //! passed without looking at any filter.
 //!
 //! Not exact, and why:
-//! - A filter the plugin does not hold (another classifier, an unsupported action) at a lower
-//!   prio than one it runs is not seen: a frame both match is decided by the plugin's filter
-//!   in XDP. Keep such filters at a higher prio (after) or in a chain of their own.
+//! - A filter the plugin holds but does not run (refused by its compiler, a redirect to a port
+//!   it gave up) keeps its place: a trap rule at its (chain, prio, handle) hands every frame it
+//!   may match to the kernel untouched. A filter the host does not hand over (another
+//!   classifier, an action not in the capabilities) is not seen at all: at a lower prio than
+//!   one run here, a frame both match is decided in XDP. Keep such filters after the offloaded
+//!   ones (higher prio) or in a chain of their own.
 //! - A redirect in XDP bypasses the target port's egress qdisc and egress tc filters.
 //! - Within one prio, flower tries masks in creation order; here filters of one prio are tried
 //!   by handle (the same unless handles were given out of order).

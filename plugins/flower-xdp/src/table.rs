@@ -326,7 +326,19 @@ impl Table {
         // one prio by mask in creation order; handles are allocated in that order).
         let mut rules: BTreeMap<(u32, u16, u32), Rule> = BTreeMap::new();
         for (id, e) in &self.filters {
-            let Ok(c) = &e.compiled else { continue };
+            let c = match &e.compiled {
+                Ok(c) => c,
+                Err(_) => {
+                    // held but not run here: a trap keeps its place in the order
+                    if crate::compile::traps_on(&e.filter, ifindex) {
+                        let mut r = crate::compile::trap(&e.filter);
+                        // not counted: the kernel runs it (and counts it)
+                        r.stats_id = u32::MAX;
+                        rules.insert((id.chain, id.prio, id.handle), r);
+                    }
+                    continue;
+                }
+            };
             if !e.filter.devices().contains(&ifindex) {
                 continue;
             }

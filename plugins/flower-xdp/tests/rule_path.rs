@@ -4,7 +4,8 @@
 //! addresses with masks, ports and port ranges, TCP flags, TOS, TTL, ICMP, fragments); drop,
 //! pass, mirred redirect with vlan push/pop/modify (the output compared byte for byte with the
 //! expected frame), police (rate and burst, one shared bucket); per-filter counters (packets,
-//! bytes as tc counts them, drops, lastused); frames not dissected go to the kernel untouched.
+//! bytes as tc counts them, drops, lastused); frames not dissected go to the kernel untouched,
+//! and so do frames reaching a filter held but not run here (it keeps its place in the order).
 //! Needs root (a namespace with a veth pair: the owned ports); prints `SKIP:` otherwise.
 
 use ekho_flower_xdp::dataplane::{Backend, Dataplane, XdpMode};
@@ -735,8 +736,19 @@ fn what_xdp_cannot_do_exactly_stays_with_the_kernel() {
     }
     // none of them runs: everything passes untouched, nothing counted
     r.expect(&udp4("10.8.0.1", 9), XDP_PASS);
+    let ids: Vec<FilterId> = r.table.filters().map(|(f, _, _)| FilterId::of(f)).collect();
     for (_, sid, running) in r.table.filters() {
         assert!(!running);
         assert_eq!(r.dp.stats(sid).packets, 0);
     }
+    // They keep their place: a drop after them (prio 10) does not decide a frame tc gives to
+    // one of them first; the frame goes to the kernel untouched.
+    let after = r.add(with(filter(a, 0, 10, 0x0800, ip4()), vec![drop_()]));
+    r.expect(&udp4("10.8.0.1", 9), XDP_PASS);
+    assert_eq!(r.counters(&after).0, 0);
+    for id in ids {
+        r.table.remove(&mut r.dp, id).unwrap();
+    }
+    r.expect(&udp4("10.8.0.1", 9), XDP_DROP);
+    assert_eq!(r.counters(&after).0, 1);
 }
