@@ -12,6 +12,9 @@
 //!      action `mirred egress redirect dev bh0`, a veth whose peer is down, where the frame is
 //!      freed at once (`__dev_forward_skb`: the peer is not up).
 //!
+//!    - flower-xdp with `action police` instead of drop, every frame over the rate: what the one
+//!      bucket under a `bpf_spin_lock` costs (the police/drop ratio).
+//!
 //!    Alternating rounds in the same run; the rate is what each counted as dropped per second
 //!    (the plugin's filter counter, nft's rule counter, tc's action counter). Everything runs in
 //!    softirq on the generating CPU (veth), so each figure is "frames one core generates and
@@ -74,6 +77,23 @@ fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&[0, 26, 0, 0]);
     f.extend_from_slice(&[0x5a; 18]);
     f
+}
+
+/// `action police rate 1 burst 1 conform-exceed drop/pass` (every frame exceeds).
+fn police_drop() -> TcActionSpec {
+    TcActionSpec {
+        kind: "police".into(),
+        index: 1,
+        control: TcControl::Shot,
+        params: TcActionParams::Police(TcPolice {
+            rate_bytes_ps: 1,
+            burst_bytes: 1,
+            conform: TcControl::Ok,
+            exceed: TcControl::Shot,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// `protocol ip flower ip_proto udp dst_port 9000 action drop` on `ifindex`'s ingress.
@@ -177,25 +197,31 @@ fn main() {
     let rig = Rig { ns, g0, frame };
 
     // ---- 1. drop rate ----
-    let (mut xdp, mut nft, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut xdp, mut pol, mut nft, mut tc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        {
+        for (police, out) in [(false, &mut xdp), (true, &mut pol)] {
             let mut dp = Dataplane::load(Some(rig.ns.path()), XdpMode::Native).expect("load");
             let mut table = Table::new();
             dp.attach(r0).expect("attach XDP to r0");
             table.set_owned(&mut dp, r0, true).unwrap();
-            let f = drop_filter(r0);
+            let mut f = drop_filter(r0);
+            if police {
+                // 1 byte/s, a 1-byte burst: every frame exceeds and is dropped, after taking the
+                // bucket's spin lock and doing act_police's arithmetic
+                f.actions = vec![police_drop()].into();
+            }
             let id = ekho_flower_xdp::table::FilterId::of(&f);
             table.upsert(&mut dp, f).unwrap();
             let sid = table.stats_id(&id).unwrap();
             let (n, dt) = rig.offer(secs);
             let d = dp.stats(sid).drops;
             println!(
-                "round {round}: flower-xdp  dropped {:>10.0} /s (offered {:>10.0} /s)",
+                "round {round}: flower-xdp{} dropped {:>10.0} /s (offered {:>10.0} /s)",
+                if police { " police" } else { "       " },
                 d as f64 / dt,
                 n as f64 / dt
             );
-            xdp.push(d as f64 / dt);
+            out.push(d as f64 / dt);
         }
         {
             rig.ns.run(&["nft", "add", "table", "netdev", "bench"]);
@@ -239,11 +265,15 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (x, n, t) = (med(&mut xdp), med(&mut nft), med(&mut tc));
+    let (x, n, t, p) = (med(&mut xdp), med(&mut nft), med(&mut tc), med(&mut pol));
     println!(
         "drop rate (median of {rounds} x {secs} s, XDP frames offered): flower-xdp {x:.0}/s, nft netdev ingress {n:.0}/s, tc u32 {t:.0}/s; ratio flower-xdp/nft = {:.2}, flower-xdp/tc-u32 = {:.2}",
         x / n,
         x / t
+    );
+    println!(
+        "police in XDP (one bucket under bpf_spin_lock, every frame exceeding): {p:.0}/s; ratio police/drop = {:.2}",
+        p / x
     );
 
     // ---- 2. filter change -> first drop in XDP ----
