@@ -752,3 +752,48 @@ fn what_xdp_cannot_do_exactly_stays_with_the_kernel() {
     r.expect(&udp4("10.8.0.1", 9), XDP_DROP);
     assert_eq!(r.counters(&after).0, 1);
 }
+
+#[test]
+fn a_shared_block_runs_on_every_bound_port_and_only_when_all_are_owned() {
+    let Some(mut r) = rig("ekho-fxdp-block") else {
+        return;
+    };
+    let (a, b) = (r.a, r.b);
+    let mut f = filter(0, 0, 1, 0x0800, ip4());
+    f.target = TcTarget::Block(7);
+    f.parent = 7;
+    f.bindings = vec![
+        TcBinding {
+            ifindex: a,
+            egress: false,
+        },
+        TcBinding {
+            ifindex: b,
+            egress: false,
+        },
+    ]
+    .into();
+    let f = with(f, vec![drop_()]);
+    let id = r.add(f.clone());
+    let frame = udp4("10.4.0.1", 9).bytes();
+    for port in [a, b] {
+        let (v, _) = r.dp.test_run(port, &frame).unwrap();
+        assert_eq!(v, XDP_DROP, "block 7 on ifindex {port}");
+    }
+    assert_eq!(r.counters(&id).0, 2, "one counter for the block's filter");
+    // bound to a port the plugin does not own as well: not run (on either port)
+    let mut g = f.clone();
+    g.bindings.push(TcBinding {
+        ifindex: 999,
+        egress: false,
+    });
+    let t = r.table.upsert(&mut r.dp, g).unwrap();
+    assert_eq!(
+        t,
+        Taken::Unsupported("block 7 is bound to if999, not an owned port".into())
+    );
+    for port in [a, b] {
+        let (v, _) = r.dp.test_run(port, &frame).unwrap();
+        assert_eq!(v, XDP_PASS, "block 7 on ifindex {port}, not run");
+    }
+}
