@@ -227,6 +227,12 @@ impl Policy<'_> {
         if e.protocol() == 6 && e.tcp_state != Some(TCP_ESTABLISHED) {
             return false;
         }
+        // A zone of one direction only (`zone-orig`/`zone-reply`: the other direction is
+        // tracked in zone 0): the API's flow has one zone for both, so a plugin would look the
+        // other direction up in the wrong zone. Such entries stay with the kernel.
+        if e.tuple_zones[0] != e.tuple_zones[1] {
+            return false;
+        }
         if self.rules.is_empty() {
             return Rule::default().matches(e);
         }
@@ -296,6 +302,13 @@ mod tests {
             !p.candidate(&flow(17, 53, None, ASSURED | status::DYING)),
             "dying"
         );
+        let mut zoned = flow(17, 53, None, ASSURED);
+        zoned.flow.zone = 5;
+        assert!(p.candidate(&zoned), "a zone of both directions");
+        zoned.tuple_zones = [5, 0];
+        assert!(!p.candidate(&zoned), "zone-orig only");
+        zoned.tuple_zones = [0, 5];
+        assert!(!p.candidate(&zoned), "zone-reply only");
     }
 
     fn rules(toml_text: &str) -> Vec<Rule> {

@@ -127,44 +127,10 @@ impl Table {
         }
     }
 
-    /// Applies one message.
+    /// Applies one message (an event, or one entry of a dump that is not reconciled).
     pub fn apply(&mut self, m: Message) {
         match m {
-            Message::New(mut e) => {
-                let k = e.key();
-                let h = self.hash(&k);
-                if let Some(old) = self.entries.find_mut(h, |x| is(x, &k)) {
-                    // Events carry what changed (ctnetlink_conntrack_event): an update leaves
-                    // out the counters, `CTA_USE`, and the protocol info and labels unless
-                    // those changed. Keep what it left out. Seen on 6.18: the update that
-                    // marks a picked-up TCP entry ASSURED has no CTA_PROTOINFO; replaced
-                    // whole, the entry lost its ESTABLISHED and stopped being a candidate.
-                    if e.counters_orig.is_none() {
-                        e.counters_orig = old.counters_orig;
-                        e.counters_reply = old.counters_reply;
-                    }
-                    if e.tcp_state.is_none() {
-                        e.tcp_state = old.tcp_state;
-                    }
-                    if e.labels.is_none() {
-                        e.labels = old.labels;
-                    }
-                    if e.use_count == 0 {
-                        e.use_count = old.use_count;
-                    }
-                    if *old != e {
-                        *old = e;
-                        self.touch(k);
-                    }
-                } else if self.entries.len() >= self.limit {
-                    self.stats.refused += 1;
-                } else {
-                    let hasher = &self.hasher;
-                    self.entries
-                        .insert_unique(h, e, |x| hasher.hash_one(x.key()));
-                    self.touch(k);
-                }
-            }
+            Message::New(e) => self.put(e, true),
             Message::Delete(e) => {
                 // Only the entry the event is about: the kernel redelivers a DESTROY it failed
                 // to deliver (ENOBUFS) later, from its dying list, by when a new entry with the
@@ -180,6 +146,49 @@ impl Table {
                     self.touch(k);
                 }
             }
+        }
+    }
+
+    /// Adds an entry or changes the one held. `merge`: `e` is an event, which carries what
+    /// changed; else a dumped entry, which is whole.
+    fn put(&mut self, mut e: Entry, merge: bool) {
+        let k = e.key();
+        let h = self.hash(&k);
+        if let Some(old) = self.entries.find_mut(h, |x| is(x, &k)) {
+            if merge {
+                // Events carry what changed (ctnetlink_conntrack_event): an update leaves out
+                // the counters, `CTA_USE`, and the protocol info and labels unless those
+                // changed. Keep what it left out. Seen on 6.18: the update that marks a
+                // picked-up TCP entry ASSURED has no CTA_PROTOINFO; replaced whole, the entry
+                // lost its ESTABLISHED and stopped being a candidate. An update clearing every
+                // label bit sends no CTA_LABELS either (ctnetlink_dump_labels sends none for
+                // zero labels): the labels kept then are corrected by the next dump, whose
+                // entries replace the held ones whole.
+                if e.counters_orig.is_none() {
+                    e.counters_orig = old.counters_orig;
+                    e.counters_reply = old.counters_reply;
+                }
+                if e.tcp_state.is_none() {
+                    e.tcp_state = old.tcp_state;
+                }
+                if e.labels.is_none() {
+                    e.labels = old.labels;
+                }
+                if e.use_count == 0 {
+                    e.use_count = old.use_count;
+                }
+            }
+            if *old != e {
+                *old = e;
+                self.touch(k);
+            }
+        } else if self.entries.len() >= self.limit {
+            self.stats.refused += 1;
+        } else {
+            let hasher = &self.hasher;
+            self.entries
+                .insert_unique(h, e, |x| hasher.hash_one(x.key()));
+            self.touch(k);
         }
     }
 
@@ -202,7 +211,7 @@ impl Table {
         }
         let before = self.stats.refused;
         for e in dump {
-            self.apply(Message::New(e));
+            self.put(e, false);
         }
         self.stats.over_limit = self.stats.refused - before;
         if self.reconciled {
@@ -475,6 +484,11 @@ mod tests {
         closing.tcp_state = Some(6);
         t.apply(Message::New(closing));
         assert_eq!(t.get(&held.key()).unwrap().tcp_state, Some(6));
+        // A dump is whole: labels it does not carry are zero (cleared), and are gone.
+        let mut dumped = held.clone();
+        dumped.labels = None;
+        t.reconcile(vec![dumped]);
+        assert_eq!(t.get(&held.key()).unwrap().labels, None);
     }
 
     #[test]
