@@ -380,6 +380,20 @@ pub fn action_of(a: &TcAction) -> Option<Action> {
     })
 }
 
+/// The kind and index of an action as a filter's list carries it, without typing its options
+/// when the message names the index (`TCA_ACT_INDEX`): what counting bindings needs.
+pub fn action_key(a: &TcAction) -> Option<(String, u32)> {
+    let kind = kind_of(a)?;
+    let index = a.attributes.iter().find_map(|x| match x {
+        TcActionAttribute::Index(i) => Some(*i),
+        _ => None,
+    });
+    match index {
+        Some(i) => Some((kind.to_string(), i)),
+        None => action_of(a).map(|x| (x.kind, x.index)),
+    }
+}
+
 /// The actions a filter's options list (u32, matchall, flower; bpf's list is raw).
 pub fn filter_actions(f: &Filter) -> impl Iterator<Item = &TcAction> {
     f.options.iter().flat_map(|o| match o {

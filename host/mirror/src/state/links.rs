@@ -32,7 +32,7 @@ impl State {
         // (docs/netlink-gaps.md section 15).
         if up && (old.is_none() || !was_up) {
             self.tc.link_up(l.ifindex);
-            self.tc_dirty = true;
+            self.tc.dirty.all = true;
         }
         // A veth peer is announced before its partner is registered, with IFLA_LINK 0, and never
         // again: complete the pair from the second one.
@@ -237,7 +237,7 @@ impl State {
         self.rules_detach(&l.ifname, true);
         self.bridge_snooping.remove(&ifindex);
         self.tc.del_dev(ifindex);
-        self.tc_dirty = true;
+        self.tc.dirty.all = true;
         self.touch(&ObjectKey::Link { ifindex });
         self.links.remove(&ifindex);
     }

@@ -65,10 +65,8 @@ pub struct State {
     /// Each bridge's `mcast_snooping` option, by ifindex.
     bridge_snooping: BTreeMap<u32, bool>,
     /// tc: qdiscs, classes, chains, filters, actions, from which the plugin API's tc objects
-    /// (in `objs`) are derived at each flush (`State::sync_tc`).
+    /// (in `objs`) are derived at each flush (`State::sync_tc`; what changed: `tc.dirty`).
     pub tc: tc::Tc,
-    /// Set when `tc` changed since the tc objects were last derived.
-    tc_dirty: bool,
 }
 
 impl State {
@@ -213,10 +211,7 @@ impl State {
             Event::NewVlan(v) => self.new_vlan(v),
             Event::DelVlan(v) => self.del_vlan(v),
             Event::Nft(m) => self.apply_nft(m),
-            Event::Tc(m) => {
-                self.tc.apply(m);
-                self.tc_dirty = true;
-            }
+            Event::Tc(m) => self.tc.apply(m),
             Event::Ignored => {}
         }
     }

@@ -110,7 +110,7 @@ impl State {
             // The dump replaces tc's lists; the plugin API's tc objects are derived from them
             // at the flush (`State::sync_tc`), so only what differs is emitted.
             self.tc = tc;
-            self.tc_dirty = true;
+            self.tc.dirty.all = true;
         }
         if kinds.contains(&ObjectKind::NfChain) && !partial.contains(&ObjectKind::NfChain) {
             // Both nftables kinds come from one dump (`source::dump_requests`).

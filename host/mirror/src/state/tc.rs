@@ -81,6 +81,23 @@ pub struct Tc {
     pub reported: BTreeMap<(String, u32), Action>,
     /// Set when the kernel changed something the state cannot infer: the source re-dumps tc.
     pub want_redump: bool,
+    /// What changed since the plugin API's tc objects were last derived
+    /// ([`super::State::sync_tc`]).
+    pub dirty: TcDirty,
+}
+
+/// What changed in [`Tc`] since its API objects were last derived: a filter message (not u32's,
+/// whose key nodes are listed under several instances) touches its filter and the actions'
+/// counts; an action message the actions and the filters holding them; anything else (qdiscs,
+/// classes, chains, devices, dumps: what takes filters with it silently) everything.
+#[derive(Clone, Debug, Default)]
+pub struct TcDirty {
+    /// Everything is derived anew.
+    pub all: bool,
+    /// These filters are.
+    pub filters: std::collections::BTreeSet<FilterKey>,
+    /// These actions are (their counts or parameters changed).
+    pub actions: std::collections::BTreeSet<(String, u32)>,
 }
 
 fn fkey(f: &Filter) -> FilterKey {
@@ -88,8 +105,46 @@ fn fkey(f: &Filter) -> FilterKey {
 }
 
 impl Tc {
+    /// Notes what `m` changes of the API objects (see [`TcDirty`]).
+    fn note_dirty(&mut self, m: &Message) {
+        match m {
+            Message::NewFilter(f) | Message::DelFilter(f)
+                if f.handle != 0 && !f.kind.is_empty() && f.kind != "u32" =>
+            {
+                let k = fkey(&self.canonical(f.clone()));
+                // The actions it held and holds: their binding counts change.
+                let held = self.filters.get(&k).into_iter().chain([f]);
+                let keys: Vec<(String, u32)> = held
+                    .flat_map(|f| filter_actions(f).filter_map(crate::netlink::tc::action_key))
+                    .collect();
+                self.dirty.actions.extend(keys);
+                self.dirty.filters.insert(k);
+            }
+            Message::NewActions(v) | Message::DelActions(v) => {
+                let keys: std::collections::BTreeSet<(&str, u32)> =
+                    v.iter().map(|a| (a.kind.as_str(), a.index)).collect();
+                let holding: Vec<FilterKey> = self
+                    .filters
+                    .iter()
+                    .filter(|(_, f)| {
+                        filter_actions(f)
+                            .filter_map(action_of)
+                            .any(|a| keys.contains(&(a.kind.as_str(), a.index)))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                self.dirty.filters.extend(holding);
+                let keys: Vec<(String, u32)> =
+                    v.iter().map(|a| (a.kind.clone(), a.index)).collect();
+                self.dirty.actions.extend(keys);
+            }
+            _ => self.dirty.all = true,
+        }
+    }
+
     /// Applies a message.
     pub fn apply(&mut self, m: Message) {
+        self.note_dirty(&m);
         match m {
             Message::NewQdisc(q) => {
                 if q.parent == H_ROOT && matches!(q.kind.as_str(), "mq" | "mqprio") {
@@ -379,29 +434,44 @@ impl Tc {
     /// (`tc actions add`) and those bound to filters, with `bindcnt` the filters holding it
     /// and `refcnt` that plus its own references.
     pub fn actions(&self) -> Vec<Action> {
+        let bound = self.bindings();
+        self.reported
+            .keys()
+            .filter_map(|k| self.action_bound(k, &bound))
+            .collect()
+    }
+
+    /// How many filters hold each action (a u32 key node listed under several instances,
+    /// `u32_listers`, is bound once).
+    fn bindings(&self) -> BTreeMap<(String, u32), i32> {
         let mut bound: BTreeMap<(String, u32), i32> = BTreeMap::new();
-        // A u32 key node is listed under several instances (`u32_listers`) but bound once.
         let mut seen = std::collections::BTreeSet::new();
         for (k, f) in &self.filters {
             if f.kind == "u32" && !seen.insert((u32_common(k.0, k.1), k.3, k.4)) {
                 continue;
             }
-            for a in filter_actions(f).filter_map(action_of) {
-                *bound.entry((a.kind, a.index)).or_default() += 1;
+            for k in filter_actions(f).filter_map(crate::netlink::tc::action_key) {
+                *bound.entry(k).or_default() += 1;
             }
         }
-        self.reported
-            .iter()
-            .filter_map(|(k, a)| {
-                let own = a.refcnt - a.bindcnt;
-                let bind = bound.get(k).copied().unwrap_or(0);
-                (own > 0 || bind > 0).then(|| Action {
-                    refcnt: own.max(0) + bind,
-                    bindcnt: bind,
-                    ..a.clone()
-                })
-            })
-            .collect()
+        bound
+    }
+
+    /// The action under `k` as `tc actions list` shows it, given [`Tc::bindings`]; `None`
+    /// when it is gone (no reference of its own, no filter holding it).
+    fn action_bound(
+        &self,
+        k: &(String, u32),
+        bound: &BTreeMap<(String, u32), i32>,
+    ) -> Option<Action> {
+        let a = self.reported.get(k)?;
+        let own = a.refcnt - a.bindcnt;
+        let bind = bound.get(k).copied().unwrap_or(0);
+        (own > 0 || bind > 0).then(|| Action {
+            refcnt: own.max(0) + bind,
+            bindcnt: bind,
+            ..a.clone()
+        })
     }
 
     /// The state as the plugin API's tc objects (API 1.3; [`crate::netlink::tc_objects`]):
@@ -697,8 +767,9 @@ impl super::State {
     /// objects it changed (an action replaced: every filter holding it). One pass over the tc
     /// state per batch that changed it.
     pub(super) fn sync_tc(&mut self) {
-        if !std::mem::take(&mut self.tc_dirty) {
-            return;
+        let dirty = std::mem::take(&mut self.tc.dirty);
+        if !dirty.all {
+            return self.sync_tc_part(dirty);
         }
         let new = self.tc.objects();
         let keep: std::collections::BTreeSet<ekho_plugin_api::ObjectKey> =
@@ -713,6 +784,63 @@ impl super::State {
             self.del(&k);
         }
         for o in new {
+            if self.objs.get(&o.key()) != Some(&o) {
+                self.put(o);
+            }
+        }
+    }
+
+    /// [`State::sync_tc`](super::State) for what a filter or action message changed: those
+    /// filters, and the actions (their counts), not every filter again.
+    fn sync_tc_part(&mut self, dirty: TcDirty) {
+        use crate::netlink::tc_objects as conv;
+        use ekho_plugin_api::{Object, ObjectKey};
+        if dirty.filters.is_empty() && dirty.actions.is_empty() {
+            return;
+        }
+        let blocks = self.tc.blocks();
+        let latest =
+            |kind: &str, index: u32| self.tc.reported.get(&(kind.to_string(), index)).cloned();
+        let mut puts = Vec::new();
+        let mut dels = Vec::new();
+        for k in &dirty.filters {
+            let key = ObjectKey::TcFilter {
+                target: conv::target(k.0),
+                parent: k.1,
+                chain: k.2,
+                prio: k.3,
+                handle: k.4,
+            };
+            let bindings = match k.0 {
+                Target::Block(b) => blocks.get(&b).map(Vec::as_slice).unwrap_or(&[]),
+                Target::Dev(_) => &[],
+            };
+            match self
+                .tc
+                .filters
+                .get(k)
+                .and_then(|f| conv::filter(f, bindings, &latest))
+            {
+                Some(o) => puts.push(Object::TcFilter(o)),
+                None => dels.push(key),
+            }
+        }
+        if !dirty.actions.is_empty() {
+            let bound = self.tc.bindings();
+            for k in &dirty.actions {
+                match self.tc.action_bound(k, &bound) {
+                    Some(a) => puts.push(Object::TcAction(conv::action(&a))),
+                    None => dels.push(ObjectKey::TcAction {
+                        kind: k.0.as_str().into(),
+                        index: k.1,
+                    }),
+                }
+            }
+        }
+        for k in dels {
+            self.del(&k);
+        }
+        for o in puts {
             if self.objs.get(&o.key()) != Some(&o) {
                 self.put(o);
             }
