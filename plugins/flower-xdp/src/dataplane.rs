@@ -13,6 +13,9 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/flower_xdp.bp
 /// Name of the XDP program (the C function; also the kernel's program name, 15 chars).
 pub const PROG_NAME: &str = "ekho_flower_xdp";
 
+/// `BPF_F_LOCK` (uapi bpf.h): update a value holding a `bpf_spin_lock` under that lock.
+const BPF_F_LOCK: u64 = 4;
+
 /// What the plugin's logic needs from the data path. [`Dataplane`] is the real one; unit tests
 /// use an in-memory fake.
 pub trait Backend: Send {
@@ -150,7 +153,9 @@ impl Backend for Dataplane {
     }
 
     fn set_police(&mut self, id: u32, p: &Police) -> Result<(), Error> {
-        self.policers.set(id, p, 0)?;
+        // BPF_F_LOCK: the kernel takes the value's bpf_spin_lock for the copy, as
+        // police_conforms does; without it a packet could see a half-written bucket.
+        self.policers.set(id, p, BPF_F_LOCK)?;
         Ok(())
     }
 
