@@ -562,7 +562,10 @@ pub enum TcControl {
     Redirect,
     /// `trap`: to the CPU (hardware's word).
     Trap,
-    /// `jump N`: skip N actions.
+    /// `jump N`: the action list starts again from its first action, skipping N, so it
+    /// resumes at action N (counted from 0; `tcf_action_exec`). N = 0 or N greater than the
+    /// list's length stops the list with `ok` (a faulty jump); a jump to N not after itself
+    /// runs actions N.. again, and the 32nd jump of one list stops it with `ok`.
     Jump(u32),
     /// `goto chain N`.
     GotoChain(u32),

@@ -353,9 +353,15 @@ pub fn compile_actions(
                     TcVlanOp::Push => A_VLAN_PUSH,
                     TcVlanOp::Pop => A_VLAN_POP,
                     TcVlanOp::Modify => {
-                        if *priority != 0 {
-                            act.vflags |= VF_PRIO;
+                        // act_vlan keeps the frame's PCP when no priority was given and sets
+                        // it when one was; the API's `priority` is 0 for both "absent" and
+                        // "priority 0", so a modify with 0 could be either: refused.
+                        if *priority == 0 {
+                            return Err(unsupported(
+                                "vlan modify without priority (or with priority 0) not supported: the API cannot tell the two apart; give a priority 1-7",
+                            ));
                         }
+                        act.vflags |= VF_PRIO;
                         A_VLAN_MODIFY
                     }
                     other => return Err(unsupported(format!("vlan {other} not supported"))),
@@ -579,6 +585,28 @@ mod tests {
             let why = compile(&flower(bad), &owned).unwrap_err();
             assert!(why.starts_with("vlan push not followed by"), "{why}");
         }
+    }
+
+    #[test]
+    fn vlan_modify_needs_a_priority() {
+        let owned = |_| true;
+        let redirect = TcActionSpec::mirred(TcMirredAction::EgressRedirect, 3);
+        let modify = |priority| {
+            let mut a = vlan_push();
+            if let TcActionParams::Vlan {
+                op, priority: p, ..
+            } = &mut a.params
+            {
+                *op = TcVlanOp::Modify;
+                *p = priority;
+            }
+            a
+        };
+        let why = compile(&flower(vec![modify(0), redirect.clone()]), &owned).unwrap_err();
+        assert!(why.starts_with("vlan modify without priority"), "{why}");
+        let c = compile(&flower(vec![modify(5), redirect]), &owned).unwrap();
+        assert_eq!(c.rule.actions[0].kind, A_VLAN_MODIFY);
+        assert_eq!(c.rule.actions[0].vflags & VF_PRIO, VF_PRIO);
     }
 
     #[test]

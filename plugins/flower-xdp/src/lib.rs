@@ -4,7 +4,7 @@
 //! the flower filters of their ingress hook (a device's, or a shared block bound only to owned
 //! ports) in an XDP program attached to them, in tc's order: chain 0 first, within a chain by
 //! prio then handle, the first match runs its actions, `goto chain N` continues in chain N,
-//! `continue` with the next filter, `jump N` skips actions.
+//! `continue` with the next filter, `jump N` resumes at action N (tc restarts the list and skips N).
 //!
 //! ## What runs in XDP (`bpf/flower_xdp.bpf.c`)
 //! - Keys: `protocol`, `eth_type`, `dst_mac`/`src_mac` (masked), `vlan_id`, `vlan_prio`,
@@ -51,8 +51,9 @@
 //! - A redirect in XDP bypasses the target port's egress qdisc and egress tc filters.
 //! - Within one prio, flower tries masks in creation order; here filters of one prio are tried
 //!   by handle (the same unless handles were given out of order).
-//! - vlan modify without a priority keeps the frame's PCP; the API's `priority` has no
-//!   "absent", so `vlan modify ... priority 0` keeps it too.
+//! - vlan modify without a priority keeps the frame's PCP in the kernel, with `priority 0` sets
+//!   0; the API's `priority` is 0 for both, so a vlan modify with priority 0 is refused
+//!   (unsupported: the kernel runs it).
 //!
 //! ## Configuration (`[plugins.config]`)
 //! ```toml

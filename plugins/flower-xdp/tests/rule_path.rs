@@ -292,7 +292,7 @@ fn prio_order_first_match_continue_goto_and_jump() {
     let a = r.a;
     // chain 0: prio 1 10.0.0.0/8 goto chain 5; prio 2 continue (counts, goes on);
     //          prio 3 drop. chain 5: prio 1 SYN (of SYN|ACK|FIN) drop, prio 2 jump 2 over a
-    //          drop to a pass.
+    //          drop to a pass (before a last drop).
     let p1 = r.add(with(
         filter(
             a,
@@ -331,7 +331,14 @@ fn prio_order_first_match_continue_goto_and_jump() {
     ));
     let c5p2 = r.add(with(
         filter(a, 5, 2, 0x0800, ip4()),
-        vec![TcActionSpec::gact(TcControl::Jump(2)), drop_(), pass()],
+        // tcf_action_exec restarts the list and skips N actions from the start: jump 2
+        // resumes at action 2 (the pass); "skip 2 after the jump" would reach the last drop.
+        vec![
+            TcActionSpec::gact(TcControl::Jump(2)),
+            drop_(),
+            pass(),
+            drop_(),
+        ],
     ));
     let mut syn = udp4("10.2.0.1", 80);
     syn.proto = 6;
@@ -605,15 +612,44 @@ fn redirect_with_vlan_push_pop_modify_byte_for_byte() {
                 ..Default::default()
             },
         ),
-        vec![vlan(TcVlanOp::Modify, 9, 0), redirect],
+        vec![vlan(TcVlanOp::Modify, 9, 5), redirect.clone()],
     ));
     let mut t8 = udp4("10.6.0.1", 9);
     t8.tags = vec![(0x8100, (2 << 13) | 8)];
     let (v, out) = r.run(&t8);
     assert_eq!(v, XDP_REDIRECT);
     let mut want = t8.clone();
-    want.tags = vec![(0x8100, (2 << 13) | 9)]; // the priority stays
+    want.tags = vec![(0x8100, (5 << 13) | 9)];
     assert_eq!(out, want.bytes(), "vlan modify");
+    // priority 0: "absent" (the kernel keeps the PCP) or 0 (it sets 0), the API cannot say
+    // which: refused, the kernel runs it
+    let t = r
+        .table
+        .upsert(
+            &mut r.dp,
+            with(
+                filter(
+                    a,
+                    0,
+                    4,
+                    0x8100,
+                    FlowerKeys {
+                        eth_type: Some(0x8100).into(),
+                        vlan_id: Some(11).into(),
+                        ..Default::default()
+                    },
+                ),
+                vec![vlan(TcVlanOp::Modify, 9, 0), redirect],
+            ),
+        )
+        .unwrap();
+    assert!(
+        matches!(&t, Taken::Unsupported(w) if w.starts_with("vlan modify without priority")),
+        "{t:?}"
+    );
+    let mut t11 = t8.clone();
+    t11.tags = vec![(0x8100, (2 << 13) | 11)];
+    r.expect(&t11, XDP_PASS);
 
     // A redirect to a port the plugin no longer owns: the filter stops running here.
     r.table.set_owned(&mut r.dp, b, false).unwrap();
