@@ -383,3 +383,60 @@ fn a_flower_filter_with_pedit_stays_in_software_and_with_drop_reaches_the_plugin
     let text = String::from_utf8(d.cli(&["dump", "filters"]).stdout).unwrap();
     assert!(text.contains("\toffload: offloaded [fx]"), "{text}");
 }
+
+/// A recorder taking u32 filters with a redirect to an owned port, scoped to `v*`, declaring at
+/// most `limit` filters.
+fn u32_plugin(name: &str, events: &std::path::Path, limit: Option<u64>) -> String {
+    let limits = limit.map_or(String::new(), |n| format!("limits = {{ filter = {n} }}\n"));
+    format!(
+        "[[plugins]]\nname = \"{name}\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"filter\"]\nports = [\"v*\"]\n{limits}tc = {{ classifiers = [\"u32\"], actions = [\"mirred\"], mirred = [\"egress redirect\"], egress = false }}\n",
+        events.display()
+    )
+}
+
+fn u32_redirect(ns: &Netns, pref: u32, to: &str) {
+    tc(
+        ns,
+        &format!("filter add dev v0 ingress pref {pref} protocol ip u32 match ip dst 10.0.0.1/32 action mirred egress redirect dev {to}"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_filter_refused_by_tc_while_at_the_limit_is_not_offered_again_when_room_frees_up() {
+    if let Some(s) = needs_root("tc filters").or_else(|| missing_tools(&["tc"], "iproute2")) {
+        return say_skip(&s);
+    }
+    let (ns, _peer) = setup();
+    tc(&ns, "qdisc add dev v0 clsact").unwrap();
+    u32_redirect(&ns, 5, "v2");
+    let dir = TempDir::new();
+    let ev = dir.path().join("lim.jsonl");
+    let cfg = host_config(&ns.name, build(), false, &u32_plugin("lim", &ev, Some(1)));
+    let d = Daemon::start(dir.path(), &cfg);
+    d.settle();
+    assert!(last_filter(&read_events(&ev), 5).is_some(), "pref 5 taken");
+    // At the limit, a filter the plugin cannot run (a redirect to p0) arrives: refused by the
+    // tc check, not by the limit.
+    u32_redirect(&ns, 7, "p0");
+    d.settle();
+    // Room frees up: nothing refused at the limit is there to offer again.
+    tc(&ns, "filter del dev v0 ingress pref 5").unwrap();
+    d.settle();
+    let gone = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev), 5).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", read_events(&ev));
+    assert!(
+        last_filter(&read_events(&ev), 7).is_none(),
+        "a filter redirecting to p0 reached the plugin: {:?}",
+        read_events(&ev)
+    );
+    let r = refusals(&d, "lim");
+    assert!(
+        r.len() == 1
+            && r[0].0.starts_with("dev v0 ingress pref 7 chain 0 ")
+            && r[0].1 == "mirred to p0 (not an owned port)",
+        "{r:?}"
+    );
+}

@@ -73,20 +73,13 @@ pub(super) struct Refused {
 }
 
 impl Refused {
-    /// Remembers a refused addition when a declared limit refused it (not an ECMP-width refusal,
-    /// which only a change of the route can lift). `was_delivered`: the plugin held the object
-    /// before this change.
-    pub(super) fn remember(
-        &mut self,
-        caps: &Capabilities,
-        held: &[u64; KINDS],
-        o: &Object,
-        was_delivered: bool,
-    ) {
-        let k = o.kind();
-        let at_limit = caps.limit_for(k).is_some()
-            && (was_delivered || held[k.index()] >= caps.limit_for(k).unwrap_or(0));
-        if at_limit && self.keys.len() < REFUSED_REMEMBERED {
+    /// Remembers an addition the host refused at a declared limit (`refusal`: the host's answer,
+    /// [`host_refusal`]'s `failed`), to offer it again when room frees up. Nothing else is
+    /// remembered: an ECMP-width refusal only a change of the route can lift, and a tc filter
+    /// the plugin cannot run (`unsupported`, [`tc_refusal`]) is no limit refusal (offered again
+    /// it would reach the plugin unchecked); both are judged again when they change.
+    pub(super) fn remember(&mut self, o: &Object, refusal: &Outcome) {
+        if matches!(refusal, Outcome::Failed(_)) && self.keys.len() < REFUSED_REMEMBERED {
             self.keys.insert(o.key());
         }
     }
@@ -230,9 +223,11 @@ mod tests {
             .map(|i| route(&format!("10.0.{i}.0/24"), 1, "10.1.0.1"))
             .collect();
         for r in &routes {
-            refused.remember(&caps, &held, r, false);
+            let why = host_refusal(&caps, &held, r, true).unwrap();
+            refused.remember(r, &why);
         }
-        refused.remember(&caps, &held, &link(1, "a"), false); // no limit on links
+        // Not a limit refusal: a route too wide, a tc filter the plugin cannot run.
+        refused.remember(&link(1, "a"), &Outcome::Unsupported);
         assert!(refused.take_offerable(&caps, &held).is_empty(), "no room");
         held[ObjectKind::Route.index()] = 1;
         assert_eq!(refused.take_offerable(&caps, &held), [routes[0].key()]);

@@ -177,8 +177,7 @@ impl Worker {
                             }
                         }
                         refused += 1;
-                        self.refused
-                            .remember(&self.caps, &self.held_per_kind, &t, delivered);
+                        self.refused.remember(&t, &refusal);
                         if !matches!(*t, Object::TcFilter(_)) {
                             self.record_failure(&t, "add", &refusal);
                         }
@@ -253,19 +252,34 @@ impl Worker {
                 }
                 (changes, kept_filters)
             });
-            // The host's refusals with the ports as they are now: a tc filter the plugin
-            // cannot run whole (a mirred target or a block's device that left the scope) is not
-            // added, or removed if held; its reason is kept.
+            // The host's refusals with the ports as they are now, through the same admission as
+            // every other path: a tc filter the plugin cannot run whole (a mirred target or a
+            // block's device that left the scope) is not added, or removed if held; its reason
+            // is kept. Additions count against declared limits as they go.
             let ports = self.tc_ports();
-            if ports.is_some() {
-                changes.retain(|c| match c {
-                    Change::Add(o) => self.refusal(ports.as_ref(), o, true).is_none(),
-                    _ => true,
-                });
-                for o in kept_filters {
-                    if self.refusal(ports.as_ref(), &o, false).is_some() {
-                        changes.push(Change::Remove(o));
+            let mut adding = Vec::with_capacity(changes.len());
+            for c in changes.drain(..) {
+                let Change::Add(o) = c else {
+                    adding.push(c);
+                    continue;
+                };
+                match self.refusal(ports.as_ref(), &o, true) {
+                    Some(why) => self.refused.remember(&o, &why),
+                    None => {
+                        self.held_per_kind[o.kind().index()] += 1;
+                        adding.push(Change::Add(o));
                     }
+                }
+            }
+            let mut changes = adding;
+            for c in &changes {
+                if let Change::Add(o) = c {
+                    self.held_per_kind[o.kind().index()] -= 1;
+                }
+            }
+            for o in kept_filters {
+                if self.refusal(ports.as_ref(), &o, false).is_some() {
+                    changes.push(Change::Remove(o));
                 }
             }
             order::sort_batch(&mut changes);
@@ -280,15 +294,23 @@ impl Worker {
             return Ok(());
         }
         let mut adds = Vec::new();
+        let ports = self.tc_ports();
         for k in self.refused.take_offerable(&self.caps, &self.held_per_kind) {
             if self.held.contains(key_hash(&k)) {
                 continue;
             }
-            if let Some(o) = (self.lookup)(&k) {
-                let fits = host_refusal(&self.caps, &self.held_per_kind, &o, false).is_none();
-                if fits && self.queue.takes(&o) {
-                    adds.push(Change::Add(o));
-                }
+            let Some(o) = (self.lookup)(&k) else {
+                continue;
+            };
+            if !self.queue.takes(&o) {
+                continue;
+            }
+            // Through the same admission as every other path: a tc filter the plugin cannot
+            // run is not handed over because room freed up (its reason is kept). The limit
+            // has room for it (`take_offerable`).
+            match self.refusal(ports.as_ref(), &o, false) {
+                None => adds.push(Change::Add(o)),
+                Some(why) => self.refused.remember(&o, &why),
             }
         }
         if adds.is_empty() {

@@ -178,8 +178,7 @@ impl Worker {
                 *refused += 1;
                 any_refused = true;
                 keep[i] = false;
-                self.refused
-                    .remember(&self.caps, &self.held_per_kind, o, false);
+                self.refused.remember(o, &refusal);
                 if !matches!(o, Object::TcFilter(_)) {
                     self.record_failure(o, "add", &refusal);
                 }
