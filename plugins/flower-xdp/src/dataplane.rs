@@ -34,6 +34,9 @@ pub trait Backend: Send {
     /// Writes a police bucket: parameters and a full bucket.
     fn set_police(&mut self, id: u32, p: &Police) -> Result<(), Error>;
     fn reasons(&self) -> Vec<(&'static str, u64)>;
+    /// Returns once every run of the program that started before the call has ended (an RCU
+    /// grace period): what a replaced generation held may be reused after it.
+    fn synchronize(&mut self) -> Result<(), Error>;
     fn detach_all(&mut self) -> Vec<(u32, Error)>;
 }
 
@@ -48,6 +51,115 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, u64>,
     att: Attachments,
     ncpus: usize,
+    /// (outer array of maps, inner array): see [`RcuSync`].
+    rcu: Option<RcuSync>,
+}
+
+/// An RCU grace period from user space: the kernel waits for one (`synchronize_rcu`, so for
+/// every BPF program run in progress to end) when user space updates an array of maps with a
+/// map (`maybe_wait_bpf_programs` in kernel/bpf/syscall.c, since 5.0; the kernel's own
+/// selftests use it for that). Two small maps of this plugin's own, not in the object.
+struct RcuSync {
+    outer: std::os::fd::OwnedFd,
+    inner: std::os::fd::OwnedFd,
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf_sys<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<libc::c_long, Error> {
+    // SAFETY: attr is a repr(C) prefix of union bpf_attr for cmd, its size passed with it (the
+    // kernel zero-fills the rest).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::Other(format!("{what}: {e}")));
+    }
+    Ok(r)
+}
+
+impl RcuSync {
+    fn new() -> Result<RcuSync, Error> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut a = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            ..Default::default()
+        };
+        let inner = bpf_sys(
+            BPF_MAP_CREATE,
+            &mut a,
+            "creating the grace-period inner map",
+        )?;
+        // SAFETY: a new fd the kernel just returned, owned by no one else.
+        let inner = unsafe { OwnedFd::from_raw_fd(inner as i32) };
+        let mut a = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            inner_map_fd: std::os::fd::AsRawFd::as_raw_fd(&inner) as u32,
+            ..Default::default()
+        };
+        let outer = bpf_sys(
+            BPF_MAP_CREATE,
+            &mut a,
+            "creating the grace-period map of maps",
+        )?;
+        // SAFETY: as above.
+        let outer = unsafe { OwnedFd::from_raw_fd(outer as i32) };
+        Ok(RcuSync { outer, inner })
+    }
+
+    fn wait(&self) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        let mut a = MapUpdateAttr {
+            map_fd: self.outer.as_raw_fd() as u32,
+            pad: 0,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            flags: 0,
+        };
+        bpf_sys(
+            BPF_MAP_UPDATE_ELEM,
+            &mut a,
+            "waiting for an RCU grace period",
+        )?;
+        Ok(())
+    }
 }
 
 impl Dataplane {
@@ -67,6 +179,7 @@ impl Dataplane {
             ebpf,
             att: Attachments::new(PROG_NAME, netns, mode),
             ncpus,
+            rcu: None,
         })
     }
 
@@ -172,6 +285,13 @@ impl Backend for Dataplane {
                 (*n, v)
             })
             .collect()
+    }
+
+    fn synchronize(&mut self) -> Result<(), Error> {
+        if self.rcu.is_none() {
+            self.rcu = Some(RcuSync::new()?);
+        }
+        self.rcu.as_ref().map(|r| r.wait()).unwrap_or(Ok(()))
     }
 
     fn detach_all(&mut self) -> Vec<(u32, Error)> {

@@ -3,6 +3,8 @@
 
 /// `RULES` entries (all ports' compiled rules together).
 pub const MAX_RULES: usize = 4096;
+/// `CHAINS` entries (ports x generations x chains).
+pub const MAX_CHAINS: usize = 8192;
 /// `FILTER_STATS` entries: filters with counters.
 pub const MAX_FILTERS: usize = 4096;
 /// `POLICERS` entries: police actions (kind police, index).
