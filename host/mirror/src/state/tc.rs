@@ -82,7 +82,7 @@ pub struct Tc {
     /// Set when the kernel changed something the state cannot infer: the source re-dumps tc.
     pub want_redump: bool,
     /// What changed since the plugin API's tc objects were last derived
-    /// ([`super::State::sync_tc`]).
+    /// (`State::sync_tc`).
     pub dirty: TcDirty,
 }
 
