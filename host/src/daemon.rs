@@ -227,10 +227,14 @@ impl Daemon {
         let lookup: crate::dispatch::Lookup = Arc::new(move |k| m.get(k));
         let m = self.mirror.clone();
         let size: crate::dispatch::Size = Arc::new(move || m.len());
+        let m = self.mirror.clone();
+        let tc_chain: crate::dispatch::TcChain =
+            Arc::new(move |target, parent, chain| m.tc_chain(target, parent, chain));
         MirrorAccess {
             replay,
             lookup,
             size,
+            tc_chain,
         }
     }
 

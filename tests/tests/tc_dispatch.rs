@@ -440,3 +440,87 @@ fn a_filter_refused_by_tc_while_at_the_limit_is_not_offered_again_when_room_free
         "{r:?}"
     );
 }
+
+/// The flower-xdp shadowing case on this kernel's classifier: a plugin running a filter before
+/// the kernel's turn at an earlier one it was not given would decide frames both match.
+#[test]
+fn a_filter_after_one_not_handed_over_stays_with_the_kernel() {
+    if let Some(s) = needs_root("tc filters").or_else(|| missing_tools(&["tc"], "iproute2")) {
+        return say_skip(&s);
+    }
+    let (ns, _peer) = setup();
+    tc(&ns, "qdisc add dev v0 clsact").unwrap();
+    // pref 1 redirects to p0 (not owned: not handed over); pref 2, which the plugin could run,
+    // sees only what pref 1 does not take.
+    u32_redirect(&ns, 1, "p0");
+    u32_redirect(&ns, 2, "v2");
+    let dir = TempDir::new();
+    let ev = dir.path().join("sh.jsonl");
+    let cfg = host_config(&ns.name, build(), false, &u32_plugin("sh", &ev, None));
+    let d = Daemon::start(dir.path(), &cfg);
+    d.settle();
+    let reasons = |d: &Daemon| -> Vec<(String, String)> {
+        refusals(d, "sh")
+            .into_iter()
+            .map(|(f, r)| (f.split(" handle ").next().unwrap().to_string(), r))
+            .collect()
+    };
+    let shadowed = vec![
+        (
+            "dev v0 ingress pref 1 chain 0".to_string(),
+            "mirred to p0 (not an owned port)".to_string(),
+        ),
+        (
+            "dev v0 ingress pref 2 chain 0".to_string(),
+            "after pref 1 chain 0, which is not offloaded".to_string(),
+        ),
+    ];
+    // At start-up (the initial dump's stream).
+    assert_eq!(reasons(&d), shadowed);
+    assert!(
+        last_filter(&read_events(&ev), 2).is_none(),
+        "{:?}",
+        read_events(&ev)
+    );
+    let text = String::from_utf8(d.cli(&["dump", "filters"]).stdout).unwrap();
+    assert!(
+        text.contains("\toffload: unsupported (after pref 1 chain 0, which is not offloaded) [sh]"),
+        "{text}"
+    );
+
+    // The earlier one deleted: the later one is handed over.
+    tc(&ns, "filter del dev v0 ingress pref 1").unwrap();
+    d.settle();
+    let got = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev), 2)
+    });
+    assert!(got.is_some(), "{:?}", reasons(&d));
+    assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));
+
+    // Added again: removed from the plugin, with the reason.
+    u32_redirect(&ns, 1, "p0");
+    d.settle();
+    let gone = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev), 2).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", read_events(&ev));
+    assert_eq!(reasons(&d), shadowed);
+
+    // Replaced into what the plugin runs: both handed over. (Added again, pref 1's u32
+    // hash table is another one: its handle is read from the status.)
+    let place = &refusals(&d, "sh")[0].0;
+    let h = u32::from_str_radix(place.rsplit("0x").next().unwrap(), 16).unwrap();
+    let handle = format!("{:x}:{:x}:{:x}", h >> 20, (h >> 12) & 0xff, h & 0xfff);
+    tc(
+        &ns,
+        &format!("filter replace dev v0 ingress pref 1 protocol ip handle {handle} u32 match ip dst 10.0.0.1/32 action mirred egress redirect dev v2"),
+    )
+    .unwrap();
+    d.settle();
+    let both = wait_for(Duration::from_secs(10), || {
+        let e = read_events(&ev);
+        (last_filter(&e, 1).is_some() && last_filter(&e, 2).is_some()).then_some(())
+    });
+    assert!(both.is_some(), "{:?}", reasons(&d));
+    assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));
+}

@@ -338,6 +338,32 @@ impl Mirror {
         self.inner.lock().unwrap().state.get(key)
     }
 
+    /// The tc filters of one chain (`target`, `parent`: the hook or class, `chain`), in `pref`
+    /// then handle order, as held now (unnamed: the dispatch judges them by ifindex).
+    pub fn tc_chain(
+        &self,
+        target: ekho_plugin_api::object::TcTarget,
+        parent: u32,
+        chain: u32,
+    ) -> Vec<ekho_plugin_api::object::TcFilter> {
+        let at = |prio, handle| ObjectKey::TcFilter {
+            target,
+            parent,
+            chain,
+            prio,
+            handle,
+        };
+        let g = self.inner.lock().unwrap();
+        g.state
+            .objs
+            .range(at(0, 0)..=at(u16::MAX, u32::MAX))
+            .filter_map(|(_, o)| match o {
+                Object::TcFilter(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Objects held, all kinds (a route key with several aliases counts once).
     pub fn len(&self) -> usize {
         let g = self.inner.lock().unwrap();

@@ -5,7 +5,7 @@
 
 use super::ports::PortFilter;
 use super::KINDS;
-use ekho_plugin_api::object::{TcTarget, TcUnsupported};
+use ekho_plugin_api::object::{TcFilter, TcTarget, TcUnsupported};
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::ObjectKey;
 use std::collections::BTreeSet;
@@ -42,17 +42,48 @@ pub(super) fn host_refusal(
 }
 
 /// Why a tc filter that passed the kind and port filters is not taken (API 1.3), the host's
-/// `unsupported`: a shared block also bound to a port the plugin does not own (it could run the
-/// filter on some of the block's devices only), or the first reason
-/// [`Capabilities::takes_filter`] gives (a mirred target must be an owned port).
+/// `unsupported`: its own reason ([`tc_own_refusal`]), or an earlier filter of its chain the
+/// host does not hand over (`not_offloaded`: their `(pref, protocol)`, [`not_offloaded`]):
+/// the kernel decides a frame both match by the earlier one, which the plugin never sees, so a
+/// plugin running this one would decide it first (`after pref 1 chain 0, which is not
+/// offloaded`).
 pub(super) fn tc_refusal(
     caps: &Capabilities,
     o: &Object,
     ports: &PortFilter,
+    not_offloaded: &[(u16, u16)],
 ) -> Option<TcUnsupported> {
     let Object::TcFilter(f) = o else {
         return None;
     };
+    if let Some(why) = tc_own_refusal(caps, f, ports) {
+        return Some(why);
+    }
+    not_offloaded
+        .iter()
+        .find(|&&(prio, protocol)| prio < f.prio && protocols_meet(protocol, f.protocol))
+        .map(|&(prio, _)| TcUnsupported::After {
+            prio,
+            chain: f.chain,
+        })
+}
+
+/// Whether filters of these protocols can both see a frame (the kernel tries a filter when its
+/// protocol is the frame's or `all`).
+fn protocols_meet(a: u16, b: u16) -> bool {
+    const ALL: u16 = 0x0003;
+    a == b || a == ALL || b == ALL
+}
+
+/// A filter's own reason not to be handed over, whatever precedes it: the first reason
+/// [`Capabilities::takes_filter`] gives (a mirred target must be an owned port), or a shared
+/// block also bound to a port the plugin does not own (it could run the filter on some of the
+/// block's devices only).
+pub(super) fn tc_own_refusal(
+    caps: &Capabilities,
+    f: &TcFilter,
+    ports: &PortFilter,
+) -> Option<TcUnsupported> {
     if let Err(why) = caps.takes_filter(f, &|i| ports.owns(i)) {
         return Some(why);
     }
@@ -64,6 +95,21 @@ pub(super) fn tc_refusal(
             .map(|ifindex| TcUnsupported::BlockPort { block, ifindex }),
         TcTarget::Dev(_) => None,
     }
+}
+
+/// The `(pref, protocol)` of the filters of one chain (`chain`: all of them, as the mirror
+/// holds them) the host does not hand over for their own reason ([`tc_own_refusal`]). A filter
+/// refused for coming after one of these is after that one too: the earliest decides.
+pub(super) fn not_offloaded(
+    caps: &Capabilities,
+    ports: &PortFilter,
+    chain: &[TcFilter],
+) -> Vec<(u16, u16)> {
+    chain
+        .iter()
+        .filter(|f| tc_own_refusal(caps, f, ports).is_some())
+        .map(|f| (f.prio, f.protocol))
+        .collect()
 }
 
 /// Additions refused at a declared limit, to offer again when room frees up.
@@ -182,14 +228,14 @@ mod tests {
         f.kind = "matchall".into();
         f.actions.push(TcActionSpec::gact(TcControl::Shot));
         assert_eq!(
-            tc_refusal(&caps, &Object::TcFilter(f.clone()), &ports),
+            tc_refusal(&caps, &Object::TcFilter(f.clone()), &ports, &[]),
             None
         );
         let mut pedit = f.clone();
         pedit
             .actions
             .push(TcActionSpec::raw("pedit", 1, TcControl::Pipe));
-        let why = tc_refusal(&caps, &Object::TcFilter(pedit), &ports).unwrap();
+        let why = tc_refusal(&caps, &Object::TcFilter(pedit), &ports, &[]).unwrap();
         assert_eq!(why.to_string(), "action pedit not supported");
         let mut block = f.clone();
         block.target = TcTarget::Block(7);
@@ -204,13 +250,73 @@ mod tests {
             },
         ]
         .into();
-        let why = tc_refusal(&caps, &Object::TcFilter(block), &ports).unwrap();
+        let why = tc_refusal(&caps, &Object::TcFilter(block), &ports, &[]).unwrap();
         assert_eq!(
             why.describe(&|i| ports.name(i)),
             "block 7 is bound to p3, not an owned port"
         );
         // Not a filter: nothing to say.
-        assert_eq!(tc_refusal(&caps, &link(2, "v0"), &ports), None);
+        assert_eq!(tc_refusal(&caps, &link(2, "v0"), &ports, &[]), None);
+    }
+
+    #[test]
+    fn a_filter_after_one_not_handed_over_is_refused_when_both_may_see_a_frame() {
+        use ekho_plugin_api::object::{
+            Link, TcActionSpec, TcCapabilities, TcControl, TC_H_MIN_INGRESS,
+        };
+        let caps = Capabilities::new()
+            .kinds([ObjectKind::TcFilter])
+            .port_names(["v*"])
+            .tc(TcCapabilities::new()
+                .classifiers(["matchall"])
+                .actions(["gact"])
+                .ingress(true));
+        let mut ports = PortFilter::new(&caps.ports, None);
+        ports.note_link(&Link {
+            ifindex: 2,
+            ifname: "v0".into(),
+            ..Default::default()
+        });
+        let filter = |prio: u16, protocol: u16, action: TcActionSpec| {
+            let mut f = TcFilter::new(TcTarget::Dev(2), TC_H_MIN_INGRESS, prio, 1);
+            f.kind = "matchall".into();
+            f.protocol = protocol;
+            f.actions.push(action);
+            f
+        };
+        let drop = || TcActionSpec::gact(TcControl::Shot);
+        let pedit = || TcActionSpec::raw("pedit", 1, TcControl::Ok);
+        // pref 1 ip with pedit (not handed over), pref 2 ip drop, pref 3 ipv6 drop, pref 4 all.
+        let chain = [
+            filter(1, 0x0800, pedit()),
+            filter(2, 0x0800, drop()),
+            filter(3, 0x86dd, drop()),
+            filter(4, 0x0003, drop()),
+        ];
+        let before = not_offloaded(&caps, &ports, &chain);
+        assert_eq!(before, [(1, 0x0800)]);
+        let why = |f: &TcFilter| {
+            tc_refusal(&caps, &Object::TcFilter(f.clone()), &ports, &before)
+                .map(|w| w.describe(&|i| ports.name(i)))
+        };
+        assert_eq!(
+            why(&chain[0]).as_deref(),
+            Some("action pedit not supported")
+        );
+        assert_eq!(
+            why(&chain[1]).as_deref(),
+            Some("after pref 1 chain 0, which is not offloaded")
+        );
+        assert_eq!(why(&chain[2]), None, "ipv6 frames never meet an ip filter");
+        assert_eq!(
+            why(&chain[3]).as_deref(),
+            Some("after pref 1 chain 0, which is not offloaded")
+        );
+        // With pref 1 gone, the chain's own reasons only.
+        let rest = not_offloaded(&caps, &ports, &chain[1..]);
+        assert!(rest.is_empty());
+        let f = Object::TcFilter(chain[1].clone());
+        assert_eq!(tc_refusal(&caps, &f, &ports, &rest), None);
     }
 
     #[test]

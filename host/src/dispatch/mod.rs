@@ -51,6 +51,14 @@ pub type ReplaySource = Arc<
 /// Reads one object from the mirror (to offer again an addition refused at a declared limit).
 pub type Lookup = Arc<dyn Fn(&ObjectKey) -> Option<Object> + Send + Sync>;
 
+/// Reads the tc filters of one chain from the mirror, `(target, parent, chain)`, in `pref`
+/// order (the host refuses a filter after one it does not hand over).
+pub type TcChain = Arc<
+    dyn Fn(ekho_plugin_api::object::TcTarget, u32, u32) -> Vec<ekho_plugin_api::object::TcFilter>
+        + Send
+        + Sync,
+>;
+
 /// How many objects the mirror holds, about (sizes the held set before a replay).
 pub type Size = Arc<dyn Fn() -> usize + Send + Sync>;
 
@@ -62,6 +70,8 @@ pub struct MirrorAccess {
     pub lookup: Lookup,
     /// Object count.
     pub size: Size,
+    /// The tc filters of one chain.
+    pub tc_chain: TcChain,
 }
 
 /// Changes handed to a plugin per `apply` call, at most.

@@ -6,21 +6,33 @@ mod sync;
 
 use super::held::Held;
 use super::keys::key_hash;
-use super::limits::{host_refusal, tc_refusal, Refused};
+use super::limits::{host_refusal, not_offloaded, tc_refusal, Refused};
 use super::ports::PortFilter;
 use super::queue::{PendingMap, Queue, Work};
 use super::status::{outcome_code, PluginState, PluginStatus};
 use super::stream::StreamFeed;
-use super::{Lookup, MirrorAccess, ReplaySource, Size, BATCH, KINDS};
+use super::{Lookup, MirrorAccess, ReplaySource, Size, TcChain, BATCH, KINDS};
 use crate::binding::Bound;
+use ekho_plugin_api::object::TcTarget;
 use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::{order, ObjectKey};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the plugin's counters are read while it is idle.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// A chain of tc filters: target, parent (hook or class), chain.
+pub(super) type ChainKey = (TcTarget, u32, u32);
+
+/// What one batch's refusals are judged against ([`Worker::admission`]).
+pub(super) struct Admission {
+    /// The port scope, for plugins that take tc filters.
+    ports: Option<PortFilter>,
+    /// The `(pref, protocol)` of the filters not handed over, by chain.
+    chains: HashMap<ChainKey, Vec<(u16, u16)>>,
+}
 
 /// The worker's private state: what the plugin holds, and with which outcome.
 pub(super) struct Worker {
@@ -41,6 +53,7 @@ pub(super) struct Worker {
     refused: Refused,
     lookup: Lookup,
     size: Size,
+    tc_chain: TcChain,
     /// The initial dump, streamed (plugins loaded at start-up).
     feed: Option<StreamFeed>,
 }
@@ -58,6 +71,7 @@ impl Worker {
             replay,
             lookup,
             size,
+            tc_chain,
         } = mirror;
         Worker {
             plugin,
@@ -73,6 +87,7 @@ impl Worker {
             refused: Refused::default(),
             lookup,
             size,
+            tc_chain,
             feed,
         }
     }
@@ -154,9 +169,23 @@ impl Worker {
 
         // Turn pending entries into changes, answering refusals ourselves.
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
-        let ports = self.tc_ports();
+        let mut adm = self.admission();
         let mut refused = 0u64;
+        // Chains whose filters changed, from the lowest pref changed: what follows is judged
+        // again once the batch is applied.
+        let mut chains: HashMap<ChainKey, u16> = HashMap::new();
         for (key, p) in batch.drain(..) {
+            if let ObjectKey::TcFilter {
+                target,
+                parent,
+                chain,
+                prio,
+                ..
+            } = key
+            {
+                let from = chains.entry((target, parent, chain)).or_insert(prio);
+                *from = (*from).min(prio);
+            }
             let delivered = self.held.contains(key_hash(&key));
             // The objects are shared with the other plugins' queues: copied only while another
             // still holds them, moved by the last.
@@ -170,7 +199,7 @@ impl Worker {
                     }
                 }
                 (base, Some(t)) => {
-                    if let Some(refusal) = self.refusal(ports.as_ref(), &t, !delivered) {
+                    if let Some(refusal) = self.refusal(&mut adm, &t, !delivered) {
                         if delivered {
                             if let Some(b) = base {
                                 changes.push(Change::Remove(owned(b)));
@@ -212,6 +241,7 @@ impl Worker {
 
         self.apply_in_batches(&changes)?;
         self.status.lock().unwrap().refused += refused;
+        self.reevaluate_chains(chains)?;
         self.offer_refused_again()?;
         self.refresh_stats();
         Ok(())
@@ -256,14 +286,14 @@ impl Worker {
             // every other path: a tc filter the plugin cannot run whole (a mirred target or a
             // block's device that left the scope) is not added, or removed if held; its reason
             // is kept. Additions count against declared limits as they go.
-            let ports = self.tc_ports();
+            let mut adm = self.admission();
             let mut adding = Vec::with_capacity(changes.len());
             for c in changes.drain(..) {
                 let Change::Add(o) = c else {
                     adding.push(c);
                     continue;
                 };
-                match self.refusal(ports.as_ref(), &o, true) {
+                match self.refusal(&mut adm, &o, true) {
                     Some(why) => self.refused.remember(&o, &why),
                     None => {
                         self.held_per_kind[o.kind().index()] += 1;
@@ -278,7 +308,7 @@ impl Worker {
                 }
             }
             for o in kept_filters {
-                if self.refusal(ports.as_ref(), &o, false).is_some() {
+                if self.refusal(&mut adm, &o, false).is_some() {
                     changes.push(Change::Remove(o));
                 }
             }
@@ -294,7 +324,7 @@ impl Worker {
             return Ok(());
         }
         let mut adds = Vec::new();
-        let ports = self.tc_ports();
+        let mut adm = self.admission();
         for k in self.refused.take_offerable(&self.caps, &self.held_per_kind) {
             if self.held.contains(key_hash(&k)) {
                 continue;
@@ -308,7 +338,7 @@ impl Worker {
             // Through the same admission as every other path: a tc filter the plugin cannot
             // run is not handed over because room freed up (its reason is kept). The limit
             // has room for it (`take_offerable`).
-            match self.refusal(ports.as_ref(), &o, false) {
+            match self.refusal(&mut adm, &o, false) {
                 None => adds.push(Change::Add(o)),
                 Some(why) => self.refused.remember(&o, &why),
             }
@@ -389,25 +419,33 @@ impl Worker {
         }
     }
 
-    /// The port scope as of now, for plugins that take tc filters (whose mirred targets and
-    /// shared blocks' devices must be owned ports).
-    pub(super) fn tc_ports(&self) -> Option<PortFilter> {
-        self.caps
-            .takes_kind(ObjectKind::TcFilter)
-            .then(|| self.queue.ports())
+    /// What the host's refusals are judged against for one batch or chunk: the port scope as
+    /// of now for plugins that take tc filters (their mirred targets and shared blocks' devices
+    /// must be owned ports), and the chains' filters not handed over, read from the mirror once
+    /// per chain.
+    pub(super) fn admission(&self) -> Admission {
+        Admission {
+            ports: self
+                .caps
+                .takes_kind(ObjectKind::TcFilter)
+                .then(|| self.queue.ports()),
+            chains: HashMap::new(),
+        }
     }
 
-    /// The host's answer for the plugin when it refuses `o` without calling it: declared
-    /// limits, ECMP width, a tc filter the plugin cannot run whole (its reason kept in the
-    /// status, or dropped once it is taken).
-    pub(super) fn refusal(
-        &self,
-        ports: Option<&PortFilter>,
-        o: &Object,
-        adding: bool,
-    ) -> Option<Outcome> {
-        if let (Some(p), Object::TcFilter(f)) = (ports, o) {
-            let why = tc_refusal(&self.caps, o, p);
+    /// The host's answer for the plugin when it refuses `o` without calling it, in front of
+    /// every path that hands the plugin an object (batches, syncs, re-evaluations, re-offers):
+    /// a tc filter the plugin cannot run whole or that comes after one not handed over (its
+    /// reason kept in the status, or dropped once it is taken), declared limits, ECMP width.
+    pub(super) fn refusal(&self, adm: &mut Admission, o: &Object, adding: bool) -> Option<Outcome> {
+        if let (Some(p), Object::TcFilter(f)) = (adm.ports.as_ref(), o) {
+            let not_offloaded = adm
+                .chains
+                .entry((f.target, f.parent, f.chain))
+                .or_insert_with(|| {
+                    not_offloaded(&self.caps, p, &(self.tc_chain)(f.target, f.parent, f.chain))
+                });
+            let why = tc_refusal(&self.caps, o, p, not_offloaded);
             let mut s = self.status.lock().unwrap();
             match why {
                 Some(why) => {
@@ -427,6 +465,46 @@ impl Worker {
             }
         }
         host_refusal(&self.caps, &self.held_per_kind, o, adding)
+    }
+
+    /// After tc filters changed in these chains (from the lowest `pref` changed): the later
+    /// filters of each are judged again, as an earlier one not handed over may have come or
+    /// gone (added, deleted, replaced). Adds what is now admitted and not held, removes what is
+    /// held and now refused.
+    fn reevaluate_chains(&mut self, chains: HashMap<ChainKey, u16>) -> Result<(), String> {
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let mut adm = self.admission();
+        let mut changes = Vec::new();
+        for ((target, parent, chain), from) in chains {
+            for f in (self.tc_chain)(target, parent, chain) {
+                if f.prio <= from {
+                    continue;
+                }
+                let o = Object::TcFilter(f);
+                let held = self.held.contains(key_hash(&o.key()));
+                if !held && !self.queue.takes(&o) {
+                    continue;
+                }
+                match (self.refusal(&mut adm, &o, !held), held) {
+                    (Some(_), true) => changes.push(Change::Remove(o)),
+                    (None, false) => {
+                        self.held_per_kind[o.kind().index()] += 1;
+                        changes.push(Change::Add(o));
+                    }
+                    (Some(why), false) => self.refused.remember(&o, &why),
+                    (None, true) => {}
+                }
+            }
+        }
+        for c in &changes {
+            if let Change::Add(o) = c {
+                self.held_per_kind[o.kind().index()] -= 1;
+            }
+        }
+        order::sort_batch(&mut changes);
+        self.apply_in_batches(&changes)
     }
 
     /// A tc filter is gone (or out of the port scope): nothing more to say about it.

@@ -1050,6 +1050,13 @@ pub enum TcUnsupported {
     GotoChain,
     /// The host's port scope: `block 7 is bound to p3, not an owned port`.
     BlockPort { block: u32, ifindex: u32 },
+    /// The host's: `after pref 1 chain 0, which is not offloaded`. An earlier filter of the
+    /// same hook and chain (lower `pref`, a protocol both may see) is not handed to the
+    /// plugin: the kernel decides a frame both match by that one, so this one is left to the
+    /// kernel too (the host sees every filter of a hook; a plugin only those it is given).
+    After { prio: u16, chain: u32 },
+    /// The host's: `block 7 is bound to no device` (a shared block's filter runs nowhere).
+    UnboundBlock(u32),
 }
 
 impl TcUnsupported {
@@ -1077,6 +1084,10 @@ impl TcUnsupported {
                     dev(*ifindex)
                 )
             }
+            TcUnsupported::After { prio, chain } => {
+                format!("after pref {prio} chain {chain}, which is not offloaded")
+            }
+            TcUnsupported::UnboundBlock(b) => format!("block {b} is bound to no device"),
         }
     }
 }

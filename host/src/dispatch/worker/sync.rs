@@ -171,10 +171,10 @@ impl Worker {
         // Count this chunk's additions as they go, so a limit holds within the chunk.
         let mut keep = vec![true; changes.len()];
         let mut any_refused = false;
-        let ports = self.tc_ports();
+        let mut adm = self.admission();
         for (i, c) in changes.iter().enumerate() {
             let o = c.object();
-            if let Some(refusal) = self.refusal(ports.as_ref(), o, true) {
+            if let Some(refusal) = self.refusal(&mut adm, o, true) {
                 *refused += 1;
                 any_refused = true;
                 keep[i] = false;
@@ -219,6 +219,7 @@ impl Worker {
         let mut names: HashMap<u32, RString> = HashMap::new();
         let mut ports = self.queue.port_scope();
         let mut changes: Vec<Change> = Vec::new();
+        let mut filters: Vec<Change> = Vec::new();
         loop {
             let (new_attrs, mut items) = match feed.recv(Duration::from_millis(200)) {
                 Ok(m) => m,
@@ -253,6 +254,15 @@ impl Worker {
             }
             feed.give_back(items);
             changes.retain(|c| takes(&self.caps, &ports, c.object()));
+            // tc filters wait for the end of the dump: whether one comes after a filter not
+            // handed over is judged from its whole chain, in the installed mirror.
+            if self.caps.takes_kind(ObjectKind::TcFilter) {
+                let (f, rest): (Vec<Change>, Vec<Change>) = changes
+                    .drain(..)
+                    .partition(|c| c.kind() == ObjectKind::TcFilter);
+                filters.extend(f);
+                changes = rest;
+            }
             order::sort_batch(&mut changes);
             let mut hashes: Vec<u64> = changes.iter().map(|c| key_hash(&c.key())).collect();
             count += changes.len();
@@ -292,6 +302,13 @@ impl Worker {
                 self.replay_all()
             }
             StreamEnd::Complete => {
+                order::sort_batch(&mut filters);
+                while !filters.is_empty() {
+                    let n = filters.len().min(BATCH);
+                    let mut chunk: Vec<Change> = filters.drain(..n).collect();
+                    let mut hashes: Vec<u64> = chunk.iter().map(|c| key_hash(&c.key())).collect();
+                    self.apply_replayed(&mut chunk, &mut hashes, &mut refused)?;
+                }
                 tracing::debug!(
                     plugin = %self.name(),
                     objects = count,
