@@ -3,8 +3,9 @@
 //! A reference ekho backend for the tc kinds of plugin API 1.3. It owns Ethernet ports and runs
 //! the flower filters of their ingress hook (a device's, or a shared block bound only to owned
 //! ports) in an XDP program attached to them, in tc's order: chain 0 first, within a chain by
-//! prio then handle, the first match runs its actions, `goto chain N` continues in chain N,
-//! `continue` with the next filter, `jump N` resumes at action N (tc restarts the list and skips N).
+//! prio, within a prio by mask as flower tries them, the first match runs its actions,
+//! `goto chain N` continues in chain N, `continue` with the next filter, `jump N` resumes at
+//! action N (tc restarts the list and skips N).
 //!
 //! ## What runs in XDP (`bpf/flower_xdp.bpf.c`)
 //! - Keys: `protocol`, `eth_type`, `dst_mac`/`src_mac` (masked), `vlan_id`, `vlan_prio`,
@@ -49,8 +50,10 @@
 //!   one run here, a frame both match is decided in XDP. Keep such filters after the offloaded
 //!   ones (higher prio) or in a chain of their own.
 //! - A redirect in XDP bypasses the target port's egress qdisc and egress tc filters.
-//! - Within one prio, flower tries masks in creation order; here filters of one prio are tried
-//!   by handle (the same unless handles were given out of order).
+//! - Within one prio, flower tries masks in the order they were first made, not by handle
+//!   (see `table::PrioOrder`): the plugin keeps the order it sees filters made in. After a
+//!   replay (handle order) that order is unknown: filters of a replayed prio that may match
+//!   one frame under different masks are refused (the kernel runs them), the others run.
 //! - vlan modify without a priority keeps the frame's PCP in the kernel, with `priority 0` sets
 //!   0; the API's `priority` is 0 for both, so a vlan modify with priority 0 is refused
 //!   (unsupported: the kernel runs it).
@@ -296,9 +299,11 @@ impl Plugin for FlowerXdp {
 
     fn begin_sync(&mut self) {
         self.sync_seen = Some(HashSet::new());
+        self.table.begin_replay();
     }
 
     fn end_sync(&mut self) {
+        self.table.end_replay();
         let Some(seen) = self.sync_seen.take() else {
             return;
         };

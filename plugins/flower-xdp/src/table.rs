@@ -42,6 +42,100 @@ struct Entry {
     filter: TcFilter,
     compiled: Result<Compiled, String>,
     stats_id: u32,
+    /// Why it is not run although it compiles: its place in the order is not known (see
+    /// [`PrioOrder`]).
+    order_refused: Option<String>,
+}
+
+/// tc's (target, parent, chain, prio): one flower instance, whose filters share the protocol.
+type PrioKey = (TcTarget, u32, u32, u16);
+
+fn prio_key(id: &FilterId) -> PrioKey {
+    (id.target, id.parent, id.chain, id.prio)
+}
+
+/// A flower mask as the kernel groups filters by it: the mask and whether the source and
+/// destination ports are ranges. `Unknown` for a filter whose keys the compiler refuses (its
+/// trap catches every frame of its protocol, and is put first in its prio: a trap earlier than
+/// the kernel's order only hands more frames to the kernel, which decides them as tc does).
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum MaskId {
+    Known(FKey, bool, bool),
+    Unknown(u32),
+}
+
+fn mask_of(f: &TcFilter) -> MaskId {
+    match crate::compile::compile_match(f) {
+        Ok((_, m, r)) => MaskId::Known(m, r[1] != 0, r[3] != 0),
+        Err(_) => MaskId::Unknown(f.handle),
+    }
+}
+
+/// The order flower tries the filters of one prio in. fl_classify walks the instance's masks
+/// in list order, a new mask appended at the end (fl_create_new_mask: list_add_tail_rcu) and
+/// removed when its last filter goes (fl_mask_put); within a mask a hash table holds the
+/// filters by masked key, so at most one matches a frame, except with port ranges, where the
+/// mask's filters are tried in creation order (fl_lookup_range walks mask->filters, appended
+/// to). Handles say nothing about it: automatic ones are the lowest free (idr_alloc_u32 from
+/// 1). The plugin sees filters in notification order and keeps that order here.
+///
+/// A replay (a resync, the initial dump) hands filters over in handle order: the order of
+/// masks met first there is not the kernel's. Such a prio is `known: false` until it empties:
+/// its filters are run where no two of them of different masks (or of one mask with port
+/// ranges) can match one frame, where the order decides nothing; the others are refused.
+#[derive(Debug)]
+struct PrioOrder {
+    masks: Vec<(MaskId, Vec<u32>)>,
+    known: bool,
+}
+
+impl PrioOrder {
+    fn insert(&mut self, handle: u32, m: MaskId) {
+        match self.masks.iter_mut().find(|(k, _)| *k == m) {
+            Some((_, hs)) => hs.push(handle),
+            None => self.masks.push((m, vec![handle])),
+        }
+    }
+
+    fn remove(&mut self, handle: u32, m: &MaskId) {
+        if let Some(i) = self.masks.iter().position(|(k, _)| k == m) {
+            self.masks[i].1.retain(|h| *h != handle);
+            if self.masks[i].1.is_empty() {
+                self.masks.remove(i);
+            }
+        }
+    }
+
+    /// The place of `handle` within its prio: masks in list order (unknown ones first), then
+    /// the mask's filters in creation order.
+    fn rank(&self, handle: u32) -> u64 {
+        for (i, (m, hs)) in self.masks.iter().enumerate() {
+            if let Some(p) = hs.iter().position(|h| *h == handle) {
+                let band = match m {
+                    MaskId::Unknown(_) => 0,
+                    MaskId::Known(..) => i as u64 + 1,
+                };
+                return (band << 32) | p as u64;
+            }
+        }
+        u64::MAX
+    }
+}
+
+/// A filter's compiled match (key, mask, port ranges) and its mask.
+type Placed = ((FKey, FKey, [u16; 4]), MaskId);
+
+/// Whether some frame may match both rules (keys equal where both masks look; port ranges,
+/// when both have one on the same port, intersect; a range against a masked port: maybe).
+fn may_overlap(a: &(FKey, FKey, [u16; 4]), b: &(FKey, FKey, [u16; 4])) -> bool {
+    let both = a.1.masked(&b.1);
+    if a.0.masked(&both) != b.0.masked(&both) {
+        return false;
+    }
+    let (ra, rb) = (a.2, b.2);
+    let disjoint =
+        |lo1: u16, hi1: u16, lo2: u16, hi2: u16| hi1 != 0 && hi2 != 0 && (hi1 < lo2 || hi2 < lo1);
+    !(disjoint(ra[0], ra[1], rb[0], rb[1]) || disjoint(ra[2], ra[3], rb[2], rb[3]))
 }
 
 #[derive(Default)]
@@ -115,6 +209,9 @@ pub struct Table {
     /// The last generation number given out (over all ports: a key is never reused while a
     /// retired generation may hold it).
     last_gen: u32,
+    prios: HashMap<PrioKey, PrioOrder>,
+    /// Between `begin_replay` and `end_replay`.
+    replaying: bool,
 }
 
 impl Default for Table {
@@ -139,6 +236,113 @@ impl Table {
             retired: Retired::default(),
             chain_entries: 0,
             last_gen: 0,
+            prios: HashMap::new(),
+            replaying: false,
+        }
+    }
+
+    /// A replay (the host's sync) begins: the filters new to the table come in handle order,
+    /// not in the order they were made.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    pub fn end_replay(&mut self) {
+        self.replaying = false;
+    }
+
+    /// Keeps the order of `id`'s prio for a filter added (`Some(new)`) or removed, then decides
+    /// which of the prio's filters cannot run for want of their order.
+    fn track_order(&mut self, id: FilterId, old: Option<MaskId>, new: Option<MaskId>) {
+        let pk = prio_key(&id);
+        let replaying = self.replaying;
+        let po = self.prios.entry(pk).or_insert_with(|| PrioOrder {
+            masks: Vec::new(),
+            known: true,
+        });
+        let added = old.is_none() && new.is_some();
+        match (old, new) {
+            (Some(o), Some(n)) if o == n => {}
+            (o, n) => {
+                // fl_change: the new mask is found or appended before the old one is put
+                if let Some(n) = n {
+                    po.insert(id.handle, n);
+                    if o.is_none() && replaying {
+                        po.known = false;
+                    }
+                }
+                if let Some(o) = o {
+                    po.remove(id.handle, &o);
+                }
+            }
+        }
+        if po.masks.is_empty() {
+            self.prios.remove(&pk);
+            return;
+        }
+        if po.known {
+            // made in notification order: nothing is refused for its order
+            return;
+        }
+        let handles: Vec<u32> = po.masks.iter().flat_map(|(_, hs)| hs.clone()).collect();
+        let fid = |h: u32| FilterId { handle: h, ..id };
+        let info = |t: &Table, h: u32| {
+            t.filters.get(&fid(h)).and_then(|e| {
+                crate::compile::compile_match(&e.filter)
+                    .ok()
+                    .map(|m| (m, mask_of(&e.filter)))
+            })
+        };
+        let all: Vec<(u32, Option<Placed>)> =
+            handles.iter().map(|h| (*h, info(self, *h))).collect();
+        let clash = |a: &Placed, b: &Placed| {
+            let ranged = matches!(a.1, MaskId::Known(_, s, d) if s || d);
+            (a.1 != b.1 || ranged) && may_overlap(&a.0, &b.0)
+        };
+        let why = |other: u32| {
+            format!(
+                "order within pref {} unknown (replayed in handle order, not made in it) and handle {:#x} may match the same frames: the kernel runs it until the pref is emptied",
+                id.prio, other
+            )
+        };
+        let mut refused: HashMap<u32, String> = HashMap::new();
+        if added {
+            // a filter added: only its pairs are new (O(n))
+            for (h, _) in &all {
+                if let Some(r) = self
+                    .filters
+                    .get(&fid(*h))
+                    .and_then(|e| e.order_refused.clone())
+                {
+                    refused.insert(*h, r);
+                }
+            }
+            if let Some(Some(a)) = all.iter().find(|(h, _)| *h == id.handle).map(|(_, m)| m) {
+                for (h, b) in &all {
+                    let Some(b) = b else { continue };
+                    if *h != id.handle && clash(a, b) {
+                        refused.entry(id.handle).or_insert_with(|| why(*h));
+                        refused.entry(*h).or_insert_with(|| why(id.handle));
+                    }
+                }
+            }
+        } else {
+            // removed or replaced: every pair again
+            for (x, (hx, a)) in all.iter().enumerate() {
+                let Some(a) = a else { continue };
+                for (hy, b) in all.iter().skip(x + 1) {
+                    let Some(b) = b else { continue };
+                    if clash(a, b) || clash(b, a) {
+                        refused.entry(*hx).or_insert_with(|| why(*hy));
+                        refused.entry(*hy).or_insert_with(|| why(*hx));
+                    }
+                }
+            }
+        }
+        for h in handles {
+            if let Some(e) = self.filters.get_mut(&fid(h)) {
+                e.order_refused = refused.remove(&h);
+            }
         }
     }
 
@@ -242,18 +446,22 @@ impl Table {
                 sid
             }
         };
-        let taken = match &compiled {
-            Ok(_) => Taken::Running,
-            Err(r) => Taken::Unsupported(r.clone()),
-        };
+        let old_mask = self.filters.get(&id).map(|e| mask_of(&e.filter));
+        let new_mask = mask_of(&f);
         self.filters.insert(
             id,
             Entry {
                 filter: f,
                 compiled,
                 stats_id,
+                order_refused: None,
             },
         );
+        self.track_order(id, old_mask, Some(new_mask));
+        let taken = match self.reason(&id) {
+            None => Taken::Running,
+            Some(r) => Taken::Unsupported(r.to_string()),
+        };
         let res = self
             .sync_buckets(dp, id)
             .and_then(|_| self.rebuild(dp, Some(&touched)));
@@ -266,6 +474,7 @@ impl Table {
         let Some(e) = self.filters.remove(&id) else {
             return Ok(());
         };
+        self.track_order(id, Some(mask_of(&e.filter)), None);
         let touched: BTreeSet<u32> = e.filter.devices().into_iter().collect();
         let res = self
             .rebuild(dp, Some(&touched))
@@ -278,16 +487,21 @@ impl Table {
 
     /// Every filter held, with its stats id and whether it runs.
     pub fn filters(&self) -> impl Iterator<Item = (&TcFilter, u32, bool)> {
-        self.filters
-            .values()
-            .map(|e| (&e.filter, e.stats_id, e.compiled.is_ok()))
+        self.filters.values().map(|e| {
+            (
+                &e.filter,
+                e.stats_id,
+                e.compiled.is_ok() && e.order_refused.is_none(),
+            )
+        })
     }
 
     /// Why a filter does not run, if it does not.
     pub fn reason(&self, id: &FilterId) -> Option<&str> {
-        self.filters
-            .get(id)
-            .and_then(|e| e.compiled.as_ref().err().map(|s| s.as_str()))
+        self.filters.get(id).and_then(|e| match &e.compiled {
+            Err(s) => Some(s.as_str()),
+            Ok(_) => e.order_refused.as_deref(),
+        })
     }
 
     pub fn stats_id(&self, id: &FilterId) -> Option<u32> {
@@ -394,19 +608,24 @@ impl Table {
     }
 
     fn rebuild_port(&mut self, dp: &mut dyn Backend, ifindex: u32) -> Result<(), TableError> {
-        // (chain, prio, handle) order: tc's order within a chain (flower tries the filters of
-        // one prio by mask in creation order; handles are allocated in that order).
-        let mut rules: BTreeMap<(u32, u16, u32), Rule> = BTreeMap::new();
+        // tc's order within a chain: by prio, within a prio flower's (masks in list order, a
+        // mask's filters in creation order: PrioOrder), then handle.
+        let mut rules: BTreeMap<(u32, u16, u64, u32), Rule> = BTreeMap::new();
         for (id, e) in &self.filters {
+            let rank = self
+                .prios
+                .get(&prio_key(id))
+                .map(|p| p.rank(id.handle))
+                .unwrap_or(u64::MAX);
             let c = match &e.compiled {
-                Ok(c) => c,
-                Err(_) => {
+                Ok(c) if e.order_refused.is_none() => c,
+                _ => {
                     // held but not run here: a trap keeps its place in the order
                     if crate::compile::traps_on(&e.filter, ifindex) {
                         let mut r = crate::compile::trap(&e.filter);
                         // not counted: the kernel runs it (and counts it)
                         r.stats_id = u32::MAX;
-                        rules.insert((id.chain, id.prio, id.handle), r);
+                        rules.insert((id.chain, id.prio, rank, id.handle), r);
                     }
                     continue;
                 }
@@ -421,10 +640,10 @@ impl Table {
                     r.actions[p.position].arg = b.slot;
                 }
             }
-            rules.insert((id.chain, id.prio, id.handle), r);
+            rules.insert((id.chain, id.prio, rank, id.handle), r);
         }
         let mut by_chain: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
-        for ((chain, _, _), r) in rules {
+        for ((chain, _, _, _), r) in rules {
             by_chain.entry(chain).or_default().push(r);
         }
         let old = self.ports.remove(&ifindex).unwrap_or_default();
