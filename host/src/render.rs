@@ -262,6 +262,15 @@ pub fn status(v: &Value) -> String {
         let parts: Vec<String> = o.iter().map(|(k, n)| format!("{k}={n}")).collect();
         let _ = writeln!(out, "  objects: {}", parts.join(" "));
     }
+    // Which event socket overran, and what the resyncs re-read (absent from older daemons).
+    if let Some(o) = m["socket_overruns"].as_object().filter(|o| !o.is_empty()) {
+        let parts: Vec<String> = o.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "  overruns per socket: {}", parts.join(" "));
+    }
+    if let Some(o) = m["resynced"].as_object().filter(|o| !o.is_empty()) {
+        let parts: Vec<String> = o.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(out, "  re-dumped per kind: {}", parts.join(" "));
+    }
     let b = &v["ebpf"];
     let _ = write!(out, "ebpf: {}", scalar(&b["state"]));
     if let Some(r) = b["reason"].as_str() {

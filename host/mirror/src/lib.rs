@@ -125,6 +125,15 @@ pub struct MirrorStats {
     pub messages: u64,
     /// Socket overruns (ENOBUFS) seen.
     pub overruns: u64,
+    /// Overruns per event socket (`rtnetlink`, `nftables`; both always present): which socket
+    /// lost messages. A notification too large for its receive slot counts as an overrun of
+    /// its socket.
+    pub socket_overruns: BTreeMap<&'static str, u64>,
+    /// Re-dumps reconciled after the initial sync, per kind (plural kind name, `tc` for the tc
+    /// dump): what a resync re-read. An overrun of the rtnetlink socket re-dumps every kind but
+    /// the nftables ones, and tc; one of the nftables socket only `nf_chains` and
+    /// `nf_flowtables`; a targeted re-dump only the kinds asked for.
+    pub resynced: BTreeMap<&'static str, u64>,
     /// Resyncs done (after overruns, eBPF ring-buffer losses, or targeted re-dumps).
     pub resyncs: u64,
     /// Duration of the last resync, in milliseconds.
@@ -410,6 +419,9 @@ impl Mirror {
         s.objects.extend(g.state.tc.counts());
         s.route_attr_sets = g.state.routes.interned();
         s.undecodable = undecodable::counts();
+        for k in ["rtnetlink", "nftables"] {
+            s.socket_overruns.entry(k).or_default();
+        }
         s
     }
 
@@ -511,8 +523,22 @@ impl Mirror {
         g.stats.last_resync_ms = ms;
     }
 
-    pub(crate) fn count_overrun(&self) {
-        self.inner.lock().unwrap().stats.overruns += 1;
+    /// Counts an overrun of the event socket named `socket` (`rtnetlink`, `nftables`).
+    pub(crate) fn count_overrun(&self, socket: &'static str) {
+        let mut g = self.inner.lock().unwrap();
+        g.stats.overruns += 1;
+        *g.stats.socket_overruns.entry(socket).or_default() += 1;
+    }
+
+    /// Counts a re-dump of `kinds` (and of tc when `tc`) after the initial sync.
+    pub(crate) fn count_redump(&self, kinds: &BTreeSet<ObjectKind>, tc: bool) {
+        let mut g = self.inner.lock().unwrap();
+        for k in kinds {
+            *g.stats.resynced.entry(k.plural()).or_default() += 1;
+        }
+        if tc {
+            *g.stats.resynced.entry("tc").or_default() += 1;
+        }
     }
 
     pub(crate) fn control(&self) -> &Arc<Control> {

@@ -8,7 +8,8 @@
 //! 2. dumps every kind on a second socket and reconciles the dump into the mirror;
 //! 3. applies notifications as they come: many datagrams per `recvmmsg`, a batch of about 1024
 //!    events applied under one mirror lock and handed to the listeners at once;
-//! 4. on `ENOBUFS` (messages lost) counts an overrun and re-dumps every kind of that socket, keeping the event
+//! 4. on `ENOBUFS` (messages lost) counts an overrun of that socket and re-dumps the kinds it
+//!    carries (counted per kind, [`MirrorStats::resynced`](crate::MirrorStats::resynced)), keeping the event
 //!    socket: the dump is reconciled by mark and sweep (only real differences are emitted), then
 //!    the events queued meanwhile are applied in order;
 //! 5. re-dumps proxy neighbours (never notified by the kernel) periodically and right after the
@@ -1250,7 +1251,7 @@ fn thread_main(
                             tracing::warn!(
                                 "netlink notification larger than {EVENT_SLOT_BYTES} bytes: lost, resyncing"
                             );
-                            m.count_overrun();
+                            m.count_overrun("rtnetlink");
                             overrun = true;
                             continue;
                         }
@@ -1277,7 +1278,7 @@ fn thread_main(
                     tracing::warn!(
                         "netlink event socket overrun (ENOBUFS): messages lost, resyncing"
                     );
-                    m.count_overrun();
+                    m.count_overrun("rtnetlink");
                     overrun = true;
                 }
                 Err(e) => return Err(nl_err("event recv", e)),
@@ -1290,7 +1291,7 @@ fn thread_main(
                     tracing::warn!(
                         "nftables event socket overrun (ENOBUFS): messages lost, resyncing the nftables kinds"
                     );
-                    m.count_overrun();
+                    m.count_overrun("nftables");
                     nft_overrun = true;
                 }
                 Err(e) => return Err(nl_err("nftables event recv", e)),
@@ -1300,7 +1301,12 @@ fn thread_main(
         let mut kinds: BTreeSet<ObjectKind> =
             std::mem::take(&mut *m.control().resync.lock().unwrap());
         if overrun {
-            kinds.extend(ObjectKind::ALL.iter().filter(|k| !nftables::is_nft(**k)));
+            // Flows are the conntrack source's (another socket): not dumped here.
+            kinds.extend(
+                ObjectKind::ALL
+                    .iter()
+                    .filter(|k| !nftables::is_nft(**k) && **k != ObjectKind::Flow),
+            );
         }
         if nft_overrun {
             kinds.extend(ObjectKind::ALL.iter().filter(|k| nftables::is_nft(**k)));
@@ -1323,6 +1329,7 @@ fn thread_main(
             });
             match r {
                 Ok((snap, n)) => {
+                    m.count_redump(&kinds, tc);
                     m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
                     // After an overrun this is news; a targeted re-dump (eBPF saw a neighbour
                     // created, ring-buffer loss) is routine.
