@@ -187,6 +187,20 @@ fn params(o: &ActionOptions) -> (api::TcControl, api::TcActionParams) {
                 p.pkts_rate = r;
                 p.pkts_burst = ticks_at(r, b);
             }
+            // The kernel charges a packet `len + overhead`, at least `mpu`, in whole ATM cells
+            // for `linklayer atm` (psched_l2t_ns): API 1.3's TcPolice has no fields for them, so
+            // such a police stays raw rather than reach a plugin as a bucket it would fill at
+            // another pace (a plugin taking `police` sees its kind with raw parameters and
+            // answers unsupported). Typed from API 1.4 on.
+            if police_sizes_packets_otherwise(v) {
+                let attrs: Vec<api::TcRawAttr> = v.iter().map(raw_attr).collect();
+                return (
+                    p.conform,
+                    P::Raw {
+                        attrs: attrs.into(),
+                    },
+                );
+            }
             // What follows a conforming packet.
             (p.conform, P::Police(p))
         }
@@ -365,6 +379,20 @@ fn route_params(
         .or(tk.map(P::TunnelKey))
         .unwrap_or(P::Raw { attrs: raw.into() });
     (ctl, p)
+}
+
+/// `TC_LINKLAYER_ATM`: a packet is charged whole 53-byte cells of 48 bytes' payload.
+const TC_LINKLAYER_ATM: u8 = 2;
+
+/// Whether a police's rate or peak rate charges a packet other than its length (`overhead`,
+/// `mpu`, `linklayer atm`).
+fn police_sizes_packets_otherwise(v: &[TcActionPoliceOption]) -> bool {
+    v.iter().any(|x| match x {
+        TcActionPoliceOption::Tbf(t) => [&t.rate, &t.peakrate]
+            .iter()
+            .any(|r| r.overhead != 0 || r.mpu != 0 || r.linklayer == TC_LINKLAYER_ATM),
+        _ => false,
+    })
 }
 
 /// `TCA_CLS_FLAGS_SKIP_HW`, `TCA_CLS_FLAGS_SKIP_SW`.
@@ -1066,6 +1094,51 @@ pub(crate) mod tests {
         assert_eq!(o.target, api::TcTarget::Block(7));
         assert_eq!(o.devices(), [2, 3]);
         assert_eq!(o.hooks(), [api::TcHook::Ingress, api::TcHook::Egress]);
+    }
+
+    #[test]
+    fn a_police_with_overhead_mpu_or_atm_stays_raw() {
+        let dumped_police = || -> Vec<Action> {
+            dumped("police")
+                .iter()
+                .flat_map(|m| {
+                    let msg = NetlinkMessage::<R>::deserialize(m).unwrap();
+                    let (InnerMessage(R::GetTrafficAction(m))
+                    | InnerMessage(R::NewTrafficAction(m))) = msg.payload
+                    else {
+                        panic!("not an action message")
+                    };
+                    crate::netlink::tc::actions(&m)
+                })
+                .collect()
+        };
+        let a = dumped_police().remove(0);
+        assert!(matches!(action_spec(&a).params, P::Police(_)));
+        let edits: [fn(&mut crate::netlink::tc_act::police::TcPolice); 4] = [
+            |t| t.rate.overhead = 24,
+            |t| t.rate.mpu = 64,
+            |t| t.rate.linklayer = TC_LINKLAYER_ATM,
+            |t| t.peakrate.overhead = 8,
+        ];
+        for edit in edits {
+            let mut b = a.clone();
+            let ActionOptions::Police(v) = &mut b.options else {
+                panic!("{:?}", b.options)
+            };
+            for x in v.iter_mut() {
+                if let TcActionPoliceOption::Tbf(t) = x {
+                    edit(t);
+                }
+            }
+            let n = v.len();
+            let spec = action_spec(&b);
+            let P::Raw { attrs } = &spec.params else {
+                panic!("typed: {:?}", spec.params)
+            };
+            assert_eq!(spec.kind.as_str(), "police");
+            // Nothing lost: the options as the kernel sent them.
+            assert_eq!(attrs.len(), n);
+        }
     }
 
     #[test]
