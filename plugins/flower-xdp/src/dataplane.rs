@@ -21,6 +21,9 @@ const BPF_F_LOCK: u64 = 4;
 pub trait Backend: Send {
     fn attach(&mut self, ifindex: u32) -> Result<Option<String>, Error>;
     fn detach(&mut self, ifindex: u32) -> Result<(), Error>;
+    /// Whether the port strips VLAN tags before XDP (`rx-vlan-offload` or
+    /// `rx-vlan-stag-hw-parse` on, `ethtool -k`).
+    fn rx_vlan_offload(&mut self, ifindex: u32) -> Result<bool, Error>;
     /// Adds (`Some`) or removes a port: `PORTS` (its live generation) and the `TX_PORTS`
     /// devmap entry redirects use.
     fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error>;
@@ -208,6 +211,14 @@ impl Backend for Dataplane {
 
     fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
         self.att.detach(&mut self.ebpf, ifindex)
+    }
+
+    fn rx_vlan_offload(&mut self, ifindex: u32) -> Result<bool, Error> {
+        let on = netns::run_in(self.att.netns(), move || {
+            crate::ethtool::active(ifindex, &crate::ethtool::RX_VLAN_FEATURES)
+        })?
+        .map_err(|e| Error::Other(format!("ethtool features of ifindex {ifindex}: {e}")))?;
+        Ok(on.iter().any(|b| *b))
     }
 
     fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error> {

@@ -50,6 +50,15 @@
 //!   one run here, a frame both match is decided in XDP. Keep such filters after the offloaded
 //!   ones (higher prio) or in a chain of their own.
 //! - A redirect in XDP bypasses the target port's egress qdisc and egress tc filters.
+//! - A NIC with rx-vlan offload on (`ethtool -k`: `rx-vlan-offload`, `rx-vlan-stag-hw-parse`)
+//!   takes the tag out before XDP: a tagged frame looks untagged here, so a `protocol ip` filter
+//!   matches tagged traffic tc would not and vlan keys never match. The plugin reads the
+//!   features when it takes a port (and on each later link message), warns, and counts such
+//!   ports (`ports rx_vlan_offload`); it does not refuse filters for it. Turn it off:
+//!   `ethtool -K DEV rxvlan off rx-vlan-stag-hw-parse off`. Not read on veth, which has the
+//!   feature on by default but strips nothing from the frame's bytes; there a tag the sender
+//!   carried beside the frame (tx-vlan offload on at the peer) is not seen: turn `txvlan` off
+//!   on a sender whose tags the filters match.
 //! - Within one prio, flower tries masks in the order they were first made, not by handle
 //!   (see `table::PrioOrder`): the plugin keeps the order it sees filters made in. After a
 //!   replay (handle order) that order is unknown: filters of a replayed prio that may match
@@ -67,10 +76,12 @@
 //!
 //! ## Stats
 //! `xdp` per reason (not_owned, unparsed, no_match, passed, dropped, redirected,
-//! redirect_failed, steps), `filters` running / unsupported, `ports` owned.
+//! redirect_failed, steps), `filters` running / unsupported, `ports` owned and
+//! rx_vlan_offload (owned ports that strip VLAN tags before XDP: see above).
 
 pub mod compile;
 pub mod dataplane;
+pub mod ethtool;
 pub mod maps;
 pub mod table;
 
@@ -118,6 +129,8 @@ pub struct FlowerXdp {
     table: Table,
     links: HashMap<u32, Link>,
     sync_seen: Option<HashSet<FilterId>>,
+    /// Owned ports that strip VLAN tags before XDP (see the crate docs).
+    rx_vlan: HashSet<u32>,
 }
 
 impl FlowerXdp {
@@ -137,6 +150,7 @@ impl FlowerXdp {
             table: Table::new(),
             links: HashMap::new(),
             sync_seen: None,
+            rx_vlan: HashSet::new(),
         })
     }
 
@@ -187,6 +201,31 @@ impl FlowerXdp {
                 .map(|_| None),
             _ => Ok(None),
         };
+        if want && res.is_ok() && l.kind.as_str() != "veth" {
+            // On every add or update of an owned port: `ethtool -K` sends no link message,
+            // but a later one (up, down, mtu) reads the features again. Not on veth: it has
+            // the feature on but takes nothing out of the frame's bytes (see the crate docs).
+            match dp.rx_vlan_offload(ifindex) {
+                Ok(true) => {
+                    if self.rx_vlan.insert(ifindex) {
+                        let msg = format!(
+                            "{}: rx-vlan-offload is on: VLAN tags are taken out before XDP, so a tagged frame looks untagged to the filters run here (a `protocol ip` filter matches tagged traffic tc would not, vlan keys never match); turn it off: `ethtool -K {} rxvlan off rx-vlan-stag-hw-parse off`",
+                            l.ifname, l.ifname
+                        );
+                        self.host.log(LogLevel::Warn, msg.as_str().into());
+                    }
+                }
+                Ok(false) => {
+                    self.rx_vlan.remove(&ifindex);
+                }
+                Err(e) => {
+                    let msg = format!("{}: rx-vlan offload unknown: {e}", l.ifname);
+                    self.host.log(LogLevel::Warn, msg.as_str().into());
+                }
+            }
+        } else if !want || l.kind.as_str() == "veth" {
+            self.rx_vlan.remove(&ifindex);
+        }
         match res {
             Err(e) => Outcome::failed(e),
             Ok(note) => {
@@ -343,6 +382,7 @@ impl Plugin for FlowerXdp {
         s.counter("filters", "running", running)
             .counter("filters", "unsupported", unsupported)
             .counter("ports", "owned", self.table.owned().len() as u64)
+            .counter("ports", "rx_vlan_offload", self.rx_vlan.len() as u64)
     }
 
     fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {

@@ -805,6 +805,9 @@ mod tests {
         fn detach(&mut self, _: u32) -> Result<(), Error> {
             Ok(())
         }
+        fn rx_vlan_offload(&mut self, _: u32) -> Result<bool, Error> {
+            Ok(false)
+        }
         fn set_port(&mut self, ifindex: u32, v: Option<PortVal>) -> Result<(), Error> {
             match v {
                 Some(v) => {

@@ -255,3 +255,66 @@ fn the_plugin_drops_and_redirects_real_traffic_and_sweeps_after_a_sync() {
     p.shutdown();
     assert!(p.object_stats(ObjectKind::TcFilter).is_empty());
 }
+
+fn counter(p: &FlowerXdp, kind: &str, name: &str) -> Option<u64> {
+    p.stats()
+        .counters
+        .iter()
+        .find(|c| c.kind.as_str() == kind && c.name.as_str() == name)
+        .map(|c| c.value)
+}
+
+#[test]
+fn a_port_stripping_vlan_tags_before_xdp_is_read_warned_and_counted() {
+    if let Some(r) = needs_root("network namespaces, XDP") {
+        say_skip(&r);
+        return;
+    }
+    if let Some(r) = missing_tools(&["ethtool"], "ethtool") {
+        say_skip(&r);
+        return;
+    }
+    let ns = Netns::named("ekho-fxdpp-rxvlan");
+    ns.ip("link add pa type veth peer name pb");
+    ns.ip("link set pa up");
+    ns.ip("link set pb up");
+    // veth has both features on by default (`ethtool -k`), as the reader sees them
+    let pa = ns.ifindex("pa");
+    let names = ekho_flower_xdp::ethtool::RX_VLAN_FEATURES;
+    let read = || {
+        run_in(Some(&ns.path()), || {
+            ekho_flower_xdp::ethtool::active(pa, &names)
+        })
+    };
+    assert_eq!(read().unwrap().unwrap(), vec![true, true]);
+    let dp = Dataplane::load(Some(ns.path()), XdpMode::Skb).expect("load");
+    let mut p = FlowerXdp::build(Config::default(), DetachedHost::handle(), Box::new(dp)).unwrap();
+    // pa reported as a NIC (no kind), pb as the veth it is (not read: veth strips nothing)
+    let mut nic = link(&ns, "pa");
+    nic.kind = "".into();
+    let o = p.apply(&[
+        Change::Add(Object::Link(nic.clone())),
+        Change::Add(Object::Link(link(&ns, "pb"))),
+    ]);
+    assert_eq!(o, vec![Outcome::Offloaded; 2]);
+    assert_eq!(counter(&p, "ports", "owned"), Some(2));
+    assert_eq!(counter(&p, "ports", "rx_vlan_offload"), Some(1));
+    // turned off: the next link message reads it again
+    ns.run(&[
+        "ethtool",
+        "-K",
+        "pa",
+        "rxvlan",
+        "off",
+        "rx-vlan-stag-hw-parse",
+        "off",
+    ]);
+    assert_eq!(read().unwrap().unwrap(), vec![false, false]);
+    let o = p.apply(&[Change::Update {
+        old: Object::Link(nic.clone()),
+        new: Object::Link(nic),
+    }]);
+    assert_eq!(o, vec![Outcome::Offloaded]);
+    assert_eq!(counter(&p, "ports", "rx_vlan_offload"), Some(0));
+    p.shutdown();
+}
