@@ -88,6 +88,11 @@ pub(super) fn tc_own_refusal(
         return Some(why);
     }
     match f.target {
+        // Bound to no device, a block's filter runs nowhere: the port scope lets it through
+        // (it names no port), but no plugin is to run it anywhere. The kernel frees a block
+        // with its last binding, so the mirror holds one only between that qdisc's deletion
+        // and its filters' (or while a dump is read).
+        TcTarget::Block(block) if f.bindings.is_empty() => Some(TcUnsupported::UnboundBlock(block)),
         TcTarget::Block(block) => f
             .devices()
             .into_iter()
@@ -176,6 +181,7 @@ impl Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::ports::takes;
     use crate::dispatch::test_objects::{link, route};
 
     #[test]
@@ -254,6 +260,22 @@ mod tests {
         assert_eq!(
             why.describe(&|i| ports.name(i)),
             "block 7 is bound to p3, not an owned port"
+        );
+        // A block bound to no device: its filter runs nowhere, for a scoped plugin and for one
+        // taking every port and filter alike.
+        let mut unbound = f.clone();
+        unbound.target = TcTarget::Block(8);
+        unbound.bindings = vec![].into();
+        assert!(takes(&caps, &ports, &Object::TcFilter(unbound.clone())));
+        let unbound = Object::TcFilter(unbound);
+        let why = tc_refusal(&caps, &unbound, &ports, &[]).unwrap();
+        assert_eq!(why.to_string(), "block 8 is bound to no device");
+        let all = Capabilities::everything();
+        let all_ports = PortFilter::new(&all.ports, None);
+        assert!(takes(&all, &all_ports, &unbound));
+        assert_eq!(
+            tc_refusal(&all, &unbound, &all_ports, &[]),
+            Some(TcUnsupported::UnboundBlock(8))
         );
         // Not a filter: nothing to say.
         assert_eq!(tc_refusal(&caps, &link(2, "v0"), &ports, &[]), None);
