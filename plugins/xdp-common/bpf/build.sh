@@ -2,16 +2,8 @@
 # Rebuilds the committed BPF object of xdp-common, the XDP plugins' benchmarks' traffic generator:
 #   plugins/xdp-common/bpf/build.sh
 # Needs clang (14+) and the libbpf headers: apt-get install -y clang llvm libbpf-dev
-# `cargo build` does not run this; it embeds the committed bench_gen.bpf.o.
+# `cargo build` does not run this; it embeds the committed bench_gen.bpf.o. The build itself is
+# plugins/xdp-common/bpf/xdp-object.sh's (one for the XDP crates).
 set -eu
-cd "$(dirname "$0")"
-CLANG=${CLANG:-$(command -v clang || command -v clang-14)}
-ARCH_INC=/usr/include/$(uname -m)-linux-gnu
-# Debug info without the checkout path, so the object is the same in every clone.
-"$CLANG" -target bpf -O2 -g -fdebug-prefix-map="$(pwd)"=. -fdebug-compilation-dir=. -Wall -Werror \
-    -I"$ARCH_INC" \
-    -c bench_gen.bpf.c -o bench_gen.bpf.o.tmp
-mv bench_gen.bpf.o.tmp bench_gen.bpf.o
-# Keep CLANG_VERSION (the major version the committed object was built with) in step.
-"$CLANG" --version | head -1 | sed -n "s/.*clang version \([0-9]*\).*/\1/p" > CLANG_VERSION
-echo "built $(pwd)/bench_gen.bpf.o ($("$CLANG" --version | head -1))"
+here=$(cd "$(dirname "$0")" && pwd)
+exec "$here/../../xdp-common/bpf/xdp-object.sh" build "$here" bench_gen
