@@ -316,7 +316,8 @@ impl Plugin for FlowerXdp {
     }
 
     fn apply(&mut self, changes: &[Change]) -> Vec<Outcome> {
-        changes
+        self.table.begin_batch();
+        let out = changes
             .iter()
             .map(|c| match c {
                 Change::Add(Object::Link(l))
@@ -333,7 +334,9 @@ impl Plugin for FlowerXdp {
                 Change::Remove(Object::TcFilter(f)) => self.apply_filter(f, true),
                 _ => Outcome::Unsupported,
             })
-            .collect()
+            .collect();
+        self.table.end_batch();
+        out
     }
 
     fn begin_sync(&mut self) {

@@ -14,7 +14,7 @@ use crate::compile::{compile, Compiled};
 use crate::dataplane::{Backend, Error};
 use crate::maps::*;
 use crate::tc::{TcFilter, TcTarget};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A filter's identity: tc's (target, parent, chain, prio, handle).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -58,7 +58,7 @@ fn prio_key(id: &FilterId) -> PrioKey {
 /// destination ports are ranges. `Unknown` for a filter whose keys the compiler refuses (its
 /// trap catches every frame of its protocol, and is put first in its prio: a trap earlier than
 /// the kernel's order only hands more frames to the kernel, which decides them as tc does).
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum MaskId {
     Known(FKey, bool, bool),
     Unknown(u32),
@@ -212,6 +212,22 @@ pub struct Table {
     prios: HashMap<PrioKey, PrioOrder>,
     /// Between `begin_replay` and `end_replay`.
     replaying: bool,
+    /// Between `begin_batch` and `end_batch`.
+    batch: Option<BatchMarks>,
+}
+
+/// What one batch did to mask lists. The host sorts a batch (plugin-api `order`): filter
+/// removals before additions, so a filter removed after another was added in the same batch
+/// arrives first. That matters only when a mask emptied by a removal comes back in the batch:
+/// if the addition came first in the kernel, the mask kept its place; if not, it went to the
+/// end. Where the two differ (masks after it, or masks added in the batch), the order is not
+/// known.
+#[derive(Default)]
+struct BatchMarks {
+    /// Masks emptied in the batch, and whether other masks followed them then.
+    emptied: HashMap<(PrioKey, MaskId), bool>,
+    /// Masks appended in the batch.
+    added: HashSet<(PrioKey, MaskId)>,
 }
 
 impl Default for Table {
@@ -238,7 +254,18 @@ impl Table {
             last_gen: 0,
             prios: HashMap::new(),
             replaying: false,
+            batch: None,
         }
+    }
+
+    /// A batch of changes begins (one `Plugin::apply`, which the host sorts: removals of
+    /// filters before additions, so a mask emptied and made again in it has no known place).
+    pub fn begin_batch(&mut self) {
+        self.batch = Some(BatchMarks::default());
+    }
+
+    pub fn end_batch(&mut self) {
+        self.batch = None;
     }
 
     /// A replay (the host's sync) begins: the filters new to the table come in handle order,
@@ -266,13 +293,31 @@ impl Table {
             (o, n) => {
                 // fl_change: the new mask is found or appended before the old one is put
                 if let Some(n) = n {
+                    let fresh = !po.masks.iter().any(|(m, _)| *m == n);
+                    if let (true, Some(b)) = (fresh, self.batch.as_mut()) {
+                        let had_after = b.emptied.get(&(pk, n.clone())).copied();
+                        let added_here = po
+                            .masks
+                            .iter()
+                            .any(|(m, _)| b.added.contains(&(pk, m.clone())));
+                        if had_after == Some(true) || (had_after.is_some() && added_here) {
+                            po.known = false;
+                        }
+                        b.added.insert((pk, n.clone()));
+                    }
                     po.insert(id.handle, n);
                     if o.is_none() && replaying {
                         po.known = false;
                     }
                 }
                 if let Some(o) = o {
+                    let at = po.masks.iter().position(|(m, _)| *m == o);
+                    let n_masks = po.masks.len();
                     po.remove(id.handle, &o);
+                    let gone = !po.masks.iter().any(|(m, _)| *m == o);
+                    if let (true, Some(at), Some(b)) = (gone, at, self.batch.as_mut()) {
+                        b.emptied.insert((pk, o), at + 1 < n_masks);
+                    }
                 }
             }
         }
@@ -301,7 +346,7 @@ impl Table {
         };
         let why = |other: u32| {
             format!(
-                "order within pref {} unknown (replayed in handle order, not made in it) and handle {:#x} may match the same frames: the kernel runs it until the pref is emptied",
+                "order within pref {} unknown (filters replayed in handle order, or a mask removed and made again in one batch) and handle {:#x} may match the same frames: the kernel runs it until the pref is emptied",
                 id.prio, other
             )
         };

@@ -939,3 +939,56 @@ fn within_a_prio_masks_are_tried_in_the_order_they_first_appeared() {
     assert_eq!(r.table.reason(&fc), None);
     r.expect(&udp4("10.9.0.1", 54), XDP_DROP);
 }
+
+#[test]
+fn a_mask_removed_and_made_again_in_one_batch_has_no_known_place() {
+    let Some(mut r) = rig("ekho-fxdp-batch") else {
+        return;
+    };
+    let a = r.a;
+    let m1 = |dst: &str| FlowerKeys {
+        dst_ip: Some(Masked::prefix(v4(dst), 32)).into(),
+        ..ip4()
+    };
+    let m2 = || FlowerKeys {
+        ip_proto: Some(17).into(),
+        dst_port: Some(Masked::exact(53)).into(),
+        ..ip4()
+    };
+    let mk = |prio: u16, handle: u32, keys: FlowerKeys, act: TcActionSpec| {
+        let mut f = with(filter(a, 0, prio, 0x0800, keys), vec![act]);
+        f.handle = handle;
+        f
+    };
+    // pref 7: X (M1) then Z (M2): masks [M1, M2]. One batch deletes X and adds Y (M1); the
+    // host hands the removal first whatever the kernel's order was: if Y came first, M1 kept
+    // its place before M2, else it went after it. Not known: Y and Z (both may match one
+    // frame) are refused.
+    let x = r.add(mk(7, 1, m1("10.9.0.1"), drop_()));
+    let z = r.add(mk(7, 2, m2(), pass()));
+    r.table.begin_batch();
+    r.table.remove(&mut r.dp, x).unwrap();
+    let y = r
+        .table
+        .upsert(&mut r.dp, mk(7, 3, m1("10.9.0.2"), drop_()))
+        .unwrap();
+    r.table.end_batch();
+    assert!(
+        matches!(&y, Taken::Unsupported(w) if w.starts_with("order within pref 7 unknown")),
+        "{y:?}"
+    );
+    assert!(r.table.reason(&z).is_some());
+    r.expect(&udp4("10.9.0.2", 53), XDP_PASS);
+    // pref 8: Z' (M2) then X' (M1): M1 is last, and stays last either way: known, runs
+    let _z2 = r.add(mk(8, 1, m2(), pass()));
+    let x2 = r.add(mk(8, 2, m1("10.9.1.1"), drop_()));
+    r.table.begin_batch();
+    r.table.remove(&mut r.dp, x2).unwrap();
+    let y2 = r
+        .table
+        .upsert(&mut r.dp, mk(8, 3, m1("10.9.1.2"), drop_()))
+        .unwrap();
+    r.table.end_batch();
+    assert_eq!(y2, Taken::Running);
+    r.expect(&udp4("10.9.1.2", 54), XDP_DROP);
+}
