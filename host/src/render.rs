@@ -445,12 +445,33 @@ fn caps(out: &mut String, c: &Value) {
                 scalar(&t["classifiers"]),
                 scalar(&t["actions"]),
                 scalar(&t["flower_keys"]),
-                or_none(scalar(&t["mirred"])).replace("none", "all"),
+                mirred_taken(t),
                 hooks.join(", ")
             )
         };
         let _ = writeln!(out, "    tc:        {tc}");
     }
+}
+
+/// The mirred operations a plugin's tc capabilities take (`mirred_taken`), in words: an empty
+/// `mirred` list takes all four (`TcCapabilities::mirred` fails open), which the text says.
+fn mirred_taken(t: &Value) -> String {
+    let taken: Vec<&str> = t["mirred_taken"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str())
+        .collect();
+    if taken.is_empty() {
+        return "none: no mirred action".into();
+    }
+    let empty = t["mirred"].as_array().is_none_or(|m| m.is_empty());
+    let note = if empty {
+        " (the list is empty: all four)"
+    } else {
+        ""
+    };
+    format!("{}{note}", taken.join(", "))
 }
 
 /// `ekho plugins`.

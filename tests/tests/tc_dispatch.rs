@@ -524,3 +524,64 @@ fn a_filter_after_one_not_handed_over_stays_with_the_kernel() {
     assert!(both.is_some(), "{:?}", reasons(&d));
     assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));
 }
+
+/// `TcCapabilities::mirred` empty takes all four operations (it fails open, unlike the other
+/// lists): `ekho check-plugin` says so, in text and JSON.
+#[test]
+fn check_plugin_spells_out_the_mirred_operations_an_empty_list_takes() {
+    let dir = TempDir::new();
+    let check = |tc: &str, json: bool| -> String {
+        let cfg = dir.path().join("cfg.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "events_path = \"{}\"\nkinds = [\"filter\"]\ntc = {tc}\n",
+                dir.path().join("e.jsonl").display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(ekho_bin());
+        cmd.arg("check-plugin")
+            .arg(build().join("libekho_recorder.so"))
+            .arg("--plugin-config")
+            .arg(&cfg);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = check(
+        "{ classifiers = [\"u32\"], actions = [\"mirred\"], ingress = true }",
+        false,
+    );
+    assert!(
+        text.contains("mirred [egress redirect, egress mirror, ingress redirect, ingress mirror (the list is empty: all four)]"),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&check(
+        "{ classifiers = [\"u32\"], actions = [\"mirred\"], ingress = true }",
+        true,
+    ))
+    .unwrap();
+    let tc = &v["capabilities"]["tc"];
+    assert_eq!(tc["mirred"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        tc["mirred_taken"],
+        serde_json::json!([
+            "egress redirect",
+            "egress mirror",
+            "ingress redirect",
+            "ingress mirror"
+        ]),
+        "{v}"
+    );
+    let text = check(
+        "{ classifiers = [\"u32\"], actions = [\"mirred\"], mirred = [\"egress redirect\"] }",
+        false,
+    );
+    assert!(text.contains("mirred [egress redirect] "), "{text}");
+    let text = check("{ classifiers = [\"u32\"], actions = [\"gact\"] }", false);
+    assert!(text.contains("mirred [none: no mirred action]"), "{text}");
+}

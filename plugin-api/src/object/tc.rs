@@ -876,7 +876,9 @@ pub struct TcAction {
 /// What of tc a plugin runs (API 1.3), beside the tc kinds in
 /// [`Capabilities::kinds`](crate::Capabilities::kinds): a filter is taken only when the plugin
 /// can run it whole ([`Capabilities::takes_filter`](crate::Capabilities::takes_filter)).
-/// Empty (the default): no filter is taken.
+/// Empty (the default): no filter is taken. An empty list means none, except
+/// [`mirred`](Self::mirred), where empty means all four operations (fails open: list the ones
+/// run).
 #[repr(C)]
 #[derive(StableAbi, Clone, PartialEq, Eq, Debug, Default)]
 pub struct TcCapabilities {
@@ -889,7 +891,14 @@ pub struct TcCapabilities {
     pub flower_keys: RVec<FlowerKey>,
     /// Action kinds executed (`gact`, `mirred`, `vlan`, `police`, ...).
     pub actions: RVec<RString>,
-    /// mirred's operations executed (with `mirred` in `actions`). Empty: all four.
+    /// mirred's operations executed (with `mirred` in `actions`).
+    ///
+    /// **Empty means all four, unlike every other list here** (where empty means none):
+    /// a plugin with `mirred` in [`Self::actions`] and this list empty is handed filters with
+    /// `egress redirect`, `egress mirror`, `ingress redirect` and `ingress mirror` alike. This
+    /// fails open and cannot change: 1.3 is released. A plugin that runs only some of them
+    /// must list those (`.mirred([TcMirredAction::EgressRedirect])`); `ekho check-plugin`
+    /// prints the operations a plugin takes (`mirred [all four: ...]` when the list is empty).
     pub mirred: RVec<TcMirredAction>,
     /// Filters at a device's ingress hook (clsact's or ingress's).
     pub ingress: bool,
@@ -927,6 +936,9 @@ impl TcCapabilities {
             .extend(a.into_iter().map(|s| RString::from(s.into())));
         self
     }
+    /// Adds mirred operations run. Not calling it (the list left empty) takes **all four**
+    /// (see [`Self::mirred`](TcCapabilities::mirred)'s field): call it with every operation the
+    /// plugin runs.
     pub fn mirred(mut self, m: impl IntoIterator<Item = TcMirredAction>) -> Self {
         self.mirred.extend(m);
         self
