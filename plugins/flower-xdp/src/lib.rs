@@ -248,6 +248,28 @@ impl FlowerXdp {
     }
 
     fn apply_filter(&mut self, f: &TcFilter, removed: bool) -> Outcome {
+        let out = self.apply_filter_inner(f, removed);
+        for (id, why) in self.table.take_order_changes() {
+            let dev = match id.target {
+                TcTarget::Dev(d) => self.name(d),
+                TcTarget::Block(b) => format!("block {b}"),
+            };
+            let msg = match why {
+                Some(w) => format!(
+                    "filter {dev} chain {} pref {} handle {:#x}: no longer run here ({w}); the kernel runs it",
+                    id.chain, id.prio, id.handle
+                ),
+                None => format!(
+                    "filter {dev} chain {} pref {} handle {:#x}: runs here again (its order decides nothing now)",
+                    id.chain, id.prio, id.handle
+                ),
+            };
+            self.log(LogLevel::Info, msg);
+        }
+        out
+    }
+
+    fn apply_filter_inner(&mut self, f: &TcFilter, removed: bool) -> Outcome {
         let id = FilterId::of(f);
         if let Some(seen) = self.sync_seen.as_mut() {
             seen.insert(id);

@@ -214,6 +214,7 @@ pub struct Table {
     replaying: bool,
     /// Between `begin_batch` and `end_batch`.
     batch: Option<BatchMarks>,
+    order_changes: Vec<(FilterId, Option<String>)>,
 }
 
 /// What one batch did to mask lists. The host sorts a batch (plugin-api `order`): filter
@@ -255,6 +256,7 @@ impl Table {
             prios: HashMap::new(),
             replaying: false,
             batch: None,
+            order_changes: Vec::new(),
         }
     }
 
@@ -386,9 +388,19 @@ impl Table {
         }
         for h in handles {
             if let Some(e) = self.filters.get_mut(&fid(h)) {
-                e.order_refused = refused.remove(&h);
+                let now = refused.remove(&h);
+                if h != id.handle && now != e.order_refused {
+                    self.order_changes.push((fid(h), now.clone()));
+                }
+                e.order_refused = now;
             }
         }
+    }
+
+    /// Filters other than the one changed that stopped running (with the reason) or run again
+    /// (`None`) for their order since the last call.
+    pub fn take_order_changes(&mut self) -> Vec<(FilterId, Option<String>)> {
+        std::mem::take(&mut self.order_changes)
     }
 
     /// Waits for a grace period, then frees what was retired before it; false when nothing

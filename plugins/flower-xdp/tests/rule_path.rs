@@ -921,6 +921,9 @@ fn within_a_prio_masks_are_tried_in_the_order_they_first_appeared() {
         .table
         .reason(&fc)
         .is_some_and(|w| w.contains("handle 0x2")));
+    // C ran until B came: reported as a change of another filter (the plugin logs it)
+    let ch = r.table.take_order_changes();
+    assert!(matches!(&ch[..], [(id, Some(_))] if *id == fc), "{ch:?}");
     let other = FlowerKeys {
         dst_ip: Some(Masked::prefix(v4("10.8.0.0"), 16)).into(),
         ip_proto: Some(6).into(),
@@ -937,6 +940,7 @@ fn within_a_prio_masks_are_tried_in_the_order_they_first_appeared() {
     // B gone: C alone can run again (nothing it may overlap)
     r.table.remove(&mut r.dp, fb).unwrap();
     assert_eq!(r.table.reason(&fc), None);
+    assert_eq!(r.table.take_order_changes(), vec![(fc, None)]);
     r.expect(&udp4("10.9.0.1", 54), XDP_DROP);
 }
 
