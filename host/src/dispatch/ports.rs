@@ -4,6 +4,7 @@
 use ekho_plugin_api::object::Link;
 use ekho_plugin_api::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Which ports a plugin owns, and the link table needed to decide it.
 #[derive(Clone)]
@@ -11,8 +12,10 @@ pub struct PortFilter {
     all: bool,
     names: Vec<glob::Pattern>,
     drivers: Vec<String>,
-    /// ifindex -> (name, kind) of every link the mirror has.
-    links: HashMap<u32, (String, String)>,
+    /// ifindex -> (name, kind) of every link the mirror has. Shared: a worker takes the
+    /// queue's filter for each batch (the tc checks), a clone that copies nothing; the queue's
+    /// next link change copies the table once if that batch still holds it.
+    links: Arc<HashMap<u32, (String, String)>>,
 }
 
 impl PortFilter {
@@ -26,7 +29,7 @@ impl PortFilter {
                     .filter_map(|s| glob::Pattern::new(s).ok())
                     .collect(),
                 drivers: vec![],
-                links: HashMap::new(),
+                links: Arc::default(),
             },
             None => PortFilter {
                 all: scope.all,
@@ -36,7 +39,7 @@ impl PortFilter {
                     .filter_map(|s| glob::Pattern::new(s).ok())
                     .collect(),
                 drivers: scope.drivers.iter().map(|s| s.to_string()).collect(),
-                links: HashMap::new(),
+                links: Arc::default(),
             },
         }
     }
@@ -44,7 +47,7 @@ impl PortFilter {
     /// The same scope with no link known yet.
     pub(super) fn scope_only(&self) -> PortFilter {
         PortFilter {
-            links: HashMap::new(),
+            links: Arc::default(),
             ..self.clone()
         }
     }
@@ -57,7 +60,7 @@ impl PortFilter {
     /// Notes a link (name and driver decide whether it is a port of the plugin).
     #[inline]
     pub(super) fn note_link(&mut self, l: &Link) {
-        self.links
+        Arc::make_mut(&mut self.links)
             .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
     }
 
@@ -66,6 +69,12 @@ impl PortFilter {
         if !self.links.contains_key(&l.ifindex) {
             self.note_link(l);
         }
+    }
+
+    /// Whether `other` shares this filter's link table (a clone that copied nothing).
+    #[cfg(test)]
+    pub(super) fn shares_links_with(&self, other: &PortFilter) -> bool {
+        Arc::ptr_eq(&self.links, &other.links)
     }
 
     /// Whether the link `ifindex` is known.
@@ -78,11 +87,13 @@ impl PortFilter {
     pub(super) fn observe(&mut self, old: Option<&Object>, new: Option<&Object>) {
         match (old, new) {
             (_, Some(Object::Link(l))) => {
-                self.links
-                    .insert(l.ifindex, (l.ifname.to_string(), l.kind.to_string()));
+                let v = (l.ifname.to_string(), l.kind.to_string());
+                if self.links.get(&l.ifindex) != Some(&v) {
+                    Arc::make_mut(&mut self.links).insert(l.ifindex, v);
+                }
             }
-            (Some(Object::Link(l)), None) => {
-                self.links.remove(&l.ifindex);
+            (Some(Object::Link(l)), None) if self.links.contains_key(&l.ifindex) => {
+                Arc::make_mut(&mut self.links).remove(&l.ifindex);
             }
             _ => {}
         }

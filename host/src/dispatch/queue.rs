@@ -416,6 +416,39 @@ mod tests {
     }
 
     #[test]
+    fn the_port_filter_a_worker_takes_shares_the_link_table() {
+        let caps = Capabilities::everything().port_names(["swp*"]);
+        let q = Queue::new(caps, None);
+        let links: Vec<Change> = (1..=1000)
+            .map(|i| Change::Add(link(i, &format!("swp{i}"))))
+            .collect();
+        q.push_changes(&links);
+        let a = q.ports();
+        assert!(
+            a.shares_links_with(&q.ports()),
+            "a batch's filter copies nothing"
+        );
+        // A link change leaving names and drivers as they are copies nothing either.
+        let Object::Link(mut l) = link(1, "swp1") else {
+            unreachable!()
+        };
+        l.mtu = 9000;
+        q.push_changes(&[Change::Update {
+            old: link(1, "swp1"),
+            new: Object::Link(l),
+        }]);
+        assert!(a.shares_links_with(&q.ports()));
+        // A rename while the batch holds the table: the queue copies it, the batch keeps its own.
+        q.push_changes(&[Change::Update {
+            old: link(1, "swp1"),
+            new: link(1, "eth1"),
+        }]);
+        let b = q.ports();
+        assert!(!a.shares_links_with(&b));
+        assert!(a.owns(1) && !b.owns(1));
+    }
+
+    #[test]
     fn ports_filter_links_and_routes() {
         let caps = Capabilities::everything().port_names(["swp*"]);
         let q = Queue::new(caps, None);
