@@ -222,6 +222,11 @@ impl Queue {
         f(&|o| st.takes(o))
     }
 
+    /// Whether a change of `key` is queued and not taken yet.
+    pub(super) fn is_pending(&self, key: &ObjectKey) -> bool {
+        self.st.lock().unwrap().pending.contains_key(key)
+    }
+
     /// Whether the plugin takes `o` as of now.
     pub(super) fn takes(&self, o: &Object) -> bool {
         self.st.lock().unwrap().takes(o)

@@ -484,7 +484,9 @@ impl Worker {
                 }
                 let o = Object::TcFilter(f);
                 let held = self.held.contains(key_hash(&o.key()));
-                if !held && !self.queue.takes(&o) {
+                // Not held and its change still queued (the mirror is ahead of the batch): it is
+                // judged when that change is taken, not added twice.
+                if !held && (!self.queue.takes(&o) || self.queue.is_pending(&o.key())) {
                     continue;
                 }
                 match (self.refusal(&mut adm, &o, !held), held) {
