@@ -511,6 +511,44 @@ impl Mirror {
         }
     }
 
+    /// Starts a streamed route resync ([`state::State::stream_route`]): clears the marks.
+    pub(crate) fn stream_routes_begin(&self) {
+        self.inner.lock().unwrap().state.routes.clear_marks();
+    }
+
+    /// Applies a chunk of a streamed route resync (complete keys, dump order) under one lock
+    /// and emits what differs; `groups` is left empty for the next chunk.
+    pub(crate) fn stream_routes(
+        &self,
+        groups: &mut Vec<(routes::RKey, Vec<ekho_plugin_api::object::Route>)>,
+    ) {
+        let mut g = self.inner.lock().unwrap();
+        for (k, v) in groups.drain(..) {
+            g.state.stream_route(k, &v);
+        }
+        g.emit();
+    }
+
+    /// Ends a streamed route resync: sweeps the routes not seen when `complete` (and no IPv6
+    /// route is too large to dump), emits, counts the resync when `counted`.
+    pub(crate) fn stream_routes_end(&self, complete: bool, messages: u64, ms: u64, counted: bool) {
+        let mut g = self.inner.lock().unwrap();
+        let mut sweep = complete;
+        if sweep && g.state.has_undumpable_routes() {
+            tracing::warn!(
+                "an IPv6 route is too large for the kernel to dump: route resync without removals"
+            );
+            sweep = false;
+        }
+        g.stats.messages += messages;
+        g.state.sweep_routes(sweep);
+        g.emit();
+        if counted {
+            g.stats.resyncs += 1;
+            g.stats.last_resync_ms = ms;
+        }
+    }
+
     pub(crate) fn set_synced(&self, ms: u64) {
         let mut g = self.inner.lock().unwrap();
         g.stats.synced = true;

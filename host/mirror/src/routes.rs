@@ -408,28 +408,49 @@ impl RKey {
     }
 }
 
-/// The aliases under one key, first = the one in effect. Never empty in a table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The aliases under one key, first = the one in effect. Never empty in a table. The `bool`
+/// is the mark of a streamed resync ([`Routes::mark`]); it lives in the enum's padding (the
+/// value stays 16 bytes) and takes no part in comparisons.
+#[derive(Clone, Debug)]
 pub enum Aliases {
     /// The usual case: one entry.
-    One(Arc<Attrs>),
+    One(Arc<Attrs>, bool),
     /// Several entries, kernel order.
-    Many(Box<Vec<Arc<Attrs>>>),
+    Many(Box<Vec<Arc<Attrs>>>, bool),
 }
+
+const _: () = assert!(std::mem::size_of::<Aliases>() == 16);
+
+impl PartialEq for Aliases {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_slice() == o.as_slice()
+    }
+}
+impl Eq for Aliases {}
 
 impl Aliases {
     /// The aliases as a slice.
     pub fn as_slice(&self) -> &[Arc<Attrs>] {
         match self {
-            Aliases::One(a) => std::slice::from_ref(a),
-            Aliases::Many(v) => v,
+            Aliases::One(a, _) => std::slice::from_ref(a),
+            Aliases::Many(v, _) => v,
+        }
+    }
+    fn marked(&self) -> bool {
+        match self {
+            Aliases::One(_, m) | Aliases::Many(_, m) => *m,
+        }
+    }
+    fn set_mark(&mut self, v: bool) {
+        match self {
+            Aliases::One(_, m) | Aliases::Many(_, m) => *m = v,
         }
     }
     fn from_vec(mut v: Vec<Arc<Attrs>>) -> Option<Aliases> {
         match v.len() {
             0 => None,
-            1 => Some(Aliases::One(v.pop().unwrap())),
-            _ => Some(Aliases::Many(Box::new(v))),
+            1 => Some(Aliases::One(v.pop().unwrap(), false)),
+            _ => Some(Aliases::Many(Box::new(v), false)),
         }
     }
 }
@@ -514,20 +535,20 @@ impl Routes {
         let slot = match k {
             RKey::V4(k) => match self.v4.entry(k) {
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    return e.insert(Aliases::One(a)).as_slice();
+                    return e.insert(Aliases::One(a, false)).as_slice();
                 }
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             },
             RKey::V6(k) => match self.v6.entry(k) {
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    return e.insert(Aliases::One(a)).as_slice();
+                    return e.insert(Aliases::One(a, false)).as_slice();
                 }
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             },
         };
         let mut v = slot.as_slice().to_vec();
         v.push(a);
-        *slot = Aliases::Many(Box::new(v));
+        *slot = Aliases::Many(Box::new(v), slot.marked());
         slot.as_slice()
     }
 
@@ -542,14 +563,54 @@ impl Routes {
         };
         if let Some(old) = old {
             let olds: Vec<Arc<Attrs>> = match old {
-                Aliases::One(a) => vec![a],
-                Aliases::Many(v) => *v,
+                Aliases::One(a, _) => vec![a],
+                Aliases::Many(v, _) => *v,
             };
             self.entries -= olds.len();
             for a in olds {
                 self.release(a);
             }
         }
+    }
+
+    /// Clears every resync mark (before and after a streamed resync).
+    pub fn clear_marks(&mut self) {
+        self.v4.values_mut().for_each(|a| a.set_mark(false));
+        self.v6.values_mut().for_each(|a| a.set_mark(false));
+    }
+
+    /// Marks `k` seen by the streamed resync under way (no-op when absent).
+    pub fn mark(&mut self, k: &RKey) {
+        let a = match k {
+            RKey::V4(k) => self.v4.get_mut(k),
+            RKey::V6(k) => self.v6.get_mut(k),
+        };
+        if let Some(a) = a {
+            a.set_mark(true);
+        }
+    }
+
+    /// Whether `k` is held and marked.
+    pub fn marked(&self, k: &RKey) -> bool {
+        match k {
+            RKey::V4(k) => self.v4.get(k).is_some_and(|a| a.marked()),
+            RKey::V6(k) => self.v6.get(k).is_some_and(|a| a.marked()),
+        }
+    }
+
+    /// Keys not marked (what a streamed resync did not see: gone from the kernel).
+    pub fn unmarked_keys(&self) -> Vec<RKey> {
+        self.v4
+            .iter()
+            .filter(|(_, a)| !a.marked())
+            .map(|(k, _)| RKey::V4(*k))
+            .chain(
+                self.v6
+                    .iter()
+                    .filter(|(_, a)| !a.marked())
+                    .map(|(k, _)| RKey::V6(*k)),
+            )
+            .collect()
     }
 
     /// Every key (both families), in order.

@@ -905,6 +905,71 @@ pub fn snapshot(
     Err(SourceError::Interrupted { attempts: ATTEMPTS })
 }
 
+/// Keys per chunk of a streamed route resync (one mirror lock, one emit each).
+const ROUTE_CHUNK: usize = 4096;
+
+/// Re-dumps the routes into the mirror's table as they arrive (mark and sweep, chunks of
+/// [`ROUTE_CHUNK`] keys under one lock), then removes the routes the dump lacked: the resync
+/// holds one chunk, not a second table. The last key of a chunk waits for the next, so the
+/// aliases of one key (adjacent in the dump) are compared together. An interrupted dump
+/// (`NLM_F_DUMP_INTR`) is streamed again (what it applied is kernel state, only the sweep
+/// needs a whole pass); one the kernel could not complete is applied without removals.
+fn stream_route_resync(m: &Mirror, req: &mut ReqSocket, t0: Instant) -> Result<(), SourceError> {
+    const ATTEMPTS: u32 = 5;
+    let mut n = 0;
+    for _attempt in 0..ATTEMPTS {
+        m.stream_routes_begin();
+        let mut groups: Vec<(crate::routes::RKey, Vec<ekho_plugin_api::object::Route>)> =
+            Vec::with_capacity(ROUTE_CHUNK + 1);
+        let (mut intr, mut complete) = (false, true);
+        req.dumping(Some(ObjectKind::Route));
+        for (t, h) in dump_requests(ObjectKind::Route) {
+            let r = req.dump(t, &h, &mut |e| {
+                let Event::NewRoute(r, _) = e else {
+                    return;
+                };
+                let k = crate::routes::RKey::of(&r);
+                match groups.last_mut() {
+                    Some((last, v)) if *last == k => v.push(r),
+                    _ => {
+                        if groups.len() >= ROUTE_CHUNK {
+                            let last = groups.pop();
+                            m.stream_routes(&mut groups);
+                            groups.extend(last);
+                        }
+                        groups.push((k, vec![r]));
+                    }
+                }
+            });
+            match r {
+                Ok((c, i)) => {
+                    n += c;
+                    intr |= i;
+                }
+                Err(SourceError::Incomplete { source: e }) => {
+                    tracing::warn!("dump of routes incomplete ({e}): reconciled without removals");
+                    complete = false;
+                }
+                Err(e) => {
+                    req.dumping(None);
+                    m.stream_routes(&mut groups);
+                    m.stream_routes_end(false, n, 0, false);
+                    return Err(e);
+                }
+            }
+        }
+        req.dumping(None);
+        m.stream_routes(&mut groups);
+        if !intr {
+            m.stream_routes_end(complete, n, t0.elapsed().as_millis() as u64, true);
+            return Ok(());
+        }
+        tracing::debug!("route dump interrupted, streaming it again");
+    }
+    m.stream_routes_end(false, n, 0, false);
+    Err(SourceError::Interrupted { attempts: ATTEMPTS })
+}
+
 /// The initial dump, handed to `stream` as it arrives: kinds before routes once dumped, routes as
 /// they come, kinds after routes at the end. An interrupted dump (`NLM_F_DUMP_INTR`) is not
 /// started over (what was streamed cannot be taken back); its kinds are returned for a re-dump.
@@ -1316,7 +1381,11 @@ fn thread_main(
         let overrun = overrun | nft_overrun;
         if !kinds.is_empty() || tc {
             let t = Instant::now();
-            let r = snapshot(&mut req, &kinds).and_then(|(mut snap, mut n)| {
+            // Routes are streamed into the table (mark and sweep), after the other kinds.
+            let routes = kinds.contains(&ObjectKind::Route);
+            let mut others = kinds.clone();
+            others.remove(&ObjectKind::Route);
+            let r = snapshot(&mut req, &others).and_then(|(mut snap, mut n)| {
                 if tc {
                     let (state, c, intr) = req.dump_tc()?;
                     if intr {
@@ -1330,7 +1399,16 @@ fn thread_main(
             match r {
                 Ok((snap, n)) => {
                     m.count_redump(&kinds, tc);
-                    m.reconcile(snap, n, t.elapsed().as_millis() as u64, true);
+                    m.reconcile(snap, n, t.elapsed().as_millis() as u64, !routes);
+                    if routes {
+                        if let Err(e) = stream_route_resync(m, &mut req, t) {
+                            tracing::warn!(error = %e, "route resync failed, retrying");
+                            m.control().resync.lock().unwrap().insert(ObjectKind::Route);
+                            std::thread::sleep(Duration::from_millis(100));
+                            m.control().wake();
+                            continue;
+                        }
+                    }
                     // After an overrun this is news; a targeted re-dump (eBPF saw a neighbour
                     // created, ring-buffer loss) is routine.
                     let ms = t.elapsed().as_millis() as u64;

@@ -177,6 +177,43 @@ impl State {
     }
 }
 
+impl State {
+    /// A streamed route resync, one key at a time (the source's `stream_route_resync`): the
+    /// routes dumped under `k` replace what the table holds there when they differ (a change
+    /// emitted at the next flush), and `k` is marked seen. A key seen again in the same pass
+    /// (its aliases not adjacent in the dump) gets the new ones appended. The pass starts with
+    /// [`Routes::clear_marks`] and ends with [`State::sweep_routes`]; it holds no second copy of
+    /// the table.
+    pub fn stream_route(&mut self, k: RKey, dumped: &[Route]) {
+        if self.routes.marked(&k) {
+            self.touch_route(&k);
+            for r in dumped {
+                let a = self.routes.intern_route(r);
+                self.routes.push(k, a);
+            }
+            return;
+        }
+        let new: Vec<Arc<Attrs>> = dumped.iter().map(|r| self.routes.intern_route(r)).collect();
+        if !same_aliases(self.routes.get(&k), &new) {
+            self.touch_route(&k);
+            self.routes.set(k, new);
+        }
+        self.routes.mark(&k);
+    }
+
+    /// Ends a streamed route resync: removes the routes it did not see (when `sweep`: the dump
+    /// was complete) and clears the marks.
+    pub fn sweep_routes(&mut self, sweep: bool) {
+        if sweep {
+            for k in self.routes.unmarked_keys() {
+                self.touch_route(&k);
+                self.routes.set(k, Vec::new());
+            }
+        }
+        self.routes.clear_marks();
+    }
+}
+
 fn same_aliases(a: &[Arc<Attrs>], b: &[Arc<Attrs>]) -> bool {
     a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| **x == **y)
 }
@@ -253,5 +290,59 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.flush().len(), 1);
+    }
+
+    /// A streamed route resync emits exactly what differs: a changed route as one change, a
+    /// route the dump lacks as a removal, a new one as an addition, an unchanged one nothing;
+    /// the marks are cleared after; an incomplete pass removes nothing.
+    #[test]
+    fn streamed_route_resync_emits_only_differences() {
+        let mut s = state();
+        for (dst, gw) in [
+            ("10.1.0.0/24", "10.0.0.1"),
+            ("10.2.0.0/24", "10.0.0.1"),
+            ("10.3.0.0/24", "10.0.0.1"),
+        ] {
+            s.apply(Event::NewRoute(route(dst, gw, 2), CREATE | NLM_F_EXCL));
+        }
+        s.flush();
+        s.routes.clear_marks();
+        let same = route("10.1.0.0/24", "10.0.0.1", 2);
+        let changed = route("10.2.0.0/24", "10.0.0.2", 2);
+        let added = route("10.4.0.0/24", "10.0.0.1", 2);
+        for r in [&same, &changed, &added] {
+            s.stream_route(RKey::of(r), std::slice::from_ref(r));
+        }
+        s.sweep_routes(true);
+        let mut ops: Vec<(&str, String)> = s
+            .flush()
+            .iter()
+            .map(|c| (c.op(), format!("{:?}", c.key())))
+            .collect();
+        ops.sort();
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert_eq!(
+            ops.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            ["add", "remove", "update"],
+            "{ops:?}"
+        );
+        assert!(ops[0].1.contains("[10, 4, 0, 0]"), "{ops:?}");
+        assert!(ops[1].1.contains("[10, 3, 0, 0]"), "{ops:?}");
+        assert!(ops[2].1.contains("[10, 2, 0, 0]"), "{ops:?}");
+        assert_eq!(s.routes.len(), 3);
+        assert!(s.routes.unmarked_keys().len() == 3, "marks cleared");
+        // Nothing changed: a second pass emits nothing.
+        s.routes.clear_marks();
+        for r in [&same, &changed, &added] {
+            s.stream_route(RKey::of(r), std::slice::from_ref(r));
+        }
+        s.sweep_routes(true);
+        assert!(s.flush().is_empty());
+        // An incomplete pass removes nothing.
+        s.routes.clear_marks();
+        s.stream_route(RKey::of(&same), std::slice::from_ref(&same));
+        s.sweep_routes(false);
+        assert!(s.flush().is_empty());
+        assert_eq!(s.routes.len(), 3);
     }
 }
