@@ -45,8 +45,13 @@ pub enum Request {
     Status,
     /// `ekho plugins`.
     Plugins,
-    /// `ekho dump [KIND]`.
-    Dump(Option<ObjectKind>),
+    /// `ekho dump [KIND]`; `counts` (`"counts": true`, the human CLI asks for it): each
+    /// kind's list is preceded by its length under `"#KIND"`, so the header can be printed
+    /// before the objects arrive.
+    Dump {
+        kind: Option<ObjectKind>,
+        counts: bool,
+    },
     /// `ekho dump flows [--stats]`: the conntrack table.
     Flows { stats: bool },
     /// `ekho dump qdiscs|classes|filters|chains|actions`: tc's lists (`filters --stats`: with
@@ -68,7 +73,10 @@ impl Request {
             "status" => Ok(Request::Status),
             "plugins" => Ok(Request::Plugins),
             "dump" => match req["kind"].as_str() {
-                None => Ok(Request::Dump(None)),
+                None => Ok(Request::Dump {
+                    kind: None,
+                    counts: req["counts"].as_bool().unwrap_or(false),
+                }),
                 Some("flows" | "flow") => Ok(Request::Flows {
                     stats: req["stats"].as_bool().unwrap_or(false),
                 }),
@@ -79,7 +87,10 @@ impl Request {
                         what: t,
                         stats: req["stats"].as_bool().unwrap_or(false),
                     }),
-                    (None, Some(k)) => Ok(Request::Dump(Some(k))),
+                    (None, Some(k)) => Ok(Request::Dump {
+                        kind: Some(k),
+                        counts: req["counts"].as_bool().unwrap_or(false),
+                    }),
                     (None, None) => Err(format!("unknown kind {k:?}; one of: {}", dump_kinds())),
                 },
             },
@@ -124,8 +135,14 @@ pub trait Service: Send + Sync + 'static {
     /// `ekho plugins --json`.
     fn plugins(&self) -> Value;
     /// `ekho dump --json`: one object keyed by kind (`kind` alone when given), written to `out`
-    /// as it is serialised (an error from `out`, the client gone, ends it).
-    fn dump(&self, kind: Option<ObjectKind>, out: &mut dyn Write) -> std::io::Result<()>;
+    /// as it is serialised (an error from `out`, the client gone, ends it); with `counts`, each
+    /// kind's list preceded by `"#KIND": N`, its length.
+    fn dump(
+        &self,
+        kind: Option<ObjectKind>,
+        counts: bool,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()>;
     /// `ekho dump flows --json`: the conntrack entries (with the table's counters: `stats`).
     fn flows(&self, stats: bool) -> Value;
     /// `ekho dump qdiscs|... --json`: the list as `tc -j` prints it.
@@ -214,7 +231,7 @@ async fn handle(stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> an
     let resp = match Request::parse(&line) {
         Ok(Request::Status) => service.status(),
         Ok(Request::Plugins) => service.plugins(),
-        Ok(Request::Dump(kind)) => return dump(w, service, kind).await,
+        Ok(Request::Dump { kind, counts }) => return dump(w, service, kind, counts).await,
         Ok(Request::Flows { stats }) => service.flows(stats),
         Ok(Request::DumpTc { what, stats }) => service.dump_tc(what, stats),
         Ok(Request::Monitor) => return monitor(w, &*service).await,
@@ -273,6 +290,7 @@ async fn dump(
     mut w: tokio::net::unix::OwnedWriteHalf,
     service: Arc<dyn Service>,
     kind: Option<ObjectKind>,
+    counts: bool,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(DUMP_CHUNKS);
     let producer = tokio::task::spawn_blocking(move || {
@@ -280,7 +298,7 @@ async fn dump(
             buf: Vec::with_capacity(DUMP_CHUNK),
             tx,
         };
-        service.dump(kind, &mut out)?;
+        service.dump(kind, counts, &mut out)?;
         out.write_all(b"\n")?;
         out.flush()
     });
@@ -366,6 +384,8 @@ pub fn request(socket: &Path, req: &Value, timeout: Duration) -> anyhow::Result<
 
 /// What [`request_dump`] hands on, in the order the daemon sent it.
 pub enum DumpEvent {
+    /// The length of the list that follows (sent when the request asked for `counts`).
+    Count(usize),
     /// A kind's list begins (plural name: `routes`).
     Kind(String),
     /// One object of the current kind.
@@ -393,6 +413,11 @@ pub fn request_dump(
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Option<String>, A::Error> {
             while let Some(key) = m.next_key::<String>()? {
+                if key.starts_with('#') {
+                    let n: usize = m.next_value()?;
+                    (self.0)(DumpEvent::Count(n)).map_err(A::Error::custom)?;
+                    continue;
+                }
                 if key == "error" {
                     let e: Value = m.next_value()?;
                     return Ok(Some(e.as_str().map_or_else(|| e.to_string(), String::from)));
@@ -486,11 +511,17 @@ mod tests {
         assert_eq!(Request::parse(r#"{"cmd":"monitor"}"#), Ok(Request::Monitor));
         assert_eq!(
             Request::parse(r#"{"cmd":"dump","kind":null}"#),
-            Ok(Request::Dump(None))
+            Ok(Request::Dump {
+                kind: None,
+                counts: false
+            })
         );
         assert_eq!(
-            Request::parse(r#"{"cmd":"dump","kind":"routes"}"#),
-            Ok(Request::Dump(Some(ObjectKind::Route)))
+            Request::parse(r#"{"cmd":"dump","kind":"routes","counts":true}"#),
+            Ok(Request::Dump {
+                kind: Some(ObjectKind::Route),
+                counts: true
+            })
         );
         assert_eq!(
             Request::parse(r#"{"cmd":"dump","kind":"flows","stats":true}"#),

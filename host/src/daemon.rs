@@ -900,7 +900,12 @@ impl control::Service for Daemon {
     }
 
     /// `ekho dump --json`: one object keyed by kind.
-    fn dump(&self, kind: Option<ObjectKind>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn dump(
+        &self,
+        kind: Option<ObjectKind>,
+        counts: bool,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
         // The kinds in their order, each with its list (empty lists too), written one object
         // at a time: a full BGP table never exists as one JSON value.
         let kinds: Vec<ObjectKind> = ObjectKind::ALL
@@ -920,11 +925,20 @@ impl control::Service for Daemon {
                 _ => None,
             })
             .collect();
+        // Each kind's length, from the same copy of the mirror as the lists.
+        let mut count = vec![0usize; ObjectKind::ALL.len()];
+        for o in &objects {
+            count[o.kind().index()] += 1;
+        }
         let mut objects = objects.iter().peekable();
         out.write_all(b"{")?;
         for (i, k) in kinds.iter().enumerate() {
             if i > 0 {
                 out.write_all(b",")?;
+            }
+            if counts {
+                serde_json::to_writer(&mut *out, &format!("#{}", k.plural()))?;
+                write!(out, ":{},", count[k.index()])?;
             }
             serde_json::to_writer(&mut *out, k.plural())?;
             out.write_all(b":[")?;

@@ -203,7 +203,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             anyhow::bail!("unknown kind {k:?}; one of: {}", control::dump_kinds());
                         }
                     }
-                    let req = json!({"cmd": "dump", "kind": kind, "stats": stats});
+                    // The human form asks for each kind's length first, to print its header
+                    // before the objects (streamed, never held).
+                    let req = json!({"cmd": "dump", "kind": kind, "stats": stats, "counts": !json});
                     match tc {
                         // tc's lists: `tc -j`'s array, or tc's own lines.
                         Some(t) => {

@@ -121,6 +121,11 @@ pub struct DumpPrinter<W: std::io::Write> {
     kinds: usize,
     kind: String,
     n: usize,
+    /// The next kind's length, when the daemon sent it (`DumpEvent::Count`).
+    announced: Option<usize>,
+    /// The current kind's header is printed: its lines go straight out.
+    streaming: bool,
+    /// The current kind's lines, held to print `# KIND (N)` first when no length came.
     lines: String,
 }
 
@@ -132,6 +137,8 @@ impl<W: std::io::Write> DumpPrinter<W> {
             kinds: 0,
             kind: String::new(),
             n: 0,
+            announced: None,
+            streaming: false,
             lines: String::new(),
         }
     }
@@ -139,15 +146,24 @@ impl<W: std::io::Write> DumpPrinter<W> {
     pub fn event(&mut self, e: crate::control::DumpEvent) -> std::io::Result<()> {
         use crate::control::DumpEvent;
         match e {
+            DumpEvent::Count(n) => self.announced = Some(n),
             DumpEvent::Kind(k) => {
                 if self.json {
                     let open = if self.kinds == 0 { "{" } else { "," };
                     write!(self.out, "{open}\n  {}: [", Value::from(k.as_str()))?;
                 }
                 self.kinds += 1;
-                self.kind = k;
                 self.n = 0;
                 self.lines.clear();
+                // Text with the length known: the header now, each line as it arrives.
+                self.streaming = match self.announced.take() {
+                    Some(n) if !self.json => {
+                        writeln!(self.out, "# {k} ({n})")?;
+                        true
+                    }
+                    _ => false,
+                };
+                self.kind = k;
             }
             DumpEvent::Object(v) if self.json => {
                 self.out
@@ -159,6 +175,10 @@ impl<W: std::io::Write> DumpPrinter<W> {
                 }
                 self.n += 1;
             }
+            DumpEvent::Object(v) if self.streaming => {
+                writeln!(self.out, "{}", object(&v))?;
+                self.n += 1;
+            }
             DumpEvent::Object(v) => {
                 let _ = writeln!(self.lines, "{}", object(&v));
                 self.n += 1;
@@ -167,6 +187,7 @@ impl<W: std::io::Write> DumpPrinter<W> {
                 self.out
                     .write_all(if self.n == 0 { b"]" } else { b"\n  ]" })?;
             }
+            DumpEvent::End if self.streaming => self.streaming = false,
             DumpEvent::End => {
                 writeln!(self.out, "# {} ({})", self.kind, self.n)?;
                 self.out.write_all(self.lines.as_bytes())?;
@@ -684,10 +705,20 @@ mod tests {
 
     /// Feeds `doc` to a printer as the client reads it from the daemon.
     fn streamed(doc: &Value, json: bool) -> String {
+        streamed_counted(doc, json, false)
+    }
+
+    /// As [`streamed`], with each kind's length sent first when `counts` (the daemon does when
+    /// the request asks for it).
+    fn streamed_counted(doc: &Value, json: bool, counts: bool) -> String {
         use crate::control::DumpEvent;
         let mut out = Vec::new();
         let mut p = DumpPrinter::new(&mut out, json);
         for (k, list) in doc.as_object().unwrap() {
+            if counts {
+                p.event(DumpEvent::Count(list.as_array().unwrap().len()))
+                    .unwrap();
+            }
             p.event(DumpEvent::Kind(k.clone())).unwrap();
             for o in list.as_array().unwrap() {
                 p.event(DumpEvent::Object(o.clone())).unwrap();
@@ -720,6 +751,35 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.lines().count(), 6, "{text}");
+        // With each kind's length sent first: the same bytes, in either form.
+        assert_eq!(streamed_counted(&doc, false, true), text);
+        assert_eq!(streamed_counted(&doc, true, true), streamed(&doc, true));
+    }
+
+    /// With the length sent first, the header and each line are written as they arrive, before
+    /// the kind's list ends (nothing of the kind held in the CLI).
+    #[test]
+    fn a_counted_kind_is_printed_as_it_arrives() {
+        use crate::control::DumpEvent;
+        let mut out = Vec::new();
+        let mut p = DumpPrinter::new(&mut out, false);
+        p.event(DumpEvent::Count(2)).unwrap();
+        p.event(DumpEvent::Kind("routes".into())).unwrap();
+        p.event(DumpEvent::Object(
+            serde_json::json!({"dst": "10.0.0.0/24", "dev": "a0"}),
+        ))
+        .unwrap();
+        let so_far = String::from_utf8(p.out.clone()).unwrap();
+        assert_eq!(so_far, "# routes (2)\n10.0.0.0/24 dev a0\n");
+        assert!(p.lines.is_empty());
+        // A kind without a length (an older daemon) is still held to count it.
+        p.event(DumpEvent::End).unwrap();
+        p.event(DumpEvent::Kind("links".into())).unwrap();
+        p.event(DumpEvent::Object(
+            serde_json::json!({"ifindex": 1, "ifname": "lo"}),
+        ))
+        .unwrap();
+        assert!(!p.lines.is_empty());
     }
 
     #[test]
