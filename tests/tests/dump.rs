@@ -201,6 +201,41 @@ rule add uidrange 100-200 table 200 priority 301
     assert_same("after nexthop del", &ns, &d, &view);
     ns.ip(&["link", "del", "a0"]);
     assert_same("after a0 deleted", &ns, &d, &view);
+
+    // The text form (its `# KIND (N)` headers printed before the objects, from the lengths the
+    // daemon sends first): every kind the JSON has, as many lines after each header as it
+    // says, and as many routes as the JSON lists (nothing changes them any more).
+    let doc = d.cli_json(&["dump", "--json"]);
+    let out = d.cli(&["dump"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut kinds: Vec<(String, usize, usize)> = Vec::new();
+    for line in text.lines() {
+        match line.strip_prefix("# ") {
+            Some(h) => {
+                let (k, n) = h.split_once(" (").unwrap_or_else(|| panic!("{line}"));
+                let n: usize = n.trim_end_matches(')').parse().unwrap();
+                kinds.push((k.to_string(), n, 0));
+            }
+            None => kinds.last_mut().unwrap_or_else(|| panic!("{text}")).2 += 1,
+        }
+    }
+    let names: Vec<&str> = kinds.iter().map(|(k, _, _)| k.as_str()).collect();
+    let want: Vec<&str> = doc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(names, want, "{text}");
+    for (k, n, lines) in &kinds {
+        assert_eq!(
+            n, lines,
+            "{k}: header says {n}, {lines} lines follow:\n{text}"
+        );
+    }
+    let routes = kinds.iter().find(|(k, _, _)| k == "routes").unwrap().1;
+    assert_eq!(routes, doc["routes"].as_array().unwrap().len(), "{text}");
 }
 
 #[test]
