@@ -5,7 +5,8 @@
 //! as Prometheus does), else in the classic text format 0.0.4 ([`classic`]), which is what
 //! `promtool check metrics` reads.
 //!
-//! Families: `ekho_mirror_*` (objects per kind, messages, changes, overruns, resyncs, synced,
+//! Families: `ekho_mirror_*` (objects per kind, messages, changes, overruns (also per socket),
+//! resyncs (also re-dumps per kind), synced,
 //! undecodable messages per type, source restarts and up),
 //! `ekho_plugin_*` (state, queue depth, objects held per kind and outcome, outcomes given,
 //! host refusals, restarts, hung, the plugin's own counters as `ekho_plugin_stat`), `ekho_ebpf_*` (events per
@@ -60,6 +61,11 @@ struct PluginCounter {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MsgType {
     message_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Sock {
+    socket: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +130,28 @@ pub fn encode(status: &Value) -> String {
         "ekho_mirror_overruns",
         "Netlink socket overruns (ENOBUFS)",
         u(&m["overruns"]),
+    );
+    let per_socket = Family::<Sock, Counter>::default();
+    for (k, n) in m["socket_overruns"].as_object().into_iter().flatten() {
+        per_socket
+            .get_or_create(&Sock { socket: k.clone() })
+            .inc_by(u(n));
+    }
+    r.register(
+        "ekho_mirror_socket_overruns",
+        "Overruns (ENOBUFS) per event socket (rtnetlink, nftables)",
+        per_socket,
+    );
+    let resynced = Family::<Kind, Counter>::default();
+    for (k, n) in m["resynced"].as_object().into_iter().flatten() {
+        resynced
+            .get_or_create(&Kind { kind: k.clone() })
+            .inc_by(u(n));
+    }
+    r.register(
+        "ekho_mirror_resynced",
+        "Re-dumps after the initial sync, per kind (tc: the tc dump)",
+        resynced,
     );
     let undecodable = Family::<MsgType, Counter>::default();
     for (t, n) in m["undecodable"].as_object().into_iter().flatten() {
@@ -496,6 +524,8 @@ mod tests {
         let st = serde_json::json!({
             "mirror": {"objects": {"routes": 3, "links": 2}, "synced": true, "messages": 10,
                        "changes": 7, "overruns": 1, "resyncs": 2,
+                       "socket_overruns": {"rtnetlink": 0, "nftables": 1},
+                       "resynced": {"nft_chains": 1},
                        "undecodable": {"RTM_NEWROUTE": 4},
                        "source": {"state": "running", "restarts": 1}},
             "plugins": [{"name": "rec", "state": "in_sync", "queue_depth": 0, "offloaded": 5,
@@ -521,6 +551,9 @@ mod tests {
             "ekho_mirror_objects{kind=\"routes\"} 3",
             "ekho_mirror_changes_total 7",
             "ekho_mirror_overruns_total 1",
+            "ekho_mirror_socket_overruns_total{socket=\"nftables\"} 1",
+            "ekho_mirror_socket_overruns_total{socket=\"rtnetlink\"} 0",
+            "ekho_mirror_resynced_total{kind=\"nft_chains\"} 1",
             "ekho_mirror_undecodable_total{message_type=\"RTM_NEWROUTE\"} 4",
             "ekho_mirror_source_restarts_total 1",
             "ekho_mirror_source_up 1",
