@@ -6,6 +6,7 @@ then an RTM_GETACTION dump of its kind (and a flower filter's RTM_GETTFILTER dum
 
 Run it in the 6.1 VM (this machine's kernel has mirred only):
     vng --run /boot/vmlinuz-*-amd64 --disable-kvm --user root --exec 'python3 tests/vm/tc-capture.py'
+TC_CAPTURE_KINDS="mpls sample" captures only these kinds (and no filter).
 """
 import os, socket, struct, subprocess, sys
 
@@ -27,6 +28,13 @@ ACTIONS = {
     "ct": ["ct index 1", "ct commit zone 5 mark 0x1/0xff index 2",
            "ct commit nat src addr 10.0.0.1-10.0.0.2 port 1000-2000 index 3",
            "ct clear index 4", "ct zone 3 index 5"],
+    "mpls": ["mpls push label 17 tc 3 ttl 64 index 1", "mpls pop protocol ip index 2",
+             "mpls mod label 5 index 3", "mpls dec_ttl pipe index 4",
+             "mpls push protocol mpls_mc label 20 bos 1 index 5", "mpls mac_push label 30 index 6"],
+    "sample": ["sample rate 100 group 5 trunc 128 index 1", "sample rate 10 group 1 pipe index 2"],
+    "skbmod": ["skbmod set dmac 00:11:22:33:44:55 smac 00:aa:bb:cc:dd:ee index 1",
+               "skbmod swap mac index 2", "skbmod set etype 0x8100 pipe index 3"],
+    "connmark": ["connmark zone 5 index 1", "connmark pipe index 2"],
 }
 
 RTM_GETACTION, RTM_GETTFILTER = 50, 46
@@ -64,7 +72,11 @@ def main():
         os.environ["TC_CAPTURE_NETNS"] = "1"
         os.execvp("unshare", ["unshare", "-n", sys.executable] + sys.argv)
     print(f"# kernel {os.uname().release}")
+    # TC_CAPTURE_KINDS="mpls sample": only these kinds, no filters.
+    only = os.environ.get("TC_CAPTURE_KINDS", "").split()
     for kind, cmds in ACTIONS.items():
+        if only and kind not in only:
+            continue
         for c in cmds:
             r = sh(f"tc actions add action {c}")
             print(f"# tc actions add action {c}" + (f"  FAILED: {r.stderr.strip()}" if r.returncode else ""))
@@ -74,6 +86,8 @@ def main():
         print("json", sh(f"tc -j actions list action {kind}").stdout.strip())
         for line in sh(f"tc actions list action {kind}").stdout.splitlines():
             print("text", line)
+    if only:
+        return 0
     # Inline actions in a flower filter.
     sh("ip link add d0 type dummy && ip link set d0 up && tc qdisc add dev d0 clsact")
     c = ("tc filter add dev d0 ingress pref 1 protocol ip flower dst_ip 10.0.0.1 ip_proto tcp "

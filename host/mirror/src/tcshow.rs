@@ -6,7 +6,7 @@
 //! `fh`), shared blocks, u32 hash tables (`ht_divisor`) and keys (`match`, as tc: value, mask
 //! and offset in hex/decimal), each action's order, kind, index, `ref` and `bind`, and the
 //! parameters of mirred and of the kinds typed in [`crate::netlink::tc_act`] (gact, vlan, police,
-//! skbedit, pedit, csum, ct) with `tc -j`'s field names (police's conform action as
+//! skbedit, pedit, csum, ct, mpls, sample) with `tc -j`'s field names (police's conform action as
 //! `conform_action`: tc repeats `control_action`). Not rendered yet: the options of
 //! the qdiscs and classes netlink-packet-route 0.34 leaves raw (htb, tbf, ...: the mirror holds
 //! their bytes), flower/matchall/bpf matches, counters.
@@ -16,9 +16,10 @@ use crate::netlink::tc::{
     H_MIN_INGRESS, H_ROOT,
 };
 use crate::netlink::tc_act::{
-    ActionOptions, TcActionCsumOption, TcActionCtOption, TcActionGactOption, TcActionPeditOption,
-    TcActionPoliceOption, TcActionSkbeditOption, TcActionVlanOption, TcCtFlags, TcGactProbType,
-    TcPeditHeaderType, TcPeditKeyEx, TcPeditKeyExCmd, TcSkbeditPtype, TcVlanAction,
+    ActionOptions, TcActionCsumOption, TcActionCtOption, TcActionGactOption, TcActionMplsOption,
+    TcActionPeditOption, TcActionPoliceOption, TcActionSampleOption, TcActionSkbeditOption,
+    TcActionVlanOption, TcCtFlags, TcGactProbType, TcMplsAction, TcPeditHeaderType, TcPeditKeyEx,
+    TcPeditKeyExCmd, TcSkbeditPtype, TcVlanAction,
 };
 use crate::state::tc::Tc;
 use netlink_packet_route::tc::{
@@ -398,6 +399,71 @@ fn options_json(m: &mut Map<String, Value>, o: &ActionOptions, names: &Names) {
                 }
             }
         }
+        ActionOptions::Mpls(v) => {
+            let what = v.iter().find_map(|o| match o {
+                TcActionMplsOption::Parms(p) => Some(p.m_action),
+                _ => None,
+            });
+            for o in v {
+                match o {
+                    TcActionMplsOption::Parms(p) => {
+                        m.insert("mpls_action".into(), p.m_action.name().into());
+                        m.insert("control_action".into(), control_json(p.generic.action));
+                    }
+                    TcActionMplsOption::Proto(p) => {
+                        m.insert("protocol".into(), protocol(*p).into());
+                    }
+                    TcActionMplsOption::Label(l) => {
+                        m.insert("label".into(), (*l).into());
+                    }
+                    TcActionMplsOption::Tc(t) => {
+                        m.insert("tc".into(), (*t).into());
+                    }
+                    TcActionMplsOption::Ttl(t) => {
+                        m.insert("ttl".into(), (*t).into());
+                    }
+                    TcActionMplsOption::Bos(b) => {
+                        m.insert("bos".into(), (*b).into());
+                    }
+                    _ => {}
+                }
+            }
+            // tc shows, as the kernel dumps them all: the protocol of a pop and a push; the
+            // label stack entry's fields of a push and a modify; nothing of a dec_ttl.
+            let (proto, entry) = match what {
+                Some(TcMplsAction::Pop) => (true, false),
+                Some(TcMplsAction::Push | TcMplsAction::MacPush) => (true, true),
+                Some(TcMplsAction::Modify) => (false, true),
+                _ => (false, false),
+            };
+            if !proto {
+                m.remove("protocol");
+            }
+            if !entry {
+                for k in ["label", "tc", "ttl", "bos"] {
+                    m.remove(k);
+                }
+            }
+        }
+        ActionOptions::Sample(v) => {
+            for o in v {
+                match o {
+                    TcActionSampleOption::Parms(p) => {
+                        m.insert("control_action".into(), control_json(p.generic.action));
+                    }
+                    TcActionSampleOption::Rate(r) => {
+                        m.insert("rate".into(), (*r).into());
+                    }
+                    TcActionSampleOption::PsampleGroup(g) => {
+                        m.insert("group".into(), (*g).into());
+                    }
+                    TcActionSampleOption::TruncSize(t) => {
+                        m.insert("trunc_size".into(), (*t).into());
+                    }
+                    _ => {}
+                }
+            }
+        }
         ActionOptions::Ct(v) => {
             let flags = v
                 .iter()
@@ -728,6 +794,22 @@ fn action_text(a: &Value) -> String {
             format!(" pedit action {ctl} keys {}", a["nkeys"])
         }
         "csum" => format!("csum ({}) action {ctl}", s("csum")),
+        "mpls" => {
+            let mut l = format!("mpls  {}", s("mpls_action"));
+            for k in ["protocol", "label", "tc", "bos", "ttl"] {
+                if has(k) {
+                    l += &format!(" {k} {}", s(k));
+                }
+            }
+            format!("{l} {ctl}")
+        }
+        "sample" => {
+            let mut l = format!("sample rate 1/{} group {}", s("rate"), s("group"));
+            if has("trunc_size") {
+                l += &format!(" trunc_size {}", s("trunc_size"));
+            }
+            format!("{l} {ctl}")
+        }
         "ct" => {
             let mut l = "ct".to_string();
             if has("action") {
@@ -911,7 +993,9 @@ mod tests {
             .flat_map(|a| a.as_array().cloned().unwrap_or_default())
             .collect();
         let mut checked = 0;
-        for kind in ["gact", "vlan", "police", "skbedit", "pedit", "csum", "ct"] {
+        for kind in [
+            "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct", "mpls", "sample",
+        ] {
             let ours: Vec<Value> = dumped(kind)
                 .iter()
                 .flat_map(|m| crate::netlink::split(m))
@@ -942,6 +1026,44 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    /// The captured mpls and sample actions in tc's text: each `action order` line as `tc
+    /// actions list` printed it (the index line is tc's too, with one space less).
+    #[test]
+    fn mpls_and_sample_render_as_tc_text_prints_them() {
+        use crate::netlink::tc::Message;
+        use crate::netlink::tc_act::tests::{dumped, VECTORS};
+        for kind in ["mpls", "sample"] {
+            let at = VECTORS
+                .find(&format!("# tc actions add action {kind} "))
+                .unwrap();
+            let theirs: Vec<&str> = VECTORS[at..]
+                .lines()
+                .skip_while(|l| !l.starts_with("text "))
+                .take_while(|l| l.starts_with("text "))
+                .filter_map(|l| l.strip_prefix("text \taction order "))
+                .collect();
+            let ours: Vec<String> = dumped(kind)
+                .iter()
+                .flat_map(|m| crate::netlink::split(m))
+                .filter_map(|(h, p)| match crate::netlink::decode(&h, p) {
+                    Ok(crate::Event::Tc(Message::NewActions(v))) => Some(v),
+                    _ => None,
+                })
+                .flatten()
+                .enumerate()
+                .map(|(i, a)| {
+                    let t = action_text(&action_json(i as u16, &a, &Names::new()));
+                    t.lines().next().unwrap().to_string()
+                })
+                .collect();
+            assert!(!theirs.is_empty(), "{kind}");
+            assert_eq!(ours.len(), theirs.len(), "{kind}");
+            for (o, t) in ours.iter().zip(&theirs) {
+                assert_eq!(o.strip_prefix("action order ").unwrap(), *t, "{kind}");
+            }
+        }
     }
 
     /// The captured flower filter (`action vlan push id 5 action skbedit mark 7 action gact

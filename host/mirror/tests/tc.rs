@@ -126,6 +126,17 @@ fn random_tc_steps_match_tc() {
                 false
             }
         };
+    // mpls and sample (typed later; sample needs psample).
+    let mpls_sample = typed
+        && match has_action("mpls", "dec_ttl")
+            .and_then(|()| has_action("sample", "rate 10 group 1"))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("SKIP: mpls and sample steps: {e}");
+                false
+            }
+        };
     for i in 0..3 {
         add_dev(&ns, i);
     }
@@ -145,7 +156,9 @@ fn random_tc_steps_match_tc() {
             _ => format!("block {block}"),
         };
         let chain = if rng.below(3) == 0 { rng.below(3) } else { 0 };
-        let kinds = if typed {
+        let kinds = if mpls_sample {
+            14
+        } else if typed {
             12
         } else if gact {
             5
@@ -174,7 +187,21 @@ fn random_tc_steps_match_tc() {
             ),
             9 => " action csum iph and tcp".into(),
             10 => format!(" action pedit ex munge ip ttl set {}", 1 + rng.below(255)),
-            _ => format!(" action ct zone {}", rng.below(4)),
+            11 => format!(" action ct zone {}", rng.below(4)),
+            12 => match rng.below(3) {
+                0 => format!(
+                    " action mpls push label {} tc 3 ttl 64",
+                    16 + rng.below(1000)
+                ),
+                1 => format!(" action mpls mod label {}", 16 + rng.below(1000)),
+                _ => " action mpls dec_ttl pipe".into(),
+            },
+            _ => format!(
+                " action sample rate {} group {}{}",
+                1 + rng.below(1000),
+                1 + rng.below(8),
+                ["", " trunc 128"][rng.below(2) as usize]
+            ),
         };
         let classifier = match rng.below(if typed { 4 } else { 1 }) {
             0 | 1 => format!(

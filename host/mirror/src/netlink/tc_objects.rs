@@ -315,6 +315,21 @@ fn params(o: &ActionOptions) -> (api::TcControl, api::TcActionParams) {
             };
             (ctl, P::Ct(c))
         }
+        // Typed in the mirror, not yet in the plugin API (1.3 has no parameters for them: from
+        // 1.4 on): a plugin sees their attributes raw (timestamps removed, reference counts
+        // zeroed, as the mirror holds them).
+        ActionOptions::Mpls(v) => (
+            ctl,
+            P::Raw {
+                attrs: v.iter().map(raw_attr).collect::<Vec<_>>().into(),
+            },
+        ),
+        ActionOptions::Sample(v) => (
+            ctl,
+            P::Raw {
+                attrs: v.iter().map(raw_attr).collect::<Vec<_>>().into(),
+            },
+        ),
         ActionOptions::Route(v) => route_params(ctl, v),
     }
 }
@@ -1094,6 +1109,37 @@ pub(crate) mod tests {
         assert_eq!(o.target, api::TcTarget::Block(7));
         assert_eq!(o.devices(), [2, 3]);
         assert_eq!(o.hooks(), [api::TcHook::Ingress, api::TcHook::Egress]);
+    }
+
+    /// mpls and sample are typed in the mirror but API 1.3 has no parameters for them: a
+    /// plugin gets their attributes raw, as the mirror holds them (no timestamps, `tc_gen`'s
+    /// counts zeroed), the control action typed.
+    #[test]
+    fn mpls_and_sample_reach_a_plugin_raw() {
+        for (kind, parms_len, n) in [("mpls", 24, 6), ("sample", 20, 2)] {
+            let v = actions(kind);
+            assert_eq!(v.len(), n, "{kind}");
+            for a in &v {
+                assert_eq!(a.spec.kind.as_str(), kind);
+                assert_eq!(a.spec.control, api::TcControl::Pipe, "{kind}");
+                let P::Raw { attrs } = &a.spec.params else {
+                    panic!("{kind} typed: {:?}", a.spec.params)
+                };
+                // No timestamps (attribute 1, TCA_*_TM).
+                assert!(attrs.iter().all(|x| x.kind != 1), "{kind}: {attrs:?}");
+                let parms = attrs.iter().find(|x| x.kind == 2).expect("parameters");
+                assert_eq!(parms.value.len(), parms_len, "{kind}");
+                // index, capab, action, then refcnt and bindcnt zeroed.
+                assert_eq!(parms.value[12..20], [0; 8], "{kind}");
+            }
+        }
+        // sample rate 100 group 5 trunc 128: TCA_SAMPLE_RATE (3), as the kernel sent it.
+        let s = &actions("sample")[0];
+        let P::Raw { attrs } = &s.spec.params else {
+            unreachable!()
+        };
+        let rate = attrs.iter().find(|x| x.kind == 3).unwrap();
+        assert_eq!(rate.value.as_slice(), 100u32.to_ne_bytes());
     }
 
     #[test]

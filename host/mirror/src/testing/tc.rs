@@ -125,8 +125,8 @@ fn hooks(qdiscs: &[KernelQdisc]) -> Vec<(String, Vec<String>)> {
 }
 
 /// The action kinds compared: mirred and those typed in [`crate::netlink::tc_act`].
-const ACTION_KINDS: [&str; 8] = [
-    "mirred", "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct",
+const ACTION_KINDS: [&str; 10] = [
+    "mirred", "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct", "mpls", "sample",
 ];
 
 /// The parameters of an action of tc's JSON (`tc -j actions list`, or the mirror's
@@ -155,6 +155,13 @@ fn params(a: &Value) -> String {
         "pkts_rate",
         "pkts_burst",
         "overhead",
+        "mpls_action",
+        "label",
+        "tc",
+        "bos",
+        "ttl",
+        "group",
+        "trunc_size",
     ];
     let mut out = String::new();
     for f in FIELDS {
@@ -165,6 +172,10 @@ fn params(a: &Value) -> String {
         if !v.is_null() {
             out += &format!(" {f}={v}");
         }
+    }
+    // `rate` is also police's, which tc -j does not print.
+    if a["kind"] == "sample" && !a["rate"].is_null() {
+        out += &format!(" rate={}", a["rate"]);
     }
     out
 }

@@ -4,7 +4,8 @@
 //! attributes unknown here), its parameter structures ([`Emitable`], `parse` from the kernel's
 //! bytes) and tests from messages the kernel (6.1) produced (`tests/vm/tc-capture.py`).
 //!
-//! Typed: [`gact`], [`vlan`], [`police`], [`skbedit`], [`pedit`], [`csum`], [`ct`]. The mirror's
+//! Typed: [`gact`], [`vlan`], [`police`], [`skbedit`], [`pedit`], [`csum`], [`ct`], [`mpls`],
+//! [`sample`]. The mirror's
 //! [`ActionOptions`] carries an action's options typed by its kind, and keeps the crate's own
 //! list (typed: mirred, nat, tunnel_key; raw: every other kind) for anything else, so nothing is
 //! lost; a typed kind whose options do not parse stays raw too.
@@ -12,19 +13,23 @@
 pub mod csum;
 pub mod ct;
 pub mod gact;
+pub mod mpls;
 pub mod pedit;
 pub mod police;
+pub mod sample;
 pub mod skbedit;
 pub mod vlan;
 
 pub use csum::{TcActionCsum, TcActionCsumOption, TcCsum, TcCsumUpdateFlags};
 pub use ct::{TcActionCt, TcActionCtOption, TcCt, TcCtFlags};
 pub use gact::{TcActionGact, TcActionGactOption, TcGact, TcGactProb, TcGactProbType};
+pub use mpls::{TcActionMpls, TcActionMplsOption, TcMpls, TcMplsAction};
 pub use pedit::{
     TcActionPedit, TcActionPeditOption, TcPeditHeaderType, TcPeditKey, TcPeditKeyEx,
     TcPeditKeyExCmd, TcPeditKeyExOption, TcPeditSel,
 };
 pub use police::{TcActionPolice, TcActionPoliceOption, TcPolice, TcRateSpec};
+pub use sample::{TcActionSample, TcActionSampleOption, TcSample};
 pub use skbedit::{TcActionSkbedit, TcActionSkbeditOption, TcSkbedit, TcSkbeditPtype};
 pub use vlan::{TcActionVlan, TcActionVlanOption, TcVlan, TcVlanAction};
 
@@ -85,6 +90,10 @@ pub enum ActionOptions {
     Csum(Vec<TcActionCsumOption>),
     /// `ct`.
     Ct(Vec<TcActionCtOption>),
+    /// `mpls`.
+    Mpls(Vec<TcActionMplsOption>),
+    /// `sample`.
+    Sample(Vec<TcActionSampleOption>),
     /// As netlink-packet-route parsed them: typed there (mirred, nat, tunnel_key) or raw
     /// attributes (`TcActionOption::Other`) of a kind typed nowhere yet.
     Route(Vec<TcActionOption>),
@@ -138,6 +147,8 @@ macro_rules! each {
             ActionOptions::Pedit($v) => $e,
             ActionOptions::Csum($v) => $e,
             ActionOptions::Ct($v) => $e,
+            ActionOptions::Mpls($v) => $e,
+            ActionOptions::Sample($v) => $e,
             ActionOptions::Route($route) => $r,
         }
     };
@@ -155,6 +166,8 @@ impl ActionOptions {
             TcActionPedit::KIND => reparse(opts).map(ActionOptions::Pedit),
             TcActionCsum::KIND => reparse(opts).map(ActionOptions::Csum),
             TcActionCt::KIND => reparse(opts).map(ActionOptions::Ct),
+            TcActionMpls::KIND => reparse(opts).map(ActionOptions::Mpls),
+            TcActionSample::KIND => reparse(opts).map(ActionOptions::Sample),
             _ => Err(DecodeError::from("not typed here")),
         };
         typed.unwrap_or_else(|_| ActionOptions::Route(opts.to_vec()))
@@ -207,6 +220,14 @@ impl ActionOptions {
             }),
             ActionOptions::Ct(v) => v.iter().find_map(|o| match o {
                 TcActionCtOption::Parms(p) => Some(p.generic),
+                _ => None,
+            }),
+            ActionOptions::Mpls(v) => v.iter().find_map(|o| match o {
+                TcActionMplsOption::Parms(p) => Some(p.generic),
+                _ => None,
+            }),
+            ActionOptions::Sample(v) => v.iter().find_map(|o| match o {
+                TcActionSampleOption::Parms(p) => Some(p.generic),
                 _ => None,
             }),
             ActionOptions::Route(v) => v.iter().find_map(|o| match o {
@@ -285,6 +306,22 @@ impl ActionOptions {
                 v.retain(|o| !matches!(o, TcActionCtOption::Tm(_)));
                 for o in v {
                     if let TcActionCtOption::Parms(p) = o {
+                        take(&mut p.generic, &mut counts);
+                    }
+                }
+            }
+            ActionOptions::Mpls(v) => {
+                v.retain(|o| !matches!(o, TcActionMplsOption::Tm(_)));
+                for o in v {
+                    if let TcActionMplsOption::Parms(p) = o {
+                        take(&mut p.generic, &mut counts);
+                    }
+                }
+            }
+            ActionOptions::Sample(v) => {
+                v.retain(|o| !matches!(o, TcActionSampleOption::Tm(_)));
+                for o in v {
+                    if let TcActionSampleOption::Parms(p) = o {
                         take(&mut p.generic, &mut counts);
                     }
                 }
@@ -385,7 +422,7 @@ pub(crate) mod tests {
     #[test]
     fn an_untyped_kind_stays_raw_and_a_typed_one_emits_its_bytes() {
         let opts = vec![TcActionOption::Other(DefaultNla::new(2, vec![1, 2, 3]))];
-        let o = ActionOptions::parse("sample", &opts);
+        let o = ActionOptions::parse("skbmod", &opts);
         assert_eq!(o, ActionOptions::Route(opts.clone()));
         assert!(!o.is_typed());
         // A gact whose parameters are too short stays raw, nothing lost.
