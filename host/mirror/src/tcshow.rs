@@ -6,7 +6,7 @@
 //! `fh`), shared blocks, u32 hash tables (`ht_divisor`) and keys (`match`, as tc: value, mask
 //! and offset in hex/decimal), each action's order, kind, index, `ref` and `bind`, and the
 //! parameters of mirred and of the kinds typed in [`crate::netlink::tc_act`] (gact, vlan, police,
-//! skbedit, pedit, csum, ct, mpls, sample) with `tc -j`'s field names (police's conform action as
+//! skbedit, pedit, csum, ct, mpls, sample, skbmod, connmark) with `tc -j`'s field names (police's conform action as
 //! `conform_action`: tc repeats `control_action`). Not rendered yet: the options of
 //! the qdiscs and classes netlink-packet-route 0.34 leaves raw (htb, tbf, ...: the mirror holds
 //! their bytes), flower/matchall/bpf matches, counters.
@@ -16,10 +16,11 @@ use crate::netlink::tc::{
     H_MIN_INGRESS, H_ROOT,
 };
 use crate::netlink::tc_act::{
-    ActionOptions, TcActionCsumOption, TcActionCtOption, TcActionGactOption, TcActionMplsOption,
-    TcActionPeditOption, TcActionPoliceOption, TcActionSampleOption, TcActionSkbeditOption,
-    TcActionVlanOption, TcCtFlags, TcGactProbType, TcMplsAction, TcPeditHeaderType, TcPeditKeyEx,
-    TcPeditKeyExCmd, TcSkbeditPtype, TcVlanAction,
+    ActionOptions, TcActionConnmarkOption, TcActionCsumOption, TcActionCtOption,
+    TcActionGactOption, TcActionMplsOption, TcActionPeditOption, TcActionPoliceOption,
+    TcActionSampleOption, TcActionSkbeditOption, TcActionSkbmodOption, TcActionVlanOption,
+    TcCtFlags, TcGactProbType, TcMplsAction, TcPeditHeaderType, TcPeditKeyEx, TcPeditKeyExCmd,
+    TcSkbeditPtype, TcSkbmodFlags, TcVlanAction,
 };
 use crate::state::tc::Tc;
 use netlink_packet_route::tc::{
@@ -464,6 +465,41 @@ fn options_json(m: &mut Map<String, Value>, o: &ActionOptions, names: &Names) {
                 }
             }
         }
+        ActionOptions::Connmark(v) => {
+            for o in v {
+                if let TcActionConnmarkOption::Parms(p) = o {
+                    m.insert("zone".into(), p.zone.into());
+                    m.insert("control_action".into(), control_json(p.generic.action));
+                }
+            }
+        }
+        ActionOptions::Skbmod(v) => {
+            // tc's JSON for skbmod (6.1's iproute2) holds `control_action` only (the rest is
+            // printed as text inside it): the other keys are ekho's, in tc's text words.
+            for o in v {
+                match o {
+                    TcActionSkbmodOption::Parms(p) => {
+                        m.insert("control_action".into(), control_json(p.generic.action));
+                        if p.flags.has(TcSkbmodFlags::SWAPMAC) {
+                            m.insert("swap_mac".into(), true.into());
+                        }
+                        if p.flags.has(TcSkbmodFlags::ECN) {
+                            m.insert("ecn".into(), true.into());
+                        }
+                    }
+                    TcActionSkbmodOption::Dmac(a) => {
+                        m.insert("dmac".into(), mac(a).into());
+                    }
+                    TcActionSkbmodOption::Smac(a) => {
+                        m.insert("smac".into(), mac(a).into());
+                    }
+                    TcActionSkbmodOption::Etype(e) => {
+                        m.insert("etype".into(), format!("0x{e:X}").into());
+                    }
+                    _ => {}
+                }
+            }
+        }
         ActionOptions::Ct(v) => {
             let flags = v
                 .iter()
@@ -803,6 +839,27 @@ fn action_text(a: &Value) -> String {
             }
             format!("{l} {ctl}")
         }
+        "connmark" => format!("connmark zone {} {ctl}", s("zone")),
+        // tc: the control action first, each change followed by a space.
+        "skbmod" => {
+            let mut l = format!("skbmod {ctl} ");
+            for (k, w) in [
+                ("etype", "set etype"),
+                ("dmac", "set dmac"),
+                ("smac", "set smac"),
+            ] {
+                if has(k) {
+                    l += &format!("{w} {} ", s(k));
+                }
+            }
+            if a["swap_mac"] == true {
+                l += "swap mac ";
+            }
+            if a["ecn"] == true {
+                l += "ecn ";
+            }
+            l
+        }
         "sample" => {
             let mut l = format!("sample rate 1/{} group {}", s("rate"), s("group"));
             if has("trunc_size") {
@@ -995,6 +1052,7 @@ mod tests {
         let mut checked = 0;
         for kind in [
             "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct", "mpls", "sample",
+            "connmark",
         ] {
             let ours: Vec<Value> = dumped(kind)
                 .iter()
@@ -1028,13 +1086,13 @@ mod tests {
         assert!(checked > 100, "{checked}");
     }
 
-    /// The captured mpls and sample actions in tc's text: each `action order` line as `tc
+    /// The captured mpls, sample, connmark and skbmod actions in tc's text: each `action order` line as `tc
     /// actions list` printed it (the index line is tc's too, with one space less).
     #[test]
-    fn mpls_and_sample_render_as_tc_text_prints_them() {
+    fn mpls_sample_connmark_and_skbmod_render_as_tc_text_prints_them() {
         use crate::netlink::tc::Message;
         use crate::netlink::tc_act::tests::{dumped, VECTORS};
-        for kind in ["mpls", "sample"] {
+        for kind in ["mpls", "sample", "connmark", "skbmod"] {
             let at = VECTORS
                 .find(&format!("# tc actions add action {kind} "))
                 .unwrap();

@@ -5,7 +5,8 @@
 //! `flower`, `matchall` and `bpf` (the last one's action list stays raw), and the actions
 //! `mirred`, `nat` and `tunnel_key`; everything else (htb, tbf, gact, vlan, ...) arrives as
 //! [`DefaultNla`] attributes, kept as they are so that nothing is lost. The actions gact, vlan,
-//! police, skbedit, pedit, csum and ct are typed here ([`super::tc_act`]): an [`Action`]
+//! police, skbedit, pedit, csum, ct, mpls, sample, skbmod and connmark are typed here
+//! ([`super::tc_act`]): an [`Action`]
 //! carries its options typed ([`ActionOptions`]). Counters and timestamps
 //! (`TCA_STATS*`, `TCA_XSTATS`, u32's `TCA_U32_PCNT`, an action's `TCA_ACT_STATS` and `tcf_t`)
 //! change without a message and are dropped, as are the reference and binding counts inside an

@@ -324,6 +324,18 @@ fn params(o: &ActionOptions) -> (api::TcControl, api::TcActionParams) {
                 attrs: v.iter().map(raw_attr).collect::<Vec<_>>().into(),
             },
         ),
+        ActionOptions::Skbmod(v) => (
+            ctl,
+            P::Raw {
+                attrs: v.iter().map(raw_attr).collect::<Vec<_>>().into(),
+            },
+        ),
+        ActionOptions::Connmark(v) => (
+            ctl,
+            P::Raw {
+                attrs: v.iter().map(raw_attr).collect::<Vec<_>>().into(),
+            },
+        ),
         ActionOptions::Sample(v) => (
             ctl,
             P::Raw {
@@ -1111,12 +1123,18 @@ pub(crate) mod tests {
         assert_eq!(o.hooks(), [api::TcHook::Ingress, api::TcHook::Egress]);
     }
 
-    /// mpls and sample are typed in the mirror but API 1.3 has no parameters for them: a
+    /// mpls, sample, skbmod and connmark are typed in the mirror but API 1.3 has no parameters for them: a
     /// plugin gets their attributes raw, as the mirror holds them (no timestamps, `tc_gen`'s
     /// counts zeroed), the control action typed.
     #[test]
-    fn mpls_and_sample_reach_a_plugin_raw() {
-        for (kind, parms_len, n) in [("mpls", 24, 6), ("sample", 20, 2)] {
+    fn mpls_sample_skbmod_and_connmark_reach_a_plugin_raw() {
+        // (kind, timestamps attribute, parameters attribute, its length, actions captured)
+        for (kind, tm, parms, parms_len, n) in [
+            ("mpls", 1, 2, 24, 6),
+            ("sample", 1, 2, 20, 2),
+            ("skbmod", 1, 2, 32, 3),
+            ("connmark", 2, 1, 24, 2),
+        ] {
             let v = actions(kind);
             assert_eq!(v.len(), n, "{kind}");
             for a in &v {
@@ -1125,9 +1143,9 @@ pub(crate) mod tests {
                 let P::Raw { attrs } = &a.spec.params else {
                     panic!("{kind} typed: {:?}", a.spec.params)
                 };
-                // No timestamps (attribute 1, TCA_*_TM).
-                assert!(attrs.iter().all(|x| x.kind != 1), "{kind}: {attrs:?}");
-                let parms = attrs.iter().find(|x| x.kind == 2).expect("parameters");
+                // No timestamps (TCA_*_TM).
+                assert!(attrs.iter().all(|x| x.kind != tm), "{kind}: {attrs:?}");
+                let parms = attrs.iter().find(|x| x.kind == parms).expect("parameters");
                 assert_eq!(parms.value.len(), parms_len, "{kind}");
                 // index, capab, action, then refcnt and bindcnt zeroed.
                 assert_eq!(parms.value[12..20], [0; 8], "{kind}");

@@ -125,8 +125,9 @@ fn hooks(qdiscs: &[KernelQdisc]) -> Vec<(String, Vec<String>)> {
 }
 
 /// The action kinds compared: mirred and those typed in [`crate::netlink::tc_act`].
-const ACTION_KINDS: [&str; 10] = [
+const ACTION_KINDS: [&str; 11] = [
     "mirred", "gact", "vlan", "police", "skbedit", "pedit", "csum", "ct", "mpls", "sample",
+    "connmark",
 ];
 
 /// The parameters of an action of tc's JSON (`tc -j actions list`, or the mirror's

@@ -5,11 +5,12 @@
 //! bytes) and tests from messages the kernel (6.1) produced (`tests/vm/tc-capture.py`).
 //!
 //! Typed: [`gact`], [`vlan`], [`police`], [`skbedit`], [`pedit`], [`csum`], [`ct`], [`mpls`],
-//! [`sample`]. The mirror's
+//! [`sample`], [`skbmod`], [`connmark`]. The mirror's
 //! [`ActionOptions`] carries an action's options typed by its kind, and keeps the crate's own
 //! list (typed: mirred, nat, tunnel_key; raw: every other kind) for anything else, so nothing is
 //! lost; a typed kind whose options do not parse stays raw too.
 
+pub mod connmark;
 pub mod csum;
 pub mod ct;
 pub mod gact;
@@ -18,8 +19,10 @@ pub mod pedit;
 pub mod police;
 pub mod sample;
 pub mod skbedit;
+pub mod skbmod;
 pub mod vlan;
 
+pub use connmark::{TcActionConnmark, TcActionConnmarkOption, TcConnmark};
 pub use csum::{TcActionCsum, TcActionCsumOption, TcCsum, TcCsumUpdateFlags};
 pub use ct::{TcActionCt, TcActionCtOption, TcCt, TcCtFlags};
 pub use gact::{TcActionGact, TcActionGactOption, TcGact, TcGactProb, TcGactProbType};
@@ -31,6 +34,7 @@ pub use pedit::{
 pub use police::{TcActionPolice, TcActionPoliceOption, TcPolice, TcRateSpec};
 pub use sample::{TcActionSample, TcActionSampleOption, TcSample};
 pub use skbedit::{TcActionSkbedit, TcActionSkbeditOption, TcSkbedit, TcSkbeditPtype};
+pub use skbmod::{TcActionSkbmod, TcActionSkbmodOption, TcSkbmod, TcSkbmodFlags};
 pub use vlan::{TcActionVlan, TcActionVlanOption, TcVlan, TcVlanAction};
 
 use netlink_packet_core::{DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, Parseable};
@@ -94,6 +98,10 @@ pub enum ActionOptions {
     Mpls(Vec<TcActionMplsOption>),
     /// `sample`.
     Sample(Vec<TcActionSampleOption>),
+    /// `skbmod`.
+    Skbmod(Vec<TcActionSkbmodOption>),
+    /// `connmark`.
+    Connmark(Vec<TcActionConnmarkOption>),
     /// As netlink-packet-route parsed them: typed there (mirred, nat, tunnel_key) or raw
     /// attributes (`TcActionOption::Other`) of a kind typed nowhere yet.
     Route(Vec<TcActionOption>),
@@ -149,6 +157,8 @@ macro_rules! each {
             ActionOptions::Ct($v) => $e,
             ActionOptions::Mpls($v) => $e,
             ActionOptions::Sample($v) => $e,
+            ActionOptions::Skbmod($v) => $e,
+            ActionOptions::Connmark($v) => $e,
             ActionOptions::Route($route) => $r,
         }
     };
@@ -168,6 +178,8 @@ impl ActionOptions {
             TcActionCt::KIND => reparse(opts).map(ActionOptions::Ct),
             TcActionMpls::KIND => reparse(opts).map(ActionOptions::Mpls),
             TcActionSample::KIND => reparse(opts).map(ActionOptions::Sample),
+            TcActionSkbmod::KIND => reparse(opts).map(ActionOptions::Skbmod),
+            TcActionConnmark::KIND => reparse(opts).map(ActionOptions::Connmark),
             _ => Err(DecodeError::from("not typed here")),
         };
         typed.unwrap_or_else(|_| ActionOptions::Route(opts.to_vec()))
@@ -228,6 +240,14 @@ impl ActionOptions {
             }),
             ActionOptions::Sample(v) => v.iter().find_map(|o| match o {
                 TcActionSampleOption::Parms(p) => Some(p.generic),
+                _ => None,
+            }),
+            ActionOptions::Skbmod(v) => v.iter().find_map(|o| match o {
+                TcActionSkbmodOption::Parms(p) => Some(p.generic),
+                _ => None,
+            }),
+            ActionOptions::Connmark(v) => v.iter().find_map(|o| match o {
+                TcActionConnmarkOption::Parms(p) => Some(p.generic),
                 _ => None,
             }),
             ActionOptions::Route(v) => v.iter().find_map(|o| match o {
@@ -322,6 +342,22 @@ impl ActionOptions {
                 v.retain(|o| !matches!(o, TcActionSampleOption::Tm(_)));
                 for o in v {
                     if let TcActionSampleOption::Parms(p) = o {
+                        take(&mut p.generic, &mut counts);
+                    }
+                }
+            }
+            ActionOptions::Skbmod(v) => {
+                v.retain(|o| !matches!(o, TcActionSkbmodOption::Tm(_)));
+                for o in v {
+                    if let TcActionSkbmodOption::Parms(p) = o {
+                        take(&mut p.generic, &mut counts);
+                    }
+                }
+            }
+            ActionOptions::Connmark(v) => {
+                v.retain(|o| !matches!(o, TcActionConnmarkOption::Tm(_)));
+                for o in v {
+                    if let TcActionConnmarkOption::Parms(p) = o {
                         take(&mut p.generic, &mut counts);
                     }
                 }
@@ -422,7 +458,7 @@ pub(crate) mod tests {
     #[test]
     fn an_untyped_kind_stays_raw_and_a_typed_one_emits_its_bytes() {
         let opts = vec![TcActionOption::Other(DefaultNla::new(2, vec![1, 2, 3]))];
-        let o = ActionOptions::parse("skbmod", &opts);
+        let o = ActionOptions::parse("simple", &opts);
         assert_eq!(o, ActionOptions::Route(opts.clone()));
         assert!(!o.is_typed());
         // A gact whose parameters are too short stays raw, nothing lost.
