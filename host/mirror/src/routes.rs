@@ -510,7 +510,8 @@ impl Routes {
         x
     }
 
-    fn release(&mut self, a: Arc<Attrs>) {
+    /// Drops a reference to an interned set, and the set with the last user.
+    pub fn release(&mut self, a: Arc<Attrs>) {
         // One reference in the interner, one here: last user gone.
         if Arc::strong_count(&a) == 2 {
             let h = View::of_attrs(&a).hash();

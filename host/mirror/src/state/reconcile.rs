@@ -194,7 +194,13 @@ impl State {
             return;
         }
         let new: Vec<Arc<Attrs>> = dumped.iter().map(|r| self.routes.intern_route(r)).collect();
-        if !same_aliases(self.routes.get(&k), &new) {
+        if same_aliases(self.routes.get(&k), &new) {
+            // The table's own sets (interned: the same ones); a set interned only now, equal
+            // under comparison, is not kept.
+            for a in new {
+                self.routes.release(a);
+            }
+        } else {
             self.touch_route(&k);
             self.routes.set(k, new);
         }
@@ -331,13 +337,15 @@ mod tests {
         assert!(ops[2].1.contains("[10, 2, 0, 0]"), "{ops:?}");
         assert_eq!(s.routes.len(), 3);
         assert!(s.routes.unmarked_keys().len() == 3, "marks cleared");
-        // Nothing changed: a second pass emits nothing.
+        // Nothing changed: a second pass emits nothing and keeps no new attribute set.
+        let sets = s.routes.interned();
         s.routes.clear_marks();
         for r in [&same, &changed, &added] {
             s.stream_route(RKey::of(r), std::slice::from_ref(r));
         }
         s.sweep_routes(true);
         assert!(s.flush().is_empty());
+        assert_eq!(s.routes.interned(), sets);
         // An incomplete pass removes nothing.
         s.routes.clear_marks();
         s.stream_route(RKey::of(&same), std::slice::from_ref(&same));
