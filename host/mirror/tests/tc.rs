@@ -266,6 +266,14 @@ fn random_tc_steps_match_tc() {
     // The sequence did something and reached a state worth comparing.
     let refused = done.iter().filter(|l| l.ends_with("(refused)")).count();
     eprintln!("{} steps taken, {refused} refused by tc", done.len());
+    // What of the later typed kinds the sequence ran (steps tc took).
+    for k in ["mpls", "sample"] {
+        let n = done
+            .iter()
+            .filter(|l| !l.ends_with("(refused)") && l.contains(&format!(" action {k} ")))
+            .count();
+        eprintln!("steps with action {k} taken: {n}");
+    }
     if std::env::var_os("EKHO_TC_VERBOSE").is_some() {
         eprintln!("{}", done.join("\n"));
     }
