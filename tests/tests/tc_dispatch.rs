@@ -197,7 +197,7 @@ fn u32_filters_reach_the_plugins_that_run_them_and_the_others_say_why() {
     assert!(got.is_empty(), "a plugin without tc kinds got {got:?}");
 
     // The others are told why, in tc's words, and get nothing.
-    let place = "dev v0 ingress pref 1 chain 0 handle 0x80000800";
+    let place = "dev v0 ingress pref 1 chain 0 fh 800::800";
     assert_eq!(
         refusals(&d, "flower_only"),
         [(
@@ -462,7 +462,7 @@ fn a_filter_after_one_not_handed_over_stays_with_the_kernel() {
     let reasons = |d: &Daemon| -> Vec<(String, String)> {
         refusals(d, "sh")
             .into_iter()
-            .map(|(f, r)| (f.split(" handle ").next().unwrap().to_string(), r))
+            .map(|(f, r)| (f.split(" fh ").next().unwrap().to_string(), r))
             .collect()
     };
     let shadowed = vec![
@@ -509,8 +509,8 @@ fn a_filter_after_one_not_handed_over_stays_with_the_kernel() {
     // Replaced into what the plugin runs: both handed over. (Added again, pref 1's u32
     // hash table is another one: its handle is read from the status.)
     let place = &refusals(&d, "sh")[0].0;
-    let h = u32::from_str_radix(place.rsplit("0x").next().unwrap(), 16).unwrap();
-    let handle = format!("{:x}:{:x}:{:x}", h >> 20, (h >> 12) & 0xff, h & 0xfff);
+    // tc's own `fh` notation, which `tc filter replace ... handle` takes as it is.
+    let handle = place.rsplit("fh ").next().unwrap();
     tc(
         &ns,
         &format!("filter replace dev v0 ingress pref 1 protocol ip handle {handle} u32 match ip dst 10.0.0.1/32 action mirred egress redirect dev v2"),

@@ -115,7 +115,7 @@ pub struct TcRefusal {
 }
 
 /// tc's words for where a filter is (`dev v0 ingress pref 1 chain 0 handle 0x1`, `block 7 pref
-/// 2 chain 0 handle 0x1`), device names by `name`.
+/// 2 chain 0 handle 0x1`, a u32 one's `... fh 800::800`), device names by `name`.
 pub fn tc_filter_place(
     f: &ekho_plugin_api::object::TcFilter,
     name: &dyn Fn(u32) -> Option<String>,
@@ -132,10 +132,13 @@ pub fn tc_filter_place(
         ),
         TcTarget::Block(b) => format!("block {b}"),
     };
-    format!(
-        "{at} pref {} chain {} handle 0x{:x}",
-        f.prio, f.chain, f.handle
-    )
+    // tc's own handle notation: u32's `fh 800::800`, the others' `handle 0x1`.
+    let handle = if f.kind.as_str() == "u32" {
+        format!("fh {}", ekho_mirror::netlink::tc::u32_handle(f.handle))
+    } else {
+        format!("handle 0x{:x}", f.handle)
+    };
+    format!("{at} pref {} chain {} {handle}", f.prio, f.chain)
 }
 
 fn is_zero(n: &u64) -> bool {
