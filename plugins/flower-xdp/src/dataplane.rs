@@ -284,18 +284,7 @@ impl Backend for Dataplane {
     }
 
     fn reasons(&self) -> Vec<(&'static str, u64)> {
-        REASON_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let v = self
-                    .reasons
-                    .get(&(i as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*n, v)
-            })
-            .collect()
+        ekho_xdp_common::reason_counts(&self.reasons, &REASON_NAMES)
     }
 
     fn synchronize(&mut self) -> Result<(), Error> {

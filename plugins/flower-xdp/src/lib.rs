@@ -92,7 +92,6 @@ pub use ekho_plugin_api::object::tc;
 use dataplane::{Backend, Dataplane, XdpMode};
 use ekho_plugin_api::prelude::*;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use table::{FilterId, Table, Taken};
 
 /// The plugin's own configuration table.
@@ -309,19 +308,7 @@ impl FlowerXdp {
 impl Plugin for FlowerXdp {
     fn create(ctx: CreateContext) -> Result<Self, String> {
         let cfg = Config::parse(&ctx.config)?;
-        let netns = cfg
-            .netns
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| ctx.netns());
-        if let Some(ns) = &netns {
-            if !ns.exists() {
-                return Err(format!(
-                    "flower-xdp config: netns {} does not exist",
-                    ns.display()
-                ));
-            }
-        }
+        let netns = ekho_xdp_common::ports_netns(cfg.netns.as_deref(), ctx.netns(), "flower-xdp")?;
         let dp = Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         FlowerXdp::build(cfg, ctx.host, Box::new(dp))
     }

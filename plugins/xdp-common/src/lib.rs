@@ -7,7 +7,8 @@
 //! - [`Attachments`]: attaching a program to ports (stale one removed first, generic-mode
 //!   fallback in `auto` mode) and detaching it;
 //! - [`XdpMode`], the `xdp_mode` config value;
-//! - map helpers ([`take_map`], [`ignore_absent`]) and [`test_run`] (`BPF_PROG_TEST_RUN` of a
+//! - map helpers ([`take_map`], [`ignore_absent`], [`reason_counts`]), [`ports_netns`] (the
+//!   `netns` key or the host's), and [`test_run`] (`BPF_PROG_TEST_RUN` of a
 //!   program on one frame, for the plugins' data-path tests);
 //! - [`btf`]: struct sizes from an object's BTF, for the unit tests that check the Rust mirrors
 //!   of the map structs;
@@ -74,6 +75,45 @@ where
         .take_map(name)
         .ok_or_else(|| Error::Other(format!("map {name} missing from the object")))?;
     Ok(T::try_from(m)?)
+}
+
+/// The counters of a per-CPU `REASONS` array (one `u64` per reason, index `i` named
+/// `names[i]`), each summed over the CPUs; a reason that cannot be read counts 0.
+pub fn reason_counts(
+    reasons: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    names: &[&'static str],
+) -> Vec<(&'static str, u64)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = reasons
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            (*n, v)
+        })
+        .collect()
+}
+
+/// The namespace a plugin's ports live in: its own `netns` config key when given, else the one
+/// the host mirrors (`mirrored`, from `CreateContext::netns`); an error naming `plugin` when
+/// the chosen path does not exist.
+pub fn ports_netns(
+    own: Option<&str>,
+    mirrored: Option<PathBuf>,
+    plugin: &str,
+) -> Result<Option<PathBuf>, String> {
+    let netns = own.map(PathBuf::from).or(mirrored);
+    if let Some(ns) = &netns {
+        if !ns.exists() {
+            return Err(format!(
+                "{plugin} config: netns {} does not exist",
+                ns.display()
+            ));
+        }
+    }
+    Ok(netns)
 }
 
 /// Whether a map operation failed because the key is absent.

@@ -276,18 +276,7 @@ impl Dataplane {
     }
 
     pub fn reasons(&self) -> Vec<(&'static str, u64)> {
-        REASON_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let v = self
-                    .reasons
-                    .get(&(i as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*n, v)
-            })
-            .collect()
+        ekho_xdp_common::reason_counts(&self.reasons, &REASON_NAMES)
     }
 
     pub fn set_config(&mut self, v: ConfigVal) -> Result<(), Error> {

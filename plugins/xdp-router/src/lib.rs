@@ -91,7 +91,6 @@ use maps::*;
 use resolver::Asker;
 use ring::RingReader;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1046,19 +1045,7 @@ impl Plugin for XdpRouter {
     fn create(ctx: CreateContext) -> Result<Self, String> {
         let cfg = Config::parse(&ctx.config)?;
         // The namespace: the plugin's own `netns` key wins, else the one the host mirrors.
-        let netns = cfg
-            .netns
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| ctx.netns());
-        if let Some(ns) = &netns {
-            if !ns.exists() {
-                return Err(format!(
-                    "xdp-router config: netns {} does not exist",
-                    ns.display()
-                ));
-            }
-        }
+        let netns = ekho_xdp_common::ports_netns(cfg.netns.as_deref(), ctx.netns(), "xdp-router")?;
         let (dp, ring, flow_ring) =
             Dataplane::load(netns, cfg.xdp_mode).map_err(|e| e.to_string())?;
         let mut p = XdpRouter::build(cfg, ctx.host, Box::new(dp))?;
