@@ -154,9 +154,11 @@ fn assert_same_of(ns: &Netns, c: &Conntrack, proto: &str, what: &str) {
         let only_k: Vec<_> = k.difference(&m).take(5).collect();
         let only_m: Vec<_> = m.difference(&k).take(5).collect();
         panic!(
-            "{what}: kernel {} entries, mirror {}\nonly in kernel: {only_k:#?}\nonly in mirror: {only_m:#?}",
+            "{what}: kernel {} entries, mirror {}\nonly in kernel: {only_k:#?}\nonly in mirror: {only_m:#?}\nsource failure: {:?}, stats: {:?}",
             k.len(),
-            m.len()
+            m.len(),
+            c.failure(),
+            c.table().stats()
         );
     }
 }
