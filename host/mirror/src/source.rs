@@ -1358,6 +1358,22 @@ fn thread_main(
                     );
                     m.count_overrun("nftables");
                     nft_overrun = true;
+                    // Read on to the end of the queue: the kernel keeps the socket congested
+                    // (dropping every notification, with no further ENOBUFS) until its queue is
+                    // empty, and the re-dump must not run while notifications are dropped
+                    // unreported (the conntrack source lost entries so).
+                    loop {
+                        match nftables::drain(s, &mut buf, &mut evs) {
+                            Ok(c) => {
+                                count += c;
+                                break;
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                                m.count_overrun("nftables");
+                            }
+                            Err(e) => return Err(nl_err("nftables event recv", e)),
+                        }
+                    }
                 }
                 Err(e) => return Err(nl_err("nftables event recv", e)),
             }
