@@ -288,9 +288,22 @@ fn build_variant(
             )
             .replace("toml.workspace = true", "toml = \"0.8\"")
             .replace(
+                "nix.workspace = true",
+                "nix = { version = \"0.31\", default-features = false, features = [\"time\"] }",
+            )
+            .replace(
                 "ekho-plugin-api.workspace = true",
                 "ekho-plugin-api = { path = \"../plugin-api\" }",
             )
+    };
+    // A dependency inherited from the workspace that `inherit` does not spell out fails the
+    // variant's build far from here: name it.
+    let inherit = |s: String| {
+        let out = inherit(s);
+        if let Some(l) = out.lines().find(|l| l.contains("workspace = true")) {
+            panic!("the API-variant build inherits `{l}`: spell it out in build_variant's inherit");
+        }
+        out
     };
     fix(&tmp.join("src/plugin-api/Cargo.toml"), &|s| {
         inherit(s).replace(
