@@ -34,22 +34,11 @@ fn topology(ns: &Netns) {
     ]);
 }
 
-fn kind_rank(kind: &str) -> u32 {
-    [
-        "link",
-        "netconf",
-        "address",
-        "vlan",
-        "nexthop",
-        "neighbour",
-        "fdb",
-        "mdb",
-        "route",
-        "rule",
-    ]
-    .iter()
-    .position(|k| *k == kind)
-    .unwrap() as u32
+/// A kind's place in the replay's dependency order: the API's own (`order::kind_rank`).
+fn kind_rank(kind: &str) -> u16 {
+    let k = ekho_plugin_api::object::ObjectKind::from_name(kind)
+        .unwrap_or_else(|| panic!("the recorder named an unknown kind {kind:?}"));
+    ekho_plugin_api::order::kind_rank(k)
 }
 
 #[test]
@@ -83,7 +72,7 @@ fn replay_then_increments_reach_the_recorder_in_order() {
         replay.iter().all(|e| e["op"] == "add"),
         "replay must be additions only"
     );
-    let ranks: Vec<u32> = replay
+    let ranks: Vec<u16> = replay
         .iter()
         .map(|e| kind_rank(e["kind"].as_str().unwrap()))
         .collect();
