@@ -13,54 +13,17 @@
 //! prints `SKIP:` with the kernel and the missing feature elsewhere.
 
 use ekho_testkit::*;
-use ekho_xdp_common::netns::run_in;
 use serde_json::Value;
-use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
+
 const T: Duration = Duration::from_secs(20);
 
 const FLOWER_XDP: &str = "[[plugins]]\nname = \"flower-xdp\"\n[plugins.config]\nports = [\"v*\"]\n";
-
-struct Topo {
-    r: Netns,
-    h0: Netns,
-    h1: Netns,
-}
-
-fn topo() -> Topo {
-    let (r, h0, h1) = (
-        Netns::named("ekho-fxdp-r"),
-        Netns::named("ekho-fxdp-h0"),
-        Netns::named("ekho-fxdp-h1"),
-    );
-    // No IPv6: its router solicitations and MLD reports would count as frames at h1.
-    for ns in [&r, &h0, &h1] {
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    }
-    r.ip(&format!(
-        "link add v0 type veth peer name h0 netns {}",
-        h0.name
-    ));
-    r.ip(&format!(
-        "link add v1 type veth peer name h1 netns {}",
-        h1.name
-    ));
-    r.ip("addr add 10.0.0.1/24 dev v0");
-    r.ip("addr add 10.1.0.1/24 dev v1");
-    r.ip("link set v0 up");
-    r.ip("link set v1 up");
-    h0.ip("addr add 10.0.0.2/24 dev h0");
-    h0.ip("link set h0 up");
-    h0.ip("route add default via 10.0.0.1");
-    h1.ip("addr add 10.1.0.2/24 dev h1");
-    h1.ip("link set h1 up");
-    h1.ip("route add default via 10.1.0.1");
-    Topo { r, h0, h1 }
-}
 
 /// Why this kernel cannot run the test, if it cannot: flower, gact, vlan and skbedit actions,
 /// 802.1Q devices.
@@ -129,61 +92,13 @@ fn counter(d: &Daemon, kind: &str, name: &str) -> u64 {
         .sum()
 }
 
-/// A UDP socket bound in `ns` (sockets keep the namespace they were made in).
-fn socket_in(ns: &Netns, bind: &str) -> UdpSocket {
-    let bind = bind.to_string();
-    let s = run_in(Some(&ns.path()), move || UdpSocket::bind(bind).unwrap()).unwrap();
-    s.set_nonblocking(true).unwrap();
-    // Room for every datagram of a burst: frames through veth's XDP path become page-sized
-    // skbs, and 50 of them overflow the default receive buffer.
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: a valid socket and option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-    s
-}
-
-fn send(from: &UdpSocket, to: &str, n: usize) {
-    for _ in 0..n {
-        from.send_to(b"ekho", to).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Datagrams waiting on `s` (read within `wait`).
-fn received(s: &UdpSocket, wait: Duration) -> usize {
-    let mut n = 0;
-    let mut buf = [0u8; 64];
-    let t0 = Instant::now();
-    while t0.elapsed() < wait {
-        match s.recv_from(&mut buf) {
-            Ok(_) => n += 1,
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    n
-}
-
-fn rx_packets(ns: &Netns, dev: &str) -> u64 {
-    let v = ns.ip_json(&format!("-s link show dev {dev}"));
-    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
-}
-
 #[test]
 fn flower_filters_run_in_xdp_through_the_daemon() {
     if let Some(r) = needs_root("network namespaces, XDP, tc") {
         say_skip(&r);
         return;
     }
-    let t = topo();
+    let t = topo("ekho-fxdp");
     if let Some(why) = missing(&t) {
         say_skip(&why);
         return;
@@ -301,8 +216,7 @@ fn flower_filters_run_in_xdp_through_the_daemon() {
 
     // ---- mirred redirect with vlan push: v0 -> v1 in XDP, the tag at h1 ----
     h1.ip("link set h1.100 up");
-    // XDP frames redirected into v1 reach h1 through its NAPI: GRO on there.
-    h1.run(&["ethtool", "-K", "h1", "gro", "on"]);
+    // (GRO is on at h1, for the frames XDP redirects into v1: see common::topo.)
     tc(r, "filter add dev v0 ingress pref 2 protocol ip flower dst_ip 10.1.0.2 action vlan push id 100 pipe action mirred egress redirect dev v1");
     assert!(
         running(&d, 1),

@@ -14,47 +14,10 @@ use ekho_plugin_api::prelude::*;
 use ekho_plugin_api::DetachedHost;
 use ekho_testkit::*;
 use ekho_xdp_common::netns::run_in;
-use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Topo {
-    r: Netns,
-    h0: Netns,
-    h1: Netns,
-}
-
-fn topo() -> Topo {
-    let (r, h0, h1) = (
-        Netns::named("ekho-fxdpp-r"),
-        Netns::named("ekho-fxdpp-h0"),
-        Netns::named("ekho-fxdpp-h1"),
-    );
-    // No IPv6: its router solicitations and MLD reports would count as frames at h1.
-    for ns in [&r, &h0, &h1] {
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    }
-    r.ip(&format!(
-        "link add v0 type veth peer name h0 netns {}",
-        h0.name
-    ));
-    r.ip(&format!(
-        "link add v1 type veth peer name h1 netns {}",
-        h1.name
-    ));
-    r.ip("addr add 10.0.0.1/24 dev v0");
-    r.ip("addr add 10.1.0.1/24 dev v1");
-    r.ip("link set v0 up");
-    r.ip("link set v1 up");
-    h0.ip("addr add 10.0.0.2/24 dev h0");
-    h0.ip("link set h0 up");
-    h0.ip("route add default via 10.0.0.1");
-    h1.ip("addr add 10.1.0.2/24 dev h1");
-    h1.ip("link set h1 up");
-    // XDP frames redirected into v1 reach h1 through its NAPI: GRO on there.
-    h1.run(&["ethtool", "-K", "h1", "gro", "on"]);
-    Topo { r, h0, h1 }
-}
+mod common;
+use common::*;
 
 fn link(ns: &Netns, dev: &str) -> Link {
     Link {
@@ -89,49 +52,6 @@ fn udp_port(port: u16) -> FlowerKeys {
     }
 }
 
-fn socket_in(ns: &Netns, bind: &str) -> UdpSocket {
-    let bind = bind.to_string();
-    let s = run_in(Some(&ns.path()), move || UdpSocket::bind(bind).unwrap()).unwrap();
-    s.set_nonblocking(true).unwrap();
-    // Room for every datagram of a burst: frames through veth's XDP path become page-sized
-    // skbs, and 50 of them overflow the default receive buffer.
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: a valid socket and option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-    s
-}
-
-fn send(from: &UdpSocket, to: &str, n: usize) {
-    for _ in 0..n {
-        from.send_to(b"ekho", to).unwrap();
-    }
-}
-
-fn received(s: &UdpSocket, wait: Duration) -> usize {
-    let (mut n, mut buf, t0) = (0, [0u8; 64], Instant::now());
-    while t0.elapsed() < wait {
-        match s.recv_from(&mut buf) {
-            Ok(_) => n += 1,
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    n
-}
-
-fn rx_packets(ns: &Netns, dev: &str) -> u64 {
-    let v = ns.ip_json(&format!("-s link show dev {dev}"));
-    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
-}
-
 fn filter_stats(p: &FlowerXdp, f: &TcFilter) -> Option<ObjectCounters> {
     p.object_stats(ObjectKind::TcFilter)
         .into_iter()
@@ -149,7 +69,7 @@ fn the_plugin_drops_and_redirects_real_traffic_and_sweeps_after_a_sync() {
         say_skip(&r);
         return;
     }
-    let t = topo();
+    let t = topo("ekho-fxdpp");
     let dp = Dataplane::load(Some(t.r.path()), XdpMode::Auto).expect("load");
     let mut p = FlowerXdp::build(Config::default(), DetachedHost::handle(), Box::new(dp)).unwrap();
     let (v0, v1) = (link(&t.r, "v0"), link(&t.r, "v1"));
