@@ -2,7 +2,7 @@
 
 use crate::maps::*;
 use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use ekho_xdp_common::{ignore_absent, netns, take_map, xdp_prog, Attachments};
 pub use ekho_xdp_common::{Error, XdpMode};
 use std::path::PathBuf;
@@ -168,9 +168,7 @@ impl RcuSync {
 impl Dataplane {
     /// Loads the object and the program (not attached yet).
     pub fn load(netns: Option<PathBuf>, mode: XdpMode) -> Result<Dataplane, Error> {
-        let mut ebpf = EbpfLoader::new().load(BPF_OBJECT)?;
-        xdp_prog(&mut ebpf, PROG_NAME)?.load()?;
-        let ncpus = aya::util::nr_cpus().map_err(|(s, e)| Error::Other(format!("{s}: {e}")))?;
+        let (mut ebpf, ncpus) = ekho_xdp_common::load_xdp_object(BPF_OBJECT, PROG_NAME)?;
         Ok(Dataplane {
             rules: take_map(&mut ebpf, "RULES")?,
             chains: take_map(&mut ebpf, "CHAINS")?,

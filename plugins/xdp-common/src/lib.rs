@@ -133,6 +133,15 @@ pub fn ignore_absent(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Loads a BPF object and its XDP program `prog` (verified, not attached); returns the object
+/// and the number of possible CPUs (the length of each per-CPU map value).
+pub fn load_xdp_object(object: &[u8], prog: &str) -> Result<(Ebpf, usize), Error> {
+    let mut ebpf = aya::EbpfLoader::new().load(object)?;
+    xdp_prog(&mut ebpf, prog)?.load()?;
+    let ncpus = aya::util::nr_cpus().map_err(|(s, e)| Error::Other(format!("{s}: {e}")))?;
+    Ok((ebpf, ncpus))
+}
+
 /// The program `name` of a loaded object, as XDP.
 pub fn xdp_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, Error> {
     Ok(ebpf

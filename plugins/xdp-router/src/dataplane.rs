@@ -7,7 +7,7 @@ use aya::maps::{
     Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap,
     PerCpuValues, RingBuf,
 };
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use ekho_xdp_common::{ignore_absent, take_map as map, xdp_prog, Attachments};
 pub use ekho_xdp_common::{Error, XdpMode};
 use std::path::PathBuf;
@@ -144,11 +144,9 @@ impl Dataplane {
         netns: Option<PathBuf>,
         mode: XdpMode,
     ) -> Result<(Dataplane, RingBuf<MapData>, RingBuf<MapData>), Error> {
-        let mut ebpf = EbpfLoader::new().load(BPF_OBJECT)?;
-        xdp_prog(&mut ebpf, PROG_NAME)?.load()?;
+        let (mut ebpf, ncpus) = ekho_xdp_common::load_xdp_object(BPF_OBJECT, PROG_NAME)?;
         let ring: RingBuf<MapData> = map(&mut ebpf, "RESOLVE")?;
         let flow_ring: RingBuf<MapData> = map(&mut ebpf, "FLOW_EVENTS")?;
-        let ncpus = aya::util::nr_cpus().map_err(|(s, e)| Error::Other(format!("{s}: {e}")))?;
         let dp = Dataplane {
             routes_v4: map(&mut ebpf, "ROUTES_V4")?,
             routes_v6: map(&mut ebpf, "ROUTES_V6")?,
