@@ -552,7 +552,10 @@ mod tests {
                 assert_eq!(done, vec![false; 4], "no such entries");
                 assert_eq!(seq, 2, "four requests from u32::MAX - 1 end at 2");
             }
-            Err(e) => eprintln!("SKIP: a private netns with ctnetlink is needed: {e}"),
+            Err(e) => ekho_testkit::say_skip(&format!(
+                "kernel {}: a private netns with ctnetlink is needed: {e}",
+                ekho_testkit::kernel()
+            )),
         }
     }
 }
