@@ -1622,14 +1622,7 @@ fn config_table_location(config: &Config, name: &str) -> String {
 /// Kinds `ekho dump` (the whole state) leaves to their own views: flows (`ekho dump flows`)
 /// and tc's (`ekho dump qdiscs|classes|filters|actions`).
 fn skipped_in_dump(k: ObjectKind) -> bool {
-    matches!(
-        k,
-        ObjectKind::Flow
-            | ObjectKind::Qdisc
-            | ObjectKind::TcClass
-            | ObjectKind::TcAction
-            | ObjectKind::TcFilter
-    )
+    k == ObjectKind::Flow || ekho_mirror::state::tc::is_tc_kind(k)
 }
 
 /// The kernel's software counters per filter (mirror key), per action.

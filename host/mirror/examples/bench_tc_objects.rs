@@ -112,7 +112,6 @@ fn main() {
     );
 }
 
-#[allow(dead_code)]
 fn parts(n: u32) {
     let mut tc = ekho_mirror::state::tc::Tc::default();
     for i in 0..n {

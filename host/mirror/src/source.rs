@@ -1221,16 +1221,13 @@ fn thread_main(
     // gets them last (they rank last), before the changes that follow (this thread applies
     // them, after `done`).
     let tc_objects: Vec<Initial> = match stream.is_some() {
-        true => [
-            ObjectKind::Qdisc,
-            ObjectKind::TcClass,
-            ObjectKind::TcAction,
-            ObjectKind::TcFilter,
-        ]
-        .into_iter()
-        .flat_map(|k| m.dump(Some(k)))
-        .map(|o| Initial::Object(Box::new(Change::Add(o))))
-        .collect(),
+        true => ObjectKind::ALL
+            .iter()
+            .copied()
+            .filter(|k| crate::state::tc::is_tc_kind(*k))
+            .flat_map(|k| m.dump(Some(k)))
+            .map(|o| Initial::Object(Box::new(Change::Add(o))))
+            .collect(),
         false => Vec::new(),
     };
     m.set_synced(t0.elapsed().as_millis() as u64);

@@ -1155,6 +1155,8 @@ pub fn protocol_name(p: u16) -> String {
         0x0806 => "arp".into(),
         0x8100 => "802.1Q".into(),
         0x88a8 => "802.1ad".into(),
+        0x8847 => "mpls_uc".into(),
+        0x8848 => "mpls_mc".into(),
         p => format!("0x{p:04x}"),
     }
 }

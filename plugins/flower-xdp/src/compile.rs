@@ -39,10 +39,6 @@ fn is_vlan(t: u16) -> bool {
     t == ETH_P_8021Q || t == ETH_P_8021AD
 }
 
-fn unsupported(s: impl Into<String>) -> String {
-    s.into()
-}
-
 fn ip16(a: &IpAddress) -> [u8; 16] {
     let mut o = [0u8; 16];
     match a {
@@ -98,7 +94,7 @@ pub fn tc_capabilities() -> TcCapabilities {
 pub fn compile_match(f: &TcFilter) -> Result<(FKey, FKey, [u16; 4]), String> {
     let keys = match &f.matches {
         TcMatch::Flower(k) => &**k,
-        _ => return Err(unsupported(format!("classifier {} not supported", f.kind))),
+        _ => return Err(format!("classifier {} not supported", f.kind)),
     };
     let mut key = FKey::default();
     let mut mask = FKey::default();
@@ -125,9 +121,9 @@ pub fn compile_match(f: &TcFilter) -> Result<(FKey, FKey, [u16; 4]), String> {
             mask.vlan_tci = tci_mask.to_be_bytes();
             if let Some(inner) = keys.vlan_ethtype.into_option() {
                 if is_vlan(inner) {
-                    return Err(unsupported(format!(
+                    return Err(format!(
                         "key vlan_ethtype {inner:#06x} (a second tag, cvlan) not supported"
-                    )));
+                    ));
                 }
                 key.n_proto = inner.to_be_bytes();
                 mask.n_proto = [0xff; 2];
@@ -197,10 +193,10 @@ pub fn compile_match(f: &TcFilter) -> Result<(FKey, FKey, [u16; 4]), String> {
     if let Some(m) = keys.ip_flags.into_option() {
         let known = FLAGS_IS_FRAGMENT | FLAGS_FRAG_IS_FIRST;
         if m.mask & !known != 0 {
-            return Err(unsupported(format!(
+            return Err(format!(
                 "key ip_flags {:#x}/{:#x} not supported (only frag and firstfrag)",
                 m.value, m.mask
-            )));
+            ));
         }
         let bits = |v: u32| {
             (if v & FLAGS_IS_FRAGMENT != 0 {
@@ -234,10 +230,10 @@ fn control(c: TcControl, position: usize, n: usize) -> Result<(u8, u32), String>
                 // act_api: a faulty jump stops the list with TC_ACT_OK
                 (C_OK, 0)
             } else if j <= position {
-                return Err(unsupported(format!(
+                return Err(format!(
                     "jump {j} from action {} (backwards) not supported",
                     position + 1
-                )));
+                ));
             } else {
                 (C_JUMP, (j - position - 1) as u32)
             }
@@ -269,10 +265,10 @@ pub fn ratecfg(rate: u64) -> (u32, u32) {
 
 fn police(p: &TcPolice) -> Result<Police, String> {
     if p.peakrate_bytes_ps != 0 {
-        return Err(unsupported("police peakrate not supported"));
+        return Err(String::from("police peakrate not supported"));
     }
     if p.avrate != 0 {
-        return Err(unsupported("police avrate not supported"));
+        return Err(String::from("police avrate not supported"));
     }
     let mut out = Police {
         mtu: if p.mtu == 0 { u32::MAX } else { p.mtu },
@@ -299,9 +295,7 @@ pub fn compile_actions(
 ) -> Result<(Vec<Action>, Vec<PoliceUse>), String> {
     let n = f.actions.len();
     if n > MAX_ACTIONS {
-        return Err(unsupported(format!(
-            "{n} actions (at most {MAX_ACTIONS} run in XDP)"
-        )));
+        return Err(format!("{n} actions (at most {MAX_ACTIONS} run in XDP)"));
     }
     let mut out = Vec::with_capacity(n);
     let mut pol = Vec::new();
@@ -317,20 +311,20 @@ pub fn compile_actions(
         match &a.params {
             TcActionParams::Gact { prob } => {
                 if prob.is_some() {
-                    return Err(unsupported("gact random not supported"));
+                    return Err(String::from("gact random not supported"));
                 }
                 act.kind = A_GACT;
             }
             TcActionParams::Mirred { eaction, ifindex } => {
                 if *eaction != TcMirredAction::EgressRedirect || !owned(*ifindex) {
                     // takes_filter (in compile) refused it already
-                    return Err(unsupported(format!("mirred {eaction} to {ifindex}")));
+                    return Err(format!("mirred {eaction} to {ifindex}"));
                 }
                 if a.control != TcControl::Stolen {
-                    return Err(unsupported(format!(
+                    return Err(format!(
                         "mirred egress redirect with control {} not supported",
                         a.control
-                    )));
+                    ));
                 }
                 act.kind = A_REDIRECT;
                 act.arg = *ifindex;
@@ -357,14 +351,14 @@ pub fn compile_actions(
                         // it when one was; the API's `priority` is 0 for both "absent" and
                         // "priority 0", so a modify with 0 could be either: refused.
                         if *priority == 0 {
-                            return Err(unsupported(
+                            return Err(String::from(
                                 "vlan modify without priority (or with priority 0) not supported: the API cannot tell the two apart; give a priority 1-7",
                             ));
                         }
                         act.vflags |= VF_PRIO;
                         A_VLAN_MODIFY
                     }
-                    other => return Err(unsupported(format!("vlan {other} not supported"))),
+                    other => return Err(format!("vlan {other} not supported")),
                 };
                 first_vlan.get_or_insert(i);
             }
@@ -382,7 +376,7 @@ pub fn compile_actions(
                     params: police(p)?,
                 });
             }
-            _ => return Err(unsupported(format!("action {kind} not supported"))),
+            _ => return Err(format!("action {kind} not supported")),
         }
         out.push(act);
     }
@@ -390,10 +384,10 @@ pub fn compile_actions(
         // A rewritten frame must not reach the kernel (its tc would classify it again): from
         // the first vlan action on, every path ends in the redirect or a drop.
         let why = || {
-            unsupported(format!(
+            format!(
                 "vlan {} not followed by mirred egress redirect or drop only (the kernel would classify the rewritten packet again)",
                 f.actions[v].params_name()
-            ))
+            )
         };
         if out
             .iter()
@@ -485,10 +479,10 @@ pub fn compile(f: &TcFilter, owned: &dyn Fn(u32) -> bool) -> Result<Compiled, St
         .map_err(|e| e.to_string())?;
     for d in f.devices() {
         if !owned(d) {
-            return Err(unsupported(match f.target {
+            return Err(match f.target {
                 TcTarget::Block(b) => format!("block {b} is bound to if{d}, not an owned port"),
                 TcTarget::Dev(_) => format!("if{d} is not an owned port"),
-            }));
+            });
         }
     }
     let (key, mask, r) = compile_match(f)?;

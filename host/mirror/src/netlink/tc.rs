@@ -163,15 +163,8 @@ pub enum Message {
     DelActions(Vec<Action>),
 }
 
-/// tc's handle form: `1:`, `1:10`, `ffff:fff1`.
-pub fn handle(h: u32) -> String {
-    let (maj, min) = (h >> 16, h & 0xffff);
-    if min == 0 {
-        format!("{maj:x}:")
-    } else {
-        format!("{maj:x}:{min:x}")
-    }
-}
+/// tc's handle form: `1:`, `1:10`, `ffff:fff1` (the plugin API's, one definition).
+pub use ekho_plugin_api::object::tc::handle_name as handle;
 
 /// u32's `fh` form (`800:`, `800::800`).
 pub fn u32_handle(h: u32) -> String {
@@ -188,20 +181,8 @@ pub fn u32_handle(h: u32) -> String {
     s
 }
 
-/// `tc`'s protocol names.
-pub fn protocol(p: u16) -> String {
-    match p {
-        0x0003 => "all".into(),
-        0x0800 => "ip".into(),
-        0x86dd => "ipv6".into(),
-        0x0806 => "arp".into(),
-        0x8100 => "802.1Q".into(),
-        0x88a8 => "802.1ad".into(),
-        0x8847 => "mpls_uc".into(),
-        0x8848 => "mpls_mc".into(),
-        p => format!("0x{p:04x}"),
-    }
-}
+/// `tc`'s protocol names (the plugin API's, one definition).
+pub use ekho_plugin_api::object::tc::protocol_name as protocol;
 
 fn target(m: &TcMessage) -> Target {
     let ifindex = m.header.index as u32;

@@ -105,14 +105,6 @@ pub fn action_spec(a: &Action) -> api::TcActionSpec {
     }
 }
 
-fn ip4(a: std::net::Ipv4Addr) -> IpAddress {
-    IpAddress::V4(a.octets())
-}
-
-fn ip6(a: std::net::Ipv6Addr) -> IpAddress {
-    IpAddress::V6(a.octets())
-}
-
 /// The control action and the parameters of an action's options.
 fn params(o: &ActionOptions) -> (api::TcControl, api::TcActionParams) {
     use api::TcActionParams as P;
@@ -287,10 +279,18 @@ fn params(o: &ActionOptions) -> (api::TcControl, api::TcActionParams) {
                     TcActionCtOption::MarkMask(m) => mark_mask = Some(*m),
                     TcActionCtOption::Labels(l) => labels = Some(*l),
                     TcActionCtOption::LabelsMask(l) => labels_mask = Some(*l),
-                    TcActionCtOption::NatIpv4Min(a) => nat.min_addr = ROption::RSome(ip4(*a)),
-                    TcActionCtOption::NatIpv4Max(a) => nat.max_addr = ROption::RSome(ip4(*a)),
-                    TcActionCtOption::NatIpv6Min(a) => nat.min_addr = ROption::RSome(ip6(*a)),
-                    TcActionCtOption::NatIpv6Max(a) => nat.max_addr = ROption::RSome(ip6(*a)),
+                    TcActionCtOption::NatIpv4Min(a) => {
+                        nat.min_addr = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionCtOption::NatIpv4Max(a) => {
+                        nat.max_addr = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionCtOption::NatIpv6Min(a) => {
+                        nat.min_addr = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionCtOption::NatIpv6Max(a) => {
+                        nat.max_addr = ROption::RSome(IpAddress::from(*a))
+                    }
                     TcActionCtOption::NatPortMin(p) => nat.min_port = ROption::RSome(*p),
                     TcActionCtOption::NatPortMax(p) => nat.max_port = ROption::RSome(*p),
                     TcActionCtOption::HelperName(h) => {
@@ -384,10 +384,18 @@ fn route_params(
                         ctl = control(p.generic.action);
                         k.set = p.t_action == 1;
                     }
-                    TcActionTunnelKeyOption::EncIpv4Src(a) => k.src_ip = ROption::RSome(ip4(*a)),
-                    TcActionTunnelKeyOption::EncIpv4Dst(a) => k.dst_ip = ROption::RSome(ip4(*a)),
-                    TcActionTunnelKeyOption::EncIpv6Src(a) => k.src_ip = ROption::RSome(ip6(*a)),
-                    TcActionTunnelKeyOption::EncIpv6Dst(a) => k.dst_ip = ROption::RSome(ip6(*a)),
+                    TcActionTunnelKeyOption::EncIpv4Src(a) => {
+                        k.src_ip = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionTunnelKeyOption::EncIpv4Dst(a) => {
+                        k.dst_ip = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionTunnelKeyOption::EncIpv6Src(a) => {
+                        k.src_ip = ROption::RSome(IpAddress::from(*a))
+                    }
+                    TcActionTunnelKeyOption::EncIpv6Dst(a) => {
+                        k.dst_ip = ROption::RSome(IpAddress::from(*a))
+                    }
                     TcActionTunnelKeyOption::EncKeyId(i) => k.key_id = ROption::RSome(*i),
                     TcActionTunnelKeyOption::EncDstPort(p) => k.dst_port = ROption::RSome(*p),
                     TcActionTunnelKeyOption::EncTos(t) => k.tos = ROption::RSome(*t),
@@ -564,49 +572,49 @@ fn flower(opts: &[TcFilterFlowerOption]) -> (api::FlowerKeys, u32, Option<u32>) 
     };
     k.dst_ip = some(ip(
         find_ip(&|o| match o {
-            F::Ipv4Dst(a) => Some(ip4(*a)),
-            F::Ipv6Dst(a) => Some(ip6(*a)),
+            F::Ipv4Dst(a) => Some(IpAddress::from(*a)),
+            F::Ipv6Dst(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
         find_ip(&|o| match o {
-            F::Ipv4DstMask(a) => Some(ip4(*a)),
-            F::Ipv6DstMask(a) => Some(ip6(*a)),
+            F::Ipv4DstMask(a) => Some(IpAddress::from(*a)),
+            F::Ipv6DstMask(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
     ));
     k.src_ip = some(ip(
         find_ip(&|o| match o {
-            F::Ipv4Src(a) => Some(ip4(*a)),
-            F::Ipv6Src(a) => Some(ip6(*a)),
+            F::Ipv4Src(a) => Some(IpAddress::from(*a)),
+            F::Ipv6Src(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
         find_ip(&|o| match o {
-            F::Ipv4SrcMask(a) => Some(ip4(*a)),
-            F::Ipv6SrcMask(a) => Some(ip6(*a)),
+            F::Ipv4SrcMask(a) => Some(IpAddress::from(*a)),
+            F::Ipv6SrcMask(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
     ));
     k.enc_dst_ip = some(ip(
         find_ip(&|o| match o {
-            F::EncKeyIpv4Dst(a) => Some(ip4(*a)),
-            F::EncKeyIpv6Dst(a) => Some(ip6(*a)),
+            F::EncKeyIpv4Dst(a) => Some(IpAddress::from(*a)),
+            F::EncKeyIpv6Dst(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
         find_ip(&|o| match o {
-            F::EncKeyIpv4DstMask(a) => Some(ip4(*a)),
-            F::EncKeyIpv6DstMask(a) => Some(ip6(*a)),
+            F::EncKeyIpv4DstMask(a) => Some(IpAddress::from(*a)),
+            F::EncKeyIpv6DstMask(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
     ));
     k.enc_src_ip = some(ip(
         find_ip(&|o| match o {
-            F::EncKeyIpv4Src(a) => Some(ip4(*a)),
-            F::EncKeyIpv6Src(a) => Some(ip6(*a)),
+            F::EncKeyIpv4Src(a) => Some(IpAddress::from(*a)),
+            F::EncKeyIpv6Src(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
         find_ip(&|o| match o {
-            F::EncKeyIpv4SrcMask(a) => Some(ip4(*a)),
-            F::EncKeyIpv6SrcMask(a) => Some(ip6(*a)),
+            F::EncKeyIpv4SrcMask(a) => Some(IpAddress::from(*a)),
+            F::EncKeyIpv6SrcMask(a) => Some(IpAddress::from(*a)),
             _ => None,
         }),
     ));
