@@ -1069,33 +1069,13 @@ pub fn capabilities_json(c: &Capabilities, ports_override: Option<&[String]>) ->
             "actions": c.tc.actions.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
             "mirred": c.tc.mirred.iter().map(|m| m.name()).collect::<Vec<_>>(),
             // What the list takes: all four when empty (it fails open), none without mirred.
-            "mirred_taken": mirred_taken(&c.tc).iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "mirred_taken": c.tc.mirred_taken().iter().map(|m| m.name()).collect::<Vec<_>>(),
             "ingress": c.tc.ingress,
             "egress": c.tc.egress,
             "shared_blocks": c.tc.shared_blocks,
             "goto_chain": c.tc.goto_chain,
         },
     })
-}
-
-/// The mirred operations tc capabilities take: the listed ones, all four when the list is
-/// empty (`TcCapabilities::mirred` fails open), none without `mirred` in the actions.
-fn mirred_taken(
-    tc: &ekho_plugin_api::object::TcCapabilities,
-) -> Vec<ekho_plugin_api::object::TcMirredAction> {
-    use ekho_plugin_api::object::TcMirredAction as M;
-    if !tc.all && !tc.actions.iter().any(|a| a.as_str() == "mirred") {
-        return vec![];
-    }
-    if tc.mirred.is_empty() {
-        return vec![
-            M::EgressRedirect,
-            M::EgressMirror,
-            M::IngressRedirect,
-            M::IngressMirror,
-        ];
-    }
-    tc.mirred.to_vec()
 }
 
 /// The signals the daemon handles, installed before anything else: from the first moment

@@ -478,7 +478,13 @@ impl Worker {
         let mut adm = self.admission();
         let mut changes = Vec::new();
         for ((target, parent, chain), from) in chains {
-            for f in (self.tc_chain)(target, parent, chain) {
+            let list = (self.tc_chain)(target, parent, chain);
+            // The chain read once: the admission's verdict on it comes from this list too.
+            if let Some(p) = adm.ports.as_ref() {
+                let no = not_offloaded(&self.caps, p, &list);
+                adm.chains.insert((target, parent, chain), no);
+            }
+            for f in list {
                 if f.prio <= from {
                     continue;
                 }

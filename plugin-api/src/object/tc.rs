@@ -911,6 +911,24 @@ pub struct TcCapabilities {
 }
 
 impl TcCapabilities {
+    /// The mirred operations a plugin declaring these capabilities runs: none unless `mirred`
+    /// is among the actions (or [`Self::all`]); then those in `mirred`, **an empty list
+    /// meaning all four**. `ekho check-plugin` prints this list.
+    pub fn mirred_taken(&self) -> Vec<TcMirredAction> {
+        if !self.all && !self.actions.iter().any(|a| a.as_str() == "mirred") {
+            return Vec::new();
+        }
+        if self.mirred.is_empty() {
+            return vec![
+                TcMirredAction::EgressRedirect,
+                TcMirredAction::EgressMirror,
+                TcMirredAction::IngressRedirect,
+                TcMirredAction::IngressMirror,
+            ];
+        }
+        self.mirred.to_vec()
+    }
+
     /// Nothing taken: start here and add.
     pub fn new() -> TcCapabilities {
         TcCapabilities::default()
@@ -1014,7 +1032,7 @@ impl TcCapabilities {
         }
         for a in f.actions.iter() {
             if let TcActionParams::Mirred { eaction, ifindex } = a.params {
-                if !self.mirred.is_empty() && !self.mirred.contains(&eaction) {
+                if !self.mirred_taken().contains(&eaction) {
                     return Err(TcUnsupported::Mirred(eaction));
                 }
                 if !owned(ifindex) {
