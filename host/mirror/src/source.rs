@@ -278,6 +278,26 @@ pub const GROUPS: &[u32] = &[
 
 /// Sizes a netlink socket's receive buffer: `SO_RCVBUFFORCE` (root), else `SO_RCVBUF` (capped
 /// by `net.core.rmem_max`), with a warning.
+/// Reads an event socket that reported `ENOBUFS` to the end of its queue, calling `overrun`
+/// for every further `ENOBUFS` instead of stopping there. `step` reads once: `Ok(true)` when
+/// it read something, `Ok(false)` when the queue is empty. The kernel keeps a netlink socket
+/// congested, dropping every message with no further `ENOBUFS`, until its queue is empty: a
+/// re-dump made while it is congested misses what it drops unreported (the conntrack source
+/// lost entries so).
+pub(crate) fn read_past_overruns(
+    mut step: impl FnMut() -> std::io::Result<bool>,
+    mut overrun: impl FnMut(),
+) -> std::io::Result<()> {
+    loop {
+        match step() {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => overrun(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub(crate) fn set_rcvbuf(s: &Socket, size: usize) {
     let v = size.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: setsockopt with a valid int option value.
@@ -1355,22 +1375,16 @@ fn thread_main(
                     );
                     m.count_overrun("nftables");
                     nft_overrun = true;
-                    // Read on to the end of the queue: the kernel keeps the socket congested
-                    // (dropping every notification, with no further ENOBUFS) until its queue is
-                    // empty, and the re-dump must not run while notifications are dropped
-                    // unreported (the conntrack source lost entries so).
-                    loop {
-                        match nftables::drain(s, &mut buf, &mut evs) {
-                            Ok(c) => {
-                                count += c;
-                                break;
-                            }
-                            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                                m.count_overrun("nftables");
-                            }
-                            Err(e) => return Err(nl_err("nftables event recv", e)),
-                        }
-                    }
+                    // Read on to the end of the queue before the re-dump.
+                    read_past_overruns(
+                        || {
+                            // `drain` reads until the queue is empty.
+                            count += nftables::drain(s, &mut buf, &mut evs)?;
+                            Ok(false)
+                        },
+                        || m.count_overrun("nftables"),
+                    )
+                    .map_err(|e| nl_err("nftables event recv", e))?;
                 }
                 Err(e) => return Err(nl_err("nftables event recv", e)),
             }
