@@ -485,9 +485,6 @@ impl Daemon {
         let netns = self.config.netns_path();
         let tc = tc.clone();
         let read = move || -> Option<FilterCounters> {
-            if let Some(p) = &netns {
-                ekho_mirror::source::enter_netns(p).ok()?;
-            }
             let mut req = ekho_mirror::source::ReqSocket::new().ok()?;
             match req.filter_counters(&tc) {
                 Ok(c) => Some(c),
@@ -497,8 +494,9 @@ impl Daemon {
                 }
             }
         };
-        // On a thread of its own: entering the netns changes the calling thread's.
-        std::thread::spawn(read).join().ok().flatten()
+        ekho_mirror::source::run_in_netns(netns, read)
+            .ok()
+            .flatten()
     }
 
     /// Refreshes the conntrack timeouts of the flows plugins report active.

@@ -99,27 +99,19 @@ impl TimeoutSysctls {
 
     /// Opens them in `netns` (what cannot be opened reads as the kernel's default).
     pub fn open(netns: Option<PathBuf>) -> TimeoutSysctls {
-        let open = move || {
-            if let Some(p) = &netns {
-                if let Err(e) = ekho_mirror::source::enter_netns(p) {
-                    tracing::warn!("conntrack timeouts not read (kernel defaults used): {e}");
-                    return TimeoutSysctls {
-                        files: [None, None, None],
-                    };
-                }
-            }
-            TimeoutSysctls {
-                files: Self::NAMES.map(|n| {
-                    let path = format!("/proc/sys/net/netfilter/{n}");
-                    std::fs::File::open(&path)
-                        .map_err(|e| tracing::warn!("{path}: {e} (the kernel's default used)"))
-                        .ok()
-                }),
-            }
+        let open = || TimeoutSysctls {
+            files: Self::NAMES.map(|n| {
+                let path = format!("/proc/sys/net/netfilter/{n}");
+                std::fs::File::open(&path)
+                    .map_err(|e| tracing::warn!("{path}: {e} (the kernel's default used)"))
+                    .ok()
+            }),
         };
-        // On a thread of its own: entering the netns changes the calling thread's.
-        std::thread::spawn(open).join().unwrap_or(TimeoutSysctls {
-            files: [None, None, None],
+        ekho_mirror::source::run_in_netns(netns, open).unwrap_or_else(|e| {
+            tracing::warn!("conntrack timeouts not read (kernel defaults used): {e}");
+            TimeoutSysctls {
+                files: [None, None, None],
+            }
         })
     }
 

@@ -241,6 +241,24 @@ pub async fn run_streaming(
     rx.await.unwrap_or(Err(SourceError::ThreadDied))
 }
 
+/// Runs `f` on a thread of its own inside the network namespace at `netns` (`None`: the
+/// caller's) and returns what it returns; entering a namespace changes only the calling
+/// thread's, so the caller's stays as it was. `Err`: the namespace could not be entered
+/// (`SourceError::Netns`), or `f` panicked (`SourceError::ThreadDied`).
+pub fn run_in_netns<T: Send + 'static>(
+    netns: Option<std::path::PathBuf>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SourceError> {
+    std::thread::spawn(move || {
+        if let Some(p) = &netns {
+            enter_netns(p)?;
+        }
+        Ok(f())
+    })
+    .join()
+    .unwrap_or(Err(SourceError::ThreadDied))
+}
+
 /// Enters the network namespace at `path` on the calling thread.
 pub fn enter_netns(path: &std::path::Path) -> Result<(), SourceError> {
     let f = std::fs::File::open(path).map_err(|e| SourceError::Netns {

@@ -24,10 +24,7 @@ pub fn add_routes_v4(
     per_send: usize,
 ) -> std::io::Result<usize> {
     let netns = netns.map(|p| p.to_path_buf());
-    std::thread::spawn(move || -> std::io::Result<usize> {
-        if let Some(p) = &netns {
-            crate::source::enter_netns(p).map_err(std::io::Error::other)?;
-        }
+    crate::source::run_in_netns(netns, move || -> std::io::Result<usize> {
         let mut s = Socket::new(NETLINK_ROUTE)?;
         s.bind_auto()?;
         s.connect(&SocketAddr::new(0, 0))?;
@@ -74,6 +71,5 @@ pub fn add_routes_v4(
         }
         Ok(n)
     })
-    .join()
-    .map_err(|_| std::io::Error::other("writer thread panicked"))?
+    .map_err(std::io::Error::other)?
 }
