@@ -95,19 +95,7 @@ struct MapUpdateAttr {
 fn bpf_sys<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<libc::c_long, Error> {
     // SAFETY: attr is a repr(C) prefix of union bpf_attr for cmd, its size passed with it (the
     // kernel zero-fills the rest).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Error::Other(format!("{what}: {e}")));
-    }
-    Ok(r)
+    unsafe { ekho_xdp_common::sys_bpf(cmd, attr) }.map_err(|e| Error::Other(format!("{what}: {e}")))
 }
 
 impl RcuSync {

@@ -116,6 +116,29 @@ pub fn ports_netns(
     Ok(netns)
 }
 
+/// The `bpf(2)` system call: command `cmd` with `attr` as its `union bpf_attr` (its size
+/// passed with it, the kernel treating the rest as zero); the call's non-negative result.
+///
+/// # Safety
+/// `T` must be a `repr(C)` prefix of `union bpf_attr` as `cmd` reads and writes it, and every
+/// pointer in it valid for what the kernel does with it during the call.
+pub unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: the caller's contract above.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
 /// Whether a map operation failed because the key is absent.
 pub fn is_not_found(e: &MapError) -> bool {
     match e {
@@ -293,20 +316,8 @@ pub fn test_run(
         };
         // SAFETY: `a` is a complete, zero-padded bpf_attr prefix; the buffers outlive the
         // call and their sizes are the ones given.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                10,
-                &mut a as *mut Attr,
-                std::mem::size_of::<Attr>(),
-            )
-        };
-        if r != 0 {
-            return Err(Error::Other(format!(
-                "BPF_PROG_TEST_RUN: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
+        unsafe { sys_bpf(10, &mut a) }
+            .map_err(|e| Error::Other(format!("BPF_PROG_TEST_RUN: {e}")))?;
         out.truncate(a.data_size_out as usize);
         Ok((a.retval, out))
     })?

@@ -52,15 +52,8 @@ pub fn generate(
             a[4] = batch as u64;
             a[8] = 1 << 1; // BPF_F_TEST_XDP_LIVE_FRAMES
                            // SAFETY: attr is large enough and zeroed; data outlives the call.
-            let r = unsafe {
-                libc::syscall(libc::SYS_bpf, 10, a.as_mut_ptr(), std::mem::size_of_val(&a))
-            };
-            if r != 0 {
-                return Err(Error::Other(format!(
-                    "BPF_PROG_TEST_RUN live frames: {}",
-                    std::io::Error::last_os_error()
-                )));
-            }
+            unsafe { crate::sys_bpf(10, &mut a) }
+                .map_err(|e| Error::Other(format!("BPF_PROG_TEST_RUN live frames: {e}")))?;
             total += batch as u64;
         }
         Ok(total)

@@ -159,20 +159,8 @@ fn prog_name(id: u32) -> Option<String> {
 }
 
 fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
-    // SAFETY: attr is a zeroed, large enough bpf_attr.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    // SAFETY: attr is a zeroed bpf_attr, large enough for every command used here.
+    unsafe { crate::sys_bpf(cmd, attr) }
 }
 
 /// Detaches (BPF_LINK_DETACH) every XDP bpf_link whose program is `prog_id`.
