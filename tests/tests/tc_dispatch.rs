@@ -525,6 +525,62 @@ fn a_filter_after_one_not_handed_over_stays_with_the_kernel() {
     assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));
 }
 
+/// Two filters of one pref are one classifier instance, whose own order decides between them:
+/// beside one not handed over, the other stays with the kernel too, and is handed over once
+/// that one is gone.
+#[test]
+fn a_filter_beside_one_not_handed_over_stays_with_the_kernel() {
+    if let Some(s) = needs_root("tc filters").or_else(|| missing_tools(&["tc"], "iproute2")) {
+        return say_skip(&s);
+    }
+    let (ns, _peer) = setup();
+    tc(&ns, "qdisc add dev v0 clsact").unwrap();
+    // pref 1: 800::800 redirects to p0 (not owned), 800::801 to v2 (owned).
+    u32_redirect(&ns, 1, "p0");
+    tc(
+        &ns,
+        "filter add dev v0 ingress pref 1 protocol ip u32 match ip dst 10.0.0.2/32 action mirred egress redirect dev v2",
+    )
+    .unwrap();
+    let dir = TempDir::new();
+    let ev = dir.path().join("bs.jsonl");
+    let cfg = host_config(&ns.name, build(), false, &u32_plugin("bs", &ev, None));
+    let d = Daemon::start(dir.path(), &cfg);
+    d.settle();
+    let mut r = refusals(&d, "bs");
+    r.sort();
+    assert_eq!(
+        r,
+        [
+            (
+                "dev v0 ingress pref 1 chain 0 fh 800::800".to_string(),
+                "mirred to p0 (not an owned port)".to_string()
+            ),
+            (
+                "dev v0 ingress pref 1 chain 0 fh 800::801".to_string(),
+                "beside pref 1 chain 0, which is not offloaded".to_string()
+            ),
+        ]
+    );
+    assert!(
+        last_filter(&read_events(&ev), 1).is_none(),
+        "{:?}",
+        read_events(&ev)
+    );
+    // The one not handed over deleted: its sibling is.
+    tc(
+        &ns,
+        "filter del dev v0 ingress pref 1 protocol ip handle 800::800 u32",
+    )
+    .unwrap();
+    d.settle();
+    let got = wait_for(Duration::from_secs(10), || {
+        last_filter(&read_events(&ev), 1)
+    });
+    assert!(got.is_some(), "{:?}", refusals(&d, "bs"));
+    assert!(refusals(&d, "bs").is_empty(), "{:?}", refusals(&d, "bs"));
+}
+
 /// `TcCapabilities::mirred` empty takes all four operations (it fails open, unlike the other
 /// lists): `ekho check-plugin` says so, in text and JSON.
 #[test]

@@ -274,6 +274,66 @@ fn random_tc_steps_match_tc() {
             .count();
         eprintln!("steps with action {k} taken: {n}");
     }
+    // A random sequence draws each of the later typed kinds seldom (a filter step whose hook
+    // exists, then that action: about 1 in 60): every form of them once more, on the state the
+    // sequence left, each step one tc must take, the mirror compared after each.
+    if mpls_sample {
+        let mut tail = vec![
+            "ip link del d0; ip link add d0 type veth peer name p0 && ip link set d0 up && ip link set p0 up && tc qdisc add dev d0 clsact".to_string(),
+        ];
+        for (i, action) in [
+            "mpls push label 17 tc 3 ttl 64",
+            "mpls push protocol mpls_mc label 1048575 bos 1",
+            "mpls mod label 4000 tc 7 pipe",
+            "mpls dec_ttl pipe",
+            "mpls pop protocol ipv4",
+            "sample rate 100 group 5",
+            "sample rate 3 group 1 trunc 128 continue",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let chain = if i % 2 == 0 { 0 } else { 2 };
+            tail.push(format!(
+                "tc filter add dev d0 ingress pref {} chain {chain} protocol all matchall action {action}",
+                50 + i
+            ));
+        }
+        let connmark = has_action("connmark", "zone 3");
+        match &connmark {
+            Ok(()) => tail.push(
+                "tc filter add dev d0 egress pref 60 protocol ip flower dst_ip 10.1.2.3 action connmark zone 3 pipe action mpls push label 99".into(),
+            ),
+            Err(e) => eprintln!("SKIP: the connmark step: {e}"),
+        }
+        tail.push("tc filter del dev d0 ingress pref 52".into());
+        for (step, cmd) in tail.iter().enumerate() {
+            if let Err(e) = try_sh(&ns, cmd) {
+                panic!("tail step {step} `{cmd}` refused by tc: {e}");
+            }
+            let diff = converge(&ns, &r.mirror, Duration::from_secs(3));
+            assert!(
+                diff.is_empty(),
+                "seed {seed}, after tail step {step} `{cmd}`: mirror differs from tc:\n{}\nkernel:\n{}",
+                diff.join("\n"),
+                oracle::kernel(Some(&ns.name)).unwrap_or_default().join("\n")
+            );
+        }
+        let k = oracle::kernel(Some(&ns.name)).unwrap();
+        let kinds: &[&str] = if connmark.is_ok() {
+            &["mpls", "sample", "connmark"]
+        } else {
+            &["mpls", "sample"]
+        };
+        for kind in kinds {
+            let n = k
+                .iter()
+                .filter(|l| l.starts_with(&format!("action {kind} ")))
+                .count();
+            eprintln!("{kind} actions compared in the final state: {n}");
+            assert!(n > 0, "no {kind} action in the final state: {k:?}");
+        }
+    }
     if std::env::var_os("EKHO_TC_VERBOSE").is_some() {
         eprintln!("{}", done.join("\n"));
     }

@@ -59,12 +59,24 @@ pub(super) fn tc_refusal(
     if let Some(why) = tc_own_refusal(caps, f, ports) {
         return Some(why);
     }
+    // The earliest decides: a frame both match is the earlier one's. `not_offloaded` never
+    // holds `f` itself (its own refusal came first above).
     not_offloaded
         .iter()
-        .find(|&&(prio, protocol)| prio < f.prio && protocols_meet(protocol, f.protocol))
-        .map(|&(prio, _)| TcUnsupported::After {
-            prio,
-            chain: f.chain,
+        .filter(|&&(prio, protocol)| prio <= f.prio && protocols_meet(protocol, f.protocol))
+        .min_by_key(|&&(prio, _)| prio)
+        .map(|&(prio, _)| {
+            if prio < f.prio {
+                TcUnsupported::After {
+                    prio,
+                    chain: f.chain,
+                }
+            } else {
+                TcUnsupported::Beside {
+                    prio,
+                    chain: f.chain,
+                }
+            }
         })
 }
 
@@ -339,6 +351,26 @@ mod tests {
         assert!(rest.is_empty());
         let f = Object::TcFilter(chain[1].clone());
         assert_eq!(tc_refusal(&caps, &f, &ports, &rest), None);
+        // A second filter of pref 1 (handle 2): which of the two decides is the classifier's
+        // own order, so it stays with the kernel too; pref 2 is still after pref 1.
+        let mut sibling = filter(1, 0x0800, drop());
+        sibling.handle = 2;
+        assert_eq!(
+            why(&sibling).as_deref(),
+            Some("beside pref 1 chain 0, which is not offloaded")
+        );
+        let with_sibling = [chain[0].clone(), sibling.clone(), chain[1].clone()];
+        let now = not_offloaded(&caps, &ports, &with_sibling);
+        assert_eq!(
+            now,
+            [(1, 0x0800)],
+            "a sibling refused beside is no own refusal"
+        );
+        let f = Object::TcFilter(chain[1].clone());
+        assert_eq!(
+            tc_refusal(&caps, &f, &ports, &now).map(|w| w.to_string()),
+            Some("after pref 1 chain 0, which is not offloaded".into())
+        );
     }
 
     #[test]

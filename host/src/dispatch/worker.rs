@@ -171,8 +171,8 @@ impl Worker {
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
         let mut adm = self.admission();
         let mut refused = 0u64;
-        // Chains whose filters changed, from the lowest pref changed: what follows is judged
-        // again once the batch is applied.
+        // Chains whose filters changed, from the lowest pref changed: that pref and what
+        // follows are judged again once the batch is applied.
         let mut chains: HashMap<ChainKey, u16> = HashMap::new();
         for (key, p) in batch.drain(..) {
             if let ObjectKey::TcFilter {
@@ -467,9 +467,9 @@ impl Worker {
         host_refusal(&self.caps, &self.held_per_kind, o, adding)
     }
 
-    /// After tc filters changed in these chains (from the lowest `pref` changed): the later
-    /// filters of each are judged again, as an earlier one not handed over may have come or
-    /// gone (added, deleted, replaced). Adds what is now admitted and not held, removes what is
+    /// After tc filters changed in these chains (from the lowest `pref` changed): the filters
+    /// of that pref and the later ones are judged again, as an earlier one or one beside them
+    /// not handed over may have come or gone (added, deleted, replaced). Adds what is now admitted and not held, removes what is
     /// held and now refused.
     fn reevaluate_chains(&mut self, chains: HashMap<ChainKey, u16>) -> Result<(), String> {
         if chains.is_empty() {
@@ -485,7 +485,9 @@ impl Worker {
                 adm.chains.insert((target, parent, chain), no);
             }
             for f in list {
-                if f.prio <= from {
+                // From the changed pref on: the filters beside a changed one are judged again
+                // too (`beside pref 1 chain 0`); the changed ones the same as in their batch.
+                if f.prio < from {
                     continue;
                 }
                 let o = Object::TcFilter(f);

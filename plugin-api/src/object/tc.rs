@@ -1085,6 +1085,12 @@ pub enum TcUnsupported {
     /// plugin: the kernel decides a frame both match by that one, so this one is left to the
     /// kernel too (the host sees every filter of a hook; a plugin only those it is given).
     After { prio: u16, chain: u32 },
+    /// The host's: `beside pref 1 chain 0, which is not offloaded`. Another filter of the same
+    /// hook, chain and `pref` (so of the same protocol and classifier: one kernel instance) is
+    /// not handed to the plugin: which of the two decides a frame both match is the
+    /// classifier's own order (flower's: its masks' creation order), which the host does not
+    /// model, so this one is left to the kernel too.
+    Beside { prio: u16, chain: u32 },
     /// The host's: `block 7 is bound to no device` (a shared block's filter runs nowhere).
     UnboundBlock(u32),
 }
@@ -1116,6 +1122,9 @@ impl TcUnsupported {
             }
             TcUnsupported::After { prio, chain } => {
                 format!("after pref {prio} chain {chain}, which is not offloaded")
+            }
+            TcUnsupported::Beside { prio, chain } => {
+                format!("beside pref {prio} chain {chain}, which is not offloaded")
             }
             TcUnsupported::UnboundBlock(b) => format!("block {b} is bound to no device"),
         }

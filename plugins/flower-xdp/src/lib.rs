@@ -47,9 +47,9 @@
 //!   it gave up) keeps its place: a trap rule at its (chain, prio, handle) hands every frame it
 //!   may match to the kernel untouched. A filter the host does not hand over (another
 //!   classifier, an action not in the capabilities) is not seen here, and the host hands over
-//!   no filter after it in its chain either (`after pref 1 chain 0, which is not offloaded`):
-//!   those stay with the kernel, so the first match is tc's. Not covered: filters of the same
-//!   pref, and a chain reached by `goto chain` from a filter not handed over.
+//!   no filter after it in its chain either (`after pref 1 chain 0, which is not offloaded`),
+//!   nor one of its pref (`beside pref 1 chain 0, ...`): those stay with the kernel, so the
+//!   first match is tc's.
 //! - A redirect in XDP bypasses the target port's egress qdisc and egress tc filters.
 //! - A NIC with rx-vlan offload on (`ethtool -k`: `rx-vlan-offload`, `rx-vlan-stag-hw-parse`)
 //!   takes the tag out before XDP: a tagged frame looks untagged here, so a `protocol ip` filter
