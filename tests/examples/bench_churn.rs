@@ -93,14 +93,25 @@ fn met(ok: bool) -> &'static str {
 }
 
 /// `ip monitor route` on `b` while the writer adds and deletes `n` routes of `fam`: (lines
-/// printed, kernel accept rate of the adds with it listening).
-fn ip_monitor(b: &Bench, fam: Family, n: u32) -> (u64, f64) {
+/// printed, kernel accept rate of the adds with it listening, overruns: the receive errors it
+/// printed, `No buffer space available`, one per overrun, after which it goes on).
+fn ip_monitor(b: &Bench, fam: Family, n: u32) -> (u64, f64, u64) {
     let mut child = Command::new("ip")
         .args(["-n", &b.ns.name, "monitor", "route"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(err)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("No buffer space"))
+            .count() as u64
+    });
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c2 = count.clone();
     let reader = std::thread::spawn(move || {
@@ -125,7 +136,12 @@ fn ip_monitor(b: &Bench, fam: Family, n: u32) -> (u64, f64) {
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
-    (count.load(std::sync::atomic::Ordering::Relaxed), add.rate())
+    let overruns = errors.join().unwrap_or(0);
+    (
+        count.load(std::sync::atomic::Ordering::Relaxed),
+        add.rate(),
+        overruns,
+    )
 }
 
 /// pyroute2 in a venv under target/: dumps the IPv4 routes of `b`'s namespace; (routes, time,
@@ -144,6 +160,7 @@ fn pyroute2(ws: &std::path::Path, b: &Bench) -> Result<(u64, Duration, u64), Str
     }
     let have = Command::new(&py)
         .args(["-c", "import pyroute2"])
+        .stderr(Stdio::null())
         .status()
         .map_err(|e| e.to_string())?;
     if !have.success() {
@@ -303,10 +320,10 @@ fn main() {
 
     // The peer: ip monitor under the same IPv4 churn.
     if want("peers") {
-        let (printed, mon_rate) = ip_monitor(&b, Family::V4, n4);
+        let (printed, mon_rate, overruns) = ip_monitor(&b, Family::V4, n4);
         t.row(
             &format!("`ip monitor route` under V4 add+delete {n4}: events printed"),
-            format!("{printed}"),
+            format!("{printed} ({overruns} overruns reported)"),
             format!("{} written", 2 * n4 as u64),
             format!("{:.2}", printed as f64 / (2.0 * n4 as f64)),
             "(peer)",

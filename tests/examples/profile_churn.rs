@@ -6,6 +6,7 @@
 //!
 //! `cargo run --release -p ekho-tests --example profile_churn -- [N=20000] [PLUGINS=1] [V4|V6]
 //! [OUT=target/callgrind]` (as root; needs valgrind; builds the release `ekho` and `null`).
+//! `EKHO_PROFILE_PHASE=add` or `delete` counts only that phase (default: both).
 //!
 //! The event socket is sized so that nothing overruns however slow the daemon runs under
 //! callgrind: the figures are the notification path only, no resync.
@@ -94,12 +95,25 @@ fn main() {
     let (d, _) = b.daemon_under(&wrapper, "netlink_rcvbuf = 1073741824\n", nulls, "");
     let pid = Bench::pid(&d);
     let base = counters(&d).plugin_routes_max;
+    // Which phases are counted: both (the default), or only the additions or the deletions.
+    let phase = std::env::var("EKHO_PROFILE_PHASE").unwrap_or_else(|_| "both".into());
+    let (count_add, count_delete) = match phase.as_str() {
+        "add" => (true, false),
+        "delete" => (false, true),
+        "both" => (true, true),
+        other => panic!("EKHO_PROFILE_PHASE={other}: add, delete or both"),
+    };
     callgrind_control(&["-z"], pid);
-    callgrind_control(&["-i", "on"], pid);
+    if count_add {
+        callgrind_control(&["-i", "on"], pid);
+    }
     let t = Instant::now();
     let w = b.write(Op::Add, fam, 0..n);
     assert_eq!(w.refused, 0);
     wait(&d, base + n as u64);
+    if count_add != count_delete {
+        callgrind_control(&["-i", if count_delete { "on" } else { "off" }], pid);
+    }
     let w = b.write(Op::Delete, fam, 0..n);
     assert_eq!(w.refused, 0);
     wait(&d, base);
@@ -117,10 +131,10 @@ fn main() {
         })
         .collect();
     files.sort();
-    let changes = 2 * n as u64;
+    let changes = n as u64 * (count_add as u64 + count_delete as u64);
     let mut total = 0;
     println!(
-        "profile_churn: {fam:?} add+delete {n} routes, {nulls} null plugin(s), {:.0?} under callgrind",
+        "profile_churn: {fam:?} add+delete {n} routes, counted: {phase}, {nulls} null plugin(s), {:.0?} under callgrind",
         took
     );
     for f in &files {
