@@ -1370,8 +1370,7 @@ fn thread_main(
                         }
                     }
                     if evs.len() >= 1024 {
-                        proxy |=
-                            m.apply_events(std::mem::take(&mut evs), std::mem::take(&mut count));
+                        proxy |= m.apply_events(&mut evs, std::mem::take(&mut count));
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -1407,7 +1406,7 @@ fn thread_main(
                 Err(e) => return Err(nl_err("nftables event recv", e)),
             }
         }
-        proxy |= m.apply_events(evs, count);
+        proxy |= m.apply_events(&mut evs, count);
         let mut kinds: BTreeSet<ObjectKind> =
             std::mem::take(&mut *m.control().resync.lock().unwrap());
         if overrun {

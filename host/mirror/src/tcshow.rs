@@ -1138,7 +1138,6 @@ mod tests {
             .map(crate::netlink::tests::hex)
             .flat_map(|m| {
                 crate::netlink::split(&m)
-                    .into_iter()
                     .filter_map(|(h, p)| match crate::netlink::decode(&h, p) {
                         Ok(crate::Event::Tc(Message::NewFilter(f))) => Some(f),
                         _ => None,

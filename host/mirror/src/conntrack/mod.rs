@@ -265,7 +265,7 @@ mod tests {
 
     fn one(s: &str) -> Message {
         let b = hex(s);
-        let v = split(&b);
+        let v: Vec<_> = split(&b).collect();
         assert_eq!(v.len(), 1);
         message::parse(v[0].0.message_type, v[0].1)
             .unwrap()
@@ -370,7 +370,7 @@ mod tests {
         b[ip..ip + 4].copy_from_slice(&[192, 0, 2, 1]);
         let port = at(&b, &[0xb9, 0x2d], 1);
         b[port..port + 2].copy_from_slice(&61000u16.to_be_bytes());
-        let v = split(&b);
+        let v: Vec<_> = split(&b).collect();
         let Some(Message::New(f)) = message::parse(v[0].0.message_type, v[0].1).unwrap() else {
             panic!()
         };
@@ -396,7 +396,7 @@ mod tests {
         b[20..22].copy_from_slice(&nest.to_ne_bytes());
         let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) + 8;
         b[0..4].copy_from_slice(&len.to_ne_bytes());
-        let v = split(&b);
+        let v: Vec<_> = split(&b).collect();
         let Some(Message::New(z)) = message::parse(v[0].0.message_type, v[0].1).unwrap() else {
             panic!()
         };

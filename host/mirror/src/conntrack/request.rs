@@ -153,7 +153,7 @@ mod tests {
     fn the_refresh_is_an_update_of_the_original_tuple_with_a_timeout() {
         let k = key(17, 7, 53);
         let b = refresh_timeout(&k, 30, 9).unwrap();
-        let v = crate::netlink::split(&b);
+        let v: Vec<_> = crate::netlink::split(&b).collect();
         assert_eq!(v.len(), 1);
         let (h, payload) = &v[0];
         assert_eq!(
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn a_tcp_refresh_marks_both_directions_liberal() {
         let b = refresh_timeout(&key(6, 0, 5201), 30, 1).unwrap();
-        let v = crate::netlink::split(&b);
+        let v: Vec<_> = crate::netlink::split(&b).collect();
         let payload = &v[0].1;
         let attrs: Vec<(u16, Vec<u8>)> = crate::netlink::nlas(&payload[4..])
             .map(|(t, v)| (t, v.to_vec()))

@@ -302,7 +302,7 @@ mod tests {
 
     fn one(s: &str) -> Message {
         let b = hex(s);
-        let v = split(&b);
+        let v: Vec<_> = split(&b).collect();
         assert_eq!(v.len(), 1);
         parse(v[0].0.message_type, v[0].1).unwrap().unwrap()
     }

@@ -485,7 +485,6 @@ mod tests {
     fn tc(s: &str) -> Vec<Message> {
         let b = hex(s);
         split_msgs(&b)
-            .into_iter()
             .filter_map(|(h, p)| match decode(&h, p).unwrap() {
                 Event::Tc(m) => Some(m),
                 _ => None,

@@ -47,14 +47,7 @@ impl State {
         k: &RKey,
         aliases: &[std::sync::Arc<crate::routes::Attrs>],
     ) -> Vec<Object> {
-        self.route_objects_of(k, aliases)
-            .into_iter()
-            .map(|r| {
-                let mut o = Object::Route(r);
-                self.name(&mut o);
-                o
-            })
-            .collect()
+        self.named_route_objects_of(k, aliases)
     }
 
     /// Ends a batch: the net change of every touched object, in batch order
@@ -85,15 +78,7 @@ impl State {
         }
         let mut pairs: Vec<(ObjectKey, Option<Object>, Option<Object>)> = Vec::new();
         for (rk, olds) in touched_routes {
-            let mut news: Vec<Object> = self
-                .route_objects(&rk)
-                .into_iter()
-                .map(|r| {
-                    let mut o = Object::Route(r);
-                    self.name(&mut o);
-                    o
-                })
-                .collect();
+            let mut news = self.named_route_objects(&rk, self.routes.get(&rk));
             if olds.len() <= 1 && news.len() <= 1 {
                 // The usual case: one object under the key before and/or after.
                 let (o, n) = (olds.into_iter().next(), news.pop());

@@ -95,6 +95,25 @@ impl State {
         self.route_objects_of(rk, self.routes.get(rk))
     }
 
+    /// [`State::route_objects_of`] as named objects, built in place (one vector, sized once:
+    /// what a batch's diff holds per touched route key).
+    pub(super) fn named_route_objects_of(&self, rk: &RKey, aliases: &[Arc<Attrs>]) -> Vec<Object> {
+        let mut out: Vec<Object> = Vec::with_capacity(aliases.len());
+        for a in aliases {
+            let r = self.render(rk, a);
+            let d = device_discriminator(&r);
+            let seen = out
+                .iter()
+                .any(|x| matches!(x, Object::Route(x) if device_discriminator(x) == d));
+            if !seen {
+                let mut o = Object::Route(r);
+                self.name(&mut o);
+                out.push(o);
+            }
+        }
+        out
+    }
+
     /// [`State::route_objects`] for aliases already at hand (no second lookup of the key).
     pub fn route_objects_of(&self, rk: &RKey, aliases: &[Arc<Attrs>]) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
