@@ -21,14 +21,6 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc, not glibc's malloc: the source thread allocates each changed object and the
-/// plugins' worker threads free them, and glibc's cross-thread frees and arena locking were a
-/// quarter of the source thread's instructions per route change (`profile_churn`: 2,285 of
-/// 8,817 per deletion). Plugins keep their own allocator: what crosses the ABI is abi_stable's
-/// types, freed through the vtable of the side that allocated them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ekho",
