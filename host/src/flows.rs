@@ -240,8 +240,8 @@ impl Flows {
         }
         let limit = cfg.limit.unwrap_or(DEFAULT_LIMIT);
         let released = Released::default();
-        let sysctls = TimeoutSysctls::open(netns.clone());
-        let timeouts = Arc::new(Mutex::new(sysctls.read()));
+        // The kernel's defaults until the sysctls are open (below).
+        let timeouts = Arc::new(Mutex::new(Timeouts::default()));
         let obs = observer(
             cfg.offload.clone(),
             released.clone(),
@@ -250,7 +250,7 @@ impl Flows {
         );
         let source = match Conntrack::spawn_observed(
             SourceConfig {
-                netns,
+                netns: netns.clone(),
                 rcvbuf: cfg.rcvbuf.unwrap_or(DEFAULT_RCVBUF),
                 limit,
                 refresh: match cfg.refresh_s.unwrap_or(DEFAULT_REFRESH_S) {
@@ -272,6 +272,11 @@ impl Flows {
             tracing::info!("conntrack flows not mirrored: {why}");
             return Flows::Unavailable(why);
         }
+        // Opened once the source has its socket: the conntrack sysctls exist only once
+        // nf_conntrack is loaded, which a ctnetlink socket does where it is a module (opened
+        // before, they were missing for good and the netns's own timeouts never followed).
+        let sysctls = TimeoutSysctls::open(netns);
+        *timeouts.lock().unwrap() = sysctls.read();
         tracing::info!(
             flows = source.table().stats().flows,
             synced = source.synced(),

@@ -499,6 +499,13 @@ fn mirred_taken(t: &Value) -> String {
 pub fn plugins(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "host API {}", scalar(&v["host_api_version"]));
+    if v["plugins"].as_array().is_none_or(|a| a.is_empty()) {
+        // Also while a starting daemon has not loaded them yet.
+        let _ = writeln!(
+            out,
+            "no plugin loaded (yet: `ekho status` shows whether the daemon is still starting; plugins are the config's [[plugins]] tables)"
+        );
+    }
     for p in v["plugins"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -682,6 +689,19 @@ pub fn flow_line(f: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_plugin_loaded_is_said_not_left_blank() {
+        let none = plugins(&serde_json::json!({"host_api_version": "1.3.0", "plugins": []}));
+        assert!(none.contains("no plugin loaded"), "{none}");
+        let one = plugins(
+            &serde_json::json!({"host_api_version": "1.3.0", "plugins": [
+            {"name": "null", "version": "0.1.0", "api_version": "1.3.0", "abi": "native",
+             "path": "/x/libekho_null.so", "state": "in_sync"}]}),
+        );
+        assert!(!one.contains("no plugin loaded"), "{one}");
+        assert!(one.contains("null 0.1.0"), "{one}");
+    }
 
     #[test]
     fn a_flow_line_names_the_directions_of_a_plugins_counters() {

@@ -237,6 +237,10 @@ impl FlowerXdp {
                         LogLevel::Info,
                         format!("attached XDP to {} (ifindex {ifindex})", l.ifname),
                     );
+                    if l.kind.as_str() == "veth" {
+                        // A mirred redirect run here to a veth port is such a frame.
+                        self.log(LogLevel::Info, ekho_xdp_common::veth_note(&l.ifname));
+                    }
                 }
                 if want || (removed && was) {
                     Outcome::Offloaded

@@ -67,6 +67,16 @@ impl XdpMode {
 }
 
 /// Takes map `name` out of a loaded object, typed.
+/// What a port owner says once it attached XDP to a veth (`ifname`): frames an XDP program
+/// redirects into a veth reach its peer only through the peer's NAPI, which it has with GRO on
+/// or an XDP program of its own (otherwise the kernel drops them, counted nowhere the user
+/// looks); and a veth sender leaves L4 checksums to offload, which XDP does not fill in.
+pub fn veth_note(ifname: &str) -> String {
+    format!(
+        "{ifname} is a veth: frames redirected to it reach its peer only if the peer has GRO on or an XDP program (NAPI: `ethtool -K PEER gro on`); senders on veth must fill L4 checksums (`ethtool -K DEV tx off`)"
+    )
+}
+
 pub fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,

@@ -308,13 +308,7 @@ impl XdpRouter {
                         format!("attached XDP to {} (ifindex {ifindex})", link.ifname),
                     );
                     if link.kind.as_str() == "veth" {
-                        self.log(
-                            LogLevel::Info,
-                            format!(
-                                "{} is a veth: frames redirected to it reach its peer only if the peer has GRO on or an XDP program (NAPI); senders on veth must fill L4 checksums (tx offload off)",
-                                link.ifname
-                            ),
-                        );
+                        self.log(LogLevel::Info, ekho_xdp_common::veth_note(&link.ifname));
                     }
                 }
                 let mut mac = [0u8; 6];
