@@ -118,7 +118,10 @@
 //!   re-evaluates and adds or removes accordingly.
 //! - [`Features::max_ecmp_width`]: wider routes are answered `unsupported` by the host.
 //! - Outcomes are recorded by the host (`ekho status`); they are not written back to the
-//!   kernel's offload flags.
+//!   kernel's offload flags. Give an `unsupported` its reason with [`Outcome::unsupported`]
+//!   (API 1.4): `ekho status` lists it (a tc filter's among the filters not offloaded, any
+//!   other kind's among the recent refusals) and `ekho dump filters` prints it beside the
+//!   outcome, as it prints the host's own reasons.
 //! - [`Plugin::stats`] is read about once a second; `ekho status` shows the last reading.
 //! - One library can be enabled several times under different names (`[[plugins]] name = "asic0"`
 //!   and `name = "asic1"`, each with `path` set to the same file and its own config table):
@@ -250,7 +253,8 @@
 //!                 self.hits.remove(&o.key());
 //!                 Outcome::Offloaded
 //!             }
-//!             _ => Outcome::Unsupported,
+//!             // API 1.4: the reason is shown beside `unsupported` (`ekho dump filters`).
+//!             _ => Outcome::unsupported("only tc filters"),
 //!         }).collect()
 //!     }
 //!     fn object_stats(&self, kind: ObjectKind) -> Vec<ObjectStats> {
@@ -297,6 +301,13 @@
 //! `..Default::default()`) and `_` arms, and a rebuild against a newer 1.y compiles unchanged.
 //!
 //! ## Changes
+//! - 1.4.0: an unsupported outcome can carry its reason: [`Outcome::UnsupportedBecause`],
+//!   built with [`Outcome::unsupported`] (`Outcome::unsupported("gact random")`), read with
+//!   [`Outcome::reason`] and [`Outcome::is_unsupported`]; still named `unsupported` (JSON,
+//!   status, metrics), its reason shown where the outcome is (`ekho status`, `ekho dump
+//!   filters`: `offload: unsupported (gact random) [plugin]`). The bare
+//!   [`Outcome::Unsupported`] stays. 1.0 to 1.3 plugins run converted (`abi::v1_0` holds the
+//!   frozen `Outcome` of 1.0 to 1.3, `abi::v1_3` the frozen 1.3 vtable and root module).
 //! - 1.3.0: tc: object kinds [`ObjectKind::Qdisc`], [`ObjectKind::TcClass`],
 //!   [`ObjectKind::TcAction`] and [`ObjectKind::TcFilter`] (keys: device and parent; device and
 //!   handle; kind and index; target, parent, chain, prio and handle), the filter's typed match

@@ -1,7 +1,9 @@
 //! The 1.x contract for real: plugins built against the released API 1.0 (the recorder and
 //! `examples/hello-vendor` of the last 1.0 commit, built from `git archive`) load on this host
 //! (the crate's own API version) `converted from 1.0`, sync, offload, and never see the kinds
-//! added since (nftables chains, 1.1), which this tree's recorder does see.
+//! added since (nftables chains, 1.1), which this tree's recorder does see. The same for the
+//! last 1.3 commit's: `converted from 1.3`, tc filters included, their outcomes converted back
+//! (1.3 has no `unsupported` with a reason).
 
 use ekho_tests::*;
 use serde_json::Value;
@@ -13,23 +15,42 @@ use std::time::Duration;
 /// The last commit of the API at 1.0.0 (main is never rewritten, so it stays reachable).
 const API_1_0_COMMIT: &str = "6695f9452fefd6881be6f99712cc64e72e268cbf";
 
+/// The last commit of the API at 1.3.0.
+const API_1_3_COMMIT: &str = "f91ff25620923193b9b0c456fa63532aa274d7f6";
+
 /// Builds the 1.0 recorder and hello-vendor (once per process); their directory, or why not.
 fn build_1_0() -> Result<&'static Path, String> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
+    DIR.get_or_init(|| build_released(API_1_0_COMMIT, "1.0"))
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+/// Builds the 1.3 recorder and hello-vendor (once per process).
+fn build_1_3() -> Result<&'static Path, String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| build_released(API_1_3_COMMIT, "1.3"))
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+/// Builds the recorder and hello-vendor of `commit`, whose API is `minor`.0, from `git
+/// archive`; their directory, or why not.
+fn build_released(commit: &str, minor: &str) -> Result<PathBuf, String> {
+    {
         let ws = workspace();
         let have = Command::new("git")
             .current_dir(&ws)
-            .args(["cat-file", "-e", &format!("{API_1_0_COMMIT}^{{commit}}")])
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !have {
             return Err(format!(
-                "commit {API_1_0_COMMIT} (API 1.0) is not in this clone (shallow?): fetch the history"
+                "commit {commit} (API {minor}) is not in this clone (shallow?): fetch the history"
             ));
         }
-        let root = ws.join("target").join("api-1.0");
+        let root = ws.join("target").join(format!("api-{minor}"));
         let src = root.join("src");
         let _ = std::fs::remove_dir_all(&src);
         std::fs::create_dir_all(&src).unwrap();
@@ -37,7 +58,7 @@ fn build_1_0() -> Result<&'static Path, String> {
             .current_dir(&ws)
             .args([
                 "archive",
-                API_1_0_COMMIT,
+                commit,
                 "Cargo.toml",
                 "Cargo.lock",
                 "plugin-api",
@@ -46,7 +67,11 @@ fn build_1_0() -> Result<&'static Path, String> {
             ])
             .output()
             .expect("git archive");
-        assert!(archive.status.success(), "{}", String::from_utf8_lossy(&archive.stderr));
+        assert!(
+            archive.status.success(),
+            "{}",
+            String::from_utf8_lossy(&archive.stderr)
+        );
         let mut tar = Command::new("tar")
             .current_dir(&src)
             .args(["-x"])
@@ -54,7 +79,11 @@ fn build_1_0() -> Result<&'static Path, String> {
             .spawn()
             .expect("tar");
         use std::io::Write;
-        tar.stdin.take().unwrap().write_all(&archive.stdout).unwrap();
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&archive.stdout)
+            .unwrap();
         assert!(tar.wait().unwrap().success());
         // A workspace of just these three (the others are not in the archive).
         let manifest = std::fs::read_to_string(src.join("Cargo.toml")).unwrap();
@@ -67,19 +96,27 @@ fn build_1_0() -> Result<&'static Path, String> {
         )
         .unwrap();
         let api = std::fs::read_to_string(src.join("plugin-api/Cargo.toml")).unwrap();
-        assert!(api.contains("version = \"1.0.0\""), "{API_1_0_COMMIT} is not API 1.0.0");
+        assert!(
+            api.contains(&format!("version = \"{minor}.0\"")),
+            "{commit} is not API {minor}.0"
+        );
         let target = root.join("target");
         let st = Command::new(env!("CARGO"))
             .current_dir(&src)
             .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "--offline", "-p", "ekho-recorder", "-p", "hello-vendor"])
+            .args([
+                "build",
+                "--offline",
+                "-p",
+                "ekho-recorder",
+                "-p",
+                "hello-vendor",
+            ])
             .status()
             .expect("cargo");
-        assert!(st.success(), "building the 1.0 plugins failed");
+        assert!(st.success(), "building the {minor} plugins failed");
         Ok(target.join("debug"))
-    })
-    .as_deref()
-    .map_err(Clone::clone)
+    }
 }
 
 #[test]
@@ -233,4 +270,87 @@ fn plugins_built_against_1_0_run_converted_on_this_host() {
         (&"1.0.0".into(), &"converted from 1.0".into()),
         "{v}"
     );
+}
+
+#[test]
+fn plugins_built_against_1_3_run_converted_on_this_host() {
+    if let Some(r) = needs_root("network namespaces").or_else(|| missing_tools(&["tc"], "iproute2"))
+    {
+        say_skip(&r);
+        return;
+    }
+    let dir13 = match build_1_3() {
+        Ok(d) => d,
+        Err(r) => {
+            say_skip(&r);
+            return;
+        }
+    };
+    let ns = Netns::new();
+    ns.ip_batch(
+        "link add a0 type veth peer name b0\nlink set a0 up\nlink set b0 up\n\
+         addr add 10.1.0.1/24 dev a0\nroute add 10.50.0.0/16 via 10.1.0.2\n",
+    );
+    let dir = TempDir::new();
+    let pdir = dir.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    for (from, to) in [
+        (dir13.join("libekho_recorder.so"), "librec13.so"),
+        (dir13.join("libhello_vendor.so"), "libhello13.so"),
+    ] {
+        std::fs::copy(&from, pdir.join(to)).unwrap();
+    }
+    let ev13 = dir.path().join("rec13.jsonl");
+    let cfg = host_config(
+        &ns.name,
+        &pdir,
+        false,
+        &format!(
+            "[[plugins]]\nname = \"rec13\"\npath = \"librec13.so\"\n[plugins.config]\nevents_path = \"{}\"\n\n\
+             [[plugins]]\nname = \"hello13\"\npath = \"libhello13.so\"\n",
+            ev13.display()
+        ),
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let pl = d.cli_json(&["plugins", "--json"]);
+    for n in ["rec13", "hello13"] {
+        let p = pl["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} missing: {pl}"));
+        assert_eq!(p["state"], "in_sync", "{p}\n{}", d.log_text());
+        assert_eq!(
+            (&p["api_version"], &p["abi"]),
+            (&"1.3.0".into(), &"converted from 1.3".into()),
+            "{p}"
+        );
+    }
+    // A 1.3 kind reaches the 1.3 recorder (through the frozen 1.3 vtable), and its outcome
+    // comes back as this host's.
+    ns.run("tc qdisc add dev a0 clsact");
+    ns.run(
+        "tc filter add dev a0 ingress pref 1 protocol ip u32 match ip dst 10.9.0.1/32 \
+         action mirred egress redirect dev b0",
+    );
+    ns.ip("route add 10.60.0.0/16 via 10.1.0.2");
+    d.settle();
+    let ok = wait_for(Duration::from_secs(10), || {
+        let e = read_events(&ev13);
+        (e.iter().any(|e| e["kind"] == "filter")
+            && e.iter()
+                .any(|e| e["kind"] == "route" && e["object"]["dst"] == "10.60.0.0/16"))
+        .then_some(())
+    });
+    assert!(ok.is_some(), "{:?}", read_events(&ev13));
+    let rec = d.plugin("rec13");
+    assert_eq!(rec["outcomes"]["filters"]["offloaded"], 1, "{rec}");
+    assert_eq!(rec["failed"], 0, "{rec}");
+    let text = String::from_utf8(d.cli(&["dump", "filters"]).stdout).unwrap();
+    assert!(text.contains("\toffload: offloaded [rec13]"), "{text}");
+    let hello = d.plugin("hello13");
+    assert!(hello["offloaded"].as_u64().unwrap() >= 2, "{hello}");
+    assert_eq!(hello["failed"], 0, "{hello}");
 }

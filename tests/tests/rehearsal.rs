@@ -1,5 +1,5 @@
 //! The 1.x contract, rehearsed (see `tests/rehearsal/README.md`): plugins built against this
-//! tree's API (1.3) run unchanged on a 1.4 host built from this tree plus the rehearsal patch.
+//! tree's API (1.4) run unchanged on a 1.5 host built from this tree plus the rehearsal patch.
 
 use ekho_tests::*;
 use serde_json::Value;
@@ -8,13 +8,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Builds the 1.4 host and recorder from a patched copy of the workspace (once per process);
+/// Builds the 1.5 host and recorder from a patched copy of the workspace (once per process);
 /// returns the directory holding `ekho` and `libekho_recorder.so`.
 fn rehearsal_build() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let ws = workspace();
-        let root = ws.join("target").join("rehearsal-1.4");
+        let root = ws.join("target").join("rehearsal-1.5");
         let src = root.join("src");
         let _ = std::fs::remove_dir_all(&src);
         std::fs::create_dir_all(&src).unwrap();
@@ -36,7 +36,7 @@ fn rehearsal_build() -> &'static Path {
                 ],
             );
         }
-        let patch = ws.join("tests/rehearsal/api-1.4.patch");
+        let patch = ws.join("tests/rehearsal/api-1.5.patch");
         // The copy lies inside this work tree (target/): without a ceiling, git would find the
         // enclosing repository and silently skip every path outside the current directory.
         let out = Command::new("git")
@@ -51,7 +51,7 @@ fn rehearsal_build() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let api = std::fs::read_to_string(src.join("plugin-api/Cargo.toml")).unwrap();
-        assert!(api.contains("version = \"1.4.0\""), "the patch did not make a 1.4 API");
+        assert!(api.contains("version = \"1.5.0\""), "the patch did not make a 1.5 API");
         let target = root.join("target");
         let cargo = |args: &[&str], env: &[(&str, &str)]| {
             let mut c = Command::new(env!("CARGO"));
@@ -60,11 +60,11 @@ fn rehearsal_build() -> &'static Path {
                 c.env(k, v);
             }
             let st = c.status().expect("running cargo");
-            assert!(st.success(), "cargo {args:?} in the 1.4 rehearsal failed");
+            assert!(st.success(), "cargo {args:?} in the 1.5 rehearsal failed");
         };
-        // The release procedure: the new minor's layout is written once; 1.0's to 1.3's must
+        // The release procedure: the new minor's layout is written once; 1.0's to 1.4's must
         // not move.
-        let _ = std::fs::remove_file(src.join("plugin-api/abi/v1.4.layout"));
+        let _ = std::fs::remove_file(src.join("plugin-api/abi/v1.5.layout"));
         cargo(
             &["test", "--offline", "-p", "ekho-plugin-api", "--test", "abi_freeze"],
             &[("EKHO_ABI_BLESS", "1")],
@@ -93,8 +93,8 @@ fn kinds_seen(events: &[Value]) -> std::collections::BTreeSet<String> {
 }
 
 #[test]
-fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
-    let host14 = rehearsal_build();
+fn plugins_built_against_1_4_run_unchanged_on_a_1_5_host() {
+    let host15 = rehearsal_build();
     let ns = Netns::new();
     ns.ip_batch(
         "link add a0 type veth peer name b0\nlink set a0 up\nlink set b0 up\n\
@@ -104,35 +104,35 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
     let dir = TempDir::new();
     let pdir = dir.path().join("plugins");
     std::fs::create_dir_all(&pdir).unwrap();
-    // The 1.3 plugins, as built by this tree (the frozen 1.3 API), and the 1.4 recorder.
+    // The 1.4 plugins, as built by this tree (the frozen 1.4 API), and the 1.5 recorder.
     for (from, to) in [
-        (build().join("libekho_recorder.so"), "librec13.so"),
-        (build().join("libhello_vendor.so"), "libhello13.so"),
-        (host14.join("libekho_recorder.so"), "librec14.so"),
+        (build().join("libekho_recorder.so"), "librec14.so"),
+        (build().join("libhello_vendor.so"), "libhello14.so"),
+        (host15.join("libekho_recorder.so"), "librec15.so"),
     ] {
         std::fs::copy(&from, pdir.join(to)).unwrap();
     }
-    let ev13 = dir.path().join("rec13.jsonl");
-    let release = dir.path().join("release-flows");
     let ev14 = dir.path().join("rec14.jsonl");
+    let release = dir.path().join("release-flows");
+    let ev15 = dir.path().join("rec15.jsonl");
     let cfg = host_config(
         &ns.name,
         &pdir,
         false,
         &format!(
-            "[[plugins]]\nname = \"rec13\"\npath = \"librec13.so\"\n[plugins.config]\nevents_path = \"{}\"\nrelease_flows_path = \"{}\"\n\n\
-             [[plugins]]\nname = \"hello13\"\npath = \"libhello13.so\"\n\n\
-             [[plugins]]\nname = \"rec14\"\npath = \"librec14.so\"\n[plugins.config]\nevents_path = \"{}\"\n",
-            ev13.display(),
+            "[[plugins]]\nname = \"rec14\"\npath = \"librec14.so\"\n[plugins.config]\nevents_path = \"{}\"\nrelease_flows_path = \"{}\"\n\n\
+             [[plugins]]\nname = \"hello14\"\npath = \"libhello14.so\"\n\n\
+             [[plugins]]\nname = \"rec15\"\npath = \"librec15.so\"\n[plugins.config]\nevents_path = \"{}\"\n",
+            ev14.display(),
             release.display(),
-            ev14.display()
+            ev15.display()
         ),
     );
-    let d = Daemon::start_bin(&host14.join("ekho"), dir.path(), &cfg);
+    let d = Daemon::start_bin(&host15.join("ekho"), dir.path(), &cfg);
 
     // How each plugin runs, as `ekho plugins` says.
     let pl = d.cli_json(&["plugins", "--json"]);
-    assert_eq!(pl["host_api_version"], "1.4.0", "{pl}");
+    assert_eq!(pl["host_api_version"], "1.5.0", "{pl}");
     let by_name = |n: &str| -> Value {
         pl["plugins"]
             .as_array()
@@ -142,25 +142,25 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
             .cloned()
             .unwrap_or_else(|| panic!("{n} missing: {pl}"))
     };
-    for n in ["rec13", "hello13"] {
+    for n in ["rec14", "hello14"] {
         let p = by_name(n);
         assert_eq!(p["state"], "in_sync", "{p}\n{}", d.log_text());
-        assert_eq!(p["api_version"], "1.3.0", "{p}");
-        assert_eq!(p["abi"], "converted from 1.3", "{p}");
+        assert_eq!(p["api_version"], "1.4.0", "{p}");
+        assert_eq!(p["abi"], "converted from 1.4", "{p}");
     }
-    let p = by_name("rec14");
+    let p = by_name("rec15");
     assert_eq!(p["state"], "in_sync", "{p}");
     assert_eq!(
         (&p["api_version"], &p["abi"]),
-        (&"1.4.0".into(), &"native".into())
+        (&"1.5.0".into(), &"native".into())
     );
 
-    // Sync: both recorders got the routes; the 1.3 vendor plugin offloaded its IPv4 routes.
+    // Sync: both recorders got the routes; the 1.4 vendor plugin offloaded its IPv4 routes.
     let has_route = |evs: &[Value], dst: &str| {
         evs.iter()
             .any(|e| e["kind"] == "route" && e["object"]["dst"] == dst)
     };
-    for path in [&ev13, &ev14] {
+    for path in [&ev14, &ev15] {
         let evs = events_of(path);
         assert!(
             evs.iter().any(|e| e["op"] == "end_sync"),
@@ -169,44 +169,44 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
         );
         assert!(has_route(&evs, "10.50.0.0/16"), "{}", path.display());
     }
-    let hello = d.plugin("hello13");
+    let hello = d.plugin("hello14");
     assert!(hello["offloaded"].as_u64().unwrap() >= 1, "{hello}");
 
-    // Increments, with a link added: the 1.4 recorder gets the new kind, the 1.3 ones never.
+    // Increments, with a link added: the 1.5 recorder gets the new kind, the 1.4 ones never.
     ns.ip_batch("link add c0 type veth peer name d0\nroute add 10.60.0.0/16 via 10.1.0.2\n");
     d.settle();
     let ok = wait_for(Duration::from_secs(10), || {
+        let e15 = events_of(&ev15);
         let e14 = events_of(&ev14);
-        let e13 = events_of(&ev13);
-        (has_route(&e14, "10.60.0.0/16")
-            && has_route(&e13, "10.60.0.0/16")
-            && kinds_seen(&e14).contains("rehearsal"))
+        (has_route(&e15, "10.60.0.0/16")
+            && has_route(&e14, "10.60.0.0/16")
+            && kinds_seen(&e15).contains("rehearsal"))
         .then_some(())
     });
-    let (e13, e14) = (events_of(&ev13), events_of(&ev14));
+    let (e14, e15) = (events_of(&ev14), events_of(&ev15));
     assert!(
         ok.is_some(),
-        "rec13 {:?}\nrec14 {:?}",
-        kinds_seen(&e13),
-        kinds_seen(&e14)
+        "rec14 {:?}\nrec14 {:?}",
+        kinds_seen(&e14),
+        kinds_seen(&e15)
     );
     assert!(
-        e14.iter()
+        e15.iter()
             .any(|e| e["kind"] == "rehearsal" && e["op"] == "add" && e["object"]["ifname"] == "c0"),
-        "the 1.4 plugin sees the new kind"
+        "the 1.5 plugin sees the new kind"
     );
     assert!(
-        !kinds_seen(&e13).contains("rehearsal"),
-        "a 1.3 plugin got a kind 1.3 does not have"
+        !kinds_seen(&e14).contains("rehearsal"),
+        "a 1.4 plugin got a kind 1.4 does not have"
     );
-    assert!(e13
+    assert!(e14
         .iter()
         .any(|e| e["kind"] == "link" && e["object"]["ifname"] == "c0"));
-    let hello = d.plugin("hello13");
+    let hello = d.plugin("hello14");
     assert_eq!(hello["state"], "in_sync", "{hello}");
     assert_eq!(hello["failed"], 0, "{hello}");
 
-    // Older kinds still reach the 1.3 recorder through the conversion (nftables chains, 1.1).
+    // Older kinds still reach the 1.4 recorder through the conversion (nftables chains, 1.1).
     if missing_tools(&["nft"], "nftables").is_none() {
         ns.run(&["nft", "add", "table", "ip", "t"]);
         ns.run(&[
@@ -214,16 +214,16 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
             "add chain ip t pre { type filter hook prerouting priority 0 ; }",
         ]);
         let seen = wait_for(Duration::from_secs(10), || {
-            let e = events_of(&ev13);
+            let e = events_of(&ev14);
             e.iter()
                 .any(|e| e["kind"] == "nft_chain" && e["object"]["name"] == "pre")
                 .then_some(())
         });
-        assert!(seen.is_some(), "rec13 {:?}", kinds_seen(&events_of(&ev13)));
+        assert!(seen.is_some(), "rec14 {:?}", kinds_seen(&events_of(&ev14)));
     }
 
-    // A 1.2 kind through the conversion: a conntrack flow reaches the 1.3 recorder, and its
-    // hand-back (a 1.3 request) reaches the 1.4 host.
+    // A 1.2 kind through the conversion: a conntrack flow reaches the 1.4 recorder, and its
+    // hand-back (a 1.4 request) reaches the 1.5 host.
     if missing_tools(
         &["nft", "conntrack", "python3"],
         "nftables conntrack python3",
@@ -246,7 +246,7 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
             .spawn()
             .unwrap();
         let flow = |op: &str| {
-            events_of(&ev13)
+            events_of(&ev14)
                 .iter()
                 .rev()
                 .find(|e| e["kind"] == "flow")
@@ -260,29 +260,29 @@ fn plugins_built_against_1_3_run_unchanged_on_a_1_4_host() {
         let _ = held.wait();
         assert!(
             seen.is_some(),
-            "rec13 {:?}\n{}",
-            kinds_seen(&events_of(&ev13)),
+            "rec14 {:?}\n{}",
+            kinds_seen(&events_of(&ev14)),
             d.log_text()
         );
         assert!(
             back.is_some(),
-            "the 1.3 hand-back did not reach the host\n{}",
+            "the 1.4 hand-back did not reach the host\n{}",
             d.log_text()
         );
         assert_eq!(d.status()["conntrack"]["released"], 1);
     }
 
-    // The vendor's self-check on the 1.4 host says how it would run.
-    let out = Command::new(host14.join("ekho"))
+    // The vendor's self-check on the 1.5 host says how it would run.
+    let out = Command::new(host15.join("ekho"))
         .args([
             "check-plugin",
             "--json",
-            pdir.join("libhello13.so").to_str().unwrap(),
+            pdir.join("libhello14.so").to_str().unwrap(),
         ])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["accepted"], true, "{v}");
-    assert_eq!(v["api_version"], "1.3.0");
-    assert_eq!(v["abi"], "converted from 1.3", "{v}");
+    assert_eq!(v["api_version"], "1.4.0");
+    assert_eq!(v["abi"], "converted from 1.4", "{v}");
 }

@@ -1,6 +1,7 @@
 //! The binding of an older minor's plugins, written once: `converted!` makes the module of
 //! one minor (its `load`, `create` and the `Binding` that converts each batch into the minor's
-//! frozen types, kinds it does not have answered `unsupported` without a call).
+//! frozen types, kinds it does not have answered `unsupported` without a call, and the
+//! plugin's outcomes back with `v1_N::outcome`).
 
 /// `converted!(v1_N)`: the binding of minor 1.N's plugins, whose capabilities convert with
 /// `v1_N::capabilities` and who have no per-object counters (1.0, 1.1).
@@ -63,18 +64,19 @@ macro_rules! converted {
                         self.at.push(i);
                     }
                 }
+                let got = match self.plugin.apply(self.buf.as_slice().into()) {
+                    RResult::ROk(v) => v,
+                    RResult::RErr(e) => return RResult::RErr(e),
+                };
+                // The minor's outcomes in the host's (1.0 to 1.3 have no reasoned unsupported).
                 if self.at.len() == changes.len() {
-                    return self.plugin.apply(self.buf.as_slice().into());
+                    return RResult::ROk(got.into_iter().map($snap::outcome).collect());
                 }
                 // Kinds the minor does not have never pass the capability filter; should one get
                 // here, the host answers it `unsupported` without calling the plugin.
-                let got = match self.plugin.apply(self.buf.as_slice().into()) {
-                    RResult::ROk(v) => v,
-                    e => return e,
-                };
                 let mut out: RVec<Outcome> = (0..changes.len()).map(|_| Outcome::Unsupported).collect();
                 for (o, &i) in got.into_iter().zip(&self.at) {
-                    out[i] = o;
+                    out[i] = $snap::outcome(o);
                 }
                 RResult::ROk(out)
             }

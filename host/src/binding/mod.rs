@@ -14,6 +14,7 @@ mod native;
 mod v1_0;
 mod v1_1;
 mod v1_2;
+mod v1_3;
 
 use abi_stable::library::LibHeader;
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
@@ -64,6 +65,7 @@ pub enum Module {
     V1_0(ekho_plugin_api::abi::v1_0::PluginModRef),
     V1_1(ekho_plugin_api::abi::v1_1::PluginModRef),
     V1_2(ekho_plugin_api::abi::v1_2::PluginModRef),
+    V1_3(ekho_plugin_api::abi::v1_3::PluginModRef),
 }
 
 impl Module {
@@ -78,6 +80,7 @@ impl Module {
             Verdict::Converted { minor: (1, 0) } => v1_0::load(header).map(Module::V1_0),
             Verdict::Converted { minor: (1, 1) } => v1_1::load(header).map(Module::V1_1),
             Verdict::Converted { minor: (1, 2) } => v1_2::load(header).map(Module::V1_2),
+            Verdict::Converted { minor: (1, 3) } => v1_3::load(header).map(Module::V1_3),
             // A minor this host has no snapshot of cannot pass the pre-flight.
             other => unreachable!("pre-flight lets {other:?} through"),
         }
@@ -90,6 +93,7 @@ impl Module {
             Module::V1_0(m) => (m.info())(),
             Module::V1_1(m) => (m.info())(),
             Module::V1_2(m) => (m.info())(),
+            Module::V1_3(m) => (m.info())(),
         }
     }
 
@@ -100,6 +104,7 @@ impl Module {
             Module::V1_0(m) => v1_0::create(*m, config, host),
             Module::V1_1(m) => v1_1::create(*m, config, host),
             Module::V1_2(m) => v1_2::create(*m, config, host),
+            Module::V1_3(m) => v1_3::create(*m, config, host),
         }
     }
 
@@ -109,6 +114,7 @@ impl Module {
             Module::V1_0(_) => How::Converted { minor: (1, 0) },
             Module::V1_1(_) => How::Converted { minor: (1, 1) },
             Module::V1_2(_) => How::Converted { minor: (1, 2) },
+            Module::V1_3(_) => How::Converted { minor: (1, 3) },
         }
     }
 }
@@ -120,7 +126,7 @@ pub fn supported(verdict: Verdict) -> bool {
         verdict,
         Verdict::Native
             | Verdict::Converted {
-                minor: (1, 0) | (1, 1) | (1, 2)
+                minor: (1, 0) | (1, 1) | (1, 2) | (1, 3)
             }
     )
 }

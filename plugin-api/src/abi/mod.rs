@@ -4,10 +4,10 @@
 //! abi_stable checks at load time that every type crossing the boundary has the layout the host
 //! expects, field for field. A host that knew only the newest types would refuse every plugin
 //! built before a field was added. So the host keeps the boundary of every minor it supports:
-//! module `v1_0` for 1.0, `v1_1` for 1.1, `v1_2` for 1.2, `v1_3` for 1.3, ... Each snapshot re-exports what did not change since
-//! and holds a frozen copy of what did. When it loads a plugin the host reads the API version
-//! the plugin declares ([`version`](crate::version)), checks the plugin's layout against *that*
-//! snapshot (abi_stable's safe equality check), and drives it through it:
+//! module `v1_0` for 1.0, `v1_1` for 1.1, ..., `v1_4` for 1.4. Each snapshot re-exports what
+//! did not change since and holds a frozen copy of what did. When it loads a plugin the host
+//! reads the API version the plugin declares ([`version`](crate::version)), checks the plugin's
+//! layout against *that* snapshot (abi_stable's safe equality check), and drives it through it:
 //!
 //! - a plugin of the host's own minor runs *native*: changes cross as they are;
 //! - a plugin of an older minor runs *converted*: the host converts each change into the
@@ -41,6 +41,7 @@ pub mod v1_0;
 pub mod v1_1;
 pub mod v1_2;
 pub mod v1_3;
+pub mod v1_4;
 
 /// One snapshot: its minor and the layout of its root module (from which the freeze check
 /// describes every type crossing the boundary).
@@ -66,5 +67,9 @@ pub const SNAPSHOTS: &[Snapshot] = &[
     Snapshot {
         minor: v1_3::MINOR,
         root: || <v1_3::PluginModRef as abi_stable::StableAbi>::LAYOUT,
+    },
+    Snapshot {
+        minor: v1_4::MINOR,
+        root: || <v1_4::PluginModRef as abi_stable::StableAbi>::LAYOUT,
     },
 ];

@@ -5,9 +5,11 @@
 //! order: the freeze check against `plugin-api/abi/v1.0.layout` proves they are what 1.0
 //! shipped); 1.2 appended a field to `Capabilities` (flows) and a variant to `Request`
 //! (`ReleaseFlow`), so they, the `HostServices` vtable and `HostHandle` are frozen copies too
-//! (unchanged in 1.1: `v1_1` re-exports them); everything else is re-exported. [`change`]
-//! converts a change of the newest minor into these types, `None` for kinds 1.0 does not have;
-//! [`capabilities`] and [`host`] convert the other way and back.
+//! (unchanged in 1.1: `v1_1` re-exports them); 1.4 added a variant to `Outcome` (an
+//! unsupported with its reason), so `Outcome` is a frozen copy too (unchanged in 1.1 to 1.3:
+//! their snapshots re-export it); everything else is re-exported. [`change`] converts a change
+//! of the newest minor into these types, `None` for kinds 1.0 does not have; [`capabilities`],
+//! [`host`] and [`outcome`] convert the other way and back.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 
@@ -19,7 +21,6 @@ pub use crate::object::{
     Address, BridgeVlan, Family, FdbEntry, Link, MdbEntry, Neighbour, Netconf, Nexthop, ObjectKind,
     Route, Rule,
 };
-pub use crate::outcome::Outcome;
 pub use crate::plugin::{PluginInfo, Stats};
 
 use abi_stable::library::RootModule;
@@ -30,6 +31,28 @@ use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// The minor's number.
 pub const MINOR: (u64, u64) = (1, 0);
+
+/// `Outcome` as 1.0 (and 1.1 to 1.3) defined it.
+#[repr(u8)]
+#[derive(StableAbi, Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    Offloaded,
+    Unsupported,
+    Trapped,
+    Failed(RString),
+}
+
+/// An outcome of a 1.0 to 1.3 plugin in the newest minor's types (an unsupported without a
+/// reason: those minors cannot give one).
+pub fn outcome(o: Outcome) -> crate::Outcome {
+    match o {
+        Outcome::Offloaded => crate::Outcome::Offloaded,
+        Outcome::Unsupported => crate::Outcome::Unsupported,
+        Outcome::Trapped => crate::Outcome::Trapped,
+        Outcome::Failed(r) => crate::Outcome::Failed(r),
+    }
+}
 
 /// `Capabilities` as 1.0 (and 1.1) defined it.
 #[repr(C)]
@@ -228,5 +251,15 @@ mod tests {
         assert_eq!(change(&c), Some(Change::Add(Object::Route(r))));
         let nf = crate::Change::Add(crate::Object::NfChain(NfChain::default()));
         assert_eq!(change(&nf), None);
+    }
+
+    #[test]
+    fn outcomes_convert_back() {
+        assert_eq!(outcome(Outcome::Unsupported), crate::Outcome::Unsupported);
+        assert_eq!(outcome(Outcome::Trapped), crate::Outcome::Trapped);
+        assert_eq!(
+            outcome(Outcome::Failed("full".into())),
+            crate::Outcome::failed("full")
+        );
     }
 }

@@ -4,13 +4,15 @@
 //! (`object_stats`), so `Object`, `Change`, the `FfiPlugin` vtable and `PluginMod` are frozen
 //! copies of their 1.1 definitions (the freeze check against `plugin-api/abi/v1.1.layout`
 //! proves they are what 1.1 shipped); `Capabilities`, `Request` and the host handle are 1.0's
-//! (unchanged in 1.1); everything else is re-exported. [`change`] converts a change of the
-//! newest minor into these types, `None` for kinds 1.1 does not have.
+//! (unchanged in 1.1), and so is `Outcome` (unchanged until 1.4); everything else is
+//! re-exported. [`change`] converts a change of the newest minor into these types, `None` for
+//! kinds 1.1 does not have.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 
 pub use super::v1_0::{
-    capabilities, host, request, Capabilities, HostHandle, HostServices, HostServices_TO, Request,
+    capabilities, host, outcome, request, Capabilities, HostHandle, HostServices, HostServices_TO,
+    Outcome, Request,
 };
 pub use crate::capability::{Features, Limit, PortScope};
 pub use crate::event::{NotifierEvent, NotifierKind};
@@ -19,7 +21,6 @@ pub use crate::object::{
     Address, BridgeVlan, FdbEntry, Link, MdbEntry, Neighbour, Netconf, Nexthop, NfChain,
     NfFlowtable, ObjectKind, Route, Rule,
 };
-pub use crate::outcome::Outcome;
 pub use crate::plugin::{PluginInfo, Stats};
 
 use abi_stable::library::RootModule;

@@ -4,13 +4,14 @@
 //! `Capabilities` (`tc`), so `Object`, `Change`, `Capabilities`, `ObjectKey` and what carries
 //! it (`ObjectStats`, `Request`, the `HostServices` vtable, the host handle), the `FfiPlugin`
 //! vtable and `PluginMod` are frozen copies of their 1.2 definitions (the freeze check against
-//! `plugin-api/abi/v1.2.layout` proves they are what 1.2 shipped); everything else is
-//! re-exported. [`change`] converts a change of the newest minor into these types, `None` for
-//! kinds 1.2 does not have; [`capabilities`], [`object_stats`], [`request`] and [`host`]
-//! convert the other way and back.
+//! `plugin-api/abi/v1.2.layout` proves they are what 1.2 shipped); `Outcome` is 1.0's
+//! (unchanged until 1.4); everything else is re-exported. [`change`] converts a change of the
+//! newest minor into these types, `None` for kinds 1.2 does not have; [`capabilities`],
+//! [`object_stats`], [`request`], [`host`] and [`outcome`] convert the other way and back.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] on recent rustc
 
+pub use super::v1_0::{outcome, Outcome};
 pub use crate::capability::{Features, FlowCapabilities, Limit, PortScope};
 pub use crate::event::{NotifierEvent, NotifierKind};
 pub use crate::host::LogLevel;
@@ -19,7 +20,6 @@ pub use crate::object::{
     NfFlowtable, ObjectKind, Route, Rule,
 };
 use crate::object::{Family, FlowTuple, IpAddress, IpPrefix, LinkAddr, NfFamily};
-pub use crate::outcome::Outcome;
 pub use crate::plugin::{ObjectCounters, PluginInfo, Stats};
 
 use abi_stable::library::RootModule;
