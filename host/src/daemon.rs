@@ -1613,13 +1613,14 @@ type FilterCounters = std::collections::BTreeMap<
 struct TcFilterView {
     plugin: String,
     refused: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, crate::dispatch::TcRefusal>,
-    outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, String>,
+    outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, crate::dispatch::TcOutcome>,
     stats: std::collections::HashMap<ekho_plugin_api::ObjectKey, ekho_plugin_api::ObjectCounters>,
 }
 
 /// Adds to a filter's `tc -j` entry what the plugins made of it (`ekho_offload`: plugin,
-/// outcome, the reason of an `unsupported`) and, with `stats`, the kernel's counters per action
-/// (`stats`, tc's `-s -j` names) and the plugins' (`ekho_stats`).
+/// outcome, the reason of an `unsupported` or a failure, the host's or the plugin's) and, with
+/// `stats`, the kernel's counters per action (`stats`, tc's `-s -j` names) and the plugins'
+/// (`ekho_stats`).
 fn annotate_filter(
     f: &ekho_mirror::netlink::tc::Filter,
     e: &mut Value,
@@ -1644,7 +1645,11 @@ fn annotate_filter(
         if let Some(r) = p.refused.get(&key) {
             offload.push(json!({"plugin": p.plugin, "outcome": "unsupported", "reason": r.reason}));
         } else if let Some(o) = p.outcomes.get(&key) {
-            offload.push(json!({"plugin": p.plugin, "outcome": o}));
+            let mut e = json!({"plugin": p.plugin, "outcome": o.outcome});
+            if let Some(r) = &o.reason {
+                e["reason"] = r.as_str().into();
+            }
+            offload.push(e);
         }
         if let (true, Some(c)) = (stats, p.stats.get(&key)) {
             let mut s = json!({"plugin": p.plugin, "packets": c.packets, "bytes": c.bytes,

@@ -531,7 +531,11 @@ mod tests {
             "plugins": [{"name": "rec", "state": "in_sync", "queue_depth": 0, "offloaded": 5,
                          "unsupported": 1, "trapped": 0, "failed": 0, "applied": 6, "refused": 0,
                          "restarts": 2, "events": 0, "events_dropped": 0,
-                         "outcomes": {"route": {"offloaded": 3}},
+                         "outcomes": {"route": {"offloaded": 3, "unsupported": 1}},
+                         "recent_unsupported": [{"kind": "route", "op": "add",
+                             "object": {"dst": "10.77.0.0/16"}, "reason": "table 100"}],
+                         "tc_unsupported": [{"filter": "dev v0 ingress pref 2 chain 0 handle 0x1",
+                             "reason": "gact random not supported", "by": "plugin"}],
                          "counters": [{"kind": "route", "name": "entries", "value": 3}]}],
             "ebpf": {"state": "running", "events": 5, "lost": 2,
                      "events_by_hook": {"tp_btf/neigh_update": 4, "tp_btf/fib6_table_lookup": 1},
@@ -566,12 +570,19 @@ mod tests {
             "ekho_plugin_restarts_total{plugin=\"rec\"} 2",
             "ekho_plugin_outcomes_total{plugin=\"rec\",outcome=\"offloaded\"} 5",
             "ekho_plugin_objects{plugin=\"rec\",kind=\"route\",outcome=\"offloaded\"} 3",
+            "ekho_plugin_objects{plugin=\"rec\",kind=\"route\",outcome=\"unsupported\"} 1",
+            "ekho_plugin_outcomes_total{plugin=\"rec\",outcome=\"unsupported\"} 1",
             "ekho_plugin_stat{plugin=\"rec\",kind=\"route\",name=\"entries\"} 3",
             "# TYPE ekho_mirror_changes counter",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} missing in\n{t}");
         }
         assert!(t.ends_with("# EOF\n"));
+        // A plugin's reasons (API 1.4) are no label: one series per outcome, whatever the text.
+        assert!(
+            !t.contains("table 100") && !t.contains("gact random"),
+            "a reason in the metrics:\n{t}"
+        );
         let c = classic(&t);
         assert!(
             c.lines()

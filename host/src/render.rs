@@ -408,6 +408,16 @@ pub fn status(v: &Value) -> String {
                 scalar(&f["reason"])
             );
         }
+        for f in p["recent_unsupported"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    unsupported {} {} {}: {}",
+                scalar(&f["op"]),
+                scalar(&f["kind"]),
+                object(&f["object"]),
+                scalar(&f["reason"])
+            );
+        }
     }
     out
 }

@@ -120,7 +120,7 @@ fn plugins_built_against_1_4_run_unchanged_on_a_1_5_host() {
         &pdir,
         false,
         &format!(
-            "[[plugins]]\nname = \"rec14\"\npath = \"librec14.so\"\n[plugins.config]\nevents_path = \"{}\"\nrelease_flows_path = \"{}\"\n\n\
+            "[[plugins]]\nname = \"rec14\"\npath = \"librec14.so\"\n[plugins.config]\nevents_path = \"{}\"\nrelease_flows_path = \"{}\"\nunsupported_routes = [\"10.50.0.0/16\"]\n\n\
              [[plugins]]\nname = \"hello14\"\npath = \"libhello14.so\"\n\n\
              [[plugins]]\nname = \"rec15\"\npath = \"librec15.so\"\n[plugins.config]\nevents_path = \"{}\"\n",
             ev14.display(),
@@ -171,6 +171,19 @@ fn plugins_built_against_1_4_run_unchanged_on_a_1_5_host() {
     }
     let hello = d.plugin("hello14");
     assert!(hello["offloaded"].as_u64().unwrap() >= 1, "{hello}");
+    // A 1.4 outcome through the 1.4 binding: the recorder's unsupported with its reason.
+    let rec = d.plugin("rec14");
+    let why = rec["recent_unsupported"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["object"]["dst"] == "10.50.0.0/16")
+        .map(|f| f["reason"].clone());
+    assert_eq!(
+        why,
+        Some("recorder: 10.50.0.0/16 is in unsupported_routes".into()),
+        "{rec}"
+    );
 
     // Increments, with a link added: the 1.5 recorder gets the new kind, the 1.4 ones never.
     ns.ip_batch("link add c0 type veth peer name d0\nroute add 10.60.0.0/16 via 10.1.0.2\n");

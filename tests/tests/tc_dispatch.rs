@@ -144,7 +144,7 @@ fn u32_filters_reach_the_plugins_that_run_them_and_the_others_say_why() {
     let ev = |n: &str| dir.path().join(format!("{n}.jsonl"));
     let active = dir.path().join("active");
     let plugins = format!(
-        "[[plugins]]\nname = \"rec\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nfilters_active_path = \"{}\"\n\n\
+        "[[plugins]]\nname = \"rec\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nfilters_active_path = \"{}\"\nunsupported_prefs = [2]\nunsupported_routes = [\"10.77.0.0/16\"]\n\n\
          [[plugins]]\nname = \"notc\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"link\", \"address\", \"route\"]\n\n\
          [[plugins]]\nname = \"flower_only\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"filter\"]\nports = [\"v*\"]\ntc = {{ classifiers = [\"flower\"], actions = [\"gact\"] }}\n\n\
          [[plugins]]\nname = \"u32_v\"\npath = \"libekho_recorder.so\"\n[plugins.config]\nevents_path = \"{}\"\nkinds = [\"filter\"]\nports = [\"v*\"]\ntc = {{ classifiers = [\"u32\"], actions = [\"mirred\"], mirred = [\"egress redirect\"], egress = false }}\n",
@@ -316,6 +316,86 @@ fn u32_filters_reach_the_plugins_that_run_them_and_the_others_say_why() {
         .then_some(())
     });
     assert!(gone.is_some(), "{:?}", refusals(&d, "flower_only"));
+
+    // A plugin's own refusal (API 1.4: `unsupported` with its reason; the recorder refuses
+    // pref 2 and 10.77.0.0/16 so) is shown where the host's are: `ekho dump filters` (text and
+    // JSON), `ekho status` (text and JSON), in the same words.
+    u32_redirect(&ns, 2, "v2");
+    ns.ip("route add 10.77.0.0/16 dev v0");
+    d.settle();
+    let why = "recorder: pref 2 is in unsupported_prefs";
+    let mine = wait_for(Duration::from_secs(10), || {
+        let r = refusals(&d, "rec");
+        (!r.is_empty()).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("no refusal of rec: {}", d.plugin("rec")));
+    assert!(
+        mine.len() == 1
+            && mine[0].0.starts_with("dev v0 ingress pref 2 chain 0 fh ")
+            && mine[0].1 == why,
+        "{mine:?}"
+    );
+    let rec = d.plugin("rec");
+    assert_eq!(rec["tc_unsupported"][0]["by"], "plugin", "{rec}");
+    assert_eq!(rec["outcomes"]["filters"]["unsupported"], 1, "{rec}");
+    let route = rec["recent_unsupported"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["kind"] == "route")
+        .unwrap_or_else(|| panic!("no route in recent_unsupported: {rec}"));
+    assert_eq!(
+        (&route["op"], &route["object"]["dst"], &route["reason"]),
+        (
+            &"add".into(),
+            &"10.77.0.0/16".into(),
+            &"recorder: 10.77.0.0/16 is in unsupported_routes".into()
+        ),
+        "{route}"
+    );
+    // The host's refusal of the same filter stays the host's.
+    assert_eq!(
+        refusals(&d, "flower_only"),
+        [(
+            mine[0].0.clone(),
+            "classifier u32 not supported".to_string()
+        )]
+    );
+    let text = String::from_utf8(d.cli(&["dump", "filters"]).stdout).unwrap();
+    for l in [
+        format!("\toffload: unsupported ({why}) [rec]"),
+        "\toffload: unsupported (classifier u32 not supported) [flower_only]".to_string(),
+        "\toffload: offloaded [u32_v]".to_string(),
+    ] {
+        assert!(text.contains(&l), "{l:?} not in\n{text}");
+    }
+    let dump = d.cli_json(&["dump", "filters", "--json"]);
+    let offload = dump
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["pref"] == 2)
+        .flat_map(|f| f["ekho_offload"].as_array().cloned().unwrap_or_default())
+        .find(|o| o["plugin"] == "rec");
+    assert_eq!(
+        offload,
+        Some(serde_json::json!({"plugin": "rec", "outcome": "unsupported", "reason": why})),
+        "{dump}"
+    );
+    let text = String::from_utf8(d.cli(&["status"]).stdout).unwrap();
+    for l in [
+        format!("unsupported filter {}: {why}", mine[0].0),
+        "unsupported add route 10.77.0.0/16".to_string(),
+    ] {
+        assert!(text.contains(&l), "{l:?} not in\n{text}");
+    }
+    // Deleted: the plugin's reason goes with it.
+    tc(&ns, "filter del dev v0 ingress pref 2").unwrap();
+    d.settle();
+    let gone = wait_for(Duration::from_secs(10), || {
+        refusals(&d, "rec").is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", refusals(&d, "rec"));
 }
 
 #[test]

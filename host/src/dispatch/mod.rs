@@ -30,7 +30,7 @@ pub mod watchdog;
 mod worker;
 
 pub use queue::Queue;
-pub use status::{HungCall, PluginState, PluginStatus, TcRefusal};
+pub use status::{HungCall, PluginState, PluginStatus, TcOutcome, TcRefusal};
 pub use stream::{Fanout, StreamFeed};
 
 use crate::binding::Bound;

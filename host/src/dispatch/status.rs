@@ -40,7 +40,7 @@ pub struct FailureRecord {
     pub reason: String,
 }
 
-/// Failures kept per plugin, the most recent.
+/// Failures kept per plugin, the most recent (and as many refusals with a reason).
 const RECENT_FAILURES: usize = 16;
 
 /// Everything `ekho status` shows about one plugin.
@@ -85,6 +85,10 @@ pub struct PluginStatus {
     pub stats_text: String,
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub recent_failures: VecDeque<FailureRecord>,
+    /// The plugin's most recent `unsupported` outcomes that came with a reason (API 1.4), of
+    /// every kind but tc filters (whose are in `tc_unsupported` while held).
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub recent_unsupported: VecDeque<FailureRecord>,
     /// Conntrack flows held with outcome `offloaded` (rendered from `per_outcome`).
     #[serde(skip_serializing_if = "is_zero")]
     pub flows_offloaded: u64,
@@ -95,10 +99,11 @@ pub struct PluginStatus {
     /// words (rendered into `tc_unsupported` in snapshots).
     #[serde(skip)]
     pub tc_refused: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, TcRefusal>,
-    /// The outcome the plugin gave each tc filter it holds (`offloaded`, `failed: ...`).
+    /// The outcome the plugin gave each tc filter it holds, with its reason.
     #[serde(skip)]
-    pub tc_outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, String>,
-    /// [`PluginStatus::tc_refused`], as `ekho status --json` lists it.
+    pub tc_outcomes: std::collections::BTreeMap<ekho_plugin_api::ObjectKey, TcOutcome>,
+    /// [`PluginStatus::tc_refused`] and the filters the plugin itself answered `unsupported`
+    /// with a reason, as `ekho status --json` lists them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tc_unsupported: Vec<TcRefusal>,
     /// The plugin's per-filter counters, as last read (`object_stats`, about once a second).
@@ -106,12 +111,45 @@ pub struct PluginStatus {
     pub tc_stats: std::sync::Arc<Vec<ekho_plugin_api::ObjectStats>>,
 }
 
-/// A tc filter the host does not hand a plugin: where it is (`dev v0 ingress pref 1 chain 0
-/// handle 0x1`, tc's words) and why (`action pedit not supported`).
+/// A tc filter a plugin does not run: where it is (`dev v0 ingress pref 1 chain 0 handle
+/// 0x1`, tc's words) and why (`action pedit not supported`), said by the host (which did not
+/// hand it over) or by the plugin (its `unsupported` with a reason, API 1.4).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TcRefusal {
     pub filter: String,
     pub reason: String,
+    /// `host` or `plugin`.
+    pub by: &'static str,
+}
+
+/// What a plugin answered for a tc filter it holds: the outcome's name and its reason, if any
+/// (a failure's, or an `unsupported` one's, with where the filter is, for `ekho status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcOutcome {
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    /// tc's words for where the filter is, kept for an `unsupported` with a reason.
+    pub filter: Option<String>,
+}
+
+impl TcOutcome {
+    /// `o` for the filter at `place` (computed only when needed).
+    pub fn new(o: &Outcome, place: impl FnOnce() -> String) -> TcOutcome {
+        TcOutcome {
+            outcome: o.name(),
+            reason: o.reason().map(str::to_string),
+            filter: (o.is_unsupported() && o.reason().is_some()).then(place),
+        }
+    }
+
+    /// The plugin's own refusal, as `ekho status` lists it beside the host's.
+    fn refusal(&self) -> Option<TcRefusal> {
+        Some(TcRefusal {
+            filter: self.filter.clone()?,
+            reason: self.reason.clone()?,
+            by: "plugin",
+        })
+    }
 }
 
 /// tc's words for where a filter is (`dev v0 ingress pref 1 chain 0 handle 0x1`, `block 7 pref
@@ -161,25 +199,21 @@ impl PluginStatus {
 
     /// Keeps a failure (the plugin's, or the host's refusal) among the most recent ones.
     pub(super) fn note_failure(&mut self, o: &Object, op: &str, outcome: &Outcome) {
-        let reason = match outcome {
-            Outcome::Failed(r) => r.to_string(),
-            other => other.name().to_string(),
-        };
-        if self.recent_failures.len() >= RECENT_FAILURES {
-            self.recent_failures.pop_front();
-        }
-        self.recent_failures.push_back(FailureRecord {
-            kind: o.kind().name().into(),
-            op: op.into(),
-            object: o.to_json(),
-            reason,
-        });
+        let reason = outcome.reason().unwrap_or(outcome.name()).to_string();
+        keep_recent(&mut self.recent_failures, o, op, reason);
+    }
+
+    /// Keeps an `unsupported` the plugin gave with a reason among the most recent ones.
+    pub(super) fn note_unsupported(&mut self, o: &Object, op: &str, reason: &str) {
+        keep_recent(&mut self.recent_unsupported, o, op, reason.to_string());
     }
 
     /// Renders `outcomes` (by kind and outcome name) from `per_outcome`, and `tc_unsupported`,
     /// for a snapshot.
     pub(super) fn fill_outcomes(&mut self) {
         self.tc_unsupported = self.tc_refused.values().cloned().collect();
+        self.tc_unsupported
+            .extend(self.tc_outcomes.values().filter_map(TcOutcome::refusal));
         self.flows_offloaded = self.per_outcome[ObjectKind::Flow.index()][0];
         let per_outcome = &self.per_outcome;
         self.outcomes = ObjectKind::ALL
@@ -198,12 +232,25 @@ impl PluginStatus {
     }
 }
 
-/// An outcome as a code: the index of its name in [`OUTCOME_NAMES`].
+fn keep_recent(list: &mut VecDeque<FailureRecord>, o: &Object, op: &str, reason: String) {
+    if list.len() >= RECENT_FAILURES {
+        list.pop_front();
+    }
+    list.push_back(FailureRecord {
+        kind: o.kind().name().into(),
+        op: op.into(),
+        object: o.to_json(),
+        reason,
+    });
+}
+
+/// An outcome as a code: the index of its name in [`OUTCOME_NAMES`] (an `unsupported` with a
+/// reason is an `unsupported`: the reason is no label).
 #[inline]
 pub(super) fn outcome_code(o: &Outcome) -> u8 {
     match o {
         Outcome::Offloaded => 0,
-        Outcome::Unsupported => 1,
+        Outcome::Unsupported | Outcome::UnsupportedBecause(_) => 1,
         Outcome::Trapped => 2,
         Outcome::Failed(_) => 3,
         // Outcomes of a later minor than the host's API: impossible (plugins of a newer minor
@@ -235,10 +282,16 @@ mod tests {
         let routes = &s.outcomes["routes"];
         assert_eq!((routes["offloaded"], routes["failed"]), (3, 1));
         assert_eq!(routes.len(), 2);
-        s.count(&[Outcome::Offloaded, Outcome::Trapped, Outcome::failed("y")]);
+        s.count(&[
+            Outcome::Offloaded,
+            Outcome::Trapped,
+            Outcome::failed("y"),
+            Outcome::unsupported("why"),
+            Outcome::Unsupported,
+        ]);
         assert_eq!(
             (s.applied, s.offloaded, s.trapped, s.unsupported, s.failed),
-            (3, 1, 1, 0, 1)
+            (5, 1, 1, 2, 1)
         );
     }
 
@@ -260,5 +313,78 @@ mod tests {
             (last.kind.as_str(), last.reason.as_str()),
             ("route", "unsupported")
         );
+    }
+
+    #[test]
+    fn a_plugins_reasoned_unsupported_filter_is_listed_beside_the_hosts() {
+        let mut s = PluginStatus::default();
+        let key = |prio| ObjectKey::TcFilter {
+            target: TcTarget::Dev(1),
+            parent: 0xffff_fff2,
+            chain: 0,
+            prio,
+            handle: 1,
+        };
+        s.tc_refused.insert(
+            key(1),
+            TcRefusal {
+                filter: "dev v0 ingress pref 1 chain 0 handle 0x1".into(),
+                reason: "action pedit not supported".into(),
+                by: "host",
+            },
+        );
+        let place = |p: u16| move || format!("dev v0 ingress pref {p} chain 0 handle 0x1");
+        let because = TcOutcome::new(&Outcome::unsupported("gact random"), place(2));
+        assert_eq!(because.outcome, "unsupported");
+        s.tc_outcomes.insert(key(2), because);
+        // Neither a bare unsupported nor an offloaded one is a listed refusal; the place of
+        // those is never computed.
+        let never = || -> String { panic!("place computed") };
+        s.tc_outcomes
+            .insert(key(3), TcOutcome::new(&Outcome::Unsupported, never));
+        s.tc_outcomes
+            .insert(key(4), TcOutcome::new(&Outcome::Offloaded, never));
+        let failed = TcOutcome::new(&Outcome::failed("map full"), never);
+        assert_eq!(
+            (failed.outcome, failed.reason.as_deref()),
+            ("failed", Some("map full"))
+        );
+        s.fill_outcomes();
+        let got: Vec<(&str, &str, &str)> = s
+            .tc_unsupported
+            .iter()
+            .map(|r| (r.filter.as_str(), r.reason.as_str(), r.by))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "dev v0 ingress pref 1 chain 0 handle 0x1",
+                    "action pedit not supported",
+                    "host"
+                ),
+                (
+                    "dev v0 ingress pref 2 chain 0 handle 0x1",
+                    "gact random",
+                    "plugin"
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn recent_unsupported_keep_the_plugins_reasons() {
+        let mut s = PluginStatus::default();
+        for i in 0..20 {
+            s.note_unsupported(
+                &route("10.0.0.0/24", 1, "10.1.0.1"),
+                "add",
+                &format!("type {i}"),
+            );
+        }
+        assert_eq!(s.recent_unsupported.len(), RECENT_FAILURES);
+        assert_eq!(s.recent_unsupported[0].reason, "type 4");
+        assert_eq!(s.recent_unsupported.back().unwrap().kind, "route");
+        assert!(s.recent_failures.is_empty());
     }
 }

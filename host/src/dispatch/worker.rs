@@ -9,7 +9,7 @@ use super::keys::key_hash;
 use super::limits::{host_refusal, not_offloaded, tc_refusal, Refused};
 use super::ports::PortFilter;
 use super::queue::{PendingMap, Queue, Work};
-use super::status::{outcome_code, PluginState, PluginStatus};
+use super::status::{outcome_code, PluginState, PluginStatus, TcOutcome};
 use super::stream::StreamFeed;
 use super::{Lookup, MirrorAccess, ReplaySource, Size, TcChain, BATCH, KINDS};
 use crate::binding::Bound;
@@ -392,30 +392,44 @@ impl Worker {
                     self.per_outcome[k][code as usize] += 1;
                 }
             }
-            if let Outcome::Failed(_) = o {
-                self.record_failure(c.object(), c.op(), o);
+            match o {
+                Outcome::Failed(_) => self.record_failure(c.object(), c.op(), o),
+                Outcome::UnsupportedBecause(why) if kind != ObjectKind::TcFilter => self
+                    .status
+                    .lock()
+                    .unwrap()
+                    .note_unsupported(c.object(), c.op(), why),
+                _ => {}
             }
         }
+        // Where a filter the plugin refused with a reason is, in tc's words (the port table
+        // read once per call, only if one is).
+        let mut ports = None;
+        let mut place = |f: &Object| match f {
+            Object::TcFilter(f) => {
+                let p = ports.get_or_insert_with(|| self.queue.ports());
+                super::status::tc_filter_place(f, &|i| p.name(i))
+            }
+            _ => String::new(),
+        };
+        let tc: Vec<(ObjectKey, Option<TcOutcome>)> = chunk
+            .iter()
+            .zip(outcomes)
+            .filter(|(c, _)| c.kind() == ObjectKind::TcFilter)
+            .map(|(c, o)| match c {
+                Change::Remove(_) => (c.key(), None),
+                _ => (c.key(), Some(TcOutcome::new(o, || place(c.object())))),
+            })
+            .collect();
         let mut s = self.status.lock().unwrap();
         s.count(outcomes);
         s.objects = self.held.len() as u64;
         s.per_outcome = self.per_outcome;
-        for (c, o) in chunk.iter().zip(outcomes) {
-            if c.kind() != ObjectKind::TcFilter {
-                continue;
-            }
-            match c {
-                Change::Remove(_) => {
-                    s.tc_outcomes.remove(&c.key());
-                }
-                _ => {
-                    let text = match o {
-                        Outcome::Failed(r) => format!("failed ({r})"),
-                        o => o.name().to_string(),
-                    };
-                    s.tc_outcomes.insert(c.key(), text);
-                }
-            }
+        for (key, o) in tc {
+            match o {
+                None => s.tc_outcomes.remove(&key),
+                Some(o) => s.tc_outcomes.insert(key, o),
+            };
         }
     }
 
@@ -455,6 +469,7 @@ impl Worker {
                         super::status::TcRefusal {
                             filter: super::status::tc_filter_place(f, &name),
                             reason: why.describe(&name),
+                            by: "host",
                         },
                     );
                     return Some(Outcome::Unsupported);

@@ -36,6 +36,10 @@
 //! - `filters_active_path`: while this file exists, every tc filter held counts one packet of
 //!   100 bytes (dropped, if its last action is a drop) more per `object_stats` call, `lastused`
 //!   now, as a dataplane running it would; otherwise its counters stay.
+//! - `unsupported_prefs`, `unsupported_routes`: tc filters of these prefs (`[2]`), routes to
+//!   these destinations (`["10.77.0.0/16"]`) are recorded but answered `unsupported` with a
+//!   reason (API 1.4: `recorder: pref 2 is in unsupported_prefs`), as a backend refusing them
+//!   would (to test hosts).
 //!
 //! Flows (API 1.2) are taken NAT included unless `kinds` leaves them out.
 //!
@@ -72,6 +76,11 @@ struct Config {
     release_flows_path: Option<PathBuf>,
     tc: Option<TcConfig>,
     filters_active_path: Option<PathBuf>,
+    /// tc filters of these prefs are answered `unsupported` with a reason (API 1.4), still
+    /// recorded (to exercise hosts).
+    unsupported_prefs: Option<Vec<u16>>,
+    /// Routes to these destinations (`10.77.0.0/16`, as `dst` in the events) likewise.
+    unsupported_routes: Option<Vec<String>>,
 }
 
 /// The `tc` table: [`TcCapabilities`] by tc's names.
@@ -158,6 +167,38 @@ fn key_string(o: &Object) -> String {
 }
 
 impl Recorder {
+    /// The outcome of `c` (its object's JSON `json`): `offloaded`, or `unsupported` with the
+    /// reason for what `unsupported_prefs` / `unsupported_routes` name.
+    fn outcome(&self, c: &Change, json: &Value) -> Outcome {
+        if let Change::Remove(_) = c {
+            return Outcome::Offloaded;
+        }
+        match c.object() {
+            Object::TcFilter(f)
+                if self
+                    .cfg
+                    .unsupported_prefs
+                    .as_ref()
+                    .is_some_and(|p| p.contains(&f.prio)) =>
+            {
+                Outcome::unsupported(format!("recorder: pref {} is in unsupported_prefs", f.prio))
+            }
+            Object::Route(_) => match json["dst"].as_str() {
+                Some(dst)
+                    if self
+                        .cfg
+                        .unsupported_routes
+                        .as_ref()
+                        .is_some_and(|r| r.iter().any(|x| x == dst)) =>
+                {
+                    Outcome::unsupported(format!("recorder: {dst} is in unsupported_routes"))
+                }
+                _ => Outcome::Offloaded,
+            },
+            _ => Outcome::Offloaded,
+        }
+    }
+
     /// Hands every flow held back, once each, when `release_flows_path` exists.
     fn release_flows(&self) {
         if !self
@@ -369,6 +410,7 @@ impl Plugin for Recorder {
             let key = key_string(o);
             let record = c.to_json();
             let json = record["object"].clone();
+            let outcome = self.outcome(c, &json);
             self.record("netlink", record);
             *self.counts.entry(kind.plural()).or_default() += 1;
             if kind == ObjectKind::Flow {
@@ -414,7 +456,7 @@ impl Plugin for Recorder {
                     self.view.insert(key, (kind, json));
                 }
             }
-            out.push(Outcome::Offloaded);
+            out.push(outcome);
         }
         let _ = self.out.flush();
         if let Err(e) = self.write_view() {
