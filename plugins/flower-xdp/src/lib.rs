@@ -30,7 +30,8 @@
 //! ## What stays with the kernel
 //! The host hands the plugin only the filters its [`compile::tc_capabilities`] can run whole
 //! (the others are reported `unsupported` with the reason by the host). Of those, the plugin
-//! answers `unsupported` itself, with the reason in its log, for what the capabilities cannot
+//! answers `unsupported` itself, with the reason ([`Outcome::unsupported`], API 1.4: shown in
+//! `ekho dump filters` and `ekho status`, and in its log), for what the capabilities cannot
 //! express: a vlan rewrite whose frame would go on to the kernel (its tc would classify the
 //! rewritten frame again), a backwards jump, gact's random verdict, police peakrate or avrate,
 //! a redirect to a port it does not own, more than 8 actions.
@@ -302,7 +303,8 @@ impl FlowerXdp {
                         f.chain, f.prio, f.handle
                     ),
                 );
-                Outcome::Unsupported
+                // The reason is shown beside the outcome (`ekho dump filters`, `ekho status`).
+                Outcome::unsupported(why)
             }
             Err(e) => Outcome::failed(e.to_string()),
         }

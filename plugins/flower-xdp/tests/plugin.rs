@@ -4,7 +4,8 @@
 //! flower: the filters are handed over as the host would hand them. A drop filter drops UDP
 //! from h0 in XDP (the receiver on r gets nothing, `object_stats` counts packets, bytes as tc
 //! would, drops, lastused), a redirect delivers h0's frames out of v1 to h1 (r forwards nothing
-//! itself), a sync's sweep removes what the replay did not renew, a removed port takes its
+//! itself), a filter with gact random is answered `unsupported` with the compiler's reason, a
+//! sync's sweep removes what the replay did not renew, a removed port takes its
 //! filters out of the data path. Needs root; prints `SKIP:` otherwise.
 
 use ekho_flower_xdp::dataplane::{Dataplane, XdpMode};
@@ -108,6 +109,24 @@ fn the_plugin_drops_and_redirects_real_traffic_and_sweeps_after_a_sync() {
         Change::Add(Object::TcFilter(redirect.clone())),
     ]);
     assert_eq!(o, vec![Outcome::Offloaded; 2]);
+    // what its compiler refuses comes back with the reason (API 1.4), which the host shows
+    let random = flower(
+        v0.ifindex,
+        3,
+        udp_port(7000),
+        vec![TcActionSpec {
+            params: TcActionParams::Gact {
+                prob: ROption::RSome(TcGactProb {
+                    ptype: 1,
+                    pval: 2,
+                    control: TcControl::Ok,
+                }),
+            },
+            ..TcActionSpec::gact(TcControl::Shot)
+        }],
+    );
+    let o = p.apply(&[Change::Add(Object::TcFilter(random))]);
+    assert_eq!(o, vec![Outcome::unsupported("gact random not supported")]);
 
     let rx_hit = socket_in(&t.r, "10.0.0.1:5000");
     let rx_miss = socket_in(&t.r, "10.0.0.1:5001");

@@ -381,7 +381,7 @@ impl XdpRouter {
         };
         let key = Object::Neighbour(n.clone()).key();
         if n.proxy {
-            return Outcome::Unsupported;
+            return Outcome::unsupported("proxy neighbour (the kernel answers for it)");
         }
         if removed {
             self.neighbours.remove(&key);
@@ -456,7 +456,7 @@ impl XdpRouter {
             return Outcome::Offloaded;
         }
         if nh.fdb {
-            return Outcome::Unsupported;
+            return Outcome::unsupported("fdb nexthop (VXLAN)");
         }
         if nh.blackhole {
             return Outcome::Offloaded;
@@ -704,10 +704,13 @@ impl XdpRouter {
             _ => return Outcome::Unsupported,
         };
         if r.family != Family::INET && r.family != Family::INET6 {
-            return Outcome::Unsupported;
+            return Outcome::unsupported(format!("family {} not routed here", r.family.name()));
         }
         if ![TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT].contains(&r.table) {
-            return Outcome::Unsupported;
+            return Outcome::unsupported(format!(
+                "table {} (only local, main and default are run here)",
+                r.table
+            ));
         }
         let key = Object::Route(r.clone()).key();
         let pk = PrefixKey {

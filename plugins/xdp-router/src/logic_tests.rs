@@ -364,7 +364,7 @@ fn route_types_tables_and_selectors() {
             Outcome::Trapped,
             Outcome::Offloaded,
             Outcome::Trapped,
-            Outcome::Unsupported,
+            Outcome::unsupported("table 100 (only local, main and default are run here)"),
             Outcome::Trapped,
             Outcome::Offloaded
         ]
