@@ -27,7 +27,10 @@ pub(super) fn host_refusal(
     if let Object::Route(r) = o {
         let w = caps.features.max_ecmp_width;
         if w != 0 && r.nexthops.len() > w as usize {
-            return Some(Outcome::Unsupported);
+            return Some(Outcome::unsupported(format!(
+                "refused by the host: {} nexthops, the plugin declares max_ecmp_width {w}",
+                r.nexthops.len()
+            )));
         }
     }
     if let (true, Some(max)) = (adding, caps.limit_for(o.kind())) {
@@ -216,7 +219,9 @@ mod tests {
         wide.nexthops.push(wide.nexthops[0].clone());
         assert_eq!(
             host_refusal(&caps, &[0; KINDS], &Object::Route(wide), true),
-            Some(Outcome::Unsupported)
+            Some(Outcome::unsupported(
+                "refused by the host: 2 nexthops, the plugin declares max_ecmp_width 1"
+            ))
         );
         assert!(host_refusal(&caps, &held, &link(1, "a"), true).is_none());
     }
