@@ -119,6 +119,23 @@ fn build_released(commit: &str, minor: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The two tests' setting: a namespace with a veth pair (a0 10.1.0.1/24, a route via its peer's
+/// side) and a plugin dir holding `libs` (the built library, its file name there).
+fn topology(libs: &[(PathBuf, &str)]) -> (Netns, TempDir, PathBuf) {
+    let ns = Netns::new();
+    ns.ip_batch(
+        "link add a0 type veth peer name b0\nlink set a0 up\nlink set b0 up\n\
+         addr add 10.1.0.1/24 dev a0\nroute add 10.50.0.0/16 via 10.1.0.2\n",
+    );
+    let dir = TempDir::new();
+    let pdir = dir.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    for (from, to) in libs {
+        std::fs::copy(from, pdir.join(to)).unwrap();
+    }
+    (ns, dir, pdir)
+}
+
 #[test]
 fn plugins_built_against_1_0_run_converted_on_this_host() {
     if let Some(r) = needs_root("network namespaces") {
@@ -133,21 +150,11 @@ fn plugins_built_against_1_0_run_converted_on_this_host() {
         }
     };
     let nft = missing_tools(&["nft"], "nftables").is_none();
-    let ns = Netns::new();
-    ns.ip_batch(
-        "link add a0 type veth peer name b0\nlink set a0 up\nlink set b0 up\n\
-         addr add 10.1.0.1/24 dev a0\nroute add 10.50.0.0/16 via 10.1.0.2\n",
-    );
-    let dir = TempDir::new();
-    let pdir = dir.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    for (from, to) in [
+    let (ns, dir, pdir) = topology(&[
         (dir10.join("libekho_recorder.so"), "librec10.so"),
         (dir10.join("libhello_vendor.so"), "libhello10.so"),
         (build().join("libekho_recorder.so"), "librec11.so"),
-    ] {
-        std::fs::copy(&from, pdir.join(to)).unwrap();
-    }
+    ]);
     let (ev10, ev11) = (
         dir.path().join("rec10.jsonl"),
         dir.path().join("rec11.jsonl"),
@@ -286,20 +293,10 @@ fn plugins_built_against_1_3_run_converted_on_this_host() {
             return;
         }
     };
-    let ns = Netns::new();
-    ns.ip_batch(
-        "link add a0 type veth peer name b0\nlink set a0 up\nlink set b0 up\n\
-         addr add 10.1.0.1/24 dev a0\nroute add 10.50.0.0/16 via 10.1.0.2\n",
-    );
-    let dir = TempDir::new();
-    let pdir = dir.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    for (from, to) in [
+    let (ns, dir, pdir) = topology(&[
         (dir13.join("libekho_recorder.so"), "librec13.so"),
         (dir13.join("libhello_vendor.so"), "libhello13.so"),
-    ] {
-        std::fs::copy(&from, pdir.join(to)).unwrap();
-    }
+    ]);
     let ev13 = dir.path().join("rec13.jsonl");
     let cfg = host_config(
         &ns.name,
