@@ -26,6 +26,7 @@ mod ports;
 mod queue;
 mod status;
 mod stream;
+mod views;
 pub mod watchdog;
 mod worker;
 

@@ -11,6 +11,7 @@ use super::ports::PortFilter;
 use super::queue::{PendingMap, Queue, Work};
 use super::status::{outcome_code, PluginState, PluginStatus, TcOutcome};
 use super::stream::StreamFeed;
+use super::views::Views;
 use super::{Lookup, MirrorAccess, ReplaySource, Size, TcChain, BATCH, KINDS};
 use crate::binding::Bound;
 use ekho_plugin_api::object::TcTarget;
@@ -167,8 +168,9 @@ impl Worker {
             self.status.lock().unwrap().events += v.len() as u64;
         }
 
-        // Turn pending entries into changes, answering refusals ourselves.
-        let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
+        // Turn pending entries into changes, answering refusals ourselves. The changes view
+        // the objects the queues share (no copy per plugin: `views`).
+        let mut changes = Views::with_capacity(batch.len());
         let mut adm = self.admission();
         let mut refused = 0u64;
         // Chains whose filters changed, from the lowest pref changed: that pref and what
@@ -187,22 +189,19 @@ impl Worker {
                 *from = (*from).min(prio);
             }
             let delivered = self.held.contains(key_hash(&key));
-            // The objects are shared with the other plugins' queues: copied only while another
-            // still holds them, moved by the last.
-            let owned = |o: Arc<Object>| Arc::unwrap_or_clone(o);
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused.forget(&key);
                     self.forget_tc(&key);
                     if let (true, Some(old)) = (delivered, base) {
-                        changes.push(Change::Remove(owned(old)));
+                        changes.remove(old);
                     }
                 }
                 (base, Some(t)) => {
                     if let Some(refusal) = self.refusal(&mut adm, &t, !delivered) {
                         if delivered {
                             if let Some(b) = base {
-                                changes.push(Change::Remove(owned(b)));
+                                changes.remove(b);
                             }
                         }
                         refused += 1;
@@ -214,14 +213,11 @@ impl Worker {
                     }
                     match (delivered, base) {
                         (true, Some(b)) if b == t => {}
-                        (true, Some(b)) => changes.push(Change::Update {
-                            old: owned(b),
-                            new: owned(t),
-                        }),
+                        (true, Some(b)) => changes.update(b, t),
                         _ => {
                             // Count it now so the limit check sees additions of this batch.
                             self.held_per_kind[t.kind().index()] += 1;
-                            changes.push(Change::Add(owned(t)));
+                            changes.add(t);
                         }
                     }
                 }
@@ -232,14 +228,15 @@ impl Worker {
         self.queue.recycle(batch);
         // held_per_kind was bumped for additions to enforce limits within the batch; undo, the
         // outcomes below recount.
-        for c in &changes {
+        for c in changes.changes() {
             if let Change::Add(o) = c {
                 self.held_per_kind[o.kind().index()] -= 1;
             }
         }
-        order::sort_batch(&mut changes);
+        changes.sort_batch();
 
-        self.apply_in_batches(&changes)?;
+        self.apply_in_batches(changes.changes())?;
+        drop(changes);
         self.status.lock().unwrap().refused += refused;
         self.reevaluate_chains(chains)?;
         self.offer_refused_again()?;
