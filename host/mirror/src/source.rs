@@ -294,8 +294,6 @@ pub const GROUPS: &[u32] = &[
     tc::GROUP,
 ];
 
-/// Sizes a netlink socket's receive buffer: `SO_RCVBUFFORCE` (root), else `SO_RCVBUF` (capped
-/// by `net.core.rmem_max`), with a warning.
 /// Reads an event socket that reported `ENOBUFS` to the end of its queue, calling `overrun`
 /// for every further `ENOBUFS` instead of stopping there. `step` reads once: `Ok(true)` when
 /// it read something, `Ok(false)` when the queue is empty. The kernel keeps a netlink socket
@@ -316,6 +314,8 @@ pub(crate) fn read_past_overruns(
     }
 }
 
+/// Sizes a netlink socket's receive buffer: `SO_RCVBUFFORCE` (root), else `SO_RCVBUF` (capped
+/// by `net.core.rmem_max`), with a warning.
 pub(crate) fn set_rcvbuf(s: &Socket, size: usize) {
     let v = size.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: setsockopt with a valid int option value.
