@@ -308,16 +308,20 @@ impl<K: Clone + Eq + Hash> FlowTable<K> {
     }
 }
 
-/// Hand-backs: which flows were released to the host already (by the FLOW_EVENTS thread or a
-/// later scan of the flags), so each is released once.
 /// Sends one hand-back to the host.
 pub type ReleaseFn<K> = Box<dyn Fn(&K) -> Result<(), String> + Send + Sync>;
 
+/// Hand-backs: which flows were released to the host already (by the FLOW_EVENTS thread or a
+/// later scan of the flags), so each is released once.
 pub struct Releaser<K> {
     release: ReleaseFn<K>,
     done: Mutex<HashSet<u32>>,
     pub released: AtomicU64,
     pub release_failed: AtomicU64,
+    /// FIN/RST records of flows no longer offloaded when the event thread read them (the host
+    /// had taken the flow back already, on the kernel entry's own state change): nothing left
+    /// to hand back.
+    pub release_moot: AtomicU64,
 }
 
 impl<K> Releaser<K> {
@@ -327,6 +331,7 @@ impl<K> Releaser<K> {
             done: Mutex::new(HashSet::new()),
             released: AtomicU64::new(0),
             release_failed: AtomicU64::new(0),
+            release_moot: AtomicU64::new(0),
         }
     }
 
@@ -363,8 +368,11 @@ pub fn spawn_events<K: Clone + Send + 'static>(
             .unwrap_or_else(|p| p.into_inner())
             .get(&ev.id)
             .cloned();
-        if let Some(k) = key {
-            releaser.release(ev.id, &k);
+        match key {
+            Some(k) => releaser.release(ev.id, &k),
+            None => {
+                releaser.release_moot.fetch_add(1, Ordering::Relaxed);
+            }
         }
     })
 }

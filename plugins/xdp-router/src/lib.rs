@@ -63,7 +63,8 @@
 //! `port:<name>` forwarded / passed / dropped / forwarded_bytes (ingress), `route:<prefix>`
 //! (`route:<prefix>@<table>` outside main) packets / bytes (above 1000 prefixes only those with
 //! hits), `xdp` per pass/drop reason and resolution requests, `flows` offloaded / refused /
-//! released / release_failed; per flow through `Plugin::object_stats` (packets, bytes, lastused
+//! released / release_failed / release_moot (a FIN/RST seen after the host took the flow back
+//! already); per flow through `Plugin::object_stats` (packets, bytes, lastused
 //! of each direction).
 //!
 //! ## Lifecycle
@@ -1231,6 +1232,11 @@ impl Plugin for XdpRouter {
                 "flows",
                 "release_failed",
                 self.releaser.release_failed.load(Ordering::Relaxed),
+            )
+            .counter(
+                "flows",
+                "release_moot",
+                self.releaser.release_moot.load(Ordering::Relaxed),
             );
         s = s
             .counter("netfilter", "chains", self.nf_chains.len() as u64)
