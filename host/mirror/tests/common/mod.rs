@@ -56,6 +56,13 @@ pub fn start(ns: &Netns, rcvbuf: usize) -> Running {
 
 /// As [`start`], with explicit options.
 pub fn start_with(ns: &Netns, rcvbuf: usize, opts: SourceOptions) -> Running {
+    // The source's log, with RUST_LOG set (shown with the test's output).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let mirror = Mirror::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
