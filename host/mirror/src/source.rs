@@ -1108,6 +1108,7 @@ fn snapshot_streamed(
         }
         if nftables::is_nft(*k) {
             let r = req.dump_nft(*k, &mut |e| snap.add(e));
+            snap.derive_nft();
             if let Some((c, i)) = dump_outcome(*k, r, &mut snap)? {
                 n += c;
                 if i {

@@ -365,6 +365,51 @@ mod tests {
         assert!(s.nft.objects().is_empty());
     }
 
+    /// A dumped ruleset (tables, then chains, then rules, as `source` dumps them) gives each
+    /// base chain with its rule count once the dump is in, and a re-dump reconciles into the
+    /// state emitting only what differs.
+    #[test]
+    fn a_dumped_ruleset_is_derived_once_it_is_in() {
+        let mut s = state();
+        let dump = |rules: u64| {
+            let mut snap = crate::state::Snapshot {
+                kinds: [ObjectKind::NfChain, ObjectKind::NfFlowtable].into(),
+                ..Default::default()
+            };
+            let mut msgs = vec![table("f", 0), table("g", 0)];
+            for c in 0..50 {
+                msgs.push(base("f", &format!("c{c}"), 2, 1));
+            }
+            msgs.push(base("g", "in", 1, 1));
+            for c in 0..50 {
+                for h in 0..rules {
+                    msgs.push(rule("f", &format!("c{c}"), 10 + h, true));
+                }
+            }
+            msgs.push(rule("g", "in", 3, true));
+            for m in msgs {
+                snap.add(Event::Nft(m));
+            }
+            snap
+        };
+        s.reconcile(dump(4));
+        let ch = s.flush();
+        assert_eq!(ch.len(), 51, "{ch:?}");
+        assert!(ch.iter().all(|c| matches!(c, Change::Add(_))));
+        let rules: Vec<u32> = ch.iter().map(|c| chain_of(c).rules).collect();
+        assert_eq!(rules.iter().filter(|r| **r == 4).count(), 50);
+        assert_eq!(rules.iter().filter(|r| **r == 1).count(), 1);
+        // The same ruleset: nothing; one rule more per chain of f: 50 updates, g untouched.
+        s.reconcile(dump(4));
+        assert!(s.flush().is_empty());
+        s.reconcile(dump(5));
+        let ch = s.flush();
+        assert_eq!(ch.len(), 50, "{ch:?}");
+        assert!(ch
+            .iter()
+            .all(|c| matches!(c, Change::Update { .. }) && chain_of(c).rules == 5));
+    }
+
     #[test]
     fn regular_chains_are_not_objects_and_a_table_delete_takes_everything() {
         let mut s = state();
