@@ -59,6 +59,7 @@ impl State {
     /// in plugin-api key order). The other kinds come in key order.
     pub fn flush(&mut self) -> Vec<Change> {
         self.sync_tc();
+        self.sync_nft();
         let touched = std::mem::take(&mut self.touched);
         // Drained, not taken: the table keeps its capacity for the next batch (no regrowth).
         let touched_routes: Vec<(RKey, Vec<Object>)> = self.touched_routes.drain(..).collect();

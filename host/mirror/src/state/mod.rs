@@ -60,6 +60,9 @@ pub struct State {
     pub want_proxy_dump: bool,
     /// The nftables ruleset the nftables objects are derived from.
     pub nft: netfilter::Nft,
+    /// Tables whose nftables messages were applied since their objects were last derived
+    /// (at the flush: `State::sync_nft`).
+    nft_dirty: std::collections::BTreeSet<netfilter::TableKey>,
     /// Kinds to re-dump: changed silently in a way the state cannot infer.
     pub want_redump: std::collections::BTreeSet<ObjectKind>,
     /// Each bridge's `mcast_snooping` option, by ifindex.
