@@ -210,30 +210,45 @@ fn pyroute2(ws: &std::path::Path, b: &Bench) -> Result<(u64, Duration, u64), Str
 /// Churn with the daemon running `nulls` null plugins: rows for both families.
 fn churn_with(t: &mut Table, b: &Bench, nulls: usize, sets: &[(Family, u32, Written, Written)]) {
     let (d, _) = b.daemon(nulls, "");
-    let mut perf = std::env::var("EKHO_BENCH_PERF")
-        .ok()
-        .filter(|_| nulls == 1)
-        .map(|f| {
-            let c = Command::new("perf")
-                .args(["record", "-g", "-o", &f, "-p"])
-                .arg(Bench::pid(&d).to_string())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+    let perf_file = std::env::var("EKHO_BENCH_PERF").ok().filter(|_| nulls == 1);
+    let perf_delete = std::env::var("EKHO_BENCH_PERF_PHASE").is_ok_and(|p| p == "delete");
+    let mut perf = None;
+    let record = |perf: &mut Option<std::process::Child>| {
+        if let Some(f) = perf_file.as_deref().filter(|_| perf.is_none()) {
+            *perf = Some(
+                Command::new("perf")
+                    .args(["record", "-g", "-o", f, "-p"])
+                    .arg(Bench::pid(&d).to_string())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
             std::thread::sleep(Duration::from_millis(500));
-            c
-        });
-    for (fam, n, add0, del0) in sets {
-        let (fam, n) = (*fam, *n);
-        let timeout = Duration::from_secs(120);
-        let add = churn_phase(b, &d, Op::Add, fam, 0..n, timeout);
+        }
+    };
+    let stop = |perf: &mut Option<std::process::Child>| {
         if let Some(mut c) = perf.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
             let _ = c.wait();
         }
+    };
+    let mut recorded = false;
+    for (fam, n, add0, del0) in sets {
+        let (fam, n) = (*fam, *n);
+        let timeout = Duration::from_secs(120);
+        if !recorded && !perf_delete {
+            record(&mut perf);
+        }
+        let add = churn_phase(b, &d, Op::Add, fam, 0..n, timeout);
+        stop(&mut perf);
         let exact_add = same_routes(b, &d, fam);
+        if !recorded && perf_delete {
+            record(&mut perf);
+        }
+        recorded = true;
         let del = churn_phase(b, &d, Op::Delete, fam, 0..n, timeout);
+        stop(&mut perf);
         let exact_del = same_routes(b, &d, fam);
         let who = format!("{nulls} plugin{}", if nulls > 1 { "s" } else { "" });
         for (what, ph, ref0, exact) in [
@@ -291,7 +306,7 @@ fn main() {
     let only = std::env::var("EKHO_BENCH_ONLY").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only.split(',').any(|x| x == s);
     // EKHO_BENCH_PERF=FILE: `perf record` the daemon during the first churn phase (IPv4 adds, 1
-    // plugin) into FILE.
+    // plugin; EKHO_BENCH_PERF_PHASE=delete: the IPv4 deletes) into FILE.
     let load0 = loadavg();
     let t0 = Instant::now();
     let mut t = Table(Vec::new());
