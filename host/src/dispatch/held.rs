@@ -53,9 +53,11 @@ fn find(sorted: &[u64], h: u64) -> Result<usize, usize> {
         if h >= b {
             return if h == b { Ok(hi - 1) } else { Err(hi) };
         }
-        // a < h < b: a guess strictly inside (lo, hi - 1).
-        let span = (hi - 1 - lo) as u128;
-        let at = lo + ((u128::from(h - a) * span) / u128::from(b - a)) as usize;
+        // a < h < b: a guess strictly inside (lo, hi - 1). In floating point (a 128-bit
+        // division cost about as much as the rest of the step); only its position matters,
+        // not its precision: the invariant holds for any guess in range.
+        let frac = (h - a) as f64 / (b - a) as f64;
+        let at = lo + (frac * (hi - 1 - lo) as f64) as usize;
         let at = at.clamp(lo + 1, hi - 2);
         match sorted[at].cmp(&h) {
             std::cmp::Ordering::Equal => return Ok(at),
