@@ -248,16 +248,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap as Model;
 
-    /// A random walk of inserts, updates and removals (bulk load first) matches a plain map.
-    #[test]
-    fn matches_a_hash_map() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = move || {
+    /// A repeatable pseudo-random sequence (xorshift64).
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+
+    /// A random walk of inserts, updates and removals (bulk load first) matches a plain map.
+    #[test]
+    fn matches_a_hash_map() {
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut h = Held::default();
         let mut m: Model<u64, (u8, u8)> = Model::new();
         assert!(h.begin_bulk(20_000));
@@ -292,13 +296,7 @@ mod tests {
     /// at both ends and past them.
     #[test]
     fn find_is_binary_search() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = xorshift(0x2545_f491_4f6c_dd1d);
         let even: Vec<u64> = (0..5000).map(|_| rnd()).collect();
         // Clustered: most entries in a narrow band, a few far out (interpolation's worst case).
         let skewed: Vec<u64> = (0..5000)

@@ -288,6 +288,16 @@ mod tests {
         })
     }
 
+    fn del_chain(table: &str, name: &str, handle: u64) -> Message {
+        Message::DelChain(Chain {
+            family: IP,
+            table: table.into(),
+            name: name.into(),
+            handle,
+            ..Default::default()
+        })
+    }
+
     fn rule(table: &str, chain: &str, handle: u64, new: bool) -> Message {
         let r = Rule {
             family: IP,
@@ -354,13 +364,7 @@ mod tests {
         let c = chain_of(&s.flush()[0]);
         assert!(c.table_dormant && !c.acts_on_forwarding());
         // The table deleted (as the kernel does: chain first, then table).
-        s.apply(Event::Nft(Message::DelChain(Chain {
-            family: IP,
-            table: "f".into(),
-            name: "fwd".into(),
-            handle: 2,
-            ..Default::default()
-        })));
+        s.apply(Event::Nft(del_chain("f", "fwd", 2)));
         s.apply(Event::Nft(Message::DelTable(Table {
             family: IP,
             name: "f".into(),
@@ -441,13 +445,7 @@ mod tests {
             .all(|c| matches!(c, Change::Add(_)) && chain_of(c).rules == 3));
         // A chain added and deleted in one batch: nothing.
         s.apply(Event::Nft(base("f", "tmp", 2, 1)));
-        s.apply(Event::Nft(Message::DelChain(Chain {
-            family: IP,
-            table: "f".into(),
-            name: "tmp".into(),
-            handle: 2,
-            ..Default::default()
-        })));
+        s.apply(Event::Nft(del_chain("f", "tmp", 2)));
         assert!(s.flush().is_empty());
     }
 
