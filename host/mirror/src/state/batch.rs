@@ -61,13 +61,15 @@ impl State {
         self.sync_tc();
         self.sync_nft();
         let touched = std::mem::take(&mut self.touched);
-        // Drained, not taken: the table keeps its capacity for the next batch (no regrowth).
-        let touched_routes: Vec<(RKey, Vec<Object>)> = self.touched_routes.drain(..).collect();
+        // Taken and put back drained: the table keeps its capacity for the next batch (no
+        // regrowth), and needs no vector of its own while `self` renders the new objects.
+        let mut touched_routes = std::mem::take(&mut self.touched_routes);
         // Removals go in the same vector: the stable sort by batch key below puts them where
         // they belong and keeps the order of equal keys, as a separate vector appended would
         // (which cost a regrowth and a second move of each removal).
         let mut up = Vec::with_capacity(touched.len() + touched_routes.len());
-        let mut diff = |old: Option<Object>, new: Option<Object>| match (old, new) {
+        let diff = |up: &mut Vec<Change>, old: Option<Object>, new: Option<Object>| match (old, new)
+        {
             (None, Some(n)) => up.push(Change::Add(n)),
             (Some(o), Some(n)) if o != n => up.push(Change::Update { old: o, new: n }),
             (Some(o), None) => up.push(Change::Remove(o)),
@@ -75,21 +77,31 @@ impl State {
         };
         for (k, old) in touched {
             let new = self.get(&k);
-            diff(old, new);
+            diff(&mut up, old, new);
         }
         let mut pairs: Vec<(ObjectKey, Option<Object>, Option<Object>)> = Vec::new();
-        for (rk, olds) in touched_routes {
+        for (rk, mut olds) in touched_routes.drain(..) {
             let mut news = self.named_route_objects(&rk, self.routes.get(&rk));
             if olds.len() <= 1 && news.len() <= 1 {
-                // The usual case: one object under the key before and/or after.
-                let (o, n) = (olds.into_iter().next(), news.pop());
-                match (o, n) {
-                    // Another device (the key's `dev`): a removal and an addition.
-                    (Some(o), Some(n)) if o.key() != n.key() => {
-                        diff(Some(o), None);
-                        diff(None, Some(n));
+                // The usual case: one object under the key before and/or after. Each object
+                // goes straight from its vector into its change (an object is a few hundred
+                // bytes, and a burst of route events is millions of them: every move counts).
+                match (olds.is_empty(), news.is_empty()) {
+                    (true, true) => {}
+                    (true, false) => up.push(Change::Add(news.pop().expect("one"))),
+                    (false, true) => up.push(Change::Remove(olds.pop().expect("one"))),
+                    (false, false) => {
+                        if olds[0].key() != news[0].key() {
+                            // Another device (the key's `dev`): a removal and an addition.
+                            up.push(Change::Remove(olds.pop().expect("one")));
+                            up.push(Change::Add(news.pop().expect("one")));
+                        } else if olds[0] != news[0] {
+                            up.push(Change::Update {
+                                old: olds.pop().expect("one"),
+                                new: news.pop().expect("one"),
+                            });
+                        }
                     }
-                    (o, n) => diff(o, n),
                 }
                 continue;
             }
@@ -105,9 +117,10 @@ impl State {
             pairs.extend(news.into_iter().map(|n| (n.key(), None, Some(n))));
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             for (_, o, n) in pairs.drain(..) {
-                diff(o, n);
+                diff(&mut up, o, n);
             }
         }
+        self.touched_routes = touched_routes;
         order::sort_batch(&mut up);
         up
     }

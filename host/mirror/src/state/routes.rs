@@ -106,9 +106,9 @@ impl State {
                 .iter()
                 .any(|x| matches!(x, Object::Route(x) if device_discriminator(x) == d));
             if !seen {
-                let mut o = Object::Route(r);
-                self.name(&mut o);
-                out.push(o);
+                // Named where it is stored (one move of the object fewer).
+                out.push(Object::Route(r));
+                self.name(out.last_mut().expect("just pushed"));
             }
         }
         out
