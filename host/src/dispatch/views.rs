@@ -18,6 +18,10 @@ pub(super) struct Views {
     /// Declared first, dropped last: the views below point into these.
     shared: Vec<Arc<Object>>,
     views: Vec<Change>,
+    /// The key hash of each view's object (`dispatch::keys::key_hash`), computed once by the
+    /// worker and kept in step with `views` through the sort: recording the outcomes needs it
+    /// again.
+    hashes: Vec<u64>,
 }
 
 impl Views {
@@ -25,6 +29,7 @@ impl Views {
         Views {
             shared: Vec::with_capacity(n),
             views: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
         }
     }
 
@@ -41,29 +46,48 @@ impl Views {
         v
     }
 
-    pub(super) fn add(&mut self, o: Arc<Object>) {
+    /// Adds `o`, whose key hashes to `hash`.
+    pub(super) fn add(&mut self, o: Arc<Object>, hash: u64) {
         let o = self.view(o);
         self.views.push(Change::Add(o));
+        self.hashes.push(hash);
     }
 
-    pub(super) fn remove(&mut self, o: Arc<Object>) {
+    /// Removes `o`, whose key hashes to `hash`.
+    pub(super) fn remove(&mut self, o: Arc<Object>, hash: u64) {
         let o = self.view(o);
         self.views.push(Change::Remove(o));
+        self.hashes.push(hash);
     }
 
-    pub(super) fn update(&mut self, old: Arc<Object>, new: Arc<Object>) {
+    /// Updates `old` to `new`, whose key (one key for both) hashes to `hash`.
+    pub(super) fn update(&mut self, old: Arc<Object>, new: Arc<Object>, hash: u64) {
         let (old, new) = (self.view(old), self.view(new));
         self.views.push(Change::Update { old, new });
+        self.hashes.push(hash);
     }
 
     /// Sorts the views into batch order ([`ekho_plugin_api::order::sort_batch`]): moves them
-    /// within the vector, which is no use of them as owners.
+    /// within the vector, which is no use of them as owners. A batch already in order (a burst
+    /// of route changes: one kind, one phase) is only checked; one that was not has its hashes
+    /// computed again in the new order.
     pub(super) fn sort_batch(&mut self) {
-        ekho_plugin_api::order::sort_batch(&mut self.views);
+        use ekho_plugin_api::order::batch_key;
+        if !self.views.is_sorted_by_key(batch_key) {
+            self.views.sort_by_key(batch_key); // stable, as sort_batch
+            self.hashes.clear();
+            self.hashes
+                .extend(self.views.iter().map(|c| super::keys::key_hash(&c.key())));
+        }
     }
 
     pub(super) fn changes(&self) -> &[Change] {
         &self.views
+    }
+
+    /// The key hashes of [`Views::changes`], in the same order.
+    pub(super) fn hashes(&self) -> &[u64] {
+        &self.hashes
     }
 }
 
@@ -81,16 +105,35 @@ mod tests {
     use crate::dispatch::test_objects::route;
 
     #[test]
+    fn sorting_keeps_each_hash_with_its_change() {
+        use crate::dispatch::keys::key_hash;
+        let a = Arc::new(route("10.0.0.0/8", 2, "10.9.0.1"));
+        let b = Arc::new(route("10.1.0.0/16", 2, "10.9.0.1"));
+        let (ha, hb) = (key_hash(&a.key()), key_hash(&b.key()));
+        let mut v = Views::with_capacity(2);
+        // An addition before a removal: batch order puts the removal first.
+        v.add(a.clone(), ha);
+        v.remove(b.clone(), hb);
+        v.sort_batch();
+        assert!(matches!(v.changes()[0], Change::Remove(_)));
+        assert_eq!(v.hashes(), [hb, ha]);
+        // Already in order: untouched.
+        v.sort_batch();
+        assert_eq!(v.hashes(), [hb, ha]);
+    }
+
+    #[test]
     fn views_read_as_the_objects_and_free_them_once() {
         let a = Arc::new(route("10.0.0.0/8", 2, "10.9.0.1"));
         let b = Arc::new(route("10.1.0.0/16", 2, "10.9.0.1"));
         let mut v = Views::with_capacity(3);
-        v.update(a.clone(), b.clone());
-        v.remove(b.clone());
-        v.add(a.clone());
+        v.update(a.clone(), b.clone(), 1);
+        v.remove(b.clone(), 2);
+        v.add(a.clone(), 3);
         assert_eq!(v.changes().len(), 3);
         assert_eq!(v.changes()[2], Change::Add((*a).clone()));
         assert_eq!(v.changes()[1], Change::Remove((*b).clone()));
+        assert_eq!(v.hashes(), [1, 2, 3]);
         // A plugin's clone is its own.
         let kept = v.changes()[0].clone();
         assert_eq!(Arc::strong_count(&a), 3);

@@ -188,20 +188,21 @@ impl Worker {
                 let from = chains.entry((target, parent, chain)).or_insert(prio);
                 *from = (*from).min(prio);
             }
-            let delivered = self.held.contains(key_hash(&key));
+            let hash = key_hash(&key);
+            let delivered = self.held.contains(hash);
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused.forget(&key);
                     self.forget_tc(&key);
                     if let (true, Some(old)) = (delivered, base) {
-                        changes.remove(old);
+                        changes.remove(old, hash);
                     }
                 }
                 (base, Some(t)) => {
                     if let Some(refusal) = self.refusal(&mut adm, &t, !delivered) {
                         if delivered {
                             if let Some(b) = base {
-                                changes.remove(b);
+                                changes.remove(b, hash);
                             }
                         }
                         refused += 1;
@@ -213,11 +214,11 @@ impl Worker {
                     }
                     match (delivered, base) {
                         (true, Some(b)) if b == t => {}
-                        (true, Some(b)) => changes.update(b, t),
+                        (true, Some(b)) => changes.update(b, t, hash),
                         _ => {
                             // Count it now so the limit check sees additions of this batch.
                             self.held_per_kind[t.kind().index()] += 1;
-                            changes.add(t);
+                            changes.add(t, hash);
                         }
                     }
                 }
@@ -235,7 +236,7 @@ impl Worker {
         }
         changes.sort_batch();
 
-        self.apply_in_batches(changes.changes())?;
+        self.apply_hashed(changes.changes(), Some(changes.hashes()))?;
         drop(changes);
         self.status.lock().unwrap().refused += refused;
         self.reevaluate_chains(chains)?;
