@@ -88,6 +88,20 @@ fn unpack(m: u8) -> Option<(u8, u8)> {
     (m != TOMBSTONE).then_some((m >> 2, m & 3))
 }
 
+/// Where a lookup found a hash in the sorted part, for a later operation on the same hash
+/// ([`Held::insert_hinted`], [`Held::remove_hinted`]): a worker looks each pending key up when it
+/// builds the batch and records the plugin's outcome after the call, and a second search of a
+/// million entries is a few cache misses. The entry at the hinted position is compared with the
+/// hash before use, so a hint made stale by a fold in between costs only the search it would have
+/// saved (the sorted part holds each hash once: an equal entry is the one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint(usize);
+
+impl Hint {
+    /// No position known: search.
+    pub const NONE: Hint = Hint(usize::MAX);
+}
+
 /// The held set: key hash -> (kind, outcome code).
 #[derive(Default)]
 pub struct Held {
@@ -168,14 +182,41 @@ impl Held {
         self.get(h).is_some()
     }
 
+    /// [`Held::contains`], with where `h` was found for a later operation on it.
+    pub fn contains_hinted(&mut self, h: u64) -> (bool, Hint) {
+        self.finish_bulk();
+        if let Some(m) = self.extra.get(&h) {
+            return (unpack(*m).is_some(), Hint::NONE);
+        }
+        match find(&self.base, h) {
+            Ok(i) => (unpack(self.meta[i]).is_some(), Hint(i)),
+            Err(_) => (false, Hint::NONE),
+        }
+    }
+
+    /// The position of `h` in the sorted part: `hint` when the entry there is `h`, else searched.
+    fn base_index(&self, h: u64, hint: Hint) -> Option<usize> {
+        if self.base.get(hint.0) == Some(&h) {
+            return Some(hint.0);
+        }
+        find(&self.base, h).ok()
+    }
+
     /// Holds `h` with (kind, code); returns what was held before.
+    #[cfg(test)]
     pub fn insert(&mut self, h: u64, kind: u8, code: u8) -> Option<(u8, u8)> {
+        self.insert_hinted(h, kind, code, Hint::NONE)
+    }
+
+    /// Holds `h` with (kind, code), with a [`Hint`] from an earlier lookup of `h`
+    /// ([`Hint::NONE`]: none); returns what was held before.
+    pub fn insert_hinted(&mut self, h: u64, kind: u8, code: u8, hint: Hint) -> Option<(u8, u8)> {
         let m = pack(kind, code);
         if let Some(b) = &mut self.bulk {
             b.push((h, m));
             return None;
         }
-        if let Ok(i) = find(&self.base, h) {
+        if let Some(i) = self.base_index(h, hint) {
             let prev = unpack(self.meta[i]);
             if prev.is_none() {
                 self.base_live += 1;
@@ -189,12 +230,23 @@ impl Held {
     }
 
     /// Drops `h`; returns what was held.
+    #[cfg(test)]
     pub fn remove(&mut self, h: u64) -> Option<(u8, u8)> {
+        self.remove_hinted(h, Hint::NONE)
+    }
+
+    /// Drops `h`, with a [`Hint`] from an earlier lookup of `h` ([`Hint::NONE`]: none);
+    /// returns what was held.
+    pub fn remove_hinted(&mut self, h: u64, hint: Hint) -> Option<(u8, u8)> {
         self.finish_bulk();
-        if let Some(m) = self.extra.remove(&h) {
-            return unpack(m);
+        // A hash in the sorted part is never in the table too.
+        let hinted = self.base.get(hint.0) == Some(&h);
+        if !hinted {
+            if let Some(m) = self.extra.remove(&h) {
+                return unpack(m);
+            }
         }
-        let i = find(&self.base, h).ok()?;
+        let i = self.base_index(h, hint)?;
         let prev = unpack(self.meta[i]);
         if prev.is_some() {
             self.meta[i] = TOMBSTONE;
@@ -289,6 +341,38 @@ mod tests {
                 _ => assert_eq!(h.get(k), m.get(&k).copied(), "step {step}"),
             }
             assert_eq!(h.len(), m.len(), "step {step}");
+        }
+    }
+
+    /// Operations with hints, fresh or made stale by folds, answer as those without.
+    #[test]
+    fn hints_fresh_or_stale_change_nothing() {
+        let mut rnd = xorshift(0x1234_5678_9abc_def1);
+        let (mut h, mut plain) = (Held::default(), Held::default());
+        let keys: Vec<u64> = (0..30_000).map(|_| rnd()).collect();
+        for k in &keys[..20_000] {
+            h.insert(*k, 1, 0);
+            plain.insert(*k, 1, 0);
+        }
+        // Hints taken now, used after thousands of operations (folds among them).
+        let hints: Vec<(u64, Hint)> = keys.iter().map(|k| (*k, h.contains_hinted(*k).1)).collect();
+        for step in 0..100_000usize {
+            let r = rnd();
+            let (k, hint) = hints[(r >> 8) as usize % hints.len()];
+            let fresh = h.contains_hinted(k);
+            assert_eq!(fresh.0, plain.contains(k), "step {step}");
+            let hint = if r & 4 == 0 { hint } else { fresh.1 };
+            if r & 1 == 0 {
+                assert_eq!(h.remove_hinted(k, hint), plain.remove(k), "step {step}");
+            } else {
+                let code = (r >> 3) as u8 % 4;
+                assert_eq!(
+                    h.insert_hinted(k, 2, code, hint),
+                    plain.insert(k, 2, code),
+                    "step {step}"
+                );
+            }
+            assert_eq!(h.len(), plain.len(), "step {step}");
         }
     }
 

@@ -8,6 +8,7 @@
 //! never dropped as owners. With 4 plugins a clone and a drop per change per plugin were about
 //! a quarter of each worker's instructions (`profile_churn`).
 
+use super::held::Hint;
 use ekho_plugin_api::{Change, Object};
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub(super) struct Views {
     /// worker and kept in step with `views` through the sort: recording the outcomes needs it
     /// again.
     hashes: Vec<u64>,
+    /// Where the worker found each view's hash in the plugin's held set ([`Hint`]).
+    hints: Vec<Hint>,
 }
 
 impl Views {
@@ -30,6 +33,7 @@ impl Views {
             shared: Vec::with_capacity(n),
             views: Vec::with_capacity(n),
             hashes: Vec::with_capacity(n),
+            hints: Vec::with_capacity(n),
         }
     }
 
@@ -46,31 +50,35 @@ impl Views {
         v
     }
 
-    /// Adds `o`, whose key hashes to `hash`.
-    pub(super) fn add(&mut self, o: Arc<Object>, hash: u64) {
+    /// Adds `o`, whose key hashes to `hash` (found in the held set at `hint`).
+    pub(super) fn add(&mut self, o: Arc<Object>, hash: u64, hint: Hint) {
         let o = self.view(o);
         self.views.push(Change::Add(o));
         self.hashes.push(hash);
+        self.hints.push(hint);
     }
 
-    /// Removes `o`, whose key hashes to `hash`.
-    pub(super) fn remove(&mut self, o: Arc<Object>, hash: u64) {
+    /// Removes `o`, whose key hashes to `hash` (found in the held set at `hint`).
+    pub(super) fn remove(&mut self, o: Arc<Object>, hash: u64, hint: Hint) {
         let o = self.view(o);
         self.views.push(Change::Remove(o));
         self.hashes.push(hash);
+        self.hints.push(hint);
     }
 
-    /// Updates `old` to `new`, whose key (one key for both) hashes to `hash`.
-    pub(super) fn update(&mut self, old: Arc<Object>, new: Arc<Object>, hash: u64) {
+    /// Updates `old` to `new`, whose key (one key for both) hashes to `hash` (found in the
+    /// held set at `hint`).
+    pub(super) fn update(&mut self, old: Arc<Object>, new: Arc<Object>, hash: u64, hint: Hint) {
         let (old, new) = (self.view(old), self.view(new));
         self.views.push(Change::Update { old, new });
         self.hashes.push(hash);
+        self.hints.push(hint);
     }
 
     /// Sorts the views into batch order ([`ekho_plugin_api::order::sort_batch`]): moves them
     /// within the vector, which is no use of them as owners. A batch already in order (a burst
     /// of route changes: one kind, one phase) is only checked; one that was not has its hashes
-    /// computed again in the new order.
+    /// computed again in the new order (and no hints: the held set is searched).
     pub(super) fn sort_batch(&mut self) {
         use ekho_plugin_api::order::batch_key;
         if !self.views.is_sorted_by_key(batch_key) {
@@ -78,6 +86,7 @@ impl Views {
             self.hashes.clear();
             self.hashes
                 .extend(self.views.iter().map(|c| super::keys::key_hash(&c.key())));
+            self.hints.iter_mut().for_each(|h| *h = Hint::NONE);
         }
     }
 
@@ -88,6 +97,11 @@ impl Views {
     /// The key hashes of [`Views::changes`], in the same order.
     pub(super) fn hashes(&self) -> &[u64] {
         &self.hashes
+    }
+
+    /// The held-set hints of [`Views::changes`], in the same order.
+    pub(super) fn hints(&self) -> &[Hint] {
+        &self.hints
     }
 }
 
@@ -112,8 +126,8 @@ mod tests {
         let (ha, hb) = (key_hash(&a.key()), key_hash(&b.key()));
         let mut v = Views::with_capacity(2);
         // An addition before a removal: batch order puts the removal first.
-        v.add(a.clone(), ha);
-        v.remove(b.clone(), hb);
+        v.add(a.clone(), ha, Hint::NONE);
+        v.remove(b.clone(), hb, Hint::NONE);
         v.sort_batch();
         assert!(matches!(v.changes()[0], Change::Remove(_)));
         assert_eq!(v.hashes(), [hb, ha]);
@@ -127,9 +141,9 @@ mod tests {
         let a = Arc::new(route("10.0.0.0/8", 2, "10.9.0.1"));
         let b = Arc::new(route("10.1.0.0/16", 2, "10.9.0.1"));
         let mut v = Views::with_capacity(3);
-        v.update(a.clone(), b.clone(), 1);
-        v.remove(b.clone(), 2);
-        v.add(a.clone(), 3);
+        v.update(a.clone(), b.clone(), 1, Hint::NONE);
+        v.remove(b.clone(), 2, Hint::NONE);
+        v.add(a.clone(), 3, Hint::NONE);
         assert_eq!(v.changes().len(), 3);
         assert_eq!(v.changes()[2], Change::Add((*a).clone()));
         assert_eq!(v.changes()[1], Change::Remove((*b).clone()));

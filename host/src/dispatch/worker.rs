@@ -4,7 +4,7 @@
 
 mod sync;
 
-use super::held::Held;
+use super::held::{Held, Hint};
 use super::keys::key_hash;
 use super::limits::{host_refusal, not_offloaded, tc_refusal, Refused};
 use super::ports::PortFilter;
@@ -189,20 +189,20 @@ impl Worker {
                 *from = (*from).min(prio);
             }
             let hash = key_hash(&key);
-            let delivered = self.held.contains(hash);
+            let (delivered, hint) = self.held.contains_hinted(hash);
             match (p.base, p.target) {
                 (base, None) => {
                     self.refused.forget(&key);
                     self.forget_tc(&key);
                     if let (true, Some(old)) = (delivered, base) {
-                        changes.remove(old, hash);
+                        changes.remove(old, hash, hint);
                     }
                 }
                 (base, Some(t)) => {
                     if let Some(refusal) = self.refusal(&mut adm, &t, !delivered) {
                         if delivered {
                             if let Some(b) = base {
-                                changes.remove(b, hash);
+                                changes.remove(b, hash, hint);
                             }
                         }
                         refused += 1;
@@ -214,11 +214,11 @@ impl Worker {
                     }
                     match (delivered, base) {
                         (true, Some(b)) if b == t => {}
-                        (true, Some(b)) => changes.update(b, t, hash),
+                        (true, Some(b)) => changes.update(b, t, hash, hint),
                         _ => {
                             // Count it now so the limit check sees additions of this batch.
                             self.held_per_kind[t.kind().index()] += 1;
-                            changes.add(t, hash);
+                            changes.add(t, hash, hint);
                         }
                     }
                 }
@@ -236,7 +236,11 @@ impl Worker {
         }
         changes.sort_batch();
 
-        self.apply_hashed(changes.changes(), Some(changes.hashes()))?;
+        self.apply_hashed(
+            changes.changes(),
+            Some(changes.hashes()),
+            Some(changes.hints()),
+        )?;
         drop(changes);
         self.status.lock().unwrap().refused += refused;
         self.reevaluate_chains(chains)?;
@@ -351,38 +355,56 @@ impl Worker {
 
     /// Hands `changes` to the plugin, at most [`BATCH`] per call, and records the outcomes.
     fn apply_in_batches(&mut self, changes: &[Change]) -> Result<(), String> {
-        self.apply_hashed(changes, None)
+        self.apply_hashed(changes, None, None)
     }
 
-    /// [`Worker::apply_in_batches`] with the key hashes of `changes` when already known.
-    fn apply_hashed(&mut self, changes: &[Change], hashes: Option<&[u64]>) -> Result<(), String> {
+    /// [`Worker::apply_in_batches`] with the key hashes of `changes` when already known (and
+    /// where the held set had them, when looked up).
+    fn apply_hashed(
+        &mut self,
+        changes: &[Change],
+        hashes: Option<&[u64]>,
+        hints: Option<&[Hint]>,
+    ) -> Result<(), String> {
         for (i, chunk) in changes.chunks(BATCH).enumerate() {
             let outcomes = self
                 .plugin
                 .apply(chunk.into())
                 .into_result()
                 .map_err(|e| e.to_string())?;
-            let h = hashes.map(|h| &h[i * BATCH..(i * BATCH + chunk.len())]);
-            self.record(chunk, &outcomes, h);
+            let range = i * BATCH..(i * BATCH + chunk.len());
+            let h = hashes.map(|h| &h[range.clone()]);
+            let hi = hints.map(|h| &h[range]);
+            self.record(chunk, &outcomes, h, hi);
         }
         Ok(())
     }
 
-    fn record(&mut self, chunk: &[Change], outcomes: &[Outcome], hashes: Option<&[u64]>) {
+    fn record(
+        &mut self,
+        chunk: &[Change],
+        outcomes: &[Outcome],
+        hashes: Option<&[u64]>,
+        hints: Option<&[Hint]>,
+    ) {
         for (i, (c, o)) in chunk.iter().zip(outcomes).enumerate() {
             let kind = c.kind();
             let k = kind.index();
             let code = outcome_code(o);
             let hash = || hashes.map_or_else(|| key_hash(&c.key()), |h| h[i]);
+            let hint = hints.map_or(Hint::NONE, |h| h[i]);
             match c {
                 Change::Remove(_) => {
-                    if let Some((_, prev)) = self.held.remove(hash()) {
+                    if let Some((_, prev)) = self.held.remove_hinted(hash(), hint) {
                         self.held_per_kind[k] -= 1;
                         self.per_outcome[k][prev as usize] -= 1;
                     }
                 }
                 Change::Add(_) | Change::Update { .. } => {
-                    if let Some((_, prev)) = self.held.insert(hash(), kind.index() as u8, code) {
+                    if let Some((_, prev)) =
+                        self.held
+                            .insert_hinted(hash(), kind.index() as u8, code, hint)
+                    {
                         self.per_outcome[k][prev as usize] -= 1;
                     } else {
                         self.held_per_kind[k] += 1;

@@ -197,7 +197,7 @@ impl Worker {
         }
         let prepared = Instant::now();
         if !changes.is_empty() {
-            self.apply_hashed(changes, Some(hashes))?;
+            self.apply_hashed(changes, Some(hashes), None)?;
         }
         Ok(prepared)
     }
