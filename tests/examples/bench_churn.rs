@@ -10,6 +10,8 @@
 //!   daemon running 1 and 4 `null` plugins: the kernel's accept rate with ekho against without,
 //!   changes/s delivered to every plugin, time from the writer's last `send` until every plugin
 //!   holds the final view, overruns, resyncs, final view exact (ekho's dump against iproute2's);
+//! - the floor: a listener that only receives (recv and drop, the daemon's buffer) on the same
+//!   churn: the kernel's accept rate with it, messages received, overruns;
 //! - `ip monitor route` under the same churn: events printed against written;
 //! - latency, route request to the plugin's apply (the recorder on a port of its own), idle and
 //!   while the writer adds the IPv4 routes;
@@ -324,6 +326,41 @@ fn main() {
         assert_eq!(del0.refused, 0, "{fam:?} deletes refused: {del0:?}");
         eprintln!("reference {fam:?}: add {add0:?}, delete {del0:?}");
         sets.push((fam, n, add0, del0));
+    }
+    // The floor: a listener that only receives (`Drain`), on the same churn. What the kernel
+    // pays to notify any listener; ekho's accept rate cannot be above it.
+    for (fam, n, add0, del0) in sets.iter().filter(|_| want("churn")) {
+        for (op, ref0) in [(Op::Add, add0), (Op::Delete, del0)] {
+            let drain = Drain::start(&b.ns.path());
+            let w = b.write(op, *fam, 0..*n);
+            let got = drain.stop();
+            assert_eq!(w.refused, 0, "{fam:?} {op:?} refused with the drain: {w:?}");
+            let what = format!(
+                "{fam:?} {} {n}",
+                if op == Op::Add { "add" } else { "delete" }
+            );
+            t.row(
+                &format!("{what}, drain-only listener: kernel accept rate"),
+                krate(w.rate()),
+                format!("{} nobody listening", krate(ref0.rate())),
+                format!("{:.2}", w.rate() / ref0.rate()),
+                "(floor)",
+            );
+            t.row(
+                &format!("{what}, drain-only listener: received, overruns, behind"),
+                format!(
+                    "{} messages, {} overruns, {}",
+                    got.messages,
+                    got.overruns,
+                    got.last
+                        .map(|l| secs(l.saturating_duration_since(w.ended.unwrap())))
+                        .unwrap_or_else(|| "-".into())
+                ),
+                format!("{n} written"),
+                format!("{:.2}", got.messages as f64 / *n as f64),
+                "(floor)",
+            );
+        }
     }
     for nulls in [1, 4] {
         if !want("churn") {

@@ -286,6 +286,127 @@ pub fn send_requests(ns: &Path, protocol: i32, chunks: Vec<Vec<u8>>, requests: u
     })
 }
 
+/// A listener that only receives: the IPv4 and IPv6 route groups on a socket with the daemon's
+/// buffer ([`ekho_mirror::source::DEFAULT_RCVBUF`]), every datagram read and dropped, its
+/// messages counted. The kernel's accept rate with it listening is the floor of any listener's:
+/// what building and queueing the notifications costs the kernel (and the reader's `recv`), with
+/// nothing done with them.
+pub struct Drain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tenths of a second since the last datagram, as the caller counts them (the thread
+    /// resets it to 0 at each datagram).
+    idle: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: Option<std::thread::JoinHandle<Drained>>,
+}
+
+/// What a [`Drain`] received.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drained {
+    /// Netlink messages received.
+    pub messages: u64,
+    /// Receive errors `ENOBUFS` (the socket's buffer overran: notifications lost).
+    pub overruns: u64,
+    /// When the last datagram came.
+    pub last: Option<Instant>,
+}
+
+impl Drain {
+    /// Starts listening in the netns at `ns`; returns once the socket is bound.
+    pub fn start(ns: &Path) -> Drain {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let p = ns.to_path_buf();
+        let st = stop.clone();
+        let idle = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let quiet = idle.clone();
+        let thread = std::thread::spawn(move || {
+            ekho_mirror::source::enter_netns(&p).unwrap();
+            let fd = netlink_socket(libc::NETLINK_ROUTE);
+            set_int_opt(
+                &fd,
+                libc::SO_RCVBUFFORCE,
+                ekho_mirror::source::DEFAULT_RCVBUF as i32,
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: setsockopt with a valid timeval; bind with a valid sockaddr_nl.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const libc::timeval as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+                sa.nl_family = libc::AF_NETLINK as u16;
+                sa.nl_groups = (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
+                let r = libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                );
+                assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+            }
+            ready_tx.send(()).unwrap();
+            let mut got = Drained::default();
+            let mut buf = vec![0u8; 1 << 16];
+            while !st.load(Ordering::Relaxed) {
+                // SAFETY: receiving into a valid buffer.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
+                if n < 0 {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::ENOBUFS) => got.overruns += 1,
+                        Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                        e => panic!("drain recv: errno {e:?}"),
+                    }
+                    continue;
+                }
+                got.last = Some(Instant::now());
+                quiet.store(0, Ordering::Relaxed);
+                let mut at = 0usize;
+                while at + 16 <= n as usize {
+                    let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+                    got.messages += 1;
+                    if len < 16 {
+                        break;
+                    }
+                    at += (len + 3) & !3;
+                }
+            }
+            got
+        });
+        ready.recv().expect("drain thread started");
+        Drain {
+            stop,
+            idle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops listening once nothing came for a second (the writer done, the queue read);
+    /// returns what it received.
+    pub fn stop(mut self) -> Drained {
+        use std::sync::atomic::Ordering;
+        while self.idle.load(Ordering::Relaxed) < 10 {
+            self.idle.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("drain thread")
+    }
+}
+
 /// A dump of every route of `fam` in `ns` (all tables) on a raw request socket: received and
 /// split only, or (`parse`) also parsed with netlink-packet-route. Returns (messages, time).
 pub fn dump_routes(ns: &Path, fam: Family, parse: bool) -> (u64, Duration) {
