@@ -252,6 +252,14 @@ fn churn_with(t: &mut Table, b: &Bench, nulls: usize, sets: &[(Family, u32, Writ
         let del = churn_phase(b, &d, Op::Delete, fam, 0..n, timeout);
         stop(&mut perf);
         let exact_del = same_routes(b, &d, fam);
+        // What the daemon said about each overrun (which loss: the socket's ENOBUFS, a
+        // truncated datagram, or its own backlog full).
+        if add.overruns + del.overruns > 0 {
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains("lost, resyncing")) {
+                eprintln!("{fam:?}, {nulls} plugin(s): {l}");
+            }
+        }
         let who = format!("{nulls} plugin{}", if nulls > 1 { "s" } else { "" });
         for (what, ph, ref0, exact) in [
             ("add", &add, add0, &exact_add),
@@ -410,9 +418,17 @@ fn main() {
         writer.join().unwrap();
         // The probes' routes reach the null plugin too.
         let probes = (busy.len() + missed_busy as usize) as u64;
-        wait_plugins(&d, base + n4 as u64 + probes, Duration::from_secs(120)).expect("caught up");
+        let caught = |want: u64| {
+            if wait_plugins(&d, want, Duration::from_secs(120)).is_none() {
+                panic!(
+                    "plugins never held {want} routes in 120 s: {:?}",
+                    counters(&d)
+                );
+            }
+        };
+        caught(base + n4 as u64 + probes);
         b.write(Op::Delete, Family::V4, 0..n4);
-        wait_plugins(&d, base + probes, Duration::from_secs(120)).expect("caught up");
+        caught(base + probes);
         let p = |v: &[Duration]| {
             format!(
                 "p50 {} p99 {} max {} ({} rounds)",
