@@ -6,13 +6,9 @@
 //! 1. opens the event socket, sizes its receive buffer (`SO_RCVBUFFORCE`, falling back to
 //!    `SO_RCVBUF`) and joins every group first, so no change between dump and listen is missed;
 //! 2. dumps every kind on a second socket and reconciles the dump into the mirror;
-//! 3. applies notifications as they come: a reader thread of its own (`source/inbox.rs`, started
-//!    before the dump) takes many datagrams per `recvmmsg` off the event socket into a bounded
-//!    user-space backlog, so the kernel's buffer (charged about 1 KiB per route notification)
-//!    stays short while this thread applies; it decodes them in order, a batch of about 1024
+//! 3. applies notifications as they come: many datagrams per `recvmmsg`, a batch of about 1024
 //!    events applied under one mirror lock and handed to the listeners at once;
-//! 4. on `ENOBUFS` (messages lost; or the backlog full, which counts the same) counts an
-//!    overrun of that socket and re-dumps the kinds it
+//! 4. on `ENOBUFS` (messages lost) counts an overrun of that socket and re-dumps the kinds it
 //!    carries (counted per kind, [`MirrorStats::resynced`](crate::MirrorStats::resynced)), keeping the event
 //!    socket: the dump is reconciled by mark and sweep (only real differences are emitted), then
 //!    the events queued meanwhile are applied in order;
@@ -29,7 +25,6 @@
 //! in the same loop, an overrun on either socket resyncing the kinds that socket carries (the
 //! rtnetlink socket's: every other kind and tc).
 
-mod inbox;
 mod nftables;
 mod tc;
 pub use tc::SwCounters;
@@ -82,22 +77,13 @@ pub struct SourceOptions {
     /// receive fails as a broken socket would (`ENOTSOCK`) and the source stops with that error,
     /// through the same path as any fatal socket error. `None` (the default) in production.
     pub fail_after_sync: Option<Duration>,
-    /// The most bytes of notifications read off the event socket and not yet applied
-    /// (`source/inbox.rs`); past it notifications are dropped and the source resyncs, as after
-    /// a socket overrun. 0 selects [`DEFAULT_BACKLOG`].
-    pub backlog_bytes: usize,
 }
-
-/// The default of [`SourceOptions::backlog_bytes`]: 128 MiB, about a million route
-/// notifications (the kernel's 128 MiB of socket buffer holds about 130 thousand).
-pub const DEFAULT_BACKLOG: usize = 128 << 20;
 
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             proxy_poll: Some(Duration::from_secs(1)),
             fail_after_sync: None,
-            backlog_bytes: 0,
         }
     }
 }
@@ -1231,16 +1217,6 @@ fn thread_main(
     // SAFETY: dup of a valid descriptor.
     let wfd = unsafe { OwnedFd::from_raw_fd(libc::dup(efd_raw)) };
     *m.control().waker.lock().unwrap() = Some(wfd);
-    // The event socket's reader starts now: what comes during the dump waits in user space,
-    // not in the socket's buffer (`source/inbox.rs`). Declared after the socket, so it is
-    // stopped and joined before the socket closes.
-    let events = Arc::new(inbox::Inbox::new(match opts.backlog_bytes {
-        0 => DEFAULT_BACKLOG,
-        n => n,
-    }));
-    // SAFETY: dup of a valid descriptor.
-    let reader_wake = unsafe { OwnedFd::from_raw_fd(libc::dup(efd_raw)) };
-    let _reader = inbox::Reader::start(ev.as_raw_fd(), events.clone(), reader_wake);
     *m.control().req.lock().unwrap() = Some(ReqSocket::new()?);
 
     // 2. Dump everything, its progress counted for `ekho status`.
@@ -1309,7 +1285,7 @@ fn thread_main(
     );
 
     // 3. Listen.
-    let mut received = std::collections::VecDeque::new();
+    let mut reader = EventReader::new();
     // The nftables event socket's receive buffer.
     let mut buf = vec![0u8; 1 << 20];
     let mut next_proxy = opts.proxy_poll.map(|d| Instant::now() + d);
@@ -1334,7 +1310,11 @@ fn thread_main(
             .unwrap_or(60_000);
         let mut fds = [
             libc::pollfd {
-                // The reader's wake-ups and the control's.
+                fd: ev.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
                 fd: efd_raw,
                 events: libc::POLLIN,
                 revents: 0,
@@ -1347,8 +1327,8 @@ fn thread_main(
             },
         ];
         // SAFETY: polling valid descriptors (or -1, ignored).
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if fds[0].revents != 0 {
+        unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+        if fds[1].revents != 0 {
             let mut v = 0u64;
             // SAFETY: reading 8 bytes from our eventfd into a u64.
             unsafe { libc::read(efd_raw, &mut v as *mut u64 as *mut libc::c_void, 8) };
@@ -1358,52 +1338,51 @@ fn thread_main(
         let mut overrun = false;
         let mut nft_overrun = false;
         let mut proxy = false;
-        // What the reader took off the event socket, in order, applied a batch (one mirror
-        // lock, one hand-off to the plugins) per 1024 events or so.
+        // Drain the event socket, many datagrams per call, applying a batch (one mirror lock,
+        // one hand-off to the plugins) per 1024 events or so.
         let mut evs = Vec::with_capacity(2 * EVENT_SLOTS);
         let mut count = 0u64;
-        events.take(&mut received);
-        for r in received.drain(..) {
-            let chunk = match r {
-                inbox::Received::Datagrams(chunk) => chunk,
-                inbox::Received::Lost(why) => {
-                    match why {
-                        "truncated" => tracing::warn!(
-                            "netlink notification larger than {EVENT_SLOT_BYTES} bytes: lost, resyncing"
-                        ),
-                        "inbox" => tracing::warn!(
-                            "netlink notifications past {} bytes waiting to be applied: lost, resyncing",
-                            events.max_bytes()
-                        ),
-                        _ => tracing::warn!(
-                            "netlink event socket overrun (ENOBUFS): messages lost, resyncing"
-                        ),
+        loop {
+            match reader.recv(ev.as_raw_fd()) {
+                Ok(0) => break,
+                Ok(k) => {
+                    for i in 0..k {
+                        let (dgram, truncated) = reader.datagram(i);
+                        if truncated {
+                            tracing::warn!(
+                                "netlink notification larger than {EVENT_SLOT_BYTES} bytes: lost, resyncing"
+                            );
+                            m.count_overrun("rtnetlink");
+                            overrun = true;
+                            continue;
+                        }
+                        for (h, payload) in netlink::split(dgram) {
+                            count += 1;
+                            match netlink::decode(&h, payload) {
+                                Ok(Event::Ignored) => {}
+                                Ok(e) => evs.push(e),
+                                Err(e) => crate::undecodable::note(
+                                    crate::undecodable::Protocol::Route,
+                                    h.message_type,
+                                    "notification",
+                                    &e,
+                                ),
+                            }
+                        }
                     }
+                    if evs.len() >= 1024 {
+                        proxy |= m.apply_events(&mut evs, std::mem::take(&mut count));
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!(
+                        "netlink event socket overrun (ENOBUFS): messages lost, resyncing"
+                    );
                     m.count_overrun("rtnetlink");
                     overrun = true;
-                    continue;
                 }
-                inbox::Received::Failed(e) => return Err(nl_err("event recv", e)),
-            };
-            for dgram in inbox::datagrams(&chunk) {
-                for (h, payload) in netlink::split(dgram) {
-                    count += 1;
-                    match netlink::decode(&h, payload) {
-                        Ok(Event::Ignored) => {}
-                        Ok(e) => evs.push(e),
-                        Err(e) => crate::undecodable::note(
-                            crate::undecodable::Protocol::Route,
-                            h.message_type,
-                            "notification",
-                            &e,
-                        ),
-                    }
-                }
-                if evs.len() >= 1024 {
-                    proxy |= m.apply_events(&mut evs, std::mem::take(&mut count));
-                }
+                Err(e) => return Err(nl_err("event recv", e)),
             }
-            events.recycle(chunk);
         }
         if let Some(s) = &nft_ev {
             match nftables::drain(s, &mut buf, &mut evs) {
